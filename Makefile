@@ -1,0 +1,56 @@
+# Anting: `make run` runs the whole stack, `make test` runs the suite. Each does its
+# own set-up (virtualenv, pinned install, Kafka jars) and is quick the second time.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help setup run test test-fast lint bench bench-quick chaos up down schema clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "Anting needs Python 3.11 ($(PYTHON) not found)"; exit 2; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)  ## virtualenv with the pinned dependencies, and the Kafka jars
+	@$(BIN)/python -c "from shared.localkafka import fetch_jars, LocalKafkaError; import os, sys; \
+	  os.environ.get('KAFKA_BOOTSTRAP_SERVERS') or fetch_jars()" || true
+
+run: setup  ## the whole stack on this machine: Kafka, topics, catalog, the three services, the seed events
+	$(BIN)/anting run
+
+test: setup lint  ## lint, then the whole suite against a real Kafka broker
+	$(BIN)/pytest
+
+test-fast: setup  ## the suite without lint
+	$(BIN)/pytest
+
+lint: setup  ## ruff and mypy
+	$(BIN)/ruff check shared services tests bench
+	$(BIN)/mypy shared services
+
+bench: setup  ## the performance suite; writes bench/results.json and BENCHMARKS.md
+	$(BIN)/python -m bench
+
+bench-quick: setup  ## the benchmark harness at tiny sizes (the suite runs this too)
+	$(BIN)/python -m bench --quick
+
+chaos: setup  ## the kill tests at full size
+	ANTING_CHAOS_FULL=1 $(BIN)/pytest -m slow
+
+schema: setup  ## regenerate docs/schemas/ from the models
+	$(BIN)/anting schema
+
+up:  ## the stack in Docker: Kafka, the services, Prometheus, Grafana
+	docker compose up --build
+
+down:
+	docker compose down -v
+
+clean:  ## remove the virtualenv, the jars and local state
+	rm -rf $(VENV) kafka/libs kafka/.stamp .local

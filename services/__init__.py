@@ -1,0 +1,1 @@
+"""Anting services: each is run (``anting serve NAME``), none imports another."""

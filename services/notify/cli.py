@@ -1,0 +1,5 @@
+"""Commands of the notify service, merged into `anting` (keep imports here light)."""
+
+import typer
+
+app = typer.Typer()

@@ -1,0 +1,94 @@
+"""Kafka clients with the safe settings set once, and idempotent topic creation.
+
+aiokafka's defaults are unsafe for Anting (producer ``acks=1`` without
+idempotence; consumer auto-commit, ``latest``, ``read_uncommitted``): every
+service gets its clients from here instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from shared.settings import AntingSettings
+from shared.topics import ALL_TOPICS, Topic
+
+log = logging.getLogger(__name__)
+
+SAFE_PRODUCER: dict[str, Any] = {
+    "enable_idempotence": True,
+    "acks": "all",
+    "linger_ms": 5,
+    "max_batch_size": 256 * 1024,
+    "compression_type": None,
+    "request_timeout_ms": 30000,
+}
+
+SAFE_CONSUMER: dict[str, Any] = {
+    "enable_auto_commit": False,
+    "auto_offset_reset": "earliest",
+    "isolation_level": "read_committed",
+    "max_poll_interval_ms": 300000,
+}
+
+
+def make_producer(settings: AntingSettings, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent ``acks=all`` producer; pass ``transactional_id`` for transactions."""
+    return AIOKafkaProducer(**settings.kafka.client_options(), **{**SAFE_PRODUCER, **overrides})
+
+
+def make_consumer(
+    settings: AntingSettings, *topics: str, group_id: str | None, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A manual-commit, ``earliest``, ``read_committed`` consumer."""
+    return AIOKafkaConsumer(
+        *topics,
+        group_id=group_id,
+        **settings.kafka.client_options(),
+        **{**SAFE_CONSUMER, **overrides},
+    )
+
+
+def make_admin(settings: AntingSettings, **overrides: Any) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**settings.kafka.client_options(), **overrides)
+
+
+async def ensure_topics(
+    settings: AntingSettings, topics: Iterable[Topic] = ALL_TOPICS, replication: int = 1
+) -> list[str]:
+    """Create the registered topics that do not exist yet; returns the names created."""
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(
+                name=settings.topic(t),
+                num_partitions=t.partitions,
+                replication_factor=replication,
+                topic_configs=t.topic_config(),
+            )
+            for t in topics
+            if settings.topic(t) not in existing
+        ]
+        if not wanted:
+            return []
+        try:
+            await admin.create_topics(wanted)
+        except TopicAlreadyExistsError:
+            pass  # another instance created it first: the same end state
+        # topic metadata reaches every listener shortly after creation
+        for _ in range(50):
+            if {n.name for n in wanted} <= set(await admin.list_topics()):
+                break
+            await asyncio.sleep(0.1)
+        log.info("topics created", extra={"topics": [n.name for n in wanted]})
+        return [n.name for n in wanted]
+    finally:
+        await admin.close()

@@ -1,0 +1,88 @@
+"""Every Prometheus metric Anting exports, named once (DESIGN.md "Metrics"), and helpers.
+
+Services import the metric objects from here so that a name cannot drift between
+the code, the alert rules and the dashboard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+log = logging.getLogger(__name__)
+
+# latencies from sub-millisecond (one event in a stage) to minutes (retries)
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 300.0,
+)
+
+INGEST_EVENTS = Counter(
+    "anting_ingest_events", "Events ingest accepted or rejected.", ["type", "outcome"]
+)
+ENRICH_EVENTS = Counter(
+    "anting_enrich_events", "Events enrich processed.", ["type", "outcome"]
+)
+ENRICH_ORGANIZATIONS = Counter(
+    "anting_enrich_organizations", "Organization mentions resolved or not.", ["outcome"]
+)
+NOTIFY_DELIVERIES = Counter(
+    "anting_notify_deliveries", "Delivery attempts by channel and outcome.", ["channel", "outcome"]
+)
+STAGE_SECONDS = Histogram(
+    "anting_stage_seconds", "Time spent in each stage per event.", ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+END_TO_END_SECONDS = Histogram(
+    "anting_end_to_end_seconds", "From event accepted (its Kafka timestamp) to notification delivered.",
+    buckets=LATENCY_BUCKETS,
+)
+CONSUMER_LAG = Gauge(
+    "anting_consumer_lag", "Records behind the partition end, per consumer.",
+    ["group", "topic", "partition"],
+)
+DEAD_LETTERS = Counter(
+    "anting_dead_letters", "Records sent to dead-letters.", ["stage", "topic"]
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "anting_http_request_duration_seconds", "HTTP request latency by route and status.",
+    ["service", "method", "route", "status"], buckets=LATENCY_BUCKETS,
+)
+
+
+def render(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
+    """The exposition text and its content type, for a ``/metrics`` handler."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+async def report_lag(consumer: Any, group: str) -> None:
+    """Set ``anting_consumer_lag`` for every partition the consumer holds."""
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is None:
+            continue
+        with contextlib.suppress(Exception):
+            pos = await consumer.position(tp)
+            CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(max(0, high - pos))
+
+
+async def lag_reporter(consumer: Any, group: str, interval: float = 5.0) -> None:
+    """Run :func:`report_lag` every ``interval`` seconds until cancelled."""
+    while True:
+        try:
+            await report_lag(consumer, group)
+        except Exception:  # the gauge is best effort; never kill the service for it
+            log.debug("lag report failed", exc_info=True)
+        await asyncio.sleep(interval)

@@ -1,0 +1,40 @@
+"""Running a service process: an event loop, SIGTERM/SIGINT as a graceful stop.
+
+``anting serve X`` calls :func:`run_service` with the service's async main; the
+main receives a stop event and must return once it is set (stop fetching, finish
+in-flight work, commit, flush).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+
+def run_service(name: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``main(stop)`` until it returns; SIGTERM or SIGINT sets ``stop``."""
+    import uvloop
+
+    async def _outer() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, _on_signal, stop, sig)
+        log.info("starting", extra={"service": name})
+        await main(stop)
+        log.info("stopped", extra={"service": name})
+
+    uvloop.run(_outer())
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if stop.is_set():
+        return
+    log.info("shutting down", extra={"signal": sig.name})
+    stop.set()

@@ -1,0 +1,190 @@
+"""Test helpers shipped with the code (not copied into each test): choosing a real
+broker, isolating topics per test, reading topics back, running a service process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.settings import AntingSettings, KafkaSettings
+from shared.topics import ALL_TOPICS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class NoBrokerError(RuntimeError):
+    """No broker could be had: the test run fails and says why (never skips)."""
+
+
+def docker_answers() -> bool:
+    """True when a Docker engine answers (so testcontainers can start Kafka)."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def broker_for_tests() -> Iterator[tuple[str, str, Any]]:
+    """Yield (bootstrap, how, handle): KAFKA_BOOTSTRAP_SERVERS, else testcontainers
+    when Docker answers, else the local broker on a free port."""
+    env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if env:
+        yield env, "KAFKA_BOOTSTRAP_SERVERS", None
+        return
+    if docker_answers():
+        from testcontainers.community.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server(), "testcontainers", container
+        return
+    from shared.localkafka import LocalKafka, LocalKafkaError
+
+    try:
+        broker = LocalKafka().start()
+    except LocalKafkaError as exc:
+        raise NoBrokerError(str(exc)) from exc
+    try:
+        yield broker.bootstrap, "local", broker
+    finally:
+        broker.stop()
+
+
+def settings_for(bootstrap: str, prefix: str | None = None) -> AntingSettings:
+    """Settings on ``bootstrap`` with a fresh topic prefix (each test gets its own topics)."""
+    prefix = prefix if prefix is not None else f"t{uuid.uuid4().hex[:8]}."
+    return AntingSettings(kafka=KafkaSettings(bootstrap_servers=bootstrap), topic_prefix=prefix)
+
+
+def env_for(settings: AntingSettings, **extra: str) -> dict[str, str]:
+    """Environment for a service subprocess using these settings."""
+    env = dict(os.environ)
+    env.update({
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "ANTING_TOPIC_PREFIX": settings.topic_prefix,
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
+
+
+async def create_topics(settings: AntingSettings) -> None:
+    await ensure_topics(settings, ALL_TOPICS)
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    timestamp: int
+
+
+async def read_topic(
+    settings: AntingSettings,
+    topic: str,
+    *,
+    expect: int | None = None,
+    timeout: float = 30.0,
+    idle: float = 2.0,
+) -> list[Record]:
+    """Read a topic from the start with ``read_committed`` until ``expect`` records
+    arrived (or, without ``expect``, until nothing new came for ``idle`` seconds)."""
+    consumer = make_consumer(settings, topic, group_id=None)
+    await consumer.start()
+    out: list[Record] = []
+    deadline = time.monotonic() + timeout
+    last_new = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
+            for records in batch.values():
+                for r in records:
+                    out.append(Record(r.topic, r.partition, r.offset, r.key, r.value,
+                                      list(r.headers or ()), r.timestamp))
+            if batch:
+                last_new = time.monotonic()
+            if expect is not None and len(out) >= expect:
+                # keep reading briefly: more than expected is a finding too
+                if time.monotonic() - last_new > 0.5:
+                    break
+            elif expect is None and time.monotonic() - last_new > idle:
+                break
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def produce(
+    settings: AntingSettings,
+    topic: str,
+    values: Sequence[bytes | None],
+    keys: Sequence[bytes | None] | None = None,
+) -> None:
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for i, value in enumerate(values):
+            await producer.send(topic, value=value, key=keys[i] if keys else None)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+class ServiceProcess:
+    """``anting serve NAME`` as a child process (for kill and restart tests)."""
+
+    def __init__(self, name: str, settings: AntingSettings, log_path: Path, **env: str) -> None:
+        self.name = name
+        self.env = env_for(settings, **env)
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        out = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "anting"), "serve", self.name],
+            env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+        )
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def terminate(self, timeout: float = 20.0) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)

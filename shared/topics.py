@@ -1,0 +1,93 @@
+"""Every topic, named once, beside its value model, partitions and cleanup policy.
+
+Import the constants (``ANNOUNCEMENTS``, ...) everywhere else; ``settings.topic(T)``
+gives the full name under ``ANTING_TOPIC_PREFIX``. :func:`ensure_topics` creates
+them idempotently at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import TypeAdapter
+
+from shared.events import ENRICHED_ADAPTER, EVENT_ADAPTER
+from shared.organizations import Organization
+from shared.subscriptions import DeliveryRecord, Subscription
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    value: TypeAdapter[Any] | None
+    partitions: int
+    cleanup: Literal["delete", "compact"]
+    key: str
+    config: dict[str, str] = field(default_factory=dict)
+    doc: str = ""
+
+    def qualified(self, prefix: str = "") -> str:
+        return f"{prefix}{self.name}"
+
+    def topic_config(self) -> dict[str, str]:
+        return {"cleanup.policy": self.cleanup, **self.config}
+
+
+ANNOUNCEMENTS = Topic(
+    "announcements", EVENT_ADAPTER, 3, "delete", "CloudEvent subject, else id",
+    doc="conference.announcement CloudEvents from ingest or any producer",
+)
+AGREEMENTS = Topic(
+    "agreements", EVENT_ADAPTER, 3, "delete", "CloudEvent subject, else id",
+    doc="agreement.signed CloudEvents from ingest or any producer",
+)
+ORGANIZATIONS = Topic(
+    "organizations", TypeAdapter(Organization), 1, "compact", "organization id",
+    config={"min.cleanable.dirty.ratio": "0.1", "segment.ms": str(DAY_MS)},
+    doc="the organization catalog; a null value deletes",
+)
+ENRICHED_EVENTS = Topic(
+    "enriched-events", ENRICHED_ADAPTER, 3, "delete", "same key as the input event",
+    doc="input events with every named organization resolved",
+)
+SUBSCRIPTIONS = Topic(
+    "subscriptions", TypeAdapter(Subscription), 1, "compact", "subscription id",
+    config={"min.cleanable.dirty.ratio": "0.1"},
+    doc="who wants which events, and how; a null value deletes",
+)
+NOTIFICATIONS = Topic(
+    "notifications", TypeAdapter(DeliveryRecord), 3, "delete", "subscription id",
+    doc="the delivery log: one record per attempt outcome",
+)
+DEAD_LETTERS = Topic(
+    "dead-letters", None, 1, "delete", "original key",
+    config={"retention.ms": str(90 * DAY_MS)},
+    doc="records a stage could not process: original bytes plus dlq.* headers",
+)
+# notify's own state, kept in Kafka so that any instance can pick it up
+NOTIFY_RETRIES = Topic(
+    "notify-retries", None, 3, "delete", "idempotency key",
+    config={"retention.ms": str(7 * DAY_MS)},
+    doc="deliveries waiting for their next attempt (durable retry schedule)",
+)
+NOTIFY_LEDGER = Topic(
+    "notify-ledger", None, 3, "compact", "idempotency key",
+    config={"min.cleanable.dirty.ratio": "0.1"},
+    doc="idempotency keys already delivered, so a restart does not resend",
+)
+
+ALL_TOPICS: tuple[Topic, ...] = (
+    ANNOUNCEMENTS, AGREEMENTS, ORGANIZATIONS, ENRICHED_EVENTS,
+    SUBSCRIPTIONS, NOTIFICATIONS, DEAD_LETTERS, NOTIFY_RETRIES, NOTIFY_LEDGER,
+)
+INPUT_TOPICS_BY_TYPE = {"conference.announcement": ANNOUNCEMENTS, "agreement.signed": AGREEMENTS}
+
+
+def by_name(name: str, prefix: str = "") -> Topic:
+    for t in ALL_TOPICS:
+        if t.qualified(prefix) == name:
+            return t
+    raise KeyError(name)
