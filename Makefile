@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $(STAMP)
 
 setup: $(STAMP)  ## virtualenv with the pinned dependencies, and the Kafka jars
-	@$(BIN)/python -c "from shared.localkafka import fetch_jars, LocalKafkaError; import os, sys; \
-	  os.environ.get('KAFKA_BOOTSTRAP_SERVERS') or fetch_jars()" || true
+	@# without a broker of one's own, resolve the local broker's jars now (a clear message if Java/Maven are missing)
+	@test -n "$$KAFKA_BOOTSTRAP_SERVERS" || $(BIN)/anting kafka --fetch-only || true
 
 run: setup  ## the whole stack on this machine: Kafka, topics, catalog, the three services, the seed events
 	$(BIN)/anting run

@@ -92,11 +92,17 @@ def schema(
 def kafka(
     port: Annotated[int, typer.Option(help="listener port on 127.0.0.1")] = 9092,
     data_dir: Annotated[Path | None, typer.Option(help="log and metadata directory")] = None,
+    fetch_only: Annotated[
+        bool, typer.Option("--fetch-only", help="resolve the broker's jars with Maven, then exit")
+    ] = False,
 ) -> None:
     """Run a local single-node Kafka broker (KRaft, jars from Maven Central) until Ctrl-C."""
-    from shared.localkafka import LocalKafkaError, serve_forever
+    from shared.localkafka import LocalKafkaError, fetch_jars, serve_forever
 
     try:
+        if fetch_only:
+            console.print(f"Kafka jars ready in {fetch_jars()}")
+            return
         serve_forever(port, data_dir)
     except LocalKafkaError as exc:
         console.print(f"[red]error:[/red] {exc}")
