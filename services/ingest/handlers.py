@@ -1,0 +1,292 @@
+"""What ingest decides, with no I/O: bytes in → validated events or a problem; events →
+Kafka records (topic by type, key, CloudEvents binding headers, traceparent).
+
+The HTTP entry point (``api.py``) and the file publisher (``files.py``) both come here,
+so a line in a file and an item in a request are judged by the same code.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from shared.events import EVENT_ADAPTER, EVENT_TYPES, AnyEvent, Event, dump_event, error_paths
+from shared.settings import AntingSettings
+from shared.topics import INPUT_TOPICS_BY_TYPE
+
+# what a JSON body may be sent as; anything else is 415
+JSON_TYPES = frozenset({
+    "application/json", "application/cloudevents+json", "application/cloudevents-batch+json",
+})
+NDJSON_TYPES = frozenset({
+    "application/x-ndjson", "application/ndjson", "application/jsonl", "application/jsonlines",
+})
+STRUCTURED = b"application/cloudevents+json"
+# the broker refuses a request above 1 MiB (producer max_request_size); keep room for
+# the batch and record overhead so one event never fails half-way through a batch
+MAX_RECORD_BYTES = 1024 * 1024 - 16 * 1024
+TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+BATCH_ADAPTER: TypeAdapter[list[AnyEvent]] = TypeAdapter(list[Event])
+
+
+class Problem(Exception):
+    """A request (or line) that cannot be accepted: an HTTP status, a detail and field paths."""
+
+    def __init__(
+        self, status: int, detail: str, errors: Sequence[dict[str, Any]] = (), **extra: Any
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = list(errors)
+        self.extra = extra
+        # event types of what was rejected, for anting_ingest_events_total
+        self.rejected_types: list[str] = []
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """One record for the producer."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    event_id: str = ""
+    event_type: str = ""
+
+
+def type_label(obj: Any) -> str:
+    """The metrics label for an item's type: a known type, else ``unknown``."""
+    t = obj.get("type") if isinstance(obj, dict) else None
+    return t if isinstance(t, str) and t in EVENT_TYPES else "unknown"
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+class _Shifted:
+    """A ValidationError's errors with the leading item index removed (for error_paths)."""
+
+    def __init__(self, errors: list[Any]) -> None:
+        self._errors = errors
+
+    def errors(self, include_url: bool = False) -> list[Any]:
+        return self._errors
+
+
+def _item_errors(exc: ValidationError) -> dict[int, list[dict[str, str]]]:
+    """Errors of a list validation, grouped by item index, paths relative to the item."""
+    grouped: dict[int, list[Any]] = defaultdict(list)
+    for err in exc.errors(include_url=False):
+        loc = err["loc"]
+        index = loc[0] if loc and isinstance(loc[0], int) else -1
+        grouped[index].append({**err, "loc": tuple(loc[1:]) if index >= 0 else loc})
+    return {i: error_paths(_Shifted(errs)) for i, errs in grouped.items()}
+
+
+def _batch_problem(
+    items: Sequence[Any], errors_by_index: dict[int, list[dict[str, str]]], status: int = 422
+) -> Problem:
+    rejected = []
+    flat: list[dict[str, Any]] = []
+    for i in sorted(errors_by_index):
+        errs = errors_by_index[i]
+        item = items[i] if 0 <= i < len(items) else None
+        item_id = item.get("id") if isinstance(item, dict) else None
+        rejected.append({
+            "index": i, "id": item_id if isinstance(item_id, str) else None, "errors": errs,
+        })
+        flat.extend({**e, "path": f"[{i}].{e['path']}" if e["path"] != "$" else f"[{i}]"}
+                    for e in errs)
+    n = len(rejected)
+    what = "malformed" if status == 400 else "invalid"
+    problem = Problem(
+        status,
+        f"{n} of {len(items)} events {what}; the request was rejected and nothing was published",
+        flat, rejected=rejected,
+    )
+    problem.rejected_types = [type_label(x) for x in items]
+    return problem
+
+
+def _check_sizes(events: Sequence[AnyEvent], values: Sequence[bytes], batch: bool) -> None:
+    too_big = {i: [{"path": "$", "message": f"event is {len(v)} bytes; the limit is "
+                    f"{MAX_RECORD_BYTES}", "type": "too_large"}]
+               for i, v in enumerate(values) if len(v) > MAX_RECORD_BYTES}
+    if too_big:
+        if batch:
+            raise _batch_problem([e.model_dump(mode="json") for e in events], too_big, 413)
+        raise Problem(413, "the event is larger than a Kafka record may be", too_big[0])
+
+
+def decode_events(body: bytes, content_type: str | None) -> list[AnyEvent]:
+    """A ``POST /v1/events`` body → events; raises :class:`Problem` (400/415/422).
+
+    A single CloudEvent, a JSON array of them, or NDJSON. All or nothing: one bad item
+    rejects the request, and the problem lists every bad item with its index.
+    """
+    mtype = media_type(content_type)
+    if mtype in NDJSON_TYPES:
+        return _decode_ndjson(body)
+    if mtype not in JSON_TYPES:
+        raise Problem(
+            415,
+            f"content type {mtype or '(none)'!r} is not accepted; send application/json, "
+            "application/cloudevents+json, application/cloudevents-batch+json or "
+            "application/x-ndjson",
+            [{"path": "$", "message": "unsupported media type", "type": "media_type"}],
+        )
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        p = Problem(400, f"the body is not valid JSON: {exc}",
+                    [{"path": "$", "message": str(exc), "type": "json_invalid"}])
+        p.rejected_types = ["unknown"]
+        raise p from None
+    if isinstance(doc, dict):
+        try:
+            return [EVENT_ADAPTER.validate_json(body)]
+        except ValidationError as exc:
+            p = Problem(422, "the event does not match the CloudEvents schema of its type; "
+                        "nothing was published", error_paths(exc))
+            p.rejected_types = [type_label(doc)]
+            raise p from None
+    if isinstance(doc, list):
+        if not doc:
+            p = Problem(422, "the batch is empty",
+                        [{"path": "$", "message": "expected at least one event",
+                          "type": "too_short"}])
+            raise p
+        try:
+            return BATCH_ADAPTER.validate_json(body)
+        except ValidationError as exc:
+            raise _batch_problem(doc, _item_errors(exc)) from None
+    p = Problem(422, "expected a CloudEvent object or a JSON array of them",
+                [{"path": "$", "message": f"got a JSON {type(doc).__name__}",
+                  "type": "model_type"}])
+    p.rejected_types = ["unknown"]
+    raise p
+
+
+def _decode_ndjson(body: bytes) -> list[AnyEvent]:
+    lines = body.split(b"\n")
+    items: list[Any] = []
+    malformed: dict[int, list[dict[str, str]]] = {}
+    invalid: dict[int, list[dict[str, str]]] = {}
+    events: list[AnyEvent] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            items.append(None)
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            items.append(None)
+            malformed[i] = [{"path": "$", "message": f"line {i + 1}: {exc}",
+                             "type": "json_invalid"}]
+            continue
+        items.append(obj)
+        try:
+            events.append(EVENT_ADAPTER.validate_json(line))
+        except ValidationError as exc:
+            invalid[i] = error_paths(exc)
+    if malformed:
+        raise _batch_problem(items, malformed, 400)
+    if invalid:
+        raise _batch_problem(items, invalid)
+    if not events:
+        raise Problem(422, "the body holds no events",
+                      [{"path": "$", "message": "expected at least one line",
+                        "type": "too_short"}])
+    return events
+
+
+def decode_data(body: bytes, content_type: str | None, event_type: str, *, source: str,
+                subject: str | None = None) -> AnyEvent:
+    """A bare ``data`` object (``/v1/announcements``, ``/v1/agreements``) → a full event:
+    the server fills ``id``, ``time``, ``source`` and ``type``. Error paths are relative
+    to the body (``headline``, not ``data.headline``)."""
+    mtype = media_type(content_type)
+    if mtype != "application/json":
+        raise Problem(415, f"content type {mtype or '(none)'!r} is not accepted; send "
+                      "application/json",
+                      [{"path": "$", "message": "unsupported media type", "type": "media_type"}])
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        p = Problem(400, f"the body is not valid JSON: {exc}",
+                    [{"path": "$", "message": str(exc), "type": "json_invalid"}])
+        p.rejected_types = [event_type]
+        raise p from None
+    envelope: dict[str, Any] = {
+        "specversion": "1.0", "id": str(uuid.uuid4()), "source": source, "type": event_type,
+        "time": datetime.now(UTC).isoformat(), "data": data,
+    }
+    if subject:
+        envelope["subject"] = subject
+    try:
+        return EVENT_ADAPTER.validate_json(orjson.dumps(envelope))
+    except ValidationError as exc:
+        errors = []
+        for e in error_paths(exc):
+            path = e["path"]
+            if path == "data":
+                path = "$"
+            elif path.startswith("data."):
+                path = path[len("data."):]
+            errors.append({**e, "path": path})
+        p = Problem(422, f"the body is not a valid {event_type} data object; nothing was "
+                    "published", errors)
+        p.rejected_types = [event_type]
+        raise p from None
+
+
+def traceparent_of(event: AnyEvent, fallback: str | None = None) -> str | None:
+    """The W3C traceparent: the event's own extension attribute, else the request's."""
+    extra = event.model_extra or {}
+    for candidate in (extra.get("traceparent"), fallback):
+        if isinstance(candidate, str) and TRACEPARENT.match(candidate.strip()):
+            return candidate.strip()
+    return None
+
+
+def to_record(event: AnyEvent, settings: AntingSettings, traceparent: str | None = None,
+              value: bytes | None = None) -> OutRecord:
+    """The Kafka record of an event: its type's topic, key ``subject`` else ``id``,
+    the canonical JSON value and the CloudEvents Kafka binding headers."""
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", event.id.encode()),
+        ("ce_type", event.type.encode()),
+        ("ce_source", event.source.encode()),
+        ("content-type", STRUCTURED),
+    ]
+    if event.subject:
+        headers.append(("ce_subject", event.subject.encode()))
+    tp = traceparent_of(event, traceparent)
+    if tp:
+        headers.append(("traceparent", tp.encode()))
+    return OutRecord(
+        settings.topic(INPUT_TOPICS_BY_TYPE[event.type]), event.key,
+        value if value is not None else dump_event(event), headers, event.id, event.type,
+    )
+
+
+def to_records(events: Iterable[AnyEvent], settings: AntingSettings,
+               traceparent: str | None = None, *, batch: bool = True) -> list[OutRecord]:
+    """Records for every event, checked against the record size limit first (413)."""
+    events = list(events)
+    values = [dump_event(e) for e in events]
+    _check_sizes(events, values, batch)
+    return [to_record(e, settings, traceparent, v) for e, v in zip(events, values, strict=True)]

@@ -1,0 +1,70 @@
+"""``anting serve ingest``: the HTTP API on uvicorn with one shared producer.
+
+SIGTERM/SIGINT (via :func:`shared.runtime.run_service`) stop accepting connections,
+let in-flight requests finish, then flush and close the producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import uvicorn
+
+from services.ingest.api import create_app
+from services.ingest.publisher import Publisher
+from services.ingest.settings import IngestSettings
+from shared import logs
+from shared import settings as settings_mod
+from shared.runtime import run_service
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: run_service owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def make_publisher(settings: IngestSettings) -> Publisher:
+    return Publisher(
+        settings, timeout=settings.publish_timeout_seconds,
+        linger_ms=settings.linger_ms, max_batch_bytes=settings.max_batch_bytes,
+    )
+
+
+async def serve(settings: IngestSettings, stop: asyncio.Event) -> None:
+    """Run the API until ``stop`` is set (usable from Python, e.g. benchmarks)."""
+    publisher = make_publisher(settings)
+    await publisher.start()
+    app = create_app(settings, publisher)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+        lifespan="off", timeout_graceful_shutdown=10,
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve())
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        server.should_exit = True
+        await task
+        stopped.cancel()
+        await publisher.stop()
+
+
+def run() -> None:
+    settings = settings_mod.load(IngestSettings)
+    logs.configure("ingest", settings.log_level)
+    log.info("ingest listening", extra={"host": settings.host, "port": settings.port})
+
+    async def main(stop: asyncio.Event) -> None:
+        await serve(settings, stop)
+
+    run_service("ingest", main)

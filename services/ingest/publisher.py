@@ -1,0 +1,177 @@
+"""The Kafka adapter of ingest: sends records and returns only once the broker has
+acknowledged every one of them, within a bounded time.
+
+When the broker is unreachable a publish fails with :class:`BrokerUnavailable` in at
+most ``timeout`` seconds (HTTP 503), never a hang. The failed producer is thrown away
+and closed in the background; the next publish starts a fresh one (a new idempotent
+producer id), so ingest recovers by itself once the broker is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from services.ingest.handlers import OutRecord
+from shared.kafka import make_producer
+from shared.settings import AntingSettings
+
+log = logging.getLogger(__name__)
+
+# after a failed start, fail fast for this long instead of letting every request
+# queue up behind a doomed connection attempt
+RETRY_AFTER_FAILED_START = 0.5
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker did not acknowledge in time (or could not be reached)."""
+
+
+class Publisher:
+    """An idempotent ``acks=all`` producer that is rebuilt after the broker failed."""
+
+    def __init__(
+        self,
+        settings: AntingSettings,
+        *,
+        timeout: float = 4.0,
+        linger_ms: int = 5,
+        max_batch_bytes: int = 512 * 1024,
+        **overrides: Any,
+    ) -> None:
+        self.settings = settings
+        self.timeout = timeout
+        self.options: dict[str, Any] = {
+            # a batch not acknowledged in this time fails instead of waiting for ever
+            "request_timeout_ms": max(1000, int(timeout * 1000)),
+            "linger_ms": linger_ms,
+            "max_batch_size": max_batch_bytes,
+            **overrides,
+        }
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._failed_at = 0.0
+
+    async def __aenter__(self) -> Publisher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self, *, required: bool = False) -> None:
+        """Connect now; without ``required`` a broker that is down is not fatal
+        (requests answer 503 and the next one tries again)."""
+        try:
+            await asyncio.wait_for(self._ensure(), self.timeout)
+        except (BrokerUnavailable, TimeoutError) as exc:
+            if required:
+                raise BrokerUnavailable(str(exc) or "broker unavailable") from exc
+            log.warning("broker not reachable at start; will retry on demand",
+                        extra={"bootstrap": self.settings.kafka.bootstrap_servers})
+
+    async def _ensure(self) -> AIOKafkaProducer:
+        if self._producer is not None:
+            return self._producer
+        async with self._lock:
+            if self._producer is not None:
+                return self._producer
+            if time.monotonic() - self._failed_at < RETRY_AFTER_FAILED_START:
+                raise BrokerUnavailable("the broker was unreachable a moment ago")
+            producer = make_producer(self.settings, **self.options)
+            try:
+                await producer.start()
+            except BaseException as exc:
+                self._failed_at = time.monotonic()
+                self._close_later(producer)
+                if isinstance(exc, KafkaError | OSError):
+                    raise BrokerUnavailable(f"cannot connect to the broker: {exc}") from exc
+                raise
+            self._producer = producer
+            log.info("producer connected",
+                     extra={"bootstrap": self.settings.kafka.bootstrap_servers})
+            return producer
+
+    def _discard(self, producer: AIOKafkaProducer) -> None:
+        if self._producer is producer:
+            self._producer = None
+            log.warning("producer discarded after a failure; the next publish reconnects")
+            self._close_later(producer)
+
+    def _close_later(self, producer: AIOKafkaProducer) -> None:
+        async def _close() -> None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(producer.stop(), self.timeout + 1)
+
+        task = asyncio.get_running_loop().create_task(_close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def publish(self, records: Sequence[OutRecord]) -> list[Any]:
+        """Send every record and wait for every acknowledgement (RecordMetadata list);
+        raises :class:`BrokerUnavailable` within ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        producer: AIOKafkaProducer | None = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                producer = await self._ensure()
+                futures = [
+                    await producer.send(r.topic, r.value, key=r.key, headers=r.headers)
+                    for r in records
+                ]
+        except TimeoutError as exc:
+            if producer is not None:
+                self._discard(producer)
+            raise BrokerUnavailable("the broker did not take the records in time") from exc
+        except KafkaError as exc:
+            if producer is not None:
+                self._discard(producer)
+            raise BrokerUnavailable(f"the broker refused the records: {exc}") from exc
+        # asyncio.wait, not a timeout around gather: a timeout must not cancel the
+        # producer's delivery futures
+        remaining = max(0.05, deadline - loop.time())
+        _done, pending = await asyncio.wait(futures, timeout=remaining)
+        if pending:
+            self._discard(producer)
+            raise BrokerUnavailable(
+                f"{len(pending)} of {len(futures)} records not acknowledged in time")
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            self._discard(producer)
+            raise BrokerUnavailable(f"the broker did not acknowledge: {errors[0]!r}")
+        return [f.result() for f in futures]
+
+    async def producer(self) -> AIOKafkaProducer:
+        """The live producer (started on demand), for callers that batch on their own."""
+        async with asyncio.timeout(self.timeout):
+            return await self._ensure()
+
+    async def ready(self) -> tuple[bool, str]:
+        """Readiness: the broker answers a metadata request within the timeout."""
+        try:
+            async with asyncio.timeout(min(self.timeout, 3.0)):
+                producer = await self._ensure()
+                await producer.client.fetch_all_metadata()
+            return True, f"broker reachable at {self.settings.kafka.bootstrap_servers}"
+        except (TimeoutError, KafkaError, BrokerUnavailable, OSError) as exc:
+            return False, f"broker not reachable: {exc or type(exc).__name__}"
+
+    async def stop(self) -> None:
+        """Flush what was accepted and close (graceful shutdown)."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                await asyncio.wait_for(producer.stop(), self.timeout + 5)
+            except (TimeoutError, KafkaError):
+                log.warning("producer did not flush in time at shutdown")
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)

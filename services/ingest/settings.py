@@ -1,0 +1,29 @@
+"""Configuration of the ingest service (``ANTING_INGEST_*`` plus the shared ``KAFKA_*``)."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import AntingSettings
+
+
+class IngestSettings(AntingSettings):
+    model_config = SettingsConfigDict(env_prefix="ANTING_INGEST_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8001, ge=1, le=65535)
+    max_body_bytes: int = Field(1024 * 1024, ge=1)
+    # the `source` of events posted as bare data to /v1/announcements and /v1/agreements
+    source: str = "/anting/ingest"
+    # the whole budget of one publish (sends + broker acks) before answering 503
+    publish_timeout_seconds: float = Field(4.0, gt=0, le=60)
+    linger_ms: int = Field(5, ge=0)
+    max_batch_bytes: int = Field(512 * 1024, ge=1024)
+
+    # shared names, read without the service prefix
+    api_keys: str = Field("", validation_alias=AliasChoices("ANTING_API_KEYS", "api_keys"))
+    topic_prefix: str = Field(
+        "", validation_alias=AliasChoices("ANTING_TOPIC_PREFIX", "topic_prefix")
+    )
+    log_level: str = Field("INFO", validation_alias=AliasChoices("ANTING_LOG_LEVEL", "log_level"))
