@@ -49,6 +49,35 @@ def serve(service: Annotated[Service, typer.Argument(help="which service to run"
     module.run()
 
 
+@app.command()
+def run(
+    kafka_port: Annotated[int, typer.Option(
+        envvar="ANTING_RUN_KAFKA_PORT", help="port of the local broker (when KAFKA_BOOTSTRAP_SERVERS is unset)")] = 9092,
+    prometheus: Annotated[bool, typer.Option(
+        "--prometheus/--no-prometheus", envvar="ANTING_RUN_PROMETHEUS",
+        help="start Prometheus when its binary is on PATH")] = True,
+    prometheus_port: Annotated[int, typer.Option(envvar="ANTING_RUN_PROMETHEUS_PORT")] = 9090,
+    scrape_interval: Annotated[float, typer.Option(
+        envvar="ANTING_RUN_SCRAPE_INTERVAL", help="Prometheus scrape interval, seconds")] = 5.0,
+    seed: Annotated[Path | None, typer.Option(
+        envvar="ANTING_RUN_SEED", help="NDJSON CloudEvents to publish once the stack is up")] = None,
+    state_dir: Annotated[Path | None, typer.Option(
+        envvar="ANTING_RUN_STATE_DIR", help="where the broker and Prometheus keep data (.local)")] = None,
+) -> None:
+    """The whole stack here (what `make run` runs): Kafka, topics, catalog, the three services, the seed."""
+    from services import devstack
+
+    opts = devstack.Options(
+        kafka_port=kafka_port, prometheus=prometheus, prometheus_port=prometheus_port,
+        scrape_interval=scrape_interval,
+    )
+    if seed is not None:
+        opts.seed = seed
+    if state_dir is not None:
+        opts.state_dir = state_dir.resolve()
+    raise typer.Exit(devstack.run(opts))
+
+
 topics_app = typer.Typer(help="The Kafka topics of the registry.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 
