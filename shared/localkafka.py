@@ -230,7 +230,8 @@ class LocalKafka:
         if not (self.data_dir / "logs" / "meta.properties").is_file():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             fmt = subprocess.run(
-                [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                # "=" form: a urlsafe id may start with "-", which argparse would take for an option
+                [*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
                  "-c", str(props), "--ignore-formatted"],
                 capture_output=True, text=True,
             )
