@@ -1,0 +1,85 @@
+"""``anting serve enrich``: the catalog reader, the enrich worker, and /metrics,
+/healthz, /readyz on uvicorn, all in one event loop.
+
+SIGTERM/SIGINT (via :func:`shared.runtime.run_service`) stop fetching; the batch
+in flight commits its transactions, then producers and consumers close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import uvicorn
+from fastapi import FastAPI
+
+from services.enrich.catalog import Catalog, CatalogReader
+from services.enrich.pipeline import Worker
+from services.enrich.settings import EnrichSettings
+from shared import logs
+from shared import settings as settings_mod
+from shared.http import health_router, install_request_metrics
+from shared.kafka import ensure_topics
+from shared.runtime import run_service
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: run_service owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def create_app(worker: Worker) -> FastAPI:
+    async def ready() -> tuple[bool, str]:
+        if not worker.reader.loaded.is_set():
+            return False, "loading the organization catalog"
+        if not worker.running:
+            return False, "not connected to the input topics"
+        return True, f"catalog {worker.catalog.version}, {len(worker.catalog.organizations)} organizations"
+
+    app = FastAPI(title="Anting enrich", version="0.1.0")
+    app.include_router(health_router(ready))
+    install_request_metrics(app, "enrich")
+    return app
+
+
+async def serve(settings: EnrichSettings, stop: asyncio.Event) -> None:
+    """Run enrich until ``stop`` is set (usable from Python, e.g. benchmarks)."""
+    catalog = Catalog(settings.fuzzy_threshold)
+    reader = CatalogReader(settings, catalog)
+    worker = Worker(settings, catalog, reader)
+    config = uvicorn.Config(
+        create_app(worker), host=settings.host, port=settings.port, log_config=None,
+        access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+    )
+    server = _Server(config)
+    http = asyncio.create_task(server.serve())
+    try:
+        await ensure_topics(settings)
+        await reader.start()
+        log.info("catalog loaded", extra={
+            "organizations": len(catalog.organizations), "version": catalog.version})
+        await worker.run(stop)
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await http
+        await reader.stop()
+
+
+def run() -> None:
+    settings = settings_mod.load(EnrichSettings)
+    logs.configure("enrich", settings.log_level)
+    log.info("enrich starting", extra={
+        "guarantee": settings.guarantee, "group": settings.group, "port": settings.port})
+
+    async def main(stop: asyncio.Event) -> None:
+        await serve(settings, stop)
+
+    run_service("enrich", main)

@@ -1,0 +1,291 @@
+"""The consume → enrich → produce loop, exactly once (Kafka transactions) or at least once.
+
+Exactly once: one transactional producer per input partition, with the
+transactional id ``<group>-<topic>-<partition>``. A worker that takes over a
+partition (after a rebalance, or the same worker restarted after SIGKILL)
+starts a producer with the same id, which fences the previous owner and aborts
+its open transaction; only then does it read the partition's committed offset
+and start there. Each poll becomes one transaction per partition: the enriched
+events, the dead letters of its poison records, and the partition's next
+offset (``send_offsets_to_transaction``) commit together or not at all.
+Consumers read ``read_committed``.
+
+aiokafka 0.14 sends offsets without the group generation (no KIP-447), so one
+producer for the whole consumer could not fence a zombie that lost a
+partition: hence a producer per partition, as Kafka Streams did before 2.6.
+
+At least once (``ANTING_ENRICH_GUARANTEE=at_least_once``): one idempotent
+producer; offsets are committed after the broker acknowledged the batch.
+
+Any failure in a transaction tears the session down (consumer and producers)
+and starts it again from the committed offsets: nothing is half-done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from pydantic import ValidationError
+
+from services.enrich.catalog import Catalog, CatalogReader
+from services.enrich.enrich import enrich_bytes
+from services.enrich.settings import EnrichSettings
+from shared.deadletters import from_record
+from shared.kafka import make_consumer, make_producer
+from shared.metrics import ENRICH_EVENTS, ENRICH_ORGANIZATIONS, STAGE_SECONDS, lag_reporter
+from shared.topics import AGREEMENTS, ANNOUNCEMENTS, DEAD_LETTERS, ENRICHED_EVENTS
+
+log = logging.getLogger(__name__)
+STAGE = "enrich"
+_STAGE_SECONDS = STAGE_SECONDS.labels(STAGE)
+
+
+class Outcome:
+    """What one batch did, summed for the metrics (one label lookup per batch, not per event)."""
+
+    def __init__(self) -> None:
+        self.events: Counter[tuple[str, str]] = Counter()
+        self.resolved = 0
+        self.unresolved = 0
+
+    def publish(self) -> None:
+        for (etype, outcome), n in self.events.items():
+            ENRICH_EVENTS.labels(etype, outcome).inc(n)
+        if self.resolved:
+            ENRICH_ORGANIZATIONS.labels("resolved").inc(self.resolved)
+        if self.unresolved:
+            ENRICH_ORGANIZATIONS.labels("unresolved").inc(self.unresolved)
+
+
+def _type_of(raw: bytes | None) -> str:
+    """The event type of a poison record, if it has a readable one (for the metric label)."""
+    if raw and b'"conference.announcement"' in raw:
+        return "conference.announcement"
+    if raw and b'"agreement.signed"' in raw:
+        return "agreement.signed"
+    return "unknown"
+
+
+class Enricher:
+    """Turns records into sends on a producer: enriched events, or dead letters."""
+
+    def __init__(self, settings: EnrichSettings, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.out_topic = settings.topic(ENRICHED_EVENTS)
+        self.dlq_topic = settings.topic(DEAD_LETTERS)
+
+    async def process(self, producer: AIOKafkaProducer, records: list[Any], outcome: Outcome) -> list[Any]:
+        """Queue one output per record; returns the delivery futures."""
+        futures = []
+        index, version = self.catalog.index, self.catalog.version
+        for r in records:
+            t0 = time.perf_counter()
+            try:
+                if r.value is None:
+                    raise ValueError("empty record (null value)")
+                etype, enriched = enrich_bytes(r.value, index, version)
+                value = enriched.dump()
+            except (ValidationError, ValueError) as exc:
+                letter = from_record(r, stage=STAGE, error=exc)
+                futures.append(await producer.send(
+                    self.dlq_topic, value=letter.value, key=letter.key, headers=letter.headers))
+                outcome.events[(_type_of(r.value), "dead_lettered")] += 1
+                log.warning("poison record dead-lettered", extra={
+                    "topic": r.topic, "partition": r.partition, "offset": r.offset,
+                    "error": type(exc).__name__})
+                continue
+            futures.append(await producer.send(
+                self.out_topic, value=value, key=r.key, headers=list(r.headers or ())))
+            outcome.events[(etype, "enriched")] += 1
+            outcome.resolved += enriched.resolved
+            outcome.unresolved += enriched.unresolved
+            _STAGE_SECONDS.observe(time.perf_counter() - t0)
+        return futures
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.worker.revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.worker.assigned(set(assigned))
+
+
+class Worker:
+    """One enrich worker: a consumer in the group, its producers, the catalog."""
+
+    def __init__(self, settings: EnrichSettings, catalog: Catalog, reader: CatalogReader) -> None:
+        self.settings = settings
+        self.group = settings.group
+        self.catalog = catalog
+        self.reader = reader
+        self.enricher = Enricher(settings, catalog)
+        self.exactly_once = settings.guarantee == "exactly_once"
+        self.inputs = [settings.topic(ANNOUNCEMENTS), settings.topic(AGREEMENTS)]
+        self.consumer: Any = None
+        self.producer: AIOKafkaProducer | None = None  # at-least-once
+        self.producers: dict[TopicPartition, AIOKafkaProducer] = {}  # exactly-once
+        self.fresh: set[TopicPartition] = set()
+        self.lock = asyncio.Lock()
+        self.running = False
+
+    # --- rebalance ---------------------------------------------------------------
+
+    async def revoked(self, tps: set[TopicPartition]) -> None:
+        # wait for the batch in flight: its transactions commit before the partitions go
+        async with self.lock:
+            for tp in tps:
+                producer = self.producers.pop(tp, None)
+                if producer is not None:
+                    with contextlib.suppress(Exception):
+                        await producer.stop()
+            self.fresh -= tps
+
+    def assigned(self, tps: set[TopicPartition]) -> None:
+        # the producer (and so the fencing) comes before the first batch; see _claim
+        self.fresh |= tps
+
+    # --- session -----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sessions until ``stop``; a failed session is torn down and started again."""
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("enrich session failed; restarting from the committed offsets")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        self.consumer = make_consumer(
+            self.settings, group_id=self.group,
+            fetch_max_wait_ms=self.settings.batch_wait_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        self.consumer.subscribe(self.inputs, listener=_Listener(self))
+        await self.consumer.start()
+        if not self.exactly_once:
+            self.producer = make_producer(self.settings)
+            await self.producer.start()
+        lag = asyncio.create_task(lag_reporter(self.consumer, self.group, interval=2.0))
+        self.running = True
+        try:
+            while not stop.is_set():
+                batch = await self.consumer.getmany(
+                    timeout_ms=self.settings.batch_wait_ms,
+                    max_records=self.settings.batch_max_records,
+                )
+                if not batch:
+                    continue
+                async with self.lock:
+                    await self.reader.catch_up()
+                    if self.exactly_once:
+                        await self._transact(batch)
+                    else:
+                        await self._at_least_once(batch)
+        finally:
+            self.running = False
+            lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag
+            await self._close()
+
+    async def _close(self) -> None:
+        for producer in list(self.producers.values()):
+            with contextlib.suppress(Exception):
+                await producer.stop()
+        self.producers.clear()
+        self.fresh.clear()
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+            self.producer = None
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await self.consumer.stop()
+            self.consumer = None
+
+    # --- exactly once --------------------------------------------------------------
+
+    async def _claim(self, tp: TopicPartition) -> AIOKafkaProducer:
+        """The partition's transactional producer; on first use it fences the previous
+        owner, and the consumer is moved to the offset committed after that."""
+        producer = self.producers.get(tp)
+        if producer is None:
+            producer = make_producer(
+                self.settings,
+                transactional_id=f"{self.group}-{tp.topic}-{tp.partition}",
+                transaction_timeout_ms=self.settings.transaction_timeout_ms,
+            )
+            await producer.start()  # InitProducerId: bumps the epoch, aborts the zombie's open txn
+            self.producers[tp] = producer
+        return producer
+
+    async def _transact(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        outcome = Outcome()
+        pending: list[tuple[TopicPartition, AIOKafkaProducer]] = []
+        assignment = self.consumer.assignment()
+        for tp, records in batch.items():
+            if tp not in assignment or not records:
+                continue
+            producer = await self._claim(tp)
+            if tp in self.fresh:
+                # the position was read before the fencing: a transaction of the previous
+                # owner may have committed since. Start from what is committed now.
+                self.fresh.discard(tp)
+                committed = await self.consumer.committed(tp)
+                start = committed if committed is not None else 0
+                records = [r for r in records if r.offset >= start]
+                if not records or records[0].offset != start:
+                    self.consumer.seek(tp, start)
+                    continue
+            await producer.begin_transaction()
+            pending.append((tp, producer))
+            try:
+                await self.enricher.process(producer, records, outcome)
+                await producer.send_offsets_to_transaction(
+                    {tp: records[-1].offset + 1}, self.group)
+            except BaseException:
+                await self._abort(pending)
+                raise
+        try:
+            # the partitions' transactions commit side by side
+            await asyncio.gather(*(p.commit_transaction() for _, p in pending))
+        except BaseException:
+            await self._abort(pending)
+            raise
+        outcome.publish()
+
+    @staticmethod
+    async def _abort(pending: list[tuple[TopicPartition, AIOKafkaProducer]]) -> None:
+        for _, producer in pending:
+            with contextlib.suppress(Exception):
+                await producer.abort_transaction()
+
+    # --- at least once ----------------------------------------------------------
+
+    async def _at_least_once(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        assert self.producer is not None
+        outcome = Outcome()
+        futures = []
+        offsets = {}
+        for tp, records in batch.items():
+            if not records:
+                continue
+            futures += await self.enricher.process(self.producer, records, outcome)
+            offsets[tp] = records[-1].offset + 1
+        await asyncio.gather(*futures)
+        await self.consumer.commit(offsets)
+        outcome.publish()
