@@ -78,6 +78,9 @@ class Subscription(SubscriptionRequest):
     id: NonEmpty
     created_at: datetime
     secrets: list[str] = Field(default_factory=list, description="whsec_ signing secrets, newest first")
+    previous_secrets_expire_at: datetime | None = Field(
+        default=None, description="after a rotation: when the secrets other than the newest stop being used"
+    )
     disabled: bool = False
     disabled_reason: str | None = None
 

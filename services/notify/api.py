@@ -1,0 +1,202 @@
+"""The HTTP surface of notify (FastAPI): subscriptions CRUD, secret rotation, the
+enriched stream as Server-Sent Events, health and metrics. Errors are RFC 9457
+problem+json; ``ANTING_API_KEYS`` protects everything under ``/v1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from services.notify.matching import match
+from services.notify.settings import NotifySettings
+from services.notify.ssrf import literal_refusal
+from services.notify.subscriptions import SubscriptionStore, public_view
+from shared.events import error_paths, parse_enriched
+from shared.http import (
+    ApiKeys,
+    health_router,
+    install_request_metrics,
+    problem,
+    problem_responses,
+    unauthorized,
+)
+from shared.kafka import make_consumer
+from shared.subscriptions import Filter, SubscriptionRequest
+from shared.topics import ENRICHED_EVENTS
+
+SSE_HEARTBEAT_SECONDS = 15.0
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+def filter_from_query(
+    types: list[str], kinds: list[str], organizations: list[str], sectors: list[str], cities: list[str]
+) -> Filter:
+    """Query parameters (repeated or comma-separated) → a validated filter."""
+    def split(values: list[str]) -> list[str]:
+        return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+    doc = {"types": split(types), "kinds": split(kinds), "organizations": split(organizations),
+           "sectors": split(sectors), "cities": split(cities)}
+    return Filter.model_validate_json(orjson.dumps(doc))
+
+
+def create_app(settings: NotifySettings, store: SubscriptionStore, ready: Any = None) -> FastAPI:
+    keys = ApiKeys.parse(settings.api_keys)
+    app = FastAPI(title="Anting notify", version="0.1.0",
+                  description="Filtered subscriptions delivered by webhook, email, chat and log.")
+    install_request_metrics(app, "notify")
+
+    async def _ready() -> tuple[bool, str]:
+        if ready is not None:
+            return await ready()  # type: ignore[no-any-return]
+        return store.view.ready.is_set(), "subscriptions loaded" if store.view.ready.is_set() else "starting"
+
+    app.include_router(health_router(_ready))
+
+    def require_key(request: Request) -> None:
+        if not keys.allows(request.headers.get("authorization")):
+            raise _Unauthorized
+
+    @app.exception_handler(_Unauthorized)
+    async def _unauth(_: Request, __: Exception) -> Response:
+        return unauthorized()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        errors = [{"path": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        return problem(422, "invalid request", errors=errors)
+
+    auth = [Depends(require_key)]
+
+    @app.post(
+        "/v1/subscriptions", status_code=201, dependencies=auth, tags=["subscriptions"],
+        summary="Create a subscription; a webhook's signing secret is returned once, here",
+        responses=problem_responses(400, 401, 415, 422, 503),
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+            "schema": SubscriptionRequest.model_json_schema()}}}},
+    )
+    async def create(request: Request) -> Response:
+        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if ctype not in ("application/json", ""):
+            return problem(415, f"expected application/json, got {ctype}")
+        body = await request.body()
+        try:
+            orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return problem(400, f"malformed JSON: {exc}")
+        try:
+            req = SubscriptionRequest.model_validate_json(body)
+        except ValidationError as exc:
+            return problem(422, "the subscription is not valid", errors=error_paths(exc))
+        if req.channel.type == "webhook":
+            why = literal_refusal(req.channel.url, settings.networks())
+            if why:
+                return problem(422, "webhook URL refused", errors=[{"path": "channel.url", "message": why}])
+        try:
+            sub, secret = await store.create(req)
+        except Exception as exc:
+            return problem(503, f"could not store the subscription: {type(exc).__name__}")
+        doc = public_view(sub)
+        if secret:
+            doc["secret"] = secret
+        return JSONResponse(doc, status_code=201, headers={"location": f"/v1/subscriptions/{sub.id}"})
+
+    @app.get("/v1/subscriptions", dependencies=auth, tags=["subscriptions"], summary="List subscriptions",
+             responses=problem_responses(401))
+    async def list_all() -> dict[str, Any]:
+        return {"subscriptions": [public_view(s) for s in store.all()]}
+
+    @app.get("/v1/subscriptions/{sub_id}", dependencies=auth, tags=["subscriptions"],
+             summary="One subscription (never its secrets)", responses=problem_responses(401, 404))
+    async def get_one(sub_id: str) -> Response:
+        sub = store.get(sub_id)
+        if sub is None:
+            return problem(404, f"no subscription {sub_id}")
+        return JSONResponse(public_view(sub))
+
+    @app.delete("/v1/subscriptions/{sub_id}", status_code=204, dependencies=auth, tags=["subscriptions"],
+                summary="Delete a subscription", responses=problem_responses(401, 404, 503))
+    async def delete(sub_id: str) -> Response:
+        if not await store.delete(sub_id):
+            return problem(404, f"no subscription {sub_id}")
+        return Response(status_code=204)
+
+    @app.post("/v1/subscriptions/{sub_id}/rotate-secret", dependencies=auth, tags=["subscriptions"],
+              summary="A new webhook secret (shown once); the previous one keeps signing for a grace period",
+              responses=problem_responses(401, 404))
+    async def rotate(sub_id: str, grace_seconds: Annotated[int | None, Query(ge=0)] = None) -> Response:
+        out = await store.rotate_secret(sub_id, settings.secret_grace_seconds if grace_seconds is None else grace_seconds)
+        if out is None:
+            return problem(404, f"no webhook subscription {sub_id}")
+        sub, secret = out
+        return JSONResponse({**public_view(sub), "secret": secret,
+                             "previous_secret_expires_at": sub.previous_secrets_expire_at.isoformat()
+                             if sub.previous_secrets_expire_at else None})
+
+    @app.get("/v1/stream", dependencies=auth, tags=["stream"],
+             summary="The enriched stream as Server-Sent Events, filtered like a subscription",
+             responses={200: {"content": {"text/event-stream": {}}}, **problem_responses(401, 422)})
+    async def stream(
+        request: Request,
+        types: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
+        kinds: Annotated[list[str], Query()] = [],  # noqa: B006
+        organizations: Annotated[list[str], Query()] = [],  # noqa: B006
+        sectors: Annotated[list[str], Query()] = [],  # noqa: B006
+        cities: Annotated[list[str], Query()] = [],  # noqa: B006
+        from_: Annotated[str, Query(alias="from", pattern="^(latest|earliest)$")] = "latest",
+    ) -> Response:
+        try:
+            flt = filter_from_query(types, kinds, organizations, sectors, cities)
+        except ValidationError as exc:
+            return problem(422, "invalid filter", errors=error_paths(exc))
+        return StreamingResponse(
+            sse_events(settings, flt, from_, request), media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    return app
+
+
+async def sse_events(settings: NotifySettings, flt: Filter, start: str, request: Request) -> AsyncIterator[bytes]:
+    """Each matching enriched event as one SSE message (``id`` = event id, ``event`` = type)."""
+    consumer = make_consumer(settings, settings.topic(ENRICHED_EVENTS), group_id=None, auto_offset_reset=start)
+    await consumer.start()
+    try:
+        yield b": connected\n\n"
+        idle = 0.0
+        while not await request.is_disconnected():
+            batch = await consumer.getmany(timeout_ms=500, max_records=500)
+            if not batch:
+                idle += 0.5
+                if idle >= SSE_HEARTBEAT_SECONDS:
+                    idle = 0.0
+                    yield b": keep-alive\n\n"
+                continue
+            idle = 0.0
+            for records in batch.values():
+                for r in records:
+                    try:
+                        event = parse_enriched(r.value)
+                    except Exception:
+                        continue
+                    reasons = match(event, flt)
+                    if reasons is None:
+                        continue
+                    doc = {**orjson.loads(r.value), "reason": reasons}
+                    yield (f"id: {event.id}\nevent: {event.type}\n".encode()
+                           + b"data: " + orjson.dumps(doc) + b"\n\n")
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(consumer.stop())

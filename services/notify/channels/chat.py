@@ -1,0 +1,32 @@
+"""Chat and other services through apprise URLs (Slack, Telegram, Matrix, ...)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import apprise
+
+from shared.subscriptions import Subscription
+
+from ..notification import Delivery
+from . import Result
+
+
+class AppriseSender:
+    async def send(self, sub: Subscription, delivery: Delivery) -> Result:
+        assert sub.channel.type == "apprise"
+        ap = apprise.Apprise()
+        if not ap.add(sub.channel.url):
+            return Result("permanent", None, "apprise does not understand this URL")
+        body = delivery.text()
+        title = delivery.title()
+        try:
+            # apprise's own plugins block; keep them off the event loop
+            ok = await asyncio.to_thread(ap.notify, body=body, title=title)
+        except Exception as exc:
+            return Result("retry", None, f"{type(exc).__name__}: {exc}")
+        # apprise reports only success or failure: a failure may be transient
+        return Result("ok") if ok else Result("retry", None, "apprise reported a failure")
+
+    async def aclose(self) -> None:
+        return None

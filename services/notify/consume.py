@@ -1,0 +1,154 @@
+"""The consuming loop shared by the event pipeline and the retry schedule: fetch,
+hand each record to a task (so slow deliveries never block the poll and
+``max_poll_interval`` is never at risk), pause fetching while too much is in
+flight, and commit in batches — per partition only up to the oldest record whose
+work is not finished (or durably scheduled) yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+log = logging.getLogger(__name__)
+
+
+class Abandoned(Exception):
+    """A handler gave its record up for now (shutting down): its offset is not committed."""
+
+
+class OffsetTracker:
+    def __init__(self) -> None:
+        self.pending: dict[TopicPartition, set[int]] = {}
+        self.next: dict[TopicPartition, int] = {}
+        self.committed: dict[TopicPartition, int] = {}
+
+    def add(self, tp: TopicPartition, offset: int) -> None:
+        self.pending.setdefault(tp, set()).add(offset)
+        self.next[tp] = max(self.next.get(tp, 0), offset + 1)
+
+    def done(self, tp: TopicPartition, offset: int) -> None:
+        if tp in self.pending:
+            self.pending[tp].discard(offset)
+
+    def forget(self, tps: Any) -> None:
+        for tp in tps:
+            self.pending.pop(tp, None)
+            self.next.pop(tp, None)
+            self.committed.pop(tp, None)
+
+    def committable(self) -> dict[TopicPartition, OffsetAndMetadata]:
+        out = {}
+        for tp, nxt in self.next.items():
+            pending = self.pending.get(tp)
+            upto = min(pending) if pending else nxt
+            if upto > self.committed.get(tp, -1):
+                out[tp] = OffsetAndMetadata(upto, "")
+        return out
+
+    def in_flight(self) -> int:
+        return sum(len(p) for p in self.pending.values())
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, loop: ConsumerLoop) -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.loop.commit()
+        self.loop.tracker.forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None
+
+
+class ConsumerLoop:
+    def __init__(
+        self,
+        consumer: Any,
+        topic: str,
+        handler: Callable[[Any], Awaitable[None]],
+        *,
+        max_in_flight: int,
+        commit_interval: float = 1.0,
+        name: str = "consumer",
+    ) -> None:
+        self.consumer = consumer
+        self.topic = topic
+        self.handler = handler
+        self.max_in_flight = max_in_flight
+        self.commit_interval = commit_interval
+        self.name = name
+        self.tracker = OffsetTracker()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.paused = False
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe([self.topic], listener=_Listener(self))
+
+    async def commit(self) -> None:
+        offsets = self.tracker.committable()
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except Exception:  # e.g. a rebalance under way: the next commit catches up
+            log.warning("%s: commit failed", self.name, exc_info=True)
+            return
+        for tp, om in offsets.items():
+            self.tracker.committed[tp] = om.offset
+
+    async def _run_one(self, record: Any) -> None:
+        tp = TopicPartition(record.topic, record.partition)
+        try:
+            await self.handler(record)
+        except (Abandoned, asyncio.CancelledError):
+            return  # not done: read again after a restart or rebalance
+        except Exception:
+            log.exception("%s: handler failed; record left uncommitted", self.name)
+            return
+        self.tracker.done(tp, record.offset)
+
+    def _backpressure(self) -> None:
+        busy = len(self.tasks) >= self.max_in_flight
+        parts = list(self.consumer.assignment())
+        if busy and not self.paused and parts:
+            self.consumer.pause(*parts)
+            self.paused = True
+        elif not busy and self.paused:
+            self.consumer.resume(*parts)
+            self.paused = False
+
+    async def run(self, stop: asyncio.Event, grace: float = 10.0) -> None:
+        last_commit = time.monotonic()
+        try:
+            while not stop.is_set():
+                self._backpressure()
+                batch = await self.consumer.getmany(timeout_ms=200, max_records=1000)
+                for records in batch.values():
+                    for record in records:
+                        self.tracker.add(TopicPartition(record.topic, record.partition), record.offset)
+                        task = asyncio.create_task(self._run_one(record))
+                        self.tasks.add(task)
+                        task.add_done_callback(self.tasks.discard)
+                if time.monotonic() - last_commit >= self.commit_interval:
+                    await self.commit()
+                    last_commit = time.monotonic()
+        finally:
+            # graceful: let in-flight work finish (bounded), then commit what is done
+            if self.tasks:
+                _, rest = await asyncio.wait(set(self.tasks), timeout=grace)
+                for task in rest:
+                    task.cancel()
+                for task in rest:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            with contextlib.suppress(Exception):
+                await self.commit()

@@ -1,0 +1,169 @@
+"""One delivery attempt and what follows from its outcome (the handler of the flow).
+
+- 2xx / sent → ``delivered``: the ledger records it (so no resend), then the log.
+- timeout, connection error, 5xx, 408, 429, 503 → ``retried``: a retry record on
+  ``notify-retries`` due after ``Retry-After`` (when given) or exponential backoff
+  with full jitter; the ledger notes the attempt so older records stand down.
+- 3xx (never followed), other 4xx, a refused address, or the last attempt → ``dead``:
+  the record on ``notifications`` and the delivery in ``dead-letters``.
+- 410 → ``dead`` as well, and the subscription is disabled.
+
+Every outcome goes to ``notifications`` and ``anting_notify_deliveries_total``
+(``failed`` counts every failed attempt: ``failed = retried + dead``).
+The caller's offset may be committed once :meth:`Deliverer.run` returns: by then
+every record it wrote has been acknowledged by the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from services.notify.channels import Channel, Result
+from services.notify.ledger import Ledger
+from services.notify.notification import Delivery
+from services.notify.settings import NotifySettings
+from services.notify.subscriptions import SubscriptionStore
+from shared.deadletters import DeadLetterWriter, dead_letter
+from shared.metrics import END_TO_END_SECONDS, NOTIFY_DELIVERIES
+from shared.subscriptions import DeliveryOutcome, DeliveryRecord, Subscription
+from shared.topics import NOTIFICATIONS, NOTIFY_RETRIES
+
+log = logging.getLogger(__name__)
+DUE_HEADER = "anting.due_ms"
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Full jitter: uniform(0, min(cap, base * 2**(attempt-1)))."""
+    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+
+
+class Deliverer:
+    def __init__(
+        self,
+        settings: NotifySettings,
+        producer: Any,
+        store: SubscriptionStore,
+        ledger: Ledger,
+        channels: Mapping[str, Channel],
+    ) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.store = store
+        self.ledger = ledger
+        self.channels = channels
+        self.sem = asyncio.Semaphore(settings.concurrency)
+        self.notifications = settings.topic(NOTIFICATIONS)
+        self.retries = settings.topic(NOTIFY_RETRIES)
+        self.dlq = DeadLetterWriter(producer, settings)
+
+    async def run(self, delivery: Delivery, *, replay: bool = False) -> str:
+        """Attempt the delivery once and record the outcome; returns it.
+
+        ``replay`` (a dead letter sent back by ``anting dlq replay``) skips the ledger check.
+        """
+        sub = self.store.get(delivery.subscription_id)
+        if sub is None or sub.disabled:
+            channel = sub.channel.type if sub else "webhook"
+            why = "subscription disabled" if sub else "subscription deleted"
+            NOTIFY_DELIVERIES.labels(channel, "suppressed").inc()
+            await self._record(sub, delivery, DeliveryOutcome.suppressed, Result("permanent", error=why))
+            return "suppressed"
+        if not replay and self.ledger.is_final(delivery.key):
+            NOTIFY_DELIVERIES.labels(sub.channel.type, "suppressed").inc()
+            return "suppressed"
+        async with self.sem:
+            try:
+                result = await self.channels[sub.channel.type].send(sub, delivery)
+            except Exception as exc:  # a channel bug must not lose the delivery
+                log.exception("channel raised")
+                result = Result("retry", None, f"{type(exc).__name__}: {exc}")
+        return await self.settle(sub, delivery, result)
+
+    async def settle(self, sub: Subscription, delivery: Delivery, result: Result) -> str:
+        channel = sub.channel.type
+        if result.verdict == "ok":
+            acks = [
+                await self.ledger.mark(delivery.key, "delivered", sub.id, delivery.attempt),
+                await self._record(sub, delivery, DeliveryOutcome.delivered, result, wait=False),
+            ]
+            await asyncio.gather(*acks)
+            NOTIFY_DELIVERIES.labels(channel, "delivered").inc()
+            if delivery.ingested_ms:
+                END_TO_END_SECONDS.observe(max(0.0, time.time() - delivery.ingested_ms / 1000))
+            return "delivered"
+        NOTIFY_DELIVERIES.labels(channel, "failed").inc()
+        if result.verdict == "retry" and delivery.attempt < self.settings.max_attempts:
+            if result.retry_after is not None:
+                delay = min(result.retry_after, self.settings.retry_after_max_seconds)
+            else:
+                delay = backoff(delivery.attempt, self.settings.backoff_base_seconds,
+                                self.settings.backoff_max_seconds)
+            due = datetime.now(UTC) + timedelta(seconds=delay)
+            nxt = Delivery(**{**delivery.__dict__, "attempt": delivery.attempt + 1})
+            acks = [
+                await self.producer.send(
+                    self.retries, key=delivery.key.encode(), value=nxt.to_json(),
+                    headers=[(DUE_HEADER, str(int(due.timestamp() * 1000)).encode())],
+                ),
+                await self.ledger.mark(delivery.key, "scheduled", sub.id, nxt.attempt),
+                await self._record(sub, delivery, DeliveryOutcome.retried, result, wait=False, next_at=due),
+            ]
+            await asyncio.gather(*acks)
+            NOTIFY_DELIVERIES.labels(channel, "retried").inc()
+            return "retried"
+        # dead: permanent failure, 410, or out of attempts
+        if result.verdict == "gone":
+            await self.store.disable(sub.id, result.error or "410 Gone")
+        replayable = Delivery(**{**delivery.__dict__, "attempt": 1})
+        letter = dead_letter(
+            stage="notify", error=result.error or "delivery failed",
+            key=delivery.key.encode(), value=replayable.to_json(),
+            headers=[(DUE_HEADER, b"0")], topic=self.retries,
+            extra={"subscription": sub.id, "attempts": str(delivery.attempt),
+                   "status_code": str(result.status_code or "")},
+        )
+        acks = [
+            await self.dlq.send(letter),
+            await self.ledger.mark(delivery.key, "dead", sub.id, delivery.attempt),
+            await self._record(sub, delivery, DeliveryOutcome.dead, result, wait=False),
+        ]
+        await asyncio.gather(*acks)
+        NOTIFY_DELIVERIES.labels(channel, "dead").inc()
+        log.warning("delivery dead", extra={"subscription": sub.id, "key": delivery.key,
+                                            "error": result.error, "attempt": delivery.attempt})
+        return "dead"
+
+    async def _record(
+        self, sub: Subscription | None, delivery: Delivery, outcome: DeliveryOutcome,
+        result: Result, *, wait: bool = True, next_at: datetime | None = None,
+    ) -> Any:
+        rec = DeliveryRecord(
+            subscription_id=delivery.subscription_id,
+            event_id=delivery.event_id,
+            idempotency_key=delivery.key,
+            channel=sub.channel.type if sub else "webhook",
+            outcome=outcome,
+            attempt=delivery.attempt,
+            at=datetime.now(UTC),
+            status_code=result.status_code,
+            error=result.error,
+            next_attempt_at=next_at,
+            reason=delivery.all_reasons(),
+            event_ids=delivery.event_ids,
+            digest=delivery.digest,
+        )
+        fut = await self.producer.send(
+            self.notifications, key=delivery.subscription_id.encode(),
+            value=orjson.dumps(rec.model_dump(mode="json")),
+        )
+        if wait:
+            await fut
+        return fut

@@ -1,0 +1,53 @@
+"""``anting serve notify``: the API on ``ANTING_NOTIFY_PORT`` and the delivery
+pipeline in one process, until SIGTERM/SIGINT (graceful: stop fetching, finish
+in-flight deliveries, commit, flush)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import uvicorn
+
+from services.notify.api import create_app
+from services.notify.pipeline import Notifier
+from services.notify.settings import NotifySettings
+from shared import logs
+from shared.runtime import run_service
+from shared.settings import load
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the service's stop event rules."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
+    notifier = Notifier(settings)
+    app = create_app(settings, notifier.store)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                            access_log=False, lifespan="off")
+    server = _Server(config)
+    try:
+        await notifier.start()
+        api = asyncio.create_task(server.serve())
+        log.info("notify ready", extra={"port": settings.port, "subscriptions": len(notifier.store.all())})
+        await notifier.run(stop)
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(api, 10)
+    finally:
+        await notifier.close()
+
+
+def run() -> None:
+    settings = load(NotifySettings)
+    logs.configure("notify", settings.log_level)
+    run_service("notify", lambda stop: serve(settings, stop))

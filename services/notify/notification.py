@@ -1,0 +1,127 @@
+"""A delivery (one or a digest of matching events for one subscription) and what it
+renders to: the stable idempotency key, the webhook body, the email text.
+
+The webhook body is a CloudEvent in JSON structured mode, so any CloudEvents
+parser reads it: for one event, the enriched event itself plus the extension
+attributes ``subscription`` (the subscription id) and ``reason`` (why it was
+sent, readable); for a digest, an ``anting.digest`` CloudEvent whose ``data``
+holds the events and the reason for each.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from services.notify.matching import Reason, describe
+
+DIGEST_TYPE = "anting.digest"
+SOURCE = "/anting/notify"
+
+
+def idempotency_key(event_id: str, subscription_id: str) -> str:
+    """Stable per (event, subscription): the same for every retry and every resend."""
+    digest = hashlib.sha256(f"{event_id}\0{subscription_id}".encode()).digest()[:20]
+    return "msg_" + base64.b32encode(digest).decode().lower()
+
+
+def digest_key(subscription_id: str, event_ids: list[str]) -> str:
+    digest = hashlib.sha256("\0".join([subscription_id, *sorted(event_ids)]).encode()).digest()[:20]
+    return "msg_" + base64.b32encode(digest).decode().lower()
+
+
+@dataclass
+class Delivery:
+    key: str
+    subscription_id: str
+    events: list[dict[str, Any]]  # enriched CloudEvents as JSON objects, unchanged
+    reasons: list[list[Reason]]  # per event
+    attempt: int = 1
+    ingested_ms: int | None = None  # the earliest input event's Kafka timestamp
+    digest: bool = False
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    @property
+    def event_ids(self) -> list[str]:
+        return [str(e.get("id")) for e in self.events]
+
+    @property
+    def event_id(self) -> str:
+        return self.key if self.digest else self.event_ids[0]
+
+    def all_reasons(self) -> list[Reason]:
+        return [r for rs in self.reasons for r in rs]
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Delivery:
+        return cls(**orjson.loads(raw))
+
+    # --- rendering ---------------------------------------------------------------
+
+    def cloudevent(self) -> dict[str, Any]:
+        if not self.digest:
+            return {**self.events[0], "subscription": self.subscription_id, "reason": describe(self.reasons[0])}
+        return {
+            "specversion": "1.0",
+            "id": self.key,
+            "source": SOURCE,
+            "type": DIGEST_TYPE,
+            "time": self.created_at,
+            "subject": self.subscription_id,
+            "datacontenttype": "application/json",
+            "subscription": self.subscription_id,
+            "reason": f"digest of {len(self.events)} events",
+            "data": {
+                "count": len(self.events),
+                "events": [{**e, "reason": describe(r)} for e, r in zip(self.events, self.reasons, strict=True)],
+            },
+        }
+
+    def body(self) -> bytes:
+        return orjson.dumps(self.cloudevent())
+
+    def title(self) -> str:
+        if self.digest:
+            return f"Anting digest: {len(self.events)} events"
+        return headline(self.events[0])
+
+    def text(self) -> str:
+        lines = []
+        for event, reasons in zip(self.events, self.reasons, strict=True):
+            data = event.get("data") or {}
+            lines.append(f"* {headline(event)}")
+            lines.append(f"  {event.get('type')} {event.get('id')} at {event.get('time') or '-'}")
+            if data.get("summary"):
+                lines.append(f"  {data['summary']}")
+            orgs = [o.get("name") for o in data.get("organizations") or []]
+            if orgs:
+                lines.append(f"  organizations: {', '.join(str(o) for o in orgs)}")
+            lines.append(f"  why: {describe(reasons)}")
+            lines.append("")
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        items = []
+        for event, reasons in zip(self.events, self.reasons, strict=True):
+            data = event.get("data") or {}
+            items.append(
+                f"<li><strong>{html.escape(headline(event))}</strong><br>"
+                f"{html.escape(str(event.get('type')))} · {html.escape(str(event.get('time') or '-'))}"
+                + (f"<br>{html.escape(str(data['summary']))}" if data.get("summary") else "")
+                + f"<br><small>why: {html.escape(describe(reasons))}</small></li>"
+            )
+        return f"<html><body><h3>{html.escape(self.title())}</h3><ul>{''.join(items)}</ul></body></html>"
+
+
+def headline(event: dict[str, Any]) -> str:
+    data = event.get("data") or {}
+    return str(data.get("headline") or data.get("title") or event.get("type") or "event")

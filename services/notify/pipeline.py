@@ -1,0 +1,160 @@
+"""The notify flow, wired: consume ``enriched-events`` → match every active
+subscription → deliver (or collect into a digest), with bounded concurrency and
+off the poll path; a second consumer runs the retry schedule. This is the
+composition root: tests build a :class:`Notifier` with their own channels or
+resolver through the same door.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+import orjson
+
+from services.notify.channels import Channel
+from services.notify.channels.chat import AppriseSender
+from services.notify.channels.log import LogSender
+from services.notify.channels.smtp import EmailSender
+from services.notify.channels.webhook import WebhookSender
+from services.notify.consume import ConsumerLoop
+from services.notify.delivery import Deliverer
+from services.notify.digest import Digests
+from services.notify.ledger import Ledger
+from services.notify.matching import match
+from services.notify.notification import Delivery, idempotency_key
+from services.notify.retries import RetrySchedule
+from services.notify.settings import NotifySettings
+from services.notify.ssrf import Resolver, system_resolver
+from services.notify.subscriptions import SubscriptionStore
+from shared.deadletters import DeadLetterWriter, from_record
+from shared.events import parse_enriched
+from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.metrics import STAGE_SECONDS, lag_reporter
+from shared.topics import ENRICHED_EVENTS, NOTIFY_RETRIES
+
+log = logging.getLogger(__name__)
+INGESTED_HEADER = "anting.ingested_ms"
+
+
+def ingested_ms(record: Any) -> int:
+    """When the event was accepted: a header enrich may carry, else the record's timestamp."""
+    for k, v in record.headers or ():
+        if k == INGESTED_HEADER:
+            with contextlib.suppress(ValueError):
+                return int(v.decode())
+    return int(record.timestamp)
+
+
+def default_channels(settings: NotifySettings, resolver: Resolver = system_resolver) -> dict[str, Channel]:
+    return {
+        "webhook": WebhookSender(settings.networks(), settings.timeout_seconds, settings.concurrency, resolver),
+        "email": EmailSender(
+            settings.smtp_host, settings.smtp_port, settings.smtp_from,
+            username=settings.smtp_username, password=settings.smtp_password,
+            starttls=settings.smtp_starttls, timeout=settings.timeout_seconds,
+        ),
+        "apprise": AppriseSender(),
+        "log": LogSender(settings.log_path),
+    }
+
+
+class Notifier:
+    def __init__(self, settings: NotifySettings, channels: Mapping[str, Channel] | None = None) -> None:
+        self.settings = settings
+        self.producer = make_producer(settings)
+        self.store = SubscriptionStore(settings, self.producer)
+        self.ledger = Ledger(settings, self.producer)
+        self.channels = channels or default_channels(settings)
+        self.deliverer = Deliverer(settings, self.producer, self.store, self.ledger, self.channels)
+        self.digests = Digests(self.deliverer, self.ledger)
+        self.dlq = DeadLetterWriter(self.producer, settings)
+        self.stop_event = asyncio.Event()
+        self.retry_schedule = RetrySchedule(self.deliverer, self.ledger, self.dlq, self.stop_event)
+        self.started = False
+        self._consumers: list[Any] = []
+
+    async def start(self) -> None:
+        """Topics, producer, and the in-memory state caught up with Kafka."""
+        await ensure_topics(self.settings)
+        await self.producer.start()
+        await self.store.start()
+        await self.ledger.start()
+        self.started = True
+
+    async def handle_event(self, record: Any) -> None:
+        t0 = time.perf_counter()
+        try:
+            event = parse_enriched(record.value)
+            raw = orjson.loads(record.value)
+        except Exception as exc:
+            await self.dlq.send_and_wait(from_record(record, stage="notify", error=exc))
+            return
+        at = ingested_ms(record)
+        jobs: list[Coroutine[Any, Any, Any]] = []
+        for sub in self.store.active():
+            reasons = match(event, sub.filter)
+            if reasons is None:
+                continue
+            if sub.digest is not None:
+                jobs.append(self.digests.add(sub, raw, reasons, at))
+                continue
+            key = idempotency_key(event.id, sub.id)
+            if self.ledger.state(key) is not None:
+                # delivered, dead, or owned by the retry schedule: nothing to do here
+                continue
+            jobs.append(self.deliverer.run(Delivery(key, sub.id, [raw], [reasons], 1, at)))
+        if jobs:
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]  # left uncommitted: read again after a restart
+        STAGE_SECONDS.labels("notify").observe(time.perf_counter() - t0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, then finish in-flight work, commit and flush."""
+        group = self.settings.group
+        events = make_consumer(self.settings, group_id=group, max_poll_records=1000)
+        retries = make_consumer(self.settings, group_id=f"{group}-retries", max_poll_records=1000)
+        self._consumers = [events, retries]
+        await events.start()
+        await retries.start()
+        main = ConsumerLoop(
+            events, self.settings.topic(ENRICHED_EVENTS), self.handle_event,
+            max_in_flight=max(4 * self.settings.concurrency, 64),
+            commit_interval=self.settings.commit_interval_seconds, name="events",
+        )
+        sched = ConsumerLoop(
+            retries, self.settings.topic(NOTIFY_RETRIES), self.retry_schedule.handle,
+            max_in_flight=50_000, commit_interval=self.settings.commit_interval_seconds, name="retries",
+        )
+        main.subscribe()
+        sched.subscribe()
+        lag = [asyncio.create_task(lag_reporter(c, g)) for c, g in ((events, group), (retries, f"{group}-retries"))]
+
+        async def relay() -> None:
+            await stop.wait()
+            self.stop_event.set()
+
+        relay_task = asyncio.create_task(relay())
+        try:
+            await asyncio.gather(main.run(self.stop_event), sched.run(self.stop_event, grace=2.0))
+        finally:
+            for t in [*lag, relay_task]:
+                t.cancel()
+            for c in (events, retries):
+                with contextlib.suppress(Exception):
+                    await c.stop()
+
+    async def close(self) -> None:
+        for ch in self.channels.values():
+            with contextlib.suppress(Exception):
+                await ch.aclose()
+        await self.store.stop()
+        await self.ledger.stop()
+        with contextlib.suppress(Exception):
+            await self.producer.stop()

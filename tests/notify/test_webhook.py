@@ -1,0 +1,76 @@
+"""Webhook subscriptions end to end: real broker, real local HTTP receiver, signatures
+verified with the standardwebhooks library."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from services.notify.notification import idempotency_key
+from shared.settings import AntingSettings
+from shared.subscriptions import SubscriptionRequest
+from shared.testing import produce, read_topic
+from shared.topics import ENRICHED_EVENTS, NOTIFICATIONS
+
+from .helpers import (
+    ACME,
+    ALLIANCE,
+    ANTING_TOWN,
+    Receiver,
+    agreement,
+    announcement,
+    encode,
+    notify_settings,
+    running,
+    wait_until,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+async def test_subscriber_receives_exactly_matching_events_signed(topics: AntingSettings) -> None:
+    """Only events matching every filter field arrive, each verified by standardwebhooks, with provenance."""
+    receiver = await Receiver().start()
+    settings = notify_settings(topics)
+    try:
+        async with running(settings) as notifier:
+            sub, secret = await notifier.store.create(SubscriptionRequest.model_validate_json(orjson.dumps({
+                "name": "anting agreements",
+                "filter": {"types": ["agreement.signed"], "organizations": ["安亭镇人民政府"]},
+                "channel": {"type": "webhook", "url": receiver.url("/hook")},
+            })))
+            assert secret and secret.startswith("whsec_")
+            matching = [agreement([ANTING_TOWN, ACME]) for _ in range(3)]
+            matching.append(agreement([None, ANTING_TOWN], names=["Some Co", "ANTING  town"]))
+            others = [
+                agreement([ACME]),                                   # other organization
+                announcement([ANTING_TOWN]),                         # other type
+                agreement([ALLIANCE, None], names=["SMIIA", "Anting Town Gov"]),  # unresolved name only
+            ]
+            events = matching[:2] + others + matching[2:]
+            await produce(topics, topics.topic(ENRICHED_EVENTS), [encode(e) for e in events],
+                          [e.key for e in events])
+            await wait_until(lambda: len(receiver.received) >= len(matching), what="deliveries")
+            records = await read_topic(topics, topics.topic(NOTIFICATIONS), expect=len(matching), timeout=20)
+    finally:
+        await receiver.stop()
+
+    verifier = Webhook(secret)
+    got_ids = []
+    for req in receiver.received:
+        body = verifier.verify(req.body, req.headers)  # raises if the signature is wrong
+        got_ids.append(body["id"])
+        assert req.headers["webhook-id"] == idempotency_key(body["id"], sub.id)
+        assert body["specversion"] == "1.0" and body["subscription"] == sub.id
+        assert "anting-town-government" in body["reason"]
+    assert sorted(got_ids) == sorted(e.id for e in matching)
+    assert len(receiver.received) == len(matching)  # nothing else, nothing twice
+    delivered = [orjson.loads(r.value) for r in records]
+    assert {d["event_id"] for d in delivered} == {e.id for e in matching}
+    assert all(d["outcome"] == "delivered" for d in delivered)
+    reason = delivered[0]["reason"]
+    assert {r["filter"] for r in reason} == {"types", "organizations"}
+    org_reason = next(r for r in reason if r["filter"] == "organizations")
+    assert org_reason["organization"] == "anting-town-government"
+    assert org_reason["field"].startswith("data.organizations[")
