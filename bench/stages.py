@@ -1,0 +1,302 @@
+"""The stages, driven as black boxes: ``anting`` subprocesses configured by environment,
+HTTP requests, and Kafka topics read back like any user would.
+
+Each rate is the stage's steady rate: from its first output to its last (record
+timestamps on Kafka, arrival times at the receiver), so interpreter and group
+start-up are not counted; the wall time including start-up is kept beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from bench import payload
+from bench.baselines import wrk, wrk_available
+from bench.harness import Results, Sizes
+from bench.kafkaio import Watch, create, end_offsets_total, fill, fresh_settings, watch
+from bench.procs import API_KEY, Receiver, Service, ServiceFailed, cpu_seconds
+from shared.settings import AntingSettings
+from shared.testing import REPO_ROOT, env_for
+from shared.topics import AGREEMENTS, ANNOUNCEMENTS, ENRICHED_EVENTS, INPUT_TOPICS_BY_TYPE
+
+ANTING = str(Path(sys.executable).parent / "anting")
+AUTH = {"authorization": f"Bearer {API_KEY}"}
+
+
+class StageError(RuntimeError):
+    """The stage ran but did not do what it must (wrong status, missing outputs)."""
+
+
+def anting(settings: AntingSettings, *args: str, timeout: float = 300,
+           **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ANTING, *args], env=env_for(settings, **env), cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def has_command(*words: str) -> bool:
+    """Whether ``anting WORDS --help`` exists (a service's CLI may land after its server)."""
+    proc = subprocess.run([ANTING, *words, "--help"], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=60)
+    return proc.returncode == 0
+
+
+def input_topics(settings: AntingSettings) -> list[str]:
+    return [settings.topic(ANNOUNCEMENTS), settings.topic(AGREEMENTS)]
+
+
+def split_by_topic(settings: AntingSettings,
+                   evs: list[dict[str, Any]]) -> dict[str, tuple[list[bytes], list[bytes]]]:
+    out: dict[str, tuple[list[bytes], list[bytes]]] = {}
+    for ev in evs:
+        topic = settings.topic(INPUT_TOPICS_BY_TYPE[ev["type"]])
+        values, keys = out.setdefault(topic, ([], []))
+        values.append(orjson.dumps(ev))
+        keys.append(payload.key_of(ev))
+    return out
+
+
+def steady_rate(w: Watch, not_before_ms: float) -> tuple[float | None, str]:
+    """The writer's rate from record timestamps, unless the writer kept its inputs'
+    timestamps (then the arrival times at our consumer)."""
+    if w.count >= 2 and min(w.timestamps) >= not_before_ms:
+        return w.rate_from_timestamps(), "first to last output record timestamp"
+    return w.rate_from_arrivals(), "first to last arrival at a read_committed consumer"
+
+
+# --- ingest -----------------------------------------------------------------------------
+
+
+def ingest_file(bootstrap: str, sizes: Sizes, results: Results, scratch: Path) -> None:
+    name = "ingest.file.events_per_s"
+    if not has_command("publish"):
+        results.add(name, None, "events/s", note="`anting publish` not available yet")
+        return
+    settings = fresh_settings(bootstrap, "file")
+    asyncio.run(create(settings))
+    n = sizes.file_events
+    path = scratch / "events.ndjson"
+    path.write_bytes(b"\n".join(payload.event_bytes(n, payload.new_run(), "file")) + b"\n")
+
+    async def go() -> tuple[Watch, float, subprocess.CompletedProcess[str]]:
+        ready = asyncio.Event()
+        task = asyncio.create_task(watch(settings, input_topics(settings), n, 300, ready=ready))
+        await ready.wait()
+        t0 = time.monotonic()
+        start_ms = time.time() * 1000
+        proc = await asyncio.to_thread(anting, settings, "publish", str(path))
+        wall = time.monotonic() - t0
+        if proc.returncode != 0:
+            task.cancel()
+            raise StageError(f"anting publish exited {proc.returncode}: "
+                             f"{(proc.stdout + proc.stderr)[-800:]}")
+        w = await task
+        w.started = start_ms
+        return w, wall, proc
+
+    w, wall, _ = asyncio.run(go())
+    if w.count < n:
+        raise StageError(f"only {w.count} of {n} published events reached the topics")
+    rate, how = steady_rate(w, w.started - 1000)
+    results.add(name, rate, "events/s", note=f"`anting publish FILE`, {n} events; {how}",
+                wall_seconds_with_startup=round(wall, 2),
+                wall_events_per_s=round(n / wall, 1))
+
+
+def _check_accepts(url: str, body: bytes, ctype: str = "application/json") -> None:
+    r = httpx.post(url, content=body, headers={"content-type": ctype, **AUTH}, timeout=30)
+    if r.status_code >= 300:
+        raise StageError(f"POST {url} answered {r.status_code}: {r.text[:500]}")
+
+
+async def _httpx_single(url: str, bodies: list[bytes], concurrency: int) -> tuple[int, float]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    ok = 0
+    it = iter(bodies)
+    headers = {"content-type": "application/json", **AUTH}
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        async def worker() -> None:
+            nonlocal ok
+            for body in it:
+                r = await client.post(url, content=body, headers=headers)
+                ok += r.status_code < 300
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return ok, time.perf_counter() - t0
+
+
+def ingest_http(bootstrap: str, sizes: Sizes, results: Results, scratch: Path) -> None:
+    settings = fresh_settings(bootstrap, "http")
+    asyncio.run(create(settings))
+    run = payload.new_run()
+    one = orjson.dumps(payload.event(run, 0, "single"))
+    batch = orjson.dumps(list(payload.events(100, run, "batch")))
+    with Service("ingest", settings, scratch / "logs").start(sizes.service_start_timeout) as svc:
+        url = f"{svc.url}/v1/events"
+        _check_accepts(url, one)
+        _check_accepts(url, batch)
+        cpu0 = cpu_seconds(svc.pid)
+        accepted = 0
+        c = sizes.http_concurrency
+        if wrk_available():
+            w = wrk(url, one, sizes.wrk_seconds, c, key=API_KEY)
+            results.add("ingest.http.single.requests_per_s", w["requests_per_s"], "requests/s",
+                        note=f"wrk, {c} connections, one event per POST"
+                        + (f"; {w['non_2xx']:.0f} non-2xx" if w["non_2xx"] else ""),
+                        p50_ms=w["p50_ms"], p99_ms=w["p99_ms"])
+            accepted += int(w["requests"] - w["non_2xx"])
+        bodies = [orjson.dumps(e) for e in payload.events(sizes.http_requests, run, "hx")]
+        ok, secs = asyncio.run(_httpx_single(url, bodies, c))
+        name = ("ingest.http.single.httpx.requests_per_s" if wrk_available()
+                else "ingest.http.single.requests_per_s")
+        results.add(name, ok / secs, "requests/s",
+                    note=f"httpx.AsyncClient, {c} concurrent, in the bench process"
+                    + ("" if ok == len(bodies) else f"; only {ok}/{len(bodies)} 2xx"))
+        accepted += ok
+        if wrk_available():
+            w = wrk(url, batch, sizes.wrk_seconds, c, key=API_KEY)
+            results.add("ingest.http.batch100.events_per_s", w["requests_per_s"] * 100,
+                        "events/s", note=f"wrk, {c} connections, JSON arrays of 100 events"
+                        + (f"; {w['non_2xx']:.0f} non-2xx" if w["non_2xx"] else ""),
+                        requests_per_s=w["requests_per_s"], p50_ms=w["p50_ms"],
+                        p99_ms=w["p99_ms"])
+            accepted += int(w["requests"] - w["non_2xx"]) * 100
+        else:
+            bodies = [batch] * sizes.batch_requests
+            ok, secs = asyncio.run(_httpx_single(url, bodies, min(c, 8)))
+            results.add("ingest.http.batch100.events_per_s", ok * 100 / secs, "events/s",
+                        note="httpx.AsyncClient (wrk not installed), JSON arrays of 100")
+            accepted += ok * 100
+        cpu = cpu_seconds(svc.pid) - cpu0
+        results.add("ingest.http.cpu_s_per_1k", cpu / max(1, accepted) * 1000, "CPU-s/1k",
+                    note="ingest process CPU over every accepted event of the HTTP runs")
+    on_topics = asyncio.run(end_offsets_total(settings, *input_topics(settings)))
+    if on_topics < accepted:
+        raise StageError(f"ingest answered 2xx for {accepted} events, topics hold {on_topics}")
+
+
+# --- enrich -----------------------------------------------------------------------------
+
+
+def load_catalog(settings: AntingSettings) -> str:
+    """The shipped catalog through `anting orgs load`, when that command exists."""
+    if not has_command("orgs", "load"):
+        return "no catalog (`anting orgs load` not available)"
+    proc = anting(settings, "orgs", "load")
+    if proc.returncode != 0:
+        raise StageError(f"anting orgs load exited {proc.returncode}: "
+                         f"{(proc.stdout + proc.stderr)[-800:]}")
+    return "shipped catalog loaded with `anting orgs load`"
+
+
+def enrich(bootstrap: str, sizes: Sizes, results: Results, scratch: Path, guarantee: str) -> None:
+    label = {"at_least_once": "alo", "exactly_once": "eos"}[guarantee]
+    settings = fresh_settings(bootstrap, f"enrich-{label}")
+    asyncio.run(create(settings))
+    catalog = load_catalog(settings)
+    n = sizes.enrich_events
+    evs = list(payload.events(n, payload.new_run(), label))
+
+    async def prefill() -> None:
+        for topic, (values, keys) in split_by_topic(settings, evs).items():
+            await fill(settings, topic, values, keys)
+
+    asyncio.run(prefill())
+    filled_ms = time.time() * 1000
+    svc = Service("enrich", settings, scratch / "logs", ANTING_ENRICH_GUARANTEE=guarantee,
+                  ANTING_ENRICH_GROUP=f"bench-enrich-{settings.topic_prefix}")
+
+    async def go() -> tuple[Watch, float, float]:
+        ready = asyncio.Event()
+        task = asyncio.create_task(watch(settings, settings.topic(ENRICHED_EVENTS), n,
+                                         sizes.service_start_timeout + 600, ready=ready))
+        await ready.wait()
+        t0 = time.monotonic()
+        try:
+            await asyncio.to_thread(svc.start, sizes.service_start_timeout)
+        except ServiceFailed:
+            task.cancel()
+            raise
+        cpu0 = cpu_seconds(svc.pid)
+        w = await task
+        return w, time.monotonic() - t0, cpu_seconds(svc.pid) - cpu0
+
+    try:
+        w, wall, cpu = asyncio.run(go())
+        alive = svc.alive()
+    finally:
+        svc.stop()
+    if w.count < n:
+        raise StageError(f"only {w.count} of {n} enriched events within the wait "
+                         f"(service alive: {alive}): {svc.tail(800)}")
+    rate, how = steady_rate(w, filled_ms)
+    results.add(f"enrich.{label}.events_per_s", rate, "events/s",
+                note=f"ANTING_ENRICH_GUARANTEE={guarantee}, {n} pre-filled events; {how}; {catalog}",
+                wall_seconds_with_startup=round(wall, 2), cpu_s_per_1k=round(cpu / n * 1000, 3))
+
+
+# --- notify -----------------------------------------------------------------------------
+
+
+def subscribe(notify_url: str, hook_url: str) -> dict[str, Any]:
+    body = {"name": "bench", "filter": {}, "channel": {"type": "webhook", "url": hook_url}}
+    r = httpx.post(f"{notify_url}/v1/subscriptions", json=body, headers=AUTH, timeout=30)
+    if r.status_code != 201:
+        raise StageError(f"POST /v1/subscriptions answered {r.status_code}: {r.text[:500]}")
+    data: dict[str, Any] = r.json()
+    return data
+
+
+def notify_env(settings: AntingSettings, concurrency: int) -> dict[str, str]:
+    return {"ANTING_NOTIFY_ALLOW_NETWORKS": "127.0.0.0/8",
+            "ANTING_NOTIFY_CONCURRENCY": str(concurrency),
+            "ANTING_NOTIFY_GROUP": f"bench-notify-{settings.topic_prefix}"}
+
+
+def wait_warm(receiver: Receiver, timeout: float, what: str) -> None:
+    if receiver.wait_count(1, timeout, ids=True) < 1:
+        raise StageError(f"the warm-up event was not delivered within {timeout:.0f}s ({what})")
+
+
+def notify(bootstrap: str, sizes: Sizes, results: Results, scratch: Path,
+           receiver: Receiver) -> None:
+    settings = fresh_settings(bootstrap, "notify")
+    asyncio.run(create(settings))
+    run = payload.new_run()
+    n = sizes.notify_events
+    topic = settings.topic(ENRICHED_EVENTS)
+    c = sizes.http_concurrency
+    with Service("notify", settings, scratch / "logs",
+                 **notify_env(settings, c)).start(sizes.service_start_timeout) as svc:
+        subscribe(svc.url, f"{receiver.url}/hook")
+        receiver.reset()
+        # one event through first: the subscription is in effect and the consumer assigned
+        warm = payload.enriched(payload.event(run, 0, "warm"))
+        asyncio.run(fill(settings, topic, [orjson.dumps(warm)], [payload.key_of(warm)]))
+        wait_warm(receiver, sizes.service_start_timeout, f"notify log: {svc.tail(600)}")
+        receiver.reset()
+        evs = [payload.enriched(e) for e in payload.events(n, run, "n")]
+        cpu0 = cpu_seconds(svc.pid)
+        t0 = time.monotonic()
+        asyncio.run(fill(settings, topic, [orjson.dumps(e) for e in evs],
+                         [payload.key_of(e) for e in evs]))
+        got = receiver.wait_count(n, 120 + n / 50, ids=True)
+        wall = time.monotonic() - t0
+        cpu = cpu_seconds(svc.pid) - cpu0
+        if got < n:
+            raise StageError(f"only {got} of {n} webhooks arrived: {svc.tail(800)}")
+    arr = receiver.arrivals()
+    times = sorted(arr["ids"].values())
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    results.add("notify.webhook.deliveries_per_s", rate, "deliveries/s",
+                note=f"ANTING_NOTIFY_CONCURRENCY={c}, {n} events on enriched-events, one "
+                "webhook subscription matching all; first to last arrival at the receiver",
+                wall_seconds=round(wall, 2), cpu_s_per_1k=round(cpu / n * 1000, 3),
+                duplicates=arr["duplicates"], requests=len(arr["times"]))
