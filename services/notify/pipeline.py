@@ -118,8 +118,10 @@ class Notifier:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then finish in-flight work, commit and flush."""
         group = self.settings.group
-        events = make_consumer(self.settings, group_id=group, max_poll_records=1000)
-        retries = make_consumer(self.settings, group_id=f"{group}-retries", max_poll_records=1000)
+        opts = {"max_poll_records": 1000, "session_timeout_ms": self.settings.session_timeout_ms,
+                "heartbeat_interval_ms": min(3000, self.settings.session_timeout_ms // 3)}
+        events = make_consumer(self.settings, group_id=group, **opts)
+        retries = make_consumer(self.settings, group_id=f"{group}-retries", **opts)
         self._consumers = [events, retries]
         await events.start()
         await retries.start()

@@ -35,6 +35,8 @@ class NotifySettings(AntingSettings):
     # how long the previous webhook secret stays valid after a rotation
     secret_grace_seconds: int = Field(24 * 3600, ge=0)
     commit_interval_seconds: float = Field(1.0, gt=0)
+    # how soon the group notices a crashed instance (its partitions wait until then)
+    session_timeout_ms: int = Field(10000, ge=6000, le=300000)
     # the log channel's default destination when a subscription gives no path ("-" = stdout)
     log_path: str = "-"
 

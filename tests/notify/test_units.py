@@ -1,0 +1,93 @@
+"""Pure pieces of notify: matching with provenance, idempotency keys, signing with
+rotated secrets, email headers, Retry-After parsing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from services.notify.channels.smtp import build_message, header_value, message_id
+from services.notify.channels.webhook import retry_after_seconds, sign
+from services.notify.matching import match, norm
+from services.notify.notification import Delivery, idempotency_key
+from services.notify.subscriptions import new_secret, signing_secrets
+from shared.subscriptions import EmailChannel, Filter, Subscription, WebhookChannel
+
+from .helpers import ACME, ALLIANCE, ANTING_TOWN, agreement, announcement
+
+
+def flt(**kw: object) -> Filter:
+    return Filter.model_validate_json(orjson.dumps(kw))
+
+
+@pytest.mark.parametrize("name", ["anting-town-government", "Anting Town Government", "安亭镇人民政府",
+                                  "anting town", "ＡＮＴＩＮＧ　ＴＯＷＮ", "  anting   TOWN government "])
+def test_organization_matches_by_id_name_alias_normalised(name: str) -> None:
+    """An organization filter matches the resolved record by id, any name or alias, ignoring case/width/space."""
+    reasons = match(agreement([ACME, ANTING_TOWN]), flt(organizations=[name]))
+    assert reasons is not None
+    assert reasons[0]["organization"] == "anting-town-government"
+    assert reasons[0]["field"] == "data.organizations[1]"
+
+
+def test_every_given_field_must_match() -> None:
+    """types, kinds, organizations, sectors and cities are ANDed; an empty filter matches everything."""
+    ev = announcement([ALLIANCE], kind="alliance_established", city="Shanghai")
+    assert match(ev, Filter()) is not None
+    assert match(ev, flt(types=["conference.announcement"], kinds=["alliance_established"],
+                         organizations=["SMIIA"], sectors=["Metaverse"], cities=["shanghai"])) is not None
+    assert match(ev, flt(kinds=["forum"])) is None
+    assert match(ev, flt(organizations=["SMIIA"], cities=["Hangzhou"])) is None
+    assert match(agreement([ACME], sectors=["EV"]), flt(kinds=["forum"])) is None  # agreements have no kind
+    assert match(agreement([ACME], sectors=["EV"]), flt(sectors=["ev"])) is not None
+
+
+def test_idempotency_key_stable_and_distinct() -> None:
+    """The key depends only on (event id, subscription id)."""
+    assert idempotency_key("e1", "s1") == idempotency_key("e1", "s1")
+    assert len({idempotency_key("e1", "s1"), idempotency_key("e1", "s2"), idempotency_key("e2", "s1")}) == 3
+    assert idempotency_key("e1", "s1").startswith("msg_")
+
+
+def test_rotation_signs_with_both_secrets_during_grace() -> None:
+    """After a rotation receivers holding either secret verify; after the grace only the new one signs."""
+    old, new = new_secret(), new_secret()
+    now = datetime.now(UTC)
+    sub = Subscription(name="r", channel=WebhookChannel(type="webhook", url="https://x.example/"), id="s",
+                       created_at=now, secrets=[new, old], previous_secrets_expire_at=now + timedelta(hours=1))
+    body = b'{"id":"e1"}'
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(int(now.timestamp())),
+               "webhook-signature": sign(signing_secrets(sub, now), "msg_1", now, body)}
+    Webhook(old).verify(body, headers)
+    Webhook(new).verify(body, headers)
+    later = now + timedelta(hours=2)
+    assert signing_secrets(sub, later) == [new]
+    headers["webhook-signature"] = sign(signing_secrets(sub, later), "msg_1", now, body)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old).verify(body, headers)
+
+
+def test_email_message_id_parts_and_no_header_injection() -> None:
+    """Message-ID is <key@anting>; text and HTML parts; CR/LF in data never reach a header."""
+    sub = Subscription(name="m", channel=EmailChannel(type="email", to=["a@example.com"]), id="s",
+                       created_at=datetime.now(UTC))
+    ev = agreement([ANTING_TOWN], title="Deal\r\nBcc: victim@example.com")
+    raw = orjson.loads(ev.model_dump_json())
+    d = Delivery(idempotency_key(ev.id, "s"), "s", [raw], [[]])
+    msg = build_message("anting@example.com", sub, d)
+    assert msg["Message-ID"] == message_id(d.key) == f"<{d.key}@anting>"
+    assert msg["Bcc"] is None and "\n" not in msg["Subject"] and "\r" not in msg["Subject"]
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+    assert header_value("a\r\nb") == "a b"
+
+
+def test_retry_after_forms() -> None:
+    """Retry-After as delta-seconds or HTTP date; garbage is ignored."""
+    assert retry_after_seconds("7") == 7.0
+    soon = (datetime.now(UTC) + timedelta(seconds=30)).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    assert 25 <= (retry_after_seconds(soon) or 0) <= 31
+    assert retry_after_seconds("soon") is None
+    assert norm(" Ａ  b ") == "a b"
