@@ -117,11 +117,17 @@ def readable(raw: str) -> str:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return raw
-    if not isinstance(doc, dict) or "msg" not in doc:
-        return raw  # e.g. a log-channel notification: a JSON document of its own
+    if not isinstance(doc, dict):
+        return raw
+    if "msg" not in doc:
+        event = doc.get("event")
+        if isinstance(event, dict) and "subscription" in doc:  # a log-channel notification
+            return (f"log channel: {event.get('type')} {event.get('id')} for subscription "
+                    f"{doc['subscription']} ({_title(event)!r})")
+        return raw
     level = str(doc.pop("level", "info"))
     msg = str(doc.pop("msg"))
-    for k in ("ts", "service", "logger"):
+    for k in ("ts", "service", "logger", "color_message"):
         doc.pop(k, None)
     exc = doc.pop("exc", None)
     extras = " ".join(f"{k}={v}" for k, v in doc.items())
@@ -193,7 +199,7 @@ class Supervisor:
     async def start(self, child: Child) -> None:
         await self._spawn(child)
         self.children.append(child)
-        self.out.say("run", f"started {child.label} (pid {child.pid}): {' '.join(child.argv[-2:])}")
+        self.out.say("run", f"started {child.label} (pid {child.pid})")
         self.tasks.append(asyncio.create_task(self._watch(child), name=f"watch-{child.label}"))
 
     async def _watch(self, child: Child) -> None:
@@ -388,6 +394,7 @@ def prometheus_config(opts: Options, out_dir: Path) -> Path:
     config["rule_files"] = [str(ALERT_RULES)]
     config.pop("alerting", None)  # no Alertmanager here; alerts show on /alerts
     ports = {s.name: s.url.removeprefix("http://") for s in SERVICES}
+    ports["prometheus"] = f"127.0.0.1:{opts.prometheus_port}"
     for job in config.get("scrape_configs", []):
         name = job.get("job_name")
         if name in ports:
@@ -601,15 +608,20 @@ class Stack:
         """Print every enriched event and delivery record produced from now on."""
         from aiokafka import TopicPartition
 
-        from shared.kafka import make_consumer
+        from shared.kafka import make_admin, make_consumer
         from shared.topics import ENRICHED_EVENTS, NOTIFICATIONS
 
         names = {settings.topic(ENRICHED_EVENTS): "event", settings.topic(NOTIFICATIONS): "delivery"}
+        admin = make_admin(settings)
+        await admin.start()
+        try:
+            described = await admin.describe_topics(list(names))
+        finally:
+            await admin.close()
+        tps = [TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]]
         consumer = make_consumer(settings, group_id=None)
         await consumer.start()
         try:
-            await consumer.topics()  # fetch the metadata of every topic
-            tps = [TopicPartition(t, p) for t in names for p in sorted(consumer.partitions_for_topic(t) or ())]
             consumer.assign(tps)
             await consumer.seek_to_end(*tps)
             for tp in tps:
@@ -655,7 +667,7 @@ def describe_enriched(doc: Any) -> str:
     if not isinstance(doc, dict):
         return repr(doc)[:200]
     data = doc.get("data") or {}
-    title = data.get("headline") or data.get("title") or ""
+    title = _title(doc)
     orgs = data.get("organizations") or []
     shown = []
     for o in orgs[:6]:
@@ -664,8 +676,17 @@ def describe_enriched(doc: Any) -> str:
         shown.append(f"{name} → {resolved.get('id')}" if isinstance(resolved, dict) else f"{name} → ?")
     more = f" (+{len(orgs) - 6})" if len(orgs) > 6 else ""
     enrichment = data.get("enrichment") or {}
-    stats = f"{enrichment.get('resolved', '?')} resolved, {len(enrichment.get('unresolved') or [])} unresolved"
-    return f"enriched {doc.get('type')} {doc.get('id')}: {title[:80]!r}; {stats}; " + "; ".join(shown) + more
+    resolved = enrichment.get("resolved")
+    n_resolved = len(resolved) if isinstance(resolved, list) else resolved
+    stats = f"{n_resolved} resolved, {len(enrichment.get('unresolved') or [])} unresolved"
+    names = "; ".join(shown) + more
+    return f"enriched {doc.get('type')} {doc.get('id')}: {title!r}; {stats}" + (f"; {names}" if names else "")
+
+
+def _title(event: dict[str, Any]) -> str:
+    data = event.get("data") or {}
+    title = str(data.get("headline") or data.get("title") or "") if isinstance(data, dict) else ""
+    return title if len(title) <= 80 else title[:77] + "..."
 
 
 def describe_delivery(doc: Any) -> str:
