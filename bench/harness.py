@@ -126,7 +126,7 @@ class Sizes:
             batch_requests=5,
             enrich_events=300,
             notify_events=150,
-            e2e_seconds=1.0,
+            e2e_seconds=0.5,
             e2e_drain_seconds=30.0,
             service_start_timeout=60.0,
         )
@@ -275,7 +275,7 @@ def _kafka_version() -> str | None:
 def _wrk() -> str | None:
     with contextlib.suppress(OSError):
         out = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
-        m = re.search(r"wrk ([\d.]+)", out.stdout + out.stderr)
+        m = re.search(r"wrk (\S+)", out.stdout + out.stderr)
         return m.group(1) if m else None
     return None
 

@@ -136,13 +136,15 @@ async def watch(
 
 async def end_offsets_total(settings: AntingSettings, *topics: str) -> int:
     """How many records the topics hold (committed or not): a cheap count for checks."""
+    producer = make_producer(settings)
+    await producer.start()
     consumer = make_consumer(settings, group_id=None)
     await consumer.start()
     try:
-        await consumer.topics()  # metadata for every topic
         parts = [TopicPartition(t, p) for t in topics
-                 for p in sorted(consumer.partitions_for_topic(t) or ())]
+                 for p in sorted(await producer.partitions_for(t))]
         ends = await consumer.end_offsets(parts)
         return int(sum(ends.values()))
     finally:
         await consumer.stop()
+        await producer.stop()

@@ -9,6 +9,7 @@ start-up are not counted; the wall time including start-up is kept beside it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ def anting(settings: AntingSettings, *args: str, timeout: float = 300,
                           capture_output=True, text=True, timeout=timeout)
 
 
+@functools.cache
 def has_command(*words: str) -> bool:
     """Whether ``anting WORDS --help`` exists (a service's CLI may land after its server)."""
     proc = subprocess.run([ANTING, *words, "--help"], capture_output=True, text=True,
@@ -91,7 +93,7 @@ def ingest_file(bootstrap: str, sizes: Sizes, results: Results, scratch: Path) -
         await ready.wait()
         t0 = time.monotonic()
         start_ms = time.time() * 1000
-        proc = await asyncio.to_thread(anting, settings, "publish", str(path))
+        proc = await asyncio.to_thread(anting, settings, "publish", "--quiet", str(path))
         wall = time.monotonic() - t0
         if proc.returncode != 0:
             task.cancel()

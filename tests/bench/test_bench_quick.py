@@ -1,0 +1,52 @@
+"""The benchmark harness at tiny sizes, so `make bench` cannot rot unnoticed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from bench.harness import BASELINE_OF, REQUIRED, service_present
+from shared.testing import REPO_ROOT
+
+
+def test_quick_bench_reports_every_required_figure(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """`python -m bench --quick` writes every required result: a positive value (and a ratio
+    where a baseline exists), or null only while the stage's service is not in the tree."""
+    results = tmp_path / "results.json"
+    markdown = tmp_path / "BENCHMARKS.md"
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--results", str(results),
+         "--markdown", str(markdown)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=85,
+    )
+    assert results.is_file(), proc.stderr[-3000:]
+    doc = orjson.loads(results.read_bytes())
+    assert {"machine", "versions", "results"} <= doc.keys()
+    rows = {r["name"]: r for r in doc["results"]}
+    problems = []
+    for name, (unit, needs) in REQUIRED.items():
+        r = rows.get(name)
+        if r is None:
+            problems.append(f"{name}: missing")
+            continue
+        assert r["unit"] == unit, name
+        absent = needs is not None and not all(
+            service_present(s) for s in (("ingest", "enrich", "notify") if needs == "e2e" else (needs,))
+        )
+        if r["value"] is None:
+            if not absent:
+                problems.append(f"{name}: no value although its service exists: {r.get('note')}")
+            continue
+        if not r["value"] > 0:
+            problems.append(f"{name}: value {r['value']} is not positive")
+        if name in BASELINE_OF and not (r.get("ratio") and r["ratio"] > 0):
+            problems.append(f"{name}: no ratio to {BASELINE_OF[name]}")
+    assert not problems, "\n".join(problems) + "\n" + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = markdown.read_text()
+    assert "| `ingest.http.batch100.events_per_s` |" in text
