@@ -22,9 +22,15 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
-from services.ingest.handlers import MAX_RECORD_BYTES, to_record, type_label
+from services.ingest.handlers import (
+    MAX_RECORD_BYTES,
+    Unencodable,
+    encode,
+    to_record,
+    type_label,
+)
 from shared.deadletters import DeadLetterWriter, dead_letter
-from shared.events import EVENT_ADAPTER, dump_event, error_paths
+from shared.events import EVENT_ADAPTER, error_paths
 from shared.kafka import make_producer
 from shared.metrics import INGEST_EVENTS
 from shared.settings import AntingSettings
@@ -181,10 +187,12 @@ async def publish_items(
         error: Exception | None = None
         try:
             event = EVENT_ADAPTER.validate_json(item.raw)
-            value = dump_event(event)
+            value = encode(event)
             if len(value) > MAX_RECORD_BYTES:
                 error = EventTooLarge(f"event is {len(value)} bytes; the limit is "
                                       f"{MAX_RECORD_BYTES}")
+        except Unencodable as exc:
+            error = InvalidEvent(f"$: {exc}")
         except ValidationError as exc:
             if any(e["type"] == "json_invalid" for e in exc.errors(include_url=False)):
                 error = MalformedJSON(_compact(exc))

@@ -120,13 +120,43 @@ def _batch_problem(
     return problem
 
 
+class Unencodable(ValueError):
+    """A valid event the canonical JSON cannot carry (an integer beyond 64 bits)."""
+
+
+def encode(event: AnyEvent) -> bytes:
+    """The canonical JSON value; raises :class:`Unencodable` instead of a TypeError."""
+    try:
+        return dump_event(event)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise Unencodable(f"cannot be encoded as JSON: {exc} (numbers must fit in 64 bits)") from None
+
+
+def _encode_all(events: Sequence[AnyEvent], batch: bool) -> list[bytes]:
+    values: list[bytes] = []
+    bad: dict[int, list[dict[str, str]]] = {}
+    for i, event in enumerate(events):
+        try:
+            values.append(encode(event))
+        except Unencodable as exc:
+            values.append(b"")
+            bad[i] = [{"path": "$", "message": str(exc), "type": "unencodable"}]
+    if bad:
+        if batch:
+            raise _batch_problem([{"id": e.id, "type": e.type} for e in events], bad)
+        p = Problem(422, f"the event {bad[0][0]['message']}", bad[0])
+        p.rejected_types = [events[0].type]
+        raise p
+    return values
+
+
 def _check_sizes(events: Sequence[AnyEvent], values: Sequence[bytes], batch: bool) -> None:
     too_big = {i: [{"path": "$", "message": f"event is {len(v)} bytes; the limit is "
                     f"{MAX_RECORD_BYTES}", "type": "too_large"}]
                for i, v in enumerate(values) if len(v) > MAX_RECORD_BYTES}
     if too_big:
         if batch:
-            raise _batch_problem([e.model_dump(mode="json") for e in events], too_big, 413)
+            raise _batch_problem([{"id": e.id, "type": e.type} for e in events], too_big, 413)
         raise Problem(413, "the event is larger than a Kafka record may be", too_big[0])
 
 
@@ -279,7 +309,7 @@ def to_record(event: AnyEvent, settings: AntingSettings, traceparent: str | None
         headers.append(("traceparent", tp.encode()))
     return OutRecord(
         settings.topic(INPUT_TOPICS_BY_TYPE[event.type]), event.key,
-        value if value is not None else dump_event(event), headers, event.id, event.type,
+        value if value is not None else encode(event), headers, event.id, event.type,
     )
 
 
@@ -287,6 +317,6 @@ def to_records(events: Iterable[AnyEvent], settings: AntingSettings,
                traceparent: str | None = None, *, batch: bool = True) -> list[OutRecord]:
     """Records for every event, checked against the record size limit first (413)."""
     events = list(events)
-    values = [dump_event(e) for e in events]
+    values = _encode_all(events, batch)
     _check_sizes(events, values, batch)
     return [to_record(e, settings, traceparent, v) for e, v in zip(events, values, strict=True)]
