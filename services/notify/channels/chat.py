@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 
 import apprise
 
@@ -12,7 +13,24 @@ from ..notification import Delivery
 from . import Result
 
 
+_loaded = False
+
+
+def _load_plugins() -> None:
+    """Load apprise's plugins once; one of them imports the deprecated ``imghdr``,
+    a warning of theirs (not ours) that strict warning filters would turn into an error."""
+    global _loaded
+    if not _loaded:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            apprise.Apprise().add("json://localhost")
+        _loaded = True
+
+
 class AppriseSender:
+    def __init__(self) -> None:
+        _load_plugins()
+
     async def send(self, sub: Subscription, delivery: Delivery) -> Result:
         assert sub.channel.type == "apprise"
         ap = apprise.Apprise()
