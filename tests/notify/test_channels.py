@@ -51,7 +51,8 @@ async def test_email_apprise_and_log_channels(topics: AntingSettings, tmp_path: 
             hit = agreement([ANTING_TOWN], title="Smart mobility pact")
             miss = agreement([ACME])
             await produce(topics, topics.topic(ENRICHED_EVENTS), [encode(miss), encode(hit)], [miss.key, hit.key])
-            await wait_until(lambda: mailbox.messages and receiver.on("/chat") and log_path.exists(), what="channels")
+            await wait_until(lambda: bool(mailbox.messages and receiver.on("/chat") and log_path.exists()),
+                             what="channels")
             notes = await read_topic(topics, topics.topic(NOTIFICATIONS), expect=3, timeout=20)
     await receiver.stop()
     assert len(mailbox.messages) == 1
@@ -65,7 +66,7 @@ async def test_email_apprise_and_log_channels(topics: AntingSettings, tmp_path: 
     line = orjson.loads(log_path.read_bytes().splitlines()[0])
     assert line["idempotency_key"] == idempotency_key(hit.id, logged.id) and line["event"]["id"] == hit.id
     assert line["reason"][0]["organization"] == "anting-town-government"
-    outcomes = {(orjson.loads(r.value)["channel"], orjson.loads(r.value)["outcome"]) for r in notes}
+    outcomes = {(orjson.loads(r.value or b"")["channel"], orjson.loads(r.value or b"")["outcome"]) for r in notes}
     assert outcomes == {("email", "delivered"), ("apprise", "delivered"), ("log", "delivered")}
     assert chat.id
 
@@ -92,5 +93,5 @@ async def test_digest_sends_one_message_per_window(topics: AntingSettings) -> No
     body = orjson.loads(receiver.on("/digest")[0].body)
     assert body["type"] == "anting.digest" and body["data"]["count"] == 20
     assert {e["id"] for e in body["data"]["events"]} == {e.id for e in signings}
-    rec = orjson.loads(notes[0].value)
+    rec = orjson.loads(notes[0].value or b"")
     assert rec["digest"] is True and rec["outcome"] == "delivered" and len(rec["event_ids"]) == 20

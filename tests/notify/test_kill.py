@@ -127,7 +127,7 @@ async def test_sigkill_mid_stream_delivers_every_pair_with_stable_keys(topics: A
     # log: one idempotency key per event
     log_keys: dict[str, set[str]] = defaultdict(set)
     for d in _log_lines(log_path):
-        log_keys[d["event"]["id"]].add(d["idempotency_key"])  # type: ignore[index]
+        log_keys[d["event"]["id"]].add(str(d["idempotency_key"]))  # type: ignore[index]
     assert set(log_keys) == ids
     assert all(keys == {idempotency_key(eid, log_id)} for eid, keys in log_keys.items())
 

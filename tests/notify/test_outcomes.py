@@ -5,6 +5,7 @@ and in `anting_notify_deliveries_total`."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import orjson
 import pytest
@@ -60,9 +61,9 @@ async def test_receiver_answers_handled_as_designed(topics: AntingSettings) -> N
     finally:
         await receiver.stop()
 
-    by_sub: dict[str, list[dict]] = {}
+    by_sub: dict[str, list[dict[str, Any]]] = {}
     for r in notes:
-        doc = orjson.loads(r.value)
+        doc = orjson.loads(r.value or b"")
         if doc["event_id"] == first.id:
             by_sub.setdefault(doc["subscription_id"], []).append(doc)
     for docs in by_sub.values():

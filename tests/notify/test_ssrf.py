@@ -19,6 +19,11 @@ from .helpers import Receiver
 LOOPBACK = [ipaddress.ip_network("127.0.0.0/8")]
 
 
+def _record(calls: list[httpx.Request], request: httpx.Request) -> httpx.Response:
+    calls.append(request)
+    return httpx.Response(200)
+
+
 def _sub(url: str) -> Subscription:
     return Subscription(name="t", channel=WebhookChannel(type="webhook", url=url), id="sub_t",
                         created_at=datetime.now(UTC), secrets=["whsec_" + "A" * 43])
@@ -34,7 +39,7 @@ def _delivery() -> Delivery:
 async def test_private_addresses_refused_without_connecting(url: str) -> None:
     """A literal private/link-local/loopback URL is refused and the transport is never asked to connect."""
     calls: list[httpx.Request] = []
-    inner = httpx.MockTransport(lambda req: calls.append(req) or httpx.Response(200))
+    inner = httpx.MockTransport(lambda req: _record(calls, req))
     sender = WebhookSender([], timeout=1.0, concurrency=1, inner=inner)
     try:
         result = await sender.send(_sub(url), _delivery())
@@ -47,7 +52,7 @@ async def test_private_addresses_refused_without_connecting(url: str) -> None:
 async def test_name_resolving_inside_is_refused() -> None:
     """A public-looking name whose DNS answer is 10.0.0.1 (or mixes in one) is refused, no connection made."""
     calls: list[httpx.Request] = []
-    inner = httpx.MockTransport(lambda req: calls.append(req) or httpx.Response(200))
+    inner = httpx.MockTransport(lambda req: _record(calls, req))
 
     async def resolver(host: str, port: int) -> list[str]:
         return ["93.184.215.14", "10.0.0.1"] if host == "mixed.example" else ["10.0.0.1"]

@@ -66,7 +66,7 @@ async def test_subscriber_receives_exactly_matching_events_signed(topics: Anting
         assert "anting-town-government" in body["reason"]
     assert sorted(got_ids) == sorted(e.id for e in matching)
     assert len(receiver.received) == len(matching)  # nothing else, nothing twice
-    delivered = [orjson.loads(r.value) for r in records]
+    delivered = [orjson.loads(r.value or b"") for r in records]
     assert {d["event_id"] for d in delivered} == {e.id for e in matching}
     assert all(d["outcome"] == "delivered" for d in delivered)
     reason = delivered[0]["reason"]

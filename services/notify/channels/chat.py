@@ -12,7 +12,6 @@ from shared.subscriptions import Subscription
 from ..notification import Delivery
 from . import Result
 
-
 _loaded = False
 
 
