@@ -1,5 +1,226 @@
-"""Commands of the notify service, merged into `anting` (keep imports here light)."""
+"""Commands of the notify service, merged into `anting` (keep imports here light):
+``anting subscriptions add|list|rm`` and ``anting subscribe`` (tail the enriched stream)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from enum import StrEnum
+from typing import Annotated, Any
 
 import typer
 
 app = typer.Typer()
+subs_app = typer.Typer(help="Subscriptions (kept on the compacted subscriptions topic).", no_args_is_help=True)
+app.add_typer(subs_app, name="subscriptions")
+
+
+class Format(StrEnum):
+    json = "json"
+    table = "table"
+
+
+Types = Annotated[list[str] | None, typer.Option("--type", help="event type (repeatable)")]
+Kinds = Annotated[list[str] | None, typer.Option("--kind", help="announcement kind (repeatable)")]
+Orgs = Annotated[list[str] | None, typer.Option("--org", help="organization id, name or alias (repeatable)")]
+Sectors = Annotated[list[str] | None, typer.Option("--sector", help="sector (repeatable)")]
+Cities = Annotated[list[str] | None, typer.Option("--city", help="city (repeatable)")]
+
+
+def _filter(types: list[str] | None, kinds: list[str] | None, orgs: list[str] | None,
+            sectors: list[str] | None, cities: list[str] | None) -> dict[str, list[str]]:
+    return {"types": types or [], "kinds": kinds or [], "organizations": orgs or [],
+            "sectors": sectors or [], "cities": cities or []}
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    raise typer.Exit(2)
+
+
+async def _with_store(fn: Any) -> Any:
+    from services.notify.settings import NotifySettings
+    from services.notify.subscriptions import SubscriptionStore
+    from shared.kafka import ensure_topics, make_producer
+    from shared.settings import load
+    from shared.topics import SUBSCRIPTIONS
+
+    settings = load(NotifySettings)
+    await ensure_topics(settings, [SUBSCRIPTIONS])
+    producer = make_producer(settings)
+    await producer.start()
+    store = SubscriptionStore(settings, producer)
+    try:
+        await store.start()
+        return await fn(store, settings)
+    finally:
+        await store.stop()
+        await producer.stop()
+
+
+@subs_app.command("add")
+def subscriptions_add(
+    name: Annotated[str, typer.Option(help="a name for people")],
+    webhook: Annotated[str | None, typer.Option(help="deliver by webhook to this URL")] = None,
+    email: Annotated[list[str] | None, typer.Option(help="deliver by email to this address (repeatable)")] = None,
+    apprise: Annotated[str | None, typer.Option(help="deliver through this apprise URL")] = None,
+    log: Annotated[str | None, typer.Option(help="append JSON lines to this file ('-' = stdout)")] = None,
+    types: Types = None, kinds: Kinds = None, orgs: Orgs = None, sectors: Sectors = None, cities: Cities = None,
+    digest: Annotated[int | None, typer.Option(help="collect for this many seconds, send one message")] = None,
+) -> None:
+    """Create a subscription; prints it as JSON, with the webhook signing secret (shown only now)."""
+    import orjson
+    from pydantic import ValidationError
+
+    from services.notify.ssrf import literal_refusal
+    from services.notify.subscriptions import public_view
+    from shared.events import error_paths
+    from shared.subscriptions import SubscriptionRequest
+
+    channels: list[dict[str, Any]] = []
+    if webhook:
+        channels.append({"type": "webhook", "url": webhook})
+    if email:
+        channels.append({"type": "email", "to": email})
+    if apprise:
+        channels.append({"type": "apprise", "url": apprise})
+    if log is not None:
+        channels.append({"type": "log", "path": None if log == "-" else log})
+    if len(channels) != 1:
+        _fail("give exactly one of --webhook, --email, --apprise, --log")
+    doc: dict[str, Any] = {"name": name, "filter": _filter(types, kinds, orgs, sectors, cities), "channel": channels[0]}
+    if digest:
+        doc["digest"] = {"window_seconds": digest}
+    try:
+        request = SubscriptionRequest.model_validate_json(orjson.dumps(doc))
+    except ValidationError as exc:
+        _fail("; ".join(f"{e['path']}: {e['message']}" for e in error_paths(exc)))
+        return
+
+    async def create(store: Any, settings: Any) -> dict[str, Any]:
+        if request.channel.type == "webhook":
+            why = literal_refusal(request.channel.url, settings.networks())
+            if why:
+                _fail(f"webhook URL refused: {why}")
+        sub, secret = await store.create(request)
+        out = public_view(sub)
+        if secret:
+            out["secret"] = secret
+        return out
+
+    out = asyncio.run(_with_store(create))
+    sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@subs_app.command("list")
+def subscriptions_list(fmt: Annotated[Format, typer.Option("--format")] = Format.table) -> None:
+    """Show every subscription (never its secrets)."""
+    import orjson
+
+    from services.notify.subscriptions import public_view
+
+    async def all_subs(store: Any, _: Any) -> list[dict[str, Any]]:
+        return [public_view(s) for s in store.all()]
+
+    subs = asyncio.run(_with_store(all_subs))
+    if fmt is Format.json:
+        for s in subs:
+            sys.stdout.write(orjson.dumps(s).decode() + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "name", "channel", "filter", "state")
+    for s in subs:
+        ch = s["channel"]
+        target = ch.get("url") or ", ".join(ch.get("to") or []) or ch.get("path") or "stdout"
+        flt = " ".join(f"{k}={','.join(v)}" for k, v in s["filter"].items() if v) or "(all)"
+        state = f"disabled: {s['disabled_reason']}" if s["disabled"] else "active"
+        table.add_row(s["id"], s["name"], f"{ch['type']} {target}", flt, state)
+    Console().print(table)
+
+
+@subs_app.command("rm")
+def subscriptions_rm(sub_id: Annotated[str, typer.Argument(help="subscription id")]) -> None:
+    """Delete a subscription."""
+    async def delete(store: Any, _: Any) -> bool:
+        return bool(await store.delete(sub_id))
+
+    if not asyncio.run(_with_store(delete)):
+        _fail(f"no subscription {sub_id}")
+    sys.stderr.write(f"deleted {sub_id}\n")
+
+
+@app.command("subscribe")
+def subscribe(
+    types: Types = None, kinds: Kinds = None, orgs: Orgs = None, sectors: Sectors = None, cities: Cities = None,
+    fmt: Annotated[Format, typer.Option("--format", help="JSON lines or a readable table")] = Format.json,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="start at the oldest event")] = False,
+    limit: Annotated[int | None, typer.Option(help="stop after this many matching events")] = None,
+    idle_exit: Annotated[float | None, typer.Option(help="stop after this many seconds without events")] = None,
+) -> None:
+    """Tail enriched-events in the terminal, filtered like a subscription, until Ctrl-C."""
+    import orjson
+
+    from shared.subscriptions import Filter
+
+    try:
+        flt = Filter.model_validate_json(orjson.dumps(_filter(types, kinds, orgs, sectors, cities)))
+    except ValueError as exc:
+        _fail(str(exc))
+        return
+    try:
+        asyncio.run(_tail(flt, fmt, from_beginning, limit, idle_exit))
+    except KeyboardInterrupt:
+        pass
+
+
+async def _tail(flt: Any, fmt: Format, from_beginning: bool, limit: int | None, idle_exit: float | None) -> None:
+    import time
+
+    import orjson
+
+    from services.notify.matching import describe, match
+    from services.notify.notification import headline
+    from services.notify.settings import NotifySettings
+    from shared.events import parse_enriched
+    from shared.kafka import make_consumer
+    from shared.settings import load
+    from shared.topics import ENRICHED_EVENTS
+
+    settings = load(NotifySettings)
+    consumer = make_consumer(settings, settings.topic(ENRICHED_EVENTS), group_id=None,
+                             auto_offset_reset="earliest" if from_beginning else "latest")
+    await consumer.start()
+    seen = 0
+    last = time.monotonic()
+    if fmt is Format.table:
+        sys.stdout.write(f"{'time':<20} {'type':<24} {'organizations':<40} headline / why\n")
+    try:
+        while limit is None or seen < limit:
+            batch = await consumer.getmany(timeout_ms=500)
+            if not batch and idle_exit is not None and time.monotonic() - last > idle_exit:
+                return
+            for records in batch.values():
+                for r in records:
+                    last = time.monotonic()
+                    try:
+                        event = parse_enriched(r.value)
+                    except ValueError:
+                        continue
+                    reasons = match(event, flt)
+                    if reasons is None:
+                        continue
+                    seen += 1
+                    if fmt is Format.json:
+                        sys.stdout.write(orjson.dumps({**orjson.loads(r.value), "reason": reasons}).decode() + "\n")
+                    else:
+                        orgs = ", ".join(m.resolved.id if m.resolved else f"?{m.name}" for m in event.data.organizations)
+                        when = event.time.strftime("%Y-%m-%d %H:%M:%S") if event.time else "-"
+                        sys.stdout.write(f"{when:<20} {event.type:<24} {orgs[:40]:<40} "
+                                         f"{headline(orjson.loads(r.value or b'{}'))}\n{'':<86}why: {describe(reasons)}\n")
+                    sys.stdout.flush()
+                    if limit is not None and seen >= limit:
+                        return
+    finally:
+        await consumer.stop()

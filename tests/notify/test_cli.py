@@ -1,0 +1,56 @@
+"""`anting subscriptions add|list|rm` and `anting subscribe` against a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from shared.settings import AntingSettings
+from shared.testing import REPO_ROOT, env_for, produce
+from shared.topics import ENRICHED_EVENTS
+
+from .helpers import ACME, ALLIANCE, agreement, announcement, encode
+
+pytestmark = pytest.mark.kafka
+ANTING = str(Path(sys.executable).parent / "anting")
+
+
+async def cli(settings: AntingSettings, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run, [ANTING, *args], env=env_for(settings), cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+async def test_subscriptions_add_list_rm(topics: AntingSettings) -> None:
+    """add prints the subscription with its secret once; list shows it without; rm deletes it."""
+    added = await cli(topics, "subscriptions", "add", "--name", "alliances", "--webhook",
+                      "https://hooks.example.com/x", "--kind", "alliance_established", "--org", "SMIIA")
+    assert added.returncode == 0, added.stderr
+    doc = orjson.loads(added.stdout)
+    assert doc["secret"].startswith("whsec_") and doc["filter"]["organizations"] == ["SMIIA"]
+    listed = await cli(topics, "subscriptions", "list", "--format", "json")
+    assert listed.returncode == 0 and doc["id"] in listed.stdout and doc["secret"] not in listed.stdout
+    refused = await cli(topics, "subscriptions", "add", "--name", "x", "--webhook", "http://10.0.0.1/")
+    assert refused.returncode == 2 and "refused" in refused.stderr
+    removed = await cli(topics, "subscriptions", "rm", doc["id"])
+    assert removed.returncode == 0, removed.stderr
+    assert doc["id"] not in (await cli(topics, "subscriptions", "list", "--format", "json")).stdout
+
+
+async def test_subscribe_tails_matching_events(topics: AntingSettings) -> None:
+    """`anting subscribe --org smiia` prints only matching enriched events as JSON lines, and a table."""
+    events = [agreement([ACME]), announcement([ALLIANCE], kind="alliance_established"), agreement([ACME])]
+    await produce(topics, topics.topic(ENRICHED_EVENTS), [encode(e) for e in events], [e.key for e in events])
+    out = await cli(topics, "subscribe", "--org", "smiia", "--from-beginning", "--idle-exit", "3")
+    assert out.returncode == 0, out.stderr
+    lines = [orjson.loads(line) for line in out.stdout.splitlines()]
+    assert [d["id"] for d in lines] == [events[1].id]
+    assert lines[0]["reason"][0]["organization"] == ALLIANCE.id
+    table = await cli(topics, "subscribe", "--org", "smiia", "--from-beginning", "--limit", "1", "--format", "table")
+    assert table.returncode == 0 and "shanghai-metaverse-alliance" in table.stdout and "why:" in table.stdout
