@@ -192,7 +192,8 @@ class LocalKafka:
         """A broker left by a SIGKILLed run on this data dir: stop it by its PID."""
         if not self.pid_file.is_file():
             return
-        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+        # FileNotFoundError: the PID is gone (e.g. after kill()), so /proc has no entry
+        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError, FileNotFoundError):
             pid = int(self.pid_file.read_text())
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             if str(self.data_dir).encode() in cmdline:
