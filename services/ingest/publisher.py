@@ -108,8 +108,17 @@ class Publisher:
 
     def _close_later(self, producer: AIOKafkaProducer) -> None:
         async def _close() -> None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(producer.stop(), self.timeout + 1)
+            try:
+                await asyncio.wait_for(producer.stop(), 1.0)
+            except (Exception, asyncio.CancelledError):
+                # stop() waits for a flush that cannot happen while the broker is away,
+                # and once interrupted it leaves the sender task reconnecting for ever:
+                # end that task and the connections directly (aiokafka 0.14 internals)
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    sender = getattr(producer, "_sender", None)
+                    if sender is not None:
+                        await asyncio.wait_for(sender.close(), 2.0)
+                    await asyncio.wait_for(producer.client.close(), 2.0)
 
         task = asyncio.get_running_loop().create_task(_close())
         self._closing.add(task)

@@ -1,0 +1,70 @@
+"""Broker failure: with the broker gone, ingest answers 503 within 5 s (never hangs) and
+recovers by itself once the broker is back, without a restart of ingest."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.ingest.main import make_publisher
+from shared.localkafka import LocalKafka, free_port
+from shared.testing import create_topics, read_topic, settings_for
+from shared.topics import ANNOUNCEMENTS
+from tests.ingest.conftest import announcement, ingest_settings, make_client
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[LocalKafka]:
+    """A broker of this test's own (port and data dir kept so it can be restarted)."""
+    broker = LocalKafka(port=free_port(), data_dir=tmp_path / "kafka")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+async def test_503_within_5s_while_down_then_recovers(own_broker: LocalKafka, tmp_path: Path) -> None:
+    """Kill the broker: POST → 503 problem+json within 5 s and /readyz → 503; start it again on
+    the same port and data: POST → 202 with the same ingest instance."""
+    base = settings_for(own_broker.bootstrap)
+    await create_topics(base)
+    settings = ingest_settings(base)
+    async with make_publisher(settings) as publisher, \
+            await make_client(settings, publisher) as client:
+        assert (await client.post("/v1/events", json=announcement("before"))).status_code == 202
+
+        await asyncio.to_thread(own_broker.kill)
+        for i in range(2):  # the first failure, and a request on the rebuilt producer
+            t0 = time.monotonic()
+            resp = await asyncio.wait_for(
+                client.post("/v1/events", json=announcement(f"down-{i}")), 5.0)
+            assert resp.status_code == 503, resp.text
+            assert resp.headers["content-type"].startswith("application/problem+json")
+            assert resp.json()["status"] == 503 and "broker" in resp.json()["detail"]
+            print(f"503 after {time.monotonic() - t0:.2f}s")
+        ready = await asyncio.wait_for(client.get("/readyz"), 5.0)
+        assert ready.status_code == 503
+
+        restarted = LocalKafka(port=own_broker.port, data_dir=own_broker.data_dir)
+        await asyncio.to_thread(restarted.start)
+        own_broker.proc = restarted.proc  # so the fixture stops the running one
+        deadline = time.monotonic() + 60
+        status = 0
+        while time.monotonic() < deadline:
+            status = (await client.post("/v1/events", json=announcement("after"))).status_code
+            if status == 202:
+                break
+            assert status == 503
+            await asyncio.sleep(0.5)
+        assert status == 202, "ingest did not recover within 60 s of the broker's return"
+        assert (await client.get("/readyz")).status_code == 200
+
+    records = await read_topic(base, base.topic(ANNOUNCEMENTS), idle=2.0, timeout=30)
+    ids = {httpx.Response(200, content=r.value).json()["id"] for r in records}
+    assert {"ann-before", "ann-after"} <= ids
