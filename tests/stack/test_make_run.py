@@ -270,6 +270,14 @@ async def test_killed_service_is_restarted_and_the_stream_goes_on(stack: Stack) 
     assert "restarted enrich" in out
 
 
+def _running(p: psutil.Process) -> bool:
+    """Alive and not a zombie (an exited child not yet reaped by its new parent)."""
+    try:
+        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_ctrl_c_stops_everything_it_started(stack: Stack) -> None:
     """SIGINT (Ctrl-C) stops every process `anting run` started; none is left running."""
     stack.wait_for(r"ingest accepted", timeout=150)
@@ -280,17 +288,47 @@ def test_ctrl_c_stops_everything_it_started(stack: Stack) -> None:
     stack.proc.send_signal(signal.SIGINT)
     assert stack.proc.wait(90) == 0
     stack.wait_for(r"stopped; nothing left running", timeout=5)
-    left = []
-    for p in started:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                left.append(p)
-        except psutil.NoSuchProcess:
-            pass
+    left = [p for p in started if _running(p)]
     assert not left, f"still running: {left}"
     for port in stack.ports.values():
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def test_sigkill_of_make_run_takes_every_child_along(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Even `kill -9` of `anting run` leaves nothing: each child gets the parent-death signal."""
+    prefix = f"stackkill{uuid.uuid4().hex[:8]}."
+    env = dict(os.environ)
+    env.update({
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "ANTING_TOPIC_PREFIX": prefix,
+        "ANTING_ENRICH_GROUP": f"{prefix}enrich", "ANTING_NOTIFY_GROUP": f"{prefix}notify",
+        "ANTING_INGEST_PORT": str(free_port()), "ANTING_ENRICH_PORT": str(free_port()),
+        "ANTING_NOTIFY_PORT": str(free_port()), "ANTING_RUN_PROMETHEUS_PORT": str(free_port()),
+        "ANTING_RUN_STATE_DIR": str(tmp_path / "state"), "ANTING_RUN_SEED": str(tmp_path / "none.ndjson"),
+        "PYTHONUNBUFFERED": "1",
+    })
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "anting"), "run"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    st = Stack(proc, env, settings_for(kafka_bootstrap, prefix), {}, tmp_path / "run.log")
+    threading.Thread(target=_pump, args=(st,), daemon=True).start()
+    try:
+        st.wait_for(r"Ctrl-C stops everything this started", timeout=150)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 4, children  # three services and Prometheus
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 60
+        while (alive := [p for p in children if _running(p)]) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert not alive, f"still running after kill -9 of `anting run`: {alive}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_child_json_logs_read_as_one_labelled_line() -> None:
