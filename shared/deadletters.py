@@ -81,12 +81,13 @@ class DeadLetterWriter:
         self.producer = producer
         self.topic = settings.topic(DEAD_LETTERS_TOPIC)
 
-    async def send(self, letter: DeadLetter) -> Any:
-        """Queue the dead letter; returns the delivery future (await it for the ack)."""
+    async def send(self, letter: DeadLetter, producer: Any = None) -> Any:
+        """Queue the dead letter (on ``producer`` if given, e.g. the transactional
+        producer of the batch); returns the delivery future (await it for the ack)."""
         DEAD_LETTERS.labels(
             letter.header("dlq.stage") or "", letter.header("dlq.original.topic") or ""
         ).inc()
-        return await self.producer.send(
+        return await (producer or self.producer).send(
             self.topic, value=letter.value, key=letter.key, headers=letter.headers
         )
 

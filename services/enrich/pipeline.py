@@ -36,10 +36,10 @@ from pydantic import ValidationError
 from services.enrich.catalog import Catalog, CatalogReader
 from services.enrich.enrich import enrich_bytes
 from services.enrich.settings import EnrichSettings
-from shared.deadletters import from_record
+from shared.deadletters import DeadLetterWriter, from_record
 from shared.kafka import make_consumer, make_producer
 from shared.metrics import ENRICH_EVENTS, ENRICH_ORGANIZATIONS, STAGE_SECONDS, lag_reporter
-from shared.topics import AGREEMENTS, ANNOUNCEMENTS, DEAD_LETTERS, ENRICHED_EVENTS
+from shared.topics import AGREEMENTS, ANNOUNCEMENTS, ENRICHED_EVENTS
 
 log = logging.getLogger(__name__)
 STAGE = "enrich"
@@ -78,7 +78,8 @@ class Enricher:
     def __init__(self, settings: EnrichSettings, catalog: Catalog) -> None:
         self.catalog = catalog
         self.out_topic = settings.topic(ENRICHED_EVENTS)
-        self.dlq_topic = settings.topic(DEAD_LETTERS)
+        # dead letters go on the batch's own producer: inside its transaction
+        self.dlq = DeadLetterWriter(None, settings)
 
     async def process(self, producer: AIOKafkaProducer, records: list[Any], outcome: Outcome) -> list[Any]:
         """Queue one output per record; returns the delivery futures."""
@@ -93,8 +94,7 @@ class Enricher:
                 value = enriched.dump()
             except (ValidationError, ValueError) as exc:
                 letter = from_record(r, stage=STAGE, error=exc)
-                futures.append(await producer.send(
-                    self.dlq_topic, value=letter.value, key=letter.key, headers=letter.headers))
+                futures.append(await self.dlq.send(letter, producer))
                 outcome.events[(_type_of(r.value), "dead_lettered")] += 1
                 log.warning("poison record dead-lettered", extra={
                     "topic": r.topic, "partition": r.partition, "offset": r.offset,
