@@ -50,4 +50,7 @@ async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
 def run() -> None:
     settings = load(NotifySettings)
     logs.configure("notify", settings.log_level)
+    # httpx logs every request at INFO: per-delivery detail belongs on `notifications`
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     run_service("notify", lambda stop: serve(settings, stop))

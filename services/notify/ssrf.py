@@ -1,8 +1,9 @@
 """SSRF guard for outbound webhooks: resolve the host once, refuse private,
 loopback, link-local and reserved addresses (unless allowed by
-``ANTING_NOTIFY_ALLOW_NETWORKS``), and connect to the very address that was
-checked — the URL is rewritten to the IP, with the original ``Host`` header and
-TLS SNI/hostname verification kept — so DNS rebinding cannot slip past the check.
+``ANTING_NOTIFY_ALLOW_NETWORKS``), and connect to the very addresses that were
+checked — the guard is the HTTP client's resolver, so the socket can only go to
+an address it returned — so DNS rebinding cannot slip past the check. Literal-IP
+URLs never reach a resolver and are checked up front (:func:`check_url`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 
-import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
-class RefusedAddress(httpx.TransportError):
+class RefusedAddress(OSError):
     """The URL resolves to an address outbound deliveries may not reach."""
 
 
@@ -42,54 +44,54 @@ async def system_resolver(host: str, port: int) -> list[str]:
 
 
 def literal_refusal(url: str, networks: Sequence[Network]) -> str | None:
-    """For API validation: why a URL whose host is a literal IP is refused, else None."""
-    host = httpx.URL(url).host
+    """Why a URL whose host is a literal IP is refused, else None (names are checked when resolved)."""
+    host = URL(url).host or ""
     try:
-        ip = ipaddress.ip_address(host)
+        ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return None
     return None if allowed(ip, networks) else f"{host} is not a public address"
 
 
-class GuardedTransport(httpx.AsyncBaseTransport):
-    """Checks the resolved address before the inner transport may connect to it."""
+def check_url(url: str, networks: Sequence[Network]) -> None:
+    why = literal_refusal(url, networks)
+    if why:
+        raise RefusedAddress(why)
 
-    def __init__(
-        self,
-        networks: Sequence[Network],
-        inner: httpx.AsyncBaseTransport | None = None,
-        resolver: Resolver = system_resolver,
-    ) -> None:
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp resolver that returns only checked addresses, or refuses the host."""
+
+    def __init__(self, networks: Sequence[Network], resolver: Resolver = system_resolver) -> None:
         self.networks = list(networks)
-        self.inner = inner or httpx.AsyncHTTPTransport(retries=0)
         self.resolver = resolver
 
-    async def checked_address(self, host: str, port: int) -> str:
+    async def checked(self, host: str, port: int) -> list[IPAddress]:
         try:
-            addresses = [ipaddress.ip_address(host)]
-        except ValueError:
-            try:
-                addresses = [ipaddress.ip_address(a.split("%")[0]) for a in await self.resolver(host, port)]
-            except OSError as exc:
-                raise httpx.ConnectError(f"cannot resolve {host}: {exc}") from exc
+            addresses = [ipaddress.ip_address(a.split("%")[0]) for a in await self.resolver(host, port)]
+        except OSError as exc:
+            raise OSError(f"cannot resolve {host}: {exc}") from exc
         if not addresses:
-            raise httpx.ConnectError(f"cannot resolve {host}")
+            raise OSError(f"cannot resolve {host}")
         # every address must pass: a name that also points inside is refused outright
         for ip in addresses:
             if not allowed(ip, self.networks):
                 raise RefusedAddress(f"{host} resolves to {ip}, which is not a public address")
-        return str(addresses[0])
+        return addresses
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        host = request.url.host
-        port = request.url.port or (443 if request.url.scheme == "https" else 80)
-        ip = await self.checked_address(host, port)
-        if ip != host:
-            # Host header stays as httpx set it from the original URL; SNI and
-            # certificate checks use the name, the socket uses the checked IP
-            request.url = request.url.copy_with(host=ip)
-            request.extensions = {**request.extensions, "sni_hostname": host}
-        return await self.inner.handle_async_request(request)
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        out: list[ResolveResult] = []
+        for ip in await self.checked(host, port):
+            fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            if family not in (socket.AF_UNSPEC, fam):
+                continue
+            out.append(ResolveResult(hostname=host, host=str(ip), port=port, family=fam,
+                                     proto=0, flags=socket.AI_NUMERICHOST))
+        if not out:
+            raise OSError(f"no usable address for {host}")
+        return out
 
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+    async def close(self) -> None:
+        return None

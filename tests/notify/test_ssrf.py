@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import ipaddress
 from datetime import UTC, datetime
+from typing import Any
 
-import httpx
+import aiohappyeyeballs
 import pytest
 
 from services.notify.channels.webhook import WebhookSender
 from services.notify.notification import Delivery
-from services.notify.ssrf import GuardedTransport, RefusedAddress, is_public
+from services.notify.ssrf import is_public
 from shared.subscriptions import Subscription, WebhookChannel
 
 from .helpers import Receiver
@@ -19,9 +20,18 @@ from .helpers import Receiver
 LOOPBACK = [ipaddress.ip_network("127.0.0.0/8")]
 
 
-def _record(calls: list[httpx.Request], request: httpx.Request) -> httpx.Response:
-    calls.append(request)
-    return httpx.Response(200)
+@pytest.fixture
+def connects(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every TCP connection aiohttp opens goes through aiohappyeyeballs.start_connection: record them."""
+    calls: list[Any] = []
+    real = aiohappyeyeballs.start_connection
+
+    async def recording(addr_infos: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append([a[4] for a in addr_infos])
+        return await real(addr_infos, *args, **kwargs)
+
+    monkeypatch.setattr(aiohappyeyeballs, "start_connection", recording)
+    return calls
 
 
 def _sub(url: str) -> Subscription:
@@ -36,37 +46,34 @@ def _delivery() -> Delivery:
 
 @pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/hook",
                                  "http://[::1]/x", "http://[::ffff:10.0.0.1]/x", "http://0.0.0.0/x"])
-async def test_private_addresses_refused_without_connecting(url: str) -> None:
-    """A literal private/link-local/loopback URL is refused and the transport is never asked to connect."""
-    calls: list[httpx.Request] = []
-    inner = httpx.MockTransport(lambda req: _record(calls, req))
-    sender = WebhookSender([], timeout=1.0, concurrency=1, inner=inner)
+async def test_private_addresses_refused_without_connecting(url: str, connects: list[Any]) -> None:
+    """A literal private/link-local/loopback URL is refused and no connection is attempted."""
+    sender = WebhookSender([], timeout=1.0, concurrency=1)
     try:
         result = await sender.send(_sub(url), _delivery())
     finally:
         await sender.aclose()
     assert result.verdict == "permanent" and "refused" in (result.error or "")
-    assert calls == []
+    assert connects == []
 
 
-async def test_name_resolving_inside_is_refused() -> None:
-    """A public-looking name whose DNS answer is 10.0.0.1 (or mixes in one) is refused, no connection made."""
-    calls: list[httpx.Request] = []
-    inner = httpx.MockTransport(lambda req: _record(calls, req))
-
+async def test_name_resolving_inside_is_refused(connects: list[Any]) -> None:
+    """A name whose DNS answer is 169.254.169.254 (or mixes in 10.0.0.1) is refused, no connection made."""
     async def resolver(host: str, port: int) -> list[str]:
-        return ["93.184.215.14", "10.0.0.1"] if host == "mixed.example" else ["10.0.0.1"]
+        return ["93.184.215.14", "10.0.0.1"] if host == "mixed.example" else ["169.254.169.254"]
 
-    guard = GuardedTransport([], inner=inner, resolver=resolver)
-    async with httpx.AsyncClient(transport=guard) as client:
+    sender = WebhookSender([], timeout=1.0, concurrency=1, resolver=resolver)
+    try:
         for host in ("rebind.example", "mixed.example"):
-            with pytest.raises(RefusedAddress):
-                await client.post(f"http://{host}/hook", content=b"{}")
-    assert calls == []
+            result = await sender.send(_sub(f"http://{host}/hook"), _delivery())
+            assert result.verdict == "permanent" and "refused" in (result.error or ""), result
+    finally:
+        await sender.aclose()
+    assert connects == []
 
 
-async def test_connects_to_the_checked_address_keeping_host() -> None:
-    """The request goes to the resolved, checked IP (no second lookup), with the original Host header."""
+async def test_connects_to_the_checked_address_keeping_host(connects: list[Any]) -> None:
+    """The socket goes to the resolved, checked IP (no second lookup), with the original Host header."""
     receiver = await Receiver().start()
     lookups: list[str] = []
 
@@ -80,8 +87,9 @@ async def test_connects_to_the_checked_address_keeping_host() -> None:
     finally:
         await sender.aclose()
         await receiver.stop()
-    assert result.verdict == "ok"
+    assert result.verdict == "ok", result
     assert lookups == ["hooks.example"]
+    assert connects == [[("127.0.0.1", receiver.port)]]
     assert receiver.received[0].headers["Host"] == f"hooks.example:{receiver.port}"
 
 
