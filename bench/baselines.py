@@ -125,7 +125,7 @@ def _record(label: str, unit: str, t: Timing, results: Results, **extra: Any) ->
                 note="CPU of the bench process running the loop")
 
 
-def _run(coro: Any) -> Any:
+def run_async(coro: Any) -> Any:
     import uvloop
 
     return uvloop.run(coro)
@@ -221,50 +221,56 @@ def raw_kafka(bootstrap: str, sizes: Sizes, results: Results) -> None:
     evs = list(payload.events(n, run))
     values = [orjson.dumps(e) for e in evs]
     keys = [payload.key_of(e) for e in evs]
-    t = _run(_produce(settings, settings.topic(src), values, keys))
+    t = run_async(_produce(settings, settings.topic(src), values, keys))
     _record("aiokafka_produce", "events/s", t, results,
             settings="shared.kafka.make_producer (idempotent, acks=all, linger 5 ms)")
     m = min(sizes.consume_events, n)
-    t = _run(_consume(settings, settings.topic(src), m))
+    t = run_async(_consume(settings, settings.topic(src), m))
     _record("aiokafka_consume", "events/s", t, results,
             settings="shared.kafka.make_consumer (read_committed, no group)")
     k = min(sizes.ctp_events, n)
     ctp_settings = fresh_settings(bootstrap, "ctp")
     asyncio.run(create(ctp_settings, src, dst))
     asyncio.run(fill(ctp_settings, ctp_settings.topic(src), values[:k], keys[:k]))
-    t = _run(_ctp(ctp_settings, ctp_settings.topic(src), ctp_settings.topic(dst), k,
+    t = run_async(_ctp(ctp_settings, ctp_settings.topic(src), ctp_settings.topic(dst), k,
                   f"bench-ctp-{run}"))
     _record("consume_transform_produce", "events/s", t, results,
             settings="orjson transform; commit per batch after its sends are acked")
 
 
-async def _http_loop(url: str, body: bytes, n: int, concurrency: int) -> Timing:
+async def http_loop(url: str, bodies: list[bytes], seconds: float, concurrency: int,
+                    headers: dict[str, str] | None = None) -> tuple[Timing, int]:
+    """``concurrency`` httpx workers POSTing the bodies in turn for ``seconds``;
+    returns the timing of the 2xx answers and how many were not 2xx."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    ok = 0
-    next_i = 0
+    hdrs = {"content-type": "application/json", **(headers or {})}
+    ok = bad = 0
+    i = 0
     clock = _Clock()
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         async def worker() -> None:
-            nonlocal ok, next_i
-            while next_i < n:
-                next_i += 1
-                r = await client.post(url, content=body,
-                                      headers={"content-type": "application/json"})
-                ok += r.status_code < 300
+            nonlocal ok, bad, i
+            while time.perf_counter() - clock.t0 < seconds:
+                body = bodies[i % len(bodies)]
+                i += 1
+                r = await client.post(url, content=body, headers=hdrs)
+                if r.status_code < 300:
+                    ok += 1
+                else:
+                    bad += 1
         clock.start()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return clock.stop(ok)
+        return clock.stop(ok), bad
 
 
 def http_client(receiver_url: str, sizes: Sizes, results: Results) -> None:
     body = orjson.dumps(payload.enriched(payload.event(payload.new_run(), 0)))
-    t = _run(_http_loop(f"{receiver_url}/hook", body, sizes.http_requests,
-                        sizes.http_concurrency))
+    t, bad = run_async(http_loop(f"{receiver_url}/hook", [body], sizes.http_seconds,
+                            sizes.http_concurrency))
     _record("http_client", "requests/s", t, results,
             client=f"httpx.AsyncClient, {sizes.http_concurrency} concurrent", body_bytes=len(body))
-    if t.done != sizes.http_requests:
-        results.rows["baseline.http_client.requests_per_s"].note = (
-            f"only {t.done} of {sizes.http_requests} answered 2xx")
+    if bad:
+        results.rows["baseline.http_client.requests_per_s"].note = f"{bad} answers not 2xx"
 
 
 WRK_LUA = """\
@@ -289,10 +295,10 @@ def wrk(url: str, body: bytes, seconds: float, connections: int, *,
         bpath.write_bytes(body)
         script = Path(tmp) / "post.lua"
         script.write_text(WRK_LUA.format(ctype=ctype, key=key, body=bpath))
-        threads = max(1, min(2, os.cpu_count() or 1))
+        threads = max(1, min(2, os.cpu_count() or 1, connections))
         proc = subprocess.run(
             ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-             "--latency", "-s", str(script), url],
+             "--timeout", "30s", "--latency", "-s", str(script), url],
             capture_output=True, text=True, timeout=seconds + 60,
         )
     out = proc.stdout
@@ -301,7 +307,7 @@ def wrk(url: str, body: bytes, seconds: float, connections: int, *,
         raise RuntimeError(f"wrk failed: {out[-800:]} {proc.stderr[-500:]}")
     total = re.search(r"(\d+) requests in", out)
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errs = re.search(r"Socket errors: (.*)", out)
+    errs = re.search(r"Socket errors: (.*)", out)  # connect, read, write, timeout counts
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
 
@@ -315,6 +321,16 @@ def wrk(url: str, body: bytes, seconds: float, connections: int, *,
             "p50_ms": ms(p50), "p99_ms": ms(p99)}
 
 
+def wrk_problems(w: dict[str, Any]) -> str:
+    """What went wrong in a wrk run, for a result's note ('' when nothing did)."""
+    out = ""
+    if w["non_2xx"]:
+        out += f"; {w['non_2xx']:.0f} answers not 2xx"
+    if w["socket_errors"]:
+        out += f"; socket errors: {w['socket_errors']}"
+    return out
+
+
 def http_wrk(receiver_url: str, sizes: Sizes, results: Results) -> None:
     if not wrk_available():
         results.add("baseline.http_wrk.requests_per_s", None, "requests/s",
@@ -323,10 +339,35 @@ def http_wrk(receiver_url: str, sizes: Sizes, results: Results) -> None:
     body = orjson.dumps(payload.enriched(payload.event(payload.new_run(), 0)))
     w = wrk(f"{receiver_url}/hook", body, sizes.wrk_seconds, sizes.http_concurrency)
     results.add("baseline.http_wrk.requests_per_s", w["requests_per_s"], "requests/s",
-                client=f"wrk, {sizes.http_concurrency} connections", p50_ms=w["p50_ms"],
+                note=("wrk, the fastest client here" + wrk_problems(w)), client=f"wrk, {sizes.http_concurrency} connections", p50_ms=w["p50_ms"],
                 p99_ms=w["p99_ms"])
+
+
+async def aiohttp_loop(url: str, body: bytes, seconds: float, concurrency: int) -> Timing:
+    """The same loop on aiohttp's client: what a Python client can reach here."""
+    import aiohttp
+
+    ok = 0
+    clock = _Clock()
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def worker() -> None:
+            nonlocal ok
+            while time.perf_counter() - clock.t0 < seconds:
+                async with session.post(url, data=body,
+                                        headers={"content-type": "application/json"}) as r:
+                    await r.read()
+                    ok += r.status < 300
+        clock.start()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return clock.stop(ok)
 
 
 def http(receiver_url: str, sizes: Sizes, results: Results) -> None:
     http_client(receiver_url, sizes, results)
+    body = orjson.dumps(payload.enriched(payload.event(payload.new_run(), 0)))
+    t = run_async(aiohttp_loop(f"{receiver_url}/hook", body, sizes.http_seconds,
+                               sizes.http_concurrency))
+    _record("http_aiohttp", "requests/s", t, results,
+            client=f"aiohttp.ClientSession, {sizes.http_concurrency} concurrent")
     http_wrk(receiver_url, sizes, results)

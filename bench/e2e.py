@@ -106,44 +106,49 @@ def e2e(bootstrap: str, sizes: Sizes, results: Results, scratch: Path,
         wait_warm(receiver, sizes.service_start_timeout,
                   "through ingest, enrich and notify: "
                   + " | ".join(f"{k}: {s.tail(300)}" for k, s in svcs.items()))
-        for rate in LOADS:
-            pids = {k: s.pid for k, s in svcs.items()}
-            cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
-            sampler = Sampler(pids)
-            t0 = time.monotonic()
-            with sampler.running():
-                res = run_load(svcs["ingest"].url, receiver, rate, sizes.e2e_seconds,
-                               sizes.e2e_drain_seconds, scratch, run)
-            wall = time.monotonic() - t0
-            cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
-            dead = [k for k, s in svcs.items() if not s.alive()]
-            lat = res["latencies"]
-            note = (f"open loop, {res['sent']} events over {sizes.e2e_seconds:g}s; "
-                    f"{res['delivered']}/{res['accepted']} accepted were delivered")
-            if res["missing"]:
-                note += f"; {res['missing']} never delivered within {sizes.e2e_drain_seconds:g}s"
-            if dead:
-                note += f"; died: {', '.join(dead)}"
-            for label, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999)):
-                v = percentile(lat, q)
-                if math.isinf(v):
-                    finite = [x for x in lat if not math.isinf(x)]
-                    v = (finite[-1] if finite else 0.0) or sizes.e2e_drain_seconds * 1000
-                    results.add(f"e2e.latency.{label}_ms@{rate}", v, "ms",
-                                note=note + "; a lower bound: this percentile was never delivered",
-                                lower_bound=True)
-                else:
-                    results.add(f"e2e.latency.{label}_ms@{rate}", v, "ms", note=note,
-                                status=res["status"], generator_late_ms=res["late_ms"],
-                                duplicates=res["duplicates"])
-            if rate == RSS_LOAD:
-                for k, peak in sampler.peak.items():
-                    results.add(f"rss_mb.{k}", peak, "MB",
-                                note=f"peak RSS during the {rate} events/s run (psutil, 0.1 s samples)")
-                for k, c in cpu.items():
-                    results.add(f"cpu_s_per_1k.{k}", c / max(1, res["sent"]) * 1000, "CPU-s/1k",
-                                note=f"user+system CPU of the {k} process over the {rate} events/s "
-                                f"run ({wall:.1f}s incl. drain)")
-            if dead:
-                raise StageError(f"service(s) died during the {rate}/s run: {dead}")
+        later: list[tuple[str, float, str, str]] = []
+        try:
+            for rate in LOADS:
+                pids = {k: s.pid for k, s in svcs.items()}
+                cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+                sampler = Sampler(pids)
+                t0 = time.monotonic()
+                with sampler.running():
+                    res = run_load(svcs["ingest"].url, receiver, rate, sizes.e2e_seconds,
+                                   sizes.e2e_drain_seconds, scratch, run)
+                wall = time.monotonic() - t0
+                cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
+                dead = [k for k, s in svcs.items() if not s.alive()]
+                lat = res["latencies"]
+                note = (f"open loop, {res['sent']} events over {sizes.e2e_seconds:g}s; "
+                        f"{res['delivered']}/{res['accepted']} accepted were delivered")
+                if res["missing"]:
+                    note += f"; {res['missing']} never delivered within {sizes.e2e_drain_seconds:g}s"
+                if dead:
+                    note += f"; died: {', '.join(dead)}"
+                for label, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999)):
+                    v = percentile(lat, q)
+                    if math.isinf(v):
+                        finite = [x for x in lat if not math.isinf(x)]
+                        v = (finite[-1] if finite else 0.0) or sizes.e2e_drain_seconds * 1000
+                        results.add(f"e2e.latency.{label}_ms@{rate}", v, "ms",
+                                    note=note + "; a lower bound: this percentile was never delivered",
+                                    lower_bound=True)
+                    else:
+                        results.add(f"e2e.latency.{label}_ms@{rate}", v, "ms", note=note,
+                                    status=res["status"], generator_late_ms=res["late_ms"],
+                                    duplicates=res["duplicates"])
+                if rate == RSS_LOAD:
+                    for k, peak in sampler.peak.items():
+                        later.append((f"rss_mb.{k}", peak, "MB",
+                                      f"peak RSS during the {rate} events/s run (psutil, 0.1 s samples)"))
+                    for k, c in cpu.items():
+                        later.append((f"cpu_s_per_1k.{k}", c / max(1, res["sent"]) * 1000, "CPU-s/1k",
+                                      f"user+system CPU of the {k} process over the {rate} events/s "
+                                      f"run ({wall:.1f}s incl. drain)"))
+                if dead:
+                    raise StageError(f"service(s) died during the {rate}/s run: {dead}")
+        finally:
+            for name, value, unit, note in later:
+                results.add(name, value, unit, note=note)
     results.rows[f"e2e.latency.p50_ms@{LOADS[0]}"].extra["catalog"] = catalog

@@ -20,7 +20,7 @@ import httpx
 import orjson
 
 from bench import payload
-from bench.baselines import wrk, wrk_available
+from bench.baselines import http_loop, run_async, wrk, wrk_available, wrk_problems
 from bench.harness import Results, Sizes
 from bench.kafkaio import Watch, create, end_offsets_total, fill, fresh_settings, watch
 from bench.procs import API_KEY, Receiver, Service, ServiceFailed, cpu_seconds
@@ -118,22 +118,6 @@ def _check_accepts(url: str, body: bytes, ctype: str = "application/json") -> No
         raise StageError(f"POST {url} answered {r.status_code}: {r.text[:500]}")
 
 
-async def _httpx_single(url: str, bodies: list[bytes], concurrency: int) -> tuple[int, float]:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    ok = 0
-    it = iter(bodies)
-    headers = {"content-type": "application/json", **AUTH}
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        async def worker() -> None:
-            nonlocal ok
-            for body in it:
-                r = await client.post(url, content=body, headers=headers)
-                ok += r.status_code < 300
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return ok, time.perf_counter() - t0
-
-
 def ingest_http(bootstrap: str, sizes: Sizes, results: Results, scratch: Path) -> None:
     settings = fresh_settings(bootstrap, "http")
     asyncio.run(create(settings))
@@ -148,34 +132,36 @@ def ingest_http(bootstrap: str, sizes: Sizes, results: Results, scratch: Path) -
         accepted = 0
         c = sizes.http_concurrency
         if wrk_available():
-            w = wrk(url, one, sizes.wrk_seconds, c, key=API_KEY)
+            cs = sizes.wrk_single_connections
+            w = wrk(url, one, sizes.wrk_seconds, cs, key=API_KEY)
             results.add("ingest.http.single.requests_per_s", w["requests_per_s"], "requests/s",
-                        note=f"wrk, {c} connections, one event per POST"
-                        + (f"; {w['non_2xx']:.0f} non-2xx" if w["non_2xx"] else ""),
+                        note=f"wrk, {cs} connections, one event per POST"
+                        + wrk_problems(w),
                         p50_ms=w["p50_ms"], p99_ms=w["p99_ms"])
             accepted += int(w["requests"] - w["non_2xx"])
-        bodies = [orjson.dumps(e) for e in payload.events(sizes.http_requests, run, "hx")]
-        ok, secs = asyncio.run(_httpx_single(url, bodies, c))
+        bodies = [orjson.dumps(e) for e in payload.events(1000, run, "hx")]
+        t, bad = run_async(http_loop(url, bodies, sizes.http_seconds, c, AUTH))
         name = ("ingest.http.single.httpx.requests_per_s" if wrk_available()
                 else "ingest.http.single.requests_per_s")
-        results.add(name, ok / secs, "requests/s",
+        results.add(name, t.done / t.seconds, "requests/s",
                     note=f"httpx.AsyncClient, {c} concurrent, in the bench process"
-                    + ("" if ok == len(bodies) else f"; only {ok}/{len(bodies)} 2xx"))
-        accepted += ok
+                    + (f"; {bad} not 2xx" if bad else ""))
+        accepted += t.done
         if wrk_available():
-            w = wrk(url, batch, sizes.wrk_seconds, c, key=API_KEY)
+            cb = sizes.wrk_batch_connections
+            w = wrk(url, batch, sizes.wrk_seconds, cb, key=API_KEY)
             results.add("ingest.http.batch100.events_per_s", w["requests_per_s"] * 100,
-                        "events/s", note=f"wrk, {c} connections, JSON arrays of 100 events"
-                        + (f"; {w['non_2xx']:.0f} non-2xx" if w["non_2xx"] else ""),
+                        "events/s", note=f"wrk, {cb} connections, JSON arrays of 100 events"
+                        + wrk_problems(w),
                         requests_per_s=w["requests_per_s"], p50_ms=w["p50_ms"],
                         p99_ms=w["p99_ms"])
             accepted += int(w["requests"] - w["non_2xx"]) * 100
         else:
-            bodies = [batch] * sizes.batch_requests
-            ok, secs = asyncio.run(_httpx_single(url, bodies, min(c, 8)))
-            results.add("ingest.http.batch100.events_per_s", ok * 100 / secs, "events/s",
-                        note="httpx.AsyncClient (wrk not installed), JSON arrays of 100")
-            accepted += ok * 100
+            t, bad = run_async(http_loop(url, [batch], sizes.http_seconds, min(c, 8), AUTH))
+            results.add("ingest.http.batch100.events_per_s", t.done * 100 / t.seconds, "events/s",
+                        note="httpx.AsyncClient (wrk not installed), JSON arrays of 100"
+                        + (f"; {bad} not 2xx" if bad else ""))
+            accepted += t.done * 100
         cpu = cpu_seconds(svc.pid) - cpu0
         results.add("ingest.http.cpu_s_per_1k", cpu / max(1, accepted) * 1000, "CPU-s/1k",
                     note="ingest process CPU over every accepted event of the HTTP runs")
