@@ -89,6 +89,7 @@ class ConsumerLoop:
         self.tracker = OffsetTracker()
         self.tasks: set[asyncio.Task[None]] = set()
         self.paused = False
+        self._room = asyncio.Event()  # set when in-flight work drops below the resume mark
 
     def subscribe(self) -> None:
         self.consumer.subscribe([self.topic], listener=_Listener(self))
@@ -116,13 +117,18 @@ class ConsumerLoop:
             return
         self.tracker.done(tp, record.offset)
 
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if len(self.tasks) <= self.max_in_flight * 3 // 4:
+            self._room.set()
+
     def _backpressure(self) -> None:
-        busy = len(self.tasks) >= self.max_in_flight
         parts = list(self.consumer.assignment())
-        if busy and not self.paused and parts:
+        if not self.paused and len(self.tasks) >= self.max_in_flight and parts:
             self.consumer.pause(*parts)
             self.paused = True
-        elif not busy and self.paused:
+            self._room.clear()
+        elif self.paused and len(self.tasks) <= self.max_in_flight * 3 // 4:
             self.consumer.resume(*parts)
             self.paused = False
 
@@ -131,13 +137,21 @@ class ConsumerLoop:
         try:
             while not stop.is_set():
                 self._backpressure()
-                batch = await self.consumer.getmany(timeout_ms=200, max_records=1000)
+                if self.paused:
+                    # resume as soon as there is room, not after a fetch timeout; the
+                    # empty poll keeps the consumer's poll-interval clock running
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._room.wait(), 1.0)
+                    await self.consumer.getmany(timeout_ms=0)
+                    batch = {}
+                else:
+                    batch = await self.consumer.getmany(timeout_ms=200, max_records=1000)
                 for records in batch.values():
                     for record in records:
                         self.tracker.add(TopicPartition(record.topic, record.partition), record.offset)
                         task = asyncio.create_task(self._run_one(record))
                         self.tasks.add(task)
-                        task.add_done_callback(self.tasks.discard)
+                        task.add_done_callback(self._task_done)
                 if time.monotonic() - last_commit >= self.commit_interval:
                     await self.commit()
                     last_commit = time.monotonic()

@@ -127,7 +127,7 @@ class Notifier:
         await retries.start()
         main = ConsumerLoop(
             events, self.settings.topic(ENRICHED_EVENTS), self.handle_event,
-            max_in_flight=max(4 * self.settings.concurrency, 64),
+            max_in_flight=max(4 * self.settings.concurrency, 256),
             commit_interval=self.settings.commit_interval_seconds, name="events",
         )
         sched = ConsumerLoop(
