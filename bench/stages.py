@@ -20,7 +20,7 @@ import httpx
 import orjson
 
 from bench import payload
-from bench.baselines import http_loop, run_async, wrk, wrk_available, wrk_problems
+from bench.baselines import aiohttp_loop, run_async, wrk, wrk_available, wrk_problems
 from bench.harness import Results, Sizes
 from bench.kafkaio import Watch, create, end_offsets_total, fill, fresh_settings, watch
 from bench.procs import API_KEY, Receiver, Service, ServiceFailed, cpu_seconds
@@ -140,11 +140,11 @@ def ingest_http(bootstrap: str, sizes: Sizes, results: Results, scratch: Path) -
                         p50_ms=w["p50_ms"], p99_ms=w["p99_ms"])
             accepted += int(w["requests"] - w["non_2xx"])
         bodies = [orjson.dumps(e) for e in payload.events(1000, run, "hx")]
-        t, bad = run_async(http_loop(url, bodies, sizes.http_seconds, c, AUTH))
-        name = ("ingest.http.single.httpx.requests_per_s" if wrk_available()
+        t, bad = run_async(aiohttp_loop(url, bodies, sizes.http_seconds, c, AUTH))
+        name = ("ingest.http.single.python.requests_per_s" if wrk_available()
                 else "ingest.http.single.requests_per_s")
         results.add(name, t.done / t.seconds, "requests/s",
-                    note=f"httpx.AsyncClient, {c} concurrent, in the bench process"
+                    note=f"aiohttp client, {c} concurrent, in the bench process"
                     + (f"; {bad} not 2xx" if bad else ""))
         accepted += t.done
         if wrk_available():
@@ -157,9 +157,10 @@ def ingest_http(bootstrap: str, sizes: Sizes, results: Results, scratch: Path) -
                         p99_ms=w["p99_ms"])
             accepted += int(w["requests"] - w["non_2xx"]) * 100
         else:
-            t, bad = run_async(http_loop(url, [batch], sizes.http_seconds, min(c, 8), AUTH))
+            t, bad = run_async(aiohttp_loop(url, [batch], sizes.http_seconds,
+                                            sizes.wrk_batch_connections, AUTH))
             results.add("ingest.http.batch100.events_per_s", t.done * 100 / t.seconds, "events/s",
-                        note="httpx.AsyncClient (wrk not installed), JSON arrays of 100"
+                        note="aiohttp client (wrk not installed), JSON arrays of 100"
                         + (f"; {bad} not 2xx" if bad else ""))
             accepted += t.done * 100
         cpu = cpu_seconds(svc.pid) - cpu0
