@@ -237,6 +237,13 @@ async def test_services_export_every_metric_the_dashboard_and_alerts_query(stack
                 break
             await asyncio.sleep(0.5)
     assert needed <= exported, f"queried but not exported: {sorted(needed - exported)}"
+    # and the dead-letter alert sees both poison records, each counted by its stage
+    deadline = time.monotonic() + 30
+    stages: set[str | None] = set()
+    while time.monotonic() < deadline and not {"enrich", "notify"} <= stages:
+        stages = {r["metric"].get("stage") for r in _query(stack, "anting_dead_letters_total > 0")}
+        await asyncio.sleep(1)
+    assert {"enrich", "notify"} <= stages, stages
 
 
 async def test_killed_service_is_restarted_and_the_stream_goes_on(stack: Stack) -> None:
