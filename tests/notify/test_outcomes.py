@@ -111,3 +111,28 @@ async def test_receiver_answers_handled_as_designed(topics: AntingSettings) -> N
     assert after["retried"] - before["retried"] >= 4  # flaky, busy, slow ×2
     assert after["dead"] - before["dead"] >= 3  # slow, moved, gone
     assert after["failed"] - before["failed"] >= 7
+
+
+async def test_dead_delivery_replayed_from_dead_letters(topics: AntingSettings) -> None:
+    """A dead delivery sent back by `anting dlq replay` is attempted again with the same webhook-id."""
+    from shared.deadletters import replay_dead_letters
+
+    receiver = Receiver(script={"/later": [(301, {"Location": "/x"}, 0.0), (200, {}, 0.0)]})
+    await receiver.start()
+    try:
+        async with running(notify_settings(topics)) as notifier:
+            sub, _ = await notifier.store.create(SubscriptionRequest.model_validate_json(orjson.dumps({
+                "name": "later", "channel": {"type": "webhook", "url": receiver.url("/later")}})))
+            event = agreement([ANTING_TOWN])
+            await produce(topics, topics.topic(ENRICHED_EVENTS), [encode(event)], [event.key])
+            await wait_until(lambda: notifier.ledger.is_final(receiver.received[0].headers["webhook-id"])
+                             if receiver.received else False, what="dead")
+            sent, _ = await replay_dead_letters(topics, stage="notify")
+            assert sent == 1
+            await wait_until(lambda: len(receiver.on("/later")) == 2, what="replayed delivery")
+            notes = await read_topic(topics, topics.topic(NOTIFICATIONS), expect=2, timeout=20)
+    finally:
+        await receiver.stop()
+    assert [orjson.loads(r.value or b"")["outcome"] for r in notes] == ["dead", "delivered"]
+    assert len({r.headers["webhook-id"] for r in receiver.on("/later")}) == 1
+    assert sub.id == orjson.loads(notes[1].value or b"")["subscription_id"]
