@@ -31,7 +31,7 @@ class _Server(uvicorn.Server):
 
 async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
     notifier = Notifier(settings)
-    app = create_app(settings, notifier.store)
+    app = create_app(settings, notifier.store, ready=notifier.ready)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, lifespan="off")
     server = _Server(config)

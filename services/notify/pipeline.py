@@ -86,6 +86,16 @@ class Notifier:
         await self.ledger.start()
         self.started = True
 
+    async def ready(self) -> tuple[bool, str]:
+        """Ready when the state is loaded and the broker answers a metadata request."""
+        if not (self.started and self.store.view.ready.is_set() and self.ledger.view.ready.is_set()):
+            return False, "loading subscriptions and ledger"
+        try:
+            await asyncio.wait_for(self.producer.client.fetch_all_metadata(), 3.0)
+        except Exception as exc:
+            return False, f"broker unreachable: {type(exc).__name__}"
+        return True, "broker reachable, state loaded"
+
     async def handle_event(self, record: Any) -> None:
         t0 = time.perf_counter()
         try:

@@ -15,6 +15,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
@@ -68,10 +69,11 @@ async def test_sigkill_mid_stream_delivers_every_pair_with_stable_keys(topics: A
         ])
         events = [agreement([ANTING_TOWN], event_id=f"kill-{i:05d}") for i in range(EVENTS)]
         await produce(topics, topics.topic(ENRICHED_EVENTS), [encode(e) for e in events], [e.key for e in events])
+        api_port = free_port()
         service = ServiceProcess(
             "notify", topics, tmp_path / "notify.log",
             ANTING_NOTIFY_ALLOW_NETWORKS="127.0.0.0/8", ANTING_SMTP_HOST="127.0.0.1",
-            ANTING_SMTP_PORT=str(smtp_port), ANTING_NOTIFY_PORT=str(free_port()),
+            ANTING_SMTP_PORT=str(smtp_port), ANTING_NOTIFY_PORT=str(api_port),
             ANTING_NOTIFY_CONCURRENCY="4", ANTING_NOTIFY_SESSION_TIMEOUT_MS="6000",
             ANTING_NOTIFY_COMMIT_INTERVAL_SECONDS="0.5", ANTING_NOTIFY_GROUP=f"kill-{topics.topic_prefix}",
         )
@@ -98,6 +100,17 @@ async def test_sigkill_mid_stream_delivers_every_pair_with_stable_keys(topics: A
                         and len({d["idempotency_key"] for d in _log_lines(log_path)}) >= EVENTS)
 
             await wait_until(complete, timeout=240 if FULL else 120, what="every pair delivered")
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=10) as client:
+                ready = await client.get("/readyz")
+                assert ready.status_code == 200, ready.text
+                for _ in range(40):  # the lag gauge is refreshed every few seconds
+                    metrics = (await client.get("/metrics")).text
+                    if "anting_consumer_lag{group=" in metrics:
+                        break
+                    await asyncio.sleep(0.5)
+            assert "anting_consumer_lag{group=" in metrics
+            assert 'anting_notify_deliveries_total{channel="webhook",outcome="delivered"}' in metrics
+            assert "anting_end_to_end_seconds_count" in metrics
             t0 = time.monotonic()
             code = service.terminate(timeout=30)
             assert code == 0, f"graceful stop exited {code} after {time.monotonic() - t0:.1f}s"
