@@ -236,6 +236,14 @@ class Supervisor:
             self.out.say("run", f"restarted {child.label} (pid {child.pid}, restart #{child.restarts})",
                          "bold yellow")
 
+    def kill_all(self) -> None:
+        """SIGKILL every child's session now (a second Ctrl-C)."""
+        for c in self.children:
+            if c.proc and c.proc.returncode is None:
+                self.out.say("run", f"killing {c.label} (pid {c.pid})", "red")
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(c.proc.pid, signal.SIGKILL)
+
     async def stop_all(self, timeout: float = 25.0) -> None:
         """SIGTERM every child (services before Prometheus), then SIGKILL what is left."""
         self.stopping.set()
@@ -740,8 +748,10 @@ async def _main(opts: Options, printer: Printer, bootstrap: str) -> int:
 
     def _on_signal(sig: signal.Signals) -> None:
         if not stack.sup.stopping.is_set():
-            printer.say("run", f"{sig.name}: stopping everything", "bold")
-        stack.sup.stopping.set()
+            printer.say("run", f"{sig.name}: stopping everything (again to kill at once)", "bold")
+            stack.sup.stopping.set()
+        else:  # a second Ctrl-C: do not wait for graceful shutdowns
+            stack.sup.kill_all()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _on_signal, sig)
