@@ -456,6 +456,7 @@ class Stack:
         ready = await self.wait_ready()
         await self.subscribe(ready)
         tail = asyncio.create_task(self.tail(settings), name="tail")
+        tail.add_done_callback(self._tail_done)
         await self.tail_ready.wait()
         if "ingest" in ready:
             await self.publish_seed()
@@ -465,13 +466,24 @@ class Stack:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await tail
 
+    def _tail_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.out.say("run", f"cannot show enriched events and deliveries: {task.exception()!r}",
+                         "red")
+
     async def load_catalog(self) -> None:
         proc = await asyncio.create_subprocess_exec(
             anting_command(), "orgs", "load", env=self.child_env(), cwd=REPO_ROOT,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, preexec_fn=_child_setup,
         )
-        output, _ = await proc.communicate()
+        try:
+            output, _ = await proc.communicate()
+        except asyncio.CancelledError:  # Ctrl-C while loading: it must not outlive us
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
         for line in output.decode(errors="replace").splitlines():
             if line.strip():
                 self.out.child_line("catalog", line)
