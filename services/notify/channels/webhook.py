@@ -23,7 +23,14 @@ from standardwebhooks.webhooks import Webhook
 from shared.subscriptions import Subscription
 
 from ..notification import Delivery
-from ..ssrf import GuardedResolver, Network, RefusedAddress, Resolver, check_url, system_resolver
+from ..ssrf import (
+    GuardedResolver,
+    Network,
+    RefusedAddress,
+    Resolver,
+    literal_refusal,
+    system_resolver,
+)
 from ..subscriptions import signing_secrets
 from . import Result
 
@@ -87,6 +94,7 @@ class WebhookSender:
         self.resolver = GuardedResolver(networks, resolver)
         self.trace_configs = trace_configs
         self._session: aiohttp.ClientSession | None = None
+        self._refusals: dict[str, str | None] = {}  # literal-IP verdict per URL (pure, so cached)
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:  # created inside the running loop
@@ -108,7 +116,13 @@ class WebhookSender:
             "webhook-signature": sign(signing_secrets(sub, now), delivery.key, now, body),
         }
         try:
-            check_url(sub.channel.url, self.networks)
+            url = sub.channel.url
+            if url not in self._refusals:
+                if len(self._refusals) > 10000:
+                    self._refusals.clear()
+                self._refusals[url] = literal_refusal(url, self.networks)
+            if self._refusals[url]:
+                raise RefusedAddress(self._refusals[url])
             async with self.session().post(
                 sub.channel.url, data=body, headers=headers, allow_redirects=False
             ) as response:
