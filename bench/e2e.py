@@ -23,9 +23,11 @@ import orjson
 
 from bench import payload
 from bench.harness import LOADS, REPO_ROOT, Results, Sizes
-from bench.kafkaio import create, fresh_settings
+from bench.kafkaio import create, fresh_settings, timestamps_by_id
 from bench.procs import API_KEY, Receiver, Sampler, Service, cpu_seconds
 from bench.stages import StageError, load_catalog, notify_env, subscribe, wait_warm
+from shared.settings import AntingSettings
+from shared.topics import AGREEMENTS, ANNOUNCEMENTS, ENRICHED_EVENTS
 
 RSS_LOAD = 1000
 
@@ -53,8 +55,33 @@ def latencies(scheduled: dict[str, float], arrived: dict[str, float]) -> tuple[l
     return out, missing
 
 
+def breakdown(settings: AntingSettings, tag: str, scheduled: dict[str, float],
+              arrived: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Where the latency goes, per delivered event, from the record timestamps:
+    accept = ingest's record − scheduled send; enrich = enriched record − ingest's record;
+    deliver = arrival − enriched record (includes enrich's transaction commit)."""
+    wall = time.time() - time.monotonic()  # monotonic → wall clock, same machine
+    ingested = asyncio.run(timestamps_by_id(
+        settings, [settings.topic(ANNOUNCEMENTS), settings.topic(AGREEMENTS)], tag))
+    enriched = asyncio.run(timestamps_by_id(settings, [settings.topic(ENRICHED_EVENTS)], tag))
+    parts: dict[str, list[float]] = {"accept": [], "enrich": [], "deliver": []}
+    for eid, at in arrived.items():
+        t_in, t_en, t_sched = ingested.get(eid), enriched.get(eid), scheduled.get(eid)
+        if t_in is None or t_en is None or t_sched is None:
+            continue
+        parts["accept"].append(t_in - (t_sched + wall) * 1000)
+        parts["enrich"].append(t_en - t_in)
+        parts["deliver"].append((at + wall) * 1000 - t_en)
+    out = {}
+    for k, v in parts.items():
+        v.sort()
+        if v:
+            out[k] = {"p50_ms": round(percentile(v, 0.5), 1), "p99_ms": round(percentile(v, 0.99), 1)}
+    return out
+
+
 def run_load(ingest_url: str, receiver: Receiver, rate: int, seconds: float, drain: float,
-             scratch: Path, run: str) -> dict[str, Any]:
+             scratch: Path, run: str, settings: AntingSettings) -> dict[str, Any]:
     out = scratch / f"schedule-{rate}.json"
     tag = f"r{rate}"
     receiver.reset()
@@ -72,10 +99,15 @@ def run_load(ingest_url: str, receiver: Receiver, rate: int, seconds: float, dra
     got = receiver.wait_count(accepted, drain, ids=True)
     arr = receiver.arrivals()
     ids: dict[str, float] = arr["ids"]
-    lat, missing = latencies(gen["scheduled"], {k: v for k, v in ids.items() if f"-{tag}-" in k})
+    mine = {k: v for k, v in ids.items() if f"-{tag}-" in k}
+    lat, missing = latencies(gen["scheduled"], mine)
+    try:
+        parts = breakdown(settings, tag, gen["scheduled"], mine)
+    except Exception as exc:  # a diagnostic: never fail the measurement for it
+        parts = {"error": {"message": str(exc)[:200]}}  # type: ignore[dict-item]
     return {"sent": n, "accepted": accepted, "delivered": got, "missing": missing,
             "status": gen["status"], "late_ms": gen["late_ms"], "latencies": lat,
-            "duplicates": arr["duplicates"]}
+            "duplicates": arr["duplicates"], "breakdown": parts}
 
 
 def e2e(bootstrap: str, sizes: Sizes, results: Results, scratch: Path,
@@ -115,7 +147,7 @@ def e2e(bootstrap: str, sizes: Sizes, results: Results, scratch: Path,
                 t0 = time.monotonic()
                 with sampler.running():
                     res = run_load(svcs["ingest"].url, receiver, rate, sizes.e2e_seconds,
-                                   sizes.e2e_drain_seconds, scratch, run)
+                                   sizes.e2e_drain_seconds, scratch, run, settings)
                 wall = time.monotonic() - t0
                 cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
                 dead = [k for k, s in svcs.items() if not s.alive()]
@@ -137,7 +169,7 @@ def e2e(bootstrap: str, sizes: Sizes, results: Results, scratch: Path,
                     else:
                         results.add(f"e2e.latency.{label}_ms@{rate}", v, "ms", note=note,
                                     status=res["status"], generator_late_ms=res["late_ms"],
-                                    duplicates=res["duplicates"])
+                                    duplicates=res["duplicates"], breakdown=res["breakdown"])
                 if rate == RSS_LOAD:
                     for k, peak in sampler.peak.items():
                         later.append((f"rss_mb.{k}", peak, "MB",

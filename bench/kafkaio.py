@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
 
+from bench.payload import ID_PATTERN
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.settings import AntingSettings, KafkaSettings
 from shared.topics import ALL_TOPICS, Topic
@@ -132,6 +133,41 @@ async def watch(
     finally:
         await consumer.stop()
     return w
+
+
+async def timestamps_by_id(settings: AntingSettings, topics: Sequence[str], tag: str,
+                           timeout: float = 60) -> dict[str, int]:
+    """Every benchmark event id (of this tag) on the topics → its record timestamp (ms),
+    reading read_committed up to the end offsets as they are now."""
+    marker = f"-{tag}-".encode()
+    producer = make_producer(settings)
+    await producer.start()
+    consumer = make_consumer(settings, group_id=None)
+    await consumer.start()
+    out: dict[str, int] = {}
+    try:
+        parts = [TopicPartition(t, p) for t in topics
+                 for p in sorted(await producer.partitions_for(t))]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            positions = [await consumer.position(tp) for tp in parts]
+            if all(pos >= ends[tp] for pos, tp in zip(positions, parts, strict=True)):
+                break
+            batch = await consumer.getmany(timeout_ms=200, max_records=10000)
+            for records in batch.values():
+                for r in records:
+                    if r.value is None or marker not in r.value:
+                        continue
+                    m = ID_PATTERN.search(r.value)
+                    if m is not None:
+                        out.setdefault(m.group(0).decode(), r.timestamp)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return out
 
 
 async def end_offsets_total(settings: AntingSettings, *topics: str) -> int:

@@ -31,35 +31,43 @@ def _short(frame: str) -> str:
     return f"{path}:{m['func']}"
 
 
+def _package(frame: str) -> str:
+    path = frame.split(":", 1)[0]
+    return path.split("/", 1)[0] if "/" in path else path.removesuffix(".py")
+
+
 def summarise(raw: Path, top: int = 25) -> str:
-    """Self and inclusive sample shares from py-spy's raw (collapsed) output."""
+    """Self time (where the CPU is) and our own code's inclusive time from py-spy's raw
+    (collapsed) output. Coroutines run from uvloop's C loop appear as stacks of their own,
+    so the inclusive share of frames above them means little: only ours is listed."""
     self_t: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
-    files: collections.Counter[str] = collections.Counter()
+    pkg: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
         n = int(count)
-        total += n
         frames = [_short(f) for f in stack.split(";") if f and not f.startswith("process ")
                   and not f.startswith("thread ")]
         if not frames:
             continue
+        total += n
         self_t[frames[-1]] += n
+        pkg[_package(frames[-1])] += n
         for f in set(frames):
-            incl[f] += n
-        for pkg in {f.split("/", 1)[0] if "/" in f else f.split(":", 1)[0] for f in frames}:
-            files[pkg] += n
+            if f.startswith(("services/", "shared/")) and not f.startswith(
+                    ("services/cli.py", "shared/runtime.py")):
+                incl[f] += n
     if total == 0:
         return f"{raw.name}: no samples\n"
-    out = [f"{raw.name}: {total} samples", "", "self time:"]
+    out = [f"{raw.name}: {total} samples of a busy thread", "", "self time:"]
     out += [f"  {n / total:6.1%}  {f}" for f, n in self_t.most_common(top)]
-    out += ["", "inclusive time:"]
+    out += ["", "self time by package:"]
+    out += [f"  {n / total:6.1%}  {f}" for f, n in pkg.most_common(15)]
+    out += ["", "inclusive time of our own code:"]
     out += [f"  {n / total:6.1%}  {f}" for f, n in incl.most_common(top)]
-    out += ["", "inclusive time by top-level package:"]
-    out += [f"  {n / total:6.1%}  {f}" for f, n in files.most_common(15)]
     return "\n".join(out) + "\n"
 
 

@@ -158,14 +158,15 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr, flush=True)
     finally:
         receiver.stop()
-        meta["seconds"] = round(time.monotonic() - t_start, 1)
-        meta["failed_steps"] = failed
-        results.finish()
-        write_results(results_path, results, meta)
-        doc = orjson.loads(results_path.read_bytes())
-        report.write(markdown_path, doc)
-        print(f"bench: wrote {results_path} and {markdown_path} in {meta['seconds']}s",
-              file=sys.stderr, flush=True)
-        if not failed:
-            shutil.rmtree(scratch, ignore_errors=True)
+        if not args.profile:  # a profile run is not a measurement: it writes no results
+            meta["seconds"] = round(time.monotonic() - t_start, 1)
+            meta["failed_steps"] = failed
+            results.finish()
+            write_results(results_path, results, meta)
+            doc = orjson.loads(results_path.read_bytes())
+            report.write(markdown_path, doc)
+            print(f"bench: wrote {results_path} and {markdown_path} in {meta['seconds']}s",
+                  file=sys.stderr, flush=True)
+            if not failed:
+                shutil.rmtree(scratch, ignore_errors=True)
     return 1 if failed else 0
