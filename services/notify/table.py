@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from aiokafka import TopicPartition
 
@@ -31,6 +31,7 @@ class CompactedView(Generic[V]):
         self.items: dict[str, V] = {}
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._consumer: Any = None
         self._changed = asyncio.Condition()
 
     def apply(self, key: str, value: bytes | None) -> None:
@@ -70,6 +71,7 @@ class CompactedView(Generic[V]):
             await consumer.stop()
             raise
         self.ready.set()
+        self._consumer = consumer
         self._task = asyncio.create_task(self._follow(consumer), name=f"follow {self.topic}")
 
     async def _poll(self, consumer: object, timeout_ms: int) -> None:
@@ -83,17 +85,14 @@ class CompactedView(Generic[V]):
                 self._changed.notify_all()
 
     async def _follow(self, consumer: object) -> None:
-        try:
-            while True:
-                try:
-                    await self._poll(consumer, 1000)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.warning("following %s failed; retrying", self.topic, exc_info=True)
-                    await asyncio.sleep(1)
-        finally:
-            await consumer.stop()  # type: ignore[attr-defined]
+        while True:
+            try:
+                await self._poll(consumer, 1000)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("following %s failed; retrying", self.topic, exc_info=True)
+                await asyncio.sleep(1)
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait until the followed state satisfies ``predicate`` (e.g. another instance's write)."""
@@ -108,3 +107,7 @@ class CompactedView(Generic[V]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._consumer is not None:
+            # stopped here, not in the task: a task cancelled before it ever ran has no finally
+            await self._consumer.stop()
+            self._consumer = None
