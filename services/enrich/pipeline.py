@@ -100,8 +100,11 @@ class Enricher:
                     "topic": r.topic, "partition": r.partition, "offset": r.offset,
                     "error": type(exc).__name__})
                 continue
+            # the output keeps the input's timestamp (as Kafka Streams does), so that
+            # notify can measure accepted → delivered
             futures.append(await producer.send(
-                self.out_topic, value=value, key=r.key, headers=list(r.headers or ())))
+                self.out_topic, value=value, key=r.key, headers=list(r.headers or ()),
+                timestamp_ms=r.timestamp))
             outcome.events[(etype, "enriched")] += 1
             outcome.resolved += enriched.resolved
             outcome.unresolved += enriched.unresolved

@@ -38,15 +38,9 @@ from shared.metrics import STAGE_SECONDS, lag_reporter
 from shared.topics import ENRICHED_EVENTS, NOTIFY_RETRIES
 
 log = logging.getLogger(__name__)
-INGESTED_HEADER = "anting.ingested_ms"
-
-
 def ingested_ms(record: Any) -> int:
-    """When the event was accepted: a header enrich may carry, else the record's timestamp."""
-    for k, v in record.headers or ():
-        if k == INGESTED_HEADER:
-            with contextlib.suppress(ValueError):
-                return int(v.decode())
+    """When the event was accepted: enrich gives each enriched record its input
+    record's timestamp (as Kafka Streams does), i.e. when ingest or any producer wrote it."""
     return int(record.timestamp)
 
 
