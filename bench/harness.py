@@ -106,9 +106,9 @@ class Sizes:
     wrk_single_connections: int = 64
     wrk_batch_connections: int = 16
     file_events: int = 30_000
-    enrich_events: int = 20_000
-    notify_events: int = 10_000
-    e2e_seconds: float = 10.0
+    enrich_events: int = 30_000
+    notify_events: int = 20_000
+    e2e_seconds: float = 15.0
     e2e_drain_seconds: float = 60.0
     service_start_timeout: float = 120.0
 

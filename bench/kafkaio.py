@@ -95,10 +95,14 @@ class Watch:
         return (self.count - 1) / span if span > 0 else None
 
     def rate_from_arrivals(self) -> float | None:
+        """Records after the first fetch over the time from the first fetch to the last:
+        right for a transactional writer too, whose records become visible a commit at a time."""
         if self.count < 2:
             return None
-        span = self.arrivals[-1] - self.arrivals[0]
-        return (self.count - 1) / span if span > 0 else None
+        first = self.arrivals[0]
+        after_first = sum(1 for t in self.arrivals if t > first)
+        span = self.arrivals[-1] - first
+        return after_first / span if span > 0 and after_first else None
 
 
 async def watch(
@@ -168,6 +172,52 @@ async def timestamps_by_id(settings: AntingSettings, topics: Sequence[str], tag:
         await consumer.stop()
         await producer.stop()
     return out
+
+
+class IdWatcher:
+    """A read_committed consumer in a thread of its own recording when each benchmark
+    event id first becomes visible on the topics (``time.monotonic()``)."""
+
+    def __init__(self, settings: AntingSettings, topics: Sequence[str]) -> None:
+        import threading
+
+        self.settings = settings
+        self.topics = list(topics)
+        self.seen: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        asyncio.run(self._loop())
+
+    async def _loop(self) -> None:
+        consumer = make_consumer(self.settings, *self.topics, group_id=None,
+                                 auto_offset_reset="latest")
+        await consumer.start()
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                batch = await consumer.getmany(timeout_ms=100, max_records=10000)
+                now = time.monotonic()
+                for records in batch.values():
+                    for r in records:
+                        if r.value is None:
+                            continue
+                        m = ID_PATTERN.search(r.value)
+                        if m is not None:
+                            self.seen.setdefault(m.group(0).decode(), now)
+        finally:
+            await consumer.stop()
+
+    def __enter__(self) -> IdWatcher:
+        self._thread.start()
+        self._ready.wait(30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
 
 
 async def end_offsets_total(settings: AntingSettings, *topics: str) -> int:

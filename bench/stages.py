@@ -65,12 +65,18 @@ def split_by_topic(settings: AntingSettings,
     return out
 
 
-def steady_rate(w: Watch, not_before_ms: float) -> tuple[float | None, str]:
+def steady_rate(w: Watch, not_before_ms: float, wall: float) -> tuple[float | None, str]:
     """The writer's rate from record timestamps, unless the writer kept its inputs'
-    timestamps (then the arrival times at our consumer)."""
+    timestamps (then the arrival times at our consumer: from the first fetch to the
+    last); when everything came in one fetch (tiny sizes), over the wall time."""
     if w.count >= 2 and min(w.timestamps) >= not_before_ms:
-        return w.rate_from_timestamps(), "first to last output record timestamp"
-    return w.rate_from_arrivals(), "first to last arrival at a read_committed consumer"
+        rate = w.rate_from_timestamps()
+        if rate is not None:
+            return rate, "first to last output record timestamp"
+    rate = w.rate_from_arrivals()
+    if rate is not None:
+        return rate, "first to last fetch of a read_committed consumer"
+    return w.count / wall, "over the wall time with start-up (all output came in one fetch)"
 
 
 # --- ingest -----------------------------------------------------------------------------
@@ -106,7 +112,7 @@ def ingest_file(bootstrap: str, sizes: Sizes, results: Results, scratch: Path) -
     w, wall, _ = asyncio.run(go())
     if w.count < n:
         raise StageError(f"only {w.count} of {n} published events reached the topics")
-    rate, how = steady_rate(w, w.started - 1000)
+    rate, how = steady_rate(w, w.started - 1000, wall)
     results.add(name, rate, "events/s", note=f"`anting publish FILE`, {n} events; {how}",
                 wall_seconds_with_startup=round(wall, 2),
                 wall_events_per_s=round(n / wall, 1))
@@ -225,7 +231,7 @@ def enrich(bootstrap: str, sizes: Sizes, results: Results, scratch: Path, guaran
     if w.count < n:
         raise StageError(f"only {w.count} of {n} enriched events within the wait "
                          f"(service alive: {alive}): {svc.tail(800)}")
-    rate, how = steady_rate(w, filled_ms)
+    rate, how = steady_rate(w, filled_ms, wall)
     results.add(f"enrich.{label}.events_per_s", rate, "events/s",
                 note=f"ANTING_ENRICH_GUARANTEE={guarantee}, {n} pre-filled events; {how}; {catalog}",
                 wall_seconds_with_startup=round(wall, 2), cpu_s_per_1k=round(cpu / n * 1000, 3))
