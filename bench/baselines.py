@@ -284,8 +284,11 @@ f:close()
 """
 
 
+USE_WRK = True  # `--no-wrk` turns it off (to check the fallback, or compare clients)
+
+
 def wrk_available() -> bool:
-    return shutil.which("wrk") is not None
+    return USE_WRK and shutil.which("wrk") is not None
 
 
 def wrk(url: str, body: bytes, seconds: float, connections: int, *,
@@ -335,7 +338,7 @@ def wrk_problems(w: dict[str, Any]) -> str:
 def http_wrk(receiver_url: str, sizes: Sizes, results: Results) -> None:
     if not wrk_available():
         results.add("baseline.http_wrk.requests_per_s", None, "requests/s",
-                    note="wrk not installed (Debian: apt-get install wrk)")
+                    note="wrk not used: not installed (Debian: apt-get install wrk) or --no-wrk")
         return
     body = orjson.dumps(payload.enriched(payload.event(payload.new_run(), 0)))
     w = wrk(f"{receiver_url}/hook", body, sizes.wrk_seconds, sizes.http_concurrency)

@@ -180,7 +180,7 @@ class Results:
             if name not in self.rows:
                 self.add(name, None, unit, note="not measured in this run")
         for r in self.rows.values():
-            base = BASELINE_OF.get(r.name)
+            base = r.baseline or BASELINE_OF.get(r.name)
             if base is None:
                 continue
             r.baseline = base

@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
                    help="an existing broker (default: KAFKA_BOOTSTRAP_SERVERS, else a local one)")
     p.add_argument("--only", help="comma-separated step keys (baselines.kafka, ingest.http, e2e, ...)")
+    p.add_argument("--no-wrk", action="store_true",
+                   help="drive ingest with the Python client even when wrk is installed")
     p.add_argument("--profile", metavar="STEP",
                    help="run STEP with py-spy attached to its service; writes bench/scratch/profile-*")
     return p.parse_args(argv)
@@ -81,6 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = Sizes.for_mode(args.quick)
+    baselines.USE_WRK = not args.no_wrk
     quick_dir = SCRATCH / "quick"
     results_path = args.results or (quick_dir / "results.json" if args.quick else RESULTS_PATH)
     markdown_path = args.markdown or (quick_dir / "BENCHMARKS.md" if args.quick else MARKDOWN_PATH)

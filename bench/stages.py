@@ -149,9 +149,11 @@ def ingest_http(bootstrap: str, sizes: Sizes, results: Results, scratch: Path) -
         t, bad = run_async(aiohttp_loop(url, bodies, sizes.http_seconds, c, AUTH))
         name = ("ingest.http.single.python.requests_per_s" if wrk_available()
                 else "ingest.http.single.requests_per_s")
-        results.add(name, t.done / t.seconds, "requests/s",
+        row = results.add(name, t.done / t.seconds, "requests/s",
                     note=f"aiohttp client, {c} concurrent, in the bench process"
                     + (f"; {bad} not 2xx" if bad else ""))
+        if not wrk_available():
+            row.baseline = "baseline.http_client.requests_per_s"  # no wrk baseline either
         accepted += t.done
         if wrk_available():
             cb = sizes.wrk_batch_connections
@@ -166,7 +168,7 @@ def ingest_http(bootstrap: str, sizes: Sizes, results: Results, scratch: Path) -
             t, bad = run_async(aiohttp_loop(url, [batch], sizes.http_seconds,
                                             sizes.wrk_batch_connections, AUTH))
             results.add("ingest.http.batch100.events_per_s", t.done * 100 / t.seconds, "events/s",
-                        note="aiohttp client (wrk not installed), JSON arrays of 100"
+                        note="aiohttp client (wrk not used), JSON arrays of 100"
                         + (f"; {bad} not 2xx" if bad else ""))
             accepted += t.done * 100
         cpu = cpu_seconds(svc.pid) - cpu0

@@ -44,8 +44,9 @@ def test_quick_bench_reports_every_required_figure(kafka_bootstrap: str, tmp_pat
             continue
         if not r["value"] > 0:
             problems.append(f"{name}: value {r['value']} is not positive")
-        if name in BASELINE_OF and not (r.get("ratio") and r["ratio"] > 0):
-            problems.append(f"{name}: no ratio to {BASELINE_OF[name]}")
+        base = r.get("baseline") or BASELINE_OF.get(name)
+        if base and rows.get(base, {}).get("value") and not (r.get("ratio") and r["ratio"] > 0):
+            problems.append(f"{name}: no ratio to {base}")
     assert not problems, "\n".join(problems) + "\n" + proc.stderr[-3000:]
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = markdown.read_text()
