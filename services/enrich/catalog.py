@@ -81,6 +81,9 @@ class CatalogReader:
         self.catalog = catalog
         self.topic = settings.topic(ORGANIZATIONS)
         self.consumer: Any = None
+        # end offsets are asked on a client of their own: on the follower's connection
+        # the request would queue behind its long-poll fetch (~fetch_max_wait_ms per batch)
+        self.probe: Any = None
         self.partitions: list[TopicPartition] = []
         self._task: asyncio.Task[None] | None = None
         self._progress = asyncio.Condition()
@@ -103,6 +106,8 @@ class CatalogReader:
         self.partitions = [TopicPartition(self.topic, p) for p in sorted(parts)]
         self.consumer.assign(self.partitions)
         await self.consumer.seek_to_beginning(*self.partitions)
+        self.probe = make_consumer(self.settings, group_id=None)
+        await self.probe.start()
         await self.catch_up(timeout=120.0, initial=True)
         self.loaded.set()
         self._task = asyncio.create_task(self._follow(), name="catalog-reader")
@@ -112,8 +117,9 @@ class CatalogReader:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self.consumer:
-            await self.consumer.stop()
+        for client in (self.probe, self.consumer):
+            if client:
+                await client.stop()
 
     async def _read_once(self, timeout_ms: int) -> None:
         batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
@@ -140,7 +146,7 @@ class CatalogReader:
 
     async def catch_up(self, timeout: float = 10.0, initial: bool = False) -> None:
         """Return once every record now on the topic is applied (bounded by ``timeout``)."""
-        ends = await self.consumer.end_offsets(self.partitions)
+        ends = await self.probe.end_offsets(self.partitions)
         deadline = asyncio.get_running_loop().time() + timeout
 
         def done() -> bool:

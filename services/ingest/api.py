@@ -89,7 +89,8 @@ def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
     install_request_metrics(app, "ingest")
     app.include_router(health_router(publisher.ready))
 
-    def require_key(
+    # async: a sync dependency would cost a thread hand-off on every request
+    async def require_key(
         request: Request,
         _cred: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
     ) -> None:
