@@ -11,6 +11,8 @@ from pathlib import Path
 
 from bench import procs
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::(?P<line>\d+))?\)$")
 
 
@@ -21,7 +23,7 @@ def _short(frame: str) -> str:
     if m is None:
         return frame
     path = m["file"]
-    for marker in ("site-packages/", "/lib/python3.11/", "/work/main/"):
+    for marker in ("site-packages/", "/lib/python3.11/", f"{REPO_ROOT}/"):
         if marker in path:
             path = path.split(marker, 1)[1]
             break
