@@ -16,11 +16,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from services.notify.matching import match
+from services.notify.matching import decode, match
 from services.notify.settings import NotifySettings
 from services.notify.ssrf import literal_refusal
 from services.notify.subscriptions import SubscriptionStore, public_view
-from shared.events import error_paths, parse_enriched
+from shared.events import error_paths
 from shared.http import (
     ApiKeys,
     health_router,
@@ -188,14 +188,14 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
             for records in batch.values():
                 for r in records:
                     try:
-                        event = parse_enriched(r.value)
-                    except Exception:
+                        event = decode(r.value)
+                    except ValueError:
                         continue
                     reasons = match(event, flt)
                     if reasons is None:
                         continue
-                    doc = {**orjson.loads(r.value), "reason": reasons}
-                    yield (f"id: {event.id}\nevent: {event.type}\n".encode()
+                    doc = {**event, "reason": reasons}
+                    yield (f"id: {event['id']}\nevent: {event['type']}\n".encode()
                            + b"data: " + orjson.dumps(doc) + b"\n\n")
     finally:
         with contextlib.suppress(Exception):

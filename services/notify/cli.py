@@ -180,7 +180,7 @@ async def _tail(flt: Any, fmt: Format, from_beginning: bool, limit: int | None, 
 
     import orjson
 
-    from services.notify.matching import describe, match
+    from services.notify.matching import decode, describe, match
     from services.notify.notification import headline
     from services.notify.settings import NotifySettings
     from shared.events import parse_enriched
@@ -206,19 +206,20 @@ async def _tail(flt: Any, fmt: Format, from_beginning: bool, limit: int | None, 
                     last = time.monotonic()
                     try:
                         event = parse_enriched(r.value)
+                        doc = decode(r.value)
                     except ValueError:
                         continue
-                    reasons = match(event, flt)
+                    reasons = match(doc, flt)
                     if reasons is None:
                         continue
                     seen += 1
                     if fmt is Format.json:
-                        sys.stdout.write(orjson.dumps({**orjson.loads(r.value), "reason": reasons}).decode() + "\n")
+                        sys.stdout.write(orjson.dumps({**doc, "reason": reasons}).decode() + "\n")
                     else:
                         orgs = ", ".join(m.resolved.id if m.resolved else f"?{m.name}" for m in event.data.organizations)
                         when = event.time.strftime("%Y-%m-%d %H:%M:%S") if event.time else "-"
                         sys.stdout.write(f"{when:<20} {event.type:<24} {orgs[:40]:<40} "
-                                         f"{headline(orjson.loads(r.value or b'{}'))}\n{'':<86}why: {describe(reasons)}\n")
+                                         f"{headline(doc)}\n{'':<86}why: {describe(reasons)}\n")
                     sys.stdout.flush()
                     if limit is not None and seen >= limit:
                         return

@@ -14,8 +14,6 @@ import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-import orjson
-
 from services.notify.channels import Channel
 from services.notify.channels.chat import AppriseSender
 from services.notify.channels.log import LogSender
@@ -25,14 +23,13 @@ from services.notify.consume import ConsumerLoop
 from services.notify.delivery import Deliverer
 from services.notify.digest import Digests
 from services.notify.ledger import Ledger
-from services.notify.matching import match
+from services.notify.matching import decode, match
 from services.notify.notification import Delivery, idempotency_key
 from services.notify.retries import RetrySchedule
 from services.notify.settings import NotifySettings
 from services.notify.ssrf import Resolver, system_resolver
 from services.notify.subscriptions import SubscriptionStore
 from shared.deadletters import DeadLetterWriter, from_record
-from shared.events import parse_enriched
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.metrics import STAGE_SECONDS, lag_reporter
 from shared.topics import ENRICHED_EVENTS, NOTIFY_RETRIES
@@ -93,8 +90,7 @@ class Notifier:
     async def handle_event(self, record: Any) -> None:
         t0 = time.perf_counter()
         try:
-            event = parse_enriched(record.value)
-            raw = orjson.loads(record.value)
+            event = decode(record.value)
         except Exception as exc:
             await self.dlq.send_and_wait(from_record(record, stage="notify", error=exc))
             return
@@ -105,13 +101,13 @@ class Notifier:
             if reasons is None:
                 continue
             if sub.digest is not None:
-                jobs.append(self.digests.add(sub, raw, reasons, at))
+                jobs.append(self.digests.add(sub, event, reasons, at))
                 continue
-            key = idempotency_key(event.id, sub.id)
+            key = idempotency_key(event["id"], sub.id)
             if self.ledger.state(key) is not None:
                 # delivered, dead, or owned by the retry schedule: nothing to do here
                 continue
-            jobs.append(self.deliverer.run(Delivery(key, sub.id, [raw], [reasons], 1, at)))
+            jobs.append(self.deliverer.run(Delivery(key, sub.id, [event], [reasons], 1, at)))
         if jobs:
             results = await asyncio.gather(*jobs, return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]

@@ -4,6 +4,7 @@ rotated secrets, email headers, Retry-After parsing."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -11,9 +12,10 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.notify.channels.smtp import build_message, header_value, message_id
 from services.notify.channels.webhook import retry_after_seconds, sign
-from services.notify.matching import match, norm
+from services.notify.matching import InvalidEvent, decode, match, norm
 from services.notify.notification import Delivery, idempotency_key
 from services.notify.subscriptions import new_secret, signing_secrets
+from shared.events import dump_event, parse_enriched
 from shared.subscriptions import EmailChannel, Filter, Subscription, WebhookChannel
 
 from .helpers import ACME, ALLIANCE, ANTING_TOWN, agreement, announcement
@@ -23,11 +25,16 @@ def flt(**kw: object) -> Filter:
     return Filter.model_validate_json(orjson.dumps(kw))
 
 
+def as_json(event: Any) -> dict[str, Any]:
+    """The event as notify matches it: the JSON object enrich wrote, decoded."""
+    return decode(dump_event(event))
+
+
 @pytest.mark.parametrize("name", ["anting-town-government", "Anting Town Government", "安亭镇人民政府",
                                   "anting town", "ＡＮＴＩＮＧ　ＴＯＷＮ", "  anting   TOWN government "])
 def test_organization_matches_by_id_name_alias_normalised(name: str) -> None:
     """An organization filter matches the resolved record by id, any name or alias, ignoring case/width/space."""
-    reasons = match(agreement([ACME, ANTING_TOWN]), flt(organizations=[name]))
+    reasons = match(as_json(agreement([ACME, ANTING_TOWN])), flt(organizations=[name]))
     assert reasons is not None
     assert reasons[0]["organization"] == "anting-town-government"
     assert reasons[0]["field"] == "data.organizations[1]"
@@ -35,14 +42,47 @@ def test_organization_matches_by_id_name_alias_normalised(name: str) -> None:
 
 def test_every_given_field_must_match() -> None:
     """types, kinds, organizations, sectors and cities are ANDed; an empty filter matches everything."""
-    ev = announcement([ALLIANCE], kind="alliance_established", city="Shanghai")
+    ev = as_json(announcement([ALLIANCE], kind="alliance_established", city="Shanghai"))
     assert match(ev, Filter()) is not None
     assert match(ev, flt(types=["conference.announcement"], kinds=["alliance_established"],
                          organizations=["SMIIA"], sectors=["Metaverse"], cities=["shanghai"])) is not None
     assert match(ev, flt(kinds=["forum"])) is None
     assert match(ev, flt(organizations=["SMIIA"], cities=["Hangzhou"])) is None
-    assert match(agreement([ACME], sectors=["EV"]), flt(kinds=["forum"])) is None  # agreements have no kind
-    assert match(agreement([ACME], sectors=["EV"]), flt(sectors=["ev"])) is not None
+    assert match(as_json(agreement([ACME], sectors=["EV"])), flt(kinds=["forum"])) is None  # agreements have no kind
+    assert match(as_json(agreement([ACME], sectors=["EV"])), flt(sectors=["ev"])) is not None
+
+
+def test_announcement_without_kind_is_other() -> None:
+    """An announcement that gives no kind matches the kind "other", as the model's default says."""
+    ev = as_json(announcement([ALLIANCE]))
+    del ev["data"]["kind"]
+    assert match(ev, flt(kinds=["other"])) is not None
+    assert match(ev, flt(kinds=["forum"])) is None
+
+
+def test_decode_accepts_model_output_and_refuses_bad_shapes() -> None:
+    """decode takes what the enriched models write and refuses what matching could not read."""
+    good = agreement([ACME, None, ANTING_TOWN], names=["ACME VR Ltd", "Some Co", "Anting Town"], sectors=["EV"])
+    raw = dump_event(good)
+    assert decode(raw) == orjson.loads(raw)
+    assert parse_enriched(raw).id == decode(raw)["id"]
+    base = orjson.loads(raw)
+    bad: list[Any] = [b"{not json", b"[]", {**base, "specversion": "0.3"}, {**base, "id": ""},
+                      {**base, "type": "other.type"}, {**base, "data": "x"}]
+    data = base["data"]
+    bad += [
+        {**base, "data": {k: v for k, v in data.items() if k != "enrichment"}},
+        {**base, "data": {**data, "sectors": "EV"}},
+        {**base, "data": {**data, "organizations": [{"name": ""}]}},
+        {**base, "data": {**data, "organizations": [{"name": "x", "resolved": {"id": "a", "name": "A",
+                                                                                 "aliases": [1]}}]}},
+        {**base, "data": {**data, "location": {"city": 5}}},
+        {**as_json(announcement([ALLIANCE])), "data": {**as_json(announcement([ALLIANCE]))["data"],
+                                                       "kind": "party"}},
+    ]
+    for value in bad:
+        with pytest.raises(InvalidEvent):
+            decode(value if isinstance(value, bytes) else orjson.dumps(value))
 
 
 def test_idempotency_key_stable_and_distinct() -> None:
