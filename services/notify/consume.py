@@ -3,6 +3,12 @@ hand each record to a task (so slow deliveries never block the poll and
 ``max_poll_interval`` is never at risk), pause fetching while too much is in
 flight, and commit in batches — per partition only up to the oldest record whose
 work is not finished (or durably scheduled) yet.
+
+A handler may return an awaitable instead of awaiting it: the broker
+acknowledgements of the records its work wrote. The task ends there (so a slot
+for the next record frees up as soon as the outbound call is done, not a producer
+linger and a broker round trip later), and the record counts as done only once
+that awaitable resolves — offsets still never pass unacknowledged work.
 """
 
 from __future__ import annotations
@@ -74,7 +80,7 @@ class ConsumerLoop:
         self,
         consumer: Any,
         topic: str,
-        handler: Callable[[Any], Awaitable[None]],
+        handler: Callable[[Any], Awaitable[Awaitable[Any] | None]],
         *,
         max_in_flight: int,
         commit_interval: float = 1.0,
@@ -88,6 +94,7 @@ class ConsumerLoop:
         self.name = name
         self.tracker = OffsetTracker()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.acks: set[asyncio.Future[Any]] = set()  # handed back by handlers, not yet resolved
         self.paused = False
         self._room = asyncio.Event()  # set when in-flight work drops below the resume mark
 
@@ -109,13 +116,28 @@ class ConsumerLoop:
     async def _run_one(self, record: Any) -> None:
         tp = TopicPartition(record.topic, record.partition)
         try:
-            await self.handler(record)
+            acks = await self.handler(record)
         except (Abandoned, asyncio.CancelledError):
             return  # not done: read again after a restart or rebalance
         except Exception:
             log.exception("%s: handler failed; record left uncommitted", self.name)
             return
-        self.tracker.done(tp, record.offset)
+        if acks is None:
+            self.tracker.done(tp, record.offset)
+            return
+        fut = asyncio.ensure_future(acks)
+        self.acks.add(fut)
+        fut.add_done_callback(lambda f: self._acked(f, tp, record.offset))
+
+    def _acked(self, fut: asyncio.Future[Any], tp: TopicPartition, offset: int) -> None:
+        self.acks.discard(fut)
+        if fut.cancelled():
+            return
+        if fut.exception() is not None:
+            log.error("%s: writes not acknowledged; record left uncommitted", self.name,
+                      exc_info=fut.exception())
+            return
+        self.tracker.done(tp, offset)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -157,6 +179,7 @@ class ConsumerLoop:
                     last_commit = time.monotonic()
         finally:
             # graceful: let in-flight work finish (bounded), then commit what is done
+            deadline = time.monotonic() + grace
             if self.tasks:
                 _, rest = await asyncio.wait(set(self.tasks), timeout=grace)
                 for task in rest:
@@ -164,5 +187,7 @@ class ConsumerLoop:
                 for task in rest:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+            if self.acks:
+                await asyncio.wait(set(self.acks), timeout=max(1.0, deadline - time.monotonic()))
             with contextlib.suppress(Exception):
                 await self.commit()

@@ -11,7 +11,10 @@
 Every outcome goes to ``notifications`` and ``anting_notify_deliveries_total``
 (``failed`` counts every failed attempt: ``failed = retried + dead``).
 The caller's offset may be committed once :meth:`Deliverer.run` returns: by then
-every record it wrote has been acknowledged by the broker.
+every record it wrote has been acknowledged by the broker — unless the caller
+passes ``acks``, a list that collects the broker-ack futures instead of waiting on
+them (the event pipeline hands them to its consumer loop, which commits the
+offset once they resolve).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import random
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -33,7 +37,7 @@ from services.notify.settings import NotifySettings
 from services.notify.subscriptions import SubscriptionStore
 from shared.deadletters import DeadLetterWriter, dead_letter
 from shared.metrics import END_TO_END_SECONDS, NOTIFY_DELIVERIES
-from shared.subscriptions import DeliveryOutcome, DeliveryRecord, Subscription
+from shared.subscriptions import DeliveryOutcome, Subscription
 from shared.topics import NOTIFICATIONS, NOTIFY_RETRIES
 
 log = logging.getLogger(__name__)
@@ -64,20 +68,23 @@ class Deliverer:
         self.retries = settings.topic(NOTIFY_RETRIES)
         self.dlq = DeadLetterWriter(producer, settings)
 
-    async def run(self, delivery: Delivery, *, replay: bool = False) -> str:
+    async def run(self, delivery: Delivery, *, replay: bool = False,
+                  acks: list[asyncio.Future[Any]] | None = None) -> str:
         """Attempt the delivery once and record the outcome; returns it.
 
         ``replay`` (a dead letter sent back by ``anting dlq replay``) skips the ledger check.
+        ``acks``: collect the broker acknowledgements there instead of waiting for them.
         """
         sub = self.store.get(delivery.subscription_id)
         if sub is None or sub.disabled:
             channel = sub.channel.type if sub else "webhook"
             why = "subscription disabled" if sub else "subscription deleted"
-            NOTIFY_DELIVERIES.labels(channel, "suppressed").inc()
-            await self._record(sub, delivery, DeliveryOutcome.suppressed, Result("permanent", error=why))
+            _count(channel, "suppressed")
+            await self._finish([await self._record(sub, delivery, DeliveryOutcome.suppressed,
+                                                   Result("permanent", error=why))], acks)
             return "suppressed"
         if not replay and self.ledger.is_final(delivery.key):
-            NOTIFY_DELIVERIES.labels(sub.channel.type, "suppressed").inc()
+            _count(sub.channel.type, "suppressed")
             return "suppressed"
         async with self.sem:
             try:
@@ -85,21 +92,28 @@ class Deliverer:
             except Exception as exc:  # a channel bug must not lose the delivery
                 log.exception("channel raised")
                 result = Result("retry", None, f"{type(exc).__name__}: {exc}")
-        return await self.settle(sub, delivery, result)
+        return await self.settle(sub, delivery, result, acks)
 
-    async def settle(self, sub: Subscription, delivery: Delivery, result: Result) -> str:
+    @staticmethod
+    async def _finish(futures: list[Any], acks: list[asyncio.Future[Any]] | None) -> None:
+        if acks is None:
+            await asyncio.gather(*futures)
+        else:
+            acks.extend(futures)
+
+    async def settle(self, sub: Subscription, delivery: Delivery, result: Result,
+                     acks: list[asyncio.Future[Any]] | None = None) -> str:
         channel = sub.channel.type
         if result.verdict == "ok":
-            acks = [
-                await self.ledger.mark(delivery.key, "delivered", sub.id, delivery.attempt),
-                await self._record(sub, delivery, DeliveryOutcome.delivered, result, wait=False),
-            ]
-            await asyncio.gather(*acks)
-            NOTIFY_DELIVERIES.labels(channel, "delivered").inc()
             if delivery.ingested_ms:
                 END_TO_END_SECONDS.observe(max(0.0, time.time() - delivery.ingested_ms / 1000))
+            await self._finish([
+                await self.ledger.mark(delivery.key, "delivered", sub.id, delivery.attempt),
+                await self._record(sub, delivery, DeliveryOutcome.delivered, result),
+            ], acks)
+            _count(channel, "delivered")
             return "delivered"
-        NOTIFY_DELIVERIES.labels(channel, "failed").inc()
+        _count(channel, "failed")
         if result.verdict == "retry" and delivery.attempt < self.settings.max_attempts:
             if result.retry_after is not None:
                 delay = min(result.retry_after, self.settings.retry_after_max_seconds)
@@ -108,16 +122,15 @@ class Deliverer:
                                 self.settings.backoff_max_seconds)
             due = datetime.now(UTC) + timedelta(seconds=delay)
             nxt = Delivery(**{**delivery.__dict__, "attempt": delivery.attempt + 1})
-            acks = [
+            await self._finish([
                 await self.producer.send(
                     self.retries, key=delivery.key.encode(), value=nxt.to_json(),
                     headers=[(DUE_HEADER, str(int(due.timestamp() * 1000)).encode())],
                 ),
                 await self.ledger.mark(delivery.key, "scheduled", sub.id, nxt.attempt),
-                await self._record(sub, delivery, DeliveryOutcome.retried, result, wait=False, next_at=due),
-            ]
-            await asyncio.gather(*acks)
-            NOTIFY_DELIVERIES.labels(channel, "retried").inc()
+                await self._record(sub, delivery, DeliveryOutcome.retried, result, next_at=due),
+            ], acks)
+            _count(channel, "retried")
             return "retried"
         # dead: permanent failure, 410, or out of attempts
         if result.verdict == "gone":
@@ -130,40 +143,56 @@ class Deliverer:
             extra={"subscription": sub.id, "attempts": str(delivery.attempt),
                    "status_code": str(result.status_code or "")},
         )
-        acks = [
+        await self._finish([
             await self.dlq.send(letter),
             await self.ledger.mark(delivery.key, "dead", sub.id, delivery.attempt),
-            await self._record(sub, delivery, DeliveryOutcome.dead, result, wait=False),
-        ]
-        await asyncio.gather(*acks)
-        NOTIFY_DELIVERIES.labels(channel, "dead").inc()
+            await self._record(sub, delivery, DeliveryOutcome.dead, result),
+        ], acks)
+        _count(channel, "dead")
         log.warning("delivery dead", extra={"subscription": sub.id, "key": delivery.key,
                                             "error": result.error, "attempt": delivery.attempt})
         return "dead"
 
     async def _record(
         self, sub: Subscription | None, delivery: Delivery, outcome: DeliveryOutcome,
-        result: Result, *, wait: bool = True, next_at: datetime | None = None,
+        result: Result, *, next_at: datetime | None = None,
     ) -> Any:
-        rec = DeliveryRecord(
-            subscription_id=delivery.subscription_id,
-            event_id=delivery.event_id,
-            idempotency_key=delivery.key,
-            channel=sub.channel.type if sub else "webhook",
-            outcome=outcome,
-            attempt=delivery.attempt,
-            at=datetime.now(UTC),
-            status_code=result.status_code,
-            error=result.error,
-            next_attempt_at=next_at,
-            reason=delivery.all_reasons(),
-            event_ids=delivery.event_ids,
-            digest=delivery.digest,
-        )
-        fut = await self.producer.send(
-            self.notifications, key=delivery.subscription_id.encode(),
-            value=orjson.dumps(rec.model_dump(mode="json")),
-        )
-        if wait:
-            await fut
-        return fut
+        """Send the outcome's line to ``notifications``; returns the broker-ack future."""
+        value = notification_record(
+            delivery, sub.channel.type if sub else "webhook", outcome, result, next_at)
+        return await self.producer.send(
+            self.notifications, key=delivery.subscription_id.encode(), value=value)
+
+
+def notification_record(
+    delivery: Delivery, channel: str, outcome: DeliveryOutcome, result: Result,
+    next_at: datetime | None = None, at: datetime | None = None,
+) -> bytes:
+    """A :class:`DeliveryRecord` as JSON, built directly: the same bytes as the model's
+    ``model_dump(mode="json")`` (a unit test holds them equal), without building and
+    validating a model for every delivery."""
+    return orjson.dumps({
+        "subscription_id": delivery.subscription_id,
+        "event_id": delivery.event_id,
+        "idempotency_key": delivery.key,
+        "channel": channel,
+        "outcome": outcome.value,
+        "attempt": delivery.attempt,
+        "at": at or datetime.now(UTC),
+        "status_code": result.status_code,
+        "error": result.error,
+        "next_attempt_at": next_at,
+        "reason": delivery.all_reasons(),
+        "event_ids": delivery.event_ids,
+        "digest": delivery.digest,
+    }, option=orjson.OPT_UTC_Z)
+
+
+@lru_cache(maxsize=64)
+def _counter(channel: str, outcome: str) -> Any:
+    return NOTIFY_DELIVERIES.labels(channel, outcome)
+
+
+def _count(channel: str, outcome: str) -> None:
+    """``anting_notify_deliveries_total`` with its label children looked up once."""
+    _counter(channel, outcome).inc()

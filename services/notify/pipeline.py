@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from typing import Any
 
 from services.notify.channels import Channel
@@ -35,6 +35,14 @@ from shared.metrics import STAGE_SECONDS, lag_reporter
 from shared.topics import ENRICHED_EVENTS, NOTIFY_RETRIES
 
 log = logging.getLogger(__name__)
+_STAGE = STAGE_SECONDS.labels("notify")
+
+
+def _consume_exception(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 def ingested_ms(record: Any) -> int:
     """When the event was accepted: enrich gives each enriched record its input
     record's timestamp (as Kafka Streams does), i.e. when ingest or any producer wrote it."""
@@ -87,14 +95,18 @@ class Notifier:
             return False, f"broker unreachable: {type(exc).__name__}"
         return True, "broker reachable, state loaded"
 
-    async def handle_event(self, record: Any) -> None:
+    async def handle_event(self, record: Any) -> Awaitable[Any] | None:
+        """Match the event and make every first attempt; returns the broker
+        acknowledgements of the records those attempts wrote (the consumer loop
+        commits the offset once they resolve), or ``None`` when nothing is pending."""
         t0 = time.perf_counter()
         try:
             event = decode(record.value)
         except Exception as exc:
             await self.dlq.send_and_wait(from_record(record, stage="notify", error=exc))
-            return
+            return None
         at = ingested_ms(record)
+        acks: list[asyncio.Future[Any]] = []
         jobs: list[Coroutine[Any, Any, Any]] = []
         for sub in self.store.active():
             reasons = match(event, sub.filter)
@@ -107,13 +119,20 @@ class Notifier:
             if self.ledger.state(key) is not None:
                 # delivered, dead, or owned by the retry schedule: nothing to do here
                 continue
-            jobs.append(self.deliverer.run(Delivery(key, sub.id, [event], [reasons], 1, at)))
-        if jobs:
+            jobs.append(self.deliverer.run(Delivery(key, sub.id, [event], [reasons], 1, at), acks=acks))
+        if len(jobs) == 1:
+            await jobs[0]
+        elif jobs:
             results = await asyncio.gather(*jobs, return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
+                for fut in acks:  # the records written are fine; the offset stays uncommitted
+                    fut.add_done_callback(_consume_exception)
                 raise errors[0]  # left uncommitted: read again after a restart
-        STAGE_SECONDS.labels("notify").observe(time.perf_counter() - t0)
+        _STAGE.observe(time.perf_counter() - t0)
+        if not acks:
+            return None
+        return acks[0] if len(acks) == 1 else asyncio.gather(*acks)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then finish in-flight work, commit and flush."""

@@ -10,13 +10,22 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from services.notify.channels import Result
 from services.notify.channels.smtp import build_message, header_value, message_id
 from services.notify.channels.webhook import retry_after_seconds, sign
+from services.notify.delivery import notification_record
 from services.notify.matching import InvalidEvent, decode, match, norm
 from services.notify.notification import Delivery, idempotency_key
 from services.notify.subscriptions import new_secret, signing_secrets
 from shared.events import dump_event, parse_enriched
-from shared.subscriptions import EmailChannel, Filter, Subscription, WebhookChannel
+from shared.subscriptions import (
+    DeliveryOutcome,
+    DeliveryRecord,
+    EmailChannel,
+    Filter,
+    Subscription,
+    WebhookChannel,
+)
 
 from .helpers import ACME, ALLIANCE, ANTING_TOWN, agreement, announcement
 
@@ -131,3 +140,21 @@ def test_retry_after_forms() -> None:
     assert 25 <= (retry_after_seconds(soon) or 0) <= 31
     assert retry_after_seconds("soon") is None
     assert norm(" Ａ  b ") == "a b"
+
+
+def test_notification_record_is_the_models_json() -> None:
+    """The notifications line built without the model has the very bytes DeliveryRecord would dump."""
+    at = datetime(2026, 5, 1, 8, 30, 15, 123456, tzinfo=UTC)
+    ev = as_json(agreement([ACME]))
+    d = Delivery(idempotency_key(ev["id"], "s"), "s", [ev], [[{"filter": "all", "value": None, "field": None}]])
+    for outcome, result, next_at in [
+        (DeliveryOutcome.delivered, Result("ok", 200), None),
+        (DeliveryOutcome.retried, Result("retry", 503, "HTTP 503"), at.replace(microsecond=0)),
+    ]:
+        model = DeliveryRecord(
+            subscription_id="s", event_id=d.event_id, idempotency_key=d.key, channel="webhook",
+            outcome=outcome, attempt=1, at=at, status_code=result.status_code, error=result.error,
+            next_attempt_at=next_at, reason=d.all_reasons(), event_ids=d.event_ids, digest=False,
+        )
+        built = notification_record(d, "webhook", outcome, result, next_at, at=at)
+        assert built == orjson.dumps(model.model_dump(mode="json"))
