@@ -16,6 +16,7 @@ import uvicorn
 from services.ingest.api import create_app
 from services.ingest.publisher import Publisher
 from services.ingest.settings import IngestSettings
+from services.ingest.tuning import quiet_gc
 from shared import logs
 from shared import settings as settings_mod
 from shared.runtime import run_service
@@ -38,11 +39,14 @@ def make_publisher(settings: IngestSettings) -> Publisher:
     )
 
 
-async def serve(settings: IngestSettings, stop: asyncio.Event) -> None:
-    """Run the API until ``stop`` is set (usable from Python, e.g. benchmarks)."""
+async def serve(settings: IngestSettings, stop: asyncio.Event, *, tune_gc: bool = False) -> None:
+    """Run the API until ``stop`` is set (usable from Python, e.g. benchmarks);
+    ``tune_gc`` applies :func:`quiet_gc` to the whole process (``anting serve`` does)."""
     publisher = make_publisher(settings)
     await publisher.start()
     app = create_app(settings, publisher)
+    if tune_gc:
+        quiet_gc()
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         lifespan="off", timeout_graceful_shutdown=10,
@@ -65,6 +69,6 @@ def run() -> None:
     log.info("ingest listening", extra={"host": settings.host, "port": settings.port})
 
     async def main(stop: asyncio.Event) -> None:
-        await serve(settings, stop)
+        await serve(settings, stop, tune_gc=True)
 
     run_service("ingest", main)
