@@ -10,6 +10,7 @@ import logging
 import signal
 from pathlib import Path
 
+import uvloop
 from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.progress import (
@@ -25,6 +26,7 @@ from rich.table import Table
 
 from services.ingest.files import FILE_PRODUCER, Summary, publish_file
 from services.ingest.settings import IngestSettings
+from services.ingest.tuning import quiet_gc
 from shared import logs
 from shared import settings as settings_mod
 from shared.kafka import make_producer
@@ -102,7 +104,8 @@ async def _publish(settings: IngestSettings, files: list[str], quiet: bool) -> i
 def run_publish(files: list[str], *, quiet: bool = False) -> int:
     settings = settings_mod.load(IngestSettings)
     logs.configure("ingest", "WARNING")
-    return asyncio.run(_publish(settings, files, quiet))
+    quiet_gc()
+    return uvloop.run(_publish(settings, files, quiet))
 
 
 def run_watch(folder: Path, *, once: bool = False) -> int:
@@ -133,4 +136,5 @@ def run_watch(folder: Path, *, once: bool = False) -> int:
             return 2
         return 1 if rejected else 0
 
-    return asyncio.run(main())
+    quiet_gc()
+    return uvloop.run(main())
