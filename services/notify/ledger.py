@@ -25,7 +25,11 @@ class Ledger:
     def __init__(self, settings: AntingSettings, producer: Any) -> None:
         self.topic = settings.topic(NOTIFY_LEDGER)
         self.producer = producer
-        self.view: CompactedView[dict[str, Any]] = CompactedView(settings, self.topic, orjson.loads)
+        # Following mostly reads back this instance's own writes (already applied in
+        # memory), one per delivery: fetch them in batches of up to 256 KiB or 200 ms
+        # instead of one fetch request per few records.
+        self.view: CompactedView[dict[str, Any]] = CompactedView(
+            settings, self.topic, orjson.loads, fetch_min_bytes=256 * 1024, fetch_max_wait_ms=200)
 
     async def start(self) -> None:
         await self.view.start()

@@ -65,7 +65,7 @@ def default_channels(settings: NotifySettings, resolver: Resolver = system_resol
 class Notifier:
     def __init__(self, settings: NotifySettings, channels: Mapping[str, Channel] | None = None) -> None:
         self.settings = settings
-        self.producer = make_producer(settings)
+        self.producer = make_producer(settings, linger_ms=20)
         self.store = SubscriptionStore(settings, self.producer)
         self.ledger = Ledger(settings, self.producer)
         self.channels = channels or default_channels(settings)

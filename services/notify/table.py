@@ -24,8 +24,10 @@ V = TypeVar("V")
 class CompactedView(Generic[V]):
     """key → decoded value for every live key of a topic (a null value deletes)."""
 
-    def __init__(self, settings: AntingSettings, topic: str, decode: Callable[[bytes], V]) -> None:
+    def __init__(self, settings: AntingSettings, topic: str, decode: Callable[[bytes], V],
+                 **consumer_options: Any) -> None:
         self.settings = settings
+        self.consumer_options = consumer_options
         self.topic = topic
         self.decode = decode
         self.items: dict[str, V] = {}
@@ -45,7 +47,7 @@ class CompactedView(Generic[V]):
 
     async def start(self, timeout: float = 60.0) -> None:
         """Catch up to the end offsets, then keep following in the background."""
-        consumer = make_consumer(self.settings, group_id=None)
+        consumer = make_consumer(self.settings, group_id=None, **self.consumer_options)
         await consumer.start()
         try:
             parts = consumer.partitions_for_topic(self.topic)
