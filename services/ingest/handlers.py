@@ -168,7 +168,7 @@ def decode_events(body: bytes, content_type: str | None) -> list[AnyEvent]:
     """
     mtype = media_type(content_type)
     if mtype in NDJSON_TYPES:
-        return _decode_ndjson(body)
+        return _fast_ndjson(body) or _decode_ndjson(body)
     if mtype not in JSON_TYPES:
         raise Problem(
             415,
@@ -177,6 +177,9 @@ def decode_events(body: bytes, content_type: str | None) -> list[AnyEvent]:
             "application/x-ndjson",
             [{"path": "$", "message": "unsupported media type", "type": "media_type"}],
         )
+    fast = _fast_json(body)
+    if fast:
+        return fast
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -207,6 +210,40 @@ def decode_events(body: bytes, content_type: str | None) -> list[AnyEvent]:
                   "type": "model_type"}])
     p.rejected_types = ["unknown"]
     raise p
+
+
+def _plain_json(body: bytes) -> bool:
+    """False when the body may hold NaN or Infinity: pydantic's JSON parser reads those
+    tokens, orjson (and JSON) does not, and they must stay a 400."""
+    return b"NaN" not in body and b"Infinity" not in body
+
+
+def _fast_json(body: bytes) -> list[AnyEvent] | None:
+    """The events of a valid object or non-empty array, validated straight from the bytes
+    (no orjson parse first: that parse was a sixth of a batch's CPU); None when anything
+    is wrong, and :func:`decode_events` then judges the body again, slowly, for the
+    problem."""
+    first = body[:64].lstrip()[:1]
+    if first not in (b"{", b"[") or not _plain_json(body):
+        return None
+    try:
+        if first == b"{":
+            return [EVENT_ADAPTER.validate_json(body)]
+        return BATCH_ADAPTER.validate_json(body) or None
+    except ValidationError:
+        return None
+
+
+def _fast_ndjson(body: bytes) -> list[AnyEvent] | None:
+    """NDJSON whose every non-blank line is a valid event (see :func:`_fast_json`)."""
+    if not _plain_json(body):
+        return None
+    try:
+        events = [EVENT_ADAPTER.validate_json(line) for line in body.split(b"\n")
+                  if line.strip()]
+    except ValidationError:
+        return None
+    return events or None
 
 
 def _decode_ndjson(body: bytes) -> list[AnyEvent]:
