@@ -156,6 +156,7 @@ class ConsumerLoop:
 
     async def run(self, stop: asyncio.Event, grace: float = 10.0) -> None:
         last_commit = time.monotonic()
+        committing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
                 self._backpressure()
@@ -174,10 +175,15 @@ class ConsumerLoop:
                         task = asyncio.create_task(self._run_one(record))
                         self.tasks.add(task)
                         task.add_done_callback(self._task_done)
-                if time.monotonic() - last_commit >= self.commit_interval:
-                    await self.commit()
+                if time.monotonic() - last_commit >= self.commit_interval and (
+                        committing is None or committing.done()):
+                    # in the background: the next fetch does not wait for the coordinator
+                    committing = asyncio.create_task(self.commit())
                     last_commit = time.monotonic()
         finally:
+            if committing is not None:
+                with contextlib.suppress(Exception):
+                    await committing
             # graceful: let in-flight work finish (bounded), then commit what is done
             deadline = time.monotonic() + grace
             if self.tasks:
