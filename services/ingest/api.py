@@ -14,6 +14,8 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from services.ingest import handlers
 from services.ingest.handlers import Problem
@@ -54,6 +56,20 @@ BEARER = HTTPBearer(auto_error=False, description="one of ANTING_API_KEYS, when 
 
 class _Unauthorized(Exception):
     pass
+
+
+class _LeanRoute(Route):
+    """A plain Starlette route, matched before FastAPI's own routes: the event endpoints
+    take the raw request and answer with a ready ``Response``, so FastAPI's dependency
+    solving, request and response wrapping (a third of the CPU of a single-event POST)
+    is skipped. The FastAPI routes of the same paths stay, for OpenAPI only.
+    ``scope["route"]`` is set as FastAPI does, for the request metrics' route label."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match != Match.NONE:
+            child["route"] = self
+        return match, child
 
 
 def _schemas() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -97,13 +113,28 @@ def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
         if keys.enabled and not keys.allows(request.headers.get("authorization")):
             raise _Unauthorized()
 
-    @app.exception_handler(_Unauthorized)
-    async def _on_unauthorized(request: Request, exc: _Unauthorized) -> Response:
+    def unauthorized(request: Request) -> Response:
         detail = ("missing API key: send 'Authorization: Bearer <key>'"
                   if not request.headers.get("authorization") else "wrong API key")
         return problem(401, detail, headers={"WWW-Authenticate": "Bearer"},
                        errors=[{"path": "header.authorization", "message": detail,
                                 "type": "unauthorized"}])
+
+    @app.exception_handler(_Unauthorized)
+    async def _on_unauthorized(request: Request, exc: _Unauthorized) -> Response:
+        return unauthorized(request)
+
+    def lean(path: str, endpoint: Any) -> None:
+        """Serve ``path`` by ``endpoint`` on a :class:`_LeanRoute`, with the API key
+        checked here instead of by the FastAPI dependency."""
+        async def checked(request: Request) -> Response:
+            if keys.enabled and not keys.allows(request.headers.get("authorization")):
+                return unauthorized(request)
+            response: Response = await endpoint(request)
+            return response
+
+        app.router.routes.insert(0, _LeanRoute(path, checked, methods=["POST"],
+                                               name=getattr(endpoint, "__name__", None)))
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -178,6 +209,8 @@ def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
         except Problem as exc:
             return rejected(exc)
 
+    lean("/v1/events", post_events)
+
     def data_route(path: str, event_type: str, schema_name: str, what: str) -> None:
         @app.post(
             path,
@@ -209,6 +242,8 @@ def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
                 return await accept([event], request.headers.get("traceparent"), started)
             except Problem as exc:
                 return rejected(exc)
+
+        lean(path, post_data)
 
     data_route("/v1/announcements", ANNOUNCEMENT, "AnnouncementData", "an announcement")
     data_route("/v1/agreements", AGREEMENT, "AgreementData", "an agreement signing")
