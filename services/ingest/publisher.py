@@ -43,7 +43,7 @@ class Publisher:
         settings: AntingSettings,
         *,
         timeout: float = 4.0,
-        linger_ms: int = 5,
+        linger_ms: int = 0,
         max_batch_bytes: int = 512 * 1024,
         **overrides: Any,
     ) -> None:
