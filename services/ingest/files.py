@@ -73,7 +73,8 @@ class Summary:
         return self.accepted + self.rejected
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: a frozen dataclass pays object.__setattr__ per field, once per event
+@dataclass(slots=True)
 class Item:
     """One unit of a file: its 1-based line (or array item) number and raw bytes."""
 

@@ -53,7 +53,8 @@ class Problem(Exception):
         self.rejected_types: list[str] = []
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: a frozen dataclass pays object.__setattr__ per field, once per event
+@dataclass(slots=True)
 class OutRecord:
     """One record for the producer."""
 
