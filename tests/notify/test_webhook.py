@@ -11,7 +11,7 @@ from services.notify.notification import idempotency_key
 from shared.settings import AntingSettings
 from shared.subscriptions import SubscriptionRequest
 from shared.testing import produce, read_topic
-from shared.topics import ENRICHED_EVENTS, NOTIFICATIONS
+from shared.topics import DEAD_LETTERS, ENRICHED_EVENTS, NOTIFICATIONS
 
 from .helpers import (
     ACME,
@@ -74,3 +74,28 @@ async def test_subscriber_receives_exactly_matching_events_signed(topics: Anting
     org_reason = next(r for r in reason if r["filter"] == "organizations")
     assert org_reason["organization"] == "anting-town-government"
     assert org_reason["field"].startswith("data.organizations[")
+
+
+async def test_poison_enriched_records_go_to_dead_letters(topics: AntingSettings) -> None:
+    """Unreadable or misshapen records on enriched-events go to dead-letters; the good ones around them are delivered."""
+    receiver = await Receiver().start()
+    settings = notify_settings(topics)
+    good = [agreement([ACME]) for _ in range(2)]
+    bad_shape = orjson.loads(encode(agreement([ACME])))
+    bad_shape["data"]["organizations"] = [{"name": 42}]
+    values = [encode(good[0]), b"{not json", orjson.dumps(bad_shape), encode(good[1])]
+    try:
+        async with running(settings) as notifier:
+            await notifier.store.create(SubscriptionRequest.model_validate_json(orjson.dumps({
+                "name": "all", "filter": {}, "channel": {"type": "webhook", "url": receiver.url("/hook")},
+            })))
+            await produce(topics, topics.topic(ENRICHED_EVENTS), values, [b"k"] * len(values))
+            await wait_until(lambda: len(receiver.received) >= len(good), what="deliveries")
+            letters = await read_topic(topics, topics.topic(DEAD_LETTERS), expect=2, timeout=20)
+    finally:
+        await receiver.stop()
+    assert sorted(orjson.loads(r.body)["id"] for r in receiver.received) == sorted(e.id for e in good)
+    assert sorted(r.value or b"" for r in letters) == sorted([b"{not json", orjson.dumps(bad_shape)])
+    headers = [dict(r.headers) for r in letters]
+    assert all(h["dlq.stage"] == b"notify" for h in headers)
+    assert any(b"data.organizations[0].name" in h["dlq.error.message"] for h in headers)
