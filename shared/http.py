@@ -4,12 +4,14 @@ metrics endpoints, API-key checking and request-latency metrics (FastAPI).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from typing import Any
 
 import orjson
+import uvicorn
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -171,3 +173,12 @@ class RequestMetrics:
 
 def install_request_metrics(app: FastAPI, service: str) -> None:
     app.add_middleware(RequestMetrics, service=service)
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn inside a service's event loop, without signal handlers of its own:
+    ``shared.runtime.run_service`` owns SIGTERM/SIGINT and stops it gracefully."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

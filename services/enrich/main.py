@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
@@ -20,19 +19,12 @@ from services.enrich.pipeline import Worker
 from services.enrich.settings import EnrichSettings
 from shared import logs
 from shared import settings as settings_mod
-from shared.http import health_router, install_request_metrics
+from shared.http import EmbeddedServer, health_router, install_request_metrics
 from shared.kafka import ensure_topics
-from shared.runtime import run_service
+from shared.runtime import quiet_gc, run_service
 
 log = logging.getLogger(__name__)
 
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: run_service owns SIGTERM/SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def create_app(worker: Worker) -> FastAPI:
@@ -49,8 +41,9 @@ def create_app(worker: Worker) -> FastAPI:
     return app
 
 
-async def serve(settings: EnrichSettings, stop: asyncio.Event) -> None:
-    """Run enrich until ``stop`` is set (usable from Python, e.g. benchmarks)."""
+async def serve(settings: EnrichSettings, stop: asyncio.Event, *, tune_gc: bool = False) -> None:
+    """Run enrich until ``stop`` is set (usable from Python, e.g. benchmarks);
+    ``tune_gc`` applies :func:`quiet_gc` once the catalog is loaded (``anting serve`` does)."""
     catalog = Catalog(settings.fuzzy_threshold)
     reader = CatalogReader(settings, catalog)
     worker = Worker(settings, catalog, reader)
@@ -58,13 +51,15 @@ async def serve(settings: EnrichSettings, stop: asyncio.Event) -> None:
         create_app(worker), host=settings.host, port=settings.port, log_config=None,
         access_log=False, lifespan="off", timeout_graceful_shutdown=5,
     )
-    server = _Server(config)
+    server = EmbeddedServer(config)
     http = asyncio.create_task(server.serve())
     try:
         await ensure_topics(settings)
         await reader.start()
         log.info("catalog loaded", extra={
             "organizations": len(catalog.organizations), "version": catalog.version})
+        if tune_gc:
+            quiet_gc()
         await worker.run(stop)
     finally:
         server.should_exit = True
@@ -80,6 +75,6 @@ def run() -> None:
         "guarantee": settings.guarantee, "group": settings.group, "port": settings.port})
 
     async def main(stop: asyncio.Event) -> None:
-        await serve(settings, stop)
+        await serve(settings, stop, tune_gc=True)
 
     run_service("enrich", main)

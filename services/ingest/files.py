@@ -29,7 +29,6 @@ from services.ingest.handlers import (
     to_record,
     type_label,
 )
-from services.ingest.tuning import partition_by_key
 from shared.deadletters import DeadLetterWriter, dead_letter
 from shared.events import EVENT_ADAPTER, error_paths
 from shared.kafka import make_producer
@@ -41,7 +40,7 @@ CHUNK = 2000
 IN_FLIGHT = 4
 # the producer settings measured best for bulk files (fewer, larger requests)
 FILE_PRODUCER: dict[str, Any] = {"linger_ms": 20, "max_batch_size": 1024 * 1024,
-                                 "request_timeout_ms": 30000, "partitioner": partition_by_key}
+                                 "request_timeout_ms": 30000}
 
 
 class InvalidEvent(ValueError):

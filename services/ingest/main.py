@@ -7,29 +7,20 @@ let in-flight requests finish, then flush and close the producer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Iterator
 
 import uvicorn
 
 from services.ingest.api import create_app
 from services.ingest.publisher import Publisher
 from services.ingest.settings import IngestSettings
-from services.ingest.tuning import quiet_gc
 from shared import logs
 from shared import settings as settings_mod
-from shared.runtime import run_service
+from shared.http import EmbeddedServer
+from shared.runtime import quiet_gc, run_service
 
 log = logging.getLogger(__name__)
 
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: run_service owns SIGTERM/SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def make_publisher(settings: IngestSettings) -> Publisher:
@@ -51,7 +42,7 @@ async def serve(settings: IngestSettings, stop: asyncio.Event, *, tune_gc: bool 
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         lifespan="off", timeout_graceful_shutdown=10,
     )
-    server = _Server(config)
+    server = EmbeddedServer(config)
     task = asyncio.create_task(server.serve())
     stopped = asyncio.create_task(stop.wait())
     try:

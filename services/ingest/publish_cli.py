@@ -26,10 +26,10 @@ from rich.table import Table
 
 from services.ingest.files import FILE_PRODUCER, Summary, publish_file
 from services.ingest.settings import IngestSettings
-from services.ingest.tuning import quiet_gc
 from shared import logs
 from shared import settings as settings_mod
 from shared.kafka import make_producer
+from shared.runtime import quiet_gc
 
 console = Console(stderr=True)
 log = logging.getLogger(__name__)

@@ -20,7 +20,6 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from services.ingest.handlers import OutRecord
-from services.ingest.tuning import partition_by_key
 from shared.kafka import make_producer
 from shared.settings import AntingSettings
 
@@ -54,7 +53,6 @@ class Publisher:
             "request_timeout_ms": max(1000, int(timeout * 1000)),
             "linger_ms": linger_ms,
             "max_batch_size": max_batch_bytes,
-            "partitioner": partition_by_key,
             **overrides,
         }
         self._producer: AIOKafkaProducer | None = None

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
-from collections.abc import Iterator
 
 import uvicorn
 
@@ -16,33 +14,13 @@ from services.notify.api import create_app
 from services.notify.pipeline import Notifier
 from services.notify.settings import NotifySettings
 from shared import logs
-from shared.runtime import run_service
+from shared.http import EmbeddedServer
+from shared.runtime import quiet_gc, run_service
 from shared.settings import load
 
 log = logging.getLogger(__name__)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: the service's stop event rules."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def quiet_gc() -> None:
-    """Keep the cyclic garbage collector off the delivery path.
-
-    With the defaults a full collection walks every object of the imported
-    libraries (pydantic schemas, FastAPI, aiokafka) again and again while deliveries
-    allocate (measured: a third of its CPU per delivery). Everything alive once the state is
-    loaded is moved out of the collector's sight (``gc.freeze``), and young
-    collections run every 50,000 net allocations instead of 700. Garbage cycles are
-    still collected, just in larger, rarer passes.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
 
 
 async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
@@ -50,7 +28,7 @@ async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
     app = create_app(settings, notifier.store, ready=notifier.ready)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, lifespan="off")
-    server = _Server(config)
+    server = EmbeddedServer(config)
     try:
         await notifier.start()
         quiet_gc()

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Coroutine, Mapping
 from typing import Any
-
-from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from services.notify.channels import Channel
 from services.notify.channels.chat import AppriseSender
@@ -46,18 +43,6 @@ def _consume_exception(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-@functools.lru_cache(maxsize=8192)
-def _key_hash(key: bytes) -> int:
-    return int(murmur2(key)) & 0x7FFFFFFF
-
-
-def partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
-    """aiokafka's default partitioner (murmur2 of the key, as the Java client) with the
-    hash remembered: every ``notifications`` record of a subscription has the same key,
-    and pure-Python murmur2 was 4% of the service's CPU."""
-    if key is None:
-        return DefaultPartitioner()(key, all_partitions, available)  # type: ignore[no-any-return]
-    return all_partitions[_key_hash(key) % len(all_partitions)]
 
 
 def ingested_ms(record: Any) -> int:
@@ -82,7 +67,7 @@ def default_channels(settings: NotifySettings, resolver: Resolver = system_resol
 class Notifier:
     def __init__(self, settings: NotifySettings, channels: Mapping[str, Channel] | None = None) -> None:
         self.settings = settings
-        self.producer = make_producer(settings, linger_ms=20, partitioner=partitioner)
+        self.producer = make_producer(settings, linger_ms=20)
         self.store = SubscriptionStore(settings, self.producer)
         self.ledger = Ledger(settings, self.producer)
         self.channels = channels or default_channels(settings)

@@ -13,8 +13,8 @@ import pytest
 import uvicorn
 
 from services.notify.api import create_app
-from services.notify.main import _Server
 from services.notify.subscriptions import SubscriptionStore
+from shared.http import EmbeddedServer
 from shared.kafka import make_producer
 from shared.localkafka import free_port
 from shared.settings import AntingSettings
@@ -114,7 +114,7 @@ async def test_sse_stream_filters_like_subscriptions(topics: AntingSettings) -> 
     settings = notify_settings(topics, port=free_port())
     store = SubscriptionStore(settings, producer=None)
     await store.start()
-    server = _Server(uvicorn.Config(create_app(settings, store), host="127.0.0.1", port=settings.port,
+    server = EmbeddedServer(uvicorn.Config(create_app(settings, store), host="127.0.0.1", port=settings.port,
                                     log_config=None, lifespan="off"))
     task = asyncio.create_task(server.serve())
     events = [agreement([ACME]), announcement([ALLIANCE], kind="alliance_established"), agreement([ACME])]

@@ -167,14 +167,3 @@ def test_signature_is_the_standard_webhooks_one() -> None:
     assert sign([secret], "msg_1", now, body) == Webhook(secret).sign("msg_1", now, body.decode())
 
 
-def test_partitioner_places_keys_as_the_default_one() -> None:
-    """The producer's cached partitioner sends every key where aiokafka's default (Java's murmur2) would."""
-    from aiokafka.partitioner import DefaultPartitioner
-
-    from services.notify.pipeline import partitioner
-
-    for n in (1, 3, 6, 12):
-        parts = list(range(n))
-        for key in (b"sub_0123456789abcdef0123", idempotency_key("e1", "s1").encode(), b"", "安亭".encode()):
-            assert partitioner(key, parts, parts) == DefaultPartitioner()(key, parts, parts)
-            assert partitioner(key, parts, parts) == DefaultPartitioner()(key, parts, parts)  # cached

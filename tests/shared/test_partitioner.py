@@ -1,4 +1,4 @@
-"""The cached partitioner picks the partition aiokafka's (and Kafka's) default one does."""
+"""Every producer's cached partitioner picks the partition aiokafka's (and Kafka's) default one does."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 from aiokafka.partitioner import DefaultPartitioner
 
-from services.ingest.tuning import partition_by_key
+from shared.kafka import partition_by_key
 
 
 def test_cached_partitioner_matches_default() -> None:
