@@ -72,6 +72,16 @@ def _type_of(raw: bytes | None) -> str:
     return "unknown"
 
 
+STRUCTURED = ("content-type", b"application/cloudevents+json")
+
+
+def _structured(headers: Any) -> list[tuple[str, bytes]]:
+    """The input's headers (ce_*, traceparent ...), and always the CloudEvents Kafka
+    binding's structured-mode content type: an input written by kcat without headers
+    still comes out as a CloudEvent any binding-aware parser reads."""
+    return [(k, v) for k, v in headers or () if k != "content-type"] + [STRUCTURED]
+
+
 class Enricher:
     """Turns records into sends on a producer: enriched events, or dead letters."""
 
@@ -103,7 +113,7 @@ class Enricher:
             # the output keeps the input's timestamp (as Kafka Streams does), so that
             # notify can measure accepted → delivered
             futures.append(await producer.send(
-                self.out_topic, value=value, key=r.key, headers=list(r.headers or ()),
+                self.out_topic, value=value, key=r.key, headers=_structured(r.headers),
                 timestamp_ms=r.timestamp))
             outcome.events[(etype, "enriched")] += 1
             outcome.resolved += enriched.resolved

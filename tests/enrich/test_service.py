@@ -55,6 +55,37 @@ async def test_seed_story_resolves_through_kafka(topics: AntingSettings, tmp_pat
     assert signing["data"]["enrichment"]["unresolved"] == ["Some Unknown Metaverse Startup Co., Ltd."]
 
 
+async def test_enriched_records_are_structured_cloudevents(topics: AntingSettings, tmp_path: Path) -> None:
+    """An input written without headers (as kcat does) comes out with the structured-mode
+    content type; an input's own headers (traceparent, ce_*) are kept."""
+    from shared.kafka import make_producer
+    from shared.testing import read_topic
+    from shared.topics import ANNOUNCEMENTS, ENRICHED_EVENTS
+
+    await load_catalog(topics)
+    events = seed_events()[:2]
+    producer = make_producer(topics)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics.topic(ANNOUNCEMENTS), orjson.dumps(events[0]))
+        await producer.send_and_wait(
+            topics.topic(ANNOUNCEMENTS), orjson.dumps(events[1]),
+            headers=[("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                     ("content-type", b"application/json")])
+    finally:
+        await producer.stop()
+    worker = Worker(topics, tmp_path, "w").start()
+    try:
+        records = await read_topic(topics, topics.topic(ENRICHED_EVENTS), expect=2, timeout=90)
+    finally:
+        worker.stop()
+    assert len(records) == 2
+    for r in records:
+        assert [v for k, v in r.headers if k == "content-type"] == [b"application/cloudevents+json"]
+    traced = [r for r in records if ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01") in r.headers]
+    assert len(traced) == 1
+
+
 CHAOS_FULL = os.environ.get("ANTING_CHAOS_FULL") == "1"
 
 
