@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,8 +54,9 @@ class AntingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ANTING_", extra="ignore")
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    topic_prefix: str = ""
-    log_level: str = "INFO"
+    # read under their own names whatever a service's env_prefix is
+    topic_prefix: str = Field("", validation_alias=AliasChoices("ANTING_TOPIC_PREFIX", "topic_prefix"))
+    log_level: str = Field("INFO", validation_alias=AliasChoices("ANTING_LOG_LEVEL", "log_level"))
 
     def topic(self, topic: Any) -> str:
         """The full name of a registered topic under this prefix."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.enrich.resolve import DEFAULT_THRESHOLD
@@ -25,9 +25,3 @@ class EnrichSettings(AntingSettings):
     # a killed worker's open transaction is aborted at once when its successor
     # (same transactional id) starts; this bounds it when no successor comes
     transaction_timeout_ms: int = Field(10000, ge=1000)
-
-    # shared names, read without the service prefix
-    topic_prefix: str = Field(
-        "", validation_alias=AliasChoices("ANTING_TOPIC_PREFIX", "topic_prefix")
-    )
-    log_level: str = Field("INFO", validation_alias=AliasChoices("ANTING_LOG_LEVEL", "log_level"))

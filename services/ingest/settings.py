@@ -25,7 +25,3 @@ class IngestSettings(AntingSettings):
 
     # shared names, read without the service prefix
     api_keys: str = Field("", validation_alias=AliasChoices("ANTING_API_KEYS", "api_keys"))
-    topic_prefix: str = Field(
-        "", validation_alias=AliasChoices("ANTING_TOPIC_PREFIX", "topic_prefix")
-    )
-    log_level: str = Field("INFO", validation_alias=AliasChoices("ANTING_LOG_LEVEL", "log_level"))

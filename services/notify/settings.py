@@ -49,8 +49,6 @@ class NotifySettings(AntingSettings):
 
     # shared names, read without the service prefix
     api_keys: str = Field("", validation_alias=_alias("ANTING_API_KEYS", "api_keys"))
-    topic_prefix: str = Field("", validation_alias=_alias("ANTING_TOPIC_PREFIX", "topic_prefix"))
-    log_level: str = Field("INFO", validation_alias=_alias("ANTING_LOG_LEVEL", "log_level"))
 
     @field_validator("allow_networks")
     @classmethod
