@@ -108,10 +108,13 @@ class ApiKeys:
         return ok
 
 
-def unauthorized() -> Response:
+def unauthorized(authorization: str | None = None) -> Response:
+    """The 401 problem; ``authorization`` (the header sent) tells missing from wrong."""
+    detail = ("missing API key: send 'Authorization: Bearer <key>'"
+              if not authorization else "wrong API key")
     return problem(
-        401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-        headers={"WWW-Authenticate": "Bearer"},
+        401, detail, headers={"WWW-Authenticate": "Bearer"},
+        errors=[{"path": "header.authorization", "message": detail, "type": "unauthorized"}],
     )
 
 

@@ -28,6 +28,7 @@ from shared.http import (
     install_request_metrics,
     problem,
     problem_responses,
+    unauthorized,
 )
 from shared.metrics import INGEST_EVENTS, STAGE_SECONDS
 
@@ -113,23 +114,16 @@ def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
         if keys.enabled and not keys.allows(request.headers.get("authorization")):
             raise _Unauthorized()
 
-    def unauthorized(request: Request) -> Response:
-        detail = ("missing API key: send 'Authorization: Bearer <key>'"
-                  if not request.headers.get("authorization") else "wrong API key")
-        return problem(401, detail, headers={"WWW-Authenticate": "Bearer"},
-                       errors=[{"path": "header.authorization", "message": detail,
-                                "type": "unauthorized"}])
-
     @app.exception_handler(_Unauthorized)
     async def _on_unauthorized(request: Request, exc: _Unauthorized) -> Response:
-        return unauthorized(request)
+        return unauthorized(request.headers.get("authorization"))
 
     def lean(path: str, endpoint: Any) -> None:
         """Serve ``path`` by ``endpoint`` on a :class:`_LeanRoute`, with the API key
         checked here instead of by the FastAPI dependency."""
         async def checked(request: Request) -> Response:
             if keys.enabled and not keys.allows(request.headers.get("authorization")):
-                return unauthorized(request)
+                return unauthorized(request.headers.get("authorization"))
             response: Response = await endpoint(request)
             return response
 

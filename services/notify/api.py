@@ -65,13 +65,14 @@ def create_app(settings: NotifySettings, store: SubscriptionStore, ready: Any = 
 
     app.include_router(health_router(_ready))
 
-    def require_key(request: Request) -> None:
+    # async: a sync dependency would cost a thread hand-off on every request
+    async def require_key(request: Request) -> None:
         if not keys.allows(request.headers.get("authorization")):
             raise _Unauthorized
 
     @app.exception_handler(_Unauthorized)
-    async def _unauth(_: Request, __: Exception) -> Response:
-        return unauthorized()
+    async def _unauth(request: Request, __: Exception) -> Response:
+        return unauthorized(request.headers.get("authorization"))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
