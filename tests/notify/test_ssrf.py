@@ -7,9 +7,9 @@ import ipaddress
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohappyeyeballs
 import pytest
 
+from services.notify.channels import http1
 from services.notify.channels.webhook import WebhookSender
 from services.notify.notification import Delivery
 from services.notify.ssrf import is_public
@@ -22,15 +22,15 @@ LOOPBACK = [ipaddress.ip_network("127.0.0.0/8")]
 
 @pytest.fixture
 def connects(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every TCP connection aiohttp opens goes through aiohappyeyeballs.start_connection: record them."""
+    """Every socket the webhook client opens goes through http1.open_connection: record them."""
     calls: list[Any] = []
-    real = aiohappyeyeballs.start_connection
+    real = http1.open_connection
 
-    async def recording(addr_infos: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append([a[4] for a in addr_infos])
-        return await real(addr_infos, *args, **kwargs)
+    async def recording(ip: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        calls.append((ip, port))
+        return await real(ip, port, *args, **kwargs)
 
-    monkeypatch.setattr(aiohappyeyeballs, "start_connection", recording)
+    monkeypatch.setattr(http1, "open_connection", recording)
     return calls
 
 
@@ -89,7 +89,7 @@ async def test_connects_to_the_checked_address_keeping_host(connects: list[Any])
         await receiver.stop()
     assert result.verdict == "ok", result
     assert lookups == ["hooks.example"]
-    assert connects == [[("127.0.0.1", receiver.port)]]
+    assert connects == [("127.0.0.1", receiver.port)]
     assert receiver.received[0].headers["Host"] == f"hooks.example:{receiver.port}"
 
 
