@@ -374,6 +374,35 @@ async def aiohttp_loop(url: str, bodies: list[bytes], seconds: float, concurrenc
         return clock.stop(ok), bad
 
 
+async def lean_loop(url: str, body: bytes, seconds: float, concurrency: int) -> tuple[Timing, int]:
+    """The same loop on notify's own webhook client (services/notify/channels/http1.py)."""
+    import ipaddress
+
+    from services.notify.channels.http1 import WebhookClient
+    from services.notify.ssrf import GuardedResolver
+
+    client = WebhookClient(GuardedResolver([ipaddress.ip_network("127.0.0.0/8")]), 30.0,
+                           max_idle_per_origin=concurrency)
+    hdrs = [("content-type", "application/json")]
+    ok = bad = 0
+    clock = _Clock()
+
+    async def worker() -> None:
+        nonlocal ok, bad
+        while time.perf_counter() - clock.t0 < seconds:
+            r = await client.post(url, body, hdrs)
+            if r.status < 300:
+                ok += 1
+            else:
+                bad += 1
+    try:
+        clock.start()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return clock.stop(ok), bad
+    finally:
+        await client.aclose()
+
+
 def http(receiver_url: str, sizes: Sizes, results: Results) -> None:
     """The raw client loop is on aiohttp, the client notify delivers webhooks with, so
     the notify ratio is notify's own overhead; httpx and wrk are kept for reference."""
@@ -385,5 +414,11 @@ def http(receiver_url: str, sizes: Sizes, results: Results) -> None:
             body_bytes=len(body))
     results.rows["baseline.http_client.requests_per_s"].note = (
         f"aiohttp.ClientSession, {sizes.http_concurrency} concurrent, enriched-event body")
+    t, _bad = run_async(lean_loop(f"{receiver_url}/hook", body, sizes.http_seconds,
+                                  sizes.http_concurrency))
+    _record("http_lean", "requests/s", t, results,
+            client=f"notify's webhook client, {sizes.http_concurrency} concurrent", body_bytes=len(body))
+    results.rows["baseline.http_lean.requests_per_s"].note = (
+        f"notify's own webhook client (asyncio + httptools), {sizes.http_concurrency} concurrent")
     http_httpx(receiver_url, sizes, results)
     http_wrk(receiver_url, sizes, results)

@@ -67,6 +67,8 @@ BASELINE_OF: dict[str, str] = {
     "enrich.alo.events_per_s": "baseline.consume_transform_produce.events_per_s",
     "enrich.eos.events_per_s": "baseline.consume_transform_produce.events_per_s",
     "notify.webhook.deliveries_per_s": "baseline.http_client.requests_per_s",
+    "baseline.http_lean.requests_per_s": "baseline.http_client.requests_per_s",
+    "notify.webhook.own_client.deliveries_per_s": "baseline.http_lean.requests_per_s",
     "cpu_s_per_1k.ingest": "baseline.aiokafka_produce.cpu_s_per_1k",
     "cpu_s_per_1k.enrich": "baseline.consume_transform_produce.cpu_s_per_1k",
     "cpu_s_per_1k.notify": "baseline.http_client.cpu_s_per_1k",

@@ -4,8 +4,8 @@ hand each record to a task (so slow deliveries never block the poll and
 flight, and commit in batches — per partition only up to the oldest record whose
 work is not finished (or durably scheduled) yet.
 
-A handler may return an awaitable instead of awaiting it: the broker
-acknowledgements of the records its work wrote. The task ends there (so a slot
+A handler may return an awaitable (or a list of futures) instead of awaiting it:
+the broker acknowledgements of the records its work wrote. The task ends there (so a slot
 for the next record frees up as soon as the outbound call is done, not a producer
 linger and a broker round trip later), and the record counts as done only once
 that awaitable resolves — offsets still never pass unacknowledged work.
@@ -80,7 +80,7 @@ class ConsumerLoop:
         self,
         consumer: Any,
         topic: str,
-        handler: Callable[[Any], Awaitable[Awaitable[Any] | None]],
+        handler: Callable[[Any], Awaitable[Awaitable[Any] | list[asyncio.Future[Any]] | None]],
         *,
         max_in_flight: int,
         commit_interval: float = 1.0,
@@ -125,9 +125,32 @@ class ConsumerLoop:
         if acks is None:
             self.tracker.done(tp, record.offset)
             return
+        if isinstance(acks, list):  # broker-ack futures: count them down, no gather per record
+            self._count_down(acks, tp, record.offset)
+            return
         fut = asyncio.ensure_future(acks)
         self.acks.add(fut)
         fut.add_done_callback(lambda f: self._acked(f, tp, record.offset))
+
+    def _count_down(self, futures: list[asyncio.Future[Any]], tp: TopicPartition, offset: int) -> None:
+        left = len(futures)
+        failed = False
+
+        def one(fut: asyncio.Future[Any]) -> None:
+            nonlocal left, failed
+            left -= 1
+            self.acks.discard(fut)
+            if fut.cancelled() or fut.exception() is not None:
+                if not failed:
+                    failed = True
+                    log.error("%s: writes not acknowledged; record left uncommitted", self.name,
+                              exc_info=None if fut.cancelled() else fut.exception())
+            elif left == 0 and not failed:
+                self.tracker.done(tp, offset)
+
+        for fut in futures:
+            self.acks.add(fut)
+            fut.add_done_callback(one)
 
     def _acked(self, fut: asyncio.Future[Any], tp: TopicPartition, offset: int) -> None:
         self.acks.discard(fut)

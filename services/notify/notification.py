@@ -10,7 +10,6 @@ holds the events and the reason for each.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import html
 from dataclasses import asdict, dataclass, field
@@ -27,13 +26,11 @@ SOURCE = "/anting/notify"
 
 def idempotency_key(event_id: str, subscription_id: str) -> str:
     """Stable per (event, subscription): the same for every retry and every resend."""
-    digest = hashlib.sha256(f"{event_id}\0{subscription_id}".encode()).digest()[:20]
-    return "msg_" + base64.b32encode(digest).decode().lower()
+    return "msg_" + hashlib.sha256(f"{event_id}\0{subscription_id}".encode()).hexdigest()[:32]
 
 
 def digest_key(subscription_id: str, event_ids: list[str]) -> str:
-    digest = hashlib.sha256("\0".join([subscription_id, *sorted(event_ids)]).encode()).digest()[:20]
-    return "msg_" + base64.b32encode(digest).decode().lower()
+    return "msg_" + hashlib.sha256("\0".join([subscription_id, *sorted(event_ids)]).encode()).hexdigest()[:32]
 
 
 @dataclass

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from services.notify.channels import Channel
@@ -97,7 +97,7 @@ class Notifier:
             return False, f"broker unreachable: {type(exc).__name__}"
         return True, "broker reachable, state loaded"
 
-    async def handle_event(self, record: Any) -> Awaitable[Any] | None:
+    async def handle_event(self, record: Any) -> list[asyncio.Future[Any]] | None:
         """Match the event and make every first attempt; returns the broker
         acknowledgements of the records those attempts wrote (the consumer loop
         commits the offset once they resolve), or ``None`` when nothing is pending."""
@@ -132,9 +132,7 @@ class Notifier:
                     fut.add_done_callback(_consume_exception)
                 raise errors[0]  # left uncommitted: read again after a restart
         _STAGE.observe(time.perf_counter() - t0)
-        if not acks:
-            return None
-        return acks[0] if len(acks) == 1 else asyncio.gather(*acks)
+        return acks or None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then finish in-flight work, commit and flush."""

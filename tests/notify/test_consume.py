@@ -18,16 +18,21 @@ from .helpers import wait_until
 
 
 async def test_offsets_wait_for_handed_back_acks(topics: AntingSettings) -> None:
-    """Offsets pass a record only after the acknowledgements its handler returned have resolved."""
+    """Offsets pass a record only after the acknowledgements its handler returned have resolved
+    (an awaitable, or a list of futures: every one of them)."""
     topic = topics.topic(NOTIFY_RETRIES)
     await produce(topics, topic, [b"a", b"b", b"c"], [b"k", b"k", b"k"])  # one key: one partition
     loop = asyncio.get_running_loop()
     pending: dict[int, asyncio.Future[None]] = {}
+    both: list[asyncio.Future[None]] = []
 
-    async def handler(record: Any) -> asyncio.Future[None] | None:
+    async def handler(record: Any) -> asyncio.Future[None] | list[asyncio.Future[None]] | None:
         if record.value == b"a":
             return None  # finished at once
         pending[record.offset] = loop.create_future()
+        if record.value == b"c":
+            both.extend([pending[record.offset], loop.create_future()])
+            return both
         return pending[record.offset]
 
     consumer = make_consumer(topics, group_id=f"{topics.topic_prefix}loop")
@@ -44,7 +49,10 @@ async def test_offsets_wait_for_handed_back_acks(topics: AntingSettings) -> None
         assert cl.tracker.committed.get(tp) == first  # "a" done, "b" not acknowledged yet
         pending[first].set_result(None)
         await wait_until(lambda: cl.tracker.committed.get(tp) == first + 1, 30, "b committed")  # "c" pending
-        pending[first + 1].set_result(None)
+        pending[first + 1].set_result(None)  # the first of "c"'s two
+        await asyncio.sleep(0.5)
+        assert cl.tracker.committed.get(tp) == first + 1
+        both[1].set_result(None)
         await wait_until(lambda: cl.tracker.committed.get(tp) == first + 2, 30, "c committed")
         stop.set()
         await task
