@@ -13,6 +13,7 @@ import base64
 import email.utils
 import hmac
 import time
+from binascii import b2a_base64
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -48,9 +49,9 @@ def _key(secret: str) -> bytes:
 def sign(secrets: list[str], msg_id: str, timestamp: datetime, body: bytes) -> str:
     """``v1,<base64 HMAC-SHA256 of "id.timestamp.body">`` per secret, space-separated —
     the Standard Webhooks scheme, on the body's bytes as sent (no str round trip)."""
-    to_sign = f"{msg_id}.{int(timestamp.timestamp())}.".encode() + body
-    return " ".join("v1," + base64.b64encode(hmac.digest(_key(s), to_sign, "sha256")).decode()
-                    for s in secrets)
+    to_sign = b"%s.%d." % (msg_id.encode(), int(timestamp.timestamp())) + body
+    return " ".join(["v1," + b2a_base64(hmac.digest(_key(s), to_sign, "sha256"), newline=False).decode()
+                     for s in secrets])
 
 
 def retry_after_seconds(value: str | None) -> float | None:
