@@ -1,8 +1,9 @@
 """SSRF guard for outbound webhooks: resolve the host once, refuse private,
 loopback, link-local and reserved addresses (unless allowed by
 ``ANTING_NOTIFY_ALLOW_NETWORKS``), and connect to the very addresses that were
-checked — the guard is the HTTP client's resolver, so the socket can only go to
-an address it returned — so DNS rebinding cannot slip past the check. Literal-IP
+checked — the webhook client (channels/http1.py) opens its sockets only to the
+addresses :meth:`GuardedResolver.checked` returned — so DNS rebinding cannot slip
+past the check. Literal-IP
 URLs never reach a resolver and are checked up front (:func:`check_url`).
 """
 
@@ -13,7 +14,6 @@ import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 
-from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -59,8 +59,8 @@ def check_url(url: str, networks: Sequence[Network]) -> None:
         raise RefusedAddress(why)
 
 
-class GuardedResolver(AbstractResolver):
-    """aiohttp resolver that returns only checked addresses, or refuses the host."""
+class GuardedResolver:
+    """Resolves a host to addresses that all pass the guard, or refuses it."""
 
     def __init__(self, networks: Sequence[Network], resolver: Resolver = system_resolver) -> None:
         self.networks = list(networks)
@@ -78,20 +78,3 @@ class GuardedResolver(AbstractResolver):
             if not allowed(ip, self.networks):
                 raise RefusedAddress(f"{host} resolves to {ip}, which is not a public address")
         return addresses
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        out: list[ResolveResult] = []
-        for ip in await self.checked(host, port):
-            fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-            if family not in (socket.AF_UNSPEC, fam):
-                continue
-            out.append(ResolveResult(hostname=host, host=str(ip), port=port, family=fam,
-                                     proto=0, flags=socket.AI_NUMERICHOST))
-        if not out:
-            raise OSError(f"no usable address for {host}")
-        return out
-
-    async def close(self) -> None:
-        return None
