@@ -69,6 +69,7 @@ BASELINE_OF: dict[str, str] = {
     "notify.webhook.deliveries_per_s": "baseline.http_client.requests_per_s",
     "baseline.http_lean.requests_per_s": "baseline.http_client.requests_per_s",
     "notify.webhook.own_client.deliveries_per_s": "baseline.http_lean.requests_per_s",
+    "notify.webhook_5ms.deliveries_per_s": "baseline.http_client_5ms.requests_per_s",
     "cpu_s_per_1k.ingest": "baseline.aiokafka_produce.cpu_s_per_1k",
     "cpu_s_per_1k.enrich": "baseline.consume_transform_produce.cpu_s_per_1k",
     "cpu_s_per_1k.notify": "baseline.http_client.cpu_s_per_1k",

@@ -118,7 +118,8 @@ class Service:
 class Receiver:
     """``python -m bench.receiver`` on a free port."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, delay_ms: float = 0.0) -> None:
+        self.delay_ms = delay_ms
         self.port = free_port()
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"receiver-{self.port}.log"
@@ -135,7 +136,8 @@ class Receiver:
     def start(self) -> Receiver:
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.receiver", "--port", str(self.port)],
+                [sys.executable, "-m", "bench.receiver", "--port", str(self.port),
+                 "--delay-ms", str(self.delay_ms)],
                 stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
             )
         deadline = time.monotonic() + 30

@@ -262,15 +262,19 @@ def wait_warm(receiver: Receiver, timeout: float, what: str) -> None:
         raise StageError(f"the warm-up event was not delivered within {timeout:.0f}s ({what})")
 
 
-def notify(bootstrap: str, sizes: Sizes, results: Results, scratch: Path,
-           receiver: Receiver) -> None:
-    settings = fresh_settings(bootstrap, "notify")
+SLOW_MS = 5  # the slow receiver's answer time: a nearby endpoint's
+
+
+def notify_run(bootstrap: str, sizes: Sizes, scratch: Path, receiver: Receiver,
+               label: str) -> dict[str, Any]:
+    """notify delivering ``sizes.notify_events`` waiting events to ``receiver``: the rate
+    from the first to the last arrival, and notify's CPU."""
+    settings = fresh_settings(bootstrap, label)
     asyncio.run(create(settings))
     run = payload.new_run()
     n = sizes.notify_events
     topic = settings.topic(ENRICHED_EVENTS)
-    c = sizes.http_concurrency
-    env = notify_env(settings, c)
+    env = notify_env(settings, sizes.http_concurrency)
     with Service("notify", settings, scratch / "logs", **env).start(sizes.service_start_timeout) as svc:
         subscribe(svc.url, f"{receiver.url}/hook")
         receiver.reset()
@@ -294,12 +298,35 @@ def notify(bootstrap: str, sizes: Sizes, results: Results, scratch: Path,
             raise StageError(f"only {got} of {n} webhooks arrived: {svc.tail(800)}")
     arr = receiver.arrivals()
     times = sorted(arr["ids"].values())
-    rate = (len(times) - 1) / (times[-1] - times[0])
+    return {"rate": (len(times) - 1) / (times[-1] - times[0]), "wall_seconds": round(wall, 2),
+            "cpu_s_per_1k": round(cpu / n * 1000, 3), "duplicates": arr["duplicates"],
+            "requests": len(arr["times"])}
+
+
+def notify(bootstrap: str, sizes: Sizes, results: Results, scratch: Path,
+           receiver: Receiver) -> None:
+    c = sizes.http_concurrency
+    m = notify_run(bootstrap, sizes, scratch, receiver, "notify")
+    rate = m.pop("rate")
     results.add("notify.webhook.deliveries_per_s", rate, "deliveries/s",
-                note=f"ANTING_NOTIFY_CONCURRENCY={c}, {n} events waiting on enriched-events, one "
-                "webhook subscription matching all; first to last arrival at the receiver",
-                wall_seconds=round(wall, 2), cpu_s_per_1k=round(cpu / n * 1000, 3),
-                duplicates=arr["duplicates"], requests=len(arr["times"]))
+                note=f"ANTING_NOTIFY_CONCURRENCY={c}, {sizes.notify_events} events waiting on "
+                "enriched-events, one webhook subscription matching all; first to last arrival "
+                "at the receiver", **m)
     results.add("notify.webhook.own_client.deliveries_per_s", rate, "deliveries/s",
                 note="the same run over the raw loop on notify's own client: its overhead "
                 "beyond the HTTP exchange")
+    # Once more against a receiver that takes SLOW_MS to answer, as real endpoints do, next
+    # to the raw loop against it: does notify keep its delivery slots full when the CPU is
+    # not the limit?
+    slow = Receiver(scratch / "logs", delay_ms=SLOW_MS).start()
+    try:
+        body = orjson.dumps(payload.enriched(payload.event(payload.new_run(), 0)))
+        t, _bad = run_async(aiohttp_loop(f"{slow.url}/hook", [body], sizes.http_seconds, c))
+        results.add(f"baseline.http_client_{SLOW_MS}ms.requests_per_s", t.done / t.seconds,
+                    "requests/s", note=f"aiohttp.ClientSession, {c} concurrent, to a receiver "
+                    f"answering after {SLOW_MS} ms")
+        m = notify_run(bootstrap, sizes, scratch, slow, "notify-slow")
+        results.add(f"notify.webhook_{SLOW_MS}ms.deliveries_per_s", m.pop("rate"), "deliveries/s",
+                    note=f"as notify.webhook, to a receiver answering after {SLOW_MS} ms", **m)
+    finally:
+        slow.stop()
