@@ -112,6 +112,18 @@ async def test_answers_that_end_the_connection(answer: bytes) -> None:
     assert srv.connections == 2
 
 
+async def test_informational_answers_are_skipped() -> None:
+    answer = b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\n" + OK
+    async with Server(lambda n: answer) as srv:
+        c = client()
+        try:
+            assert (await c.post(f"http://h:{srv.port}/", b"x", [])).status == 200
+            assert (await c.post(f"http://h:{srv.port}/", b"x", [])).status == 200
+        finally:
+            await c.aclose()
+    assert srv.connections == 1
+
+
 async def test_chunked_answer_and_headers() -> None:
     answer = (b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nTransfer-Encoding: chunked\r\n\r\n"
               b"5\r\nslow \r\n5\r\ndown!\r\n0\r\n\r\n")

@@ -133,6 +133,9 @@ class _Connection(asyncio.Protocol):
             self.response.status = self.parser.get_status_code()
 
     def on_message_complete(self) -> None:
+        if self.response is not None and 100 <= self.response.status < 200:
+            self.response = None  # informational (103 Early Hints, ...): the answer follows
+            return
         if not self.parser.should_keep_alive():
             self.close()
         if self.waiter is not None and not self.waiter.done() and self.response is not None:
