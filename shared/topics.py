@@ -24,7 +24,7 @@ class Topic:
     name: str
     value: TypeAdapter[Any] | None
     partitions: int
-    cleanup: Literal["delete", "compact"]
+    cleanup: Literal["delete", "compact", "compact,delete"]
     key: str
     config: dict[str, str] = field(default_factory=dict)
     doc: str = ""
@@ -73,10 +73,15 @@ NOTIFY_RETRIES = Topic(
     config={"retention.ms": str(7 * DAY_MS)},
     doc="deliveries waiting for their next attempt (durable retry schedule)",
 )
+# A delivery is remembered for as long as a retry record lives: the ledger's entries
+# older than this are dropped, from the topic by Kafka and from notify's memory by
+# notify (services/notify/ledger.py), so neither grows with every delivery ever made.
+LEDGER_RETENTION_MS = 7 * DAY_MS
 NOTIFY_LEDGER = Topic(
-    "notify-ledger", None, 3, "compact", "idempotency key",
-    config={"min.cleanable.dirty.ratio": "0.1"},
-    doc="idempotency keys already delivered, so a restart does not resend",
+    "notify-ledger", None, 3, "compact,delete", "idempotency key",
+    config={"min.cleanable.dirty.ratio": "0.1", "retention.ms": str(LEDGER_RETENTION_MS),
+            "segment.ms": str(DAY_MS)},
+    doc="idempotency keys delivered in the last 7 days, so a restart does not resend",
 )
 
 ALL_TOPICS: tuple[Topic, ...] = (

@@ -5,10 +5,20 @@ not resend what was already delivered) and followed while running.
 States: ``delivered``; ``scheduled`` (a retry record with ``attempt`` exists, so
 the first-attempt path and older retry records leave it alone); ``dead``;
 ``digested`` (the event went out inside a digest).
+
+Entries are kept for ``LEDGER_RETENTION_MS`` (a week, as long as a retry record
+lives): the topic deletes older segments, and :meth:`Ledger.prune` drops older
+entries from memory every few minutes, so a long-running notify does not grow
+with every delivery it ever made. An event read again after that (an offset reset
+to last month) is delivered again — with the same ``webhook-id``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 import zlib
 from datetime import UTC, datetime
 from typing import Any
@@ -17,8 +27,9 @@ import orjson
 
 from services.notify.table import CompactedView
 from shared.settings import AntingSettings
-from shared.topics import NOTIFY_LEDGER
+from shared.topics import LEDGER_RETENTION_MS, NOTIFY_LEDGER
 
+log = logging.getLogger(__name__)
 FINAL = frozenset({"delivered", "dead", "digested"})
 
 
@@ -33,12 +44,44 @@ class Ledger:
         self.view: CompactedView[bytes] = CompactedView(
             settings, self.topic, bytes, fetch_min_bytes=256 * 1024, fetch_max_wait_ms=200)
         self._partitions = 0
+        self._pruner: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, prune_every: float = 300.0) -> None:
         await self.view.start()
+        self.prune()
+        self._pruner = asyncio.create_task(self._prune_every(prune_every), name="ledger prune")
 
     async def stop(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
+            self._pruner = None
         await self.view.stop()
+
+    async def _prune_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            self.prune()
+
+    def prune(self, now_ms: float | None = None) -> int:
+        """Forget the entries last written more than the retention ago; how many.
+        The view is in order of last write, so this reads only the expired front."""
+        cutoff = (time.time() * 1000 if now_ms is None else now_ms) - LEDGER_RETENTION_MS
+        expired = []
+        for key, raw in self.view.items.items():
+            try:
+                at = datetime.fromisoformat(orjson.loads(raw)["at"]).timestamp() * 1000
+            except (ValueError, KeyError, TypeError):
+                at = 0.0  # unreadable: nothing to protect
+            if at >= cutoff:
+                break
+            expired.append(key)
+        for key in expired:
+            del self.view.items[key]
+        if expired:
+            log.info("ledger entries past retention forgotten", extra={"count": len(expired)})
+        return len(expired)
 
     def state(self, key: str) -> dict[str, Any] | None:
         raw = self.view.items.get(key)
@@ -55,6 +98,7 @@ class Ledger:
         """Record the state; returns the broker-ack future (await it before committing)."""
         value = orjson.dumps({"state": state, "subscription": subscription_id, "attempt": attempt,
                               "at": datetime.now(UTC).isoformat()})
+        self.view.items.pop(key, None)  # to the end: the view stays in order of last write
         self.view.items[key] = value
         if not self._partitions:
             self._partitions = len(await self.producer.partitions_for(self.topic))

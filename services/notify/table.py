@@ -41,7 +41,11 @@ class CompactedView(Generic[V]):
             self.items.pop(key, None)
             return
         try:
-            self.items[key] = self.decode(value)
+            decoded = self.decode(value)
+            # re-inserted, not updated in place: the dict stays in order of last write,
+            # oldest first (the ledger forgets from the front)
+            self.items.pop(key, None)
+            self.items[key] = decoded
         except Exception as exc:  # one bad record must not hide the rest
             log.warning("unreadable record skipped", extra={"topic": self.topic, "key": key, "error": str(exc)})
 

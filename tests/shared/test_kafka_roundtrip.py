@@ -88,12 +88,17 @@ async def test_topics_created_with_registry_partitions_and_cleanup(settings: Ant
     finally:
         await admin.close()
     cleanup: dict[str, str] = {}
+    retention: dict[str, str] = {}
     for response in configs:
         for resource in response.resources:
             _err, _msg, _type, name, entries = resource[:5]
             for entry in entries:
                 if entry[0] == "cleanup.policy":
                     cleanup[name] = entry[1]
+                if entry[0] == "retention.ms":
+                    retention[name] = entry[1]
     for t in ALL_TOPICS:
         assert partitions[settings.topic(t)] == t.partitions, t.name
         assert cleanup[settings.topic(t)] == t.cleanup, t.name
+        if "retention.ms" in t.config:
+            assert retention[settings.topic(t)] == t.config["retention.ms"], t.name
