@@ -124,6 +124,21 @@ async def test_informational_answers_are_skipped() -> None:
     assert srv.connections == 1
 
 
+async def test_a_connection_that_answers_twice_is_not_reused() -> None:
+    """Bytes after the answer (a second, unasked-for answer) make the connection unusable: the
+    next request goes on a new one and gets its own answer."""
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\nHTTP/1.1 500 Stale\r\ncontent-length: 0\r\n\r\n"
+    async with Server(lambda n: answer) as srv:
+        c = client()
+        try:
+            assert (await c.post(f"http://h:{srv.port}/", b"x", [])).status == 200
+            await asyncio.sleep(0.05)
+            assert (await c.post(f"http://h:{srv.port}/", b"y", [])).status == 200
+        finally:
+            await c.aclose()
+    assert srv.connections == 2
+
+
 async def test_chunked_answer_and_headers() -> None:
     answer = (b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nTransfer-Encoding: chunked\r\n\r\n"
               b"5\r\nslow \r\n5\r\ndown!\r\n0\r\n\r\n")

@@ -103,6 +103,9 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.waiter is None or self.waiter.done():
+            self.close()  # bytes nobody asked for: the connection cannot be trusted again
+            return
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
@@ -122,6 +125,8 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        if self.waiter is None or self.waiter.done():
+            self.close()  # a second answer to one request
         self.response = Response(0)
 
     def on_header(self, name: bytes, value: bytes) -> None:
