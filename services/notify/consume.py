@@ -68,6 +68,10 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.loop = loop
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        # Finish what is in flight for these partitions and commit it before the group
+        # hands them over, so the next owner starts after it instead of sending it again
+        # (bounded: the group waits for this member only so long).
+        await self.loop.drain(revoked, self.loop.revoke_grace)
         await self.loop.commit()
         self.loop.tracker.forget(revoked)
 
@@ -85,6 +89,7 @@ class ConsumerLoop:
         max_in_flight: int,
         commit_interval: float = 1.0,
         name: str = "consumer",
+        revoke_grace: float = 0.0,
     ) -> None:
         self.consumer = consumer
         self.topic = topic
@@ -92,6 +97,8 @@ class ConsumerLoop:
         self.max_in_flight = max_in_flight
         self.commit_interval = commit_interval
         self.name = name
+        self.revoke_grace = revoke_grace  # how long a revoke waits for in-flight records
+        self._settled = asyncio.Event()  # set whenever a record is done
         self.tracker = OffsetTracker()
         self.tasks: set[asyncio.Task[None]] = set()
         self.acks: set[asyncio.Future[Any]] = set()  # handed back by handlers, not yet resolved
@@ -113,6 +120,21 @@ class ConsumerLoop:
         for tp, om in offsets.items():
             self.tracker.committed[tp] = om.offset
 
+    def _finished(self, tp: TopicPartition, offset: int) -> None:
+        self.tracker.done(tp, offset)
+        self._settled.set()
+
+    async def drain(self, tps: Any, timeout: float) -> None:
+        """Wait (up to ``timeout``) until every record taken from ``tps`` is done."""
+        deadline = time.monotonic() + timeout
+        while any(self.tracker.pending.get(tp) for tp in tps):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._settled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), left)
+
     async def _run_one(self, record: Any) -> None:
         tp = TopicPartition(record.topic, record.partition)
         try:
@@ -123,7 +145,7 @@ class ConsumerLoop:
             log.exception("%s: handler failed; record left uncommitted", self.name)
             return
         if acks is None:
-            self.tracker.done(tp, record.offset)
+            self._finished(tp, record.offset)
             return
         if isinstance(acks, list):  # broker-ack futures: count them down, no gather per record
             self._count_down(acks, tp, record.offset)
@@ -146,7 +168,7 @@ class ConsumerLoop:
                     log.error("%s: writes not acknowledged; record left uncommitted", self.name,
                               exc_info=None if fut.cancelled() else fut.exception())
             elif left == 0 and not failed:
-                self.tracker.done(tp, offset)
+                self._finished(tp, offset)
 
         for fut in futures:
             self.acks.add(fut)
@@ -160,7 +182,7 @@ class ConsumerLoop:
             log.error("%s: writes not acknowledged; record left uncommitted", self.name,
                       exc_info=fut.exception())
             return
-        self.tracker.done(tp, offset)
+        self._finished(tp, offset)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)

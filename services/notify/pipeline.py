@@ -148,6 +148,9 @@ class Notifier:
             events, self.settings.topic(ENRICHED_EVENTS), self.handle_event,
             max_in_flight=max(4 * self.settings.concurrency, 256),
             commit_interval=self.settings.commit_interval_seconds, name="events",
+            # first attempts end within the delivery timeout; the group gives a member
+            # its session timeout to rejoin, so wait at most half of that
+            revoke_grace=min(self.settings.timeout_seconds, self.settings.session_timeout_ms / 2000),
         )
         sched = ConsumerLoop(
             retries, self.settings.topic(NOTIFY_RETRIES), self.retry_schedule.handle,
