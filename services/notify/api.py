@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
+from aiokafka import TopicPartition
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -34,6 +36,28 @@ from shared.subscriptions import Filter, SubscriptionRequest
 from shared.topics import ENRICHED_EVENTS
 
 SSE_HEARTBEAT_SECONDS = 15.0
+SSE_RESUME_POINTS = 10_000  # event ids this process remembers a stream position for
+
+
+class ResumePoints:
+    """Where each stream stood right after it sent an event: event id → the next offset
+    of every partition. A client that reconnects with ``Last-Event-ID`` (browsers'
+    EventSource does it by itself) resumes there, so it misses nothing while away. The
+    SSE ``id`` stays the event's own id; the positions live here, in this process, for
+    the last ``SSE_RESUME_POINTS`` events sent on any stream."""
+
+    def __init__(self, size: int = SSE_RESUME_POINTS) -> None:
+        self.size = size
+        self.points: OrderedDict[str, dict[int, int]] = OrderedDict()
+
+    def note(self, event_id: str, positions: dict[int, int]) -> None:
+        self.points[event_id] = dict(positions)
+        self.points.move_to_end(event_id)
+        while len(self.points) > self.size:
+            self.points.popitem(last=False)
+
+    def get(self, event_id: str | None) -> dict[int, int] | None:
+        return self.points.get(event_id) if event_id else None
 
 
 class _Unauthorized(Exception):
@@ -146,8 +170,12 @@ def create_app(settings: NotifySettings, store: SubscriptionStore, ready: Any = 
                              "previous_secret_expires_at": sub.previous_secrets_expire_at.isoformat()
                              if sub.previous_secrets_expire_at else None})
 
+    resume_points = ResumePoints()
+
     @app.get("/v1/stream", dependencies=auth, tags=["stream"],
              summary="The enriched stream as Server-Sent Events, filtered like a subscription",
+             description="`id` is the event's id; reconnecting with `Last-Event-ID` resumes right "
+                         "after that event when this server sent it lately, else from `from`.",
              responses={200: {"content": {"text/event-stream": {}}}, **problem_responses(401, 422)})
     async def stream(
         request: Request,
@@ -162,19 +190,47 @@ def create_app(settings: NotifySettings, store: SubscriptionStore, ready: Any = 
             flt = filter_from_query(types, kinds, organizations, sectors, cities)
         except ValidationError as exc:
             return problem(422, "invalid filter", errors=error_paths(exc))
+        last_id = request.headers.get("last-event-id")
         return StreamingResponse(
-            sse_events(settings, flt, from_, request), media_type="text/event-stream",
+            sse_events(settings, flt, from_, request, resume_points, last_id),
+            media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
     return app
 
 
-async def sse_events(settings: NotifySettings, flt: Filter, start: str, request: Request) -> AsyncIterator[bytes]:
-    """Each matching enriched event as one SSE message (``id`` = event id, ``event`` = type)."""
-    consumer = make_consumer(settings, settings.topic(ENRICHED_EVENTS), group_id=None, auto_offset_reset=start)
+async def sse_events(settings: NotifySettings, flt: Filter, start: str, request: Request,
+                     resume_points: ResumePoints | None = None, last_id: str | None = None,
+                     ) -> AsyncIterator[bytes]:
+    """Each matching enriched event as one SSE message (``id`` = event id, ``event`` = type),
+    from ``start`` (latest or earliest) — or, when ``last_id`` is an event this process
+    sent, from right after it."""
+    topic = settings.topic(ENRICHED_EVENTS)
+    points = resume_points or ResumePoints(0)
+    resume = points.get(last_id)
+    consumer = make_consumer(settings, group_id=None, auto_offset_reset=start)
     await consumer.start()
     try:
+        parts = consumer.partitions_for_topic(topic)
+        for _ in range(50):
+            if parts:
+                break
+            await asyncio.sleep(0.1)
+            await consumer._client.force_metadata_update()  # a topic created a moment ago
+            parts = consumer.partitions_for_topic(topic)
+        tps = [TopicPartition(topic, p) for p in sorted(parts or ())]
+        consumer.assign(tps)
+        if resume is not None:
+            for tp in tps:
+                if tp.partition in resume:
+                    consumer.seek(tp, resume[tp.partition])
+        # every partition's starting point, so a resume point names all of them
+        positions = {tp.partition: await consumer.position(tp) for tp in tps}
+        if resume is not None:
+            yield f": resuming after {last_id}\n\n".encode()
+        elif last_id:
+            yield f": {last_id} is not an event this server sent lately; from {start}\n\n".encode()
         yield b": connected\n\n"
         idle = 0.0
         while not await request.is_disconnected():
@@ -188,6 +244,7 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
             idle = 0.0
             for records in batch.values():
                 for r in records:
+                    positions[r.partition] = r.offset + 1
                     try:
                         event = decode(r.value)
                     except ValueError:
@@ -196,6 +253,7 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
                     if reasons is None:
                         continue
                     doc = {**event, "reason": reasons}
+                    points.note(str(event["id"]), positions)
                     yield (f"id: {event['id']}\nevent: {event['type']}\n".encode()
                            + b"data: " + orjson.dumps(doc) + b"\n\n")
     finally:

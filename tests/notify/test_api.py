@@ -143,3 +143,58 @@ async def test_sse_stream_filters_like_subscriptions(topics: AntingSettings) -> 
     assert f"id: {events[1].id}" in lines and "event: conference.announcement" in lines
     data = orjson.loads(lines[-1][len("data: "):])
     assert data["id"] == events[1].id and data["reason"][1]["organization"] == ALLIANCE.id
+
+
+async def _sse_ids(client: httpx.AsyncClient, n: int, headers: dict[str, str] | None = None,
+                   params: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """Read ``n`` SSE messages, then hang up; their ids and the comment lines seen."""
+    ids: list[str] = []
+    comments: list[str] = []
+    async with client.stream("GET", "/v1/stream", params=params or {}, headers=headers or {}) as resp:
+        assert resp.status_code == 200
+        async with asyncio.timeout(20):
+            async for line in resp.aiter_lines():
+                if line.startswith(":"):
+                    comments.append(line)
+                if line.startswith("id: "):
+                    ids.append(line[len("id: "):])
+                    if len(ids) == n:
+                        break
+    return ids, comments
+
+
+async def test_sse_reconnect_with_last_event_id_misses_nothing(topics: AntingSettings) -> None:
+    """A client that hangs up and comes back with Last-Event-ID (as EventSource does) gets
+    exactly the events after that one — also those published while it was away — and an
+    id this server never sent falls back to the `from` parameter, saying so."""
+    settings = notify_settings(topics, port=free_port())
+    store = SubscriptionStore(settings, producer=None)
+    await store.start()
+    server = EmbeddedServer(uvicorn.Config(create_app(settings, store), host="127.0.0.1", port=settings.port,
+                                           log_config=None, lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    first = [agreement([ACME], event_id=f"sse-a{i}") for i in range(12)]
+    later = [agreement([ACME], event_id=f"sse-b{i}") for i in range(8)]
+    topic = topics.topic(ENRICHED_EVENTS)
+    await produce(topics, topic, [encode(e) for e in first], [e.key for e in first])
+    try:
+        async with asyncio.timeout(20):
+            while not server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
+                await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}", timeout=20) as client:
+            seen, _ = await _sse_ids(client, 5, params={"from": "earliest"})
+            await produce(topics, topic, [encode(e) for e in later], [e.key for e in later])
+            rest, comments = await _sse_ids(client, len(first) + len(later) - 5,
+                                            headers={"last-event-id": seen[-1]})
+            assert f": resuming after {seen[-1]}" in comments
+            unknown, comments = await _sse_ids(client, 3, headers={"last-event-id": "never-sent"},
+                                               params={"from": "earliest"})
+    finally:
+        server.should_exit = True
+        await task
+        await store.stop()
+    everything = {e.id for e in first + later}
+    assert len(seen) + len(rest) == len(everything) and set(seen) | set(rest) == everything
+    assert not set(seen) & set(rest)  # nothing twice
+    assert any("never-sent is not an event this server sent lately" in c for c in comments)
+    assert len(unknown) == 3
