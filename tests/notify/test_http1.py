@@ -193,6 +193,14 @@ async def test_closed_without_answer_and_garbage_are_errors() -> None:
                 await c.post(f"http://h:{srv.port}/", b"x", [])
         finally:
             await c.aclose()
+    # the head cut off by the close: no status was read, so no answer either
+    async with Server(lambda n: b"HTTP/1.1 200 OK\r\ncontent-le", close_after=True) as srv:
+        c = client()
+        try:
+            with pytest.raises(BadResponse, match="closed before an answer"):
+                await c.post(f"http://h:{srv.port}/", b"x", [])
+        finally:
+            await c.aclose()
     async with Server(lambda n: b"SMTP ready\r\n\r\n") as srv:
         c = client()
         try:

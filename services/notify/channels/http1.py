@@ -5,7 +5,7 @@ Why not aiohttp (the client this replaced): at 32 concurrent POSTs to a local
 receiver aiohttp spends ~60 µs of CPU per request in its request/response
 machinery, and a webhook dispatcher is CPU-bound on exactly that; this client,
 which writes the request head itself and leaves parsing to llhttp (httptools,
-the parser uvicorn uses), spends ~15 µs (``make bench``: baseline.http_client vs
+the parser uvicorn uses), spends ~20 µs (``make bench``: baseline.http_client vs
 baseline.http_lean). It does no more than webhooks need: POST with a body,
 HTTP/1.1 over TCP or TLS, keep-alive, a total timeout, redirects never followed
 (the 3xx is the answer), the body of the answer read and dropped.
@@ -117,7 +117,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.waiter is not None and not self.waiter.done():
-            if self.response is not None:  # the answer's head came; its body ends at close
+            if self.response is not None and self.response.status:  # the head came; its body ends at close
                 self.waiter.set_result(self.response)
             else:
                 self.waiter.set_exception(BadResponse(
