@@ -227,10 +227,11 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
                     consumer.seek(tp, resume[tp.partition])
         # every partition's starting point, so a resume point names all of them
         positions = {tp.partition: await consumer.position(tp) for tp in tps}
+        shown = "".join(c for c in (last_id or "") if c.isprintable())[:200]  # one comment line
         if resume is not None:
-            yield f": resuming after {last_id}\n\n".encode()
+            yield f": resuming after {shown}\n\n".encode()
         elif last_id:
-            yield f": {last_id} is not an event this server sent lately; from {start}\n\n".encode()
+            yield f": {shown} is not an event this server sent lately; from {start}\n\n".encode()
         yield b": connected\n\n"
         idle = 0.0
         while not await request.is_disconnected():
