@@ -113,3 +113,79 @@ async def ensure_topics(
         return [n.name for n in wanted]
     finally:
         await admin.close()
+
+
+class RecordBatches:
+    """Records written through aiokafka's batch API: appended to one open batch per
+    (topic, partition), sent with ``send_batch`` when the batch is full or ``linger``
+    seconds after its first record. ``append`` returns the batch's acknowledgement, so
+    a caller still knows when each record is durable.
+
+    Why: ``producer.send`` costs ~10 µs of CPU per record (metadata check, partitioner,
+    a future per record), an append ~2 µs; notify writes two records per delivery, which
+    made ``send`` the largest single cost of recording one. Records land exactly where
+    ``send`` would put them: the caller names the partition (``partition_for`` gives
+    Kafka's default for a key)."""
+
+    def __init__(self, producer: AIOKafkaProducer, linger: float = 0.02) -> None:
+        self.producer = producer
+        self.linger = linger
+        self._open: dict[tuple[str, int], tuple[Any, asyncio.Future[Any]]] = {}
+        self._shipping: set[asyncio.Task[None]] = set()
+        self._partitions: dict[str, list[int]] = {}
+
+    async def partition_for(self, topic: str, key: bytes) -> int:
+        """The partition Kafka's default partitioner (and ``send``) picks for ``key``."""
+        parts = self._partitions.get(topic)
+        if parts is None:
+            parts = self._partitions[topic] = sorted(await self.producer.partitions_for(topic))
+        return partition_by_key(key, parts, parts)
+
+    def append(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> asyncio.Future[Any]:
+        """Add the record to its partition's open batch; the future resolves when the broker
+        has acknowledged that batch (or fails with the reason it could not)."""
+        slot = self._open.get((topic, partition))
+        if slot is None:
+            slot = self._start(topic, partition)
+        if slot[0].append(key=key, value=value, timestamp=None) is None:
+            self._ship(topic, partition)  # full: off it goes, and a new one takes the record
+            slot = self._start(topic, partition)
+            if slot[0].append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"a record of {len(value or b'')} bytes does not fit a batch")
+        return slot[1]
+
+    def _start(self, topic: str, partition: int) -> tuple[Any, asyncio.Future[Any]]:
+        loop = asyncio.get_running_loop()
+        slot = (self.producer.create_batch(), loop.create_future())
+        self._open[(topic, partition)] = slot
+        loop.call_later(self.linger, self._ship, topic, partition, slot)
+        return slot
+
+    def _ship(self, topic: str, partition: int, only: Any = None) -> None:
+        slot = self._open.get((topic, partition))
+        if slot is None or (only is not None and slot is not only):
+            return  # the timer of a batch that has gone already
+        del self._open[(topic, partition)]
+        batch, done = slot
+        batch.close()
+        task = asyncio.get_running_loop().create_task(self._send(batch, topic, partition, done))
+        self._shipping.add(task)
+        task.add_done_callback(self._shipping.discard)
+
+    async def _send(self, batch: Any, topic: str, partition: int, done: asyncio.Future[Any]) -> None:
+        try:
+            ack = await self.producer.send_batch(batch, topic, partition=partition)
+            result = await ack
+        except Exception as exc:
+            if not done.done():
+                done.set_exception(exc)
+            return
+        if not done.done():
+            done.set_result(result)
+
+    async def flush(self) -> None:
+        """Send every open batch now and wait until all are acknowledged or failed."""
+        for topic, partition in list(self._open):
+            self._ship(topic, partition)
+        if self._shipping:
+            await asyncio.gather(*self._shipping, return_exceptions=True)

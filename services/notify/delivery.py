@@ -36,6 +36,7 @@ from services.notify.notification import Delivery
 from services.notify.settings import NotifySettings
 from services.notify.subscriptions import SubscriptionStore
 from shared.deadletters import DeadLetterWriter, dead_letter
+from shared.kafka import RecordBatches
 from shared.metrics import END_TO_END_SECONDS, NOTIFY_DELIVERIES
 from shared.subscriptions import DeliveryOutcome, Subscription
 from shared.topics import NOTIFICATIONS, NOTIFY_RETRIES
@@ -57,6 +58,7 @@ class Deliverer:
         store: SubscriptionStore,
         ledger: Ledger,
         channels: Mapping[str, Channel],
+        batches: RecordBatches | None = None,
     ) -> None:
         self.settings = settings
         self.producer = producer
@@ -67,6 +69,7 @@ class Deliverer:
         self.notifications = settings.topic(NOTIFICATIONS)
         self.retries = settings.topic(NOTIFY_RETRIES)
         self.dlq = DeadLetterWriter(producer, settings)
+        self.batches = batches or RecordBatches(producer)  # the notifications records
 
     async def run(self, delivery: Delivery, *, replay: bool = False,
                   acks: list[asyncio.Future[Any]] | None = None) -> str:
@@ -160,8 +163,9 @@ class Deliverer:
         """Send the outcome's line to ``notifications``; returns the broker-ack future."""
         value = notification_record(
             delivery, sub.channel.type if sub else "webhook", outcome, result, next_at)
-        return await self.producer.send(
-            self.notifications, key=delivery.subscription_id.encode(), value=value)
+        key = delivery.subscription_id.encode()
+        partition = await self.batches.partition_for(self.notifications, key)
+        return self.batches.append(self.notifications, partition, key, value)
 
 
 def notification_record(

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from services.notify.table import CompactedView
+from shared.kafka import RecordBatches
 from shared.settings import AntingSettings
 from shared.topics import LEDGER_RETENTION_MS, NOTIFY_LEDGER
 
@@ -34,9 +35,10 @@ FINAL = frozenset({"delivered", "dead", "digested"})
 
 
 class Ledger:
-    def __init__(self, settings: AntingSettings, producer: Any) -> None:
+    def __init__(self, settings: AntingSettings, producer: Any, batches: RecordBatches | None = None) -> None:
         self.topic = settings.topic(NOTIFY_LEDGER)
         self.producer = producer
+        self.batches = batches or RecordBatches(producer)
         # Following mostly reads back this instance's own writes (already applied in
         # memory), one per delivery: fetch them in batches of up to 256 KiB or 200 ms
         # instead of one fetch request per few records, and keep the values as bytes,
@@ -107,4 +109,4 @@ class Ledger:
         # delivery). Only this method writes the ledger, and all it needs is that one key
         # always lands on one partition (compaction keeps its last state): crc32 does that.
         partition = zlib.crc32(key.encode()) % self._partitions
-        return await self.producer.send(self.topic, key=key.encode(), value=value, partition=partition)
+        return self.batches.append(self.topic, partition, key.encode(), value)

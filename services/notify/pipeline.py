@@ -30,7 +30,7 @@ from services.notify.settings import NotifySettings
 from services.notify.ssrf import Resolver, system_resolver
 from services.notify.subscriptions import SubscriptionStore
 from shared.deadletters import DeadLetterWriter, from_record
-from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.kafka import RecordBatches, ensure_topics, make_consumer, make_producer
 from shared.metrics import STAGE_SECONDS, lag_reporter
 from shared.topics import ENRICHED_EVENTS, NOTIFY_RETRIES
 
@@ -69,9 +69,10 @@ class Notifier:
         self.settings = settings
         self.producer = make_producer(settings, linger_ms=20)
         self.store = SubscriptionStore(settings, self.producer)
-        self.ledger = Ledger(settings, self.producer)
+        self.batches = RecordBatches(self.producer)  # ledger and notifications records
+        self.ledger = Ledger(settings, self.producer, self.batches)
         self.channels = channels or default_channels(settings)
-        self.deliverer = Deliverer(settings, self.producer, self.store, self.ledger, self.channels)
+        self.deliverer = Deliverer(settings, self.producer, self.store, self.ledger, self.channels, self.batches)
         self.digests = Digests(self.deliverer, self.ledger)
         self.dlq = DeadLetterWriter(self.producer, settings)
         self.stop_event = asyncio.Event()
@@ -180,5 +181,7 @@ class Notifier:
                 await ch.aclose()
         await self.store.stop()
         await self.ledger.stop()
+        with contextlib.suppress(Exception):
+            await self.batches.flush()
         with contextlib.suppress(Exception):
             await self.producer.stop()
