@@ -38,25 +38,28 @@ class InvalidEvent(ValueError):
     """The record is not an enriched event notify can match."""
 
 
-def _str(value: Any, where: str, *, optional: bool = False, empty: bool = True) -> None:
+# The checks take the field's path as a %-format and its arguments, formatted only when
+# a check fails: building every path of every organization up front cost more than the
+# checks themselves.
+def _str(value: Any, where: str, *args: Any, optional: bool = False, empty: bool = True) -> None:
     if value is None and optional:
         return
     if not isinstance(value, str) or (not empty and not value):
-        raise InvalidEvent(f"{where}: expected a {'non-empty ' if not empty else ''}string")
+        raise InvalidEvent(f"{where % args}: expected a {'non-empty ' if not empty else ''}string")
 
 
-def _strs(value: Any, where: str) -> None:
+def _strs(value: Any, where: str, *args: Any) -> None:
     if value is None:
         return
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidEvent(f"{where}: expected a list of strings")
+        raise InvalidEvent(f"{where % args}: expected a list of strings")
 
 
-def _obj(value: Any, where: str, *, optional: bool = False) -> None:
+def _obj(value: Any, where: str, *args: Any, optional: bool = False) -> None:
     if value is None and optional:
         return
     if not isinstance(value, dict):
-        raise InvalidEvent(f"{where}: expected an object")
+        raise InvalidEvent(f"{where % args}: expected an object")
 
 
 def decode(raw: bytes | str) -> Event:
@@ -82,25 +85,25 @@ def decode(raw: bytes | str) -> Event:
     _obj(loc, "data.location", optional=True)
     if loc is not None:
         for name in ("city", "district", "town"):
-            _str(loc.get(name), f"data.location.{name}", optional=True)
+            _str(loc.get(name), "data.location.%s", name, optional=True)
     orgs = data.get("organizations")
     if orgs is not None and not isinstance(orgs, list):
         raise InvalidEvent("data.organizations: expected a list")
     for i, mention in enumerate(orgs or ()):
-        where = f"data.organizations[{i}]"
-        _obj(mention, where)
-        _str(mention.get("name"), f"{where}.name", empty=False)
+        _obj(mention, "data.organizations[%d]", i)
+        _str(mention.get("name"), "data.organizations[%d].name", i, empty=False)
         org = mention.get("resolved")
-        _obj(org, f"{where}.resolved", optional=True)
+        _obj(org, "data.organizations[%d].resolved", i, optional=True)
         if org is not None:
-            _str(org.get("id"), f"{where}.resolved.id", empty=False)
-            _str(org.get("name"), f"{where}.resolved.name", empty=False)
+            _str(org.get("id"), "data.organizations[%d].resolved.id", i, empty=False)
+            _str(org.get("name"), "data.organizations[%d].resolved.name", i, empty=False)
             names = org.get("names")
-            _obj(names, f"{where}.resolved.names", optional=True)
-            _strs(list((names or {}).values()), f"{where}.resolved.names")
-            _strs(org.get("aliases"), f"{where}.resolved.aliases")
-            _strs(org.get("sectors"), f"{where}.resolved.sectors")
-            _str(org.get("city"), f"{where}.resolved.city", optional=True)
+            _obj(names, "data.organizations[%d].resolved.names", i, optional=True)
+            if names:
+                _strs(list(names.values()), "data.organizations[%d].resolved.names", i)
+            _strs(org.get("aliases"), "data.organizations[%d].resolved.aliases", i)
+            _strs(org.get("sectors"), "data.organizations[%d].resolved.sectors", i)
+            _str(org.get("city"), "data.organizations[%d].resolved.city", i, optional=True)
     return ev  # type: ignore[no-any-return]
 
 

@@ -92,6 +92,12 @@ def test_decode_accepts_model_output_and_refuses_bad_shapes() -> None:
     for value in bad:
         with pytest.raises(InvalidEvent):
             decode(value if isinstance(value, bytes) else orjson.dumps(value))
+    # the error names the field's path
+    orgs = [data["organizations"][0], {"name": "x", "resolved": {"id": "a", "name": "A", "aliases": [1]}}]
+    with pytest.raises(InvalidEvent, match=r"^data\.organizations\[1\]\.resolved\.aliases: expected a list"):
+        decode(orjson.dumps({**base, "data": {**data, "organizations": orgs}}))
+    with pytest.raises(InvalidEvent, match=r"^data\.location\.city: expected a string"):
+        decode(orjson.dumps({**base, "data": {**data, "location": {"city": 5}}}))
 
 
 def test_idempotency_key_stable_and_distinct() -> None:
