@@ -110,7 +110,7 @@ class Sizes:
     wrk_batch_connections: int = 16
     file_events: int = 30_000
     enrich_events: int = 30_000
-    notify_events: int = 20_000
+    notify_events: int = 50_000
     e2e_seconds: float = 15.0
     e2e_drain_seconds: float = 60.0
     service_start_timeout: float = 120.0
