@@ -4,10 +4,12 @@ SIGKILL, two workers sharing partitions and following catalog updates, poison re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
@@ -117,25 +119,43 @@ async def test_sigkill_restarts_lose_and_duplicate_nothing(topics: AntingSetting
 
 
 async def test_second_worker_mid_stream_shares_partitions(topics: AntingSettings, tmp_path: Path) -> None:
-    """A second worker joining mid-stream takes partitions over: no loss, no duplicate."""
-    total = 3000
+    """A second worker joining mid-stream takes partitions over: no loss, no duplicate.
+
+    The stream goes on (500 events/s) until the second worker has enriched events of its
+    own, and for 500 events more: how long a rebalance takes depends on the machine, so
+    the test waits for it rather than guessing."""
     await load_catalog(topics)
-    events = [event(i, ["Meta Baylism"], "announcement" if i % 2 else "agreement") for i in range(total)]
     first = Worker(topics, tmp_path, "first").start()
     second = Worker(topics, tmp_path, "second")
+    sent: list[dict] = []
+
+    async def feed_until_second_works() -> None:
+        deadline = asyncio.get_running_loop().time() + 120
+        after = None  # events sent when the second worker was first seen working
+        while after is None or len(sent) < after + 500:
+            assert asyncio.get_running_loop().time() < deadline, "the second worker never took partitions"
+            chunk = [event(i, ["Meta Baylism"], "announcement" if i % 2 else "agreement")
+                     for i in range(len(sent), len(sent) + 250)]
+            await publish(topics, chunk, rate=500)
+            sent.extend(chunk)
+            if after is None and second.proc.proc is not None and len(sent) >= 1000:
+                with contextlib.suppress(httpx.HTTPError):
+                    if _enriched_count(await second.metrics()) > 0:
+                        after = len(sent)
+
     try:
         await first.wait_ready()
-        feeding = asyncio.create_task(publish(topics, events, rate=500))
+        feeding = asyncio.create_task(feed_until_second_works())
         await asyncio.sleep(2.0)
         second.start()
         await second.wait_ready()
         await feeding
-        out = await enriched(topics, expect=total)
+        out = await enriched(topics, expect=len(sent))
         m1, m2 = await first.metrics(), await second.metrics()
     finally:
         first.stop()
         second.stop()
-    lost, dup = lost_and_duplicated(out, {e["id"] for e in events})
+    lost, dup = lost_and_duplicated(out, {e["id"] for e in sent})
     assert not lost and not dup, (len(lost), len(dup))
     assert _enriched_count(m1) > 0 and _enriched_count(m2) > 0  # both took partitions
 
