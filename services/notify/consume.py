@@ -1,8 +1,7 @@
 """The consuming loop shared by the event pipeline and the retry schedule: fetch,
-hand each record to a task (so slow deliveries never block the poll and
-``max_poll_interval`` is never at risk), pause fetching while too much is in
-flight, and commit in batches — per partition only up to the oldest record whose
-work is not finished (or durably scheduled) yet.
+hand each record to a task (so slow deliveries never block the poll), take no
+more records while too much is in flight, and commit in batches — per partition
+only up to the oldest record whose work is not finished (or durably scheduled) yet.
 
 A handler may return an awaitable (or a list of futures) instead of awaiting it:
 the broker acknowledgements of the records its work wrote. The task ends there (so a slot
@@ -102,8 +101,10 @@ class ConsumerLoop:
         self.tracker = OffsetTracker()
         self.tasks: set[asyncio.Task[None]] = set()
         self.acks: set[asyncio.Future[Any]] = set()  # handed back by handlers, not yet resolved
-        self.paused = False
+        self.paused = False  # only after ``stalled_after`` seconds without room (see _poll)
+        self.stalled_after = 60.0  # well inside the group's max.poll.interval (300 s)
         self._room = asyncio.Event()  # set when in-flight work drops below the resume mark
+        self._full_since: float | None = None  # when in-flight work last reached the maximum
 
     def subscribe(self) -> None:
         self.consumer.subscribe([self.topic], listener=_Listener(self))
@@ -189,31 +190,48 @@ class ConsumerLoop:
         if len(self.tasks) <= self.max_in_flight * 3 // 4:
             self._room.set()
 
-    def _backpressure(self) -> None:
-        parts = list(self.consumer.assignment())
-        if not self.paused and len(self.tasks) >= self.max_in_flight and parts:
-            self.consumer.pause(*parts)
-            self.paused = True
+    async def _poll(self) -> dict[Any, list[Any]]:
+        """The next records, never more than there is room for in flight.
+
+        Flow control is by how many records are asked for, not by ``pause``: aiokafka
+        drops the records it has already fetched for a paused partition, so each pause
+        fetched them again after the resume (measured: the topic was read about twice).
+        Records not asked for wait in the fetcher's buffer, which then fetches no more
+        for that partition. Once full, the loop takes records again when in-flight work
+        is down to three quarters (so that it fetches in chunks). Only when nothing frees
+        up for long (stuck handlers) does it pause and poll, so that the group does not
+        take it for dead; that poll returns only partitions assigned since (not paused),
+        and their records are taken, not dropped."""
+        if self._full_since is None and len(self.tasks) >= self.max_in_flight:
+            self._full_since = time.monotonic()
             self._room.clear()
-        elif self.paused and len(self.tasks) <= self.max_in_flight * 3 // 4:
-            self.consumer.resume(*parts)
-            self.paused = False
+        if self._full_since is not None:
+            if len(self.tasks) > self.max_in_flight * 3 // 4:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), 1.0)
+            if len(self.tasks) > self.max_in_flight * 3 // 4:  # still no room: back to run()
+                if not self.paused and time.monotonic() - self._full_since > self.stalled_after:
+                    self.paused = True
+                    self.consumer.pause(*self.consumer.assignment())
+                if self.paused:
+                    polled: dict[Any, list[Any]] = await self.consumer.getmany(timeout_ms=0)
+                    return polled
+                return {}
+            self._full_since = None
+            if self.paused:
+                self.consumer.resume(*self.consumer.assignment())
+                self.paused = False
+        room = self.max_in_flight - len(self.tasks)
+        batch: dict[Any, list[Any]] = await self.consumer.getmany(
+            timeout_ms=200, max_records=max(1, min(room, 1000)))
+        return batch
 
     async def run(self, stop: asyncio.Event, grace: float = 10.0) -> None:
         last_commit = time.monotonic()
         committing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
-                self._backpressure()
-                if self.paused:
-                    # resume as soon as there is room, not after a fetch timeout; the
-                    # empty poll keeps the consumer's poll-interval clock running
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._room.wait(), 1.0)
-                    await self.consumer.getmany(timeout_ms=0)
-                    batch = {}
-                else:
-                    batch = await self.consumer.getmany(timeout_ms=200, max_records=1000)
+                batch = await self._poll()
                 for records in batch.values():
                     for record in records:
                         self.tracker.add(TopicPartition(record.topic, record.partition), record.offset)

@@ -60,3 +60,47 @@ async def test_offsets_wait_for_handed_back_acks(topics: AntingSettings) -> None
     finally:
         stop.set()
         await consumer.stop()
+
+
+async def test_flow_control_takes_no_more_than_room_and_drops_nothing(topics: AntingSettings) -> None:
+    """With every slot taken the loop asks for no more records; stalled past
+    ``stalled_after`` it pauses (and keeps polling); freed, it takes every remaining
+    record exactly once."""
+    topic = topics.topic(NOTIFY_RETRIES)
+    await produce(topics, topic, [b"%d" % i for i in range(300)], [b"k"] * 300)
+    release = asyncio.Event()
+    seen: list[int] = []
+    running = 0
+    most = 0
+
+    async def handler(record: Any) -> None:
+        nonlocal running, most
+        seen.append(record.offset)
+        running += 1
+        most = max(most, running)
+        await release.wait()
+        running -= 1
+
+    consumer = make_consumer(topics, group_id=f"{topics.topic_prefix}flow")
+    await consumer.start()
+    stop = asyncio.Event()
+    cl = ConsumerLoop(consumer, topic, handler, max_in_flight=100, commit_interval=0.1)
+    cl.stalled_after = 1.0
+    cl.subscribe()
+    task = asyncio.create_task(cl.run(stop, grace=1.0))
+    try:
+        await wait_until(lambda: len(seen) == 100, 60, "the first 100 records taken")
+        assert not cl.paused  # full, but not for long yet
+        await wait_until(lambda: cl.paused, 10, "paused after a stall")
+        await asyncio.sleep(1.5)  # polls while paused: still nothing more taken
+        assert len(seen) == 100 and most == 100
+        release.set()
+        await wait_until(lambda: len(seen) == 300, 60, "every record taken")
+        await wait_until(lambda: not cl.paused, 10, "resumed")
+        assert most <= 100
+        assert sorted(seen) == list(range(min(seen), min(seen) + 300))  # each once, none skipped
+    finally:
+        stop.set()
+        release.set()
+        await task
+        await consumer.stop()
