@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from services.notify.delivery import Deliverer
@@ -82,7 +83,7 @@ class Digests:
             delivery = Delivery(
                 key=digest_key(sub_id, [str(e.get("id")) for e in buf.events]),
                 subscription_id=sub_id, events=buf.events, reasons=buf.reasons,
-                ingested_ms=buf.ingested_ms, digest=True,
+                ingested_ms=buf.ingested_ms, digest=True, created_at=datetime.now(UTC).isoformat(),
             )
             await self.deliverer.run(delivery)
             acks = [await self.ledger.mark(k, "digested", sub_id, 1) for k in buf.keys]

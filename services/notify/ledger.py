@@ -99,7 +99,7 @@ class Ledger:
     async def mark(self, key: str, state: str, subscription_id: str, attempt: int) -> Any:
         """Record the state; returns the broker-ack future (await it before committing)."""
         value = orjson.dumps({"state": state, "subscription": subscription_id, "attempt": attempt,
-                              "at": datetime.now(UTC).isoformat()})
+                              "at": datetime.now(UTC)})  # orjson writes it as isoformat() would
         self.view.items.pop(key, None)  # to the end: the view stays in order of last write
         self.view.items[key] = value
         if not self._partitions:

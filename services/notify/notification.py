@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import html
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +42,7 @@ class Delivery:
     attempt: int = 1
     ingested_ms: int | None = None  # the earliest input event's Kafka timestamp
     digest: bool = False
-    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    created_at: str | None = None  # a digest's time (set when it is made); not needed for one event
 
     @property
     def event_ids(self) -> list[str]:
@@ -72,7 +72,7 @@ class Delivery:
             "id": self.key,
             "source": SOURCE,
             "type": DIGEST_TYPE,
-            "time": self.created_at,
+            "time": self.created_at or datetime.now(UTC).isoformat(),
             "subject": self.subscription_id,
             "datacontenttype": "application/json",
             "subscription": self.subscription_id,
