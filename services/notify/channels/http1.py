@@ -250,7 +250,8 @@ class WebhookClient:
                 raise ValueError(f"header {name!r} cannot be sent")
             head.append(f"{name}: {value}\r\n".encode("latin-1"))
         head.append(b"content-length: %d\r\n\r\n" % len(body))
-        data = b"".join(head) + body
+        head.append(body)
+        data = b"".join(head)
         deadline = asyncio.get_running_loop().time() + self.timeout
         conn = self._pooled(t)
         if conn is not None:
