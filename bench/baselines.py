@@ -404,8 +404,10 @@ async def lean_loop(url: str, body: bytes, seconds: float, concurrency: int) -> 
 
 
 def http(receiver_url: str, sizes: Sizes, results: Results) -> None:
-    """The raw client loop is on aiohttp, the client notify delivers webhooks with, so
-    the notify ratio is notify's own overhead; httpx and wrk are kept for reference."""
+    """The raw client loop is on aiohttp, the usual asyncio HTTP client (and the one
+    notify used before its own): the notify ratio is against what a Python dispatcher
+    would get from a plain client loop. The same loop on notify's own client
+    (``http_lean``), httpx and wrk are kept for reference."""
     body = orjson.dumps(payload.enriched(payload.event(payload.new_run(), 0)))
     t, _bad = run_async(aiohttp_loop(f"{receiver_url}/hook", [body], sizes.http_seconds,
                                      sizes.http_concurrency))
