@@ -66,7 +66,7 @@ BASELINE_OF: dict[str, str] = {
     "ingest.http.batch100.events_per_s": "baseline.aiokafka_produce.events_per_s",
     "enrich.alo.events_per_s": "baseline.consume_transform_produce.events_per_s",
     "enrich.eos.events_per_s": "baseline.consume_transform_produce.events_per_s",
-    "notify.webhook.deliveries_per_s": "baseline.http_client.requests_per_s",
+    "notify.webhook.deliveries_per_s": "baseline.http_client_paired.requests_per_s",
     "baseline.http_lean.requests_per_s": "baseline.http_client.requests_per_s",
     "notify.webhook.own_client.deliveries_per_s": "baseline.http_lean.requests_per_s",
     "notify.webhook_5ms.deliveries_per_s": "baseline.http_client_5ms.requests_per_s",
@@ -111,6 +111,7 @@ class Sizes:
     file_events: int = 30_000
     enrich_events: int = 30_000
     notify_events: int = 50_000
+    notify_rounds: int = 3  # (raw loop, notify) pairs; the medians are reported
     e2e_seconds: float = 15.0
     e2e_drain_seconds: float = 60.0
     service_start_timeout: float = 120.0
@@ -134,6 +135,7 @@ class Sizes:
             file_events=300,
             enrich_events=300,
             notify_events=150,
+            notify_rounds=1,
             e2e_seconds=0.5,
             e2e_drain_seconds=30.0,
             service_start_timeout=60.0,
