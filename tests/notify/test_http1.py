@@ -211,16 +211,25 @@ async def test_closed_without_answer_and_garbage_are_errors() -> None:
 
 
 async def test_silence_times_out_and_the_connection_is_not_reused() -> None:
-    answers = iter([b"", OK])
+    """A silent peer fails the request at its deadline (the client's sweep, not a timer
+    per request: on time within a sweep interval, and again after the client was closed
+    and used once more)."""
+    answers = iter([b"", OK, b""])
     async with Server(lambda n: next(answers)) as srv:
         c = client(timeout=0.3)
         try:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
             with pytest.raises(TimeoutError):
                 await c.post(f"http://h:{srv.port}/", b"x", [])
+            assert 0.3 <= loop.time() - t0 < 1.0
             assert (await c.post(f"http://h:{srv.port}/", b"y", [])).status == 200
+            await c.aclose()
+            with pytest.raises(TimeoutError):
+                await c.post(f"http://h:{srv.port}/", b"z", [])
         finally:
             await c.aclose()
-    assert srv.connections == 2
+    assert srv.connections == 3
 
 
 async def test_nothing_injectable_reaches_the_wire() -> None:

@@ -269,7 +269,7 @@ class WebhookClient:
     async def _exchange(self, t: Target, conn: _Connection, data: bytes, deadline: float) -> Response:
         busy = self._busy
         busy.add(conn)
-        if self._sweeper is None:
+        if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         try:
             response = await conn.send(data, deadline)
@@ -290,11 +290,13 @@ class WebhookClient:
                 for conn in [c for c in self._busy if c.deadline <= now]:
                     conn.expire(now)
         finally:
-            self._sweeper = None
+            if self._sweeper is asyncio.current_task():
+                self._sweeper = None
 
     async def aclose(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+            self._sweeper = None
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()
