@@ -75,7 +75,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.loop.tracker.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        return None
+        if self.loop.on_assigned is not None:
+            await self.loop.on_assigned(self.loop.consumer.assignment())
 
 
 class ConsumerLoop:
@@ -89,6 +90,7 @@ class ConsumerLoop:
         commit_interval: float = 1.0,
         name: str = "consumer",
         revoke_grace: float = 0.0,
+        on_assigned: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
         self.consumer = consumer
         self.topic = topic
@@ -97,6 +99,7 @@ class ConsumerLoop:
         self.commit_interval = commit_interval
         self.name = name
         self.revoke_grace = revoke_grace  # how long a revoke waits for in-flight records
+        self.on_assigned = on_assigned  # awaited after each rebalance, before records are taken
         self._settled = asyncio.Event()  # set whenever a record is done
         self.tracker = OffsetTracker()
         self.tasks: set[asyncio.Task[None]] = set()

@@ -1,4 +1,5 @@
-"""A compacted topic read into memory: catch up to the end at start, then follow it.
+"""A compacted topic read into memory: catch up to the end at start, then follow it
+(a view can stop following, and catch up again when asked: see :meth:`catch_up`).
 
 Both the subscriptions store and the delivered-ledger are such views, so every
 notify instance sees the same state and a restart rebuilds it from Kafka.
@@ -35,6 +36,9 @@ class CompactedView(Generic[V]):
         self._task: asyncio.Task[None] | None = None
         self._consumer: Any = None
         self._changed = asyncio.Condition()
+        self._tps: list[TopicPartition] = []
+        self._stopping: asyncio.Task[None] | None = None  # a follow task being cancelled
+        self._catching_up = asyncio.Lock()
 
     def apply(self, key: str, value: bytes | None) -> None:
         if value is None:
@@ -63,22 +67,64 @@ class CompactedView(Generic[V]):
                 parts = consumer.partitions_for_topic(self.topic)
             if not parts:
                 raise RuntimeError(f"topic {self.topic} not found")
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            async with asyncio.timeout(timeout):
-                while True:
-                    positions = [await consumer.position(tp) for tp in tps]
-                    if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
-                        break
-                    await self._poll(consumer, 500)
+            self._tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+            consumer.assign(self._tps)
+            await consumer.seek_to_beginning(*self._tps)
+            await self._read_to_end(consumer, timeout)
         except BaseException:
             await consumer.stop()
             raise
         self.ready.set()
         self._consumer = consumer
-        self._task = asyncio.create_task(self._follow(consumer), name=f"follow {self.topic}")
+        self.set_following(True)
+
+    async def _read_to_end(self, consumer: Any, timeout: float) -> None:
+        ends = await consumer.end_offsets(self._tps)
+        async with asyncio.timeout(timeout):
+            while True:
+                positions = [await consumer.position(tp) for tp in self._tps]
+                if all(pos >= ends[tp] for pos, tp in zip(positions, self._tps, strict=True)):
+                    return
+                await self._poll(consumer, 500)
+
+    @property
+    def following(self) -> bool:
+        return self._task is not None
+
+    def set_following(self, on: bool) -> None:
+        """Follow the topic in the background, or stop (its partitions paused: nothing is
+        fetched or held) until :meth:`catch_up` or the next ``set_following(True)``."""
+        consumer = self._consumer
+        if consumer is None or on == self.following:
+            return
+        if on:
+            consumer.resume(*self._tps)
+            self._task = asyncio.create_task(self._follow(consumer), name=f"follow {self.topic}")
+        else:
+            assert self._task is not None
+            self._task.cancel()
+            self._stopping, self._task = self._task, None
+            consumer.pause(*self._tps)
+
+    async def catch_up(self, timeout: float = 60.0) -> None:
+        """Read everything written up to now (the end offsets at this call), then go back
+        to following or not, as before."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        async with self._catching_up:
+            following = self.following
+            self.set_following(False)
+            if self._stopping is not None:  # one reader of the consumer at a time
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._stopping
+                self._stopping = None
+            consumer.resume(*self._tps)
+            try:
+                await self._read_to_end(consumer, timeout)
+            finally:
+                consumer.pause(*self._tps)
+                self.set_following(following)
 
     async def _poll(self, consumer: object, timeout_ms: int) -> None:
         batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=5000)  # type: ignore[attr-defined]
@@ -108,11 +154,12 @@ class CompactedView(Generic[V]):
         return predicate()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._stopping):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._stopping = None
         if self._consumer is not None:
             # stopped here, not in the task: a task cancelled before it ever ran has no finally
             await self._consumer.stop()
