@@ -76,7 +76,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         if self.loop.on_assigned is not None:
-            await self.loop.on_assigned(self.loop.consumer.assignment())
+            total = self.loop.consumer.partitions_for_topic(self.loop.topic) or ()
+            await self.loop.on_assigned(len(self.loop.consumer.assignment()), len(total))
 
 
 class ConsumerLoop:
@@ -90,7 +91,7 @@ class ConsumerLoop:
         commit_interval: float = 1.0,
         name: str = "consumer",
         revoke_grace: float = 0.0,
-        on_assigned: Callable[[Any], Awaitable[None]] | None = None,
+        on_assigned: Callable[[int, int], Awaitable[None]] | None = None,
     ) -> None:
         self.consumer = consumer
         self.topic = topic
@@ -99,7 +100,8 @@ class ConsumerLoop:
         self.commit_interval = commit_interval
         self.name = name
         self.revoke_grace = revoke_grace  # how long a revoke waits for in-flight records
-        self.on_assigned = on_assigned  # awaited after each rebalance, before records are taken
+        # awaited after each rebalance, before records are taken: (partitions held, of all)
+        self.on_assigned = on_assigned
         self._settled = asyncio.Event()  # set whenever a record is done
         self.tracker = OffsetTracker()
         self.tasks: set[asyncio.Task[None]] = set()

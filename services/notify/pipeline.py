@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from services.notify.channels import Channel
@@ -145,11 +146,6 @@ class Notifier:
         self._consumers = [events, retries]
         await events.start()
         await retries.start()
-        def holds(name: str, consumer: Any, topic: str) -> Callable[[Any], Awaitable[None]]:
-            async def assigned(tps: Any) -> None:
-                await self.ledger.assigned(name, len(tps), len(consumer.partitions_for_topic(topic) or ()))
-            return assigned
-
         main = ConsumerLoop(
             events, self.settings.topic(ENRICHED_EVENTS), self.handle_event,
             max_in_flight=max(4 * self.settings.concurrency, 256),
@@ -157,12 +153,12 @@ class Notifier:
             # first attempts end within the delivery timeout; the group gives a member
             # its session timeout to rejoin, so wait at most half of that
             revoke_grace=min(self.settings.timeout_seconds, self.settings.session_timeout_ms / 2000),
-            on_assigned=holds("events", events, self.settings.topic(ENRICHED_EVENTS)),
+            on_assigned=functools.partial(self.ledger.assigned, "events"),
         )
         sched = ConsumerLoop(
             retries, self.settings.topic(NOTIFY_RETRIES), self.retry_schedule.handle,
             max_in_flight=50_000, commit_interval=self.settings.commit_interval_seconds, name="retries",
-            on_assigned=holds("retries", retries, self.settings.topic(NOTIFY_RETRIES)),
+            on_assigned=functools.partial(self.ledger.assigned, "retries"),
         )
         main.subscribe()
         sched.subscribe()

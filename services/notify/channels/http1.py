@@ -287,7 +287,7 @@ class WebhookClient:
             while self._busy:
                 await asyncio.sleep(self._sweep_every)
                 now = loop.time()
-                for conn in [c for c in self._busy if c.deadline <= now]:
+                for conn in list(self._busy):  # expire() may close it: a copy
                     conn.expire(now)
         finally:
             if self._sweeper is asyncio.current_task():
