@@ -62,12 +62,74 @@ def _obj(value: Any, where: str, *args: Any, optional: bool = False) -> None:
         raise InvalidEvent(f"{where % args}: expected an object")
 
 
+def _strings(value: Any) -> bool:
+    return value is None or (type(value) is list and all(type(v) is str for v in value))
+
+
+def _well_formed(ev: Any) -> bool:
+    """Every check of :func:`_check` at once, as one boolean: no helper calls and no
+    field paths, about a third of the checks' cost. Stricter where it is cheaper
+    (exact types, as orjson makes them), so ``True`` always means the precise checks
+    pass; anything else is left to them, which say what is wrong."""
+    if type(ev) is not dict or ev.get("specversion") != "1.0":
+        return False
+    id_, source, type_, data = ev.get("id"), ev.get("source"), ev.get("type"), ev.get("data")
+    if not (type(id_) is str and id_ and type(source) is str and source and type_ in EVENT_TYPES
+            and type(data) is dict and type(data.get("enrichment")) is dict):
+        return False
+    if type_ == ANNOUNCEMENT:
+        kind = data.get("kind", "other")
+        if type(kind) is not str or kind not in _KINDS:
+            return False
+    if not _strings(data.get("sectors")):
+        return False
+    loc = data.get("location")
+    if loc is not None:
+        if type(loc) is not dict:
+            return False
+        for name in ("city", "district", "town"):
+            v = loc.get(name)
+            if v is not None and type(v) is not str:
+                return False
+    orgs = data.get("organizations")
+    if orgs is None:
+        return True
+    if type(orgs) is not list:
+        return False
+    for mention in orgs:
+        if type(mention) is not dict:
+            return False
+        name = mention.get("name")
+        if type(name) is not str or not name:
+            return False
+        org = mention.get("resolved")
+        if org is None:
+            continue
+        if type(org) is not dict:
+            return False
+        oid, oname, names, city = org.get("id"), org.get("name"), org.get("names"), org.get("city")
+        if not (type(oid) is str and oid and type(oname) is str and oname
+                and (city is None or type(city) is str)
+                and _strings(org.get("aliases")) and _strings(org.get("sectors"))):
+            return False
+        if names is not None and (type(names) is not dict or not all(type(v) is str for v in names.values())):
+            return False
+    return True
+
+
 def decode(raw: bytes | str) -> Event:
     """The enriched event as a JSON object, its shape checked where notify reads it."""
     try:
         ev = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidEvent(f"not JSON: {exc}") from exc
+    if not _well_formed(ev):
+        _check(ev)  # raises, naming the field (or accepts what the fast check was too strict for)
+    return ev  # type: ignore[no-any-return]
+
+
+def _check(ev: Any) -> None:
+    """The shape checks, each naming the field it refuses."""
     _obj(ev, "event")
     if ev.get("specversion") != "1.0":
         raise InvalidEvent("specversion: expected '1.0'")
@@ -78,7 +140,8 @@ def decode(raw: bytes | str) -> Event:
     data = ev.get("data")
     _obj(data, "data")
     _obj(data.get("enrichment"), "data.enrichment")
-    if ev["type"] == ANNOUNCEMENT and data.get("kind", "other") not in _KINDS:
+    kind = data.get("kind", "other")
+    if ev["type"] == ANNOUNCEMENT and (not isinstance(kind, str) or kind not in _KINDS):
         raise InvalidEvent("data.kind: not a known announcement kind")
     _strs(data.get("sectors"), "data.sectors")
     loc = data.get("location")
@@ -104,7 +167,6 @@ def decode(raw: bytes | str) -> Event:
             _strs(org.get("aliases"), "data.organizations[%d].resolved.aliases", i)
             _strs(org.get("sectors"), "data.organizations[%d].resolved.sectors", i)
             _str(org.get("city"), "data.organizations[%d].resolved.city", i, optional=True)
-    return ev  # type: ignore[no-any-return]
 
 
 @lru_cache(maxsize=65536)
