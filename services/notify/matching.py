@@ -99,8 +99,8 @@ def _well_formed(ev: Any) -> bool:
     for mention in orgs:
         if type(mention) is not dict:
             return False
-        name = mention.get("name")
-        if type(name) is not str or not name:
+        mentioned = mention.get("name")
+        if type(mentioned) is not str or not mentioned:
             return False
         org = mention.get("resolved")
         if org is None:
