@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import random
 import time
@@ -163,7 +164,7 @@ class Deliverer:
                 delay = backoff(delivery.attempt, self.settings.backoff_base_seconds,
                                 self.settings.backoff_max_seconds)
             due = datetime.now(UTC) + timedelta(seconds=delay)
-            nxt = Delivery(**{**delivery.__dict__, "attempt": delivery.attempt + 1})
+            nxt = dataclasses.replace(delivery, attempt=delivery.attempt + 1)
             await self._finish([
                 await self.producer.send(
                     self.retries, key=delivery.key.encode(), value=nxt.to_json(),
@@ -177,7 +178,7 @@ class Deliverer:
         # dead: permanent failure, 410, or out of attempts
         if result.verdict == "gone":
             await self.store.disable(sub.id, result.error or "410 Gone")
-        replayable = Delivery(**{**delivery.__dict__, "attempt": 1})
+        replayable = dataclasses.replace(delivery, attempt=1)
         letter = dead_letter(
             stage="notify", error=result.error or "delivery failed",
             key=delivery.key.encode(), value=replayable.to_json(),

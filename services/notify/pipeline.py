@@ -110,6 +110,9 @@ class Notifier:
             await self.dlq.send_and_wait(from_record(record, stage="notify", error=exc))
             return None
         at = ingested_ms(record)
+        # the webhook body splices two attributes into the record's bytes (see Delivery.source),
+        # unless the event has members of those names already
+        source = None if "subscription" in event or "reason" in event else record.value
         acks: list[asyncio.Future[Any]] = []
         jobs: list[Coroutine[Any, Any, Any]] = []
         for sub in self.store.active():
@@ -123,7 +126,7 @@ class Notifier:
             if self.ledger.state(key) is not None:
                 # delivered, dead, or owned by the retry schedule: nothing to do here
                 continue
-            jobs.append(self.deliverer.run(Delivery(key, sub.id, [event], [reasons], 1, at), acks=acks))
+            jobs.append(self.deliverer.run(Delivery(key, sub.id, [event], [reasons], 1, at, source=source), acks=acks))
         if len(jobs) == 1:
             await jobs[0]
         elif jobs:

@@ -16,7 +16,7 @@ from services.notify.channels.smtp import build_message, header_value, message_i
 from services.notify.channels.webhook import retry_after_seconds, sign
 from services.notify.delivery import Slots, notification_record
 from services.notify.matching import InvalidEvent, _check, _well_formed, decode, match, norm
-from services.notify.notification import Delivery, idempotency_key
+from services.notify.notification import Delivery, idempotency_key, with_attributes
 from services.notify.subscriptions import new_secret, signing_secrets
 from shared.events import dump_event, parse_enriched
 from shared.subscriptions import (
@@ -159,6 +159,28 @@ def test_fast_shape_check_never_accepts_what_the_precise_checks_refuse() -> None
                 else:
                     refused += not _precise_accepts(variant)
     assert tried > 1000 and refused > 100  # the variants did reach the refusals
+
+
+def test_webhook_body_spliced_from_the_record_is_the_cloudevent() -> None:
+    """A one-event delivery's body is the record's bytes with ``subscription`` and ``reason``
+    added: the same JSON as encoding the decoded event with them, whatever spacing the
+    record had; objects it cannot splice into fall back to encoding."""
+    raw = dump_event(agreement([ACME, ANTING_TOWN], names=["ACME VR Ltd", "Anting Town"]))
+    for source in (raw, raw + b" \n", orjson.dumps(orjson.loads(raw), option=orjson.OPT_INDENT_2)):
+        event = decode(source)
+        reasons = match(event, flt(organizations=["Anting Town"]))
+        assert reasons is not None
+        plain = Delivery("msg_1", "sub_1", [event], [reasons])
+        spliced = Delivery("msg_1", "sub_1", [event], [reasons], source=source)
+        body = spliced.body()
+        assert body.startswith(source.rstrip()[:-1])  # spliced, not encoded again
+        assert orjson.loads(body) == orjson.loads(plain.body()) == plain.cloudevent()
+        assert list(orjson.loads(body))[-2:] == ["subscription", "reason"]
+        assert Delivery.from_json(spliced.to_json()) == plain  # the retry record has no bytes
+    assert with_attributes(b"{}", {"a": 1}) is None
+    assert with_attributes(b"{ } ", {"a": 1}) is None
+    assert with_attributes(b"[1]", {"a": 1}) is None
+    assert with_attributes(b'{"x": [1]}\n', {"a": 1, "b": "c"}) == b'{"x": [1],"a":1,"b":"c"}'
 
 
 def test_idempotency_key_stable_and_distinct() -> None:
