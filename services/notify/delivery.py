@@ -215,19 +215,20 @@ def notification_record(
     """A :class:`DeliveryRecord` as JSON, built directly: the same bytes as the model's
     ``model_dump(mode="json")`` (a unit test holds them equal), without building and
     validating a model for every delivery."""
+    ids = delivery.event_ids
     return orjson.dumps({
         "subscription_id": delivery.subscription_id,
-        "event_id": delivery.event_id,
+        "event_id": delivery.key if delivery.digest else ids[0],
         "idempotency_key": delivery.key,
         "channel": channel,
-        "outcome": outcome.value,
+        "outcome": outcome,  # an Enum: orjson writes its value
         "attempt": delivery.attempt,
         "at": at or datetime.now(UTC),
         "status_code": result.status_code,
         "error": result.error,
         "next_attempt_at": next_at,
-        "reason": delivery.all_reasons(),
-        "event_ids": delivery.event_ids,
+        "reason": delivery.reasons[0] if len(delivery.reasons) == 1 else delivery.all_reasons(),
+        "event_ids": ids,
         "digest": delivery.digest,
     }, option=orjson.OPT_UTC_Z)
 
