@@ -58,9 +58,15 @@ SUBSCRIPTIONS = Topic(
     config={"min.cleanable.dirty.ratio": "0.1"},
     doc="who wants which events, and how; a null value deletes",
 )
+# A delivery is remembered for as long as a retry record lives. notify's delivered-ledger
+# is folded from the delivery log (services/notify/ledger.py): Kafka deletes lines older
+# than this, and notify drops older entries from memory, so neither grows with every
+# delivery ever made.
+LEDGER_RETENTION_MS = 7 * DAY_MS
 NOTIFICATIONS = Topic(
     "notifications", TypeAdapter(DeliveryRecord), 3, "delete", "subscription id",
-    doc="the delivery log: one record per attempt outcome",
+    config={"retention.ms": str(LEDGER_RETENTION_MS), "segment.ms": str(DAY_MS)},
+    doc="the delivery log: one record per attempt outcome; notify's delivered-ledger is read from it",
 )
 DEAD_LETTERS = Topic(
     "dead-letters", None, 1, "delete", "original key",
@@ -73,20 +79,10 @@ NOTIFY_RETRIES = Topic(
     config={"retention.ms": str(7 * DAY_MS)},
     doc="deliveries waiting for their next attempt (durable retry schedule)",
 )
-# A delivery is remembered for as long as a retry record lives: the ledger's entries
-# older than this are dropped, from the topic by Kafka and from notify's memory by
-# notify (services/notify/ledger.py), so neither grows with every delivery ever made.
-LEDGER_RETENTION_MS = 7 * DAY_MS
-NOTIFY_LEDGER = Topic(
-    "notify-ledger", None, 3, "compact,delete", "idempotency key",
-    config={"min.cleanable.dirty.ratio": "0.1", "retention.ms": str(LEDGER_RETENTION_MS),
-            "segment.ms": str(DAY_MS)},
-    doc="idempotency keys delivered in the last 7 days, so a restart does not resend",
-)
 
 ALL_TOPICS: tuple[Topic, ...] = (
     ANNOUNCEMENTS, AGREEMENTS, ORGANIZATIONS, ENRICHED_EVENTS,
-    SUBSCRIPTIONS, NOTIFICATIONS, DEAD_LETTERS, NOTIFY_RETRIES, NOTIFY_LEDGER,
+    SUBSCRIPTIONS, NOTIFICATIONS, DEAD_LETTERS, NOTIFY_RETRIES,
 )
 INPUT_TOPICS_BY_TYPE = {"conference.announcement": ANNOUNCEMENTS, "agreement.signed": AGREEMENTS}
 

@@ -1,14 +1,15 @@
 """One delivery attempt and what follows from its outcome (the handler of the flow).
 
-- 2xx / sent → ``delivered``: the ledger records it (so no resend), then the log.
+- 2xx / sent → ``delivered`` (the ledger has it at once, so no resend).
 - timeout, connection error, 5xx, 408, 429, 503 → ``retried``: a retry record on
   ``notify-retries`` due after ``Retry-After`` (when given) or exponential backoff
-  with full jitter; the ledger notes the attempt so older records stand down.
+  with full jitter; the ledger notes the next attempt so older records stand down.
 - 3xx (never followed), other 4xx, a refused address, or the last attempt → ``dead``:
   the record on ``notifications`` and the delivery in ``dead-letters``.
 - 410 → ``dead`` as well, and the subscription is disabled.
 
-Every outcome goes to ``notifications`` and ``anting_notify_deliveries_total``
+Every outcome goes to ``notifications`` (which the ledger is folded from) and
+``anting_notify_deliveries_total``
 (``failed`` counts every failed attempt: ``failed = retried + dead``).
 The caller's offset may be committed once :meth:`Deliverer.run` returns: by then
 every record it wrote has been acknowledged by the broker — unless the caller
@@ -38,10 +39,9 @@ from services.notify.notification import Delivery
 from services.notify.settings import NotifySettings
 from services.notify.subscriptions import SubscriptionStore
 from shared.deadletters import DeadLetterWriter, dead_letter
-from shared.kafka import RecordBatches
 from shared.metrics import END_TO_END_SECONDS, NOTIFY_DELIVERIES
 from shared.subscriptions import DeliveryOutcome, Subscription
-from shared.topics import NOTIFICATIONS, NOTIFY_RETRIES
+from shared.topics import NOTIFY_RETRIES
 
 log = logging.getLogger(__name__)
 DUE_HEADER = "anting.due_ms"
@@ -98,7 +98,6 @@ class Deliverer:
         store: SubscriptionStore,
         ledger: Ledger,
         channels: Mapping[str, Channel],
-        batches: RecordBatches | None = None,
     ) -> None:
         self.settings = settings
         self.producer = producer
@@ -106,10 +105,8 @@ class Deliverer:
         self.ledger = ledger
         self.channels = channels
         self.sem = Slots(settings.concurrency)
-        self.notifications = settings.topic(NOTIFICATIONS)
         self.retries = settings.topic(NOTIFY_RETRIES)
         self.dlq = DeadLetterWriter(producer, settings)
-        self.batches = batches or RecordBatches(producer)  # the notifications records
 
     async def run(self, delivery: Delivery, *, replay: bool = False,
                   acks: list[asyncio.Future[Any]] | None = None) -> str:
@@ -150,10 +147,7 @@ class Deliverer:
         if result.verdict == "ok":
             if delivery.ingested_ms:
                 END_TO_END_SECONDS.observe(max(0.0, time.time() - delivery.ingested_ms / 1000))
-            await self._finish([
-                await self.ledger.mark(delivery.key, "delivered", sub.id, delivery.attempt),
-                await self._record(sub, delivery, DeliveryOutcome.delivered, result),
-            ], acks)
+            await self._finish([await self._record(sub, delivery, DeliveryOutcome.delivered, result)], acks)
             _count(channel, "delivered")
             return "delivered"
         _count(channel, "failed")
@@ -170,7 +164,6 @@ class Deliverer:
                     self.retries, key=delivery.key.encode(), value=nxt.to_json(),
                     headers=[(DUE_HEADER, str(int(due.timestamp() * 1000)).encode())],
                 ),
-                await self.ledger.mark(delivery.key, "scheduled", sub.id, nxt.attempt),
                 await self._record(sub, delivery, DeliveryOutcome.retried, result, next_at=due),
             ], acks)
             _count(channel, "retried")
@@ -188,7 +181,6 @@ class Deliverer:
         )
         await self._finish([
             await self.dlq.send(letter),
-            await self.ledger.mark(delivery.key, "dead", sub.id, delivery.attempt),
             await self._record(sub, delivery, DeliveryOutcome.dead, result),
         ], acks)
         _count(channel, "dead")
@@ -200,12 +192,11 @@ class Deliverer:
         self, sub: Subscription | None, delivery: Delivery, outcome: DeliveryOutcome,
         result: Result, *, next_at: datetime | None = None,
     ) -> Any:
-        """Send the outcome's line to ``notifications``; returns the broker-ack future."""
+        """Send the outcome's line to ``notifications`` (the ledger's log too: see ledger.py);
+        returns the broker-ack future."""
         value = notification_record(
             delivery, sub.channel.type if sub else "webhook", outcome, result, next_at)
-        key = delivery.subscription_id.encode()
-        partition = await self.batches.partition_for(self.notifications, key)
-        return self.batches.append(self.notifications, partition, key, value)
+        return await self.ledger.record(delivery, outcome, value)
 
 
 def notification_record(

@@ -4,8 +4,8 @@ instead of one per event ("about 20 companies signed agreements" is one ping).
 The first matching event opens a window; when it closes (or the buffer is full)
 the events go out as one ``anting.digest`` delivery, with the usual retries. The
 events' offsets stay uncommitted until then, so a crash re-reads and re-collects
-them; afterwards each event's own key is marked ``digested`` in the ledger, so it
-is not collected again.
+them; the digest's line on ``notifications`` lists its events, so the ledger marks
+each event's own key ``digested`` and it is not collected again.
 """
 
 from __future__ import annotations
@@ -85,9 +85,9 @@ class Digests:
                 subscription_id=sub_id, events=buf.events, reasons=buf.reasons,
                 ingested_ms=buf.ingested_ms, digest=True, created_at=datetime.now(UTC).isoformat(),
             )
+            # its line on notifications (whatever the outcome) marks every event in it
+            # ``digested`` in the ledger
             await self.deliverer.run(delivery)
-            acks = [await self.ledger.mark(k, "digested", sub_id, 1) for k in buf.keys]
-            await asyncio.gather(*acks)
             buf.done.set_result(None)
         except BaseException as exc:
             log.exception("digest flush failed")

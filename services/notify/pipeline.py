@@ -70,10 +70,10 @@ class Notifier:
         self.settings = settings
         self.producer = make_producer(settings, linger_ms=20)
         self.store = SubscriptionStore(settings, self.producer)
-        self.batches = RecordBatches(self.producer)  # ledger and notifications records
+        self.batches = RecordBatches(self.producer)  # the notifications lines (the ledger's log)
         self.ledger = Ledger(settings, self.producer, self.batches)
         self.channels = channels or default_channels(settings)
-        self.deliverer = Deliverer(settings, self.producer, self.store, self.ledger, self.channels, self.batches)
+        self.deliverer = Deliverer(settings, self.producer, self.store, self.ledger, self.channels)
         self.digests = Digests(self.deliverer, self.ledger)
         self.dlq = DeadLetterWriter(self.producer, settings)
         self.stop_event = asyncio.Event()

@@ -1,26 +1,60 @@
-"""The delivered-ledger forgets what is older than its retention, in order of last
-write, so a long-running notify does not grow with every delivery it ever made; and
-follows the topic only while another instance may be writing it."""
+"""The delivered-ledger is folded from the delivery log (``notifications``); it forgets
+what is older than its retention, in order of last write, so a long-running notify
+does not grow with every delivery it ever made; and it follows the log only while
+another instance may be writing it."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-import orjson
 import pytest
 
+from services.notify.channels import Result
+from services.notify.delivery import notification_record
 from services.notify.ledger import Ledger
+from services.notify.notification import Delivery, idempotency_key
 from shared.kafka import make_producer
 from shared.settings import AntingSettings
+from shared.subscriptions import DeliveryOutcome
 from shared.testing import settings_for
 from shared.topics import LEDGER_RETENTION_MS
 
 from .helpers import wait_until
 
+OUTCOME_RESULT = {DeliveryOutcome.delivered: Result("ok", 200), DeliveryOutcome.retried: Result("retry", 503),
+                  DeliveryOutcome.dead: Result("permanent", 400), DeliveryOutcome.suppressed: Result("permanent")}
 
-def _entry(state: str, at: datetime) -> bytes:
-    return orjson.dumps({"state": state, "subscription": "sub_1", "attempt": 1, "at": at.isoformat()})
+
+def _one(key: str, attempt: int = 1) -> Delivery:
+    return Delivery(key, "sub_1", [{"id": f"ev-{key}"}], [[]], attempt)
+
+
+def _line(delivery: Delivery, outcome: DeliveryOutcome, at: datetime) -> bytes:
+    return notification_record(delivery, "webhook", outcome, OUTCOME_RESULT[outcome], at=at)
+
+
+def test_ledger_is_the_fold_of_the_delivery_log() -> None:
+    """Each outcome line read sets its key's state; a retried line schedules the next
+    attempt; suppressed changes nothing; a digest's line marks each of its events."""
+    ledger = Ledger(settings_for("127.0.0.1:9"), producer=None)
+    at = datetime(2026, 11, 24, 12, tzinfo=UTC)
+    ledger.view.apply("sub_1", _line(_one("msg_a", 2), DeliveryOutcome.retried, at))
+    assert ledger.state("msg_a") == {"state": "scheduled", "attempt": 3, "at_ms": at.timestamp() * 1000}
+    assert not ledger.is_final("msg_a")
+    ledger.view.apply("sub_1", _line(_one("msg_a", 3), DeliveryOutcome.delivered, at))
+    assert ledger.is_final("msg_a") and ledger.state("msg_a")["attempt"] == 3  # type: ignore[index]
+    ledger.view.apply("sub_1", _line(_one("msg_b"), DeliveryOutcome.suppressed, at))
+    assert ledger.state("msg_b") is None
+    ledger.view.apply("sub_1", _line(_one("msg_c", 5), DeliveryOutcome.dead, at))
+    assert ledger.state("msg_c")["state"] == "dead"  # type: ignore[index]
+    digest = Delivery("msg_d", "sub_1", [{"id": "e1"}, {"id": "e2"}], [[], []], 1, digest=True)
+    ledger.view.apply("sub_1", _line(digest, DeliveryOutcome.retried, at))
+    assert ledger.state("msg_d")["state"] == "scheduled"  # type: ignore[index]
+    assert all(ledger.state(idempotency_key(e, "sub_1"))["state"] == "digested"  # type: ignore[index]
+               for e in ("e1", "e2"))
+    ledger.view.apply("sub_1", b"{not json")  # skipped, the rest stands
+    assert len(ledger.view.items) == 5
 
 
 def test_prune_forgets_only_entries_past_retention() -> None:
@@ -28,12 +62,12 @@ def test_prune_forgets_only_entries_past_retention() -> None:
     now = datetime(2026, 11, 24, 12, tzinfo=UTC)
     week = timedelta(milliseconds=LEDGER_RETENTION_MS)
     view = ledger.view
-    view.apply("msg_old1", _entry("delivered", now - week - timedelta(days=2)))
-    view.apply("msg_old2", _entry("dead", now - week - timedelta(minutes=1)))
-    view.apply("msg_rewritten", _entry("scheduled", now - week - timedelta(days=1)))
-    view.apply("msg_new", _entry("delivered", now - timedelta(days=1)))
+    view.apply("sub_1", _line(_one("msg_old1"), DeliveryOutcome.delivered, now - week - timedelta(days=2)))
+    view.apply("sub_1", _line(_one("msg_old2"), DeliveryOutcome.dead, now - week - timedelta(minutes=1)))
+    view.apply("sub_1", _line(_one("msg_rewritten"), DeliveryOutcome.retried, now - week - timedelta(days=1)))
+    view.apply("sub_1", _line(_one("msg_new"), DeliveryOutcome.delivered, now - timedelta(days=1)))
     # written again lately: moves behind the newer entry and is kept
-    view.apply("msg_rewritten", _entry("delivered", now - timedelta(hours=1)))
+    view.apply("sub_1", _line(_one("msg_rewritten", 2), DeliveryOutcome.delivered, now - timedelta(hours=1)))
 
     assert ledger.prune(now.timestamp() * 1000) == 2
     assert list(view.items) == ["msg_new", "msg_rewritten"]
@@ -60,7 +94,9 @@ async def test_follows_only_while_another_instance_may_write(topics: AntingSetti
         await alone.assigned("retries", 6, 6)
         assert not alone.view.following
 
-        await (await other.mark("msg_a", "delivered", "sub_1", 1))
+        now = datetime.now(UTC)
+        await (await other.record(_one("msg_a"), DeliveryOutcome.delivered,
+                                  _line(_one("msg_a"), DeliveryOutcome.delivered, now)))
         await asyncio.sleep(1.5)
         assert alone.state("msg_a") is None  # not followed ...
         await alone.assigned("events", 6, 6)  # ... until the next rebalance
@@ -68,7 +104,8 @@ async def test_follows_only_while_another_instance_may_write(topics: AntingSetti
 
         await alone.assigned("events", 3, 6)  # another instance took half the partitions
         assert alone.view.following
-        await (await other.mark("msg_b", "dead", "sub_1", 5))
+        await (await other.record(_one("msg_b", 5), DeliveryOutcome.dead,
+                                  _line(_one("msg_b", 5), DeliveryOutcome.dead, now)))
         await wait_until(lambda: alone.is_final("msg_b"), 20, "msg_b followed")
     finally:
         await alone.stop()
