@@ -177,6 +177,11 @@ def test_webhook_body_spliced_from_the_record_is_the_cloudevent() -> None:
         assert orjson.loads(body) == orjson.loads(plain.body()) == plain.cloudevent()
         assert list(orjson.loads(body))[-2:] == ["subscription", "reason"]
         assert Delivery.from_json(spliced.to_json()) == plain  # the retry record has no bytes
+        # made from the record: no decoded event is kept, and a webhook never decodes one
+        lean = Delivery.of_record("msg_1", "sub_1", source, event["id"], reasons, None)
+        assert lean.body() == body and lean.event_ids == [event["id"]] and lean.events == []
+        assert lean.text() == plain.text() and lean.decoded() == [event]  # email, log: decoded then
+        assert Delivery.from_json(lean.to_json()) == plain
     assert with_attributes(b"{}", {"a": 1}) is None
     assert with_attributes(b"{ } ", {"a": 1}) is None
     assert with_attributes(b"[1]", {"a": 1}) is None
