@@ -70,6 +70,8 @@ class LogView(CompactedView[Entry]):
         try:
             line = orjson.loads(value)
             at = datetime.fromisoformat(line["at"]).timestamp() * 1000
+            if at < time.time() * 1000 - LEDGER_RETENTION_MS:
+                return  # pruned anyway: a log kept longer (for audit) does not grow the ledger
             self.fold(line["idempotency_key"], line["subscription_id"], line["outcome"],
                       int(line["attempt"]), line.get("event_ids") if line.get("digest") else None, at)
         except Exception as exc:  # one bad line must not hide the rest

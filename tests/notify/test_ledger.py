@@ -38,7 +38,7 @@ def test_ledger_is_the_fold_of_the_delivery_log() -> None:
     """Each outcome line read sets its key's state; a retried line schedules the next
     attempt; suppressed changes nothing; a digest's line marks each of its events."""
     ledger = Ledger(settings_for("127.0.0.1:9"), producer=None)
-    at = datetime(2026, 11, 24, 12, tzinfo=UTC)
+    at = datetime.now(UTC)
     ledger.view.apply("sub_1", _line(_one("msg_a", 2), DeliveryOutcome.retried, at))
     assert ledger.state("msg_a") == {"state": "scheduled", "attempt": 3, "at_ms": at.timestamp() * 1000}
     assert not ledger.is_final("msg_a")
@@ -62,12 +62,16 @@ def test_prune_forgets_only_entries_past_retention() -> None:
     now = datetime(2026, 11, 24, 12, tzinfo=UTC)
     week = timedelta(milliseconds=LEDGER_RETENTION_MS)
     view = ledger.view
-    view.apply("sub_1", _line(_one("msg_old1"), DeliveryOutcome.delivered, now - week - timedelta(days=2)))
-    view.apply("sub_1", _line(_one("msg_old2"), DeliveryOutcome.dead, now - week - timedelta(minutes=1)))
-    view.apply("sub_1", _line(_one("msg_rewritten"), DeliveryOutcome.retried, now - week - timedelta(days=1)))
-    view.apply("sub_1", _line(_one("msg_new"), DeliveryOutcome.delivered, now - timedelta(days=1)))
+
+    def fold(key: str, outcome: DeliveryOutcome, at: datetime) -> None:  # as if applied back then
+        view.fold(key, "sub_1", outcome.value, 1, None, at.timestamp() * 1000)
+
+    fold("msg_old1", DeliveryOutcome.delivered, now - week - timedelta(days=2))
+    fold("msg_old2", DeliveryOutcome.dead, now - week - timedelta(minutes=1))
+    fold("msg_rewritten", DeliveryOutcome.retried, now - week - timedelta(days=1))
+    fold("msg_new", DeliveryOutcome.delivered, now - timedelta(days=1))
     # written again lately: moves behind the newer entry and is kept
-    view.apply("sub_1", _line(_one("msg_rewritten", 2), DeliveryOutcome.delivered, now - timedelta(hours=1)))
+    fold("msg_rewritten", DeliveryOutcome.delivered, now - timedelta(hours=1))
 
     assert ledger.prune(now.timestamp() * 1000) == 2
     assert list(view.items) == ["msg_new", "msg_rewritten"]
@@ -76,6 +80,16 @@ def test_prune_forgets_only_entries_past_retention() -> None:
     assert ledger.prune(now.timestamp() * 1000) == 0
     # a week later everything has gone
     assert ledger.prune((now + week).timestamp() * 1000) == 2 and not view.items
+
+
+def test_lines_past_retention_are_not_read_into_memory() -> None:
+    """A log kept longer than the ledger's retention (for audit) does not grow the ledger."""
+    ledger = Ledger(settings_for("127.0.0.1:9"), producer=None)
+    now = datetime.now(UTC)
+    week = timedelta(milliseconds=LEDGER_RETENTION_MS)
+    ledger.view.apply("sub_1", _line(_one("msg_old"), DeliveryOutcome.delivered, now - week - timedelta(hours=1)))
+    ledger.view.apply("sub_1", _line(_one("msg_new"), DeliveryOutcome.delivered, now - week + timedelta(hours=1)))
+    assert list(ledger.view.items) == ["msg_new"]
 
 
 @pytest.mark.kafka
