@@ -31,7 +31,7 @@ MAX_EVENTS = 500
 class _Buffer:
     events: list[dict[str, Any]] = field(default_factory=list)
     reasons: list[list[Reason]] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
     ingested_ms: int | None = None
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     timer: asyncio.TimerHandle | None = None
@@ -44,29 +44,33 @@ class Digests:
         self.buffers: dict[str, _Buffer] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def add(self, sub: Subscription, event: dict[str, Any], reasons: list[Reason], ingested_ms: int | None) -> None:
-        """Collect the event; returns once the digest holding it is delivered or scheduled."""
+    def add(self, sub: Subscription, event: dict[str, Any], reasons: list[Reason],
+            ingested_ms: int | None) -> asyncio.Future[None] | None:
+        """Collect the event; returns the future of the digest holding it, resolved once that
+        digest is delivered or scheduled (``None``: nothing to wait for). The caller holds the
+        event's offset until then, not a task: an open window must not use up the records the
+        consumer keeps in flight, or every other subscription would wait for it."""
         assert sub.digest is not None
         key = idempotency_key(str(event.get("id")), sub.id)
         if self.ledger.is_final(key):
             NOTIFY_DELIVERIES.labels(sub.channel.type, "suppressed").inc()
-            return
+            return None
         buf = self.buffers.get(sub.id)
         if buf is not None and key in buf.keys:  # the same event twice in one window
-            await asyncio.shield(buf.done)
-            return
+            return buf.done
         if buf is None:
             buf = self.buffers[sub.id] = _Buffer()
             buf.timer = asyncio.get_running_loop().call_later(sub.digest.window_seconds, self._flush_soon, sub.id)
         buf.events.append(event)
         buf.reasons.append(reasons)
-        buf.keys.append(key)
+        buf.keys.add(key)
         if ingested_ms is not None:
             buf.ingested_ms = min(buf.ingested_ms or ingested_ms, ingested_ms)
         NOTIFY_DELIVERIES.labels(sub.channel.type, "suppressed").inc()  # folded into the digest
+        done = buf.done
         if len(buf.events) >= MAX_EVENTS:
             self._flush_soon(sub.id)
-        await asyncio.shield(buf.done)
+        return done
 
     def _flush_soon(self, sub_id: str) -> None:
         buf = self.buffers.pop(sub_id, None)

@@ -100,9 +100,10 @@ class Notifier:
         return True, "broker reachable, state loaded"
 
     async def handle_event(self, record: Any) -> list[asyncio.Future[Any]] | None:
-        """Match the event and make every first attempt; returns the broker
-        acknowledgements of the records those attempts wrote (the consumer loop
-        commits the offset once they resolve), or ``None`` when nothing is pending."""
+        """Match the event and make every first attempt; returns what its offset must wait
+        for — the broker acknowledgements of the records those attempts wrote, and the
+        digests it went into (the consumer loop commits the offset once they resolve) —
+        or ``None`` when nothing is pending."""
         t0 = time.perf_counter()
         try:
             event = decode(record.value)
@@ -120,7 +121,9 @@ class Notifier:
             if reasons is None:
                 continue
             if sub.digest is not None:
-                jobs.append(self.digests.add(sub, event, reasons, at))
+                collected = self.digests.add(sub, event, reasons, at)
+                if collected is not None:  # the offset waits for the digest, no task does
+                    acks.append(collected)
                 continue
             key = idempotency_key(event["id"], sub.id)
             if self.ledger.state(key) is not None:

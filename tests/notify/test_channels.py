@@ -95,3 +95,30 @@ async def test_digest_sends_one_message_per_window(topics: AntingSettings) -> No
     assert {e["id"] for e in body["data"]["events"]} == {e.id for e in signings}
     rec = orjson.loads(notes[0].value or b"")
     assert rec["digest"] is True and rec["outcome"] == "delivered" and len(rec["event_ids"]) == 20
+
+
+async def test_open_digest_does_not_hold_up_other_deliveries(topics: AntingSettings) -> None:
+    """Events waiting in an open digest window hold their offsets, not the pipeline: with a
+    digest collecting every event for 20 s, a webhook subscription gets all 400 events (more
+    than the records notify keeps in flight) well within the window; the digest then sends
+    them in one message."""
+    receiver = await Receiver().start()
+    settings = notify_settings(topics)
+    try:
+        async with running(settings) as notifier:
+            await notifier.store.create(req({
+                "name": "digest", "filter": {}, "digest": {"window_seconds": 20},
+                "channel": {"type": "webhook", "url": receiver.url("/digest")}}))
+            await notifier.store.create(req({
+                "name": "each", "filter": {}, "channel": {"type": "webhook", "url": receiver.url("/each")}}))
+            events = [agreement([ANTING_TOWN], title=f"Agreement {i}") for i in range(400)]
+            assert len(events) > max(4 * settings.concurrency, 256)  # more than are kept in flight
+            await produce(topics, topics.topic(ENRICHED_EVENTS), [encode(e) for e in events],
+                          [e.key for e in events])
+            await wait_until(lambda: len(receiver.on("/each")) >= len(events), timeout=15,
+                             what="every event to the other subscription while the digest is open")
+            assert not receiver.on("/digest")  # its window is still open
+            await wait_until(lambda: bool(receiver.on("/digest")), timeout=40, what="the digest")
+    finally:
+        await receiver.stop()
+    assert orjson.loads(receiver.on("/digest")[0].body)["data"]["count"] == len(events)
