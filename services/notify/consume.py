@@ -36,8 +36,12 @@ class OffsetTracker:
         self.committed: dict[TopicPartition, int] = {}
 
     def add(self, tp: TopicPartition, offset: int) -> None:
-        self.pending.setdefault(tp, set()).add(offset)
-        self.next[tp] = max(self.next.get(tp, 0), offset + 1)
+        pending = self.pending.get(tp)
+        if pending is None:
+            pending = self.pending[tp] = set()
+        pending.add(offset)
+        if offset >= self.next.get(tp, 0):
+            self.next[tp] = offset + 1
 
     def done(self, tp: TopicPartition, offset: int) -> None:
         if tp in self.pending:
@@ -141,8 +145,7 @@ class ConsumerLoop:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settled.wait(), left)
 
-    async def _run_one(self, record: Any) -> None:
-        tp = TopicPartition(record.topic, record.partition)
+    async def _run_one(self, tp: TopicPartition, record: Any) -> None:
         try:
             acks = await self.handler(record)
         except (Abandoned, asyncio.CancelledError):
@@ -237,10 +240,10 @@ class ConsumerLoop:
         try:
             while not stop.is_set():
                 batch = await self._poll()
-                for records in batch.values():
+                for tp, records in batch.items():
                     for record in records:
-                        self.tracker.add(TopicPartition(record.topic, record.partition), record.offset)
-                        task = asyncio.create_task(self._run_one(record))
+                        self.tracker.add(tp, record.offset)
+                        task = asyncio.create_task(self._run_one(tp, record))
                         self.tasks.add(task)
                         task.add_done_callback(self._task_done)
                 if time.monotonic() - last_commit >= self.commit_interval and (
