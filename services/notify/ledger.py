@@ -24,9 +24,10 @@ again), and followed afterwards only if this instance does not hold every partit
 of both groups — an instance alone delivers everything and is the only writer.
 
 Entries are kept for ``LEDGER_RETENTION_MS`` (a week, as long as a retry record lives,
-and the retention of ``notifications``): :meth:`Ledger.prune` drops older entries from
-memory every few minutes, so a long-running notify does not grow with every delivery
-it ever made. An event read again after that (an offset reset to last month) is
+and the retention of ``notifications``): at start only the lines of that period are
+fetched (the view seeks by timestamp, so a log kept longer for audit costs no longer
+start-up), and :meth:`Ledger.prune` drops older entries from memory every few minutes,
+so a long-running notify does not grow with every delivery it ever made. An event read again after that (an offset reset to last month) is
 delivered again — with the same ``webhook-id``.
 """
 
@@ -63,7 +64,10 @@ class LogView(CompactedView[Entry]):
     entries of its idempotency key (and of a digest's events), not kept by record key."""
 
     def __init__(self, settings: AntingSettings, topic: str, **consumer_options: Any) -> None:
-        super().__init__(settings, topic, _no_decode, **consumer_options)
+        # at start, only the lines of the retention period are fetched (by their Kafka
+        # timestamps), however long the log is kept
+        super().__init__(settings, topic, _no_decode,
+                         since_ms=lambda: time.time() * 1000 - LEDGER_RETENTION_MS, **consumer_options)
 
     def apply(self, key: str, value: bytes | None) -> None:
         if value is None:

@@ -1,8 +1,9 @@
-"""A compacted topic read into memory: catch up to the end at start, then follow it
+"""A topic read into memory: catch up to the end at start, then follow it
 (a view can stop following, and catch up again when asked: see :meth:`catch_up`).
 
-Both the subscriptions store and the delivered-ledger are such views, so every
-notify instance sees the same state and a restart rebuilds it from Kafka.
+The subscriptions store (a compacted topic: key → value) and the delivered-ledger
+(folded from the delivery log: see ledger.py) are such views, so every notify
+instance sees the same state and a restart rebuilds it from Kafka.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ class CompactedView(Generic[V]):
     """key → decoded value for every live key of a topic (a null value deletes)."""
 
     def __init__(self, settings: AntingSettings, topic: str, decode: Callable[[bytes], V],
-                 **consumer_options: Any) -> None:
+                 since_ms: Callable[[], float] | None = None, **consumer_options: Any) -> None:
         self.settings = settings
         self.consumer_options = consumer_options
         self.topic = topic
         self.decode = decode
+        # read at start only the records written at or after this time (ms since the epoch),
+        # not the whole topic: for a log kept longer than the view needs
+        self.since_ms = since_ms
         self.items: dict[str, V] = {}
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -69,7 +73,7 @@ class CompactedView(Generic[V]):
                 raise RuntimeError(f"topic {self.topic} not found")
             self._tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
             consumer.assign(self._tps)
-            await consumer.seek_to_beginning(*self._tps)
+            await self._seek_start(consumer)
             await self._read_to_end(consumer, timeout)
         except BaseException:
             await consumer.stop()
@@ -77,6 +81,19 @@ class CompactedView(Generic[V]):
         self.ready.set()
         self._consumer = consumer
         self.set_following(True)
+
+    async def _seek_start(self, consumer: Any) -> None:
+        if self.since_ms is None:
+            await consumer.seek_to_beginning(*self._tps)
+            return
+        since = int(self.since_ms())
+        found = await consumer.offsets_for_times({tp: since for tp in self._tps})
+        for tp in self._tps:
+            at = found.get(tp)
+            if at is None:  # nothing written since: start at the end
+                await consumer.seek_to_end(tp)
+            else:
+                consumer.seek(tp, at.offset)
 
     async def _read_to_end(self, consumer: Any, timeout: float) -> None:
         ends = await consumer.end_offsets(self._tps)

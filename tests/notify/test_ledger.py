@@ -18,7 +18,7 @@ from shared.kafka import make_producer
 from shared.settings import AntingSettings
 from shared.subscriptions import DeliveryOutcome
 from shared.testing import settings_for
-from shared.topics import LEDGER_RETENTION_MS
+from shared.topics import LEDGER_RETENTION_MS, NOTIFICATIONS
 
 from .helpers import wait_until
 
@@ -126,3 +126,30 @@ async def test_follows_only_while_another_instance_may_write(topics: AntingSetti
         await other.stop()
         await other.batches.flush()
         await producer.stop()
+
+
+@pytest.mark.kafka
+async def test_start_fetches_only_the_retention_period(topics: AntingSettings) -> None:
+    """At start the ledger seeks by Kafka timestamp to the start of its retention: a line
+    written (by the record's timestamp) before that is not even read, however long the
+    log is kept; the lines after it are."""
+    producer = make_producer(topics)
+    await producer.start()
+    week_ms = LEDGER_RETENTION_MS
+    now = datetime.now(UTC)
+    try:
+        topic = topics.topic(NOTIFICATIONS)
+        # the line's own time is recent, so only the seek can keep it out
+        for key, ts in (("msg_before", now.timestamp() * 1000 - week_ms - 3_600_000),
+                        ("msg_after", now.timestamp() * 1000 - week_ms + 3_600_000),
+                        ("msg_now", None)):
+            await producer.send_and_wait(topic, key=b"sub_1", timestamp_ms=None if ts is None else int(ts),
+                                         value=_line(_one(key), DeliveryOutcome.delivered, now))
+    finally:
+        await producer.stop()
+    ledger = Ledger(topics, producer=None)
+    await ledger.start()
+    try:
+        assert set(ledger.view.items) == {"msg_after", "msg_now"}
+    finally:
+        await ledger.stop()
