@@ -104,7 +104,6 @@ def _no_decode(value: bytes) -> Entry:
 class Ledger:
     def __init__(self, settings: AntingSettings, producer: Any, batches: RecordBatches | None = None) -> None:
         self.topic = settings.topic(NOTIFICATIONS)
-        self.producer = producer
         self.batches = batches or RecordBatches(producer)
         # Following mostly reads back this instance's own lines (already applied in
         # memory), one per delivery: fetch them in batches of up to 256 KiB or 200 ms
