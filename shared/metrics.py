@@ -53,6 +53,11 @@ CONSUMER_LAG = Gauge(
     "anting_consumer_lag", "Records behind the partition end, per consumer.",
     ["group", "topic", "partition"],
 )
+WORKER_RESTARTS = Counter(
+    "anting_worker_restarts",
+    "Times a stage's consumer session failed and was started again from the committed offsets.",
+    ["stage"],
+)
 DEAD_LETTERS = Counter(
     "anting_dead_letters", "Records sent to dead-letters.", ["stage", "topic"]
 )
