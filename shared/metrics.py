@@ -7,8 +7,6 @@ the code, the alert rules and the dashboard.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from typing import Any
 
 from prometheus_client import (
@@ -20,8 +18,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-
-log = logging.getLogger(__name__)
 
 # latencies from sub-millisecond (one event in a stage) to minutes (retries)
 LATENCY_BUCKETS = (
@@ -72,22 +68,12 @@ def render(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-async def report_lag(consumer: Any, group: str) -> None:
-    """Set ``anting_consumer_lag`` for every partition the consumer holds."""
-    for tp in consumer.assignment():
-        high = consumer.highwater(tp)
-        if high is None:
-            continue
-        with contextlib.suppress(Exception):
-            pos = await consumer.position(tp)
-            CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(max(0, high - pos))
-
-
 async def lag_reporter(consumer: Any, group: str, interval: float = 5.0) -> None:
-    """Run :func:`report_lag` every ``interval`` seconds until cancelled."""
-    while True:
-        try:
-            await report_lag(consumer, group)
-        except Exception:  # the gauge is best effort; never kill the service for it
-            log.debug("lag report failed", exc_info=True)
-        await asyncio.sleep(interval)
+    """Does nothing until cancelled; kept only so that existing callers still run.
+
+    ``anting_consumer_lag`` is set by :class:`shared.lag.LagMonitor`, from the group's
+    committed offsets, for the whole life of a service: a reporter tied to one consumer
+    read the live position, which showed 0 while a failing consumer session committed
+    nothing. Two writers would fight over the same series, so this one writes nothing."""
+    del consumer, group, interval
+    await asyncio.Event().wait()

@@ -21,6 +21,7 @@ from shared import logs
 from shared import settings as settings_mod
 from shared.http import EmbeddedServer, health_router, install_request_metrics
 from shared.kafka import ensure_topics
+from shared.lag import LagMonitor
 from shared.runtime import quiet_gc, run_service
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ async def serve(settings: EnrichSettings, stop: asyncio.Event, *, tune_gc: bool 
     )
     server = EmbeddedServer(config)
     http = asyncio.create_task(server.serve())
+    # lag from the committed offsets, for the whole life of the process: it keeps
+    # growing while the worker's consumer session fails and starts again, committing nothing
+    lag = LagMonitor(settings, {worker.group: worker.inputs}, interval=2.0)
+    lag.start()
     try:
         await ensure_topics(settings)
         await reader.start()
@@ -66,6 +71,7 @@ async def serve(settings: EnrichSettings, stop: asyncio.Event, *, tune_gc: bool 
         with contextlib.suppress(Exception):
             await http
         await reader.stop()
+        await lag.stop()
 
 
 def run() -> None:

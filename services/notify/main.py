@@ -15,12 +15,20 @@ from services.notify.pipeline import Notifier
 from services.notify.settings import NotifySettings
 from shared import logs
 from shared.http import EmbeddedServer
+from shared.lag import LagMonitor
 from shared.runtime import quiet_gc, run_service
 from shared.settings import load
+from shared.topics import ENRICHED_EVENTS, NOTIFY_RETRIES
 
 log = logging.getLogger(__name__)
 
 
+def consumer_groups(settings: NotifySettings) -> dict[str, list[str]]:
+    """The consumer groups :meth:`Notifier.run` joins, each with the topic it reads."""
+    return {
+        settings.group: [settings.topic(ENRICHED_EVENTS)],
+        f"{settings.group}-retries": [settings.topic(NOTIFY_RETRIES)],
+    }
 
 
 async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
@@ -29,6 +37,10 @@ async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, lifespan="off")
     server = EmbeddedServer(config)
+    # lag from the committed offsets, for the whole life of the process: it goes on
+    # while the groups' consumers are loading, failing or gone
+    lag = LagMonitor(settings, consumer_groups(settings))
+    lag.start()
     try:
         await notifier.start()
         quiet_gc()
@@ -40,6 +52,7 @@ async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
             await asyncio.wait_for(api, 10)
     finally:
         await notifier.close()
+        await lag.stop()
 
 
 def run() -> None:

@@ -32,7 +32,7 @@ from services.notify.ssrf import Resolver, system_resolver
 from services.notify.subscriptions import SubscriptionStore
 from shared.deadletters import DeadLetterWriter, from_record
 from shared.kafka import RecordBatches, ensure_topics, make_consumer, make_producer
-from shared.metrics import STAGE_SECONDS, lag_reporter
+from shared.metrics import STAGE_SECONDS
 from shared.topics import ENRICHED_EVENTS, NOTIFY_RETRIES
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,6 @@ class Notifier:
         )
         main.subscribe()
         sched.subscribe()
-        lag = [asyncio.create_task(lag_reporter(c, g)) for c, g in ((events, group), (retries, f"{group}-retries"))]
 
         async def relay() -> None:
             await stop.wait()
@@ -181,8 +180,7 @@ class Notifier:
         try:
             await asyncio.gather(main.run(self.stop_event), sched.run(self.stop_event, grace=2.0))
         finally:
-            for t in [*lag, relay_task]:
-                t.cancel()
+            relay_task.cancel()
             for c in (events, retries):
                 with contextlib.suppress(Exception):
                     await c.stop()
