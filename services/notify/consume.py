@@ -1,7 +1,8 @@
 """The consuming loop shared by the event pipeline and the retry schedule: fetch,
 hand each record to a task (so slow deliveries never block the poll), take no
 more records while too much is in flight, and commit in batches — per partition
-only up to the oldest record whose work is not finished (or durably scheduled) yet.
+only up to the oldest record whose work is not finished (or durably scheduled) yet,
+and up to the consumer's position once every record fetched from it is done.
 
 A handler may return an awaitable (or a list of futures) instead of awaiting it:
 the broker acknowledgements of the records its work wrote. The task ends there (so a slot
@@ -30,10 +31,14 @@ class Abandoned(Exception):
 
 
 class OffsetTracker:
+    """Per partition: the offsets taken and not done yet, the offset after the last one
+    taken, and the offset last committed; what may be committed now."""
+
     def __init__(self) -> None:
         self.pending: dict[TopicPartition, set[int]] = {}
         self.next: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
+        self.generation = 0  # moves on whenever partitions are forgotten (handed over)
 
     def add(self, tp: TopicPartition, offset: int) -> None:
         pending = self.pending.get(tp)
@@ -48,16 +53,39 @@ class OffsetTracker:
             self.pending[tp].discard(offset)
 
     def forget(self, tps: Any) -> None:
+        self.generation += 1
         for tp in tps:
             self.pending.pop(tp, None)
             self.next.pop(tp, None)
             self.committed.pop(tp, None)
 
-    def committable(self) -> dict[TopicPartition, OffsetAndMetadata]:
+    def settled(self) -> list[TopicPartition]:
+        """The partitions every record taken from is done (nothing pending)."""
+        return [tp for tp in self.next if not self.pending.get(tp)]
+
+    def committable(
+        self, positions: dict[TopicPartition, int] | None = None
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The offsets to commit now, for the partitions whose commit would move on.
+
+        A partition with work pending commits its first offset not done. One with
+        nothing pending commits the consumer's position there (``positions``, read just
+        before this call) when it is at or past the last record taken, else the offset
+        after that record. Why the position (Kafka Streams does the same since
+        KAFKA-6607): on a topic written in transactions the offset after a transaction's
+        last record is its commit marker, which a consumer skips but never returns;
+        committing last record + 1 leaves every partition one behind its end for good,
+        so outside tools read a lag of 1 where there is none. The records between the
+        last one taken and the position are markers or aborted records: nothing to do."""
         out = {}
         for tp, nxt in self.next.items():
             pending = self.pending.get(tp)
-            upto = min(pending) if pending else nxt
+            if pending:
+                upto = min(pending)
+            else:
+                pos = positions.get(tp) if positions else None
+                # a position behind ``nxt`` was read before more records were taken
+                upto = pos if pos is not None and pos >= nxt else nxt
             if upto > self.committed.get(tp, -1):
                 out[tp] = OffsetAndMetadata(upto, "")
         return out
@@ -118,8 +146,31 @@ class ConsumerLoop:
     def subscribe(self) -> None:
         self.consumer.subscribe([self.topic], listener=_Listener(self))
 
+    async def positions(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The consumer's position on each of ``tps`` it still holds; one it cannot tell
+        within half a second (being reset) is left out, and the next commit has it."""
+        held = self.consumer.assignment()
+        out: dict[TopicPartition, int] = {}
+        for tp in tps:
+            if tp not in held:
+                continue
+            try:
+                out[tp] = await asyncio.wait_for(self.consumer.position(tp), 0.5)
+            except Exception:  # e.g. revoked meanwhile: commit the tracked offset instead
+                continue
+        return out
+
     async def commit(self) -> None:
-        offsets = self.tracker.committable()
+        """Commit what :meth:`OffsetTracker.committable` allows, with the consumer's
+        positions on the partitions that have nothing pending (see there). A failed
+        commit is logged; the next one catches up."""
+        generation = self.tracker.generation
+        positions = await self.positions(self.tracker.settled())
+        if self.tracker.generation != generation:
+            # partitions changed hands while the positions were read: they may be from
+            # before the handover, past records the new assignment has not done
+            positions = {}
+        offsets = self.tracker.committable(positions)
         if not offsets:
             return
         try:

@@ -1,5 +1,6 @@
 """The consumer loop's offsets, on the real broker: a record whose handler handed back
-its writes' acknowledgements is committed only once they resolve."""
+its writes' acknowledgements is committed only once they resolve, and a partition whose
+records are all done is committed at the consumer's position (past transaction markers)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import asyncio
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 
-from services.notify.consume import ConsumerLoop
-from shared.kafka import make_consumer
+from services.notify.consume import ConsumerLoop, OffsetTracker
+from shared.kafka import make_consumer, make_producer
+from shared.lag import LagMonitor
 from shared.settings import AntingSettings
 from shared.testing import produce
-from shared.topics import NOTIFY_RETRIES
+from shared.topics import ENRICHED_EVENTS, NOTIFY_RETRIES
 
 from .helpers import wait_until
 
@@ -103,4 +106,75 @@ async def test_flow_control_takes_no_more_than_room_and_drops_nothing(topics: An
         stop.set()
         release.set()
         await task
+        await consumer.stop()
+
+
+def test_tracker_commits_the_position_once_nothing_is_pending() -> None:
+    """With every record taken done, the commit is the consumer's position (past a
+    transaction's commit marker); with one pending, the first offset not done."""
+    tp = TopicPartition("t", 0)
+    tracker = OffsetTracker()
+    for offset in (0, 1, 2):
+        tracker.add(tp, offset)
+    tracker.done(tp, 0)
+    tracker.done(tp, 2)
+    assert tracker.settled() == []
+    assert tracker.committable({tp: 4}) == {tp: OffsetAndMetadata(1, "")}
+    tracker.done(tp, 1)
+    assert tracker.settled() == [tp]
+    assert tracker.committable({tp: 4}) == {tp: OffsetAndMetadata(4, "")}
+    assert tracker.committable() == {tp: OffsetAndMetadata(3, "")}  # position unknown
+    # a position read before more records were taken is behind them: not used
+    assert tracker.committable({tp: 2}) == {tp: OffsetAndMetadata(3, "")}
+    tracker.committed[tp] = 4
+    assert tracker.committable({tp: 4}) == {}
+
+
+async def test_commits_reach_the_end_of_a_transactional_topic(topics: AntingSettings) -> None:
+    """Records written in transactions (one aborted), all processed: the group's committed
+    offset is each partition's end offset, past the last commit or abort marker (lag 0
+    for outside tools), not the last record's offset + 1."""
+    topic = topics.topic(ENRICHED_EVENTS)  # three partitions
+    producer = make_producer(topics, transactional_id=f"{topics.topic_prefix}txn")
+    await producer.start()
+    try:
+        for partition, aborted in ((0, False), (1, False), (2, False), (0, False), (1, True)):
+            await producer.begin_transaction()
+            for i in range(3):
+                await producer.send_and_wait(topic, b"%d" % i, partition=partition)
+            if aborted:
+                await producer.abort_transaction()
+            else:
+                await producer.commit_transaction()
+    finally:
+        await producer.stop()
+    seen: list[tuple[int, int]] = []
+
+    async def handler(record: Any) -> None:
+        seen.append((record.partition, record.offset))
+
+    group = f"{topics.topic_prefix}txn-loop"
+    consumer = make_consumer(topics, group_id=group)
+    await consumer.start()
+    stop = asyncio.Event()
+    cl = ConsumerLoop(consumer, topic, handler, max_in_flight=10, commit_interval=0.1)
+    cl.subscribe()
+    task = asyncio.create_task(cl.run(stop, grace=1.0))
+    tps = [TopicPartition(topic, p) for p in range(3)]
+    try:
+        await wait_until(lambda: len(seen) == 12, 60, "the committed records processed")
+        assert max(o for p, o in seen if p == 1) == 2  # the aborted ones never handed out
+        ends = await consumer.end_offsets(tps)
+        # 3 records and a marker per transaction
+        assert ends == {tps[0]: 8, tps[1]: 8, tps[2]: 4}
+        await wait_until(lambda: all(cl.tracker.committed.get(tp) == ends[tp] for tp in tps),
+                         30, "commits at the end offsets")
+        stop.set()
+        await task
+        assert {tp: await consumer.committed(tp) for tp in tps} == ends
+        lags = await (monitor := LagMonitor(topics, {group: [topic]})).measure()
+        await monitor.close()
+        assert lags == {group: dict.fromkeys(tps, 0)}
+    finally:
+        stop.set()
         await consumer.stop()
