@@ -1,13 +1,27 @@
 """Organization name resolution, pure (no I/O): normalise → exact → alias → fuzzy.
 
 A name as a publisher wrote it ("Anting Town Government of Jiading District",
-"安亭镇人民政府", "Beijing Institute of Technolgy") is normalised (NFKC width
-folding, case, punctuation, legal suffixes) and looked up first among the
-normalised official names (``exact``), then among aliases and abbreviations
-(``alias``), then by rapidfuzz similarity (``fuzzy``). Fuzzy matching is guarded
-so that a short or generic name ("Shanghai", "Alliance") never matches and a
-name with a word the candidate lacks ("BIT Mining", "Anting Road") does not
-either: every word of one side must match a word of the other.
+"安亭镇人民政府", "安亭鎮人民政府", "Beijing Institute of Technolgy") is normalised
+(NFKC width folding, case, Chinese script, punctuation, legal suffixes) and
+looked up first among the normalised official names (``exact``), then among
+aliases and abbreviations (``alias``), then by rapidfuzz similarity (``fuzzy``).
+Fuzzy matching is guarded so that a short or generic name ("Shanghai",
+"Alliance") never matches and a name with a word the candidate lacks ("BIT
+Mining", "Anting Road") does not either: every word of one side must match a
+word of the other.
+
+Traditional and Simplified spellings meet: a name with CJK characters is
+converted to Simplified with OpenCC's ``hk2s`` config before the rest of the
+folding, on the catalog's side and the mention's side alike, so 同濟大學,
+同济大学 and a Traditional alias in the catalog all give one key (and fuzzy
+matching compares the folded forms). ``hk2s`` is ``t2s`` (Traditional
+characters and phrases) plus the Hong Kong variant glyphs (衞 → 卫, 敍 → 叙,
+枱 → 台, ...); none of those is a Simplified character, so the additions never
+change Simplified text. ``tw2s`` is not used: its Taiwan variant table also rewrites
+characters that are valid Simplified (著 → 着, 么 → 幺), and Taiwan's
+Traditional characters are already covered by ``t2s``. Conversion is character
+and phrase level only: a Taiwan wording that is a different word (福斯 for 大众,
+資訊 for 信息) is an alias, not a spelling.
 """
 
 from __future__ import annotations
@@ -16,8 +30,10 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
+import opencc
 from rapidfuzz import fuzz, process
 
 from shared.events import MatchMethod
@@ -29,6 +45,9 @@ MIN_FUZZY_LATIN = 8
 MIN_FUZZY_CJK = 4
 TOKEN_THRESHOLD = 80.0
 CACHE_LIMIT = 50_000
+# Traditional (incl. Hong Kong variants) → Simplified; see the module docstring for why hk2s.
+# The dictionaries ship in the opencc wheel: nothing is fetched at run time.
+OPENCC_CONFIG = "hk2s"
 
 # English legal and administrative suffixes, as normalised token sequences,
 # longest first; stripped from the end while something else remains
@@ -72,20 +91,36 @@ _CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff])")
 _PARENS = re.compile(r"[(（\[［]([^)）\]］]*)[)）\]］]")
 
 
+_TO_SIMPLIFIED = opencc.OpenCC(OPENCC_CONFIG)
+
+
 def has_cjk(s: str) -> bool:
+    """True when the text has a CJK ideograph (the ranges ``_CJK`` covers)."""
     return _CJK.search(s) is not None
 
 
+def to_simplified(text: str) -> str:
+    """The text with Traditional Chinese (and Hong Kong variant) characters and phrases
+    in Simplified; anything else (Latin, digits, Simplified) is left as it is."""
+    return str(_TO_SIMPLIFIED.convert(text))
+
+
 def normalise(name: str) -> str:
-    """Case, width, punctuation, whitespace and legal suffixes folded away (but a
-    suffix is kept when only a generic word would remain: "Shanghai Government")."""
+    """Case, width, Chinese script (Traditional → Simplified), punctuation, whitespace and
+    legal suffixes folded away (but a suffix is kept when only a generic word would remain:
+    "Shanghai Government")."""
     base = _fold(name)
     stripped = _strip_suffixes(base)
     return base if is_generic(stripped) else stripped
 
 
+# Names repeat (every catalog rebuild folds the same names again, mentions recur across
+# events), and the OpenCC conversion is the costly step: cache the whole fold.
+@lru_cache(maxsize=CACHE_LIMIT)
 def _fold(name: str) -> str:
     s = unicodedata.normalize("NFKC", name).casefold()
+    if has_cjk(s):  # Latin-only names skip the converter
+        s = to_simplified(s)
     s = s.replace("&", " and ").replace("'", "").replace("\u2019", "")
     s = _PUNCT.sub(" ", s)
     s = _SPACES.sub(" ", s).strip()
