@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable
 
 from aiokafka import TopicPartition
+from aiokafka.admin import RecordsToDelete
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import REGISTRY
 
-from shared.kafka import make_consumer, make_producer
+from shared.kafka import make_admin, make_consumer, make_producer
 from shared.lag import LagMonitor, lag_of
 from shared.localkafka import free_port
 from shared.settings import AntingSettings
@@ -98,13 +99,19 @@ async def test_no_broker_never_raises_and_stops_at_once() -> None:
 
 async def test_lag_of_a_group_with_no_consumer_running(topics: AntingSettings) -> None:
     """A group that committed offset X and left: N records written after X read as lag N,
-    and more as more are written; partitions it never committed count every record."""
+    and more as more are written; partitions it never committed count from the log start."""
     topic = topics.topic(ANNOUNCEMENTS)  # three partitions
     group = f"{topics.topic_prefix}idle"
     await write(topics, topic, 0, 5)
     await commit(topics, group, {TopicPartition(topic, 0): 5})
     await write(topics, topic, 0, 7)
-    await write(topics, topic, 1, 2)
+    await write(topics, topic, 1, 3)
+    admin = make_admin(topics)
+    await admin.start()
+    try:  # partition 1's log now starts at offset 1: two records are left to read
+        await admin.delete_records({TopicPartition(topic, 1): RecordsToDelete(1)})
+    finally:
+        await admin.close()
 
     monitor = LagMonitor(topics, {group: [topic]}, interval=0.1)
     lags = await monitor.measure()
