@@ -2,7 +2,8 @@
 ``webhook-timestamp``, ``webhook-signature`` (``v1,<base64 HMAC-SHA256>`` with
 every current secret of the subscription, space-separated, so a receiver keeps
 verifying through a rotation). Redirects are never followed; the SSRF guard is
-the client's resolver, so the address connected to is the address checked.
+the client's resolver (for literal addresses as for names), so the address
+connected to is the address checked.
 
 The HTTP exchange is :mod:`.http1`'s (why not aiohttp or httpx: see there).
 """
@@ -21,14 +22,7 @@ from typing import Any
 from shared.subscriptions import Subscription
 
 from ..notification import Delivery
-from ..ssrf import (
-    GuardedResolver,
-    Network,
-    RefusedAddress,
-    Resolver,
-    literal_refusal,
-    system_resolver,
-)
+from ..ssrf import GuardedResolver, Network, RefusedAddress, Resolver, system_resolver
 from ..subscriptions import signing_secrets
 from . import Result
 from .http1 import InvalidURL, WebhookClient
@@ -102,7 +96,6 @@ class WebhookSender:
         self.networks = networks
         self.client = WebhookClient(GuardedResolver(networks, resolver), timeout,
                                     max_idle_per_origin=max(1, concurrency), user_agent=USER_AGENT)
-        self._refusals: dict[str, str | None] = {}  # literal-IP verdict per URL (pure, so cached)
 
     async def send(self, sub: Subscription, delivery: Delivery) -> Result:
         assert sub.channel.type == "webhook"
@@ -116,12 +109,8 @@ class WebhookSender:
         )
         url = sub.channel.url
         try:
-            if url not in self._refusals:
-                if len(self._refusals) > 10000:
-                    self._refusals.clear()
-                self._refusals[url] = literal_refusal(url, self.networks)
-            if self._refusals[url]:
-                raise RefusedAddress(self._refusals[url])
+            # the guard is the client's resolver (ssrf.GuardedResolver): literal hosts in
+            # any spelling are checked there too, by the rule subscription creation uses
             response = await self.client.post(url, body, headers)
         except RefusedAddress as exc:
             return Result("permanent", None, f"refused: {exc}")
