@@ -149,8 +149,9 @@ def dlq_list(
 ) -> None:
     """Show what is in dead-letters: where each record came from and why it failed."""
     import orjson
+    from rich.text import Text
 
-    from shared.deadletters import read_dead_letters
+    from shared.deadletters import read_dead_letters, show_bytes
     from shared.settings import AntingSettings
 
     settings = settings_mod.load(AntingSettings)
@@ -159,18 +160,25 @@ def dlq_list(
         for offset, letter in letters:
             sys.stdout.write(orjson.dumps({
                 "offset": offset,
-                "key": letter.key.decode(errors="replace") if letter.key else None,
-                "value": letter.value.decode(errors="replace") if letter.value else None,
-                "headers": {k: v.decode(errors="replace") for k, v in letter.headers},
+                "key": show_bytes(letter.key),
+                "value": show_bytes(letter.value),
+                # null header values stay null; bytes that are not UTF-8 become \xNN
+                "headers": {k: show_bytes(v) for k, v in letter.headers},
             }).decode() + "\n")
         return
+
+    def cell(text: str | None) -> Text:
+        # plain Text: no rich markup, and no control character reaches the terminal
+        return Text((text or "").encode("unicode_escape").decode("ascii")
+                    if any(not c.isprintable() for c in text or "") else (text or ""))
+
     table = Table("offset", "stage", "from", "error", "value")
     for offset, letter in letters:
         origin = f"{letter.header('dlq.original.topic')}[{letter.header('dlq.original.partition')}]@{letter.header('dlq.original.offset')}"
         table.add_row(
-            str(offset), letter.header("dlq.stage") or "", origin,
-            f"{letter.header('dlq.error.class')}: {letter.header('dlq.error.message')}",
-            (letter.value or b"")[:60].decode(errors="replace"),
+            str(offset), cell(letter.header("dlq.stage")), cell(origin),
+            cell(f"{letter.header('dlq.error.class')}: {letter.header('dlq.error.message')}"),
+            cell(show_bytes((letter.value or b"")[:60])),
         )
     Console().print(table)
     console.print(f"{len(letters)} dead letter(s)")

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.kafka import PRODUCER_MAX_REQUEST_BYTES, record_size
 from shared.metrics import DEAD_LETTERS
 from shared.settings import AntingSettings
 from shared.topics import DEAD_LETTERS as DEAD_LETTERS_TOPIC
 
-Headers = list[tuple[str, bytes]]
+Headers = list[tuple[str, bytes | None]]
 MAX_MESSAGE = 2000
 
 
@@ -27,10 +28,22 @@ class DeadLetter:
     headers: Headers
 
     def header(self, name: str) -> str | None:
+        """The last header of that name as text (see :func:`show_bytes`); None if absent
+        or null."""
+        found: str | None = None
         for k, v in self.headers:
             if k == name:
-                return v.decode(errors="replace")
+                found = show_bytes(v)
+        return found
+
+
+def show_bytes(raw: bytes | None) -> str | None:
+    """Bytes from a record (key, value, header) as text that loses nothing: UTF-8 as is,
+    any other byte as a ``\\xNN`` escape; None stays None (a header may have a null
+    value: kcat ``-H "name"``)."""
+    if raw is None:
         return None
+    return raw.decode("utf-8", errors="backslashreplace")
 
 
 def dead_letter(
@@ -39,7 +52,7 @@ def dead_letter(
     error: BaseException | str,
     key: bytes | None,
     value: bytes | None,
-    headers: Sequence[tuple[str, bytes]] = (),
+    headers: Sequence[tuple[str, bytes | None]] = (),
     topic: str | None = None,
     partition: int | None = None,
     offset: int | None = None,
@@ -61,7 +74,7 @@ def dead_letter(
     }
     for name, val in (extra or {}).items():
         dlq[f"dlq.{name}"] = val
-    original = [(k, v) for k, v in headers if not k.startswith("dlq.")]
+    original: Headers = [(k, v) for k, v in headers if not k.startswith("dlq.")]
     return DeadLetter(key, value, original + [(k, v.encode()) for k, v in dlq.items()])
 
 
@@ -74,16 +87,40 @@ def from_record(record: Any, *, stage: str, error: BaseException | str) -> DeadL
     )
 
 
-class DeadLetterWriter:
-    """Sends dead letters with the caller's producer (inside its transaction, if any)."""
+def fit(letter: DeadLetter, max_bytes: int) -> DeadLetter:
+    """The letter itself if it fits in a record of ``max_bytes``; else the letter with its
+    value cut to fit and a ``dlq.value.truncated`` header giving the original value's
+    length (a record can be too large for ``dead-letters`` for the very reason it was
+    dead-lettered). If the headers alone are too large, the original headers go too and
+    only the ``dlq.*`` ones stay."""
+    if record_size(letter.key, letter.value, letter.headers) <= max_bytes:
+        return letter
+    headers = letter.headers
+    if record_size(letter.key, None, headers) > max_bytes // 2:
+        headers = [(k, v) for k, v in headers if k.startswith("dlq.")]
+    headers = [*headers, ("dlq.value.truncated", str(len(letter.value or b"")).encode())]
+    room = max(0, max_bytes - record_size(letter.key, None, headers))
+    return DeadLetter(letter.key, (letter.value or b"")[:room], headers)
 
-    def __init__(self, producer: Any, settings: AntingSettings) -> None:
+
+class DeadLetterWriter:
+    """Sends dead letters with the caller's producer (inside its transaction, if any).
+
+    ``max_bytes`` is the largest record ``dead-letters`` takes (a stage that reads the
+    topic's ``max.message.bytes`` at start sets it); larger letters are cut to fit
+    (:func:`fit`), so writing a dead letter never fails for its size.
+    """
+
+    def __init__(self, producer: Any, settings: AntingSettings,
+                 max_bytes: int = PRODUCER_MAX_REQUEST_BYTES) -> None:
         self.producer = producer
         self.topic = settings.topic(DEAD_LETTERS_TOPIC)
+        self.max_bytes = max_bytes
 
     async def send(self, letter: DeadLetter, producer: Any = None) -> Any:
         """Queue the dead letter (on ``producer`` if given, e.g. the transactional
         producer of the batch); returns the delivery future (await it for the ack)."""
+        letter = fit(letter, self.max_bytes)
         DEAD_LETTERS.labels(
             letter.header("dlq.stage") or "", letter.header("dlq.original.topic") or ""
         ).inc()

@@ -1,24 +1,176 @@
 """The events Anting carries: CloudEvents 1.0 (JSON structured mode) and their data.
 
-Two input types, ``conference.announcement`` and ``agreement.signed``, told apart
-by the envelope's ``type`` (a discriminated union, so an unknown type is an error
-at the path ``type``); and their enriched forms, which keep the envelope and add
-what enrich resolved. Bytes in and out go through :func:`parse_event` and
-:func:`dump_event` so every stage reads and writes the same canonical JSON.
+This module is the contract, once: ingest, enrich and notify all check events with
+these models (:func:`parse_event`, :func:`parse_enriched`), so an event one stage
+accepts is an event every later stage can read and write. Two input types,
+``conference.announcement`` and ``agreement.signed``, told apart by the envelope's
+``type`` (a discriminated union, so an unknown type is an error at the path
+``type``); and their enriched forms, which keep the envelope and add what enrich
+resolved. Bytes in and out go through :func:`parse_event` and :func:`dump_event`
+so every stage reads and writes the same canonical JSON.
+
+What the contract refuses, each a kind of input that broke a later stage before:
+
+- numbers JSON readers disagree on: not finite (``1e400`` overflows to infinity in
+  some parsers, is refused by others, and orjson writes infinity as ``null``), or
+  integers beyond ±(2**53 - 1), the range every JSON reader holds exactly (I-JSON,
+  RFC 7493 §2.2);
+- times that are not RFC 3339 with an offset (``2024-05-01T10:00:00`` names no
+  instant); lowercase ``t`` and ``z`` are RFC 3339 and accepted;
+- control characters in strings that become protocol fields (``id``, ``source``,
+  ``subject``, extension attributes: Kafka header values, SSE ``id:`` lines, e-mail
+  headers) and in names; prose fields (``summary``) may hold line breaks;
+- more than a press release ever names (:data:`LIMITS`), so that the enriched form
+  of any accepted event fits in one Kafka record (see :data:`MAX_EVENT_BYTES`).
+
+Records written in the CloudEvents Kafka binding's *binary* content mode (``ce_*``
+headers, the value is the data) are read by :func:`record_event_bytes`, which gives
+the structured-mode JSON that the parsers take.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from shared.organizations import Organization
 
+# --- the limits of one event ---------------------------------------------------
+
+#: The largest canonical JSON of one input event (bytes). With :data:`LIMITS` and the
+#: catalog's record bound (``shared.organizations.MAX_RECORD_BYTES``), the enriched
+#: form of the largest event stays under 1 MiB, Kafka's default ``max.message.bytes``:
+#: 256 KiB + 100 mentions x (4 KiB record + match) + the enrichment block ≈ 0.75 MiB.
+MAX_EVENT_BYTES = 256 * 1024
+
+#: The most items one event may name. A real press release names tens of
+#: organizations ("about 20 companies"), not hundreds.
+LIMITS: dict[str, int] = {
+    "organizations": 100,
+    "people": 200,
+    "figures": 100,
+    "sectors": 50,
+    "name": 256,  # characters of a name, role, place, sector, subject, id
+    "headline": 1000,  # characters of a headline or title
+    "summary": 20000,  # characters of a summary
+    "uri": 2048,  # characters of source and dataschema
+}
+
+#: Integers every JSON reader holds exactly (I-JSON, RFC 7493 §2.2).
+MAX_SAFE_INTEGER = 2**53 - 1
+
+# C0 and C1 control characters and DEL: nothing a name or protocol field carries,
+# and CR/LF end a line in SSE, HTTP and e-mail headers.
+_LINE = r"^[^\x00-\x1f\x7f-\x9f]*$"
+# ...and a name has at least one visible character
+_NAME = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+# prose may break lines (tab, LF, CR) but holds no other control character
+_PROSE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+_PATTERN_MESSAGES = {
+    _LINE: "must not contain control characters (U+0000-U+001F, U+007F-U+009F)",
+    _NAME: "must contain a visible character and no control characters (U+0000-U+001F, U+007F-U+009F)",
+    _PROSE: "must not contain control characters other than tab, LF and CR",
+}
+
+Line = Annotated[str, StringConstraints(max_length=LIMITS["name"], pattern=_LINE)]
+Name = Annotated[str, StringConstraints(max_length=LIMITS["name"], pattern=_NAME)]
+Uri = Annotated[str, StringConstraints(min_length=1, max_length=LIMITS["uri"], pattern=_LINE)]
+Headline = Annotated[str, StringConstraints(max_length=LIMITS["headline"], pattern=_NAME)]
+Prose = Annotated[str, StringConstraints(max_length=LIMITS["summary"], pattern=_PROSE)]
+# kept for the catalog and subscriptions, which have their own rules
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+
+
+def _json_number(value: int | float) -> int | float:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PydanticCustomError(
+            "finite_number",
+            "must be a finite number: JSON has no Infinity or NaN, and a literal such as "
+            "1e400 overflows to infinity",
+        )
+    if isinstance(value, int) and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        raise PydanticCustomError(
+            "safe_integer",
+            "integers must lie within ±9007199254740991 (2**53 - 1), the range every JSON "
+            "reader holds exactly (RFC 7493)",
+        )
+    return value
+
+
+Number = Annotated[int | float, AfterValidator(_json_number)]
+Count = Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER)]
+
+_RFC3339 = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+
+
+def _rfc3339(value: Any) -> Any:
+    """A JSON time must be an RFC 3339 ``date-time``: seconds and an offset (or ``Z``)."""
+    if isinstance(value, str):
+        if not _RFC3339.match(value):
+            raise PydanticCustomError(
+                "rfc3339",
+                "must be an RFC 3339 date-time with seconds and an offset, e.g. "
+                "2024-05-01T10:00:00+08:00 or 2024-05-01T02:00:00Z",
+            )
+        try:
+            # 't' and 'z' are RFC 3339; fromisoformat wants 'T' and reads 'Z' since 3.11
+            return datetime.fromisoformat(value.upper())
+        except ValueError as exc:
+            raise PydanticCustomError("rfc3339", "not a valid date-time: {error}",
+                                      {"error": str(exc)}) from None
+    return value
+
+
+#: A point in time: RFC 3339 with an offset (CloudEvents ``time`` requires RFC 3339).
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+
+# Unknown keys are kept (nothing a publisher sent is lost), but they obey the same
+# number rules: an unknown field is written by every stage as much as a known one.
+def _json_value(value: Any) -> Any:
+    """Any JSON value whose every number is finite and, if an integer, safe."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            _json_number(item)
+    return value
+
+
+JsonValue = Annotated[Any, AfterValidator(_json_value)]
+
+#: CloudEvents extension attribute values: string, integer or boolean (the spec's
+#: types; URI, timestamp and binary travel as strings). They become Kafka headers in
+#: the binary content mode, so a string is one line.
+ExtensionValue = Annotated[
+    bool | Annotated[int, Field(ge=-(2**31), le=2**31 - 1)] | Annotated[
+        str, StringConstraints(max_length=LIMITS["uri"], pattern=_LINE)],
+    Field(union_mode="left_to_right"),
+]
+_EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,64}$")
 
 ANNOUNCEMENT = "conference.announcement"
 AGREEMENT = "agreement.signed"
@@ -26,9 +178,11 @@ EVENT_TYPES: tuple[str, ...] = (ANNOUNCEMENT, AGREEMENT)
 
 
 class Model(BaseModel):
-    """Strict types (no "5" for 5), unknown keys kept: nothing a publisher sent is lost."""
+    """Strict types (no "5" for 5), unknown keys kept as JSON values: nothing a
+    publisher sent is lost."""
 
     model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True)
+    __pydantic_extra__: dict[str, JsonValue] = Field(init=False)
 
 
 class AnnouncementKind(StrEnum):
@@ -44,67 +198,89 @@ class AnnouncementKind(StrEnum):
 
 
 class Location(Model):
-    venue: str | None = None
-    town: str | None = None
-    district: str | None = None
-    city: str | None = None
-    country: str | None = None
+    venue: Line | None = None
+    town: Line | None = None
+    district: Line | None = None
+    city: Line | None = None
+    country: Line | None = None
 
 
 class OrganizationMention(Model):
     """An organization as the publisher named it, English or Chinese."""
 
-    name: NonEmpty
-    role: str | None = None
+    name: Name
+    role: Line | None = None
 
 
 class Person(Model):
-    name: NonEmpty
-    role: str | None = None
-    affiliation: str | None = None
+    name: Name
+    role: Line | None = None
+    affiliation: Line | None = None
 
 
 class Money(Model):
-    amount: int | float
-    currency: Annotated[str, StringConstraints(min_length=3, max_length=3)]
+    amount: Number
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]  # ISO 4217
 
 
 class AnnouncementData(Model):
-    headline: NonEmpty
+    headline: Headline
     kind: AnnouncementKind = AnnouncementKind.other
-    conference: str | None = None
-    summary: str | None = None
+    conference: Line | None = None
+    summary: Prose | None = None
     location: Location | None = None
-    starts_at: datetime | None = None
-    ends_at: datetime | None = None
-    organizations: list[OrganizationMention] = Field(default_factory=list)
-    people: list[Person] = Field(default_factory=list)
-    figures: dict[str, int | float] = Field(default_factory=dict)
-    language: str | None = None
+    starts_at: Timestamp | None = None
+    ends_at: Timestamp | None = None
+    organizations: list[OrganizationMention] = Field(
+        default_factory=list, max_length=LIMITS["organizations"])
+    people: list[Person] = Field(default_factory=list, max_length=LIMITS["people"])
+    figures: dict[Name, Number] = Field(default_factory=dict, max_length=LIMITS["figures"])
+    language: Line | None = None
 
 
 class AgreementData(Model):
-    title: NonEmpty
-    organizations: list[OrganizationMention] = Field(default_factory=list)
-    party_count: Annotated[int, Field(ge=0)] | None = None
-    signed_at: datetime | None = None
+    title: Headline
+    organizations: list[OrganizationMention] = Field(
+        default_factory=list, max_length=LIMITS["organizations"])
+    party_count: Count | None = None
+    signed_at: Timestamp | None = None
     location: Location | None = None
     value: Money | None = None
-    sectors: list[str] = Field(default_factory=list)
-    summary: str | None = None
-    language: str | None = None
+    sectors: list[Name] = Field(default_factory=list, max_length=LIMITS["sectors"])
+    summary: Prose | None = None
+    language: Line | None = None
 
 
 class CloudEventBase(Model):
-    """The CloudEvents 1.0 context attributes; extension attributes are kept as extras."""
+    """The CloudEvents 1.0 context attributes; extension attributes are kept as extras.
+
+    Identity is the pair (``source``, ``id``) (CloudEvents 1.0 §3.1.1): two publishers
+    may use one id. Extension attribute names are lowercase ASCII letters and digits
+    and their values strings, integers or booleans, as the spec says (§3.1.3): in the
+    Kafka binding's binary mode each becomes a ``ce_<name>`` header.
+    """
+
+    __pydantic_extra__: dict[str, ExtensionValue] = Field(init=False)
 
     specversion: Literal["1.0"]
-    id: NonEmpty
-    source: NonEmpty
-    time: datetime | None = None
-    subject: str | None = None
-    datacontenttype: str | None = None
-    dataschema: str | None = None
+    id: Annotated[str, StringConstraints(max_length=LIMITS["name"], pattern=_NAME)]
+    source: Uri
+    time: Timestamp | None = None
+    subject: Annotated[str, StringConstraints(max_length=LIMITS["name"], pattern=_LINE)] | None = None
+    datacontenttype: Line | None = None
+    dataschema: Uri | None = None
+
+    @model_validator(mode="after")
+    def _extension_names(self) -> CloudEventBase:
+        for name in self.__pydantic_extra__ or ():
+            if not _EXTENSION_NAME.match(name):
+                raise PydanticCustomError(
+                    "extension_name",
+                    "extension attribute {name!r}: names are 1-64 lowercase ASCII letters "
+                    "and digits (CloudEvents 1.0 §3.1.3)",
+                    {"name": name},
+                )
+        return self
 
     @property
     def key(self) -> bytes:
@@ -149,16 +325,18 @@ class Enrichment(Model):
     resolved: list[str] = Field(default_factory=list, description="ids of the resolved organizations")
     unresolved: list[str] = Field(default_factory=list, description="names no catalog record matched")
     catalog_version: str
-    enriched_at: datetime
+    enriched_at: Timestamp
 
 
 class EnrichedAnnouncementData(AnnouncementData):
-    organizations: list[ResolvedMention] = Field(default_factory=list)  # type: ignore[assignment]
+    organizations: list[ResolvedMention] = Field(  # type: ignore[assignment]
+        default_factory=list, max_length=LIMITS["organizations"])
     enrichment: Enrichment
 
 
 class EnrichedAgreementData(AgreementData):
-    organizations: list[ResolvedMention] = Field(default_factory=list)  # type: ignore[assignment]
+    organizations: list[ResolvedMention] = Field(  # type: ignore[assignment]
+        default_factory=list, max_length=LIMITS["organizations"])
     enrichment: Enrichment
 
 
@@ -186,23 +364,111 @@ AnyEnrichedEvent = EnrichedAnnouncementEvent | EnrichedAgreementEvent
 # --- bytes in, bytes out ---------------------------------------------------------
 
 
+class EventTooLarge(ValueError):
+    """The event's canonical JSON is over :data:`MAX_EVENT_BYTES`."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the event is {size} bytes as canonical JSON; the limit is {MAX_EVENT_BYTES}")
+        self.size = size
+
+
+class NotACloudEvent(ValueError):
+    """A Kafka record that is not a CloudEvent in either content mode of the binding."""
+
+
+def check_size(value: bytes) -> bytes:
+    """``value`` (an event's canonical JSON) if it is within :data:`MAX_EVENT_BYTES`;
+    raises :class:`EventTooLarge` otherwise."""
+    if len(value) > MAX_EVENT_BYTES:
+        raise EventTooLarge(len(value))
+    return value
+
+
 def parse_event(raw: bytes | str) -> AnyEvent:
-    """Bytes → event; raises ``pydantic.ValidationError`` with field paths."""
-    return EVENT_ADAPTER.validate_json(raw)
+    """Bytes of a structured-mode CloudEvent → event, checked against the contract.
+
+    Raises ``pydantic.ValidationError`` with field paths (:func:`error_paths`), or
+    :class:`EventTooLarge`. The size is that of the canonical JSON, which is what ingest
+    writes; canonical JSON is never more than twice the bytes it was read from (only a
+    float such as ``1E2`` grows, to ``100.0``), so it is computed only for large input.
+    """
+    event = EVENT_ADAPTER.validate_json(raw)
+    if len(raw) > MAX_EVENT_BYTES // 2:
+        check_size(dump_event(event))
+    return event
 
 
 def parse_event_obj(obj: Any) -> AnyEvent:
     """An already-decoded JSON value → event (strict JSON semantics, e.g. ISO times)."""
-    return EVENT_ADAPTER.validate_json(orjson.dumps(obj))
+    return parse_event(orjson.dumps(obj))
 
 
 def parse_enriched(raw: bytes | str) -> AnyEnrichedEvent:
+    """Bytes of an enriched event → model; raises ``pydantic.ValidationError``."""
     return ENRICHED_ADAPTER.validate_json(raw)
 
 
 def dump_event(event: BaseModel) -> bytes:
     """Event → canonical compact JSON; unset optional fields are left out."""
     return orjson.dumps(event.model_dump(mode="json", exclude_unset=True, by_alias=True))
+
+
+# --- the CloudEvents Kafka protocol binding ------------------------------------------
+
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+_JSON_MEDIA = re.compile(r"^(application|text)/([a-z0-9.+-]*\+)?json$")
+
+
+def _header_text(name: str, value: bytes | None) -> str:
+    if value is None:
+        raise NotACloudEvent(f"header {name!r} has no value")
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise NotACloudEvent(f"header {name!r} is not UTF-8") from None
+
+
+def record_event_bytes(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None) -> bytes:
+    """A Kafka record of a CloudEvent → the event's structured-mode JSON bytes.
+
+    The CloudEvents Kafka protocol binding 1.0 has two content modes: *structured*
+    (the value is the whole event; ``content-type: application/cloudevents+json``)
+    and *binary* (the value is the ``data``; each attribute is a ``ce_<name>`` header
+    and ``datacontenttype`` is the ``content-type`` header). A record with a
+    ``ce_specversion`` header and no structured content type is binary (what the
+    CloudEvents SDKs' ``to_binary`` writes); any other record is taken as structured
+    (kcat writes no headers). Returns ``value`` itself for structured records, so the
+    common case costs one header scan.
+
+    Raises :class:`NotACloudEvent` for a null value, a header that is not UTF-8, or
+    binary-mode data that is not JSON.
+    """
+    content_type: str | None = None
+    binary = False
+    for name, hval in headers or ():
+        if name == "content-type" and hval is not None:
+            content_type = hval.decode(errors="replace").strip().lower()
+        elif name == "ce_specversion":
+            binary = True
+    if not binary or (content_type or "").startswith("application/cloudevents"):
+        if value is None:
+            raise NotACloudEvent("empty record (null value)")
+        return value
+    event: dict[str, Any] = {}
+    for name, hval in headers or ():
+        if name.startswith("ce_"):
+            event[name[3:]] = _header_text(name, hval)
+    if content_type is not None:
+        event["datacontenttype"] = content_type
+    media = (content_type or "application/json").split(";")[0].strip()
+    if not _JSON_MEDIA.match(media):
+        raise NotACloudEvent(f"binary-mode data of content type {media!r}: Anting's events carry JSON data")
+    if value is not None:
+        try:
+            event["data"] = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise NotACloudEvent(f"binary-mode data is not JSON: {exc}") from None
+    return orjson.dumps(event)
 
 
 def error_paths(exc: Any) -> list[dict[str, str]]:
@@ -216,5 +482,8 @@ def error_paths(exc: Any) -> list[dict[str, str]]:
         # a missing or unknown tag is reported at the union itself: it is about `type`
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc = [*loc, "type"]
-        out.append({"path": ".".join(loc) or "$", "message": err["msg"], "type": err["type"]})
+        message = err["msg"]
+        if err["type"] == "string_pattern_mismatch":
+            message = _PATTERN_MESSAGES.get((err.get("ctx") or {}).get("pattern", ""), message)
+        out.append({"path": ".".join(loc) or "$", "message": message, "type": err["type"]})
     return out

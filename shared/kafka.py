@@ -189,3 +189,50 @@ class RecordBatches:
             self._ship(topic, partition)
         if self._shipping:
             await asyncio.gather(*self._shipping, return_exceptions=True)
+
+
+#: aiokafka's producer refuses a record over ``max_request_size`` (its default, 1 MiB).
+PRODUCER_MAX_REQUEST_BYTES = 1024 * 1024
+# what a record adds to its key, value and headers in a batch of its own (v2 record
+# batch header 61 bytes, the record's varints; generous: the check must never pass a
+# record the broker refuses)
+RECORD_OVERHEAD_BYTES = 512
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes | None]] = ()) -> int:
+    """An upper bound of the bytes a record takes in a batch of its own (uncompressed)."""
+    size = RECORD_OVERHEAD_BYTES + len(key or b"") + len(value or b"")
+    for name, hval in headers:
+        size += len(name) + len(hval or b"") + 10
+    return size
+
+
+async def max_message_bytes(settings: AntingSettings, topics: Iterable[str]) -> dict[str, int]:
+    """The largest record each topic takes: its ``max.message.bytes`` as the broker reports
+    it (a topic override, else the broker's ``message.max.bytes``), capped by what the
+    producer sends (:data:`PRODUCER_MAX_REQUEST_BYTES`).
+
+    A topic the broker does not describe (not created yet, not allowed) gets the producer's
+    cap and a warning: Kafka's default topic limit is about the same (1 MiB + 12 bytes).
+    """
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    names = list(topics)
+    limits = dict.fromkeys(names, PRODUCER_MAX_REQUEST_BYTES)
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, n, {"max.message.bytes": None}) for n in names])
+        for response in responses:
+            for resource in response.resources:
+                error_code, _, _, name, entries = resource[:5]
+                if error_code:
+                    log.warning("cannot read the topic's max.message.bytes", extra={"topic": name, "error_code": error_code})
+                    continue
+                for entry in entries:
+                    if entry[0] == "max.message.bytes" and entry[1] is not None:
+                        limits[name] = min(int(entry[1]), PRODUCER_MAX_REQUEST_BYTES)
+    finally:
+        await admin.close()
+    return limits

@@ -6,9 +6,6 @@ the code, the alert rules and the dashboard.
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -66,14 +63,3 @@ HTTP_REQUEST_SECONDS = Histogram(
 def render(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
     """The exposition text and its content type, for a ``/metrics`` handler."""
     return generate_latest(registry), CONTENT_TYPE_LATEST
-
-
-async def lag_reporter(consumer: Any, group: str, interval: float = 5.0) -> None:
-    """Does nothing until cancelled; kept only so that existing callers still run.
-
-    ``anting_consumer_lag`` is set by :class:`shared.lag.LagMonitor`, from the group's
-    committed offsets, for the whole life of a service: a reporter tied to one consumer
-    read the live position, which showed 0 while a failing consumer session committed
-    nothing. Two writers would fight over the same series, so this one writes nothing."""
-    del consumer, group, interval
-    await asyncio.Event().wait()

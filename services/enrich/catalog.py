@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from services.enrich.resolve import DEFAULT_THRESHOLD, CatalogIndex
 from shared.kafka import ensure_topics, make_consumer, make_producer
-from shared.organizations import Organization
+from shared.organizations import Organization, RecordTooLarge, parse_organization
 from shared.settings import AntingSettings
 from shared.topics import ORGANIZATIONS
 
@@ -56,8 +56,8 @@ class Catalog:
                 self.organizations.pop(key.decode(errors="replace"), None)
             return
         try:
-            org = Organization.model_validate_json(value)
-        except ValidationError as exc:
+            org = parse_organization(value)
+        except (ValidationError, RecordTooLarge) as exc:
             # the catalog reader commits nothing, so a dead letter would repeat on
             # every start: log it; `anting orgs put` validates before writing
             self.skipped += 1
@@ -190,7 +190,7 @@ def shipped() -> list[Organization]:
 
 def read_file(path: Path) -> list[Organization]:
     # JSON mode: the strict model takes "association" for its enum from JSON text
-    return [Organization.model_validate_json(orjson.dumps(o)) for o in orjson.loads(path.read_bytes())]
+    return [parse_organization(orjson.dumps(o)) for o in orjson.loads(path.read_bytes())]
 
 
 def encode(org: Organization) -> bytes:

@@ -17,8 +17,14 @@ partition: hence a producer per partition, as Kafka Streams did before 2.6.
 At least once (``ANTING_ENRICH_GUARANTEE=at_least_once``): one idempotent
 producer; offsets are committed after the broker acknowledged the batch.
 
-Any failure in a transaction tears the session down (consumer and producers)
-and starts it again from the committed offsets: nothing is half-done.
+A record that cannot be read (not a CloudEvent of the contract, in either content
+mode of the Kafka binding) or cannot be *written* (its enriched form is over the
+output topic's ``max.message.bytes``, read from the broker at start, or the producer
+refuses it) goes to ``dead-letters`` inside the same transaction, and the stream
+goes on. Any other failure in a transaction tears the session down (consumer and
+producers) and starts it again from the committed offsets: nothing is half-done. A
+session that fails again and again at the same offsets says so in the log, with
+the offsets, and counts ``anting_worker_restarts_total``.
 """
 
 from __future__ import annotations
@@ -31,14 +37,27 @@ from collections import Counter
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError
 from pydantic import ValidationError
 
 from services.enrich.catalog import Catalog, CatalogReader
 from services.enrich.enrich import enrich_bytes
 from services.enrich.settings import EnrichSettings
 from shared.deadletters import DeadLetterWriter, from_record
-from shared.kafka import make_consumer, make_producer
-from shared.metrics import ENRICH_EVENTS, ENRICH_ORGANIZATIONS, STAGE_SECONDS, lag_reporter
+from shared.events import record_event_bytes
+from shared.kafka import (
+    PRODUCER_MAX_REQUEST_BYTES,
+    make_consumer,
+    make_producer,
+    max_message_bytes,
+    record_size,
+)
+from shared.metrics import (
+    ENRICH_EVENTS,
+    ENRICH_ORGANIZATIONS,
+    STAGE_SECONDS,
+    WORKER_RESTARTS,
+)
 from shared.topics import AGREEMENTS, ANNOUNCEMENTS, ENRICHED_EVENTS
 
 log = logging.getLogger(__name__)
@@ -73,48 +92,84 @@ def _type_of(raw: bytes | None) -> str:
 
 
 STRUCTURED = ("content-type", b"application/cloudevents+json")
+# a session failing this many times in a row at the same offsets is stuck, not unlucky
+STUCK_AFTER = 3
+
+
+class RecordTooLarge(ValueError):
+    """The enriched record is larger than the output topic takes."""
+
+
+# what a produce refuses for one record alone: treated like a poison input
+_UNWRITABLE = (RecordTooLarge, MessageSizeTooLargeError, TypeError, ValueError)
 
 
 def _structured(headers: Any) -> list[tuple[str, bytes]]:
     """The input's headers (ce_*, traceparent ...), and always the CloudEvents Kafka
     binding's structured-mode content type: an input written by kcat without headers
     still comes out as a CloudEvent any binding-aware parser reads."""
-    return [(k, v) for k, v in headers or () if k != "content-type"] + [STRUCTURED]
+    return [(k, v) for k, v in headers or () if k != "content-type" and v is not None] + [STRUCTURED]
 
 
 class Enricher:
     """Turns records into sends on a producer: enriched events, or dead letters."""
 
     def __init__(self, settings: EnrichSettings, catalog: Catalog) -> None:
+        self.settings = settings
         self.catalog = catalog
         self.out_topic = settings.topic(ENRICHED_EVENTS)
         # dead letters go on the batch's own producer: inside its transaction
         self.dlq = DeadLetterWriter(None, settings)
+        # the largest record enriched-events takes; read from the broker by read_limits()
+        self.max_out_bytes = PRODUCER_MAX_REQUEST_BYTES
+
+    async def read_limits(self) -> None:
+        """Read ``max.message.bytes`` of ``enriched-events`` and ``dead-letters`` from the
+        broker, so a record too large for its topic is dead-lettered before it is sent
+        (a send the broker refuses would fail the whole transaction, again and again)."""
+        limits = await max_message_bytes(self.settings, [self.out_topic, self.dlq.topic])
+        self.max_out_bytes = limits[self.out_topic]
+        self.dlq.max_bytes = limits[self.dlq.topic]
+
+    async def _dead_letter(self, producer: AIOKafkaProducer, r: Any, exc: BaseException,
+                           outcome: Outcome, futures: list[Any]) -> None:
+        letter = from_record(r, stage=STAGE, error=exc)
+        futures.append(await self.dlq.send(letter, producer))
+        outcome.events[(_type_of(r.value), "dead_lettered")] += 1
+        log.warning("record dead-lettered", extra={
+            "topic": r.topic, "partition": r.partition, "offset": r.offset,
+            "error": type(exc).__name__, "reason": str(exc)[:200]})
 
     async def process(self, producer: AIOKafkaProducer, records: list[Any], outcome: Outcome) -> list[Any]:
         """Queue one output per record; returns the delivery futures."""
-        futures = []
+        futures: list[Any] = []
         index, version = self.catalog.index, self.catalog.version
         for r in records:
             t0 = time.perf_counter()
             try:
-                if r.value is None:
-                    raise ValueError("empty record (null value)")
-                etype, enriched = enrich_bytes(r.value, index, version)
+                # either content mode of the CloudEvents Kafka binding; structured out
+                raw = record_event_bytes(r.value, r.headers)
+                etype, enriched = enrich_bytes(raw, index, version)
                 value = enriched.dump()
             except (ValidationError, ValueError) as exc:
-                letter = from_record(r, stage=STAGE, error=exc)
-                futures.append(await self.dlq.send(letter, producer))
-                outcome.events[(_type_of(r.value), "dead_lettered")] += 1
-                log.warning("poison record dead-lettered", extra={
-                    "topic": r.topic, "partition": r.partition, "offset": r.offset,
-                    "error": type(exc).__name__})
+                await self._dead_letter(producer, r, exc, outcome, futures)
                 continue
-            # the output keeps the input's timestamp (as Kafka Streams does), so that
-            # notify can measure accepted → delivered
-            futures.append(await producer.send(
-                self.out_topic, value=value, key=r.key, headers=_structured(r.headers),
-                timestamp_ms=r.timestamp))
+            headers = _structured(r.headers)
+            try:
+                size = record_size(r.key, value, headers)
+                if size > self.max_out_bytes:
+                    raise RecordTooLarge(
+                        f"the enriched event is {size} bytes; {self.out_topic} takes at most "
+                        f"{self.max_out_bytes} (max.message.bytes)")
+                # the output keeps the input's timestamp (as Kafka Streams does), so that
+                # notify can measure accepted → delivered
+                futures.append(await producer.send(
+                    self.out_topic, value=value, key=r.key, headers=headers,
+                    timestamp_ms=r.timestamp))
+            except _UNWRITABLE as exc:
+                # refused before it was queued: the transaction is untouched
+                await self._dead_letter(producer, r, exc, outcome, futures)
+                continue
             outcome.events[(etype, "enriched")] += 1
             outcome.resolved += enriched.resolved
             outcome.unresolved += enriched.unresolved
@@ -150,6 +205,10 @@ class Worker:
         self.fresh: set[TopicPartition] = set()
         self.lock = asyncio.Lock()
         self.running = False
+        # where the batch being processed starts, and how often a session failed there
+        self.attempt: dict[TopicPartition, int] = {}
+        self.failed_at: dict[TopicPartition, int] = {}
+        self.failures = 0
 
     # --- rebalance ---------------------------------------------------------------
 
@@ -177,9 +236,27 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("enrich session failed; restarting from the committed offsets")
+                WORKER_RESTARTS.labels(STAGE).inc()
+                self._note_failure()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
+
+    def _note_failure(self) -> None:
+        """Log a failed session; a run of failures at the same offsets is logged as stuck,
+        naming the offsets, so an operator can find the record (``anting dlq list`` will
+        not have it: it was never dead-lettered)."""
+        at = dict(self.attempt)
+        self.failures = self.failures + 1 if at and at == self.failed_at else 1
+        self.failed_at = at
+        where = ", ".join(f"{tp.topic}[{tp.partition}]@{off}" for tp, off in sorted(
+            at.items(), key=lambda kv: (kv[0].topic, kv[0].partition))) or "(no batch)"
+        if self.failures >= STUCK_AFTER:
+            log.error(f"enrich is stuck: the session failed {self.failures} times in a row at "
+                      f"{where}; restarting from the committed offsets", exc_info=True,
+                      extra={"offsets": where, "failures": self.failures})
+        else:
+            log.exception(f"enrich session failed at {where}; restarting from the committed offsets",
+                          extra={"offsets": where})
 
     async def _session(self, stop: asyncio.Event) -> None:
         self.consumer = make_consumer(
@@ -188,11 +265,11 @@ class Worker:
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         self.consumer.subscribe(self.inputs, listener=_Listener(self))
+        await self.enricher.read_limits()
         await self.consumer.start()
         if not self.exactly_once:
             self.producer = make_producer(self.settings)
             await self.producer.start()
-        lag = asyncio.create_task(lag_reporter(self.consumer, self.group, interval=2.0))
         self.running = True
         try:
             while not stop.is_set():
@@ -203,16 +280,16 @@ class Worker:
                 if not batch:
                     continue
                 async with self.lock:
+                    self.attempt = {tp: rs[0].offset for tp, rs in batch.items() if rs}
                     await self.reader.catch_up()
                     if self.exactly_once:
                         await self._transact(batch)
                     else:
                         await self._at_least_once(batch)
+                    self.attempt = {}
+                    self.failures = 0
         finally:
             self.running = False
-            lag.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lag
             await self._close()
 
     async def _close(self) -> None:

@@ -18,7 +18,16 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from shared.events import EVENT_ADAPTER, EVENT_TYPES, AnyEvent, Event, dump_event, error_paths
+from shared.events import (
+    EVENT_ADAPTER,
+    EVENT_TYPES,
+    MAX_EVENT_BYTES,
+    AnyEvent,
+    Event,
+    EventTooLarge,
+    dump_event,
+    error_paths,
+)
 from shared.settings import AntingSettings
 from shared.topics import INPUT_TOPICS_BY_TYPE
 
@@ -32,7 +41,8 @@ NDJSON_TYPES = frozenset({
 STRUCTURED = b"application/cloudevents+json"
 # the broker refuses a request above 1 MiB (producer max_request_size); keep room for
 # the batch and record overhead so one event never fails half-way through a batch
-MAX_RECORD_BYTES = 1024 * 1024 - 16 * 1024
+# one event's canonical JSON: the contract's limit, the same that enrich applies
+MAX_RECORD_BYTES = MAX_EVENT_BYTES
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 BATCH_ADAPTER: TypeAdapter[list[AnyEvent]] = TypeAdapter(list[Event])
@@ -152,13 +162,13 @@ def _encode_all(events: Sequence[AnyEvent], batch: bool) -> list[bytes]:
 
 
 def _check_sizes(events: Sequence[AnyEvent], values: Sequence[bytes], batch: bool) -> None:
-    too_big = {i: [{"path": "$", "message": f"event is {len(v)} bytes; the limit is "
-                    f"{MAX_RECORD_BYTES}", "type": "too_large"}]
+    too_big = {i: [{"path": "$", "message": str(EventTooLarge(len(v))), "type": "too_large"}]
                for i, v in enumerate(values) if len(v) > MAX_RECORD_BYTES}
     if too_big:
         if batch:
             raise _batch_problem([{"id": e.id, "type": e.type} for e in events], too_big, 413)
-        raise Problem(413, "the event is larger than a Kafka record may be", too_big[0])
+        raise Problem(413, "the event is larger than the contract allows "
+                      f"({MAX_RECORD_BYTES} bytes of canonical JSON)", too_big[0])
 
 
 def decode_events(body: bytes, content_type: str | None) -> list[AnyEvent]:

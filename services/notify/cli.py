@@ -183,7 +183,7 @@ async def _tail(flt: Any, fmt: Format, from_beginning: bool, limit: int | None, 
     from services.notify.matching import decode, describe, match
     from services.notify.notification import headline
     from services.notify.settings import NotifySettings
-    from shared.events import parse_enriched
+    from shared.events import parse_enriched, record_event_bytes
     from shared.kafka import make_consumer
     from shared.settings import load
     from shared.topics import ENRICHED_EVENTS
@@ -205,8 +205,9 @@ async def _tail(flt: Any, fmt: Format, from_beginning: bool, limit: int | None, 
                 for r in records:
                     last = time.monotonic()
                     try:
-                        event = parse_enriched(r.value)
-                        doc = decode(r.value)
+                        raw = record_event_bytes(r.value, r.headers)
+                        event = parse_enriched(raw)
+                        doc = decode(raw)
                     except ValueError:
                         continue
                     reasons = match(doc, flt)

@@ -7,13 +7,9 @@ filter matches everything. Organization names are compared after NFKC
 normalisation, case folding and whitespace collapsing, so "ＡＮＴＩＮＧ  town
 government" finds "Anting Town Government" and "安亭镇人民政府" its record.
 
-Events are matched as the JSON objects they arrive as (:func:`decode`): notify
-forwards them unchanged, so building the full pydantic model of every event only
-to read a handful of fields cost more than all of matching (about a sixth of the
-service's CPU). :func:`decode` checks the shape of everything notify reads — a
-CloudEvent of a known type with an ``enrichment`` block, and the types of every
-field matching looks at — and refuses the rest, which then goes to
-``dead-letters`` as before.
+Events are matched as the JSON objects they arrive as (:func:`decode`), after the
+contract's own check (``shared.events.parse_enriched``, the models ingest and enrich
+use): what notify refuses goes to ``dead-letters``.
 """
 
 from __future__ import annotations
@@ -24,149 +20,40 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
-from shared.events import ANNOUNCEMENT, EVENT_TYPES, AnnouncementKind
+from shared.events import ANNOUNCEMENT, error_paths, parse_enriched
 from shared.subscriptions import Filter
 
 Reason = dict[str, Any]
 Event = dict[str, Any]  # an enriched CloudEvent as decoded JSON
 _SPACE = re.compile(r"\s+")
-_KINDS = frozenset(k.value for k in AnnouncementKind)
 
 
 class InvalidEvent(ValueError):
-    """The record is not an enriched event notify can match."""
-
-
-# The checks take the field's path as a %-format and its arguments, formatted only when
-# a check fails: building every path of every organization up front cost more than the
-# checks themselves.
-def _str(value: Any, where: str, *args: Any, optional: bool = False, empty: bool = True) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, str) or (not empty and not value):
-        raise InvalidEvent(f"{where % args}: expected a {'non-empty ' if not empty else ''}string")
-
-
-def _strs(value: Any, where: str, *args: Any) -> None:
-    if value is None:
-        return
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidEvent(f"{where % args}: expected a list of strings")
-
-
-def _obj(value: Any, where: str, *args: Any, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, dict):
-        raise InvalidEvent(f"{where % args}: expected an object")
-
-
-def _strings(value: Any) -> bool:
-    return value is None or (type(value) is list and all(type(v) is str for v in value))
-
-
-def _well_formed(ev: Any) -> bool:
-    """Every check of :func:`_check` at once, as one boolean: no helper calls and no
-    field paths, about a third of the checks' cost. Stricter where it is cheaper
-    (exact types, as orjson makes them), so ``True`` always means the precise checks
-    pass; anything else is left to them, which say what is wrong."""
-    if type(ev) is not dict or ev.get("specversion") != "1.0":
-        return False
-    id_, source, type_, data = ev.get("id"), ev.get("source"), ev.get("type"), ev.get("data")
-    if not (type(id_) is str and id_ and type(source) is str and source and type_ in EVENT_TYPES
-            and type(data) is dict and type(data.get("enrichment")) is dict):
-        return False
-    if type_ == ANNOUNCEMENT:
-        kind = data.get("kind", "other")
-        if type(kind) is not str or kind not in _KINDS:
-            return False
-    if not _strings(data.get("sectors")):
-        return False
-    loc = data.get("location")
-    if loc is not None:
-        if type(loc) is not dict:
-            return False
-        for name in ("city", "district", "town"):
-            v = loc.get(name)
-            if v is not None and type(v) is not str:
-                return False
-    orgs = data.get("organizations")
-    if orgs is None:
-        return True
-    if type(orgs) is not list:
-        return False
-    for mention in orgs:
-        if type(mention) is not dict:
-            return False
-        mentioned = mention.get("name")
-        if type(mentioned) is not str or not mentioned:
-            return False
-        org = mention.get("resolved")
-        if org is None:
-            continue
-        if type(org) is not dict:
-            return False
-        oid, oname, names, city = org.get("id"), org.get("name"), org.get("names"), org.get("city")
-        if not (type(oid) is str and oid and type(oname) is str and oname
-                and (city is None or type(city) is str)
-                and _strings(org.get("aliases")) and _strings(org.get("sectors"))):
-            return False
-        if names is not None and (type(names) is not dict or not all(type(v) is str for v in names.values())):
-            return False
-    return True
+    """The record is not an enriched event of the contract (``shared.events``)."""
 
 
 def decode(raw: bytes | str) -> Event:
-    """The enriched event as a JSON object, its shape checked where notify reads it."""
+    """The enriched event as a JSON object, checked against the contract.
+
+    The check is ``shared.events.parse_enriched``, the models ingest and enrich use, so
+    notify refuses exactly what the contract refuses (raises :class:`InvalidEvent`
+    naming the first field). Matching then reads the JSON object itself: notify forwards
+    events unchanged, and reading a handful of fields from a dict is cheaper than from
+    the models.
+    """
     try:
+        parse_enriched(raw)
         ev = orjson.loads(raw)
+    except ValidationError as exc:
+        errors = error_paths(exc)
+        first = errors[0] if errors else {"path": "$", "message": str(exc)}
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise InvalidEvent(f"{first['path']}: {first['message']}{more}") from None
     except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(f"not JSON: {exc}") from exc
-    if not _well_formed(ev):
-        _check(ev)  # raises, naming the field (or accepts what the fast check was too strict for)
+        raise InvalidEvent(f"not JSON: {exc}") from None
     return ev  # type: ignore[no-any-return]
-
-
-def _check(ev: Any) -> None:
-    """The shape checks, each naming the field it refuses."""
-    _obj(ev, "event")
-    if ev.get("specversion") != "1.0":
-        raise InvalidEvent("specversion: expected '1.0'")
-    _str(ev.get("id"), "id", empty=False)
-    _str(ev.get("source"), "source", empty=False)
-    if ev.get("type") not in EVENT_TYPES:
-        raise InvalidEvent(f"type: expected one of {', '.join(EVENT_TYPES)}")
-    data = ev.get("data")
-    _obj(data, "data")
-    _obj(data.get("enrichment"), "data.enrichment")
-    kind = data.get("kind", "other")
-    if ev["type"] == ANNOUNCEMENT and (not isinstance(kind, str) or kind not in _KINDS):
-        raise InvalidEvent("data.kind: not a known announcement kind")
-    _strs(data.get("sectors"), "data.sectors")
-    loc = data.get("location")
-    _obj(loc, "data.location", optional=True)
-    if loc is not None:
-        for name in ("city", "district", "town"):
-            _str(loc.get(name), "data.location.%s", name, optional=True)
-    orgs = data.get("organizations")
-    if orgs is not None and not isinstance(orgs, list):
-        raise InvalidEvent("data.organizations: expected a list")
-    for i, mention in enumerate(orgs or ()):
-        _obj(mention, "data.organizations[%d]", i)
-        _str(mention.get("name"), "data.organizations[%d].name", i, empty=False)
-        org = mention.get("resolved")
-        _obj(org, "data.organizations[%d].resolved", i, optional=True)
-        if org is not None:
-            _str(org.get("id"), "data.organizations[%d].resolved.id", i, empty=False)
-            _str(org.get("name"), "data.organizations[%d].resolved.name", i, empty=False)
-            names = org.get("names")
-            _obj(names, "data.organizations[%d].resolved.names", i, optional=True)
-            if names:
-                _strs(list(names.values()), "data.organizations[%d].resolved.names", i)
-            _strs(org.get("aliases"), "data.organizations[%d].resolved.aliases", i)
-            _strs(org.get("sectors"), "data.organizations[%d].resolved.sectors", i)
-            _str(org.get("city"), "data.organizations[%d].resolved.city", i, optional=True)
 
 
 @lru_cache(maxsize=65536)

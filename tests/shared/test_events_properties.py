@@ -14,7 +14,9 @@ from pydantic import ValidationError
 
 from shared.events import AnnouncementKind, dump_event, error_paths, parse_event
 
-text = st.text(min_size=1, max_size=30)
+# names and lines: no control characters, at least one visible character (the contract)
+text = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=30).filter(
+    lambda s: not s.isspace())
 opt_text = st.none() | text
 times = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
@@ -23,7 +25,7 @@ location = st.fixed_dictionaries({}, optional={
     "venue": text, "town": text, "district": text, "city": text, "country": text,
 })
 mentions = st.lists(st.fixed_dictionaries({"name": text}, optional={"role": text}), max_size=4)
-numbers = st.integers(-10**9, 10**9) | st.floats(allow_nan=False, allow_infinity=False, width=64)
+numbers = st.integers(-(2**53 - 1), 2**53 - 1) | st.floats(allow_nan=False, allow_infinity=False, width=64)
 
 announcement_data = st.fixed_dictionaries({"headline": text}, optional={
     "kind": st.sampled_from([k.value for k in AnnouncementKind]),
@@ -38,7 +40,7 @@ agreement_data = st.fixed_dictionaries({"title": text}, optional={
     "value": st.fixed_dictionaries({"amount": numbers, "currency": st.sampled_from(["CNY", "USD", "EUR"])}),
     "sectors": st.lists(text, max_size=4), "summary": text, "language": st.sampled_from(["en", "zh"]),
 })
-envelope = {"specversion": st.just("1.0"), "id": text, "source": text}
+envelope = {"specversion": st.just("1.0"), "id": text, "source": text}  # noqa: RUF012
 envelope_optional = {"time": times, "subject": text, "datacontenttype": st.just("application/json"),
                      "dataschema": text}
 events = st.one_of(
