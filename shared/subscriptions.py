@@ -94,12 +94,20 @@ class DeliveryOutcome(StrEnum):
 
 
 class DeliveryRecord(Strict):
-    """One line of the delivery log on ``notifications``, keyed by subscription id."""
+    """One line of the delivery log on ``notifications``, keyed by subscription id.
+
+    An event is identified by its CloudEvents ``source`` and ``id`` together (two
+    publishers may use the same id), so a line names both: ``event_source`` and
+    ``event_id`` for the CloudEvent delivered (a digest's are notify's source and the
+    digest's key), and ``event_sources`` beside ``event_ids`` for the events in it.
+    Lines written before the sources were recorded have neither and stay readable."""
 
     model_config = ConfigDict(strict=True, extra="allow")
 
     subscription_id: NonEmpty
     event_id: NonEmpty
+    event_source: NonEmpty | None = Field(
+        default=None, description="the CloudEvents source of the event delivered; with event_id, its identity")
     idempotency_key: NonEmpty
     channel: Literal["webhook", "email", "apprise", "log"]
     outcome: DeliveryOutcome
@@ -109,6 +117,10 @@ class DeliveryRecord(Strict):
     error: str | None = None
     next_attempt_at: datetime | None = None
     reason: list[dict[str, Any]] = Field(default_factory=list, description="which filter matched what")
+    event_ids: list[str] = Field(default_factory=list, description="the ids of the events delivered, in order")
+    event_sources: list[str] | None = Field(
+        default=None, description="the sources of the events delivered, in the order of event_ids")
+    digest: bool = Field(default=False, description="a digest of the events in event_ids")
 
 
 __all__ = ["EVENT_TYPES", "Channel", "DeliveryOutcome", "DeliveryRecord", "Filter", "Subscription", "SubscriptionRequest"]

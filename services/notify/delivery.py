@@ -205,11 +205,14 @@ def notification_record(
 ) -> bytes:
     """A :class:`DeliveryRecord` as JSON, built directly: the same bytes as the model's
     ``model_dump(mode="json")`` (a unit test holds them equal), without building and
-    validating a model for every delivery."""
+    validating a model for every delivery. ``event_sources`` goes with ``event_ids``: the
+    ledger makes a digest's events' keys from both."""
     ids = delivery.event_ids
+    sources = delivery.event_sources
     return orjson.dumps({
         "subscription_id": delivery.subscription_id,
         "event_id": delivery.key if delivery.digest else ids[0],
+        "event_source": delivery.event_source if delivery.digest else sources[0],
         "idempotency_key": delivery.key,
         "channel": channel,
         "outcome": outcome,  # an Enum: orjson writes its value
@@ -220,6 +223,7 @@ def notification_record(
         "next_attempt_at": next_at,
         "reason": delivery.reasons[0] if len(delivery.reasons) == 1 else delivery.all_reasons(),
         "event_ids": ids,
+        "event_sources": sources,
         "digest": delivery.digest,
     }, option=orjson.OPT_UTC_Z)
 

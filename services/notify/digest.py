@@ -4,8 +4,11 @@ instead of one per event ("about 20 companies signed agreements" is one ping).
 The first matching event opens a window; when it closes (or the buffer is full)
 the events go out as one ``anting.digest`` delivery, with the usual retries. The
 events' offsets stay uncommitted until then, so a crash re-reads and re-collects
-them; the digest's line on ``notifications`` lists its events, so the ledger marks
-each event's own key ``digested`` and it is not collected again.
+them; the digest's line on ``notifications`` lists its events (sources and ids), so
+the ledger marks each event's own key ``digested`` and it is not collected again.
+
+An event is its (source, id) pair throughout: two publishers' events with the same id
+are two events of the digest, and the digest's key is made from the pairs.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ class Digests:
         event's offset until then, not a task: an open window must not use up the records the
         consumer keeps in flight, or every other subscription would wait for it."""
         assert sub.digest is not None
-        key = idempotency_key(str(event.get("id")), sub.id)
+        key = idempotency_key(str(event.get("source")), str(event.get("id")), sub.id)
         if self.ledger.is_final(key):
             NOTIFY_DELIVERIES.labels(sub.channel.type, "suppressed").inc()
             return None
@@ -85,7 +88,7 @@ class Digests:
     async def _flush(self, sub_id: str, buf: _Buffer) -> None:
         try:
             delivery = Delivery(
-                key=digest_key(sub_id, [str(e.get("id")) for e in buf.events]),
+                key=digest_key(sub_id, [(str(e.get("source")), str(e.get("id"))) for e in buf.events]),
                 subscription_id=sub_id, events=buf.events, reasons=buf.reasons,
                 ingested_ms=buf.ingested_ms, digest=True, created_at=datetime.now(UTC).isoformat(),
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,13 +25,29 @@ DIGEST_TYPE = "anting.digest"
 SOURCE = "/anting/notify"
 
 
-def idempotency_key(event_id: str, subscription_id: str) -> str:
-    """Stable per (event, subscription): the same for every retry and every resend."""
-    return "msg_" + hashlib.sha256(f"{event_id}\0{subscription_id}".encode()).hexdigest()[:32]
+def idempotency_key(source: str, event_id: str, subscription_id: str) -> str:
+    """``msg_`` + 32 hex digits, stable per (event, subscription): the same for every retry
+    and every resend. An event is its CloudEvents ``source`` and ``id`` together (two
+    publishers may use the same id; CloudEvents 1.0, "id"), so both are hashed: as the
+    JSON array ``[source, id, subscription id]``, which no other triple encodes to, whatever
+    characters the values hold."""
+    return "msg_" + hashlib.sha256(orjson.dumps((source, event_id, subscription_id))).hexdigest()[:32]
 
 
-def digest_key(subscription_id: str, event_ids: list[str]) -> str:
-    return "msg_" + hashlib.sha256("\0".join([subscription_id, *sorted(event_ids)]).encode()).hexdigest()[:32]
+def digest_key(subscription_id: str, events: list[tuple[str, str]]) -> str:
+    """A digest's key (``msg_`` + 32 hex digits) from its subscription and its events'
+    (source, id) pairs, in any order: the same set of events gives the same key."""
+    return "msg_" + hashlib.sha256(orjson.dumps([subscription_id, sorted(events)])).hexdigest()[:32]
+
+
+_LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control character and line separator (CR, LF, NEL, U+2028, ...:
+    everything ``str.splitlines`` breaks at) turned into one space: an event's value put
+    into a line of a message (a subject, a title, a line of the email text) stays one line."""
+    return _LINE_BREAKS.sub(" ", text)
 
 
 @dataclass
@@ -51,17 +68,21 @@ class Delivery:
     # caches (hundreds of deliveries wait their turn): walking it again cost ~5 µs of the
     # send, copying the bytes ~1. Not part of the retry record (a retry encodes again).
     source: bytes | None = field(default=None, repr=False, compare=False)
-    ids: list[str] | None = field(default=None, repr=False, compare=False)  # when known without decoding
+    # the events' ids and CloudEvents sources, when known without decoding
+    ids: list[str] | None = field(default=None, repr=False, compare=False)
+    srcs: list[str] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def of_record(cls, key: str, subscription_id: str, source: bytes, event_id: str,
+    def of_record(cls, key: str, subscription_id: str, raw: bytes, event_source: str, event_id: str,
                   reasons: list[Reason], ingested_ms: int | None) -> Delivery:
-        """A one-event delivery holding the record's bytes and the event's id, not the decoded
-        event: the caller drops that right after matching, while it is still in the CPU's
-        caches, instead of hundreds of decoded events waiting for a delivery slot (~5 KB of
-        objects each) and being freed long after, cold. A webhook never decodes it again;
-        email, chat, log and a retry record decode it when they need it."""
-        return cls(key, subscription_id, [], [reasons], 1, ingested_ms, source=source, ids=[event_id])
+        """A one-event delivery holding the record's bytes (``raw``) and the event's source
+        and id, not the decoded event: the caller drops that right after matching, while it
+        is still in the CPU's caches, instead of hundreds of decoded events waiting for a
+        delivery slot (~5 KB of objects each) and being freed long after, cold. A webhook
+        never decodes it again; email, chat, log and a retry record decode it when they
+        need it."""
+        return cls(key, subscription_id, [], [reasons], 1, ingested_ms,
+                   source=raw, ids=[event_id], srcs=[event_source])
 
     def decoded(self) -> list[dict[str, Any]]:
         """The events (decoded from ``source`` on first use, for a delivery made from a record)."""
@@ -71,13 +92,27 @@ class Delivery:
 
     @property
     def event_ids(self) -> list[str]:
+        """The events' ids, in order (parallel to :attr:`event_sources`)."""
         if self.ids is not None:
             return self.ids
         return [str(e.get("id")) for e in self.events]
 
     @property
+    def event_sources(self) -> list[str]:
+        """The events' CloudEvents ``source``, in order: with :attr:`event_ids`, their identity."""
+        if self.srcs is not None:
+            return self.srcs
+        return [str(e.get("source")) for e in self.events]
+
+    @property
     def event_id(self) -> str:
+        """The id of the CloudEvent delivered: the event's, or a digest's (its key)."""
         return self.key if self.digest else self.event_ids[0]
+
+    @property
+    def event_source(self) -> str:
+        """The source of the CloudEvent delivered: the event's, or notify's for a digest."""
+        return SOURCE if self.digest else self.event_sources[0]
 
     def all_reasons(self) -> list[Reason]:
         return [r for rs in self.reasons for r in rs]
@@ -85,7 +120,7 @@ class Delivery:
     def to_json(self) -> bytes:
         self.decoded()
         fields = asdict(self)
-        del fields["source"], fields["ids"]
+        del fields["source"], fields["ids"], fields["srcs"]
         return orjson.dumps(fields)
 
     @classmethod
@@ -122,6 +157,7 @@ class Delivery:
         return orjson.dumps(self.cloudevent())
 
     def title(self) -> str:
+        """One line (an email subject, a chat title): the headline, or what a digest holds."""
         if self.digest:
             return f"Anting digest: {len(self.decoded())} events"
         return headline(self.decoded()[0])
@@ -130,14 +166,17 @@ class Delivery:
         lines = []
         for event, reasons in zip(self.decoded(), self.reasons, strict=True):
             data = event.get("data") or {}
+            # every value from the event is made one line: a line break in it cannot
+            # make a line of its own (a forged "why:")
             lines.append(f"* {headline(event)}")
-            lines.append(f"  {event.get('type')} {event.get('id')} at {event.get('time') or '-'}")
+            lines.append(one_line(f"  {event.get('type')} {event.get('id')} from {event.get('source')}"
+                                  f" at {event.get('time') or '-'}"))
             if data.get("summary"):
-                lines.append(f"  {data['summary']}")
+                lines.append(f"  {one_line(str(data['summary']))}")
             orgs = [o.get("name") for o in data.get("organizations") or []]
             if orgs:
-                lines.append(f"  organizations: {', '.join(str(o) for o in orgs)}")
-            lines.append(f"  why: {describe(reasons)}")
+                lines.append(one_line(f"  organizations: {', '.join(str(o) for o in orgs)}"))
+            lines.append(one_line(f"  why: {describe(reasons)}"))
             lines.append("")
         return "\n".join(lines)
 
@@ -165,5 +204,6 @@ def with_attributes(obj: bytes, attributes: dict[str, Any]) -> bytes | None:
 
 
 def headline(event: dict[str, Any]) -> str:
+    """The event's headline (or title, or type) as one line."""
     data = event.get("data") or {}
-    return str(data.get("headline") or data.get("title") or event.get("type") or "event")
+    return one_line(str(data.get("headline") or data.get("title") or event.get("type") or "event"))

@@ -125,12 +125,12 @@ class Notifier:
                 if collected is not None:  # the offset waits for the digest, no task does
                     acks.append(collected)
                 continue
-            key = idempotency_key(event["id"], sub.id)
+            key = idempotency_key(event["source"], event["id"], sub.id)
             if self.ledger.state(key) is not None:
                 # delivered, dead, or owned by the retry schedule: nothing to do here
                 continue
             delivery = (Delivery(key, sub.id, [event], [reasons], 1, at) if source is None
-                        else Delivery.of_record(key, sub.id, source, event["id"], reasons, at))
+                        else Delivery.of_record(key, sub.id, source, event["source"], event["id"], reasons, at))
             jobs.append(self.deliverer.run(delivery, acks=acks))
         del event  # freed now, while still in the CPU's caches (see Delivery.of_record)
         if len(jobs) == 1:

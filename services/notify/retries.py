@@ -1,6 +1,10 @@
 """The durable retry schedule: records on ``notify-retries`` (key = idempotency key,
 value = the delivery with its next attempt number, header ``anting.due_ms``).
 
+A record carries its key (and its events, each with its source and id): every later
+attempt uses that key, never one made again, so a delivery keeps its ``webhook-id`` to
+the end — also one scheduled before keys were made from (source, id, subscription).
+
 Its own consumer group reads them; each record waits in a task until it is due
 (never blocking the poll), then is attempted. Its offset is committed only after
 that attempt finished or wrote the next retry record, so a restart resumes the

@@ -57,14 +57,14 @@ async def test_email_apprise_and_log_channels(topics: AntingSettings, tmp_path: 
     await receiver.stop()
     assert len(mailbox.messages) == 1
     msg = mailbox.messages[0]
-    assert msg["Message-ID"] == f"<{idempotency_key(hit.id, mail.id)}@anting>"
+    assert msg["Message-ID"] == f"<{idempotency_key(hit.source, hit.id, mail.id)}@anting>"
     assert msg["Subject"] == "Smart mobility pact" and msg["To"] == "ops@example.com"
     assert [p.get_content_type() for p in msg.get_payload()] == ["text/plain", "text/html"]
     assert "anting-town-government" in msg.get_payload()[0].get_payload(decode=True).decode()
     chat_body = orjson.loads(receiver.on("/chat")[0].body)
     assert chat_body["title"] == "Smart mobility pact" and "why:" in chat_body["message"]
     line = orjson.loads(log_path.read_bytes().splitlines()[0])
-    assert line["idempotency_key"] == idempotency_key(hit.id, logged.id) and line["event"]["id"] == hit.id
+    assert line["idempotency_key"] == idempotency_key(hit.source, hit.id, logged.id) and line["event"]["id"] == hit.id
     assert line["reason"][0]["organization"] == "anting-town-government"
     outcomes = {(orjson.loads(r.value or b"")["channel"], orjson.loads(r.value or b"")["outcome"]) for r in notes}
     assert outcomes == {("email", "delivered"), ("apprise", "delivered"), ("log", "delivered")}
@@ -86,7 +86,7 @@ async def test_digest_sends_one_message_per_window(topics: AntingSettings) -> No
             await wait_until(lambda: bool(receiver.on("/digest")), timeout=30, what="digest")
             await asyncio.sleep(1.0)  # nothing else should follow
             notes = await read_topic(topics, topics.topic(NOTIFICATIONS), expect=1, timeout=20)
-            assert all(notifier.ledger.is_final(idempotency_key(e.id, sub.id)) for e in signings)
+            assert all(notifier.ledger.is_final(idempotency_key(e.source, e.id, sub.id)) for e in signings)
     finally:
         await receiver.stop()
     assert len(receiver.on("/digest")) == 1

@@ -120,6 +120,7 @@ async def test_sigkill_mid_stream_delivers_every_pair_with_stable_keys(topics: A
         mails = list(mailbox.messages)
     assert kills == KILLS
     ids = {e.id for e in events}
+    source = {e.id: e.source for e in events}
 
     # webhook: each event id maps to exactly one webhook-id, the expected one; signatures verify
     verifier = Webhook(secret or "")
@@ -128,21 +129,21 @@ async def test_sigkill_mid_stream_delivers_every_pair_with_stable_keys(topics: A
         body = verifier.verify(r.body, r.headers)
         hook_keys[body["id"]].add(r.headers["webhook-id"])
     assert set(hook_keys) == ids
-    assert all(keys == {idempotency_key(eid, hook_id)} for eid, keys in hook_keys.items())
+    assert all(keys == {idempotency_key(source[eid], eid, hook_id)} for eid, keys in hook_keys.items())
 
     # email: Message-ID <key@anting>, one per event, the same on every duplicate
     mail_keys: dict[str, set[str]] = defaultdict(set)
     for m in mails:
         mail_keys[m["X-Anting-Event-Id"]].add(m["Message-ID"])
     assert set(mail_keys) == ids
-    assert all(keys == {f"<{idempotency_key(eid, mail_id)}@anting>"} for eid, keys in mail_keys.items())
+    assert all(keys == {f"<{idempotency_key(source[eid], eid, mail_id)}@anting>"} for eid, keys in mail_keys.items())
 
     # log: one idempotency key per event
     log_keys: dict[str, set[str]] = defaultdict(set)
     for d in _log_lines(log_path):
         log_keys[d["event"]["id"]].add(str(d["idempotency_key"]))  # type: ignore[index]
     assert set(log_keys) == ids
-    assert all(keys == {idempotency_key(eid, log_id)} for eid, keys in log_keys.items())
+    assert all(keys == {idempotency_key(source[eid], eid, log_id)} for eid, keys in log_keys.items())
 
     distinct = len(hook_keys) + len(mail_keys) + len(log_keys)
     sent = len(receiver.received) + len(mails) + len(_log_lines(log_path))

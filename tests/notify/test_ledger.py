@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
 from services.notify.channels import Result
@@ -27,7 +28,7 @@ OUTCOME_RESULT = {DeliveryOutcome.delivered: Result("ok", 200), DeliveryOutcome.
 
 
 def _one(key: str, attempt: int = 1) -> Delivery:
-    return Delivery(key, "sub_1", [{"id": f"ev-{key}"}], [[]], attempt)
+    return Delivery(key, "sub_1", [{"id": f"ev-{key}", "source": "/test"}], [[]], attempt)
 
 
 def _line(delivery: Delivery, outcome: DeliveryOutcome, at: datetime) -> bytes:
@@ -48,13 +49,42 @@ def test_ledger_is_the_fold_of_the_delivery_log() -> None:
     assert ledger.state("msg_b") is None
     ledger.view.apply("sub_1", _line(_one("msg_c", 5), DeliveryOutcome.dead, at))
     assert ledger.state("msg_c")["state"] == "dead"  # type: ignore[index]
-    digest = Delivery("msg_d", "sub_1", [{"id": "e1"}, {"id": "e2"}], [[], []], 1, digest=True)
+    digest = Delivery("msg_d", "sub_1", [{"id": "e1", "source": "/a"}, {"id": "e2", "source": "/a"}],
+                      [[], []], 1, digest=True)
     ledger.view.apply("sub_1", _line(digest, DeliveryOutcome.retried, at))
     assert ledger.state("msg_d")["state"] == "scheduled"  # type: ignore[index]
-    assert all(ledger.state(idempotency_key(e, "sub_1"))["state"] == "digested"  # type: ignore[index]
+    assert all(ledger.state(idempotency_key("/a", e, "sub_1"))["state"] == "digested"  # type: ignore[index]
                for e in ("e1", "e2"))
     ledger.view.apply("sub_1", b"{not json")  # skipped, the rest stands
     assert len(ledger.view.items) == 5
+
+
+def test_one_id_from_two_sources_is_two_entries() -> None:
+    """Two publishers' events with one id are two keys: delivering one leaves the other to
+    deliver; a digest of both marks both; a digest line without sources marks neither."""
+    ledger = Ledger(settings_for("127.0.0.1:9"), producer=None)
+    at = datetime.now(UTC)
+    a, b = {"id": "same-1", "source": "/press/a"}, {"id": "same-1", "source": "/district/b"}
+    key_a, key_b = idempotency_key("/press/a", "same-1", "sub_1"), idempotency_key("/district/b", "same-1", "sub_1")
+    assert key_a != key_b
+    ledger.view.apply("sub_1", _line(Delivery(key_a, "sub_1", [a], [[]]), DeliveryOutcome.delivered, at))
+    assert ledger.is_final(key_a) and ledger.state(key_b) is None
+    ledger.view.apply("sub_1", _line(Delivery(key_b, "sub_1", [b], [[]], 2), DeliveryOutcome.retried, at))
+    assert ledger.state(key_a)["state"] == "delivered"  # type: ignore[index]
+    assert ledger.state(key_b) == {"state": "scheduled", "attempt": 3, "at_ms": at.timestamp() * 1000}
+    line = orjson.loads(_line(Delivery(key_b, "sub_1", [b], [[]]), DeliveryOutcome.delivered, at))
+    assert (line["event_source"], line["event_id"], line["event_sources"]) == ("/district/b", "same-1", ["/district/b"])
+
+    other = Ledger(settings_for("127.0.0.1:9"), producer=None)
+    digest = Delivery("msg_d", "sub_2", [a, b], [[], []], digest=True)
+    other.view.apply("sub_2", _line(digest, DeliveryOutcome.delivered, at))
+    assert other.state(idempotency_key("/press/a", "same-1", "sub_2"))["state"] == "digested"  # type: ignore[index]
+    assert other.state(idempotency_key("/district/b", "same-1", "sub_2"))["state"] == "digested"  # type: ignore[index]
+    # a digest line written before lines named the sources: its own key only
+    old = orjson.loads(_line(Delivery("msg_old", "sub_3", [a], [[]], digest=True), DeliveryOutcome.delivered, at))
+    del old["event_sources"], old["event_source"]
+    other.view.apply("sub_3", orjson.dumps(old))
+    assert other.is_final("msg_old") and len(other.view.items) == 4
 
 
 def test_prune_forgets_only_entries_past_retention() -> None:

@@ -1,5 +1,5 @@
 """Pure pieces of notify: matching with provenance, idempotency keys, signing with
-rotated secrets, email headers, Retry-After parsing."""
+rotated secrets, email headers, Retry-After parsing, the log channel's lines."""
 
 from __future__ import annotations
 
@@ -12,11 +12,19 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.notify.channels import Result
+from services.notify.channels.log import json_line
 from services.notify.channels.smtp import build_message, header_value, message_id
 from services.notify.channels.webhook import retry_after_seconds, sign
 from services.notify.delivery import Slots, notification_record
 from services.notify.matching import InvalidEvent, _check, _well_formed, decode, match, norm
-from services.notify.notification import Delivery, idempotency_key, with_attributes
+from services.notify.notification import (
+    SOURCE,
+    Delivery,
+    digest_key,
+    idempotency_key,
+    one_line,
+    with_attributes,
+)
 from services.notify.subscriptions import new_secret, signing_secrets
 from shared.events import dump_event, parse_enriched
 from shared.subscriptions import (
@@ -178,8 +186,9 @@ def test_webhook_body_spliced_from_the_record_is_the_cloudevent() -> None:
         assert list(orjson.loads(body))[-2:] == ["subscription", "reason"]
         assert Delivery.from_json(spliced.to_json()) == plain  # the retry record has no bytes
         # made from the record: no decoded event is kept, and a webhook never decodes one
-        lean = Delivery.of_record("msg_1", "sub_1", source, event["id"], reasons, None)
+        lean = Delivery.of_record("msg_1", "sub_1", source, event["source"], event["id"], reasons, None)
         assert lean.body() == body and lean.event_ids == [event["id"]] and lean.events == []
+        assert lean.event_sources == plain.event_sources == [event["source"]]
         assert lean.text() == plain.text() and lean.decoded() == [event]  # email, log: decoded then
         assert Delivery.from_json(lean.to_json()) == plain
     assert with_attributes(b"{}", {"a": 1}) is None
@@ -189,10 +198,31 @@ def test_webhook_body_spliced_from_the_record_is_the_cloudevent() -> None:
 
 
 def test_idempotency_key_stable_and_distinct() -> None:
-    """The key depends only on (event id, subscription id)."""
-    assert idempotency_key("e1", "s1") == idempotency_key("e1", "s1")
-    assert len({idempotency_key("e1", "s1"), idempotency_key("e1", "s2"), idempotency_key("e2", "s1")}) == 3
-    assert idempotency_key("e1", "s1").startswith("msg_")
+    """The key is msg_ + 32 hex digits of (source, id, subscription id), and no two triples share one."""
+    key = idempotency_key("/press/a", "same-1", "s1")
+    assert key == idempotency_key("/press/a", "same-1", "s1")
+    assert key.startswith("msg_") and len(key) == 36 and int(key[4:], 16) >= 0
+    triples = [
+        ("/press/a", "same-1", "s1"), ("/district/b", "same-1", "s1"),  # one id, two publishers
+        ("/press/a", "same-1", "s2"), ("/press/a", "same-2", "s1"),
+        # values that a plain separator would run together
+        ("a\0b", "c", "s1"), ("a", "b\0c", "s1"), ("a", "b", "c\0s1"), ("a b", "c", "s1"), ("a", "b c", "s1"),
+        ('a","b', "c", "s1"), ("a", '","b', "c"),
+    ]
+    assert len({idempotency_key(*t) for t in triples}) == len(triples)
+
+
+def test_digest_key_is_of_its_events_sources_and_ids() -> None:
+    """A digest's key is the same for its events in any order, and differs when an event has another source."""
+    a, b = ("/press/a", "same-1"), ("/district/b", "same-1")
+    assert digest_key("s1", [a, b]) == digest_key("s1", [b, a])
+    assert digest_key("s1", [a, b]) != digest_key("s1", [a, ("/press/c", "same-1")])
+    assert digest_key("s1", [a, b]) != digest_key("s2", [a, b])
+    assert digest_key("s1", [a]) != digest_key("s1", [b]) and digest_key("s1", [a]).startswith("msg_")
+    digest = Delivery(digest_key("s1", [a, b]), "s1", [{"id": i, "source": s} for s, i in (a, b)], [[], []],
+                      digest=True)
+    assert digest.event_sources == ["/press/a", "/district/b"] and digest.event_ids == ["same-1", "same-1"]
+    assert digest.event_source == SOURCE and digest.event_id == digest.key
 
 
 def test_rotation_signs_with_both_secrets_during_grace() -> None:
@@ -213,18 +243,26 @@ def test_rotation_signs_with_both_secrets_during_grace() -> None:
         Webhook(old).verify(body, headers)
 
 
-def test_email_message_id_parts_and_no_header_injection() -> None:
-    """Message-ID is <key@anting>; text and HTML parts; CR/LF in data never reach a header."""
+@pytest.mark.parametrize("brk", ["\r\n", "\n", "\r", "\x00", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029"])
+def test_email_message_id_parts_and_no_header_injection(brk: str) -> None:
+    """Message-ID is <key@anting>; text and HTML parts; a line break of any kind in data never reaches a header."""
     sub = Subscription(name="m", channel=EmailChannel(type="email", to=["a@example.com"]), id="s",
                        created_at=datetime.now(UTC))
-    ev = agreement([ANTING_TOWN], title="Deal\r\nBcc: victim@example.com")
-    raw = orjson.loads(ev.model_dump_json())
-    d = Delivery(idempotency_key(ev.id, "s"), "s", [raw], [[]])
-    msg = build_message("anting@example.com", sub, d)
+    # straight from a record (as kcat may write one): the event models would refuse these
+    raw = as_json(agreement([ANTING_TOWN]))
+    raw["data"]["title"] = f"Deal{brk}Bcc: victim@example.com"
+    raw["id"], raw["source"] = f"e1{brk}X-Forged: 1", f"/press/a{brk}X-Forged: 2"
+    d = Delivery(idempotency_key(raw["source"], raw["id"], "s"), "s", [raw], [[]])
+    msg = build_message("anting@example.com", sub, d)  # built, not refused: the mail goes out
     assert msg["Message-ID"] == message_id(d.key) == f"<{d.key}@anting>"
-    assert msg["Bcc"] is None and "\n" not in msg["Subject"] and "\r" not in msg["Subject"]
+    assert msg["Bcc"] is None and msg["X-Forged"] is None
+    assert msg["Subject"] == "Deal Bcc: victim@example.com"
+    assert msg["X-Anting-Event-Id"] == "e1 X-Forged: 1" and msg["X-Anting-Event-Source"] == "/press/a X-Forged: 2"
     assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
-    assert header_value("a\r\nb") == "a b"
+    # the text part: every value from the event on a line of its own making
+    text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert not any(line.startswith(("Bcc", "X-Forged")) for line in text.splitlines())
+    assert header_value(f"a{brk}b") == "a b" and one_line(f"a{brk}b") == "a b"
 
 
 def test_retry_after_forms() -> None:
@@ -240,15 +278,17 @@ def test_notification_record_is_the_models_json() -> None:
     """The notifications line built without the model has the very bytes DeliveryRecord would dump."""
     at = datetime(2026, 5, 1, 8, 30, 15, 123456, tzinfo=UTC)
     ev = as_json(agreement([ACME]))
-    d = Delivery(idempotency_key(ev["id"], "s"), "s", [ev], [[{"filter": "all", "value": None, "field": None}]])
+    d = Delivery(idempotency_key(ev["source"], ev["id"], "s"), "s", [ev],
+                 [[{"filter": "all", "value": None, "field": None}]])
     for outcome, result, next_at in [
         (DeliveryOutcome.delivered, Result("ok", 200), None),
         (DeliveryOutcome.retried, Result("retry", 503, "HTTP 503"), at.replace(microsecond=0)),
     ]:
         model = DeliveryRecord(
-            subscription_id="s", event_id=d.event_id, idempotency_key=d.key, channel="webhook",
-            outcome=outcome, attempt=1, at=at, status_code=result.status_code, error=result.error,
-            next_attempt_at=next_at, reason=d.all_reasons(), event_ids=d.event_ids, digest=False,
+            subscription_id="s", event_id=d.event_id, event_source=ev["source"], idempotency_key=d.key,
+            channel="webhook", outcome=outcome, attempt=1, at=at, status_code=result.status_code,
+            error=result.error, next_attempt_at=next_at, reason=d.all_reasons(), event_ids=d.event_ids,
+            event_sources=[ev["source"]], digest=False,
         )
         built = notification_record(d, "webhook", outcome, result, next_at, at=at)
         assert built == orjson.dumps(model.model_dump(mode="json"))
@@ -305,3 +345,24 @@ async def test_slots_bound_order_and_cancellation() -> None:
     gate.set()
     await asyncio.gather(first, second)
     assert slots.free == 2
+
+
+def test_delivery_record_written_before_sources_is_still_read() -> None:
+    """A notifications line without event_source, event_sources (or event_ids) still validates."""
+    old = {"subscription_id": "s", "event_id": "e1", "idempotency_key": "msg_" + "0" * 32, "channel": "webhook",
+           "outcome": "delivered", "attempt": 1, "at": "2026-05-01T08:30:15Z", "status_code": 200,
+           "error": None, "next_attempt_at": None, "reason": []}
+    record = DeliveryRecord.model_validate_json(orjson.dumps(old))
+    assert record.event_source is None and record.event_sources is None and record.event_ids == []
+    digest = DeliveryRecord.model_validate_json(orjson.dumps({**old, "event_ids": ["e1", "e2"], "digest": True}))
+    assert digest.digest and digest.event_ids == ["e1", "e2"] and digest.event_sources is None
+
+
+def test_log_line_is_one_line_for_every_line_reader() -> None:
+    """A log channel line holds no CR, LF, NEL, U+2028 or U+2029 before its end, and reads back the same."""
+    doc = {"title": "a\rb\nc\r\nd\x85e\u2028f\u2029g\x0bh\x1ci\x00j", "plain": "安亭 \u00e9"}
+    line = json_line(doc)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and b"\r" not in line
+    assert len(line.decode().splitlines()) == 1  # str.splitlines breaks at all of them
+    assert orjson.loads(line) == doc
+    assert json_line({"x": "plain"}) == b'{"x":"plain"}\n'

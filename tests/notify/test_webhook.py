@@ -61,7 +61,7 @@ async def test_subscriber_receives_exactly_matching_events_signed(topics: Anting
     for req in receiver.received:
         body = verifier.verify(req.body, req.headers)  # raises if the signature is wrong
         got_ids.append(body["id"])
-        assert req.headers["webhook-id"] == idempotency_key(body["id"], sub.id)
+        assert req.headers["webhook-id"] == idempotency_key(body["source"], body["id"], sub.id)
         assert body["specversion"] == "1.0" and body["subscription"] == sub.id
         assert "anting-town-government" in body["reason"]
     assert sorted(got_ids) == sorted(e.id for e in matching)

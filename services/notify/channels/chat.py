@@ -36,6 +36,8 @@ class AppriseSender:
         if not ap.add(sub.channel.url):
             return Result("permanent", None, "apprise does not understand this URL")
         body = delivery.text()
+        # one line, whatever the headline held (a title becomes a subject or a header
+        # line in several of apprise's services); the text's lines are one line each too
         title = delivery.title()
         try:
             # apprise's own plugins block; keep them off the event loop

@@ -1,6 +1,11 @@
 """The ``log`` channel for local use: one JSON line per notification, to stdout or
 appended to a file (one ``write`` per line on an ``O_APPEND`` descriptor, so a
 crash never leaves half a line and lines from several writers do not interleave).
+
+A line is one line for any reader: JSON escapes CR, LF and every other control
+character in the event's strings, and :func:`json_line` escapes the line separators
+JSON may leave as they are (NEL, U+2028, U+2029), at which Python's
+``str.splitlines`` and some other line readers also break.
 """
 
 from __future__ import annotations
@@ -15,6 +20,20 @@ from shared.subscriptions import Subscription
 
 from ..notification import Delivery
 from . import Result
+
+# NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR in UTF-8, and their JSON escapes (the
+# same string to a JSON reader); in valid UTF-8 these bytes mean nothing else
+_SEPARATORS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
+
+
+def json_line(doc: object) -> bytes:
+    """``doc`` as one line of JSON ending in LF, with no byte any line reader breaks at
+    before that LF (see the module)."""
+    line = orjson.dumps(doc)
+    if b"\xc2\x85" in line or b"\xe2\x80" in line:
+        for raw, escaped in _SEPARATORS:
+            line = line.replace(raw, escaped)
+    return line + b"\n"
 
 
 class LogSender:
@@ -31,13 +50,13 @@ class LogSender:
 
     async def send(self, sub: Subscription, delivery: Delivery) -> Result:
         assert sub.channel.type == "log"
-        line = orjson.dumps({
+        line = json_line({
             "at": datetime.now(UTC).isoformat(),
             "idempotency_key": delivery.key,
             "subscription": sub.id,
             "event": delivery.cloudevent(),
             "reason": delivery.all_reasons(),
-        }) + b"\n"
+        })
         try:
             os.write(self._fd(sub.channel.path or self.default_path), line)
         except OSError as exc:

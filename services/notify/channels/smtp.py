@@ -1,7 +1,9 @@
 """Email over SMTP (stdlib ``smtplib`` in a worker thread): a stable ``Message-ID``
 ``<idempotency-key@anting>``, a text and an HTML part. Header values are built
-from data only after CR/LF are removed, and :mod:`email` refuses any that remain,
-so header injection is impossible.
+from data only after every control character and line separator is made a space
+(CR and LF, and also NEL, U+2028 and U+2029, at which :mod:`email` splits a value
+and which it would refuse), and :mod:`email` refuses any that remain, so header
+injection is impossible and an event's headline cannot make its message unsendable.
 """
 
 from __future__ import annotations
@@ -17,19 +19,25 @@ from shared.subscriptions import Subscription
 from ..notification import Delivery
 from . import Result, Verdict
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+# C0 and C1 controls, DEL, and the line and paragraph separators: everything
+# str.splitlines breaks at, which is what the email policy checks a value with
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 def header_value(text: str, limit: int = 200) -> str:
-    """Any control character (CR, LF, ...) becomes a space: one line, always."""
+    """Any control character or line separator (CR, LF, NEL, U+2028, ...) becomes a
+    space: one line, always."""
     return _CONTROL.sub(" ", text).strip()[:limit]
 
 
 def message_id(key: str) -> str:
+    """The ``Message-ID`` of a delivery: ``<idempotency-key@anting>``."""
     return f"<{key}@anting>"
 
 
 def build_message(sender: str, sub: Subscription, delivery: Delivery) -> EmailMessage:
+    """The email of ``delivery`` to ``sub``'s addresses; raises ``ValueError`` or
+    ``TypeError`` when :mod:`email` refuses a value."""
     assert sub.channel.type == "email"
     msg = EmailMessage(policy=SMTP)
     msg["From"] = header_value(sender)
@@ -37,7 +45,9 @@ def build_message(sender: str, sub: Subscription, delivery: Delivery) -> EmailMe
     msg["Subject"] = header_value(delivery.title())
     msg["Message-ID"] = message_id(delivery.key)
     msg["X-Anting-Subscription"] = header_value(sub.id)
-    msg["X-Anting-Event-Id"] = header_value(delivery.event_id)
+    # an event is its (source, id) pair: both, never cut short
+    msg["X-Anting-Event-Id"] = header_value(delivery.event_id, 2048)
+    msg["X-Anting-Event-Source"] = header_value(delivery.event_source, 2048)
     msg.set_content(delivery.text())
     msg.add_alternative(delivery.html(), subtype="html")
     return msg
