@@ -16,7 +16,7 @@ from services.notify.channels.log import json_line
 from services.notify.channels.smtp import build_message, header_value, message_id
 from services.notify.channels.webhook import retry_after_seconds, sign
 from services.notify.delivery import Slots, notification_record
-from services.notify.matching import InvalidEvent, _check, _well_formed, decode, match, norm
+from services.notify.matching import InvalidEvent, decode, match, norm
 from services.notify.notification import (
     SOURCE,
     Delivery,
@@ -103,70 +103,10 @@ def test_decode_accepts_model_output_and_refuses_bad_shapes() -> None:
             decode(value if isinstance(value, bytes) else orjson.dumps(value))
     # the error names the field's path
     orgs = [data["organizations"][0], {"name": "x", "resolved": {"id": "a", "name": "A", "aliases": [1]}}]
-    with pytest.raises(InvalidEvent, match=r"^data\.organizations\[1\]\.resolved\.aliases: expected a list"):
+    with pytest.raises(InvalidEvent, match=r"^data\.organizations\.1\.resolved\."):
         decode(orjson.dumps({**base, "data": {**data, "organizations": orgs}}))
-    with pytest.raises(InvalidEvent, match=r"^data\.location\.city: expected a string"):
+    with pytest.raises(InvalidEvent, match=r"^data\.location\.city: "):
         decode(orjson.dumps({**base, "data": {**data, "location": {"city": 5}}}))
-
-
-def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every place in a JSON value: object keys and list indexes, depth first."""
-    out = [path]
-    if isinstance(value, dict):
-        for k, v in value.items():
-            out += _paths(v, (*path, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            out += _paths(v, (*path, i))
-    return out
-
-
-def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
-    if not path:
-        return new
-    head, rest = path[0], path[1:]
-    if isinstance(value, dict):
-        return {**value, head: _replaced(value[head], rest, new)}
-    return [_replaced(v, rest, new) if i == head else v for i, v in enumerate(value)]
-
-
-def _precise_accepts(ev: Any) -> bool:
-    try:
-        _check(ev)
-    except InvalidEvent:
-        return False
-    return True
-
-
-def test_fast_shape_check_never_accepts_what_the_precise_checks_refuse() -> None:
-    """decode's one-pass check must pass only events the field-by-field checks pass (and
-    pass the well-formed ones, or it saves nothing): every field of full events replaced in
-    turn by values of every JSON type, and every field removed."""
-    events = [as_json(agreement([ACME, None, ANTING_TOWN], names=["ACME VR Ltd", "Some Co", "Anting Town"],
-                                sectors=["EV"])),
-              as_json(announcement([ALLIANCE]))]
-    for ev in events:
-        ev["data"]["location"] = {"city": "Shanghai", "district": None, "town": "Anting"}
-        assert _well_formed(ev) and _precise_accepts(ev)
-    values: list[Any] = [None, "", "x", "conference.announcement", "1.0", "forum", 0, 1.5, True,
-                         [], ["x"], [1], {}, {"x": "y"}, {"x": 1}, [{}], [{"name": "x"}]]
-    tried = refused = 0
-    for ev in events:
-        for path in _paths(ev)[1:]:
-            variants = [_replaced(ev, path, v) for v in values]
-            container = ev
-            for step in path[:-1]:
-                container = container[step]
-            if isinstance(container, dict):
-                removed = _replaced(ev, path[:-1], {k: v for k, v in container.items() if k != path[-1]})
-                variants.append(removed)
-            for variant in variants:
-                tried += 1
-                if _well_formed(variant):
-                    assert _precise_accepts(variant), (path, variant)
-                else:
-                    refused += not _precise_accepts(variant)
-    assert tried > 1000 and refused > 100  # the variants did reach the refusals
 
 
 def test_webhook_body_spliced_from_the_record_is_the_cloudevent() -> None:
