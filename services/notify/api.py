@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
+from services.notify import sse
 from services.notify.matching import decode, match
 from services.notify.settings import NotifySettings
 from services.notify.ssrf import literal_refusal
@@ -36,28 +37,33 @@ from shared.subscriptions import Filter, SubscriptionRequest
 from shared.topics import ENRICHED_EVENTS
 
 SSE_HEARTBEAT_SECONDS = 15.0
-SSE_RESUME_POINTS = 10_000  # event ids this process remembers a stream position for
+SSE_RESUME_POINTS = 10_000  # events this process remembers a stream position for
 
 
 class ResumePoints:
-    """Where each stream stood right after it sent an event: event id → the next offset
-    of every partition. A client that reconnects with ``Last-Event-ID`` (browsers'
-    EventSource does it by itself) resumes there, so it misses nothing while away. The
-    SSE ``id`` stays the event's own id; the positions live here, in this process, for
-    the last ``SSE_RESUME_POINTS`` events sent on any stream."""
+    """Where each stream stood right after it sent an event: the event's (source, id) →
+    the next offset of every partition. A client that reconnects with ``Last-Event-ID``
+    (browsers' EventSource does it by itself) resumes there, so it misses nothing while
+    away. The SSE ``id`` names the event by both (``sse.event_id``): two publishers'
+    events with one id are two resume points. The positions live here, in this process,
+    for the last ``SSE_RESUME_POINTS`` events sent on any stream."""
 
     def __init__(self, size: int = SSE_RESUME_POINTS) -> None:
         self.size = size
-        self.points: OrderedDict[str, dict[int, int]] = OrderedDict()
+        self.points: OrderedDict[tuple[str, str], dict[int, int]] = OrderedDict()
 
-    def note(self, event_id: str, positions: dict[int, int]) -> None:
-        self.points[event_id] = dict(positions)
-        self.points.move_to_end(event_id)
+    def note(self, source: str, event_id: str, positions: dict[int, int]) -> None:
+        """Remember ``positions`` as where a stream stood right after sending (source, id)."""
+        key = (source, event_id)
+        self.points[key] = dict(positions)
+        self.points.move_to_end(key)
         while len(self.points) > self.size:
             self.points.popitem(last=False)
 
-    def get(self, event_id: str | None) -> dict[int, int] | None:
-        return self.points.get(event_id) if event_id else None
+    def get(self, last_event_id: str | None) -> dict[int, int] | None:
+        """The positions after the event a ``Last-Event-ID`` value names, if remembered."""
+        key = sse.parse_event_id(last_event_id)
+        return self.points.get(key) if key is not None else None
 
 
 class _Unauthorized(Exception):
@@ -174,8 +180,9 @@ def create_app(settings: NotifySettings, store: SubscriptionStore, ready: Any = 
 
     @app.get("/v1/stream", dependencies=auth, tags=["stream"],
              summary="The enriched stream as Server-Sent Events, filtered like a subscription",
-             description="`id` is the event's id; reconnecting with `Last-Event-ID` resumes right "
-                         "after that event when this server sent it lately, else from `from`.",
+             description="`id` is the event's source and id, percent-encoded and joined by a space; "
+                         "reconnecting with `Last-Event-ID` resumes right after that event when this "
+                         "server sent it lately, else from `from`.",
              responses={200: {"content": {"text/event-stream": {}}}, **problem_responses(401, 422)})
     async def stream(
         request: Request,
@@ -203,9 +210,11 @@ def create_app(settings: NotifySettings, store: SubscriptionStore, ready: Any = 
 async def sse_events(settings: NotifySettings, flt: Filter, start: str, request: Request,
                      resume_points: ResumePoints | None = None, last_id: str | None = None,
                      ) -> AsyncIterator[bytes]:
-    """Each matching enriched event as one SSE message (``id`` = event id, ``event`` = type),
-    from ``start`` (latest or earliest) — or, when ``last_id`` is an event this process
-    sent, from right after it."""
+    """Each matching enriched event as one SSE message (``id`` = the event's source and id,
+    see :func:`services.notify.sse.event_id`; ``event`` = type; ``data`` = the event and
+    its ``reason`` as one line of JSON), from ``start`` (latest or earliest) — or, when
+    ``last_id`` names an event this process sent, from right after it. Every line is
+    written by :mod:`services.notify.sse`, so no value in an event can add one."""
     topic = settings.topic(ENRICHED_EVENTS)
     points = resume_points or ResumePoints(0)
     resume = points.get(last_id)
@@ -229,10 +238,10 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
         positions = {tp.partition: await consumer.position(tp) for tp in tps}
         shown = "".join(c for c in (last_id or "") if c.isprintable())[:200]  # one comment line
         if resume is not None:
-            yield f": resuming after {shown}\n\n".encode()
+            yield sse.comment(f"resuming after {shown}")
         elif last_id:
-            yield f": {shown} is not an event this server sent lately; from {start}\n\n".encode()
-        yield b": connected\n\n"
+            yield sse.comment(f"{shown} is not an event this server sent lately; from {start}")
+        yield sse.comment("connected")
         idle = 0.0
         while not await request.is_disconnected():
             batch = await consumer.getmany(timeout_ms=500, max_records=500)
@@ -240,7 +249,7 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
                 idle += 0.5
                 if idle >= SSE_HEARTBEAT_SECONDS:
                     idle = 0.0
-                    yield b": keep-alive\n\n"
+                    yield sse.comment("keep-alive")
                 continue
             idle = 0.0
             for records in batch.values():
@@ -254,9 +263,11 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
                     if reasons is None:
                         continue
                     doc = {**event, "reason": reasons}
-                    points.note(str(event["id"]), positions)
-                    yield (f"id: {event['id']}\nevent: {event['type']}\n".encode()
-                           + b"data: " + orjson.dumps(doc) + b"\n\n")
+                    # compact JSON: one line, its CR and LF escaped by JSON
+                    out = sse.message(orjson.dumps(doc), id=sse.event_id(event["source"], event["id"]),
+                                      event=event["type"])
+                    points.note(event["source"], event["id"], positions)
+                    yield out
     finally:
         with contextlib.suppress(Exception):
             await asyncio.shield(consumer.stop())

@@ -12,6 +12,7 @@ import orjson
 import pytest
 import uvicorn
 
+from services.notify import sse
 from services.notify.api import create_app
 from services.notify.subscriptions import SubscriptionStore
 from shared.http import EmbeddedServer
@@ -140,7 +141,8 @@ async def test_sse_stream_filters_like_subscriptions(topics: AntingSettings) -> 
         server.should_exit = True
         await task
         await store.stop()
-    assert f"id: {events[1].id}" in lines and "event: conference.announcement" in lines
+    assert f"id: {sse.event_id(events[1].source, events[1].id)}" in lines
+    assert "event: conference.announcement" in lines
     data = orjson.loads(lines[-1][len("data: "):])
     assert data["id"] == events[1].id and data["reason"][1]["organization"] == ALLIANCE.id
 
@@ -193,7 +195,7 @@ async def test_sse_reconnect_with_last_event_id_misses_nothing(topics: AntingSet
         server.should_exit = True
         await task
         await store.stop()
-    everything = {e.id for e in first + later}
+    everything = {sse.event_id(e.source, e.id) for e in first + later}  # (source, id), encoded
     assert len(seen) + len(rest) == len(everything) and set(seen) | set(rest) == everything
     assert not set(seen) & set(rest)  # nothing twice
     assert any("never-sent is not an event this server sent lately" in c for c in comments)
