@@ -30,6 +30,7 @@ the structured-mode JSON that the parsers take.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -49,7 +50,7 @@ from pydantic import (
     TypeAdapter,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, from_json
 
 from shared.organizations import Organization
 
@@ -92,7 +93,7 @@ _PATTERN_MESSAGES = {
 
 Line = Annotated[str, StringConstraints(max_length=LIMITS["name"], pattern=_LINE)]
 Name = Annotated[str, StringConstraints(max_length=LIMITS["name"], pattern=_NAME)]
-Uri = Annotated[str, StringConstraints(min_length=1, max_length=LIMITS["uri"], pattern=_LINE)]
+Uri = Annotated[str, StringConstraints(max_length=LIMITS["uri"], pattern=_NAME)]
 Headline = Annotated[str, StringConstraints(max_length=LIMITS["headline"], pattern=_NAME)]
 Prose = Annotated[str, StringConstraints(max_length=LIMITS["summary"], pattern=_PROSE)]
 # kept for the catalog and subscriptions, which have their own rules
@@ -266,7 +267,7 @@ class CloudEventBase(Model):
     id: Annotated[str, StringConstraints(max_length=LIMITS["name"], pattern=_NAME)]
     source: Uri
     time: Timestamp | None = None
-    subject: Annotated[str, StringConstraints(max_length=LIMITS["name"], pattern=_LINE)] | None = None
+    subject: Annotated[str, StringConstraints(max_length=LIMITS["name"], pattern=_NAME)] | None = None
     datacontenttype: Line | None = None
     dataschema: Uri | None = None
 
@@ -400,7 +401,53 @@ def parse_event(raw: bytes | str) -> AnyEvent:
 
 def parse_event_obj(obj: Any) -> AnyEvent:
     """An already-decoded JSON value → event (strict JSON semantics, e.g. ISO times)."""
-    return parse_event(orjson.dumps(obj))
+    return parse_event(encode_json(obj))
+
+
+def read_json(raw: bytes | str) -> Any:
+    """JSON as the contract reads it, for code that looks at a document before the models
+    do (to split a batch, to wrap bare data in an envelope).
+
+    RFC 8259 syntax: ``NaN`` and ``Infinity`` are not JSON and raise ``ValueError``
+    (orjson's message). Numbers orjson cannot hold (``1e400``, integers past 64 bits) are
+    read anyway, as infinity or a Python int, so that the models refuse them at their
+    field path with the reason every stage gives, instead of a stage calling the whole
+    document "not JSON".
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            return from_json(raw, allow_inf_nan=False)
+        except ValueError:
+            raise exc from None
+
+
+def encode_json(obj: Any) -> bytes:
+    """A value read by :func:`read_json` as bytes again, losing nothing: orjson, or the
+    standard library where orjson cannot write a number (orjson writes infinity as
+    ``null``, which would turn a refused value into an accepted one; ``json`` writes
+    ``Infinity``, which the models read and refuse)."""
+    if _finite(obj):
+        try:
+            return orjson.dumps(obj)
+        except TypeError:  # an integer past 64 bits
+            pass
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return text.encode()
+
+
+def _finite(obj: Any) -> bool:
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            return False
+    return True
 
 
 def parse_enriched(raw: bytes | str) -> AnyEnrichedEvent:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
@@ -30,7 +29,7 @@ from services.ingest.handlers import (
     type_label,
 )
 from shared.deadletters import DeadLetterWriter, dead_letter
-from shared.events import EVENT_ADAPTER, error_paths
+from shared.events import EVENT_ADAPTER, encode_json, error_paths, read_json
 from shared.kafka import make_producer
 from shared.metrics import INGEST_EVENTS
 from shared.settings import AntingSettings
@@ -100,18 +99,18 @@ def iter_items(stream: IO[bytes]) -> Iterator[Item]:
     whole_doc = stripped.startswith(b"[")
     if not whole_doc and stripped.startswith(b"{"):
         try:
-            orjson.loads(stripped)
-        except orjson.JSONDecodeError:
+            read_json(stripped)
+        except ValueError:
             whole_doc = True  # "{" alone on a line: a pretty-printed object, or garbage
     if whole_doc:
         body = b"".join(head) + b"".join(lines)
         try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
+            doc = read_json(body)
+        except ValueError:
             doc = None
         if isinstance(doc, list):
             for i, obj in enumerate(doc, 1):
-                yield Item(i, orjson.dumps(obj), len(body) if i == len(doc) else 0, "item")
+                yield Item(i, encode_json(obj), len(body) if i == len(doc) else 0, "item")
             return
         if isinstance(doc, dict):
             yield Item(1, body.strip(), len(body))
@@ -204,8 +203,8 @@ async def publish_items(
                                  extra={"file": name, item.unit: str(item.number)})
             futures.append(await dlq.send(letter))
             try:
-                rejected[type_label(orjson.loads(item.raw))] += 1
-            except orjson.JSONDecodeError:
+                rejected[type_label(read_json(item.raw))] += 1
+            except ValueError:
                 rejected["unknown"] += 1
             return
         rec = to_record(event, settings, value=value)

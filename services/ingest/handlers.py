@@ -26,7 +26,9 @@ from shared.events import (
     Event,
     EventTooLarge,
     dump_event,
+    encode_json,
     error_paths,
+    read_json,
 )
 from shared.settings import AntingSettings
 from shared.topics import INPUT_TOPICS_BY_TYPE
@@ -39,9 +41,8 @@ NDJSON_TYPES = frozenset({
     "application/x-ndjson", "application/ndjson", "application/jsonl", "application/jsonlines",
 })
 STRUCTURED = b"application/cloudevents+json"
-# the broker refuses a request above 1 MiB (producer max_request_size); keep room for
-# the batch and record overhead so one event never fails half-way through a batch
-# one event's canonical JSON: the contract's limit, the same that enrich applies
+# one event's canonical JSON: the contract's limit, the same that enrich applies (well
+# under the broker's 1 MiB, so one event never fails half-way through a batch)
 MAX_RECORD_BYTES = MAX_EVENT_BYTES
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
@@ -192,8 +193,8 @@ def decode_events(body: bytes, content_type: str | None) -> list[AnyEvent]:
     if fast:
         return fast
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        doc = read_json(body)
+    except ValueError as exc:
         p = Problem(400, f"the body is not valid JSON: {exc}",
                     [{"path": "$", "message": str(exc), "type": "json_invalid"}])
         p.rejected_types = ["unknown"]
@@ -268,8 +269,8 @@ def _decode_ndjson(body: bytes) -> list[AnyEvent]:
             items.append(None)
             continue
         try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
+            obj = read_json(line)
+        except ValueError as exc:
             items.append(None)
             malformed[i] = [{"path": "$", "message": f"line {i + 1}: {exc}",
                              "type": "json_invalid"}]
@@ -301,8 +302,8 @@ def decode_data(body: bytes, content_type: str | None, event_type: str, *, sourc
                       "application/json",
                       [{"path": "$", "message": "unsupported media type", "type": "media_type"}])
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        data = read_json(body)
+    except ValueError as exc:
         p = Problem(400, f"the body is not valid JSON: {exc}",
                     [{"path": "$", "message": str(exc), "type": "json_invalid"}])
         p.rejected_types = [event_type]
@@ -314,7 +315,7 @@ def decode_data(body: bytes, content_type: str | None, event_type: str, *, sourc
     if subject:
         envelope["subject"] = subject
     try:
-        return EVENT_ADAPTER.validate_json(orjson.dumps(envelope))
+        return EVENT_ADAPTER.validate_json(encode_json(envelope))
     except ValidationError as exc:
         errors = []
         for e in error_paths(exc):
