@@ -1,0 +1,203 @@
+"""Records enrich cannot read or cannot write go to dead-letters and the stream goes on
+(the real broker): an event too large for enriched-events, more than the contract lets an
+event name, both CloudEvents content modes, and a session held failing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from cloudevents.v1.http import CloudEvent
+from cloudevents.v1.kafka import to_binary
+
+from services.enrich import pipeline
+from services.enrich.catalog import Catalog, CatalogReader
+from services.enrich.settings import EnrichSettings
+from shared.deadletters import read_dead_letters
+from shared.kafka import make_admin, make_producer
+from shared.lag import LagMonitor
+from shared.metrics import CONSUMER_LAG, WORKER_RESTARTS
+from shared.settings import AntingSettings
+from shared.testing import read_topic
+from shared.topics import AGREEMENTS, ANNOUNCEMENTS, ENRICHED_EVENTS
+from tests.enrich.helpers import Worker, event, load_catalog, publish, publish_raw
+
+pytestmark = pytest.mark.kafka
+
+# names of the shipped catalog: each resolves to a record of a few hundred bytes
+RESOLVED = ["Anting Town Government", "SAIC Motor", "Tongji University", "China Simulation Federation"]
+
+
+async def _set_max_message_bytes(settings: AntingSettings, topic: str, limit: int) -> None:
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(
+            ConfigResourceType.TOPIC, settings.topic(topic), {"max.message.bytes": str(limit)})])
+    finally:
+        await admin.close()
+
+
+async def _letters(settings: AntingSettings, n: int, timeout: float = 60.0) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    letters: list[Any] = []
+    while time.monotonic() < deadline:
+        letters = [dl for _, dl in await read_dead_letters(settings, limit=1000, idle_ms=500)]
+        if len(letters) >= n:
+            break
+        await asyncio.sleep(0.5)
+    return letters
+
+
+async def test_an_event_too_large_for_enriched_events_is_dead_lettered_and_the_stream_goes_on(
+    topics: AntingSettings, tmp_path: Path
+) -> None:
+    """With enriched-events taking 20 KB, an event whose enriched form is larger goes to
+    dead-letters saying why, and the next event (another partition) is enriched in seconds."""
+    await _set_max_message_bytes(topics, ENRICHED_EVENTS, 20_000)
+    await load_catalog(topics)
+    big = event(1, RESOLVED * 25, kind="agreement")  # 100 mentions, each resolved: ~50 KB out
+    small = [event(2 + i, ["SAIC Motor"]) for i in range(6)]  # several keys: other partitions
+    worker = Worker(topics, tmp_path, "w").start()
+    try:
+        await worker.wait_ready()
+        await publish(topics, [big])
+        t0 = time.monotonic()
+        await publish(topics, small)
+        out = [orjson.loads(r.value) for r in await read_topic(
+            topics, topics.topic(ENRICHED_EVENTS), expect=len(small), timeout=30)]
+        assert time.monotonic() - t0 < 30
+        assert sorted(e["id"] for e in out) == sorted(e["id"] for e in small)
+        letters = await _letters(topics, 1)
+        assert len(letters) == 1
+        letter = letters[0]
+        assert orjson.loads(letter.value)["id"] == big["id"]  # the original, not the enriched form
+        assert letter.header("dlq.stage") == "enrich"
+        assert letter.header("dlq.error.class") == "RecordTooLarge"
+        assert "max.message.bytes" in (letter.header("dlq.error.message") or "")
+        assert letter.header("dlq.original.topic") == topics.topic(AGREEMENTS)
+        assert "enrich is stuck" not in worker.proc.log()
+    finally:
+        worker.stop()
+
+
+async def test_more_than_an_event_may_name_written_straight_to_the_topic_is_dead_lettered(
+    topics: AntingSettings, tmp_path: Path
+) -> None:
+    """2,500 repeats of one organization (a ~110 KB event ingest refuses with 422) written
+    by another producer: dead-lettered for data.organizations, and the stream goes on."""
+    await load_catalog(topics)
+    flood = event(1, ["SAIC Motor Corporation Limited"] * 2500, kind="agreement")
+    after = [event(2 + i) for i in range(4)]
+    worker = Worker(topics, tmp_path, "w").start()
+    try:
+        await worker.wait_ready()
+        await publish(topics, [flood, *after])
+        out = await read_topic(topics, topics.topic(ENRICHED_EVENTS), expect=len(after), timeout=30)
+        assert sorted(orjson.loads(r.value)["id"] for r in out) == sorted(e["id"] for e in after)
+        letters = await _letters(topics, 1)
+        assert [orjson.loads(dl.value)["id"] for dl in letters] == [flood["id"]]
+        assert letters[0].header("dlq.error.class") == "ValidationError"
+        assert "data.organizations" in (letters[0].header("dlq.error.message") or "")
+    finally:
+        worker.stop()
+
+
+async def test_both_cloudevents_content_modes_are_enriched_and_written_structured(
+    topics: AntingSettings, tmp_path: Path
+) -> None:
+    """A record the CloudEvents SDK wrote in binary mode (ce_* headers, the value is the data)
+    and one in structured mode are both enriched, and both come out in structured mode."""
+    await load_catalog(topics)
+    sdk_event = CloudEvent({
+        "type": "agreement.signed", "source": "/press/sdk", "id": "sdk-binary-1",
+        "subject": "wmc-2", "time": "2024-05-01T10:00:00Z", "datacontenttype": "application/json",
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    }, {"title": "SAIC signs with Anting Town", "organizations": [{"name": "SAIC Motor"}]})
+    message = to_binary(sdk_event)
+    assert "ce_id" in message.headers and not message.value.startswith(b'{"specversion')
+    producer = make_producer(topics)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topics.topic(AGREEMENTS), value=message.value,
+            key=message.key.encode() if isinstance(message.key, str) else message.key,
+            headers=list(message.headers.items()))
+    finally:
+        await producer.stop()
+    await publish(topics, [event(7, ["Tongji University"])])
+    worker = Worker(topics, tmp_path, "w").start()
+    try:
+        await worker.wait_ready()
+        out = await read_topic(topics, topics.topic(ENRICHED_EVENTS), expect=2, timeout=30)
+        by_id = {orjson.loads(r.value)["id"]: r for r in out}
+        assert set(by_id) == {"sdk-binary-1", "ev-000007"}
+        record = by_id["sdk-binary-1"]
+        doc = orjson.loads(record.value)
+        assert doc["source"] == "/press/sdk" and doc["subject"] == "wmc-2"
+        assert doc["time"] == "2024-05-01T10:00:00Z"
+        assert doc["traceparent"].startswith("00-0af7651916cd43dd")
+        assert doc["data"]["title"] == "SAIC signs with Anting Town"
+        assert doc["data"]["enrichment"]["resolved"] == ["saic-motor"]
+        assert dict(record.headers)["content-type"] == b"application/cloudevents+json"
+        assert not await read_dead_letters(topics, limit=10, idle_ms=300)
+    finally:
+        worker.stop()
+
+
+async def test_lag_rises_while_enrich_is_held_failing(
+    topics: AntingSettings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A session that fails on every batch commits nothing: anting_consumer_lag (end minus
+    committed) climbs with every event published, the restarts are counted, and the log
+    says enrich is stuck at which offsets."""
+    settings = EnrichSettings(**topics.model_dump(), group=f"held-{topics.topic_prefix.rstrip('.')}",
+                              batch_wait_ms=50)
+
+    async def fail(self: Any, *args: Any) -> Any:
+        raise RuntimeError("held failing by the test")
+
+    monkeypatch.setattr(pipeline.Enricher, "process", fail)
+    catalog = Catalog()
+    worker = pipeline.Worker(settings, catalog, CatalogReader(settings, catalog))
+    await worker.reader.start()
+    stop = asyncio.Event()
+    restarts = WORKER_RESTARTS.labels("enrich")
+    before = restarts._value.get()
+    caplog.set_level(logging.ERROR, logger="services.enrich.pipeline")
+
+    def lag() -> float:
+        return sum(CONSUMER_LAG.labels(settings.group, settings.topic(t), str(p))._value.get()
+                   for t in (ANNOUNCEMENTS, AGREEMENTS) for p in range(t.partitions))
+
+    monitor = LagMonitor(settings, {settings.group: worker.inputs}, interval=0.5)
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        async with monitor:
+            await publish(settings, [event(i) for i in range(10)])
+            seen = []
+            for n in (10, 30):
+                if n == 30:
+                    await publish_raw(settings, settings.topic(ANNOUNCEMENTS),
+                                      [orjson.dumps(event(100 + i)) for i in range(20)])
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and lag() < n:
+                    await asyncio.sleep(0.3)
+                seen.append(lag())
+            assert seen == [10, 30]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and restarts._value.get() - before < pipeline.STUCK_AFTER:
+                await asyncio.sleep(0.3)
+        assert restarts._value.get() - before >= pipeline.STUCK_AFTER
+        stuck = [r.getMessage() for r in caplog.records if "enrich is stuck" in r.getMessage()]
+        assert stuck and settings.topic(ANNOUNCEMENTS) in stuck[-1] and "@0" in stuck[-1]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await worker.reader.stop()
