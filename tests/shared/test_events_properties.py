@@ -40,7 +40,7 @@ agreement_data = st.fixed_dictionaries({"title": text}, optional={
     "value": st.fixed_dictionaries({"amount": numbers, "currency": st.sampled_from(["CNY", "USD", "EUR"])}),
     "sectors": st.lists(text, max_size=4), "summary": text, "language": st.sampled_from(["en", "zh"]),
 })
-envelope = {"specversion": st.just("1.0"), "id": text, "source": text}  # noqa: RUF012
+envelope = {"specversion": st.just("1.0"), "id": text, "source": text}
 envelope_optional = {"time": times, "subject": text, "datacontenttype": st.just("application/json"),
                      "dataschema": text}
 events = st.one_of(
