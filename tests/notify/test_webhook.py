@@ -98,4 +98,4 @@ async def test_poison_enriched_records_go_to_dead_letters(topics: AntingSettings
     assert sorted(r.value or b"" for r in letters) == sorted([b"{not json", orjson.dumps(bad_shape)])
     headers = [dict(r.headers) for r in letters]
     assert all(h["dlq.stage"] == b"notify" for h in headers)
-    assert any(b"data.organizations[0].name" in h["dlq.error.message"] for h in headers)
+    assert any(b"data.organizations.0.name" in h["dlq.error.message"] for h in headers)  # the contract's path
