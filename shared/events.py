@@ -50,7 +50,7 @@ from pydantic import (
     TypeAdapter,
     model_validator,
 )
-from pydantic_core import PydanticCustomError, from_json
+from pydantic_core import PydanticCustomError
 
 from shared.organizations import Organization
 
@@ -415,12 +415,26 @@ def read_json(raw: bytes | str) -> Any:
     document "not JSON".
     """
     try:
-        return orjson.loads(raw)
+        doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         try:
-            return from_json(raw, allow_inf_nan=False)
+            # the standard library reads integers exactly and 1e400 as infinity, as the
+            # models' own parser does; NaN and Infinity it would read, so refuse them
+            return json.loads(raw, parse_constant=_not_json)
         except ValueError:
             raise exc from None
+    if _LONG_DIGITS.search(raw.encode() if isinstance(raw, str) else raw):
+        # orjson reads an integer past 64 bits (20 digits or more) as a float, which would
+        # pass where the models refuse the integer: read such documents exactly
+        return json.loads(raw, parse_constant=_not_json)
+    return doc
+
+
+_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+
+
+def _not_json(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
 
 
 def encode_json(obj: Any) -> bytes:
