@@ -23,7 +23,7 @@ from services.notify.matching import decode, match
 from services.notify.settings import NotifySettings
 from services.notify.ssrf import literal_refusal
 from services.notify.subscriptions import SubscriptionStore, public_view
-from shared.events import error_paths
+from shared.events import error_paths, record_event_bytes
 from shared.http import (
     ApiKeys,
     health_router,
@@ -256,7 +256,7 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
                 for r in records:
                     positions[r.partition] = r.offset + 1
                     try:
-                        event = decode(r.value)
+                        event = decode(record_event_bytes(r.value, r.headers))
                     except ValueError:
                         continue
                     reasons = match(event, flt)

@@ -31,6 +31,7 @@ from services.notify.settings import NotifySettings
 from services.notify.ssrf import Resolver, system_resolver
 from services.notify.subscriptions import SubscriptionStore
 from shared.deadletters import DeadLetterWriter, from_record
+from shared.events import record_event_bytes
 from shared.kafka import RecordBatches, ensure_topics, make_consumer, make_producer
 from shared.metrics import STAGE_SECONDS
 from shared.topics import ENRICHED_EVENTS, NOTIFY_RETRIES
@@ -106,14 +107,17 @@ class Notifier:
         or ``None`` when nothing is pending."""
         t0 = time.perf_counter()
         try:
-            event = decode(record.value)
+            # either content mode of the CloudEvents Kafka binding: a record written
+            # straight to enriched-events may be binary (ce_* headers, the value is data)
+            raw = record_event_bytes(record.value, record.headers)
+            event = decode(raw)
         except Exception as exc:
             await self.dlq.send_and_wait(from_record(record, stage="notify", error=exc))
             return None
         at = ingested_ms(record)
         # the webhook body splices two attributes into the record's bytes (see Delivery.source),
         # unless the event has members of those names already
-        source = None if "subscription" in event or "reason" in event else record.value
+        source = None if "subscription" in event or "reason" in event else raw
         acks: list[asyncio.Future[Any]] = []
         jobs: list[Coroutine[Any, Any, Any]] = []
         for sub in self.store.active():

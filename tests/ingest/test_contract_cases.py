@@ -10,10 +10,10 @@ import httpx
 import orjson
 import pytest
 
+from services.ingest.publisher import Publisher
 from shared.settings import AntingSettings
 from shared.testing import read_topic
 from shared.topics import AGREEMENTS, ANNOUNCEMENTS
-from services.ingest.publisher import Publisher
 from tests.ingest.conftest import agreement, announcement, ingest_settings, make_client
 from tests.ingest.test_http import assert_problem
 
