@@ -94,13 +94,13 @@ def orgs_put(
     from pydantic import ValidationError
 
     from services.enrich import catalog
-    from shared.organizations import Organization
+    from shared.organizations import RecordTooLarge, parse_organization
 
     text = sys.stdin.read() if record == "-" else (
         Path(record[1:]).read_text() if record.startswith("@") else record)
     try:
-        org = Organization.model_validate_json(text)
-    except ValidationError as exc:
+        org = parse_organization(text)  # the catalog's own check, size bound included
+    except (ValidationError, RecordTooLarge) as exc:
         _say(f"invalid organization: {exc}")
         raise typer.Exit(2) from None
     written, _ = asyncio.run(catalog.write(_settings(), upserts=[org]))
