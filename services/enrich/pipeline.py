@@ -63,6 +63,7 @@ from shared.topics import AGREEMENTS, ANNOUNCEMENTS, ENRICHED_EVENTS
 log = logging.getLogger(__name__)
 STAGE = "enrich"
 _STAGE_SECONDS = STAGE_SECONDS.labels(STAGE)
+_RESTARTS = WORKER_RESTARTS.labels(STAGE)  # exported from the start, at 0
 
 
 class Outcome:
@@ -236,7 +237,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                WORKER_RESTARTS.labels(STAGE).inc()
+                _RESTARTS.inc()
                 self._note_failure()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
