@@ -12,7 +12,7 @@ import importlib
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -138,28 +138,104 @@ def kafka(
         raise typer.Exit(2) from None
 
 
-dlq_app = typer.Typer(help="Dead letters: records a stage could not process.", no_args_is_help=True)
+dlq_app = typer.Typer(
+    help="Dead letters: records a stage could not process, newest first; replay sends chosen "
+    "ones back to their original topic, once.",
+    no_args_is_help=True,
+)
 app.add_typer(dlq_app, name="dlq")
+
+# the options `list` and `replay` share: which letters
+StageOpt = Annotated[str | None, typer.Option(
+    help="only letters of this stage (dlq.stage: ingest, enrich, notify)")]
+TopicOpt = Annotated[str | None, typer.Option(
+    help="only letters from this original topic (with or without ANTING_TOPIC_PREFIX)")]
+SinceOpt = Annotated[str | None, typer.Option(
+    help="only letters written since then: a duration back from now (30m, 2h, 7d, 1h30m) "
+    "or an RFC 3339 time (2024-05-01T10:00:00Z)")]
+UntilOpt = Annotated[str | None, typer.Option(
+    help="only letters written until then (same forms as --since)")]
+PartitionOpt = Annotated[int | None, typer.Option(
+    min=0, help="only this partition of dead-letters")]
+FromOffsetOpt = Annotated[int | None, typer.Option(
+    min=0, help="only letters at this offset of dead-letters or later (each partition, "
+    "or the one --partition names)")]
+ToOffsetOpt = Annotated[int | None, typer.Option(
+    min=0, help="only letters at this offset or earlier (inclusive)")]
+
+
+def _dlq_selection(
+    stage: str | None, topic: str | None, since: str | None, until: str | None,
+    partition: int | None, from_offset: int | None, to_offset: int | None,
+) -> Any:
+    """The options as a :class:`shared.deadletters.Selection` (BadParameter names a bad one)."""
+    from datetime import UTC, datetime
+
+    from shared.deadletters import Selection, parse_when
+
+    now = datetime.now(UTC)
+    times: dict[str, datetime | None] = {}
+    for name, text in (("--since", since), ("--until", until)):
+        try:
+            times[name] = parse_when(text, now) if text is not None else None
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint=name) from None
+    start, end = times["--since"], times["--until"]
+    if start is not None and end is not None and end < start:
+        raise typer.BadParameter("is before --since", param_hint="--until")
+    if from_offset is not None and to_offset is not None and to_offset < from_offset:
+        raise typer.BadParameter("is below --from-offset", param_hint="--to-offset")
+    return Selection(stage=stage, topic=topic, since=start, until=end, partition=partition,
+                     from_offset=from_offset, to_offset=to_offset)
+
+
+def _cell(text: str | None) -> Any:
+    """Table text as plain Text: no rich markup, and no control character reaches the terminal."""
+    from rich.text import Text
+
+    text = text or ""
+    return Text(text.encode("unicode_escape").decode("ascii")
+                if any(not c.isprintable() for c in text) else text)
+
+
+def _when(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dlq_app.command("list")
 def dlq_list(
-    limit: Annotated[int, typer.Option(help="show at most this many")] = 100,
+    stage: StageOpt = None,
+    topic: TopicOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    partition: PartitionOpt = None,
+    from_offset: FromOffsetOpt = None,
+    to_offset: ToOffsetOpt = None,
+    reverse: Annotated[bool, typer.Option(
+        "--reverse", help="oldest first (with --from-offset: the first --limit letters from "
+        "there, like kcat -o OFFSET -c LIMIT)")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="show at most this many")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
 ) -> None:
-    """Show what is in dead-letters: where each record came from and why it failed."""
+    """Show dead letters, newest first: when each was written, its stage, where it came
+    from (topic[partition]@offset, or file:line for a bad line `anting publish` read) and
+    why it failed. Examples: `anting dlq list --since 2h --stage enrich`,
+    `anting dlq list --topic announcements --limit 20`, `anting dlq list --reverse`."""
     import orjson
-    from rich.text import Text
 
-    from shared.deadletters import read_dead_letters, show_bytes
+    from shared.deadletters import read_letters, show_bytes
     from shared.settings import AntingSettings
 
+    selection = _dlq_selection(stage, topic, since, until, partition, from_offset, to_offset)
     settings = settings_mod.load(AntingSettings)
-    letters = asyncio.run(read_dead_letters(settings, limit=limit))
+    letters = asyncio.run(read_letters(settings, selection, limit=limit, newest_first=not reverse))
     if as_json:
-        for offset, letter in letters:
+        for stored in letters:
+            letter = stored.letter
             sys.stdout.write(orjson.dumps({
-                "offset": offset,
+                "offset": stored.offset,
                 "key": show_bytes(letter.key),
                 "value": show_bytes(letter.value),
                 # null header values stay null; bytes that are not UTF-8 become \xNN
@@ -167,35 +243,110 @@ def dlq_list(
             }).decode() + "\n")
         return
 
-    def cell(text: str | None) -> Text:
-        # plain Text: no rich markup, and no control character reaches the terminal
-        return Text((text or "").encode("unicode_escape").decode("ascii")
-                    if any(not c.isprintable() for c in text or "") else (text or ""))
-
-    table = Table("offset", "stage", "from", "error", "value")
-    for offset, letter in letters:
-        origin = f"{letter.header('dlq.original.topic')}[{letter.header('dlq.original.partition')}]@{letter.header('dlq.original.offset')}"
+    # partition@offset once a letter is not on partition 0 (dead-letters has one by default)
+    several = any(s.partition for s in letters)
+    table = Table("offset", "written (UTC)", "stage", "from", "error", "value")
+    for stored in letters:
+        letter = stored.letter
         table.add_row(
-            str(offset), cell(letter.header("dlq.stage")), cell(origin),
-            cell(f"{letter.header('dlq.error.class')}: {letter.header('dlq.error.message')}"),
-            cell(show_bytes((letter.value or b"")[:60])),
+            f"{stored.partition}@{stored.offset}" if several else str(stored.offset),
+            _when(stored.timestamp), _cell(stored.stage), _cell(stored.origin),
+            _cell(f"{letter.header('dlq.error.class')}: {letter.header('dlq.error.message')}"),
+            _cell(show_bytes((letter.value or b"")[:60])),
         )
     Console().print(table)
-    console.print(f"{len(letters)} dead letter(s)")
+    order = "oldest first" if reverse else "newest first"
+    more = "; there may be more: raise --limit or narrow the selection" if len(letters) == limit else ""
+    console.print(f"{len(letters)} dead letter(s), {order}{more}")
 
 
 @dlq_app.command("replay")
 def dlq_replay(
-    stage: Annotated[str | None, typer.Option(help="only letters from this stage")] = None,
-    limit: Annotated[int, typer.Option(help="replay at most this many")] = 1000,
+    stage: StageOpt = None,
+    topic: TopicOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    partition: PartitionOpt = None,
+    from_offset: FromOffsetOpt = None,
+    to_offset: ToOffsetOpt = None,
+    all_letters: Annotated[bool, typer.Option(
+        "--all", help="every letter (replay refuses to run without a selection or this)")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="send at most this many, oldest first")] = 1000,
+    again: Annotated[bool, typer.Option(
+        "--again", help="also send letters an earlier replay sent (once more)")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="show what would be sent; send and record nothing")] = False,
 ) -> None:
-    """Send dead letters back to their original topic (with their original key and headers)."""
-    from shared.deadletters import replay_dead_letters
+    """Send chosen dead letters back to their original topic (original key, value and
+    headers), oldest first, once: each one sent is recorded on dead-letters-replayed in
+    the same transaction, and a later replay skips it. Letters that cannot be sent are
+    skipped with the reason (a bad line of a file has no topic to go back to: correct
+    the file and publish it again). Examples: `anting dlq replay --stage enrich --since 1h`,
+    `anting dlq replay --from-offset 120 --to-offset 180`, `anting dlq replay --all --dry-run`."""
+    from aiokafka.errors import KafkaError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from shared.deadletters import ReplayFailed, ReplayReport, offset_ranges, replay
     from shared.settings import AntingSettings
 
+    selection = _dlq_selection(stage, topic, since, until, partition, from_offset, to_offset)
+    if not selection.narrows() and not all_letters:
+        console.print("[red]error:[/red] say which dead letters to replay: --stage, --topic, "
+                      "--since/--until or --from-offset/--to-offset; or --all for every one")
+        raise typer.Exit(2)
     settings = settings_mod.load(AntingSettings)
-    sent, skipped = asyncio.run(replay_dead_letters(settings, stage=stage, limit=limit))
-    console.print(f"replayed {sent}, skipped {skipped} (no original topic)")
+
+    def run_replay(progress: Any = None) -> ReplayReport:
+        return asyncio.run(replay(settings, selection, limit=limit, again=again, dry_run=dry_run,
+                                  progress=progress))
+
+    failed: ReplayFailed | None = None
+    try:
+        if console.is_terminal:
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn())
+            with Progress(*columns, console=console, transient=True) as bar:
+                task = bar.add_task("reading dead-letters", total=None)
+
+                def progress(phase: str, done: int, total: int) -> None:
+                    what = "reading dead-letters (offsets)" if phase == "reading" else "sending"
+                    bar.update(task, description=what, completed=done, total=total)
+
+                report = run_replay(progress)
+        else:
+            report = run_replay()
+    except ReplayFailed as exc:
+        failed, report = exc, exc.report
+    except (KafkaError, OSError, TimeoutError) as exc:
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc} "
+                      f"(broker {settings.kafka.bootstrap_servers}); nothing was sent")
+        raise typer.Exit(2) from None
+
+    done = "would replay" if report.dry_run else "replayed"
+    rows = sorted([(e, done) for e in report.replayed] + [(e, "skipped") for e in report.skipped],
+                  key=lambda row: (row[0].timestamp, row[0].partition, row[0].offset))
+    if rows:
+        table = Table("letter", "written (UTC)", "stage", "from", "outcome", "to / why not")
+        for e, outcome in rows:
+            table.add_row(f"{e.partition}@{e.offset}", _when(e.timestamp), _cell(e.stage),
+                          _cell(e.origin), outcome, _cell(e.reason or e.topic))
+        Console().print(table)
+    reasons: dict[str, int] = {}
+    for e in report.skipped:
+        reasons[e.reason.split(":")[0]] = reasons.get(e.reason.split(":")[0], 0) + 1
+    summary = f"{done} {len(report.replayed)}"
+    if report.skipped:
+        summary += f", skipped {len(report.skipped)} (" + ", ".join(
+            f"{n} {why}" for why, n in sorted(reasons.items())) + ")"
+    if report.replayed_before:
+        summary += (f"; {len(report.replayed_before)} replayed before, not sent again "
+                    f"(--again sends them once more): {offset_ranges(report.replayed_before)}")
+    if report.dry_run:
+        summary += "; nothing sent (--dry-run)"
+    console.print(summary)
+    if failed is not None:
+        console.print(f"[red]error:[/red] {failed}; run the same replay again to send the rest")
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -54,6 +54,19 @@ WORKER_RESTARTS = Counter(
 DEAD_LETTERS = Counter(
     "anting_dead_letters", "Records sent to dead-letters.", ["stage", "topic"]
 )
+# Every dead letter, whoever wrote it (services, `anting publish`, any producer), counted
+# from the dead-letters topic itself by notify's DeadLetterMonitor (shared/dlq_monitor.py).
+# Gauges: every notify instance exports the same values, so queries take max by (stage, topic).
+DEAD_LETTERS_IN_TOPIC = Gauge(
+    "anting_dead_letters_in_topic",
+    "Dead letters in the dead-letters topic by stage and original topic, read from the topic.",
+    ["stage", "topic"],
+)
+DEAD_LETTERS_LAST_TIMESTAMP = Gauge(
+    "anting_dead_letters_last_timestamp_seconds",
+    "When the newest dead letter of a stage and original topic was written (Unix seconds).",
+    ["stage", "topic"],
+)
 HTTP_REQUEST_SECONDS = Histogram(
     "anting_http_request_duration_seconds", "HTTP request latency by route and status.",
     ["service", "method", "route", "status"], buckets=LATENCY_BUCKETS,

@@ -73,6 +73,17 @@ DEAD_LETTERS = Topic(
     config={"retention.ms": str(90 * DAY_MS)},
     doc="records a stage could not process: original bytes plus dlq.* headers",
 )
+# What `anting dlq replay` has sent back, one record per dead letter, so that a second
+# replay skips it. Compacted on the letter's coordinates: replaying a letter again
+# replaces its record instead of adding one, and reading the whole topic costs one
+# record per letter ever replayed. Kept as long as dead letters are: a record is
+# written after its letter, so it outlives it. (A plain log of replays would grow
+# with every replay; a header on the letter is impossible, records are immutable.)
+DEAD_LETTERS_REPLAYED = Topic(
+    "dead-letters-replayed", None, 1, "compact,delete", "dead letter's partition@offset",
+    config={"retention.ms": str(90 * DAY_MS), "min.cleanable.dirty.ratio": "0.1"},
+    doc="dead letters anting dlq replay sent back: JSON {partition, offset, timestamp, topic, replayed_at, by}",
+)
 # notify's own state, kept in Kafka so that any instance can pick it up
 NOTIFY_RETRIES = Topic(
     "notify-retries", None, 3, "delete", "idempotency key",
@@ -82,7 +93,7 @@ NOTIFY_RETRIES = Topic(
 
 ALL_TOPICS: tuple[Topic, ...] = (
     ANNOUNCEMENTS, AGREEMENTS, ORGANIZATIONS, ENRICHED_EVENTS,
-    SUBSCRIPTIONS, NOTIFICATIONS, DEAD_LETTERS, NOTIFY_RETRIES,
+    SUBSCRIPTIONS, NOTIFICATIONS, DEAD_LETTERS, DEAD_LETTERS_REPLAYED, NOTIFY_RETRIES,
 )
 INPUT_TOPICS_BY_TYPE = {"conference.announcement": ANNOUNCEMENTS, "agreement.signed": AGREEMENTS}
 

@@ -14,6 +14,7 @@ from services.notify.api import create_app
 from services.notify.pipeline import Notifier
 from services.notify.settings import NotifySettings
 from shared import logs
+from shared.dlq_monitor import DeadLetterMonitor
 from shared.http import EmbeddedServer
 from shared.lag import LagMonitor
 from shared.runtime import quiet_gc, run_service
@@ -41,6 +42,10 @@ async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
     # while the groups' consumers are loading, failing or gone
     lag = LagMonitor(settings, consumer_groups(settings))
     lag.start()
+    # every dead letter, whoever wrote it (anting publish, kcat, ...), counted from the
+    # topic for Prometheus; notify runs it as the one long-running reader (see the module)
+    dead_letters = DeadLetterMonitor(settings)
+    dead_letters.start()
     try:
         await notifier.start()
         quiet_gc()
@@ -53,6 +58,7 @@ async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
     finally:
         await notifier.close()
         await lag.stop()
+        await dead_letters.stop()
 
 
 def run() -> None:
