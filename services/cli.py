@@ -220,7 +220,7 @@ def dlq_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
 ) -> None:
     """Show dead letters, newest first: when each was written, its stage, where it came
-    from (topic[partition]@offset, or file:line for a bad line `anting publish` read) and
+    from (topic[0]@41, or file:line for a bad line `anting publish` read) and
     why it failed. Examples: `anting dlq list --since 2h --stage enrich`,
     `anting dlq list --topic announcements --limit 20`, `anting dlq list --reverse`."""
     import orjson

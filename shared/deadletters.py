@@ -373,10 +373,11 @@ Keep = Callable[[StoredLetter], bool]
 
 async def _newest(reader: _Reader, tp: TopicPartition, lo: int, hi: int, want: int, keep: Keep) -> list[StoredLetter]:
     """The newest ``want`` kept letters of ``tp`` in ``[lo, hi)``, newest first: windows of
-    offsets read backwards from ``hi``, each twice as wide as the one before (a filter
-    that keeps few letters reaches far back in few reads)."""
+    offsets read backwards from ``hi``, the first ``want`` wide (all it takes when every
+    letter is kept), each further one twice as wide as the one before (a filter that
+    keeps few letters reaches far back in few reads)."""
     found: list[StoredLetter] = []
-    step = max(2 * want, 64)
+    step = max(want, 16)
     top = hi
     while top > lo and len(found) < want:
         bottom = max(lo, top - step)
