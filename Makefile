@@ -18,19 +18,24 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $(STAMP)
 
 setup: $(STAMP)  ## virtualenv with the pinned dependencies, and the Kafka jars
-	@# without a broker of one's own, resolve the local broker's jars now (a clear message if Java/Maven are missing)
-	@test -n "$$KAFKA_BOOTSTRAP_SERVERS" || $(BIN)/anting kafka --fetch-only || true
+	@# without a broker of one's own, resolve the local broker's jars now; without Java
+	@# or Maven this stops with one message saying what to install or set instead
+	@test -n "$$KAFKA_BOOTSTRAP_SERVERS" || $(BIN)/anting kafka --fetch-only
 
+# `anting run` is make's own child (no shell between them) and stops everything it
+# started when make dies, even by kill -9: it asks the kernel for a parent-death signal.
 run: setup  ## the whole stack on this machine: Kafka, topics, catalog, the three services, the seed events
 	$(BIN)/anting run
 
-test: setup lint  ## lint, then the whole suite against a real Kafka broker
+# The suite and lint need no jars of `setup`: the tests' broker is KAFKA_BOOTSTRAP_SERVERS,
+# testcontainers or the local one (whose jars the suite resolves itself when it needs them).
+test: $(STAMP) lint  ## lint, then the whole suite against a real Kafka broker
 	$(BIN)/pytest
 
-test-fast: setup  ## the suite without lint
+test-fast: $(STAMP)  ## the suite without lint
 	$(BIN)/pytest
 
-lint: setup  ## ruff and mypy
+lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check shared services tests bench
 	$(BIN)/mypy shared services
 

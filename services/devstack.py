@@ -5,7 +5,10 @@ the catalog, ``anting serve ingest|enrich|notify`` as child processes (output
 interleaved and labelled), Prometheus when its binary is installed, a demo
 subscription, the seed's events published through the ingest API, and the
 enriched events and notifications printed as they arrive. A child that dies is
-restarted with backoff; Ctrl-C or SIGTERM stops every child, then the broker.
+restarted with backoff; Ctrl-C, SIGTERM or SIGHUP stops every child, then the broker.
+So does the death of whatever started ``anting run`` (a ``kill -9`` of ``make run``):
+the kernel sends it SIGTERM then (the parent-death signal), and each child gets the
+same signal should ``anting run`` itself be killed.
 
 This is a module, not a service: it owns no topic and exports no metrics.
 """
@@ -101,7 +104,9 @@ class Printer:
 
     def say(self, label: str, message: str, style: str | None = None) -> None:
         line = Text.assemble((f"{label:>10} │ ", COLOURS.get(label, "white")), (message, style or ""))
-        with self.lock:
+        # a closed terminal or pipe (the shell that ran `make run` is gone) must not stop
+        # the shutdown half-way: the line is lost, the children are still stopped
+        with self.lock, contextlib.suppress(OSError, ValueError):
             self.console.print(line)
 
     def child_line(self, label: str, raw: str) -> None:
@@ -138,13 +143,32 @@ def readable(raw: str) -> str:
 # --------------------------------------------------------------------------- processes
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2), Linux
+
+
+def _parent_death_signal(sig: signal.Signals) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux only;
+    elsewhere nothing happens)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+
+
 def _child_setup() -> None:
     """Runs in each child before exec: it dies with us, and sits in its own session
     so that a Ctrl-C at the terminal reaches only us and we decide the stop order."""
-    PR_SET_PDEATHSIG = 1
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    _parent_death_signal(signal.SIGTERM)
     os.setsid()
+
+
+def _stop_with_parent() -> None:
+    """SIGTERM to ourselves when the process that started us dies: a ``kill -9`` of
+    ``make run`` leaves ``anting run`` re-parented and still running otherwise, with
+    the broker, the services and Prometheus holding their ports. Our SIGTERM handler
+    then stops everything in order, as Ctrl-C does."""
+    parent = os.getppid()
+    _parent_death_signal(signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the kernel was asked: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def anting_command() -> str:
@@ -284,7 +308,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def start_broker(opts: Options, printer: Printer) -> tuple[str, Any]:
     """(bootstrap, LocalKafka or None): KAFKA_BOOTSTRAP_SERVERS when set, else a Kafka
     already answering on the port (used, never stopped), else a local broker we start."""
-    from shared.localkafka import LocalKafka, _answers
+    from shared.localkafka import LocalKafka, _answers, check_tools
 
     env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if env:
@@ -301,6 +325,7 @@ def start_broker(opts: Options, printer: Printer) -> tuple[str, Any]:
             "Free it, or set ANTING_RUN_KAFKA_PORT to another port, or KAFKA_BOOTSTRAP_SERVERS "
             "to a broker of your own."
         )
+    check_tools()  # without Java or Maven: what to install, before "starting"
     data_dir = opts.state_dir / f"kafka-{opts.kafka_port}"
     printer.say("kafka", f"starting a local Kafka broker on {bootstrap} (data {data_dir}) ...")
     t0 = time.monotonic()
@@ -319,6 +344,19 @@ def start_broker(opts: Options, printer: Printer) -> tuple[str, Any]:
 # --------------------------------------------------------------------------- the webhook receiver
 
 
+class _ReceiverServer(ThreadingHTTPServer):
+    """The demo receiver's server: a thread per connection, and a listen queue for a burst.
+
+    socketserver's default queue holds 5 connections; notify opens up to
+    ``ANTING_NOTIFY_CONCURRENCY`` (64) at once, and the kernel drops a connection that
+    finds the queue full: the client's SYN is retried after 1, 3, 7 s ..., so under a
+    burst some first attempts ran into notify's 15 s timeout and were retried.
+    """
+
+    request_queue_size = socket.SOMAXCONN
+    daemon_threads = True
+
+
 class WebhookReceiver:
     """A tiny local endpoint for the demo webhook subscription; checks each
     signature (Standard Webhooks) with the secret notify returned."""
@@ -330,6 +368,12 @@ class WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            # HTTP/1.1: notify keeps its connections open and sends request after request on
+            # them; HTTP/1.0 would close each one, so every delivery would need a new TCP
+            # connection through the listen queue.
+            protocol_version = "HTTP/1.1"
+            timeout = 60  # an idle kept-alive connection is closed (notify drops its own at 30 s)
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
@@ -340,8 +384,7 @@ class WebhookReceiver:
             def log_message(self, *args: Any) -> None:  # the receiver prints its own line
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _ReceiverServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -722,8 +765,14 @@ def describe_delivery(doc: Any) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def run(opts: Options) -> int:
-    """Run the stack in the foreground until SIGINT/SIGTERM; returns the exit code."""
+    """Run the stack in the foreground until SIGINT/SIGTERM/SIGHUP, or until the
+    process that started it dies; returns the exit code."""
+    from shared.localkafka import LocalKafkaError
+
     printer = Printer()
 
     def _early_stop(signum: int, _frame: object) -> None:
@@ -731,6 +780,8 @@ def run(opts: Options) -> int:
 
     # until the event loop takes over, a signal unwinds the start-up (stopping the broker)
     old_term = signal.signal(signal.SIGTERM, _early_stop)
+    old_hup = signal.signal(signal.SIGHUP, _early_stop)
+    _stop_with_parent()
     broker = None
     code = 0
     try:
@@ -740,11 +791,12 @@ def run(opts: Options) -> int:
     except (Stop, KeyboardInterrupt):
         printer.say("run", "interrupted during start-up")
         code = 130
-    except StartupError as exc:
+    except (StartupError, LocalKafkaError) as exc:
         printer.say("run", str(exc), "bold red")
         code = 2
     finally:
         signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGHUP, old_hup)
         if broker is not None:
             printer.say("kafka", f"stopping the broker (pid {broker.proc.pid if broker.proc else '-'})")
             with contextlib.suppress(KeyboardInterrupt):
@@ -760,12 +812,15 @@ async def _main(opts: Options, printer: Printer, bootstrap: str) -> int:
 
     def _on_signal(sig: signal.Signals) -> None:
         if not stack.sup.stopping.is_set():
-            printer.say("run", f"{sig.name}: stopping everything (again to kill at once)", "bold")
+            printer.say("run", f"{sig.name}: stopping everything (Ctrl-C again to kill at once)",
+                        "bold")
             stack.sup.stopping.set()
-        else:  # a second Ctrl-C: do not wait for graceful shutdowns
+        elif sig == signal.SIGINT:  # a second Ctrl-C: do not wait for graceful shutdowns
             stack.sup.kill_all()
+        # any other signal while stopping (a closed terminal sends SIGHUP, then make's
+        # death SIGTERM): the graceful stop under way goes on
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, _on_signal, sig)
     main: asyncio.Task[None] = asyncio.create_task(stack.run())
     stopper = asyncio.create_task(stack.sup.stopping.wait())
