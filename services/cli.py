@@ -10,20 +10,69 @@ from __future__ import annotations
 import asyncio
 import importlib
 import sys
-from enum import StrEnum
+from collections.abc import Callable
+from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from services.enrich import cli as enrich_cli
 from services.ingest import cli as ingest_cli
 from services.notify import cli as notify_cli
 from shared import settings as settings_mod
 
+_TYPE_NAMES: dict[Any, str] = {str: "TEXT", int: "INTEGER", float: "FLOAT", bool: "BOOLEAN", Path: "PATH"}
+
+
+def _type_name(param: TyperArgument | TyperOption) -> str:
+    """What a value of ``param`` is, as click names it: ``TEXT``, ``INTEGER``, ``[json|table]``;
+    a repeatable option or a list argument shows its items' type."""
+    desc = param.type_descriptor
+    if desc.choices is not None:
+        return "[" + "|".join(str(c.value if isinstance(c, Enum) else c) for c in desc.choices) + "]"
+    annotation: Any = desc.annotation
+    if desc.is_list:
+        (annotation,) = get_args(annotation)
+    return _TYPE_NAMES.get(annotation, str(getattr(annotation, "__name__", annotation)).upper())
+
+
+def _showing(text: str) -> Callable[[Any], str]:
+    def display_type_rich(ctx: Any) -> str:
+        return text
+
+    return display_type_rich
+
+
+def _click_style_types(command: Any) -> None:
+    """Set the type ``--help`` shows for every parameter of ``command`` and its subcommands:
+    none for a flag, click's name for anything else (typer's own is ``<bool>`` beside every
+    flag and ``<list[str]>`` beside every repeatable option)."""
+    # --help is made on first use and kept: make it now, so it is set here too
+    for param in command.get_params(typer.Context(command)):
+        if isinstance(param, TyperOption):
+            if param.metavar is None:
+                param.metavar = "" if param.is_flag else _type_name(param)
+        elif isinstance(param, TyperArgument):
+            # an argument's metavar would replace its name in the help: only the type changes
+            param.display_type_rich = _showing(_type_name(param))  # type: ignore[method-assign,assignment]
+    for sub in getattr(command, "commands", {}).values():
+        _click_style_types(sub)
+
+
+class ClickStyleHelp(TyperGroup):
+    """The root command: its help, and every subcommand's, name types as click does."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        _click_style_types(self)  # here: typer adds the completion flags after __init__
+        return super().main(*args, **kwargs)
+
+
 app = typer.Typer(
+    cls=ClickStyleHelp,
     name="anting",
     help="Anting: conference announcements and agreement signings on Apache Kafka, "
     "enriched with organization metadata and delivered to subscribers.",
@@ -117,6 +166,14 @@ def schema(
         console.print(f"wrote {path}")
 
 
+def _error(exc: Exception) -> None:
+    """``error: <message>`` on stderr; the message as plain text (Maven's output, say,
+    holds square brackets that are not markup)."""
+    from rich.text import Text
+
+    console.print(Text.assemble(("error: ", "red"), str(exc)))
+
+
 @app.command()
 def kafka(
     port: Annotated[int, typer.Option(help="listener port on 127.0.0.1")] = 9092,
@@ -134,7 +191,7 @@ def kafka(
             return
         serve_forever(port, data_dir)
     except LocalKafkaError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _error(exc)
         raise typer.Exit(2) from None
 
 
@@ -350,8 +407,15 @@ def dlq_replay(
 
 
 def main() -> None:
+    """The ``anting`` command: a bad setting or a local broker that cannot run is one
+    message and exit code 2, not a traceback."""
+    from shared.localkafka import LocalKafkaError
+
     try:
         app()
     except settings_mod.SettingsError as exc:
         console.print(f"[red]{exc}[/red]")
+        sys.exit(2)
+    except LocalKafkaError as exc:
+        _error(exc)
         sys.exit(2)

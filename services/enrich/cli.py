@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -30,15 +30,54 @@ def _say(msg: str) -> None:
     sys.stderr.write(msg + "\n")
 
 
+def _refuse(what: str, exc: Exception) -> NoReturn:
+    """Say why ``what`` cannot go into the catalog and exit 2: a ValidationError as
+    one ``path: message`` line per problem (the paths the API's problems use), any
+    other error as its message."""
+    from pydantic import ValidationError
+
+    from shared.events import error_paths
+
+    if isinstance(exc, ValidationError):
+        problems = error_paths(exc)
+        _say(f"{what} ({len(problems)} problem{'s' if len(problems) > 1 else ''}; "
+             "the record's fields: docs/DESIGN.md):")
+        for p in problems:
+            _say(f"  {p['path']}: {p['message']}")
+    else:
+        _say(f"{what}: {exc}")
+    raise typer.Exit(2)
+
+
+def _read(source: str) -> str:
+    """The text of an argument that is JSON itself, ``@file`` or ``-`` (stdin)."""
+    if source == "-":
+        return sys.stdin.read()
+    if source.startswith("@"):
+        try:
+            return Path(source[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            _say(f"cannot read {source[1:]}: {getattr(exc, 'strerror', None) or exc}")
+            raise typer.Exit(2) from None
+    return source
+
+
 @orgs.command("load")
 def orgs_load(
     file: Annotated[Path | None, typer.Argument(help="a JSON array of organizations; default: the shipped catalog")] = None,
 ) -> None:
     """Write the catalog to the topic; records already there unchanged are skipped (idempotent)."""
+    import orjson
+    from pydantic import ValidationError
+
     from services.enrich import catalog
     from shared.kafka import ensure_topics
+    from shared.organizations import RecordTooLarge
 
-    records = catalog.read_file(file) if file else catalog.shipped()
+    try:
+        records = catalog.read_file(file) if file else catalog.shipped()
+    except (ValidationError, RecordTooLarge, orjson.JSONDecodeError, OSError) as exc:
+        _refuse(f"{file}: not a catalog, nothing written", exc)
     settings = _settings()
 
     async def go() -> tuple[int, int]:
@@ -96,13 +135,10 @@ def orgs_put(
     from services.enrich import catalog
     from shared.organizations import RecordTooLarge, parse_organization
 
-    text = sys.stdin.read() if record == "-" else (
-        Path(record[1:]).read_text() if record.startswith("@") else record)
     try:
-        org = parse_organization(text)  # the catalog's own check, size bound included
+        org = parse_organization(_read(record))  # the catalog's own check, size bound included
     except (ValidationError, RecordTooLarge) as exc:
-        _say(f"invalid organization: {exc}")
-        raise typer.Exit(2) from None
+        _refuse("invalid organization", exc)
     written, _ = asyncio.run(catalog.write(_settings(), upserts=[org]))
     _say(f"{org.id}: {'written' if written else 'unchanged'}")
 
