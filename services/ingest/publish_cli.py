@@ -12,17 +12,20 @@ from pathlib import Path
 
 import uvloop
 from aiokafka.errors import KafkaError
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
-    TransferSpeedColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 from services.ingest.files import FILE_PRODUCER, Summary, publish_file
 from services.ingest.settings import IngestSettings
@@ -41,6 +44,42 @@ def _summary_table(summaries: list[Summary]) -> Table:
         table.add_row(s.name, str(s.accepted), f"[red]{s.rejected}[/red]" if s.rejected else "0",
                       str(s.skipped), ", ".join(f"{t}: {n}" for t, n in sorted(s.by_type.items())))
     return table
+
+
+class _Tail:
+    """A file name cut at the start to the width it is given (``…/conference.ndjson``):
+    its end is what tells files apart."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(min(len(self.name), 12), len(self.name))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        room = options.max_width
+        yield Text(self.name if len(self.name) <= room else "…" + self.name[len(self.name) - room + 1:],
+                   no_wrap=True, overflow="crop")
+
+
+class _FileColumn(ProgressColumn):
+    def render(self, task: Task) -> _Tail:
+        return _Tail(task.description)
+
+
+def _progress(quiet: bool) -> Progress:
+    """One line per file that stays one line at 80 columns: the file name and the bar
+    give up width (the name from its start), the figures never wrap."""
+    fixed = Column(no_wrap=True)
+    return Progress(
+        _FileColumn(), BarColumn(bar_width=12), DownloadColumn(table_column=fixed),
+        TextColumn("{task.fields[counts]}", table_column=Column(no_wrap=True)),
+        TimeElapsedColumn(table_column=Column(no_wrap=True)),
+        console=console, disable=quiet, transient=False)
+
+
+def _counts(s: Summary) -> str:
+    return f"{s.accepted} ok" + (f", {s.rejected} rejected" if s.rejected else "")
 
 
 def _size(name: str) -> int | None:
@@ -62,17 +101,13 @@ async def _publish(settings: IngestSettings, files: list[str], quiet: bool) -> i
     summaries: list[Summary] = []
     errors = 0
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                      TransferSpeedColumn(), TextColumn("{task.fields[counts]}"),
-                      TimeElapsedColumn(), console=console, disable=quiet,
-                      transient=False) as progress:
+        with _progress(quiet) as progress:
             for name in files:
                 total = _size(name)
                 task = progress.add_task(name, total=total, counts="")
 
                 def update(s: Summary, task: TaskID = task) -> None:
-                    progress.update(task, completed=s.bytes_read,
-                                    counts=f"{s.accepted} ok, {s.rejected} rejected")
+                    progress.update(task, completed=s.bytes_read, counts=_counts(s))
 
                 try:
                     summary = await publish_file(settings, name, producer=producer,
