@@ -1,6 +1,7 @@
 """Publishing files and streams (``anting publish``): a JSON object, a JSON array or
-NDJSON, line by line, batched, with bad lines sent to ``dead-letters`` (with file name
-and line number) while the rest goes on.
+NDJSON, line by line, batched, with bad lines sent to ``dead-letters`` (with the file's
+path as given and the line number) while the rest goes on. A UTF-8 byte order mark at
+the start of a file is skipped (editors on Windows write one).
 
 Records are pipelined: the producer batches them (linger), and the acknowledgements
 are awaited one chunk at a time, oldest first, so "every line up to N is acknowledged"
@@ -22,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from services.ingest.handlers import (
+    BOM,
     MAX_RECORD_BYTES,
     Unencodable,
     encode,
@@ -65,6 +67,18 @@ class Summary:
     last_line: int = 0
     by_type: Counter[str] = field(default_factory=Counter)
     bytes_read: int = 0
+    # byte offset just past the last acknowledged line, for lines from read_lines (else 0)
+    offset: int = 0
+
+    def add(self, other: Summary) -> None:
+        """Count ``other`` (a later pass over the same file) into this summary."""
+        self.accepted += other.accepted
+        self.rejected += other.rejected
+        self.skipped += other.skipped
+        self.last_line = max(self.last_line, other.last_line)
+        self.by_type.update(other.by_type)
+        self.bytes_read += other.bytes_read
+        self.offset = max(self.offset, other.offset)
 
     @property
     def total(self) -> int:
@@ -80,40 +94,61 @@ class Item:
     raw: bytes
     size: int  # bytes of the file it stands for (progress)
     unit: str = "line"
+    end: int = 0  # from read_lines: the byte offset just past this line (where to resume)
+
+
+def starts_document(first: bytes) -> bool:
+    """Whether a file whose first non-blank line is ``first`` is one JSON document (an
+    array, or an object spread over several lines) rather than NDJSON."""
+    stripped = first.strip()
+    if stripped.startswith(b"["):
+        return True
+    if stripped.startswith(b"{"):
+        try:
+            read_json(stripped)
+        except ValueError:
+            return True  # "{" alone on a line: a pretty-printed object, or garbage
+    return False
+
+
+def document_items(body: bytes) -> list[Item] | None:
+    """The events of a whole JSON document: an array's items (numbered from 1, unit
+    ``item``) or one object (line 1); None when ``body`` is not one JSON array or object."""
+    if body.startswith(BOM):
+        body = body[len(BOM):]
+    try:
+        doc = read_json(body)
+    except ValueError:
+        return None
+    if isinstance(doc, list):
+        return [Item(i, encode_json(obj), len(body) if i == len(doc) else 0, "item")
+                for i, obj in enumerate(doc, 1)]
+    if isinstance(doc, dict):
+        return [Item(1, body.strip(), len(body))]
+    return None
 
 
 def iter_items(stream: IO[bytes]) -> Iterator[Item]:
     """NDJSON line by line (streamed); a file whose first line starts a JSON array, or a
-    multi-line (pretty-printed) single object, is read whole."""
+    multi-line (pretty-printed) single object, is read whole. A UTF-8 byte order mark at
+    the start is skipped."""
     lines = iter(stream)
     head: list[bytes] = []
     first = b""
     for line in lines:
+        if not head and line.startswith(BOM):
+            line = line[len(BOM):]
         head.append(line)
         if line.strip():
             first = line
             break
     if not first:
         return
-    stripped = first.strip()
-    whole_doc = stripped.startswith(b"[")
-    if not whole_doc and stripped.startswith(b"{"):
-        try:
-            read_json(stripped)
-        except ValueError:
-            whole_doc = True  # "{" alone on a line: a pretty-printed object, or garbage
-    if whole_doc:
+    if starts_document(first):
         body = b"".join(head) + b"".join(lines)
-        try:
-            doc = read_json(body)
-        except ValueError:
-            doc = None
-        if isinstance(doc, list):
-            for i, obj in enumerate(doc, 1):
-                yield Item(i, encode_json(obj), len(body) if i == len(doc) else 0, "item")
-            return
-        if isinstance(doc, dict):
-            yield Item(1, body.strip(), len(body))
+        items = document_items(body)
+        if items is not None:
+            yield from items
             return
         # not one JSON document: judge it line by line like NDJSON
         for n, line in enumerate(body.splitlines(keepends=True), 1):
@@ -124,6 +159,55 @@ def iter_items(stream: IO[bytes]) -> Iterator[Item]:
     for n, line in enumerate(itertools.chain(head, lines), 1):
         if line.strip():
             yield Item(n, line.rstrip(b"\r\n"), len(line))
+
+
+@dataclass
+class Position:
+    """How far :func:`read_lines` read a file: the byte offset just past a whole line,
+    that line's number, whether that line was taken without its newline (the file's last
+    line, a whole JSON value), and the incomplete line found after it (not taken)."""
+
+    offset: int = 0
+    line: int = 0
+    open: bool = False
+    rest: bytes = b""
+
+
+def whole_json(line: bytes) -> bool:
+    """Whether ``line`` is a whole JSON object or array (a line cut short never is)."""
+    try:
+        return isinstance(read_json(line), dict | list)
+    except ValueError:
+        return False
+
+
+def read_lines(stream: IO[bytes], pos: Position, *, take_last: bool = False) -> Iterator[Item]:
+    """The whole lines of an NDJSON file from ``pos.offset`` (numbered from ``pos.line`` + 1),
+    advancing ``pos`` as they are read, as a tail does: a last line without its newline
+    may still be being written, so it is left in ``pos.rest`` — unless ``take_last`` (the
+    file has stopped changing) and it is a whole JSON object or array. A line whose
+    newline arrives after it was taken that way is not counted twice. A UTF-8 byte order
+    mark at offset 0 is skipped. Blank lines are counted but yield nothing."""
+    stream.seek(pos.offset)
+    pos.rest = b""
+    for line in stream:
+        if pos.open:
+            pos.open = False
+            if line in (b"\n", b"\r\n"):  # the newline of the line taken without it
+                pos.offset += len(line)
+                continue
+        if not line.endswith(b"\n"):
+            if not (take_last and line.strip() and whole_json(line)):
+                pos.rest = line
+                return
+            pos.open = True
+        start = pos.offset
+        pos.line += 1
+        pos.offset += len(line)
+        if start == 0 and line.startswith(BOM):
+            line = line[len(BOM):]
+        if line.strip():
+            yield Item(pos.line, line.rstrip(b"\r\n"), len(line), end=pos.offset)
 
 
 def _compact(exc: ValidationError) -> str:
@@ -144,21 +228,26 @@ async def publish_items(
     stop: asyncio.Event | None = None,
     chunk: int = CHUNK,
 ) -> Summary:
-    """Publish ``items``; bad ones become dead letters. ``on_acked(summary)`` runs each time
-    every item up to ``summary.last_line`` is acknowledged by the broker (in order)."""
+    """Publish ``items``; bad ones become dead letters (``dlq.file`` is ``name``).
+    ``on_acked(summary)`` runs each time every item up to ``summary.last_line`` (and, for
+    lines from :func:`read_lines`, up to byte ``summary.offset``) is acknowledged by the
+    broker (in order). Items numbered up to ``start_after`` are skipped."""
     summary = Summary(name)
     dlq = DeadLetterWriter(producer, settings)
-    window: deque[tuple[int, list[asyncio.Future[Any]], Counter[str], Counter[str], int]] = deque()
+    window: deque[tuple[int, int, list[asyncio.Future[Any]], Counter[str], Counter[str], int]] = (
+        deque())
     futures: list[asyncio.Future[Any]] = []
     types: Counter[str] = Counter()
     rejected: Counter[str] = Counter()
     size = 0
     last = start_after
+    last_end = 0
 
     async def settle_oldest() -> None:
-        line, futs, acc, rej, nbytes = window.popleft()
+        line, end, futs, acc, rej, nbytes = window.popleft()
         await asyncio.gather(*futs)
         summary.last_line = line
+        summary.offset = end
         summary.accepted += sum(acc.values())
         summary.by_type.update(acc)
         summary.rejected += sum(rej.values())
@@ -174,13 +263,14 @@ async def publish_items(
 
     def close_chunk() -> None:
         nonlocal futures, types, rejected, size
-        window.append((last, futures, types, rejected, size))
+        window.append((last, last_end, futures, types, rejected, size))
         futures, types, rejected, size = [], Counter(), Counter(), 0
 
     async def handle(item: Item) -> None:
-        nonlocal size, last
+        nonlocal size, last, last_end
         size += item.size
         last = item.number
+        last_end = item.end
         if item.number <= start_after:
             summary.skipped += 1
             return
@@ -252,7 +342,8 @@ async def publish_file(
     chunk: int = CHUNK,
 ) -> Summary:
     """Publish one file (``-`` for stdin) and return its summary; with no ``producer``
-    one is made for this call and flushed and closed after it.
+    one is made for this call and flushed and closed after it. Dead letters name the file
+    by ``name``, else by ``path`` as given (``<stdin>`` for stdin).
 
     From Python (e.g. a benchmark)::
 
@@ -262,7 +353,7 @@ async def publish_file(
     if producer is None:
         producer = make_producer(settings, **FILE_PRODUCER)
         await producer.start()
-    label = name or ("<stdin>" if str(path) == "-" else Path(path).name)
+    label = name or ("<stdin>" if str(path) == "-" else str(path))
     try:
         if str(path) == "-":
             stream: IO[bytes] = sys.stdin.buffer

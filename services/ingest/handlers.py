@@ -41,6 +41,10 @@ NDJSON_TYPES = frozenset({
     "application/x-ndjson", "application/ndjson", "application/jsonl", "application/jsonlines",
 })
 STRUCTURED = b"application/cloudevents+json"
+# a UTF-8 byte order mark: RFC 8259 §8.1 lets a parser ignore one at the start of a JSON
+# text, and editors on Windows write it, so a body or file that starts with it is read
+# without it (checked only once the fast path has failed: well-formed bodies pay nothing)
+BOM = b"\xef\xbb\xbf"
 # one event's canonical JSON: the contract's limit, the same that enrich applies (well
 # under the broker's 1 MiB, so one event never fails half-way through a batch)
 MAX_RECORD_BYTES = MAX_EVENT_BYTES
@@ -176,11 +180,18 @@ def decode_events(body: bytes, content_type: str | None) -> list[AnyEvent]:
     """A ``POST /v1/events`` body → events; raises :class:`Problem` (400/415/422).
 
     A single CloudEvent, a JSON array of them, or NDJSON. All or nothing: one bad item
-    rejects the request, and the problem lists every bad item with its index.
+    rejects the request, and the problem lists every bad item with its index. A UTF-8
+    byte order mark at the start of the body is skipped.
     """
     mtype = media_type(content_type)
     if mtype in NDJSON_TYPES:
-        return _fast_ndjson(body) or _decode_ndjson(body)
+        events = _fast_ndjson(body)
+        if events:
+            return events
+        if body.startswith(BOM):
+            body = body[len(BOM):]
+            return _fast_ndjson(body) or _decode_ndjson(body)
+        return _decode_ndjson(body)
     if mtype not in JSON_TYPES:
         raise Problem(
             415,
@@ -192,6 +203,8 @@ def decode_events(body: bytes, content_type: str | None) -> list[AnyEvent]:
     fast = _fast_json(body)
     if fast:
         return fast
+    if body.startswith(BOM):
+        return decode_events(body[len(BOM):], content_type)
     try:
         doc = read_json(body)
     except ValueError as exc:
