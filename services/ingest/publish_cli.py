@@ -165,7 +165,10 @@ def run_watch(folder: Path, *, once: bool = False) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await watch(settings, folder, stop=stop, once=once, on_file=on_file)
+            await watch(settings, folder, stop=stop, once=once, on_file=on_file,
+                        on_start=lambda text: console.print(text, markup=False,
+                                                            highlight=False,
+                                                            soft_wrap=True))
         except (KafkaError, OSError) as exc:
             console.print(f"[red]error:[/red] {exc!r}")
             return 2
