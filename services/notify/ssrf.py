@@ -221,7 +221,11 @@ def vet(host: str, addresses: Iterable[IPAddress], networks: Sequence[Network], 
             where = f"{host} (a name for {' and '.join(map(str, addresses))}) is"
         else:
             where = f"{host} is the address {ip}, which is"
-        raise RefusedAddress(f"{where} {why}: not a public address, and not in {ALLOW_SETTING}")
+        # whether this process has the setting at all (the CLI checks with its own
+        # environment), not its value: an API client is not told the private networks
+        unset = "" if networks else " (unset here)"
+        raise RefusedAddress(f"{where} {why}: not a public address, and not in "
+                             f"{ALLOW_SETTING}{unset}")
     if not ok:
         raise RefusedAddress(f"no address for {host}")
     return ok

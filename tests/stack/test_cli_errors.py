@@ -75,3 +75,18 @@ def test_orgs_put_of_an_unreadable_file_says_so() -> None:
     result = _run([ANTING, "orgs", "put", "@/nonexistent/org.json"], dict(os.environ))
     assert result.returncode == 2
     assert result.stderr == "cannot read /nonexistent/org.json: No such file or directory\n"
+
+
+def test_a_refused_webhook_names_the_setting_and_whether_it_is_set_here() -> None:
+    """A loopback webhook refused where ANTING_NOTIFY_ALLOW_NETWORKS is unset says both; where it
+    is set (without loopback) the setting is named but its networks are not shown."""
+    from ipaddress import ip_network
+
+    from services.notify.ssrf import literal_refusal
+
+    assert literal_refusal("http://127.0.0.1:8080/hook", []) == (
+        "127.0.0.1 is loopback: not a public address, and not in ANTING_NOTIFY_ALLOW_NETWORKS "
+        "(unset here)")
+    why = literal_refusal("http://127.0.0.1:8080/hook", [ip_network("10.0.0.0/8")])
+    assert why is not None and why.endswith("not in ANTING_NOTIFY_ALLOW_NETWORKS")
+    assert "10.0.0.0" not in why
