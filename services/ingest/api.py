@@ -2,12 +2,15 @@
 to the publisher, answer 202 once the broker acknowledged every record.
 
 The body is read here, not by FastAPI, so that the size limit is enforced while
-reading (413 as soon as it is crossed) and JSON is parsed once, with orjson.
+reading (413 as soon as it is crossed) and JSON is parsed once, with orjson. A body
+sent with ``Content-Encoding: gzip`` or ``deflate`` is decoded as it arrives, the limit
+applying to the decoded bytes too; other codings get 415 (RFC 9110 §15.5.16).
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from typing import Annotated, Any
 
 import orjson
@@ -34,6 +37,10 @@ from shared.metrics import INGEST_EVENTS, STAGE_SECONDS
 
 REF = "#/components/schemas/{model}"
 ERROR_STATUSES = (400, 401, 413, 415, 422, 503)
+# content codings a request body may have (RFC 9110 §8.4.1); "x-gzip" is gzip (§8.4.1.3).
+# br and zstd would need a package this project does not pin.
+SUPPORTED_CODINGS = ("gzip", "deflate", "identity")
+_CODING_ALIASES = {"x-gzip": "gzip"}
 
 ACCEPTED: dict[int | str, dict[str, Any]] = {
     202: {
@@ -73,6 +80,97 @@ class _LeanRoute(Route):
         return match, child
 
 
+def _too_large(detail: str) -> Problem:
+    return Problem(413, detail, [{"path": "$", "message": "body too large", "type": "too_large"}])
+
+
+def content_coding(value: str) -> str | None:
+    """The one content coding of a request (``gzip`` or ``deflate``) from its
+    ``Content-Encoding`` header (several lines joined by commas), None for ``identity``;
+    raises :class:`Problem` 415 — naming the supported codings, with an
+    ``Accept-Encoding`` header — for any other coding or for more than one."""
+    codings = [c.strip().lower() for c in value.split(",")]
+    codings = [_CODING_ALIASES.get(c, c) for c in codings if c and c != "identity"]
+    unsupported = [c for c in codings if c not in SUPPORTED_CODINGS]
+    if unsupported or len(codings) > 1:
+        what = (f"content coding {unsupported[0]!r} is not supported" if unsupported
+                else f"the body has {len(codings)} content codings; at most one is supported")
+        raise Problem(
+            415, f"{what}; the supported content codings are gzip, deflate and identity "
+            "(uncompressed)",
+            [{"path": "header.content-encoding", "message": "unsupported content coding",
+              "type": "content_encoding"}],
+            supported_encodings=list(SUPPORTED_CODINGS),
+            headers={"Accept-Encoding": ", ".join(SUPPORTED_CODINGS)},
+        )
+    return codings[0] if codings else None
+
+
+def _zlib_header(data: bytes) -> bool:
+    """Whether ``data`` starts with a zlib (RFC 1950) header: deflate with a window of
+    at most 32 KiB and the check bits right."""
+    return data[0] & 0x0F == 8 and data[0] >> 4 <= 7 and (data[0] << 8 | data[1]) % 31 == 0
+
+
+class Inflater:
+    """A gzip or deflate body decoded as it arrives, never more than ``limit`` + 1 decoded
+    bytes: a small body that inflates past the limit (a zip bomb) raises 413 as soon as
+    it does. ``deflate`` is the zlib format (RFC 9110 §8.4.1.2) or, as some clients send
+    it, raw deflate; gzip may have several members (RFC 1952). Bytes that are not of the
+    declared coding raise :class:`Problem` 400."""
+
+    def __init__(self, coding: str, limit: int) -> None:
+        self.coding, self.limit = coding, limit
+        self.parts: list[bytes] = []
+        self.size = 0
+        self._head = b""  # the first byte, until the second tells zlib from raw deflate
+        self._d: Any = None
+
+    def _mismatch(self, why: str) -> Problem:
+        return Problem(400, f"the body is not {self.coding} data, though Content-Encoding "
+                       f"says {self.coding}: {why}; send the body {self.coding}-compressed "
+                       "or without that header",
+                       [{"path": "header.content-encoding", "message": why,
+                         "type": "content_encoding"}])
+
+    def _new(self, data: bytes) -> Any:
+        if self.coding == "gzip":
+            return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return zlib.decompressobj(zlib.MAX_WBITS if _zlib_header(data) else -zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> None:
+        """Decode the next bytes of the body."""
+        if self._d is None:
+            data = self._head + data
+            if len(data) < 2:
+                self._head = data
+                return
+            self._d = self._new(data)
+        while data:
+            if self._d.eof:
+                if self.coding != "gzip":
+                    raise self._mismatch("bytes after the end of the compressed data")
+                self._d = self._new(data)  # the next gzip member
+            try:
+                out = self._d.decompress(data, self.limit - self.size + 1)
+            except zlib.error as exc:
+                raise self._mismatch(str(exc)) from None
+            self.size += len(out)
+            if self.size > self.limit:
+                raise _too_large(f"the body decodes to more than the limit of {self.limit} "
+                                 "bytes")
+            self.parts.append(out)
+            data = self._d.unused_data if self._d.eof else self._d.unconsumed_tail
+
+    def finish(self) -> bytes:
+        """The decoded body; 400 when the compressed data stops short."""
+        if self._d is None and not self._head:
+            return b""
+        if self._d is None or not self._d.eof:  # (one byte is never a whole stream)
+            raise self._mismatch("the compressed data ends early (truncated)")
+        return b"".join(self.parts)
+
+
 def _schemas() -> tuple[dict[str, Any], dict[str, Any]]:
     """JSON Schemas of the request bodies and their shared definitions."""
     defs: dict[str, Any] = {}
@@ -100,7 +198,9 @@ def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
             "Publish conference announcements and agreement signings (CloudEvents 1.0) "
             "into Kafka. A 202 means the broker acknowledged every event. A rejected "
             "request publishes nothing: in a batch, one invalid item rejects the whole "
-            "request and the problem lists every rejected item with its index."
+            "request and the problem lists every rejected item with its index. Bodies "
+            "may be sent with Content-Encoding gzip or deflate (415 for other codings); "
+            "the size limit applies to the decoded body too."
         ),
     )
     install_request_metrics(app, "ingest")
@@ -131,19 +231,40 @@ def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
                                                name=getattr(endpoint, "__name__", None)))
 
     async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
+        # one pass over the raw headers (ASGI names are lower-case) finds both, in less
+        # time than one request.headers.get: a plain body pays nothing for the coding
+        declared = encoding = None
+        for name, value in request.scope["headers"]:
+            if name == b"content-length":
+                declared = value
+            elif name == b"content-encoding":
+                encoding = value if encoding is None else encoding + b"," + value
         if declared and declared.isdigit() and int(declared) > limit:
-            raise Problem(413, f"the body is {declared} bytes; the limit is {limit}",
-                          [{"path": "$", "message": "body too large", "type": "too_large"}])
+            raise _too_large(f"the body is {declared.decode()} bytes; the limit is {limit}")
+        if encoding is not None:
+            coding = content_coding(encoding.decode("latin-1"))
+            if coding is not None:
+                return await read_encoded(request, coding)
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:  # stop reading at once: the rest is never buffered
-                raise Problem(413, f"the body exceeds the limit of {limit} bytes",
-                              [{"path": "$", "message": "body too large", "type": "too_large"}])
+                raise _too_large(f"the body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+    async def read_encoded(request: Request, coding: str) -> bytes:
+        """The body decoded as it arrives: the limit holds for the bytes received and for
+        the decoded ones, and decoding stops as soon as either is crossed."""
+        inflater = Inflater(coding, limit)
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(f"the body exceeds the limit of {limit} bytes")
+            inflater.feed(chunk)
+        return inflater.finish()
 
     async def accept(events: list[Any], traceparent: str | None, started: float) -> Response:
         records = handlers.to_records(events, settings, traceparent)
