@@ -1,5 +1,6 @@
 """What every Anting HTTP surface shares: RFC 9457 problem responses, health and
-metrics endpoints, API-key checking and request-latency metrics (FastAPI).
+metrics endpoints, API-key checking, request-latency metrics and API docs that
+load nothing from the internet (FastAPI).
 """
 
 from __future__ import annotations
@@ -8,12 +9,20 @@ import contextlib
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 import orjson
 import uvicorn
-from fastapi import APIRouter, FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.metrics import HTTP_REQUEST_SECONDS, render
@@ -175,7 +184,63 @@ class RequestMetrics:
 
 
 def install_request_metrics(app: FastAPI, service: str) -> None:
+    """What every app adds to itself: :class:`RequestMetrics`, and its API docs
+    served locally (:func:`serve_docs_locally`)."""
     app.add_middleware(RequestMetrics, service=service)
+    serve_docs_locally(app)
+
+
+DOCS_ASSETS = "/docs/assets"
+_DOCS_FILES = Path(fastapi_offline.__file__).parent / "static"
+
+
+def serve_docs_locally(app: FastAPI) -> None:
+    """Swagger UI at ``app.docs_url`` and ReDoc at ``app.redoc_url`` with their scripts,
+    styles and icon served by the app itself under :data:`DOCS_ASSETS` (the files of the
+    pinned ``fastapi-offline`` package), in place of FastAPI's pages, which load them
+    from a CDN and so stay blank offline. The pages are otherwise FastAPI's own."""
+    if not app.openapi_url:
+        return
+    openapi_url = app.openapi_url
+    pages = {app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url} - {None}
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in pages]
+    app.mount(DOCS_ASSETS, StaticFiles(directory=_DOCS_FILES), name="docs-assets")
+
+    def root(request: Request) -> str:
+        return str(request.scope.get("root_path", "")).rstrip("/")
+
+    if app.docs_url:
+        redirect = app.swagger_ui_oauth2_redirect_url
+
+        async def swagger_ui(request: Request) -> HTMLResponse:
+            r = root(request)
+            return get_swagger_ui_html(
+                openapi_url=r + openapi_url, title=f"{app.title} - Swagger UI",
+                oauth2_redirect_url=r + redirect if redirect else None,
+                init_oauth=app.swagger_ui_init_oauth, swagger_ui_parameters=app.swagger_ui_parameters,
+                swagger_js_url=f"{r}{DOCS_ASSETS}/swagger-ui-bundle.js",
+                swagger_css_url=f"{r}{DOCS_ASSETS}/swagger-ui.css",
+                swagger_favicon_url=f"{r}{DOCS_ASSETS}/favicon.png",
+            )
+
+        app.add_route(app.docs_url, swagger_ui, include_in_schema=False)
+        if redirect:
+
+            async def swagger_ui_redirect(_: Request) -> HTMLResponse:
+                return get_swagger_ui_oauth2_redirect_html()
+
+            app.add_route(redirect, swagger_ui_redirect, include_in_schema=False)
+    if app.redoc_url:
+
+        async def redoc(request: Request) -> HTMLResponse:
+            r = root(request)
+            return get_redoc_html(
+                openapi_url=r + openapi_url, title=f"{app.title} - ReDoc",
+                redoc_js_url=f"{r}{DOCS_ASSETS}/redoc.standalone.js",
+                redoc_favicon_url=f"{r}{DOCS_ASSETS}/favicon.png", with_google_fonts=False,
+            )
+
+        app.add_route(app.redoc_url, redoc, include_in_schema=False)
 
 
 class EmbeddedServer(uvicorn.Server):
