@@ -1,8 +1,9 @@
 """Subscriptions (compacted ``subscriptions`` topic) and delivery records (``notifications``).
 
 A subscription says which enriched events someone wants (a filter: every given
-field must match) and how they hear of them (a channel). The record on the topic
-holds the signing secrets; the HTTP API shows a secret once, at creation.
+field must match), how they hear of them (a channel) and, optionally, how long a
+failing delivery is retried (a retry schedule). The record on the topic holds the
+signing secrets; the HTTP API shows a secret once, at creation.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from shared.events import EVENT_TYPES, AnnouncementKind
 
@@ -63,6 +64,53 @@ class Digest(Strict):
     window_seconds: Annotated[int, Field(ge=1, le=86400)]
 
 
+# Retry schedules: the delays, in seconds, before the second, third, ... attempt, each
+# counted from the failure of the attempt before it (the first attempt is immediate).
+RETRY_PRESETS: dict[str, tuple[int, ...]] = {
+    # Standard Webhooks' example schedule ("Deliverability and reliability"): 10 attempts
+    # over about 3 days 3½ hours
+    "standard-webhooks": (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 14 * 3600, 20 * 3600, 24 * 3600),
+    # Svix's documented schedule: 8 attempts over about 27½ hours
+    "svix": (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600),
+}
+RetryPreset = Literal["standard-webhooks", "svix"]
+MAX_RETRIES = 20
+MAX_RETRY_DELAY_SECONDS = 24 * 3600
+# A delivery's whole schedule stays well inside the week that notify-retries keeps a
+# retry record and the ledger remembers a delivery (LEDGER_RETENTION_MS in topics.py).
+MAX_RETRY_SPAN_SECONDS = 4 * 24 * 3600
+RetryDelay = Annotated[int, Field(ge=1, le=MAX_RETRY_DELAY_SECONDS)]
+
+
+class RetryPolicy(Strict):
+    """How long a failing delivery is retried: a named ``preset`` or the ``delays_seconds``
+    themselves (exactly one). ``delays_seconds[n]`` is the wait, in seconds, before attempt
+    n + 2 after attempt n + 1 failed; an empty list means a single attempt. Bounds: at most
+    20 retries, each 1 s to 24 h, all together at most 4 days. notify adds jitter to every
+    delay; a receiver's ``Retry-After`` replaces the delay of that one step."""
+
+    preset: RetryPreset | None = Field(
+        default=None, description="standard-webhooks (10 attempts, ~3 days) or svix (8 attempts, ~27 h)")
+    delays_seconds: list[RetryDelay] | None = Field(
+        default=None, max_length=MAX_RETRIES,
+        description="seconds to wait before each retry, counted from the failure before it")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> RetryPolicy:
+        if (self.preset is None) == (self.delays_seconds is None):
+            raise ValueError("give exactly one of preset, delays_seconds")
+        if sum(self.delays()) > MAX_RETRY_SPAN_SECONDS:
+            raise ValueError(f"the delays add up to {sum(self.delays())} s; at most "
+                             f"{MAX_RETRY_SPAN_SECONDS} s (4 days)")
+        return self
+
+    def delays(self) -> tuple[int, ...]:
+        """The delays in seconds, before the second attempt onwards."""
+        if self.preset is not None:
+            return RETRY_PRESETS[self.preset]
+        return tuple(self.delays_seconds or ())
+
+
 class SubscriptionRequest(Strict):
     """What a client sends to create a subscription."""
 
@@ -70,6 +118,8 @@ class SubscriptionRequest(Strict):
     filter: Filter = Field(default_factory=Filter)
     channel: Channel
     digest: Digest | None = None
+    retry: RetryPolicy | None = Field(
+        default=None, description="this subscription's retry schedule; notify's default when unset")
 
 
 class Subscription(SubscriptionRequest):
@@ -83,6 +133,10 @@ class Subscription(SubscriptionRequest):
     )
     disabled: bool = False
     disabled_reason: str | None = None
+    disabled_at: datetime | None = None
+    enabled_at: datetime | None = Field(
+        default=None,
+        description="when it was last enabled again: failures before it do not count towards disabling it")
 
 
 class DeliveryOutcome(StrEnum):
@@ -121,6 +175,10 @@ class DeliveryRecord(Strict):
     event_sources: list[str] | None = Field(
         default=None, description="the sources of the events delivered, in the order of event_ids")
     digest: bool = Field(default=False, description="a digest of the events in event_ids")
+    subscription_disabled: str | None = Field(
+        default=None,
+        description="present on the line of the attempt whose failure disabled the subscription: why")
 
 
-__all__ = ["EVENT_TYPES", "Channel", "DeliveryOutcome", "DeliveryRecord", "Filter", "Subscription", "SubscriptionRequest"]
+__all__ = ["EVENT_TYPES", "RETRY_PRESETS", "Channel", "DeliveryOutcome", "DeliveryRecord", "Filter",
+           "RetryPolicy", "Subscription", "SubscriptionRequest"]

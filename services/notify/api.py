@@ -1,5 +1,7 @@
-"""The HTTP surface of notify (FastAPI): subscriptions CRUD, secret rotation, the
-enriched stream as Server-Sent Events, health and metrics. Errors are RFC 9457
+"""The HTTP surface of notify (FastAPI): subscriptions CRUD (each with its delivery
+health: failing since when, deliveries waiting, the next attempt), enabling a disabled
+subscription again, secret rotation, the enriched stream as Server-Sent Events, health
+and metrics. Errors are RFC 9457
 problem+json; ``ANTING_API_KEYS`` protects everything under ``/v1``.
 """
 
@@ -22,7 +24,7 @@ from services.notify import sse
 from services.notify.matching import decode, match
 from services.notify.settings import NotifySettings
 from services.notify.ssrf import literal_refusal
-from services.notify.subscriptions import SubscriptionStore, public_view
+from services.notify.subscriptions import SubscriptionStore
 from shared.events import error_paths, record_event_bytes
 from shared.http import (
     ApiKeys,
@@ -139,23 +141,44 @@ def create_app(settings: NotifySettings, store: SubscriptionStore, ready: Any = 
             sub, secret = await store.create(req)
         except Exception as exc:
             return problem(503, f"could not store the subscription: {type(exc).__name__}")
-        doc = public_view(sub)
+        doc = store.view_of(sub)
         if secret:
             doc["secret"] = secret
         return JSONResponse(doc, status_code=201, headers={"location": f"/v1/subscriptions/{sub.id}"})
 
+    health_doc = ("`delivery` shows its delivery health: `failing_since` (the first failure after "
+                  "the last success, null when not failing), `last_failure_at`, `last_error`, "
+                  "`waiting` (deliveries waiting for a retry) and `next_attempt_at` (null while disabled).")
+
     @app.get("/v1/subscriptions", dependencies=auth, tags=["subscriptions"], summary="List subscriptions",
-             responses=problem_responses(401))
+             description=health_doc, responses=problem_responses(401))
     async def list_all() -> dict[str, Any]:
-        return {"subscriptions": [public_view(s) for s in store.all()]}
+        return {"subscriptions": store.views()}
 
     @app.get("/v1/subscriptions/{sub_id}", dependencies=auth, tags=["subscriptions"],
-             summary="One subscription (never its secrets)", responses=problem_responses(401, 404))
+             summary="One subscription (never its secrets)", description=health_doc,
+             responses=problem_responses(401, 404))
     async def get_one(sub_id: str) -> Response:
         sub = store.get(sub_id)
         if sub is None:
             return problem(404, f"no subscription {sub_id}")
-        return JSONResponse(public_view(sub))
+        return JSONResponse(store.view_of(sub))
+
+    @app.post("/v1/subscriptions/{sub_id}/enable", dependencies=auth, tags=["subscriptions"],
+              summary="Enable a disabled subscription again; its waiting retries resume",
+              description="Disabled by a 410 or by failing for days (`disabled_reason` says which). "
+                          "Its retries still scheduled are attempted at once, new events match it "
+                          "again, and its failures so far no longer count towards disabling it. "
+                          "Enabling one that is not disabled changes nothing.",
+              responses=problem_responses(401, 404, 503))
+    async def enable(sub_id: str) -> Response:
+        try:
+            out = await store.enable(sub_id)
+        except Exception as exc:
+            return problem(503, f"could not store the subscription: {type(exc).__name__}")
+        if out is None:
+            return problem(404, f"no subscription {sub_id}")
+        return JSONResponse(store.view_of(out[0]))
 
     @app.delete("/v1/subscriptions/{sub_id}", status_code=204, dependencies=auth, tags=["subscriptions"],
                 summary="Delete a subscription", responses=problem_responses(401, 404, 503))
@@ -172,7 +195,7 @@ def create_app(settings: NotifySettings, store: SubscriptionStore, ready: Any = 
         if out is None:
             return problem(404, f"no webhook subscription {sub_id}")
         sub, secret = out
-        return JSONResponse({**public_view(sub), "secret": secret,
+        return JSONResponse({**store.view_of(sub), "secret": secret,
                              "previous_secret_expires_at": sub.previous_secrets_expire_at.isoformat()
                              if sub.previous_secrets_expire_at else None})
 

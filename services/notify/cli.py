@@ -1,5 +1,5 @@
 """Commands of the notify service, merged into `anting` (keep imports here light):
-``anting subscriptions add|list|rm`` and ``anting subscribe`` (tail the enriched stream)."""
+``anting subscriptions add|list|enable|rm`` and ``anting subscribe`` (tail the enriched stream)."""
 
 from __future__ import annotations
 
@@ -38,22 +38,32 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-async def _with_store(fn: Any) -> Any:
+async def _with_store(fn: Any, *, health: bool = False) -> Any:
+    """Run ``fn(store, settings)`` on the subscriptions read from Kafka; with ``health``, the
+    store also knows each subscription's delivery health, from the ledger folded from the
+    last 7 days of ``notifications`` (the same fold a running notify keeps in memory)."""
+    from services.notify.ledger import Ledger
     from services.notify.settings import NotifySettings
     from services.notify.subscriptions import SubscriptionStore
     from shared.kafka import ensure_topics, make_producer
     from shared.settings import load
-    from shared.topics import SUBSCRIPTIONS
+    from shared.topics import NOTIFICATIONS, SUBSCRIPTIONS
 
     settings = load(NotifySettings)
-    await ensure_topics(settings, [SUBSCRIPTIONS])
+    await ensure_topics(settings, [SUBSCRIPTIONS, NOTIFICATIONS] if health else [SUBSCRIPTIONS])
     producer = make_producer(settings)
     await producer.start()
     store = SubscriptionStore(settings, producer)
+    ledger = Ledger(settings, producer) if health else None
     try:
         await store.start()
+        if ledger is not None:
+            await ledger.view.start()
+            store.health = ledger.health
         return await fn(store, settings)
     finally:
+        if ledger is not None:
+            await ledger.view.stop()
         await store.stop()
         await producer.stop()
 
@@ -67,11 +77,15 @@ def subscriptions_add(
     log: Annotated[str | None, typer.Option(help="append JSON lines to this file ('-' = stdout)")] = None,
     types: Types = None, kinds: Kinds = None, orgs: Orgs = None, sectors: Sectors = None, cities: Cities = None,
     digest: Annotated[int | None, typer.Option(help="collect for this many seconds, send one message")] = None,
+    retry: Annotated[str | None, typer.Option(
+        help="retry schedule: standard-webhooks, svix, none, or delays such as 5s,5m,30m,2h "
+             "(at most 20, each up to 24h, 4 days in all); notify's default when unset")] = None,
 ) -> None:
     """Create a subscription; prints it as JSON, with the webhook signing secret (shown only now)."""
     import orjson
     from pydantic import ValidationError
 
+    from services.notify.settings import parse_schedule
     from services.notify.ssrf import literal_refusal
     from services.notify.subscriptions import public_view
     from shared.events import error_paths
@@ -91,6 +105,11 @@ def subscriptions_add(
     doc: dict[str, Any] = {"name": name, "filter": _filter(types, kinds, orgs, sectors, cities), "channel": channels[0]}
     if digest:
         doc["digest"] = {"window_seconds": digest}
+    if retry is not None:
+        try:
+            doc["retry"] = parse_schedule(retry).model_dump(exclude_none=True)
+        except ValueError as exc:
+            _fail(f"--retry: {exc}")
     try:
         request = SubscriptionRequest.model_validate_json(orjson.dumps(doc))
     except ValidationError as exc:
@@ -112,17 +131,43 @@ def subscriptions_add(
     sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+def _delay(seconds: int) -> str:
+    """A delay as ``--retry`` takes it: 300 → 5m, 86400 → 1d, 90 → 90s."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def describe_state(sub: dict[str, Any]) -> str:
+    """One subscription's state as ``anting subscriptions list`` shows it: active or disabled
+    (and why), and while failing since when, the last error, the deliveries waiting and the
+    next attempt (times in UTC)."""
+    def when(iso: str | None) -> str:
+        return (iso or "-").replace("T", " ").removesuffix("Z")
+
+    parts = [f"disabled since {when(sub.get('disabled_at'))}: {sub['disabled_reason']}"
+             if sub["disabled"] else "active"]
+    health = sub.get("delivery") or {}
+    if health.get("failing_since"):
+        parts.append(f"failing since {when(health['failing_since'])} UTC ({health.get('last_error') or 'failed'})")
+    if health.get("waiting"):
+        nxt = (f"next {when(health['next_attempt_at'])} UTC" if health.get("next_attempt_at")
+               else "until enabled")
+        parts.append(f"{health['waiting']} waiting, {nxt}")
+    return "; ".join(parts)
+
+
 @subs_app.command("list")
 def subscriptions_list(fmt: Annotated[Format, typer.Option("--format")] = Format.table) -> None:
-    """Show every subscription (never its secrets)."""
+    """Show every subscription (never its secrets), with its delivery health: failing since
+    when, deliveries waiting for a retry and the next attempt (from the notifications log)."""
     import orjson
 
-    from services.notify.subscriptions import public_view
-
     async def all_subs(store: Any, _: Any) -> list[dict[str, Any]]:
-        return [public_view(s) for s in store.all()]
+        return list(store.views())
 
-    subs = asyncio.run(_with_store(all_subs))
+    subs = asyncio.run(_with_store(all_subs, health=True))
     if fmt is Format.json:
         for s in subs:
             sys.stdout.write(orjson.dumps(s).decode() + "\n")
@@ -130,14 +175,34 @@ def subscriptions_list(fmt: Annotated[Format, typer.Option("--format")] = Format
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("id", "name", "channel", "filter", "state")
+    table = Table("id", "name", "channel", "filter", "retry", "state")
     for s in subs:
         ch = s["channel"]
         target = ch.get("url") or ", ".join(ch.get("to") or []) or ch.get("path") or "stdout"
         flt = " ".join(f"{k}={','.join(v)}" for k, v in s["filter"].items() if v) or "(all)"
-        state = f"disabled: {s['disabled_reason']}" if s["disabled"] else "active"
-        table.add_row(s["id"], s["name"], f"{ch['type']} {target}", flt, state)
+        retry = s.get("retry") or {}
+        schedule = retry.get("preset") or (",".join(map(_delay, retry["delays_seconds"])) or "none"
+                                           if retry.get("delays_seconds") is not None else "default")
+        table.add_row(s["id"], s["name"], f"{ch['type']} {target}", flt, schedule, describe_state(s))
     Console().print(table)
+
+
+@subs_app.command("enable")
+def subscriptions_enable(sub_id: Annotated[str, typer.Argument(help="subscription id")]) -> None:
+    """Enable a disabled subscription again (disabled by a 410 or by failing for days): its
+    retries still scheduled resume at once and new events match it again."""
+    async def enable(store: Any, _: Any) -> Any:
+        return await store.enable(sub_id)
+
+    out = asyncio.run(_with_store(enable))
+    if out is None:
+        _fail(f"no subscription {sub_id}")
+        return
+    _, was = out
+    if was is None:
+        sys.stderr.write(f"{sub_id} is not disabled; nothing changed\n")
+    else:
+        sys.stderr.write(f"enabled {sub_id} (it was disabled: {was})\n")
 
 
 @subs_app.command("rm")

@@ -2,15 +2,26 @@
 
 - 2xx / sent → ``delivered`` (the ledger has it at once, so no resend).
 - timeout, connection error, 5xx, 408, 429, 503 → ``retried``: a retry record on
-  ``notify-retries`` due after ``Retry-After`` (when given) or exponential backoff
-  with full jitter; the ledger notes the next attempt so older records stand down.
-- 3xx (never followed), other 4xx, a refused address, or the last attempt → ``dead``:
+  ``notify-retries`` due after ``Retry-After`` (when given) or the subscription's retry
+  schedule (``retry`` on the subscription, else ``ANTING_NOTIFY_RETRY_SCHEDULE``: by
+  default Standard Webhooks' example, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h,
+  24 h), with jitter; the ledger notes the next attempt so older records stand down.
+- 3xx (never followed), other 4xx, a refused address, or the schedule used up → ``dead``:
   the record on ``notifications`` and the delivery in ``dead-letters``.
 - 410 → ``dead`` as well, and the subscription is disabled.
+- A failure when none of the subscription's deliveries has succeeded for
+  ``ANTING_NOTIFY_DISABLE_AFTER_DAYS`` (5) while they kept failing disables the
+  subscription too (Svix's rule: "If all attempts to a specific endpoint fail for a
+  period of 5 days, the endpoint will be disabled"); the delivery stays scheduled and
+  resumes once the subscription is enabled again.
 
 Every outcome goes to ``notifications`` (which the ledger is folded from) and
 ``anting_notify_deliveries_total``
-(``failed`` counts every failed attempt: ``failed = retried + dead``).
+(``failed`` counts every failed attempt: ``failed = retried + dead``). What is not
+attempted — the ledger's :meth:`~services.notify.ledger.Ledger.suppresses` says it is
+done or owned elsewhere, or its subscription is gone — goes through
+:meth:`Deliverer.suppressed`: counted as ``suppressed`` under its real channel and logged
+at info once per event.
 The caller's offset may be committed once :meth:`Deliverer.run` returns: by then
 every record it wrote has been acknowledged by the broker — unless the caller
 passes ``acks``, a list that collects the broker-ack futures instead of waiting on
@@ -34,7 +45,7 @@ from typing import Any
 import orjson
 
 from services.notify.channels import Channel, Result
-from services.notify.ledger import Ledger
+from services.notify.ledger import SUPERSEDED, Ledger
 from services.notify.notification import Delivery
 from services.notify.settings import NotifySettings
 from services.notify.subscriptions import SubscriptionStore
@@ -45,11 +56,22 @@ from shared.topics import NOTIFY_RETRIES
 
 log = logging.getLogger(__name__)
 DUE_HEADER = "anting.due_ms"
+DAY_MS = 86_400_000
 
 
-def backoff(attempt: int, base: float, cap: float) -> float:
-    """Full jitter: uniform(0, min(cap, base * 2**(attempt-1)))."""
-    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+def next_delay(delays: tuple[int, ...], attempt: int, jitter: float = 0.0, scale: float = 1.0) -> float | None:
+    """Seconds to wait after attempt ``attempt`` failed, from a schedule of ``delays``
+    (seconds, before the second attempt onwards), each multiplied by uniform(1 - jitter,
+    1 + jitter) and divided by ``scale`` (tests run the schedule faster); ``None`` when the
+    schedule is used up. Standard Webhooks recommends "some level of random jitter" so
+    that failures caused by the retries' own load do not come back together."""
+    if attempt > len(delays):
+        return None
+    return delays[attempt - 1] * random.uniform(1 - jitter, 1 + jitter) / scale
+
+
+def _iso(ms: float) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class Slots:
@@ -107,24 +129,34 @@ class Deliverer:
         self.sem = Slots(settings.concurrency)
         self.retries = settings.topic(NOTIFY_RETRIES)
         self.dlq = DeadLetterWriter(producer, settings)
+        self.default_delays = settings.default_retry().delays()
+        # subscriptions this instance is disabling: of the failures that reach the threshold
+        # together, one disables it and its line alone says so
+        self._disabling: set[str] = set()
 
-    async def run(self, delivery: Delivery, *, replay: bool = False,
+    async def run(self, delivery: Delivery, *, retry: bool = False,
                   acks: list[asyncio.Future[Any]] | None = None) -> str:
-        """Attempt the delivery once and record the outcome; returns it.
+        """Attempt the delivery once and record the outcome; returns it, or ``suppressed``
+        (not attempted: see :meth:`suppressed`), or ``parked`` (a retry of a disabled
+        subscription: nothing done; the retry schedule waits until it is enabled).
 
-        ``replay`` (a dead letter sent back by ``anting dlq replay``) skips the ledger check.
+        ``retry``: the attempt comes from a retry record (a dead letter replayed included),
+        which the ledger judges as such (:meth:`Ledger.suppresses`).
         ``acks``: collect the broker acknowledgements there instead of waiting for them.
         """
         sub = self.store.get(delivery.subscription_id)
         if sub is None or sub.disabled:
-            channel = sub.channel.type if sub else "webhook"
+            if sub is not None and retry:
+                return "parked"
             why = "subscription disabled" if sub else "subscription deleted"
-            _count(channel, "suppressed")
+            channel = self.channel_of(delivery, sub)
+            self.suppressed(delivery.event_source, delivery.event_id, [(channel, delivery.subscription_id, why)])
             await self._finish([await self._record(sub, delivery, DeliveryOutcome.suppressed,
                                                    Result("permanent", error=why))], acks)
             return "suppressed"
-        if not replay and self.ledger.is_final(delivery.key):
-            _count(sub.channel.type, "suppressed")
+        stopped = self.ledger.suppresses(delivery.key, delivery.attempt, retry=retry)
+        if stopped is not None:
+            self.suppressed(delivery.event_source, delivery.event_id, [(sub.channel.type, sub.id, stopped)])
             return "suppressed"
         async with self.sem:
             try:
@@ -134,12 +166,78 @@ class Deliverer:
                 result = Result("retry", None, f"{type(exc).__name__}: {exc}")
         return await self.settle(sub, delivery, result, acks)
 
+    def channel_of(self, delivery: Delivery, sub: Subscription | None) -> str:
+        """The channel type of the delivery's subscription, also when it was deleted: from the
+        retry record, else from the subscription's failures in the ledger (a retry record
+        exists only after a failure, and retry records written before they named their
+        channel have one there). "webhook" only if neither knows it."""
+        if sub is not None:
+            return sub.channel.type
+        return delivery.channel or self.ledger.channel_of(delivery.subscription_id) or "webhook"
+
+    @staticmethod
+    def suppressed(event_source: str, event_id: str, deliveries: list[tuple[str, str, str]]) -> None:
+        """The one place a delivery not made is counted and told: ``deliveries`` lists, for one
+        event (or digest), each (channel type, subscription id, why) that was not attempted —
+        why being the ledger's state (``delivered``, ``digested``, ``dead``, ``scheduled``) or
+        the subscription's (``subscription deleted`` / ``disabled``). Each counts once in
+        ``anting_notify_deliveries_total{outcome="suppressed"}`` under its channel, and the
+        event gets one info line. A retry record :data:`~services.notify.ledger.SUPERSEDED`
+        by a later attempt is no delivery of its own: neither counted nor logged at info."""
+        told = []
+        for channel, sub_id, why in deliveries:
+            if why == SUPERSEDED:
+                continue
+            _count(channel, "suppressed")
+            told.append(f"{sub_id} ({why})")
+        if told:
+            log.info("not sent again: %s", ", ".join(told),
+                     extra={"event_id": event_id, "event_source": event_source, "count": len(told)})
+        elif deliveries:
+            log.debug("stale retry record skipped", extra={"event_id": event_id, "event_source": event_source})
+
     @staticmethod
     async def _finish(futures: list[Any], acks: list[asyncio.Future[Any]] | None) -> None:
         if acks is None:
             await asyncio.gather(*futures)
         else:
             acks.extend(futures)
+
+    def retry_delay(self, sub: Subscription, attempt: int, retry_after: float | None) -> float | None:
+        """Seconds until the attempt after ``attempt``: the receiver's ``Retry-After`` (capped),
+        else the subscription's schedule (or notify's) with jitter; ``None`` when the schedule
+        is used up."""
+        delays = sub.retry.delays() if sub.retry is not None else self.default_delays
+        if attempt > len(delays):
+            return None
+        if retry_after is not None:
+            return min(retry_after, self.settings.retry_after_max_seconds)
+        return next_delay(delays, attempt, self.settings.retry_jitter, self.settings.retry_time_scale)
+
+    def disable_reason(self, sub: Subscription, result: Result) -> str | None:
+        """Why this failure disables the subscription, or ``None``: a 410, or no delivery of it
+        succeeding for ``disable_after_days`` while they kept failing — counted from the first
+        failure after the last success, or from when it was last enabled, whichever is later
+        (Svix's rule). ``None`` as well when it is disabled already, or being disabled by
+        another failure here (the store has the subscription as it is now; ``sub`` may be
+        the one read before the attempt)."""
+        current = self.store.get(sub.id)
+        if current is None or current.disabled or sub.id in self._disabling:
+            return None
+        if result.verdict == "gone":
+            return result.error or "410 Gone"
+        scale = self.settings.retry_time_scale
+        window_ms = self.settings.disable_after_days * DAY_MS / scale
+        since = self.ledger.failing_since(sub.id)
+        if window_ms <= 0 or since is None:
+            return None
+        if current.enabled_at is not None:
+            since = max(since, current.enabled_at.timestamp() * 1000)
+        if time.time() * 1000 - since < window_ms:
+            return None
+        scaled = f" (time scaled 1/{scale:g})" if scale != 1 else ""
+        return (f"no delivery succeeded for {self.settings.disable_after_days:g} days{scaled}, "
+                f"failing since {_iso(since)}; last error: {result.error or 'failed'}")
 
     async def settle(self, sub: Subscription, delivery: Delivery, result: Result,
                      acks: list[asyncio.Future[Any]] | None = None) -> str:
@@ -151,65 +249,78 @@ class Deliverer:
             _count(channel, "delivered")
             return "delivered"
         _count(channel, "failed")
-        if result.verdict == "retry" and delivery.attempt < self.settings.max_attempts:
-            if result.retry_after is not None:
-                delay = min(result.retry_after, self.settings.retry_after_max_seconds)
-            else:
-                delay = backoff(delivery.attempt, self.settings.backoff_base_seconds,
-                                self.settings.backoff_max_seconds)
+        disable = self.disable_reason(sub, result)
+        if disable is not None:
+            self._disabling.add(sub.id)  # before any await: the failures after this one see it
+        delay = self.retry_delay(sub, delivery.attempt, result.retry_after) if result.verdict == "retry" else None
+        if delay is not None:
             due = datetime.now(UTC) + timedelta(seconds=delay)
-            nxt = dataclasses.replace(delivery, attempt=delivery.attempt + 1)
+            # the record carries the key, never made again: the same webhook-id to the end
+            nxt = dataclasses.replace(delivery, attempt=delivery.attempt + 1, channel=channel)
             await self._finish([
                 await self.producer.send(
                     self.retries, key=delivery.key.encode(), value=nxt.to_json(),
                     headers=[(DUE_HEADER, str(int(due.timestamp() * 1000)).encode())],
                 ),
-                await self._record(sub, delivery, DeliveryOutcome.retried, result, next_at=due),
+                await self._record(sub, delivery, DeliveryOutcome.retried, result, next_at=due, disabled=disable),
             ], acks)
             _count(channel, "retried")
-            return "retried"
-        # dead: permanent failure, 410, or out of attempts
-        if result.verdict == "gone":
-            await self.store.disable(sub.id, result.error or "410 Gone")
-        replayable = dataclasses.replace(delivery, attempt=1)
-        letter = dead_letter(
-            stage="notify", error=result.error or "delivery failed",
-            key=delivery.key.encode(), value=replayable.to_json(),
-            headers=[(DUE_HEADER, b"0")], topic=self.retries,
-            extra={"subscription": sub.id, "attempts": str(delivery.attempt),
-                   "status_code": str(result.status_code or "")},
-        )
-        await self._finish([
-            await self.dlq.send(letter),
-            await self._record(sub, delivery, DeliveryOutcome.dead, result),
-        ], acks)
-        _count(channel, "dead")
-        log.warning("delivery dead", extra={"subscription": sub.id, "key": delivery.key,
-                                            "error": result.error, "attempt": delivery.attempt})
-        return "dead"
+            outcome = "retried"
+        else:
+            # dead: permanent failure, 410, or the schedule used up
+            replayable = dataclasses.replace(delivery, attempt=1, channel=channel)
+            letter = dead_letter(
+                stage="notify", error=result.error or "delivery failed",
+                key=delivery.key.encode(), value=replayable.to_json(),
+                headers=[(DUE_HEADER, b"0")], topic=self.retries,
+                extra={"subscription": sub.id, "attempts": str(delivery.attempt),
+                       "status_code": str(result.status_code or "")},
+            )
+            await self._finish([
+                await self.dlq.send(letter),
+                await self._record(sub, delivery, DeliveryOutcome.dead, result, disabled=disable),
+            ], acks)
+            _count(channel, "dead")
+            log.warning("delivery dead", extra={"subscription": sub.id, "key": delivery.key,
+                                                "error": result.error, "attempt": delivery.attempt})
+            outcome = "dead"
+        if disable is not None:
+            try:
+                if await self.store.disable(sub.id, disable):
+                    log.warning("subscription %s disabled: %s", sub.id, disable,
+                                extra={"subscription": sub.id, "channel": channel})
+            finally:
+                self._disabling.discard(sub.id)
+        return outcome
 
     async def _record(
         self, sub: Subscription | None, delivery: Delivery, outcome: DeliveryOutcome,
-        result: Result, *, next_at: datetime | None = None,
+        result: Result, *, next_at: datetime | None = None, disabled: str | None = None,
     ) -> Any:
         """Send the outcome's line to ``notifications`` (the ledger's log too: see ledger.py);
         returns the broker-ack future."""
-        value = notification_record(
-            delivery, sub.channel.type if sub else "webhook", outcome, result, next_at)
+        channel = self.channel_of(delivery, sub)
+        value = notification_record(delivery, channel, outcome, result, next_at, disabled=disabled)
+        if outcome is DeliveryOutcome.retried or outcome is DeliveryOutcome.dead:
+            return await self.ledger.record(
+                delivery, outcome, value, channel=channel, error=result.error,
+                next_ms=next_at.timestamp() * 1000 if next_at is not None else None)
         return await self.ledger.record(delivery, outcome, value)
 
 
 def notification_record(
     delivery: Delivery, channel: str, outcome: DeliveryOutcome, result: Result,
-    next_at: datetime | None = None, at: datetime | None = None,
+    next_at: datetime | None = None, at: datetime | None = None, disabled: str | None = None,
 ) -> bytes:
     """A :class:`DeliveryRecord` as JSON, built directly: the same bytes as the model's
-    ``model_dump(mode="json")`` (a unit test holds them equal), without building and
+    ``model_dump(mode="json", exclude_unset=True)`` with every field but
+    ``subscription_disabled`` set (a unit test holds them equal), without building and
     validating a model for every delivery. ``event_sources`` goes with ``event_ids``: the
-    ledger makes a digest's events' keys from both."""
+    ledger makes a digest's events' keys from both. ``subscription_disabled`` (``disabled``)
+    is written only on the line of the attempt that disabled the subscription."""
     ids = delivery.event_ids
     sources = delivery.event_sources
-    return orjson.dumps({
+    line = {
         "subscription_id": delivery.subscription_id,
         "event_id": delivery.key if delivery.digest else ids[0],
         "event_source": delivery.event_source if delivery.digest else sources[0],
@@ -225,7 +336,10 @@ def notification_record(
         "event_ids": ids,
         "event_sources": sources,
         "digest": delivery.digest,
-    }, option=orjson.OPT_UTC_Z)
+    }
+    if disabled is not None:
+        line["subscription_disabled"] = disabled
+    return orjson.dumps(line, option=orjson.OPT_UTC_Z)
 
 
 @lru_cache(maxsize=64)

@@ -52,12 +52,10 @@ class Digests:
         """Collect the event; returns the future of the digest holding it, resolved once that
         digest is delivered or scheduled (``None``: nothing to wait for). The caller holds the
         event's offset until then, not a task: an open window must not use up the records the
-        consumer keeps in flight, or every other subscription would wait for it."""
+        consumer keeps in flight, or every other subscription would wait for it. The caller
+        has asked the ledger first (an event digested already is not collected again)."""
         assert sub.digest is not None
         key = idempotency_key(str(event.get("source")), str(event.get("id")), sub.id)
-        if self.ledger.is_final(key):
-            NOTIFY_DELIVERIES.labels(sub.channel.type, "suppressed").inc()
-            return None
         buf = self.buffers.get(sub.id)
         if buf is not None and key in buf.keys:  # the same event twice in one window
             return buf.done

@@ -62,6 +62,9 @@ class Delivery:
     ingested_ms: int | None = None  # the earliest input event's Kafka timestamp
     digest: bool = False
     created_at: str | None = None  # a digest's time (set when it is made); not needed for one event
+    # the subscription's channel type, written into every retry record: a line about a
+    # retry of a subscription deleted meanwhile still names its real channel
+    channel: str | None = None
     # The event's record value as read (one-event deliveries): the webhook body is that JSON
     # object with two attributes added at its end, instead of the decoded event encoded
     # again. By the time a delivery is sent, its decoded event has usually left the CPU's

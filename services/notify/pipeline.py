@@ -78,7 +78,11 @@ class Notifier:
         self.digests = Digests(self.deliverer, self.ledger)
         self.dlq = DeadLetterWriter(self.producer, settings)
         self.stop_event = asyncio.Event()
-        self.retry_schedule = RetrySchedule(self.deliverer, self.ledger, self.dlq, self.stop_event)
+        self.retry_schedule = RetrySchedule(self.deliverer, self.ledger, self.dlq, self.stop_event, self.store)
+        self.store.health = self.ledger.health  # the API shows each subscription's failing state
+        if settings.retry_time_scale != 1:
+            log.warning("retry schedule and disabling run %g times faster (ANTING_NOTIFY_RETRY_TIME_SCALE): "
+                        "for tests and demos only", settings.retry_time_scale)
         self.started = False
         self._consumers: list[Any] = []
 
@@ -120,22 +124,27 @@ class Notifier:
         source = None if "subscription" in event or "reason" in event else raw
         acks: list[asyncio.Future[Any]] = []
         jobs: list[Coroutine[Any, Any, Any]] = []
+        suppressed: list[tuple[str, str, str]] | None = None
         for sub in self.store.active():
             reasons = match(event, sub.filter)
             if reasons is None:
+                continue
+            key = idempotency_key(event["source"], event["id"], sub.id)
+            why = self.ledger.suppresses(key)
+            if why is not None:
+                # delivered, digested, dead, or owned by the retry schedule: told once per event below
+                (suppressed := suppressed or []).append((sub.channel.type, sub.id, why))
                 continue
             if sub.digest is not None:
                 collected = self.digests.add(sub, event, reasons, at)
                 if collected is not None:  # the offset waits for the digest, no task does
                     acks.append(collected)
                 continue
-            key = idempotency_key(event["source"], event["id"], sub.id)
-            if self.ledger.state(key) is not None:
-                # delivered, dead, or owned by the retry schedule: nothing to do here
-                continue
             delivery = (Delivery(key, sub.id, [event], [reasons], 1, at) if source is None
                         else Delivery.of_record(key, sub.id, source, event["source"], event["id"], reasons, at))
             jobs.append(self.deliverer.run(delivery, acks=acks))
+        if suppressed:
+            self.deliverer.suppressed(event["source"], event["id"], suppressed)
         del event  # freed now, while still in the CPU's caches (see Delivery.of_record)
         if len(jobs) == 1:
             await jobs[0]
@@ -179,6 +188,7 @@ class Notifier:
         async def relay() -> None:
             await stop.wait()
             self.stop_event.set()
+            self.store.wake_all()  # retries waiting for a disabled subscription give up for now
 
         relay_task = asyncio.create_task(relay())
         try:

@@ -1,5 +1,5 @@
 """The durable retry schedule: records on ``notify-retries`` (key = idempotency key,
-value = the delivery with its next attempt number, header ``anting.due_ms``).
+value = the delivery with its next attempt number and channel, header ``anting.due_ms``).
 
 A record carries its key (and its events, each with its source and id): every later
 attempt uses that key, never one made again, so a delivery keeps its ``webhook-id`` to
@@ -8,9 +8,20 @@ the end — also one scheduled before keys were made from (source, id, subscript
 Its own consumer group reads them; each record waits in a task until it is due
 (never blocking the poll), then is attempted. Its offset is committed only after
 that attempt finished or wrote the next retry record, so a restart resumes the
-schedule. Records made stale by a newer attempt, or whose key the ledger shows
-delivered, stand down. A dead letter replayed here (attempt 1 of a dead key)
-gets a fresh set of attempts.
+schedule: a record due in ten hours is still uncommitted, read again after a restart
+and waits for the rest of its time (its due time is in the record, not in memory). While
+it waits, only the record's bytes are held, not the decoded delivery: with a schedule of
+hours, many more deliveries wait at once than with one of seconds.
+
+The ledger decides whether a record is still to be attempted
+(:meth:`~services.notify.ledger.Ledger.suppresses`): a record made stale by a newer
+attempt stands down quietly; one whose delivery the ledger shows finished is counted as
+suppressed. A dead letter replayed here (attempt 1 of a dead key) gets a fresh set of
+attempts.
+
+A due record of a disabled subscription waits until the subscription is enabled again
+(then it is attempted at once) or deleted (then it is suppressed); after a restart it
+waits again, for as long as ``notify-retries`` keeps it (7 days).
 """
 
 from __future__ import annotations
@@ -25,12 +36,14 @@ from services.notify.consume import Abandoned
 from services.notify.delivery import DUE_HEADER, Deliverer
 from services.notify.ledger import Ledger
 from services.notify.notification import Delivery
+from services.notify.subscriptions import SubscriptionStore
 from shared.deadletters import DeadLetterWriter, from_record
 
 log = logging.getLogger(__name__)
 
 
 def due_ms(record: Any) -> int:
+    """The record's due time (``anting.due_ms``, ms since the epoch); 0 when it has none."""
     for k, v in record.headers or ():
         if k == DUE_HEADER:
             return int(v.decode() or 0)
@@ -38,22 +51,25 @@ def due_ms(record: Any) -> int:
 
 
 class RetrySchedule:
-    def __init__(self, deliverer: Deliverer, ledger: Ledger, dlq: DeadLetterWriter, stop: asyncio.Event) -> None:
+    """The handler of the ``notify-retries`` consumer loop: wait until due, then attempt."""
+
+    def __init__(self, deliverer: Deliverer, ledger: Ledger, dlq: DeadLetterWriter,
+                 stop: asyncio.Event, store: SubscriptionStore | None = None) -> None:
         self.deliverer = deliverer
         self.ledger = ledger
         self.dlq = dlq
         self.stop = stop
+        self.store = store or deliverer.store
 
     def _stands_down(self, delivery: Delivery) -> bool:
-        st = self.ledger.state(delivery.key)
-        if st is None:
+        """Whether the ledger stops this record (counted and told by the deliverer)."""
+        why = self.ledger.suppresses(delivery.key, delivery.attempt, retry=True)
+        if why is None:
             return False
-        state, attempt = st.get("state"), int(st.get("attempt") or 0)
-        if state in ("delivered", "digested"):
-            return True
-        if state == "dead":
-            return delivery.attempt > 1  # attempt 1 of a dead key is a replayed dead letter
-        return state == "scheduled" and attempt > delivery.attempt
+        sub = self.store.get(delivery.subscription_id)
+        self.deliverer.suppressed(delivery.event_source, delivery.event_id,
+                                  [(self.deliverer.channel_of(delivery, sub), delivery.subscription_id, why)])
+        return True
 
     async def handle(self, record: Any) -> None:
         try:
@@ -64,14 +80,28 @@ class RetrySchedule:
             return
         if self._stands_down(delivery):
             return
+        sub_id = delivery.subscription_id
+        del delivery  # while it waits, only the record's bytes are held
         wait = due / 1000 - time.time()
         if wait > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), wait)
-        if self.stop.is_set():
-            raise Abandoned
-        if self._stands_down(delivery):
-            return
-        st = self.ledger.state(delivery.key)
-        replay = st is not None and st.get("state") == "dead"
-        await self.deliverer.run(delivery, replay=replay)
+        while True:
+            await self._until_enabled(sub_id)
+            delivery = Delivery.from_json(record.value)
+            if await self.deliverer.run(delivery, retry=True) != "parked":
+                return
+
+    async def _until_enabled(self, sub_id: str) -> None:
+        """Return once the subscription is enabled or gone; :class:`Abandoned` at shutdown."""
+        parked = False
+        while True:
+            if self.stop.is_set():
+                raise Abandoned
+            sub = self.store.get(sub_id)
+            if sub is None or not sub.disabled:
+                if parked:
+                    log.debug("retry resumes", extra={"subscription": sub_id})
+                return
+            parked = True
+            await self.store.next_change(sub_id).wait()

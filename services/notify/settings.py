@@ -3,11 +3,51 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
+from typing import Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import AntingSettings
+from shared.subscriptions import RETRY_PRESETS, RetryPolicy
+from shared.topics import LEDGER_RETENTION_MS
+
+# Settings that the retry schedule replaced: set, they stop notify at start-up with a
+# message naming the replacement, instead of being ignored without a word.
+_REPLACED = {
+    "max_attempts": "ANTING_NOTIFY_RETRY_SCHEDULE (its length is the number of retries)",
+    "backoff_base_seconds": "ANTING_NOTIFY_RETRY_SCHEDULE",
+    "backoff_max_seconds": "ANTING_NOTIFY_RETRY_SCHEDULE",
+}
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DELAY = re.compile(r"^(\d+)\s*([smhd]?)$")
+
+
+def parse_schedule(text: str) -> RetryPolicy:
+    """``ANTING_NOTIFY_RETRY_SCHEDULE`` (or ``anting subscriptions add --retry``) as a retry
+    policy: a preset name (``standard-webhooks``, ``svix``), ``none`` (a single attempt), or
+    comma-separated delays, each a whole number with an optional unit ``s``, ``m``, ``h`` or
+    ``d`` (``5s,5m,30m,2h``; a bare number is seconds). Raises ``ValueError`` saying what is
+    wrong, including a schedule outside :class:`RetryPolicy`'s bounds."""
+    text = text.strip().lower()
+    if text in RETRY_PRESETS:
+        return RetryPolicy.model_validate({"preset": text})
+    if text in ("none", ""):
+        return RetryPolicy.model_validate({"delays_seconds": []})
+    delays = []
+    for part in text.split(","):
+        m = _DELAY.match(part.strip())
+        if m is None:
+            raise ValueError(f"{part.strip()!r} is not a delay (e.g. 5s, 5m, 2h) nor one of "
+                             f"{', '.join(RETRY_PRESETS)}, none")
+        delays.append(int(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        return RetryPolicy.model_validate({"delays_seconds": delays})
+    except ValidationError as exc:  # one line, naming the bound
+        raise ValueError("; ".join(str(e["msg"]).removeprefix("Value error, ")
+                                   for e in exc.errors(include_url=False))) from None
 
 
 def _alias(env: str, name: str) -> AliasChoices:
@@ -25,13 +65,22 @@ class NotifySettings(AntingSettings):
     # deliveries in flight at once (outbound HTTP/SMTP calls)
     concurrency: int = Field(64, ge=1, le=10000)
     timeout_seconds: float = Field(15.0, gt=0, le=600)
-    # attempts per delivery before it is dead (the first one included)
-    max_attempts: int = Field(6, ge=1, le=50)
-    # exponential backoff with full jitter: uniform(0, min(max, base * 2**n)) seconds
-    backoff_base_seconds: float = Field(2.0, gt=0)
-    backoff_max_seconds: float = Field(3600.0, gt=0)
+    # the retry schedule of subscriptions that set none (see parse_schedule): Standard
+    # Webhooks' example, 10 attempts over ~3 days, so that a receiver down for hours or a
+    # day still gets everything (the previous 6 attempts ended ~20 s after the first failure)
+    retry_schedule: str = "standard-webhooks"
+    # every delay is multiplied by uniform(1 - jitter, 1 + jitter): deliveries that failed
+    # together do not all come back at the same moment
+    retry_jitter: float = Field(0.1, ge=0, le=0.5)
     # a Retry-After longer than this is capped (a receiver cannot park a delivery for days)
     retry_after_max_seconds: float = Field(3600.0, gt=0)
+    # a subscription none of whose deliveries succeeded for this long while they kept failing
+    # is disabled (Svix's rule; 0: never). At most 6 days: the ledger, folded from the last
+    # 7 days of notifications, must see when the failures began.
+    disable_after_days: float = Field(5.0, ge=0, le=LEDGER_RETENTION_MS / 86_400_000 - 1)
+    # For tests and demos only: the retry schedule and disable_after_days run this many times
+    # faster (3600: an hour of schedule takes a second). Receivers' Retry-After is not scaled.
+    retry_time_scale: float = Field(1.0, ge=1.0)
     # how long the previous webhook secret stays valid after a rotation
     secret_grace_seconds: int = Field(24 * 3600, ge=0)
     commit_interval_seconds: float = Field(1.0, gt=0)
@@ -49,6 +98,25 @@ class NotifySettings(AntingSettings):
 
     # shared names, read without the service prefix
     api_keys: str = Field("", validation_alias=_alias("ANTING_API_KEYS", "api_keys"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced(cls, data: Any) -> Any:
+        given = set(data) if isinstance(data, dict) else set()
+        for name, instead in _REPLACED.items():
+            if name in given or f"ANTING_NOTIFY_{name.upper()}" in os.environ:
+                raise ValueError(f"ANTING_NOTIFY_{name.upper()} is no longer read: use {instead}")
+        return data
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        parse_schedule(v)  # ValueError says what is wrong
+        return v
+
+    def default_retry(self) -> RetryPolicy:
+        """The retry policy of subscriptions that set none."""
+        return parse_schedule(self.retry_schedule)
 
     @field_validator("allow_networks")
     @classmethod

@@ -1,15 +1,24 @@
 """The subscriptions store: the compacted ``subscriptions`` topic is the source of
 truth, read into memory (so every instance sees the same set); writes go to the
 topic and are applied locally once the broker acknowledged them.
+
+A subscription is disabled by a 410 from its webhook or by failing for days (see
+delivery.py), and enabled again by a person (API or CLI); retries of a disabled
+subscription wait for that (:meth:`SubscriptionStore.next_change`). What the API and
+the CLI show of a subscription (:func:`public_view`) includes its delivery health,
+from the ledger.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import secrets
 import uuid
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -17,6 +26,11 @@ from services.notify.table import CompactedView
 from shared.settings import AntingSettings
 from shared.subscriptions import Subscription, SubscriptionRequest
 from shared.topics import SUBSCRIPTIONS
+
+if TYPE_CHECKING:
+    from services.notify.ledger import Health
+
+log = logging.getLogger(__name__)
 
 
 def new_secret() -> str:
@@ -36,10 +50,28 @@ def decode(raw: bytes) -> Subscription:
     return Subscription.model_validate_json(raw)
 
 
-def public_view(sub: Subscription) -> dict[str, Any]:
-    """What the API shows: everything but the secrets."""
+def _iso(ms: float | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def public_view(sub: Subscription, health: Health | None = None) -> dict[str, Any]:
+    """What the API shows: everything but the secrets, and, given its ``health`` (from the
+    ledger), ``delivery``: ``failing_since`` (the first failure after the last success;
+    null when not failing), ``last_failure_at``, ``last_error``, ``waiting`` (deliveries
+    waiting for a retry) and ``next_attempt_at`` (the earliest of them; null while the
+    subscription is disabled: they wait for it to be enabled). Times are RFC 3339, UTC."""
     doc = sub.model_dump(mode="json", exclude={"secrets", "previous_secrets_expire_at"})
     doc["secret_count"] = len(sub.secrets)
+    if health is not None:
+        doc["delivery"] = {
+            "failing_since": _iso(health.failing_since_ms),
+            "last_failure_at": _iso(health.last_failure_ms),
+            "last_error": health.last_error,
+            "waiting": health.waiting,
+            "next_attempt_at": None if sub.disabled else _iso(health.next_attempt_ms),
+        }
     return doc
 
 
@@ -53,11 +85,53 @@ def signing_secrets(sub: Subscription, now: datetime | None = None) -> list[str]
     return list(sub.secrets)
 
 
+class SubscriptionView(CompactedView[Subscription]):
+    """The subscriptions read into memory, waking whoever waits for a subscription to change."""
+
+    def __init__(self, settings: AntingSettings, topic: str) -> None:
+        super().__init__(settings, topic, decode)
+        self.waiters: dict[str, asyncio.Event] = {}
+
+    def apply(self, key: str, value: bytes | None) -> None:
+        super().apply(key, value)
+        self.wake(key)
+
+    def wake(self, key: str) -> None:
+        event = self.waiters.pop(key, None)
+        if event is not None:
+            event.set()
+
+
 class SubscriptionStore:
     def __init__(self, settings: AntingSettings, producer: Any) -> None:
         self.topic = settings.topic(SUBSCRIPTIONS)
         self.producer = producer
-        self.view: CompactedView[Subscription] = CompactedView(settings, self.topic, decode)
+        self.view = SubscriptionView(settings, self.topic)
+        # each subscription's delivery health: the ledger's, when a notifier runs here
+        self.health: Callable[[Iterable[str]], dict[str, Health]] | None = None
+
+    def view_of(self, sub: Subscription) -> dict[str, Any]:
+        """:func:`public_view` with the subscription's health, when known here."""
+        return public_view(sub, self.health([sub.id])[sub.id] if self.health else None)
+
+    def views(self) -> list[dict[str, Any]]:
+        """Every subscription's :meth:`view_of`, oldest first, the health read in one pass."""
+        subs = self.all()
+        health = self.health([s.id for s in subs]) if self.health else {}
+        return [public_view(s, health.get(s.id)) for s in subs]
+
+    def next_change(self, sub_id: str) -> asyncio.Event:
+        """An event set when the subscription next changes (or is deleted), or at
+        :meth:`wake_all`."""
+        event = self.view.waiters.get(sub_id)
+        if event is None:
+            event = self.view.waiters[sub_id] = asyncio.Event()
+        return event
+
+    def wake_all(self) -> None:
+        """Set every :meth:`next_change` event (shutting down: nobody waits any longer)."""
+        for key in list(self.view.waiters):
+            self.view.wake(key)
 
     async def start(self) -> None:
         await self.view.start()
@@ -77,6 +151,7 @@ class SubscriptionStore:
     async def put(self, sub: Subscription) -> Subscription:
         await (await self.producer.send(self.topic, key=sub.id.encode(), value=encode(sub)))
         self.view.items[sub.id] = sub
+        self.view.wake(sub.id)
         return sub
 
     async def create(self, request: SubscriptionRequest) -> tuple[Subscription, str | None]:
@@ -93,13 +168,34 @@ class SubscriptionStore:
             return False
         await (await self.producer.send(self.topic, key=sub_id.encode(), value=None))
         self.view.items.pop(sub_id, None)
+        self.view.wake(sub_id)
         return True
 
-    async def disable(self, sub_id: str, reason: str) -> None:
+    async def disable(self, sub_id: str, reason: str) -> bool:
+        """Disable the subscription, saying why; ``False`` when it is gone or disabled already."""
         sub = self.get(sub_id)
         if sub is None or sub.disabled:
-            return
-        await self.put(sub.model_copy(update={"disabled": True, "disabled_reason": reason}))
+            return False
+        await self.put(sub.model_copy(update={
+            "disabled": True, "disabled_reason": reason, "disabled_at": datetime.now(UTC)}))
+        return True
+
+    async def enable(self, sub_id: str) -> tuple[Subscription, str | None] | None:
+        """Enable a disabled subscription again: its retries waiting resume, new events match
+        it again, and its failures so far no longer count towards disabling it. Returns it and
+        why it had been disabled (``None``: it was not); ``None`` when there is no such
+        subscription."""
+        sub = self.get(sub_id)
+        if sub is None:
+            return None
+        if not sub.disabled:
+            return sub, None
+        enabled = await self.put(sub.model_copy(update={
+            "disabled": False, "disabled_reason": None, "disabled_at": None,
+            "enabled_at": datetime.now(UTC)}))
+        log.info("subscription %s enabled again (it was disabled: %s)", sub_id, sub.disabled_reason,
+                 extra={"subscription": sub_id})
+        return enabled, sub.disabled_reason or "disabled"
 
     async def rotate_secret(self, sub_id: str, grace_seconds: int) -> tuple[Subscription, str] | None:
         """A new newest secret; the previous one keeps signing for ``grace_seconds``."""

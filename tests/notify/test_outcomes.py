@@ -38,7 +38,7 @@ async def test_receiver_answers_handled_as_designed(topics: AntingSettings) -> N
         "/ok": [(200, {}, 0.0)],
     })
     await receiver.start()
-    settings = notify_settings(topics, timeout_seconds=0.5, max_attempts=3)
+    settings = notify_settings(topics, timeout_seconds=0.5, retry_schedule="1,2")  # 3 attempts
     before = {o: metric(o) for o in ("delivered", "retried", "failed", "dead")}
     subs = {}
     try:
@@ -127,6 +127,8 @@ async def test_dead_delivery_replayed_from_dead_letters(topics: AntingSettings) 
             await produce(topics, topics.topic(ENRICHED_EVENTS), [encode(event)], [event.key])
             await wait_until(lambda: notifier.ledger.is_final(receiver.received[0].headers["webhook-id"])
                              if receiver.received else False, what="dead")
+            # replay sends what the topic holds when it is called: wait for the letter's write
+            await read_topic(topics, topics.topic(DEAD_LETTERS), expect=1, timeout=20)
             sent, _ = await replay_dead_letters(topics, stage="notify")
             assert sent == 1
             await wait_until(lambda: len(receiver.on("/later")) == 2, what="replayed delivery")

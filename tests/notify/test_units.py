@@ -231,7 +231,12 @@ def test_notification_record_is_the_models_json() -> None:
             event_sources=[ev["source"]], digest=False,
         )
         built = notification_record(d, "webhook", outcome, result, next_at, at=at)
-        assert built == orjson.dumps(model.model_dump(mode="json"))
+        assert built == orjson.dumps(model.model_dump(mode="json", exclude_unset=True))
+        # the line of the attempt that disabled the subscription says why, at its end
+        why = "no delivery succeeded for 5 days"
+        disabled = model.model_copy(update={"subscription_disabled": why})
+        assert notification_record(d, "webhook", outcome, result, next_at, at=at, disabled=why) == \
+            orjson.dumps(disabled.model_dump(mode="json", exclude_unset=True))
 
 
 def test_signature_is_the_standard_webhooks_one() -> None:
