@@ -116,11 +116,19 @@ def subscriptions_add(
         _fail("; ".join(f"{e['path']}: {e['message']}" for e in error_paths(exc)))
         return
 
+    # The running notify service decides (its ANTING_NOTIFY_ALLOW_NETWORKS, not this
+    # shell's): the CLI goes through its API when it answers.
+    created = _create_through_api(request)
+    if created is not None:
+        sys.stdout.write(orjson.dumps(created, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+
     async def create(store: Any, settings: Any) -> dict[str, Any]:
         if request.channel.type == "webhook":
             why = literal_refusal(request.channel.url, settings.networks())
             if why:
-                _fail(f"webhook URL refused: {why}")
+                _fail(f"webhook URL refused: {why} (checked here: notify did not answer at "
+                      f"{_api_url(settings)})")
         sub, secret = await store.create(request)
         out = public_view(sub)
         if secret:
@@ -129,6 +137,42 @@ def subscriptions_add(
 
     out = asyncio.run(_with_store(create))
     sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _api_url(settings: Any) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{host}:{settings.port}/v1/subscriptions"
+
+
+def _create_through_api(request: Any) -> dict[str, Any] | None:
+    """POST the subscription to the running notify service (``ANTING_NOTIFY_HOST``/``_PORT``,
+    the first of ``ANTING_API_KEYS``): its answer (201, with the secret), or exit 2 with
+    its problem's field paths; ``None`` when nothing answers there, and the caller writes the
+    subscriptions topic itself."""
+    import httpx
+
+    from services.notify.settings import NotifySettings
+    from shared.settings import load
+
+    settings = load(NotifySettings)
+    url = _api_url(settings)
+    key = next((k.strip() for k in settings.api_keys.split(",") if k.strip()), None)
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    try:
+        resp = httpx.post(url, content=request.model_dump_json(exclude_unset=True),
+                          headers={"content-type": "application/json", **headers}, timeout=10)
+    except httpx.TransportError:
+        return None
+    if resp.status_code == 201:
+        return resp.json()  # type: ignore[no-any-return]
+    try:
+        problem = resp.json()
+        errors = problem.get("errors") or []
+        detail = "; ".join(f"{e.get('path')}: {e.get('message')}" for e in errors) or problem.get("detail")
+    except ValueError:
+        detail = resp.text[:300]
+    _fail(f"notify at {url} refused the subscription ({resp.status_code}): {detail}")
+    return None
 
 
 def _delay(seconds: int) -> str:
