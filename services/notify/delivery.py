@@ -50,6 +50,7 @@ from services.notify.notification import Delivery
 from services.notify.settings import NotifySettings
 from services.notify.subscriptions import SubscriptionStore
 from shared.deadletters import DeadLetterWriter, dead_letter
+from shared.kafka import PRODUCER_MAX_REQUEST_BYTES, record_size
 from shared.metrics import END_TO_END_SECONDS, NOTIFY_DELIVERIES
 from shared.subscriptions import DeliveryOutcome, Subscription
 from shared.topics import NOTIFY_RETRIES
@@ -129,6 +130,9 @@ class Deliverer:
         self.sem = Slots(settings.concurrency)
         self.retries = settings.topic(NOTIFY_RETRIES)
         self.dlq = DeadLetterWriter(producer, settings)
+        # the largest retry record the producer sends (a digest of many events can be larger;
+        # dead letters are cut to fit instead, see shared.deadletters.fit)
+        self.max_retry_bytes = PRODUCER_MAX_REQUEST_BYTES
         self.default_delays = settings.default_retry().delays()
         # subscriptions this instance is disabling: of the failures that reach the threshold
         # together, one disables it and its line alone says so
@@ -253,13 +257,24 @@ class Deliverer:
         if disable is not None:
             self._disabling.add(sub.id)  # before any await: the failures after this one see it
         delay = self.retry_delay(sub, delivery.attempt, result.retry_after) if result.verdict == "retry" else None
+        retry_record: bytes | None = None
         if delay is not None:
-            due = datetime.now(UTC) + timedelta(seconds=delay)
             # the record carries the key, never made again: the same webhook-id to the end
             nxt = dataclasses.replace(delivery, attempt=delivery.attempt + 1, channel=channel)
+            retry_record = nxt.to_json()
+            size = record_size(delivery.key.encode(), retry_record, [(DUE_HEADER, b"0" * 13)])
+            if size > self.max_retry_bytes:
+                # a record that cannot be written must not stall the stream (the offset would
+                # wait for an acknowledgement that never comes): the delivery is dead, now
+                delay = None
+                result = dataclasses.replace(result, error=(
+                    f"{result.error or 'delivery failed'}; no retry: the retry record is {size} "
+                    f"bytes, {self.retries} takes at most {self.max_retry_bytes}"))
+        if delay is not None and retry_record is not None:
+            due = datetime.now(UTC) + timedelta(seconds=delay)
             await self._finish([
                 await self.producer.send(
-                    self.retries, key=delivery.key.encode(), value=nxt.to_json(),
+                    self.retries, key=delivery.key.encode(), value=retry_record,
                     headers=[(DUE_HEADER, str(int(due.timestamp() * 1000)).encode())],
                 ),
                 await self._record(sub, delivery, DeliveryOutcome.retried, result, next_at=due, disabled=disable),
