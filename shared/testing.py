@@ -74,11 +74,16 @@ def settings_for(bootstrap: str, prefix: str | None = None) -> AntingSettings:
 
 def env_for(settings: AntingSettings, **extra: str) -> dict[str, str]:
     """Environment for a service subprocess using these settings."""
+    from shared.localkafka import free_port
+
     env = dict(os.environ)
     env.update({
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
         "ANTING_TOPIC_PREFIX": settings.topic_prefix,
         "PYTHONUNBUFFERED": "1",
+        # `anting subscriptions add` asks a running notify first: a test's CLI must not find
+        # a stack someone runs on the default port (its topics are not the test's)
+        "ANTING_NOTIFY_PORT": str(free_port()),
     })
     env.update(extra)
     return env
