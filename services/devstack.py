@@ -720,10 +720,28 @@ class Stack:
             f"Kafka          {self.bootstrap}   (kcat -b {self.bootstrap} -C -t enriched-events)",
         ]
         if self.prometheus_url:
-            lines.append(f"Prometheus     {self.prometheus_url}   (alerts at {self.prometheus_url}/alerts)")
+            lines.append(f"Prometheus     {self.prometheus_url}   (alerts at {alerts_page(self.prometheus_url)})")
         lines.append("Ctrl-C stops everything this started.")
         for line in lines:
             self.out.say("run", line, "bold")
+
+
+def alerts_page(prometheus_url: str) -> str:
+    """Where this Prometheus shows its alerts: ``/alerts``, or ``/classic/alerts`` when the
+    binary has no React UI (Debian's package builds Prometheus without it, and answers 404
+    on ``/alerts``). One loopback request, once, when ``make run`` says where to look."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{prometheus_url}/alerts", timeout=2):
+            return f"{prometheus_url}/alerts"
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return f"{prometheus_url}/classic/alerts"
+    except OSError:
+        pass
+    return f"{prometheus_url}/alerts"
 
 
 def describe_enriched(doc: Any) -> str:

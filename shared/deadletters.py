@@ -34,7 +34,9 @@ from typing import Any
 
 import orjson
 from aiokafka import TopicPartition
+from pydantic import ValidationError
 
+from shared.events import error_paths
 from shared.kafka import PRODUCER_MAX_REQUEST_BYTES, record_size
 from shared.metrics import DEAD_LETTERS
 from shared.settings import AntingSettings
@@ -85,7 +87,12 @@ def dead_letter(
     extra: dict[str, str] | None = None,
 ) -> DeadLetter:
     """Build the dead letter; ``extra`` adds ``dlq.<name>`` headers (e.g. file, line)."""
-    if isinstance(error, BaseException):
+    if isinstance(error, ValidationError):
+        # the field paths and messages ingest answers with, not pydantic's own dump
+        paths = error_paths(error)
+        error_class, message = type(error).__name__, "; ".join(
+            f"{e['path']}: {e['message']}" for e in paths) or str(error)
+    elif isinstance(error, BaseException):
         error_class, message = type(error).__name__, str(error)
     else:
         error_class, message = "Rejected", error

@@ -104,7 +104,8 @@ async def test_more_than_an_event_may_name_written_straight_to_the_topic_is_dead
         letters = await _letters(topics, 1)
         assert [orjson.loads(dl.value)["id"] for dl in letters] == [flood["id"]]
         assert letters[0].header("dlq.error.class") == "ValidationError"
-        assert "data.organizations" in (letters[0].header("dlq.error.message") or "")
+        # the field path and message ingest answers with, not pydantic's dump
+        assert (letters[0].header("dlq.error.message") or "").startswith("data.organizations: ")
     finally:
         worker.stop()
 
