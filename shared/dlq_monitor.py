@@ -42,7 +42,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
-from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -50,6 +49,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from shared.deadletters import show_bytes, topic_partitions
 from shared.kafka import make_consumer
 from shared.metrics import DEAD_LETTERS_IN_TOPIC, DEAD_LETTERS_LAST_TIMESTAMP
+from shared.runtime import BackgroundTask
 from shared.settings import AntingSettings
 from shared.topics import DEAD_LETTERS
 
@@ -74,7 +74,7 @@ def labels_of(headers: Iterable[tuple[str, bytes | None]]) -> Labels:
     return stage[:MAX_LABEL], topic[:MAX_LABEL]
 
 
-class DeadLetterMonitor:
+class DeadLetterMonitor(BackgroundTask):
     """Reads ``dead-letters`` from its log start, then follows it, with a consumer of its
     own (no group, no commits, ``read_committed``: an aborted transaction's letter was
     never written), and sets the gauges of the module docstring until stopped.
@@ -84,6 +84,8 @@ class DeadLetterMonitor:
     are new partitions). Use as ``async with DeadLetterMonitor(settings):`` around a
     service's life, or :meth:`start` / :meth:`stop`.
     """
+
+    task_name = "dead letter monitor"
 
     def __init__(
         self,
@@ -103,7 +105,6 @@ class DeadLetterMonitor:
         self.positions: dict[int, int] = {}  # partition: the next offset to read
         self._assigned: set[TopicPartition] = set()
         self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def count(self, records: Iterable[Any]) -> None:
         """Count aiokafka ``ConsumerRecord``s of ``dead-letters`` and set the gauges of the
@@ -182,31 +183,3 @@ class DeadLetterMonitor:
                     await asyncio.sleep(self.retry)
         finally:
             await self.close()
-
-    def start(self) -> asyncio.Task[None]:
-        """Run :meth:`run` in a task of its own (once); :meth:`stop` ends it."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self.run(), name="dead letter monitor")
-        return self._task
-
-    async def stop(self) -> None:
-        """Cancel the task :meth:`start` made and wait for its consumer to close."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # the caller is being cancelled too: not ours to swallow
-
-    async def __aenter__(self) -> DeadLetterMonitor:
-        self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -146,8 +146,8 @@ Timestamp = Annotated[
 
 # Unknown keys are kept (nothing a publisher sent is lost), but they obey the same
 # number rules: an unknown field is written by every stage as much as a known one.
-def _json_value(value: Any) -> Any:
-    """Any JSON value whose every number is finite and, if an integer, safe."""
+def _numbers(value: Any) -> Iterator[int | float]:
+    """Every number in a JSON value (booleans are not numbers), depth first."""
     stack = [value]
     while stack:
         item = stack.pop()
@@ -156,7 +156,13 @@ def _json_value(value: Any) -> Any:
         elif isinstance(item, list):
             stack.extend(item)
         elif isinstance(item, int | float) and not isinstance(item, bool):
-            _json_number(item)
+            yield item
+
+
+def _json_value(value: Any) -> Any:
+    """Any JSON value whose every number is finite and, if an integer, safe."""
+    for number in _numbers(value):
+        _json_number(number)
     return value
 
 
@@ -443,16 +449,7 @@ def encode_json(obj: Any) -> bytes:
 
 
 def _finite(obj: Any) -> bool:
-    stack = [obj]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, float) and not math.isfinite(item):
-            return False
-    return True
+    return all(math.isfinite(n) for n in _numbers(obj) if isinstance(n, float))
 
 
 def parse_enriched(raw: bytes | str) -> AnyEnrichedEvent:

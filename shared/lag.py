@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable, Mapping
-from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -24,6 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.kafka import make_admin, make_consumer
 from shared.metrics import CONSUMER_LAG
+from shared.runtime import BackgroundTask
 from shared.settings import AntingSettings
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def lag_of(
     return out
 
 
-class LagMonitor:
+class LagMonitor(BackgroundTask):
     """Measures the lag of consumer groups every ``interval`` seconds and sets
     ``anting_consumer_lag{group,topic,partition}``, until stopped.
 
@@ -67,6 +67,8 @@ class LagMonitor:
     service's life, or call :meth:`measure` for one round.
     """
 
+    task_name = "consumer lag monitor"
+
     def __init__(
         self,
         settings: AntingSettings,
@@ -81,7 +83,6 @@ class LagMonitor:
         self.timeout = timeout
         self._admin: AIOKafkaAdminClient | None = None
         self._offsets: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
         self._reported: dict[str, set[TopicPartition]] = {}
 
     async def _connect(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
@@ -173,31 +174,3 @@ class LagMonitor:
                 await asyncio.sleep(self.interval)
         finally:
             await self.close()
-
-    def start(self) -> asyncio.Task[None]:
-        """Run :meth:`run` in a task of its own (once); :meth:`stop` ends it."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self.run(), name="consumer lag monitor")
-        return self._task
-
-    async def stop(self) -> None:
-        """Cancel the task :meth:`start` made and wait for its clients to close."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # the caller is being cancelled too: not ours to swallow
-
-    async def __aenter__(self) -> LagMonitor:
-        self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

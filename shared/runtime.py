@@ -13,6 +13,8 @@ import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -56,3 +58,45 @@ def quiet_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+
+
+class BackgroundTask:
+    """Something a service runs beside its main loop for its whole life (a monitor):
+    :meth:`run` in a task of its own, started once and cancelled on the way out. Use as
+    ``async with Monitor(...):`` or call :meth:`start` and :meth:`stop`. Subclasses
+    implement :meth:`run` and set :attr:`task_name`."""
+
+    task_name = "background task"
+    _task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """The work, until cancelled; must not raise for a failure it can retry."""
+        raise NotImplementedError
+
+    def start(self) -> asyncio.Task[None]:
+        """Run :meth:`run` in a task of its own (once); :meth:`stop` ends it."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self.run(), name=self.task_name)
+        return self._task
+
+    async def stop(self) -> None:
+        """Cancel the task :meth:`start` made and wait for it to finish (and close what it holds)."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the caller is being cancelled too: not ours to swallow
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
