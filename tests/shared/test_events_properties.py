@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -12,43 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from shared.events import AnnouncementKind, dump_event, error_paths, parse_event
+from shared.events import dump_event, error_paths, parse_event
+from tests.contract.strategies import valid_events
 
-# names and lines: no control characters, at least one visible character (the contract)
-text = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=30).filter(
-    lambda s: not s.isspace())
-opt_text = st.none() | text
-times = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
-).map(lambda d: d.isoformat())
-location = st.fixed_dictionaries({}, optional={
-    "venue": text, "town": text, "district": text, "city": text, "country": text,
-})
-mentions = st.lists(st.fixed_dictionaries({"name": text}, optional={"role": text}), max_size=4)
-numbers = st.integers(-(2**53 - 1), 2**53 - 1) | st.floats(allow_nan=False, allow_infinity=False, width=64)
-
-announcement_data = st.fixed_dictionaries({"headline": text}, optional={
-    "kind": st.sampled_from([k.value for k in AnnouncementKind]),
-    "conference": text, "summary": text, "location": location,
-    "starts_at": times, "ends_at": times, "organizations": mentions,
-    "people": st.lists(st.fixed_dictionaries({"name": text}, optional={"role": text, "affiliation": text}), max_size=3),
-    "figures": st.dictionaries(text, numbers, max_size=4), "language": st.sampled_from(["en", "zh"]),
-})
-agreement_data = st.fixed_dictionaries({"title": text}, optional={
-    "organizations": mentions, "party_count": st.integers(0, 1000), "signed_at": times,
-    "location": location,
-    "value": st.fixed_dictionaries({"amount": numbers, "currency": st.sampled_from(["CNY", "USD", "EUR"])}),
-    "sectors": st.lists(text, max_size=4), "summary": text, "language": st.sampled_from(["en", "zh"]),
-})
-envelope = {"specversion": st.just("1.0"), "id": text, "source": text}
-envelope_optional = {"time": times, "subject": text, "datacontenttype": st.just("application/json"),
-                     "dataschema": text}
-events = st.one_of(
-    st.fixed_dictionaries({**envelope, "type": st.just("conference.announcement"), "data": announcement_data},
-                          optional=envelope_optional),
-    st.fixed_dictionaries({**envelope, "type": st.just("agreement.signed"), "data": agreement_data},
-                          optional=envelope_optional),
-)
+# the contract's own strategy of valid events (one definition for every property test)
+events = valid_events
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
