@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import message_from_bytes
@@ -35,6 +35,7 @@ from shared.events import (
 from shared.localkafka import free_port
 from shared.organizations import Organization, OrganizationKind
 from shared.settings import AntingSettings
+from shared.testing import wait_until as wait_until  # the notify tests import it from here
 
 ANTING_TOWN = Organization(
     id="anting-town-government", name="Anting Town Government",
@@ -202,10 +203,3 @@ async def running(settings: NotifySettings, **kw: Any) -> AsyncIterator[Notifier
         await notifier.close()
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")

@@ -8,7 +8,6 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -21,19 +20,12 @@ from shared.dlq_monitor import DeadLetterMonitor, labels_of
 from shared.kafka import make_producer
 from shared.localkafka import free_port
 from shared.settings import AntingSettings
-from shared.testing import ServiceProcess, env_for
+from shared.testing import ServiceProcess, env_for, wait_until
 from shared.topics import ANNOUNCEMENTS, DEAD_LETTERS
 
 ANTING = str(Path(sys.executable).parent / "anting")
 
 
-async def _wait(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.kafka
@@ -63,14 +55,14 @@ async def test_monitor_counts_every_writer_and_goes_on_where_it_left_off(topics:
 
     monitor = DeadLetterMonitor(topics, poll_ms=200, retry=0.2)
     async with monitor:
-        await _wait(lambda: sum(monitor.counts.values()) >= 2, what="the two letters")
+        await wait_until(lambda: sum(monitor.counts.values()) >= 2, what="the two letters")
         await asyncio.sleep(1.0)  # nothing more comes: the aborted one is no letter
         assert monitor.counts == {("enrich", ann): 1, ("", ""): 1}
         assert abs(monitor.newest[("enrich", ann)] - old / 1000) < 1
         assert monitor.newest[("", "")] > time.time() - 60
         await monitor.close()  # as a failed round does: the next round makes a new consumer
         await _write_one(topics, dead_letter(stage="notify", error="x", key=None, value=b"w", topic="t2"))
-        await _wait(lambda: ("notify", "t2") in monitor.counts, what="the letter after reconnecting")
+        await wait_until(lambda: ("notify", "t2") in monitor.counts, what="the letter after reconnecting")
         await asyncio.sleep(0.5)
     assert monitor.counts == {("enrich", ann): 1, ("", ""): 1, ("notify", "t2"): 1}
 
