@@ -92,10 +92,25 @@ def fetch_jars(*, quiet: bool = True) -> Path:
     return LIBS_DIR
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on now and that this process has not
+    handed out before.
+
+    Linux may give the same ephemeral port to two binds to port 0 in a row once the first
+    socket is closed, so a caller asking for the ports of several services at once could
+    get one port twice (two services then fight over it). Remembering what was handed out
+    rules that out within a process.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _port_open(port: int) -> bool:

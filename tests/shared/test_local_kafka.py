@@ -84,3 +84,29 @@ def test_interrupted_test_run_leaves_no_broker(tmp_path: Path, sig: signal.Signa
     proc2.send_signal(signal.SIGINT)
     proc2.wait(60)
     assert _wait_gone(broker2)
+
+
+def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linux may give two binds to port 0 in a row the same port once the first socket is
+    closed; free_port() skips a port it has handed out before, so the ports a test gives
+    to several services are distinct."""
+    import shared.localkafka as localkafka
+
+    ports = iter([41001, 41001, 41001, 41002])
+
+    class FakeSocket:
+        def __enter__(self) -> FakeSocket:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def bind(self, address: tuple[str, int]) -> None:
+            self.port = next(ports)
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(localkafka, "_HANDED_OUT", set())
+    monkeypatch.setattr(localkafka.socket, "socket", FakeSocket)
+    assert [localkafka.free_port(), localkafka.free_port()] == [41001, 41002]
