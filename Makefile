@@ -36,8 +36,8 @@ test-fast: $(STAMP)  ## the suite without lint
 	$(BIN)/pytest
 
 lint: $(STAMP)  ## ruff and mypy
-	$(BIN)/ruff check shared services tests bench
-	$(BIN)/mypy shared services
+	$(BIN)/ruff check shared services devtools tests bench
+	$(BIN)/mypy shared services devtools
 
 bench: setup  ## the performance suite; writes bench/results.json and BENCHMARKS.md
 	$(BIN)/python -m bench

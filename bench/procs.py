@@ -16,9 +16,10 @@ from typing import Any
 import httpx
 import psutil
 
-from shared.localkafka import free_port
+from devtools import REPO_ROOT
+from devtools.localkafka import free_port
+from devtools.testing import ServiceProcess
 from shared.settings import AntingSettings
-from shared.testing import REPO_ROOT, ServiceProcess
 
 PORT_VAR = {"ingest": "ANTING_INGEST_PORT", "enrich": "ANTING_ENRICH_PORT",
             "notify": "ANTING_NOTIFY_PORT"}

@@ -52,7 +52,7 @@ def broker(bootstrap: str | None) -> Iterator[tuple[str, str]]:
     if bootstrap:
         yield bootstrap, f"given ({bootstrap})"
         return
-    from shared.localkafka import LocalKafka
+    from devtools.localkafka import LocalKafka
 
     k = LocalKafka(heap="1g", log_level="warn")
     t0 = time.monotonic()
@@ -60,7 +60,7 @@ def broker(bootstrap: str | None) -> Iterator[tuple[str, str]]:
     print(f"bench: local broker on {k.bootstrap} in {time.monotonic() - t0:.1f}s",
           file=sys.stderr, flush=True)
     try:
-        yield k.bootstrap, "local KRaft broker (shared.localkafka, 1 GB heap)"
+        yield k.bootstrap, "local KRaft broker (devtools.localkafka, 1 GB heap)"
     finally:
         k.stop()
 

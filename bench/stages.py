@@ -25,8 +25,9 @@ from bench.baselines import aiohttp_loop, run_async, wrk, wrk_available, wrk_pro
 from bench.harness import Results, Sizes
 from bench.kafkaio import Watch, create, end_offsets_total, fill, fresh_settings, watch
 from bench.procs import API_KEY, Receiver, Service, ServiceFailed, cpu_seconds
+from devtools import REPO_ROOT
+from devtools.testing import env_for
 from shared.settings import AntingSettings
-from shared.testing import REPO_ROOT, env_for
 from shared.topics import AGREEMENTS, ANNOUNCEMENTS, ENRICHED_EVENTS, INPUT_TOPICS_BY_TYPE
 
 ANTING = str(Path(sys.executable).parent / "anting")

@@ -183,7 +183,7 @@ def kafka(
     ] = False,
 ) -> None:
     """Run a local single-node Kafka broker (KRaft, jars from Maven Central) until Ctrl-C."""
-    from shared.localkafka import LocalKafkaError, fetch_jars, serve_forever
+    from devtools.localkafka import LocalKafkaError, fetch_jars, serve_forever
 
     try:
         if fetch_only:
@@ -407,15 +407,11 @@ def dlq_replay(
 
 
 def main() -> None:
-    """The ``anting`` command: a bad setting or a local broker that cannot run is one
-    message and exit code 2, not a traceback."""
-    from shared.localkafka import LocalKafkaError
-
+    """The ``anting`` command: a bad setting is one message and exit code 2, not a
+    traceback (so is a local broker that cannot run: ``anting kafka`` and ``anting run``,
+    the only commands that start one, say so themselves)."""
     try:
         app()
     except settings_mod.SettingsError as exc:
         console.print(f"[red]{exc}[/red]")
-        sys.exit(2)
-    except LocalKafkaError as exc:
-        _error(exc)
         sys.exit(2)

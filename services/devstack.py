@@ -308,7 +308,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def start_broker(opts: Options, printer: Printer) -> tuple[str, Any]:
     """(bootstrap, LocalKafka or None): KAFKA_BOOTSTRAP_SERVERS when set, else a Kafka
     already answering on the port (used, never stopped), else a local broker we start."""
-    from shared.localkafka import LocalKafka, _answers, check_tools
+    from devtools.localkafka import LocalKafka, broker_answers, check_tools
 
     env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if env:
@@ -316,7 +316,7 @@ def start_broker(opts: Options, printer: Printer) -> tuple[str, Any]:
         return env, None
     bootstrap = f"127.0.0.1:{opts.kafka_port}"
     if port_open(opts.kafka_port):
-        if asyncio.run(_answers(bootstrap)):
+        if asyncio.run(broker_answers(bootstrap)):
             printer.say("kafka", f"a Kafka broker already answers on {bootstrap}: using it "
                         "(started elsewhere, so it is left running)", "yellow")
             return bootstrap, None
@@ -789,7 +789,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 def run(opts: Options) -> int:
     """Run the stack in the foreground until SIGINT/SIGTERM/SIGHUP, or until the
     process that started it dies; returns the exit code."""
-    from shared.localkafka import LocalKafkaError
+    from devtools.localkafka import LocalKafkaError
 
     printer = Printer()
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from devtools.testing import broker_for_tests, create_topics, settings_for
 from shared.settings import AntingSettings
-from shared.testing import broker_for_tests, create_topics, settings_for
 
 
 @pytest.fixture(scope="session")

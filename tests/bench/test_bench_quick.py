@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 
 from bench.harness import BASELINE_OF, REQUIRED, service_present
-from shared.testing import REPO_ROOT
+from devtools import REPO_ROOT
 
 
 def test_quick_bench_reports_every_required_figure(kafka_bootstrap: str, tmp_path: Path) -> None:

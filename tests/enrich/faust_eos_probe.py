@@ -78,8 +78,8 @@ async def out_end(settings: Any, topic: str) -> int:
 async def drive(total: int, kills: int) -> None:
     from aiokafka.admin import NewTopic
 
+    from devtools.testing import read_topic, settings_for
     from shared.kafka import make_admin
-    from shared.testing import read_topic, settings_for
 
     run = uuid.uuid4().hex[:6]
     settings = settings_for(os.environ["KAFKA_BOOTSTRAP_SERVERS"], "")

@@ -12,11 +12,11 @@ import httpx
 import orjson
 from aiokafka import TopicPartition
 
+from devtools.localkafka import free_port
+from devtools.testing import ServiceProcess, read_topic
 from services.enrich import catalog
 from shared.kafka import make_admin, make_consumer, make_producer
-from shared.localkafka import free_port
 from shared.settings import AntingSettings
-from shared.testing import ServiceProcess, read_topic
 from shared.topics import AGREEMENTS, ANNOUNCEMENTS, ENRICHED_EVENTS
 from tests.enrich.seed import SEED_NAMES
 

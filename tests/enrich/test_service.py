@@ -60,8 +60,8 @@ async def test_seed_story_resolves_through_kafka(topics: AntingSettings, tmp_pat
 async def test_enriched_records_are_structured_cloudevents(topics: AntingSettings, tmp_path: Path) -> None:
     """An input written without headers (as kcat does) comes out with the structured-mode
     content type; an input's own headers (traceparent, ce_*) are kept."""
+    from devtools.testing import read_topic
     from shared.kafka import make_producer
-    from shared.testing import read_topic
     from shared.topics import ANNOUNCEMENTS, ENRICHED_EVENTS
 
     await load_catalog(topics)

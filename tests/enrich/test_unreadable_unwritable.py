@@ -16,6 +16,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from cloudevents.v1.http import CloudEvent
 from cloudevents.v1.kafka import to_binary
 
+from devtools.testing import read_topic
 from services.enrich import pipeline
 from services.enrich.catalog import Catalog, CatalogReader
 from services.enrich.settings import EnrichSettings
@@ -24,7 +25,6 @@ from shared.kafka import make_admin, make_producer
 from shared.lag import LagMonitor
 from shared.metrics import CONSUMER_LAG, WORKER_RESTARTS
 from shared.settings import AntingSettings
-from shared.testing import read_topic
 from shared.topics import AGREEMENTS, ANNOUNCEMENTS, ENRICHED_EVENTS
 from tests.enrich.helpers import Worker, event, load_catalog, publish, publish_raw
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.localkafka import LocalKafka, free_port
+from devtools.testing import create_topics, read_topic, settings_for
 from services.ingest.main import make_publisher
-from shared.localkafka import LocalKafka, free_port
-from shared.testing import create_topics, read_topic, settings_for
 from shared.topics import ANNOUNCEMENTS
 from tests.ingest.conftest import announcement, ingest_settings, make_client
 

@@ -10,9 +10,9 @@ import httpx
 import orjson
 import pytest
 
+from devtools.testing import read_topic
 from services.ingest.publisher import Publisher
 from shared.settings import AntingSettings
-from shared.testing import read_topic
 from shared.topics import AGREEMENTS, ANNOUNCEMENTS
 from tests.ingest.conftest import agreement, announcement, ingest_settings, make_client
 from tests.ingest.test_http import assert_problem

@@ -18,11 +18,11 @@ import httpx
 import orjson
 import pytest
 
+from devtools.testing import read_topic
 from services.ingest.files import publish_file
 from services.ingest.watch import DONE, watch
 from shared.events import parse_event
 from shared.settings import AntingSettings
-from shared.testing import read_topic
 from shared.topics import AGREEMENTS, ANNOUNCEMENTS, DEAD_LETTERS
 from tests.ingest.conftest import agreement, announcement
 from tests.ingest.test_http import assert_problem, ndjson

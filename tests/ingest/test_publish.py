@@ -13,9 +13,9 @@ from typing import Any
 
 import orjson
 
+from devtools.testing import env_for, read_topic
 from services.ingest.files import iter_items, publish_file
 from shared.settings import AntingSettings
-from shared.testing import env_for, read_topic
 from shared.topics import AGREEMENTS, ANNOUNCEMENTS, DEAD_LETTERS
 from tests.ingest.conftest import agreement, announcement
 

@@ -16,8 +16,8 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import status_code_conformance
 
-from shared.localkafka import free_port
-from shared.testing import ServiceProcess, create_topics, settings_for
+from devtools.localkafka import free_port
+from devtools.testing import ServiceProcess, create_topics, settings_for
 
 MAX_EXAMPLES = 30
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import orjson
 
+from devtools.testing import env_for, read_topic
 from services.ingest.files import Summary
 from services.ingest.watch import DONE, FAILED, JOURNAL, Journal, watch
 from shared.settings import AntingSettings
-from shared.testing import env_for, read_topic
 from shared.topics import AGREEMENTS, ANNOUNCEMENTS, DEAD_LETTERS
 from tests.ingest.conftest import agreement, announcement
 

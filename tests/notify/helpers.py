@@ -17,6 +17,8 @@ from typing import Any
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
+from devtools.localkafka import free_port
+from devtools.testing import wait_until as wait_until  # the notify tests import it from here
 from services.notify.pipeline import Notifier
 from services.notify.settings import NotifySettings
 from shared.events import (
@@ -32,10 +34,8 @@ from shared.events import (
     ResolvedMention,
     dump_event,
 )
-from shared.localkafka import free_port
 from shared.organizations import Organization, OrganizationKind
 from shared.settings import AntingSettings
-from shared.testing import wait_until as wait_until  # the notify tests import it from here
 
 ANTING_TOWN = Organization(
     id="anting-town-government", name="Anting Town Government",

@@ -12,14 +12,14 @@ import orjson
 import pytest
 import uvicorn
 
+from devtools.localkafka import free_port
+from devtools.testing import produce
 from services.notify import sse
 from services.notify.api import create_app
 from services.notify.subscriptions import SubscriptionStore
 from shared.http import EmbeddedServer
 from shared.kafka import make_producer
-from shared.localkafka import free_port
 from shared.settings import AntingSettings
-from shared.testing import produce
 from shared.topics import ENRICHED_EVENTS
 
 from .helpers import ACME, ALLIANCE, agreement, announcement, encode, notify_settings

@@ -9,10 +9,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from devtools.testing import produce, read_topic
 from services.notify.notification import idempotency_key
 from shared.settings import AntingSettings
 from shared.subscriptions import SubscriptionRequest
-from shared.testing import produce, read_topic
 from shared.topics import ENRICHED_EVENTS, NOTIFICATIONS
 
 from .helpers import (

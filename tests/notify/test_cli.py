@@ -11,9 +11,10 @@ import httpx
 import orjson
 import pytest
 
-from shared.localkafka import free_port
+from devtools import REPO_ROOT
+from devtools.localkafka import free_port
+from devtools.testing import ServiceProcess, env_for, produce
 from shared.settings import AntingSettings
-from shared.testing import REPO_ROOT, ServiceProcess, env_for, produce
 from shared.topics import ENRICHED_EVENTS
 
 from .helpers import ACME, ALLIANCE, agreement, announcement, encode

@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
+from devtools import REPO_ROOT
+from devtools.testing import env_for, produce
 from services.notify.channels import Result
 from services.notify.delivery import notification_record
 from services.notify.notification import Delivery, idempotency_key
@@ -17,7 +19,6 @@ from services.notify.subscriptions import SubscriptionStore
 from shared.kafka import make_producer
 from shared.settings import AntingSettings
 from shared.subscriptions import DeliveryOutcome
-from shared.testing import REPO_ROOT, env_for, produce
 from shared.topics import NOTIFICATIONS
 
 from .test_cli import ANTING

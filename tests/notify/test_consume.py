@@ -10,11 +10,11 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from devtools.testing import produce
 from services.notify.consume import ConsumerLoop, OffsetTracker
 from shared.kafka import make_consumer, make_producer
 from shared.lag import LagMonitor
 from shared.settings import AntingSettings
-from shared.testing import produce
 from shared.topics import ENRICHED_EVENTS, NOTIFY_RETRIES
 
 from .helpers import wait_until

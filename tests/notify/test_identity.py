@@ -11,11 +11,11 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from devtools.testing import produce, read_topic
 from services.notify.notification import SOURCE, idempotency_key
 from shared.events import dump_event
 from shared.settings import AntingSettings
 from shared.subscriptions import SubscriptionRequest
-from shared.testing import produce, read_topic
 from shared.topics import ENRICHED_EVENTS, NOTIFICATIONS
 
 from .helpers import ANTING_TOWN, Receiver, agreement, notify_settings, running, wait_until

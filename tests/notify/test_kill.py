@@ -20,13 +20,13 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from devtools.localkafka import free_port
+from devtools.testing import ServiceProcess, produce
 from services.notify.notification import idempotency_key
 from services.notify.subscriptions import SubscriptionStore
 from shared.kafka import make_producer
-from shared.localkafka import free_port
 from shared.settings import AntingSettings
 from shared.subscriptions import SubscriptionRequest
-from shared.testing import ServiceProcess, produce
 from shared.topics import ENRICHED_EVENTS
 
 from .helpers import ANTING_TOWN, Receiver, agreement, encode, smtp_server, wait_until

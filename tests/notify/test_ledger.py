@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
+from devtools.testing import settings_for
 from services.notify.channels import Result
 from services.notify.delivery import notification_record
 from services.notify.ledger import Ledger
@@ -18,7 +19,6 @@ from services.notify.notification import Delivery, idempotency_key
 from shared.kafka import make_producer
 from shared.settings import AntingSettings
 from shared.subscriptions import DeliveryOutcome
-from shared.testing import settings_for
 from shared.topics import LEDGER_RETENTION_MS, NOTIFICATIONS
 
 from .helpers import wait_until

@@ -20,12 +20,12 @@ import orjson
 import pytest
 from aiohttp import web
 
+from devtools.testing import produce, read_topic
 from services.notify.api import create_app
 from services.notify.pipeline import Notifier
 from services.notify.settings import NotifySettings
 from shared.settings import AntingSettings
 from shared.subscriptions import SubscriptionRequest
-from shared.testing import produce, read_topic
 from shared.topics import ENRICHED_EVENTS, NOTIFICATIONS
 
 from .helpers import (

@@ -11,10 +11,10 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+from devtools.testing import produce, read_topic
 from services.notify.subscriptions import SubscriptionStore
 from shared.settings import AntingSettings
 from shared.subscriptions import SubscriptionRequest
-from shared.testing import produce, read_topic
 from shared.topics import DEAD_LETTERS, ENRICHED_EVENTS, NOTIFICATIONS, SUBSCRIPTIONS
 
 from .helpers import ANTING_TOWN, Receiver, agreement, encode, notify_settings, running, wait_until

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from devtools.testing import settings_for
 from services.notify.channels import Result
 from services.notify.delivery import Deliverer, next_delay, notification_record
 from services.notify.ledger import SUPERSEDED, Ledger
@@ -19,7 +20,6 @@ from services.notify.notification import Delivery
 from services.notify.settings import NotifySettings, parse_schedule
 from services.notify.subscriptions import SubscriptionStore, public_view
 from shared.subscriptions import RETRY_PRESETS, DeliveryOutcome, Subscription, SubscriptionRequest
-from shared.testing import settings_for
 from shared.topics import LEDGER_RETENTION_MS
 
 HOUR = 3600

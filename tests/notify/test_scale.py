@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.localkafka import free_port
+from devtools.localkafka import free_port
+from devtools.testing import ServiceProcess, produce
 from shared.settings import AntingSettings
-from shared.testing import ServiceProcess, produce
 from shared.topics import ENRICHED_EVENTS
 
 from .helpers import ANTING_TOWN, Receiver, agreement, encode, wait_until

@@ -18,14 +18,14 @@ import orjson
 import pytest
 import uvicorn
 
+from devtools.localkafka import free_port
+from devtools.testing import produce
 from services.notify import api, sse
 from services.notify.api import ResumePoints, create_app
 from services.notify.subscriptions import SubscriptionStore
 from shared.events import dump_event
 from shared.http import EmbeddedServer
-from shared.localkafka import free_port
 from shared.settings import AntingSettings
-from shared.testing import produce
 from shared.topics import ENRICHED_EVENTS
 
 from .helpers import ANTING_TOWN, agreement, notify_settings

@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from devtools import REPO_ROOT
+from devtools.testing import env_for, settings_for
 from services.notify.api import create_app
 from services.notify.channels import http1
 from services.notify.channels.webhook import WebhookSender
@@ -35,7 +37,6 @@ from services.notify.subscriptions import SubscriptionStore
 from shared.kafka import make_producer
 from shared.settings import AntingSettings
 from shared.subscriptions import Subscription, WebhookChannel
-from shared.testing import REPO_ROOT, env_for, settings_for
 
 from .helpers import Receiver, notify_settings
 

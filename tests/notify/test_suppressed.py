@@ -11,10 +11,10 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from shared.localkafka import free_port
+from devtools.localkafka import free_port
+from devtools.testing import produce, read_topic
 from shared.settings import AntingSettings
 from shared.subscriptions import SubscriptionRequest
-from shared.testing import produce, read_topic
 from shared.topics import ENRICHED_EVENTS, NOTIFICATIONS
 
 from .helpers import (

@@ -7,10 +7,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from devtools.testing import produce, read_topic
 from shared.deadletters import read_dead_letters
 from shared.settings import AntingSettings
 from shared.subscriptions import SubscriptionRequest
-from shared.testing import produce, read_topic
 from shared.topics import ENRICHED_EVENTS, NOTIFICATIONS
 
 from .helpers import ANTING_TOWN, Receiver, agreement, encode, notify_settings, running, wait_until

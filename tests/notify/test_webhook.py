@@ -7,10 +7,10 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from devtools.testing import produce, read_topic
 from services.notify.notification import idempotency_key
 from shared.settings import AntingSettings
 from shared.subscriptions import SubscriptionRequest
-from shared.testing import produce, read_topic
 from shared.topics import DEAD_LETTERS, ENRICHED_EVENTS, NOTIFICATIONS
 
 from .helpers import (

@@ -11,10 +11,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from devtools import REPO_ROOT
+from devtools.testing import env_for
 from shared.deadletters import DeadLetter, fit, show_bytes
 from shared.kafka import make_producer, record_size
 from shared.settings import AntingSettings
-from shared.testing import REPO_ROOT, env_for
 from shared.topics import DEAD_LETTERS
 
 ANTING = str(Path(sys.executable).parent / "anting")

@@ -15,12 +15,12 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.localkafka import free_port
+from devtools.testing import ServiceProcess, env_for, wait_until
 from shared.deadletters import DeadLetter, dead_letter
 from shared.dlq_monitor import DeadLetterMonitor, labels_of
 from shared.kafka import make_producer
-from shared.localkafka import free_port
 from shared.settings import AntingSettings
-from shared.testing import ServiceProcess, env_for, wait_until
 from shared.topics import ANNOUNCEMENTS, DEAD_LETTERS
 
 ANTING = str(Path(sys.executable).parent / "anting")

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from aiokafka.admin import NewTopic
 
+from devtools.testing import env_for, read_topic
 from shared.deadletters import (
     DeadLetter,
     ReplayEntry,
@@ -31,7 +32,6 @@ from shared.deadletters import (
 )
 from shared.kafka import ensure_topics, make_admin, make_producer
 from shared.settings import AntingSettings
-from shared.testing import env_for, read_topic
 from shared.topics import AGREEMENTS, ALL_TOPICS, ANNOUNCEMENTS, DEAD_LETTERS, DEAD_LETTERS_REPLAYED
 
 ANTING = str(Path(sys.executable).parent / "anting")

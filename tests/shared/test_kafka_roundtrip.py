@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from devtools.testing import read_topic
 from shared.events import dump_event, parse_event
 from shared.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from shared.settings import AntingSettings
-from shared.testing import read_topic
 from shared.topics import ALL_TOPICS, ANNOUNCEMENTS
 
 EVENT = {

@@ -14,11 +14,11 @@ from aiokafka.admin import RecordsToDelete
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import REGISTRY
 
+from devtools.localkafka import free_port
+from devtools.testing import settings_for
 from shared.kafka import make_admin, make_consumer, make_producer
 from shared.lag import LagMonitor, lag_of
-from shared.localkafka import free_port
 from shared.settings import AntingSettings
-from shared.testing import settings_for
 from shared.topics import ANNOUNCEMENTS
 
 TP0 = TopicPartition("t", 0)

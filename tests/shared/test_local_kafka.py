@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.localkafka import REPO_ROOT
+from devtools import REPO_ROOT
 
 INNER = '''
 import time
@@ -90,7 +90,7 @@ def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch)
     """Linux may give two binds to port 0 in a row the same port once the first socket is
     closed; free_port() skips a port it has handed out before, so the ports a test gives
     to several services are distinct."""
-    import shared.localkafka as localkafka
+    import devtools.localkafka as localkafka
 
     ports = iter([41001, 41001, 41001, 41002])
 

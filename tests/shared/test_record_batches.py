@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
+from devtools.testing import read_topic
 from shared.kafka import RecordBatches, make_producer, partition_by_key
 from shared.settings import AntingSettings
-from shared.testing import read_topic
 from shared.topics import NOTIFICATIONS
 
 

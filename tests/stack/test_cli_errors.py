@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.localkafka import MISSING_TOOLS_HELP, free_port
+from devtools.localkafka import MISSING_TOOLS_HELP, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ANTING = str(Path(sys.executable).parent / "anting")

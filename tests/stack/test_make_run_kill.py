@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from shared.localkafka import free_port
+from devtools.localkafka import free_port
 
 pytestmark = pytest.mark.kafka
 

@@ -1,5 +1,6 @@
-"""Test helpers shipped with the code (not copied into each test): choosing a real
-broker, isolating topics per test, reading topics back, running a service process.
+"""Helpers the tests and benchmarks share, written once instead of copied into each
+test: choosing a real broker, isolating topics per test, reading topics back and
+producing to them, running a service process, waiting for a condition.
 """
 
 from __future__ import annotations
@@ -17,11 +18,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devtools import REPO_ROOT
+from devtools.localkafka import LocalKafka, LocalKafkaError, free_port
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.settings import AntingSettings, KafkaSettings
 from shared.topics import ALL_TOPICS
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+__all__ = [
+    "NoBrokerError",
+    "Record",
+    "ServiceProcess",
+    "broker_for_tests",
+    "create_topics",
+    "docker_answers",
+    "env_for",
+    "produce",
+    "read_topic",
+    "run",
+    "settings_for",
+    "wait_until",
+]
 
 
 class NoBrokerError(RuntimeError):
@@ -54,8 +70,6 @@ def broker_for_tests() -> Iterator[tuple[str, str, Any]]:
         with KafkaContainer().with_kraft() as container:
             yield container.get_bootstrap_server(), "testcontainers", container
         return
-    from shared.localkafka import LocalKafka, LocalKafkaError
-
     try:
         broker = LocalKafka().start()
     except LocalKafkaError as exc:
@@ -73,9 +87,8 @@ def settings_for(bootstrap: str, prefix: str | None = None) -> AntingSettings:
 
 
 def env_for(settings: AntingSettings, **extra: str) -> dict[str, str]:
-    """Environment for a service subprocess using these settings."""
-    from shared.localkafka import free_port
-
+    """Environment for a service subprocess using these settings: this process's own,
+    with the broker, the topic prefix and a free notify port set, then ``extra``."""
     env = dict(os.environ)
     env.update({
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
@@ -90,11 +103,14 @@ def env_for(settings: AntingSettings, **extra: str) -> dict[str, str]:
 
 
 async def create_topics(settings: AntingSettings) -> None:
+    """Create every registered topic under ``settings``' prefix (those missing)."""
     await ensure_topics(settings, ALL_TOPICS)
 
 
 @dataclass
 class Record:
+    """One record read back: where it sits, its bytes, headers and timestamp (ms since epoch)."""
+
     topic: str
     partition: int
     offset: int
@@ -145,6 +161,8 @@ async def produce(
     values: Sequence[bytes | None],
     keys: Sequence[bytes | None] | None = None,
 ) -> None:
+    """Send ``values`` to ``topic`` in order (``keys[i]`` with ``values[i]`` when given)
+    and wait until every one is acknowledged."""
     producer = make_producer(settings)
     await producer.start()
     try:
@@ -165,6 +183,7 @@ class ServiceProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceProcess:
+        """Start it, its output appended to ``log_path``; returns ``self``."""
         out = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "anting"), "serve", self.name],
@@ -173,11 +192,14 @@ class ServiceProcess:
         return self
 
     def kill(self) -> None:
+        """SIGKILL it and reap it (nothing when not running)."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
 
     def terminate(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM it, SIGKILL after ``timeout`` seconds; its exit code (``None`` when
+        never started)."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -188,10 +210,12 @@ class ServiceProcess:
         return self.proc.returncode if self.proc else None
 
     def log(self) -> str:
+        """What it has written so far ("" before it wrote anything)."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def run(coro: Any) -> Any:
+    """``asyncio.run(coro)``: a coroutine's result from synchronous test code."""
     return asyncio.run(coro)
 
 

@@ -1,9 +1,11 @@
 """A single-node Apache Kafka broker (KRaft) on loopback, for machines without Docker.
 
-The jars come from Maven Central through ``kafka/pom.xml`` (``mvn
-dependency:copy-dependencies`` into the git-ignored ``kafka/libs``); the broker
-runs on the JVM as a child of this process and dies with it (PR_SET_PDEATHSIG),
-so an interrupted test run or a killed ``make run`` leaves no broker behind.
+It exists so that ``make run``, ``anting kafka``, the test suite and the benchmarks
+have a real broker without Docker or a broker of one's own. The jars come from Maven
+Central through ``kafka/pom.xml`` (``mvn dependency:copy-dependencies`` into the
+git-ignored ``kafka/libs``); the broker runs on the JVM as a child of this process and
+dies with it (PR_SET_PDEATHSIG), so an interrupted test run or a killed ``make run``
+leaves no broker behind.
 """
 
 from __future__ import annotations
@@ -25,11 +27,25 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from devtools import REPO_ROOT, STATE_DIR
+
+__all__ = [
+    "KAFKA_DIR",
+    "LIBS_DIR",
+    "MISSING_TOOLS_HELP",
+    "LocalKafka",
+    "LocalKafkaError",
+    "broker_answers",
+    "check_tools",
+    "fetch_jars",
+    "free_port",
+    "running",
+    "serve_forever",
+]
+
 KAFKA_DIR = REPO_ROOT / "kafka"
 LIBS_DIR = KAFKA_DIR / "libs"
 STAMP = KAFKA_DIR / ".stamp"
-STATE_DIR = REPO_ROOT / ".local"
 
 MISSING_TOOLS_HELP = (
     "Anting needs a Kafka broker. To run one locally it needs Java 17+ and Maven "
@@ -56,7 +72,8 @@ def _java_major_version() -> int | None:
 
 
 def check_tools() -> None:
-    """Fail with one clear message when Java 17+ or Maven is missing."""
+    """Raise ``LocalKafkaError`` with one clear message (``MISSING_TOOLS_HELP``) when
+    Java 17+ is missing, or Maven is and the jars are not resolved yet."""
     major = _java_major_version()
     if major is None or major < 17:
         found = "no java on PATH" if major is None else f"java {major}"
@@ -70,7 +87,9 @@ def _pom_digest() -> str:
 
 
 def fetch_jars(*, quiet: bool = True) -> Path:
-    """Resolve the broker's jars with Maven once; later calls download nothing."""
+    """Resolve the broker's jars with Maven once (again when ``kafka/pom.xml`` changes);
+    later calls download nothing. Returns ``kafka/libs``; raises ``LocalKafkaError`` when
+    Java or Maven is missing or Maven fails (its output in the message when ``quiet``)."""
     check_tools()
     digest = _pom_digest()
     if LIBS_DIR.is_dir() and STAMP.is_file() and STAMP.read_text().strip() == digest:
@@ -144,7 +163,13 @@ logger.state.level = warn
 
 
 class LocalKafka:
-    """One KRaft broker+controller on 127.0.0.1; start() blocks until it answers."""
+    """One KRaft broker+controller on 127.0.0.1; start() blocks until it answers.
+
+    ``port`` is the client listener (a free one when ``None``); the controller gets a
+    free port of its own. ``data_dir`` keeps the logs and metadata across starts; without
+    one a temporary directory is used and removed by ``stop()``. ``heap`` is the JVM's
+    ``-Xmx``/``-Xms`` (``"512m"``), ``log_level`` that of ``server.log`` in the data dir.
+    """
 
     def __init__(
         self,
@@ -163,14 +188,17 @@ class LocalKafka:
 
     @property
     def bootstrap(self) -> str:
+        """``127.0.0.1:<port>``, for KAFKA_BOOTSTRAP_SERVERS."""
         return f"127.0.0.1:{self.port}"
 
     @property
     def pid_file(self) -> Path:
+        """The running JVM's PID, so a later start can stop one a SIGKILLed run left."""
         return self.data_dir / "broker.pid"
 
     @property
     def log_file(self) -> Path:
+        """The broker's own log (log4j2), where a failed start is explained."""
         return self.data_dir / "server.log"
 
     def _properties(self) -> str:
@@ -220,6 +248,12 @@ class LocalKafka:
         self.pid_file.unlink(missing_ok=True)
 
     def start(self, timeout: float = 90.0) -> LocalKafka:
+        """Fetch the jars if needed, format the storage on first use, start the JVM and
+        block until the broker answers (at most ``timeout`` seconds); returns ``self``.
+
+        Raises ``LocalKafkaError`` when Java or Maven is missing, the jars cannot be
+        resolved, formatting fails, the JVM exits, or it does not answer in time.
+        """
         libs = fetch_jars()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._kill_stale()
@@ -272,13 +306,15 @@ class LocalKafka:
                 raise LocalKafkaError(
                     f"the Kafka broker exited with code {self.proc.returncode}:\n{tail}"
                 )
-            if _port_open(self.port) and asyncio.run(_answers(self.bootstrap)):
+            if _port_open(self.port) and asyncio.run(broker_answers(self.bootstrap)):
                 return
             time.sleep(0.2)
         self.stop()
         raise LocalKafkaError(f"the Kafka broker did not answer within {timeout:.0f}s")
 
     def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the broker, SIGKILL it after ``timeout`` seconds; a temporary data dir
+        is removed. Safe to call when not started or already stopped."""
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -305,8 +341,11 @@ class LocalKafka:
         self.stop()
 
 
-async def _answers(bootstrap: str) -> bool:
-    """True when the broker serves metadata and its controller is up."""
+async def broker_answers(bootstrap: str) -> bool:
+    """True when a Kafka broker at ``bootstrap`` (``host:port[,host:port...]``) serves
+    metadata, so its controller is up: one admin client connects and lists the topics,
+    within about 10 s (5 s to connect, 5 s to list). Any failure, a refused connection
+    or something that is not Kafka on the port, is ``False``; it never raises."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
@@ -323,6 +362,8 @@ async def _answers(bootstrap: str) -> bool:
 
 @contextlib.contextmanager
 def running(port: int | None = None, data_dir: Path | None = None) -> Iterator[LocalKafka]:
+    """A started ``LocalKafka`` for the ``with`` block, stopped after it; raises
+    ``LocalKafkaError`` as ``LocalKafka.start`` does."""
     broker = LocalKafka(port=port, data_dir=data_dir)
     broker.start()
     try:
@@ -332,7 +373,9 @@ def running(port: int | None = None, data_dir: Path | None = None) -> Iterator[L
 
 
 def serve_forever(port: int = 9092, data_dir: Path | None = None) -> None:
-    """Run a broker in the foreground until SIGINT/SIGTERM (``anting kafka``)."""
+    """Run a broker in the foreground until SIGINT/SIGTERM (``anting kafka``), its data in
+    ``data_dir`` (``.local/kafka-<port>``). Raises ``LocalKafkaError`` when the port is
+    taken or the broker cannot start."""
     data_dir = data_dir or STATE_DIR / f"kafka-{port}"
     if _port_open(port):
         raise LocalKafkaError(f"127.0.0.1:{port} is already in use: is a broker running there?")
