@@ -20,7 +20,6 @@ from services.notify.channels.chat import AppriseSender
 from services.notify.channels.log import LogSender
 from services.notify.channels.smtp import EmailSender
 from services.notify.channels.webhook import WebhookSender
-from services.notify.consume import ConsumerLoop
 from services.notify.delivery import Deliverer
 from services.notify.digest import Digests
 from services.notify.ledger import Ledger
@@ -30,6 +29,7 @@ from services.notify.retries import RetrySchedule
 from services.notify.settings import NotifySettings
 from services.notify.ssrf import Resolver, system_resolver
 from services.notify.subscriptions import SubscriptionStore
+from shared.consumer_loop import ConsumerLoop
 from shared.deadletters import DeadLetterWriter, from_record
 from shared.events import record_event_bytes
 from shared.kafka import RecordBatches, ensure_topics, make_consumer, make_producer

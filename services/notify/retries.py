@@ -32,11 +32,11 @@ import logging
 import time
 from typing import Any
 
-from services.notify.consume import Abandoned
 from services.notify.delivery import DUE_HEADER, Deliverer
 from services.notify.ledger import Ledger
 from services.notify.notification import Delivery
 from services.notify.subscriptions import SubscriptionStore
+from shared.consumer_loop import Abandoned
 from shared.deadletters import DeadLetterWriter, from_record
 
 log = logging.getLogger(__name__)

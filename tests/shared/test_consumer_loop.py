@@ -10,14 +10,12 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from devtools.testing import produce
-from services.notify.consume import ConsumerLoop, OffsetTracker
+from devtools.testing import produce, wait_until
+from shared.consumer_loop import ConsumerLoop, OffsetTracker
 from shared.kafka import make_consumer, make_producer
 from shared.lag import LagMonitor
 from shared.settings import AntingSettings
 from shared.topics import ENRICHED_EVENTS, NOTIFY_RETRIES
-
-from .helpers import wait_until
 
 
 async def test_offsets_wait_for_handed_back_acks(topics: AntingSettings) -> None:

@@ -1,4 +1,5 @@
-"""The consuming loop shared by the event pipeline and the retry schedule: fetch,
+"""A consumer group member that works on records concurrently and commits only finished
+work (notify's event pipeline and its retry schedule run on it): fetch,
 hand each record to a task (so slow deliveries never block the poll), take no
 more records while too much is in flight, and commit in batches — per partition
 only up to the oldest record whose work is not finished (or durably scheduled) yet,
@@ -9,6 +10,14 @@ the broker acknowledgements of the records its work wrote. The task ends there (
 for the next record frees up as soon as the outbound call is done, not a producer
 linger and a broker round trip later), and the record counts as done only once
 that awaitable resolves — offsets still never pass unacknowledged work.
+
+At least once: a record whose handler fails, or gives it up (:class:`Abandoned`), is not
+committed and is read again after a restart or rebalance. Records finish out of order;
+a commit never passes the first unfinished one of a partition — Spring Kafka's
+out-of-order acknowledgements (``asyncAcks``) defer commits the same way, until the gaps
+are filled.
+enrich does not use this loop: its work is one Kafka transaction per partition and
+batch, records processed in order (``services/enrich/pipeline.py``).
 """
 
 from __future__ import annotations
@@ -17,13 +26,21 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+__all__ = ["Abandoned", "ConsumerLoop", "Handler", "OffsetTracker"]
+
 log = logging.getLogger(__name__)
+
+#: what a handler returns: ``None`` (its work is done), or the broker acknowledgements of
+#: the records it wrote — one awaitable, or a list of futures — to wait for before the
+#: record counts as done
+Acks = Awaitable[Any] | list[asyncio.Future[Any]] | None
+Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[Acks]]
 
 
 class Abandoned(Exception):
@@ -52,7 +69,7 @@ class OffsetTracker:
         if tp in self.pending:
             self.pending[tp].discard(offset)
 
-    def forget(self, tps: Any) -> None:
+    def forget(self, tps: Collection[TopicPartition]) -> None:
         self.generation += 1
         for tp in tps:
             self.pending.pop(tp, None)
@@ -91,14 +108,15 @@ class OffsetTracker:
         return out
 
     def in_flight(self) -> int:
+        """How many records taken are not done yet."""
         return sum(len(p) for p in self.pending.values())
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _LoopRebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, loop: ConsumerLoop) -> None:
         self.loop = loop
 
-    async def on_partitions_revoked(self, revoked: Any) -> None:
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # Finish what is in flight for these partitions and commit it before the group
         # hands them over, so the next owner starts after it instead of sending it again
         # (bounded: the group waits for this member only so long).
@@ -106,18 +124,27 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.loop.commit()
         self.loop.tracker.forget(revoked)
 
-    async def on_partitions_assigned(self, assigned: Any) -> None:
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if self.loop.on_assigned is not None:
             total = self.loop.consumer.partitions_for_topic(self.loop.topic) or ()
             await self.loop.on_assigned(len(self.loop.consumer.assignment()), len(total))
 
 
 class ConsumerLoop:
+    """Runs ``handler`` on every record of ``topic`` (a task per record, at most
+    ``max_in_flight`` at a time) for a group ``consumer`` not started yet by whoever
+    calls :meth:`subscribe`; commits finished work every ``commit_interval`` seconds.
+
+    ``revoke_grace``: seconds a revoke waits for the records in flight of the partitions
+    going away. ``on_assigned(held, total)``: awaited after each rebalance, before
+    records are taken (notify's ledger catches up there). A handler that raises leaves
+    its record uncommitted (logged); :class:`Abandoned` does so silently."""
+
     def __init__(
         self,
-        consumer: Any,
+        consumer: AIOKafkaConsumer,
         topic: str,
-        handler: Callable[[Any], Awaitable[Awaitable[Any] | list[asyncio.Future[Any]] | None]],
+        handler: Handler,
         *,
         max_in_flight: int,
         commit_interval: float = 1.0,
@@ -144,7 +171,8 @@ class ConsumerLoop:
         self._full_since: float | None = None  # when in-flight work last reached the maximum
 
     def subscribe(self) -> None:
-        self.consumer.subscribe([self.topic], listener=_Listener(self))
+        """Subscribe the consumer to the topic, with this loop's rebalance listener."""
+        self.consumer.subscribe([self.topic], listener=_LoopRebalanceListener(self))
 
     async def positions(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """The consumer's position on each of ``tps`` it still holds; one it cannot tell
@@ -185,7 +213,7 @@ class ConsumerLoop:
         self.tracker.done(tp, offset)
         self._settled.set()
 
-    async def drain(self, tps: Any, timeout: float) -> None:
+    async def drain(self, tps: Collection[TopicPartition], timeout: float) -> None:
         """Wait (up to ``timeout``) until every record taken from ``tps`` is done."""
         deadline = time.monotonic() + timeout
         while any(self.tracker.pending.get(tp) for tp in tps):
@@ -196,7 +224,7 @@ class ConsumerLoop:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settled.wait(), left)
 
-    async def _run_one(self, tp: TopicPartition, record: Any) -> None:
+    async def _run_one(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         try:
             acks = await self.handler(record)
         except (Abandoned, asyncio.CancelledError):
@@ -249,7 +277,7 @@ class ConsumerLoop:
         if len(self.tasks) <= self.max_in_flight * 3 // 4:
             self._room.set()
 
-    async def _poll(self) -> dict[Any, list[Any]]:
+    async def _poll(self) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
         """The next records, never more than there is room for in flight.
 
         Flow control is by how many records are asked for, not by ``pause``: aiokafka
@@ -273,7 +301,8 @@ class ConsumerLoop:
                     self.paused = True
                     self.consumer.pause(*self.consumer.assignment())
                 if self.paused:
-                    polled: dict[Any, list[Any]] = await self.consumer.getmany(timeout_ms=0)
+                    polled: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = (
+                        await self.consumer.getmany(timeout_ms=0))
                     return polled
                 return {}
             self._full_since = None
@@ -281,11 +310,13 @@ class ConsumerLoop:
                 self.consumer.resume(*self.consumer.assignment())
                 self.paused = False
         room = self.max_in_flight - len(self.tasks)
-        batch: dict[Any, list[Any]] = await self.consumer.getmany(
+        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = await self.consumer.getmany(
             timeout_ms=200, max_records=max(1, min(room, 1000)))
         return batch
 
     async def run(self, stop: asyncio.Event, grace: float = 10.0) -> None:
+        """Take records until ``stop`` is set; then wait up to ``grace`` seconds for the
+        work in flight (and its acknowledgements), cancel the rest, and commit what is done."""
         last_commit = time.monotonic()
         committing: asyncio.Task[None] | None = None
         try:
