@@ -289,8 +289,8 @@ async def _tail(flt: Any, fmt: Format, from_beginning: bool, limit: int | None, 
 
     import orjson
 
-    from services.notify.matching import decode, describe, match
-    from services.notify.notification import headline
+    from services.notify.matching import decode, match
+    from services.notify.rendering import describe, headline
     from services.notify.settings import NotifySettings
     from shared.events import parse_enriched, record_event_bytes
     from shared.kafka import make_consumer

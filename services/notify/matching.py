@@ -156,15 +156,4 @@ def match(event: Event, flt: Filter) -> list[Reason] | None:
     return reasons
 
 
-def describe(reasons: list[Reason]) -> str:
-    """One readable line of provenance, e.g. for an email or the CloudEvent ``reason`` attribute."""
-    parts = []
-    for r in reasons:
-        if r["filter"] == "organizations":
-            target = r["organization"] or "(unresolved)"
-            parts.append(f"organizations: {r['value']!r} -> {target} ({r['matched_on']}, {r['field']})")
-        elif r["filter"] == "all":
-            parts.append("no filter: every event")
-        else:
-            parts.append(f"{r['filter']}: {r['value']!r} at {r['field']}")
-    return "; ".join(parts)
+__all__ = ["Event", "InvalidEvent", "Reason", "decode", "match", "norm"]

@@ -1,27 +1,19 @@
-"""A delivery (one or a digest of matching events for one subscription) and what it
-renders to: the stable idempotency key, the webhook body, the email text.
-
-The webhook body is a CloudEvent in JSON structured mode, so any CloudEvents
-parser reads it: for one event, the enriched event itself plus the extension
-attributes ``subscription`` (the subscription id) and ``reason`` (why it was
-sent, readable); for a digest, an ``anting.digest`` CloudEvent whose ``data``
-holds the events and the reason for each.
+"""A delivery: one event, or a digest of matching events, for one subscription — its
+stable idempotency key and its JSON form (what a retry record and a dead letter hold).
+What a delivery looks like to a receiver is :mod:`services.notify.rendering`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import html
-import re
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from services.notify.matching import Reason, describe
+from services.notify.matching import Reason
 
-DIGEST_TYPE = "anting.digest"
+#: The CloudEvents ``source`` of what notify makes itself (a digest).
 SOURCE = "/anting/notify"
 
 
@@ -40,18 +32,15 @@ def digest_key(subscription_id: str, events: list[tuple[str, str]]) -> str:
     return "msg_" + hashlib.sha256(orjson.dumps([subscription_id, sorted(events)])).hexdigest()[:32]
 
 
-_LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-
-
-def one_line(text: str) -> str:
-    """``text`` with every control character and line separator (CR, LF, NEL, U+2028, ...:
-    everything ``str.splitlines`` breaks at) turned into one space: an event's value put
-    into a line of a message (a subject, a title, a line of the email text) stays one line."""
-    return _LINE_BREAKS.sub(" ", text)
-
-
 @dataclass
 class Delivery:
+    """What one attempt sends to one subscription: one event, or a digest of several.
+
+    ``key`` is the idempotency key (``msg_`` + 32 hex digits, the ``webhook-id``), the same
+    for every attempt; ``attempt`` counts from 1. Events are held as the record's bytes
+    (:meth:`of_record`) or as decoded JSON objects (a digest, a retry record read back).
+    """
+
     key: str
     subscription_id: str
     # enriched CloudEvents as JSON objects, unchanged (read them with decoded(): a delivery
@@ -118,9 +107,12 @@ class Delivery:
         return SOURCE if self.digest else self.event_sources[0]
 
     def all_reasons(self) -> list[Reason]:
+        """Every event's reasons, in one list (a digest's in event order)."""
         return [r for rs in self.reasons for r in rs]
 
     def to_json(self) -> bytes:
+        """The delivery as JSON (a retry record's value, a dead letter's): the events decoded,
+        the record's bytes and the cached ids left out."""
         self.decoded()
         fields = asdict(self)
         del fields["source"], fields["ids"], fields["srcs"]
@@ -128,85 +120,9 @@ class Delivery:
 
     @classmethod
     def from_json(cls, raw: bytes) -> Delivery:
+        """The delivery :meth:`to_json` wrote; raises ``orjson.JSONDecodeError`` or
+        ``TypeError`` (a member that is not a field) on anything else."""
         return cls(**orjson.loads(raw))
 
-    # --- rendering ---------------------------------------------------------------
 
-    def cloudevent(self) -> dict[str, Any]:
-        if not self.digest:
-            return {**self.decoded()[0], "subscription": self.subscription_id, "reason": describe(self.reasons[0])}
-        return {
-            "specversion": "1.0",
-            "id": self.key,
-            "source": SOURCE,
-            "type": DIGEST_TYPE,
-            "time": self.created_at or datetime.now(UTC).isoformat(),
-            "subject": self.subscription_id,
-            "datacontenttype": "application/json",
-            "subscription": self.subscription_id,
-            "reason": f"digest of {len(self.decoded())} events",
-            "data": {
-                "count": len(self.decoded()),
-                "events": [{**e, "reason": describe(r)} for e, r in zip(self.decoded(), self.reasons, strict=True)],
-            },
-        }
-
-    def body(self) -> bytes:
-        if self.source is not None and not self.digest:
-            spliced = with_attributes(self.source, {"subscription": self.subscription_id,
-                                                    "reason": describe(self.reasons[0])})
-            if spliced is not None:
-                return spliced
-        return orjson.dumps(self.cloudevent())
-
-    def title(self) -> str:
-        """One line (an email subject, a chat title): the headline, or what a digest holds."""
-        if self.digest:
-            return f"Anting digest: {len(self.decoded())} events"
-        return headline(self.decoded()[0])
-
-    def text(self) -> str:
-        lines = []
-        for event, reasons in zip(self.decoded(), self.reasons, strict=True):
-            data = event.get("data") or {}
-            # every value from the event is made one line: a line break in it cannot
-            # make a line of its own (a forged "why:")
-            lines.append(f"* {headline(event)}")
-            lines.append(one_line(f"  {event.get('type')} {event.get('id')} from {event.get('source')}"
-                                  f" at {event.get('time') or '-'}"))
-            if data.get("summary"):
-                lines.append(f"  {one_line(str(data['summary']))}")
-            orgs = [o.get("name") for o in data.get("organizations") or []]
-            if orgs:
-                lines.append(one_line(f"  organizations: {', '.join(str(o) for o in orgs)}"))
-            lines.append(one_line(f"  why: {describe(reasons)}"))
-            lines.append("")
-        return "\n".join(lines)
-
-    def html(self) -> str:
-        items = []
-        for event, reasons in zip(self.decoded(), self.reasons, strict=True):
-            data = event.get("data") or {}
-            items.append(
-                f"<li><strong>{html.escape(headline(event))}</strong><br>"
-                f"{html.escape(str(event.get('type')))} · {html.escape(str(event.get('time') or '-'))}"
-                + (f"<br>{html.escape(str(data['summary']))}" if data.get("summary") else "")
-                + f"<br><small>why: {html.escape(describe(reasons))}</small></li>"
-            )
-        return f"<html><body><h3>{html.escape(self.title())}</h3><ul>{''.join(items)}</ul></body></html>"
-
-
-def with_attributes(obj: bytes, attributes: dict[str, Any]) -> bytes | None:
-    """The JSON object ``obj`` (bytes) with ``attributes`` added as its last members, by
-    splicing bytes; ``None`` when ``obj`` does not end as a non-empty object does. The
-    caller makes sure ``obj`` has none of those names already (no duplicate members)."""
-    end = obj.rstrip()
-    if not end.endswith(b"}") or end[:-1].rstrip().endswith(b"{"):
-        return None
-    return b"%s,%s}" % (end[:-1], orjson.dumps(attributes)[1:-1])
-
-
-def headline(event: dict[str, Any]) -> str:
-    """The event's headline (or title, or type) as one line."""
-    data = event.get("data") or {}
-    return one_line(str(data.get("headline") or data.get("title") or event.get("type") or "event"))
+__all__ = ["SOURCE", "Delivery", "digest_key", "idempotency_key"]

@@ -11,20 +11,15 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from services.notify import rendering
 from services.notify.channels import Result
 from services.notify.channels.log import json_line
 from services.notify.channels.smtp import build_message, header_value, message_id
 from services.notify.channels.webhook import retry_after_seconds, sign
 from services.notify.delivery import Slots, notification_record
 from services.notify.matching import InvalidEvent, decode, match, norm
-from services.notify.notification import (
-    SOURCE,
-    Delivery,
-    digest_key,
-    idempotency_key,
-    one_line,
-    with_attributes,
-)
+from services.notify.notification import SOURCE, Delivery, digest_key, idempotency_key
+from services.notify.rendering import one_line, with_attributes
 from services.notify.subscriptions import new_secret, signing_secrets
 from shared.events import dump_event, parse_enriched
 from shared.subscriptions import (
@@ -120,16 +115,16 @@ def test_webhook_body_spliced_from_the_record_is_the_cloudevent() -> None:
         assert reasons is not None
         plain = Delivery("msg_1", "sub_1", [event], [reasons])
         spliced = Delivery("msg_1", "sub_1", [event], [reasons], source=source)
-        body = spliced.body()
-        assert body.startswith(source.rstrip()[:-1])  # spliced, not encoded again
-        assert orjson.loads(body) == orjson.loads(plain.body()) == plain.cloudevent()
-        assert list(orjson.loads(body))[-2:] == ["subscription", "reason"]
+        spliced_body = rendering.body(spliced)
+        assert spliced_body.startswith(source.rstrip()[:-1])  # spliced, not encoded again
+        assert orjson.loads(spliced_body) == orjson.loads(rendering.body(plain)) == rendering.cloudevent(plain)
+        assert list(orjson.loads(spliced_body))[-2:] == ["subscription", "reason"]
         assert Delivery.from_json(spliced.to_json()) == plain  # the retry record has no bytes
         # made from the record: no decoded event is kept, and a webhook never decodes one
         lean = Delivery.of_record("msg_1", "sub_1", source, event["source"], event["id"], reasons, None)
-        assert lean.body() == body and lean.event_ids == [event["id"]] and lean.events == []
+        assert rendering.body(lean) == spliced_body and lean.event_ids == [event["id"]] and lean.events == []
         assert lean.event_sources == plain.event_sources == [event["source"]]
-        assert lean.text() == plain.text() and lean.decoded() == [event]  # email, log: decoded then
+        assert rendering.text(lean) == rendering.text(plain) and lean.decoded() == [event]  # email, log: decoded then
         assert Delivery.from_json(lean.to_json()) == plain
     assert with_attributes(b"{}", {"a": 1}) is None
     assert with_attributes(b"{ } ", {"a": 1}) is None

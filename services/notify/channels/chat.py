@@ -9,6 +9,7 @@ import apprise
 
 from shared.subscriptions import Subscription
 
+from .. import rendering
 from ..notification import Delivery
 from . import Result
 
@@ -35,10 +36,10 @@ class AppriseSender:
         ap = apprise.Apprise()
         if not ap.add(sub.channel.url):
             return Result("permanent", None, "apprise does not understand this URL")
-        body = delivery.text()
+        body = rendering.text(delivery)
         # one line, whatever the headline held (a title becomes a subject or a header
         # line in several of apprise's services); the text's lines are one line each too
-        title = delivery.title()
+        title = rendering.title(delivery)
         try:
             # apprise's own plugins block; keep them off the event loop
             ok = await asyncio.to_thread(ap.notify, body=body, title=title)

@@ -19,6 +19,7 @@ import orjson
 from shared.subscriptions import Subscription
 
 from ..notification import Delivery
+from ..rendering import cloudevent
 from . import Result
 
 # NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR in UTF-8, and their JSON escapes (the
@@ -54,7 +55,7 @@ class LogSender:
             "at": datetime.now(UTC).isoformat(),
             "idempotency_key": delivery.key,
             "subscription": sub.id,
-            "event": delivery.cloudevent(),
+            "event": cloudevent(delivery),
             "reason": delivery.all_reasons(),
         })
         try:

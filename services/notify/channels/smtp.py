@@ -17,6 +17,7 @@ from email.policy import SMTP
 from shared.subscriptions import Subscription
 
 from ..notification import Delivery
+from ..rendering import html, text, title
 from . import Result, Verdict
 
 # C0 and C1 controls, DEL, and the line and paragraph separators: everything
@@ -42,14 +43,14 @@ def build_message(sender: str, sub: Subscription, delivery: Delivery) -> EmailMe
     msg = EmailMessage(policy=SMTP)
     msg["From"] = header_value(sender)
     msg["To"] = ", ".join(header_value(a) for a in sub.channel.to)
-    msg["Subject"] = header_value(delivery.title())
+    msg["Subject"] = header_value(title(delivery))
     msg["Message-ID"] = message_id(delivery.key)
     msg["X-Anting-Subscription"] = header_value(sub.id)
     # an event is its (source, id) pair: both, never cut short
     msg["X-Anting-Event-Id"] = header_value(delivery.event_id, 2048)
     msg["X-Anting-Event-Source"] = header_value(delivery.event_source, 2048)
-    msg.set_content(delivery.text())
-    msg.add_alternative(delivery.html(), subtype="html")
+    msg.set_content(text(delivery))
+    msg.add_alternative(html(delivery), subtype="html")
     return msg
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from shared.subscriptions import Subscription
 
 from ..notification import Delivery
+from ..rendering import body as render_body
 from ..ssrf import GuardedResolver, Network, RefusedAddress, Resolver, system_resolver
 from ..subscriptions import signing_secrets
 from . import Result
@@ -99,7 +100,7 @@ class WebhookSender:
 
     async def send(self, sub: Subscription, delivery: Delivery) -> Result:
         assert sub.channel.type == "webhook"
-        body = delivery.body()
+        body = render_body(delivery)
         now = datetime.now(UTC)
         headers = (
             ("content-type", CONTENT_TYPE),
