@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ctypes
 import hashlib
 import os
 import shutil
@@ -28,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from devtools import REPO_ROOT, STATE_DIR
+from devtools.supervisor import parent_death_signal
 
 __all__ = [
     "KAFKA_DIR",
@@ -39,6 +39,7 @@ __all__ = [
     "check_tools",
     "fetch_jars",
     "free_port",
+    "port_open",
     "running",
     "serve_forever",
 ]
@@ -132,17 +133,16 @@ def free_port() -> int:
             return port
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts a TCP connection on ``host:port`` within 0.3 s."""
     with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        s.settimeout(0.3)
+        return s.connect_ex((host, port)) == 0
 
 
 def _die_with_parent() -> None:
     """Runs in the child before exec: the kernel SIGTERMs the broker when we die."""
-    PR_SET_PDEATHSIG = 1
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    parent_death_signal(signal.SIGTERM)
     os.setpgid(0, 0)  # its own group: a Ctrl-C at the terminal reaches us, not the JVM
 
 
@@ -264,7 +264,7 @@ class LocalKafka:
                 line.split("=", 1) for line in props.read_text().splitlines() if "=" in line
             )
             self.controller_port = int(old["controller.quorum.voters"].rsplit(":", 1)[1])
-            if _port_open(self.controller_port):
+            if port_open(self.controller_port):
                 self.controller_port = free_port()
         props.write_text(self._properties())
         log4j = self.data_dir / "log4j2.properties"
@@ -306,7 +306,7 @@ class LocalKafka:
                 raise LocalKafkaError(
                     f"the Kafka broker exited with code {self.proc.returncode}:\n{tail}"
                 )
-            if _port_open(self.port) and asyncio.run(broker_answers(self.bootstrap)):
+            if port_open(self.port) and asyncio.run(broker_answers(self.bootstrap)):
                 return
             time.sleep(0.2)
         self.stop()
@@ -377,7 +377,7 @@ def serve_forever(port: int = 9092, data_dir: Path | None = None) -> None:
     ``data_dir`` (``.local/kafka-<port>``). Raises ``LocalKafkaError`` when the port is
     taken or the broker cannot start."""
     data_dir = data_dir or STATE_DIR / f"kafka-{port}"
-    if _port_open(port):
+    if port_open(port):
         raise LocalKafkaError(f"127.0.0.1:{port} is already in use: is a broker running there?")
     broker = LocalKafka(port=port, data_dir=data_dir)
     t0 = time.monotonic()

@@ -114,9 +114,9 @@ def run(
         envvar="ANTING_RUN_STATE_DIR", help="where the broker and Prometheus keep data (.local)")] = None,
 ) -> None:
     """The whole stack here (what `make run` runs): Kafka, topics, catalog, the three services, the seed."""
-    from services import devstack
+    from devtools import stack  # a development tool, not in the image: imported here only
 
-    opts = devstack.Options(
+    opts = stack.Options(
         kafka_port=kafka_port, prometheus=prometheus, prometheus_port=prometheus_port,
         scrape_interval=scrape_interval,
     )
@@ -124,7 +124,7 @@ def run(
         opts.seed = seed
     if state_dir is not None:
         opts.state_dir = state_dir.resolve()
-    raise typer.Exit(devstack.run(opts))
+    raise typer.Exit(stack.run(opts))
 
 
 topics_app = typer.Typer(help="The Kafka topics of the registry.", no_args_is_help=True)

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from services.devstack import alerts_page
+from devtools.prometheus import alerts_page
 
 
 def _server(alerts_status: int) -> ThreadingHTTPServer:

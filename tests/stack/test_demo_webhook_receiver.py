@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from services.devstack import Printer, WebhookReceiver
+from devtools.console import Printer
+from devtools.demo_receiver import WebhookReceiver
 from services.notify.channels import http1
 from services.notify.channels.http1 import WebhookClient
 from services.notify.channels.webhook import sign

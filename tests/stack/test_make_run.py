@@ -27,9 +27,10 @@ import orjson
 import psutil
 import pytest
 
+from devtools.console import readable
 from devtools.localkafka import free_port
+from devtools.stack import SEED
 from devtools.testing import produce, read_topic, settings_for
-from services.devstack import SEED, readable
 from shared.settings import AntingSettings
 from shared.topics import ANNOUNCEMENTS, DEAD_LETTERS, ENRICHED_EVENTS, NOTIFICATIONS
 from tests.stack.promql import BUILT_IN, queried_names, sample_names

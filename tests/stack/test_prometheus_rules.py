@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.devstack import ALERT_RULES, PROMETHEUS_CONFIG, Options, prometheus_config
+from devtools.prometheus import ALERT_RULES, PROMETHEUS_CONFIG, prometheus_config
+from devtools.stack import Options, scrape_targets
 
 OPS = PROMETHEUS_CONFIG.parent
 NEEDED_ALERTS = {
@@ -63,7 +64,8 @@ def test_make_run_config_is_valid_and_points_at_local_ports(
 ) -> None:
     """The config `make run` derives (its ports, absolute rule path) passes promtool too."""
     monkeypatch.setenv("ANTING_ENRICH_PORT", "18802")
-    path = prometheus_config(Options(scrape_interval=1), tmp_path)
+    opts = Options(scrape_interval=1)
+    path = prometheus_config(tmp_path, scrape_targets(opts), opts.scrape_interval)
     result = promtool("check", "config", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     config = yaml.safe_load(path.read_text())

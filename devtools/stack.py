@@ -10,55 +10,73 @@ So does the death of whatever started ``anting run`` (a ``kill -9`` of ``make ru
 the kernel sends it SIGTERM then (the parent-death signal), and each child gets the
 same signal should ``anting run`` itself be killed.
 
-This is a module, not a service: it owns no topic and exports no metrics.
+This module decides what starts, in which order, and what is printed about it; the
+supervision itself is devtools.supervisor, the output devtools.console, the demo
+webhook receiver devtools.demo_receiver, Prometheus' config devtools.prometheus and
+the local broker devtools.localkafka. It is a tool, not a service: it owns no topic
+and exports no metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ipaddress
 import os
 import shutil
 import signal
-import socket
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from rich.console import Console
-from rich.text import Text
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from devtools import REPO_ROOT, STATE_DIR
+from devtools.console import Printer, describe_delivery, describe_enriched
+from devtools.demo_receiver import WebhookReceiver, loopback_allowed
+from devtools.localkafka import LocalKafka, LocalKafkaError, broker_answers, check_tools, port_open
+from devtools.prometheus import alerts_page, prometheus_argv, prometheus_config
+from devtools.supervisor import Child, Supervisor, child_setup, stop_with_parent
+
+if TYPE_CHECKING:
+    from shared.settings import AntingSettings
+
+__all__ = [
+    "SEED",
+    "SERVICES",
+    "Options",
+    "ServiceSpec",
+    "Stack",
+    "StartupError",
+    "Stop",
+    "anting_command",
+    "run",
+    "scrape_targets",
+    "start_broker",
+]
+
 SEED = REPO_ROOT / "services" / "ingest" / "samples" / "world-metaverse-conference.ndjson"
-PROMETHEUS_CONFIG = REPO_ROOT / "ops" / "prometheus" / "prometheus.yml"
-ALERT_RULES = REPO_ROOT / "ops" / "prometheus" / "alerts.yml"
 DEMO_PREFIX = "make-run"  # names of the demo subscriptions, replaced on every run
-
-COLOURS = {
-    "run": "bold white", "kafka": "bright_black", "ingest": "cyan", "enrich": "magenta",
-    "notify": "green", "prometheus": "yellow", "catalog": "blue", "webhook": "bright_green",
-    "event": "bright_cyan", "delivery": "bright_magenta",
-}
 
 
 @dataclass(frozen=True)
 class ServiceSpec:
+    """A service ``anting run`` starts, and where it listens: the port and host its own
+    ``ANTING_<NAME>_PORT`` / ``ANTING_<NAME>_HOST`` name (read when asked), else
+    ``default_port`` on 127.0.0.1."""
+
     name: str
     default_port: int
 
     @property
     def port(self) -> int:
+        """ANTING_<NAME>_PORT, else ``default_port``."""
         return int(os.environ.get(f"ANTING_{self.name.upper()}_PORT", self.default_port))
 
     @property
     def url(self) -> str:
+        """``http://host:port`` to reach it here (loopback when bound to every interface)."""
         host = os.environ.get(f"ANTING_{self.name.upper()}_HOST", "127.0.0.1")
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"  # bound to every interface: reach it on loopback
@@ -70,12 +88,17 @@ SERVICES = (ServiceSpec("ingest", 8001), ServiceSpec("enrich", 8002), ServiceSpe
 
 @dataclass
 class Options:
+    """What ``anting run`` is given (its command-line options): ports on 127.0.0.1,
+    Prometheus' scrape interval in seconds, the NDJSON seed to publish, where the broker
+    and Prometheus keep data, how long to wait for the services to be ready and the
+    longest restart backoff, both in seconds."""
+
     kafka_port: int = 9092
     prometheus: bool = True
     prometheus_port: int = 9090
     scrape_interval: float = 5.0
     seed: Path = SEED
-    state_dir: Path = REPO_ROOT / ".local"
+    state_dir: Path = STATE_DIR
     ready_timeout: float = 180.0
     max_backoff: float = 30.0
 
@@ -88,228 +111,20 @@ class StartupError(Exception):
     """The stack cannot start; the message says what to do."""
 
 
-# --------------------------------------------------------------------------- output
-
-
-class Printer:
-    """One line per message, labelled and (on a terminal) coloured per source.
-
-    Children log JSON lines when not on a terminal (shared.logs); they are
-    rendered back into one readable line each here.
-    """
-
-    def __init__(self) -> None:
-        self.console = Console(highlight=False, soft_wrap=True)
-        self.lock = threading.Lock()
-
-    def say(self, label: str, message: str, style: str | None = None) -> None:
-        line = Text.assemble((f"{label:>10} │ ", COLOURS.get(label, "white")), (message, style or ""))
-        # a closed terminal or pipe (the shell that ran `make run` is gone) must not stop
-        # the shutdown half-way: the line is lost, the children are still stopped
-        with self.lock, contextlib.suppress(OSError, ValueError):
-            self.console.print(line)
-
-    def child_line(self, label: str, raw: str) -> None:
-        self.say(label, readable(raw))
-
-
-def readable(raw: str) -> str:
-    """A JSON log line from shared.logs as ``level msg k=v ...``; anything else as is."""
-    raw = raw.rstrip()
-    if not raw.startswith("{"):
-        return raw
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return raw
-    if not isinstance(doc, dict):
-        return raw
-    if "msg" not in doc:
-        event = doc.get("event")
-        if isinstance(event, dict) and "subscription" in doc:  # a log-channel notification
-            return (f"log channel: {event.get('type')} {event.get('id')} for subscription "
-                    f"{doc['subscription']} ({_title(event)!r})")
-        return raw
-    level = str(doc.pop("level", "info"))
-    msg = str(doc.pop("msg"))
-    for k in ("ts", "service", "logger", "color_message"):
-        doc.pop(k, None)
-    exc = doc.pop("exc", None)
-    extras = " ".join(f"{k}={v}" for k, v in doc.items())
-    line = f"{level:<5} {msg}" + (f"  {extras}" if extras else "")
-    return f"{line}\n{exc}" if exc else line
-
-
-# --------------------------------------------------------------------------- processes
-
-
-PR_SET_PDEATHSIG = 1  # prctl(2), Linux
-
-
-def _parent_death_signal(sig: signal.Signals) -> None:
-    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux only;
-    elsewhere nothing happens)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
-
-
-def _child_setup() -> None:
-    """Runs in each child before exec: it dies with us, and sits in its own session
-    so that a Ctrl-C at the terminal reaches only us and we decide the stop order."""
-    _parent_death_signal(signal.SIGTERM)
-    os.setsid()
-
-
-def _stop_with_parent() -> None:
-    """SIGTERM to ourselves when the process that started us dies: a ``kill -9`` of
-    ``make run`` leaves ``anting run`` re-parented and still running otherwise, with
-    the broker, the services and Prometheus holding their ports. Our SIGTERM handler
-    then stops everything in order, as Ctrl-C does."""
-    parent = os.getppid()
-    _parent_death_signal(signal.SIGTERM)
-    if os.getppid() != parent:  # it died before the kernel was asked: no signal will come
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def anting_command() -> str:
+    """The ``anting`` beside this Python (the virtualenv's), else the one on PATH."""
     beside = Path(sys.executable).parent / "anting"
     return str(beside) if beside.exists() else (shutil.which("anting") or "anting")
-
-
-@dataclass
-class Child:
-    """A supervised process: restarted with exponential backoff when it dies."""
-
-    label: str
-    argv: list[str]
-    env: dict[str, str]
-    restart: bool = True
-    proc: asyncio.subprocess.Process | None = None
-    restarts: int = 0
-    pids: list[int] = field(default_factory=list)
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-
-class Supervisor:
-    def __init__(self, opts: Options, printer: Printer) -> None:
-        self.opts = opts
-        self.out = printer
-        self.children: list[Child] = []
-        self.tasks: list[asyncio.Task[None]] = []
-        self.stopping = asyncio.Event()
-
-    async def _spawn(self, child: Child) -> None:
-        child.proc = await asyncio.create_subprocess_exec(
-            *child.argv, env=child.env, cwd=REPO_ROOT,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, preexec_fn=_child_setup, limit=4 * 1024 * 1024,
-        )
-        child.pids.append(child.proc.pid)
-
-    async def _pump(self, child: Child, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        while True:
-            try:
-                line = await proc.stdout.readline()
-            except ValueError:  # a line over the limit: show what fits
-                line = await proc.stdout.read(64 * 1024)
-            if not line:
-                return
-            self.out.child_line(child.label, line.decode(errors="replace"))
-
-    async def start(self, child: Child) -> None:
-        await self._spawn(child)
-        self.children.append(child)
-        self.out.say("run", f"started {child.label} (pid {child.pid})")
-        self.tasks.append(asyncio.create_task(self._watch(child), name=f"watch-{child.label}"))
-
-    async def _watch(self, child: Child) -> None:
-        """Wait for the child to exit; restart it unless we are stopping."""
-        backoff = 1.0
-        while True:
-            proc = child.proc
-            assert proc is not None
-            started = time.monotonic()
-            pump = asyncio.create_task(self._pump(child, proc))
-            rc = await proc.wait()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(pump, 2)
-            if self.stopping.is_set() or not child.restart:
-                if not self.stopping.is_set():
-                    self.out.say("run", f"{child.label} exited with code {rc}", "yellow")
-                return
-            if time.monotonic() - started > 60:
-                backoff = 1.0  # it ran for a while: a fresh failure, not a crash loop
-            how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with code {rc}"
-            self.out.say("run", f"{child.label} (pid {proc.pid}) {how}; restarting in {backoff:.0f}s",
-                         "bold red")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), backoff)
-            if self.stopping.is_set():
-                return
-            backoff = min(backoff * 2, self.opts.max_backoff)
-            try:
-                await self._spawn(child)
-            except OSError as exc:
-                self.out.say("run", f"could not restart {child.label}: {exc}", "bold red")
-                continue
-            child.restarts += 1
-            self.out.say("run", f"restarted {child.label} (pid {child.pid}, restart #{child.restarts})",
-                         "bold yellow")
-
-    def kill_all(self) -> None:
-        """SIGKILL every child's session now (a second Ctrl-C)."""
-        for c in self.children:
-            if c.proc and c.proc.returncode is None:
-                self.out.say("run", f"killing {c.label} (pid {c.pid})", "red")
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(c.proc.pid, signal.SIGKILL)
-
-    async def stop_all(self, timeout: float = 25.0) -> None:
-        """SIGTERM every child (services before Prometheus), then SIGKILL what is left."""
-        self.stopping.set()
-        for group in (
-            [c for c in self.children if c.label != "prometheus"],
-            [c for c in self.children if c.label == "prometheus"],
-        ):
-            for c in group:
-                if c.proc and c.proc.returncode is None:
-                    self.out.say("run", f"stopping {c.label} (pid {c.pid})")
-                    with contextlib.suppress(ProcessLookupError):
-                        c.proc.send_signal(signal.SIGTERM)
-            for c in group:
-                if c.proc is None:
-                    continue
-                try:
-                    await asyncio.wait_for(c.proc.wait(), timeout)
-                except TimeoutError:
-                    self.out.say("run", f"{c.label} did not stop in {timeout:.0f}s: killing it", "red")
-                # the child's session may hold processes of its own: none may outlive it
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(c.proc.pid, signal.SIGKILL)
-                await c.proc.wait()
-        for t in self.tasks:
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(t, 5)
 
 
 # --------------------------------------------------------------------------- the broker
 
 
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.3)
-        return s.connect_ex((host, port)) == 0
-
-
-def start_broker(opts: Options, printer: Printer) -> tuple[str, Any]:
+def start_broker(opts: Options, printer: Printer) -> tuple[str, LocalKafka | None]:
     """(bootstrap, LocalKafka or None): KAFKA_BOOTSTRAP_SERVERS when set, else a Kafka
-    already answering on the port (used, never stopped), else a local broker we start."""
-    from devtools.localkafka import LocalKafka, broker_answers, check_tools
-
+    already answering on the port (used, never stopped), else a local broker we start
+    (the caller stops it). Raises ``StartupError`` when something else holds the port,
+    ``LocalKafkaError`` when the local broker cannot be had."""
     env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if env:
         printer.say("kafka", f"using KAFKA_BOOTSTRAP_SERVERS={env}")
@@ -341,83 +156,6 @@ def start_broker(opts: Options, printer: Printer) -> tuple[str, Any]:
     return bootstrap, broker
 
 
-# --------------------------------------------------------------------------- the webhook receiver
-
-
-class _ReceiverServer(ThreadingHTTPServer):
-    """The demo receiver's server: a thread per connection, and a listen queue for a burst.
-
-    socketserver's default queue holds 5 connections; notify opens up to
-    ``ANTING_NOTIFY_CONCURRENCY`` (64) at once, and the kernel drops a connection that
-    finds the queue full: the client's SYN is retried after 1, 3, 7 s ..., so under a
-    burst some first attempts ran into notify's 15 s timeout and were retried.
-    """
-
-    request_queue_size = socket.SOMAXCONN
-    daemon_threads = True
-
-
-class WebhookReceiver:
-    """A tiny local endpoint for the demo webhook subscription; checks each
-    signature (Standard Webhooks) with the secret notify returned."""
-
-    def __init__(self, printer: Printer) -> None:
-        self.printer = printer
-        self.secret: str | None = None
-        self.received = 0
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            # HTTP/1.1: notify keeps its connections open and sends request after request on
-            # them; HTTP/1.0 would close each one, so every delivery would need a new TCP
-            # connection through the listen queue.
-            protocol_version = "HTTP/1.1"
-            timeout = 60  # an idle kept-alive connection is closed (notify drops its own at 30 s)
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(length)
-                receiver.handle(body, {k.lower(): v for k, v in self.headers.items()})
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:  # the receiver prints its own line
-                pass
-
-        self.server = _ReceiverServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def handle(self, body: bytes, headers: dict[str, str]) -> None:
-        self.received += 1
-        verdict = "unsigned"
-        if self.secret and "webhook-signature" in headers:
-            from standardwebhooks import Webhook
-
-            try:
-                Webhook(self.secret).verify(body, headers)
-                verdict = "signature ok"
-            except Exception as exc:
-                verdict = f"BAD SIGNATURE ({exc})"
-        summary = ""
-        with contextlib.suppress(Exception):
-            doc = orjson.loads(body)
-            event = doc.get("event", doc) if isinstance(doc, dict) else {}
-            summary = f"{event.get('type', '?')} {event.get('id', '?')}"
-        self.printer.say("webhook", f"POST received: webhook-id={headers.get('webhook-id')} "
-                         f"{verdict} {summary}")
-
-
 # --------------------------------------------------------------------------- the stack
 
 
@@ -426,47 +164,31 @@ def _api_headers() -> dict[str, str]:
     return {"authorization": f"Bearer {keys[0]}"} if keys else {}
 
 
-def _loopback_allowed(networks: str) -> bool:
-    addr = ipaddress.ip_address("127.0.0.1")
-    for part in networks.split(","):
-        with contextlib.suppress(ValueError):
-            if part.strip() and addr in ipaddress.ip_network(part.strip(), strict=False):
-                return True
-    return False
-
-
-def prometheus_config(opts: Options, out_dir: Path) -> Path:
-    """ops/prometheus/prometheus.yml with each job pointed at this machine's ports."""
-    import yaml
-
-    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-    config.setdefault("global", {})["scrape_interval"] = f"{opts.scrape_interval:g}s"
-    config["global"]["evaluation_interval"] = f"{opts.scrape_interval:g}s"
-    config["rule_files"] = [str(ALERT_RULES)]
-    config.pop("alerting", None)  # no Alertmanager here; alerts show on /alerts
-    ports = {s.name: s.url.removeprefix("http://") for s in SERVICES}
-    ports["prometheus"] = f"127.0.0.1:{opts.prometheus_port}"
-    for job in config.get("scrape_configs", []):
-        name = job.get("job_name")
-        if name in ports:
-            job["static_configs"] = [{"targets": [ports[name]], "labels": {"service": name}}]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+def scrape_targets(opts: Options) -> dict[str, str]:
+    """Prometheus' job name → ``host:port`` on this machine: each service's, and its own."""
+    targets = {s.name: s.url.removeprefix("http://") for s in SERVICES}
+    targets["prometheus"] = f"127.0.0.1:{opts.prometheus_port}"
+    return targets
 
 
 class Stack:
+    """One run of the stack on ``bootstrap``, its children under ``sup``; ``run()`` starts
+    it all and returns once a stop begins, the caller then stops the children
+    (``sup.stop_all()``) and the demo receiver."""
+
     def __init__(self, opts: Options, printer: Printer, bootstrap: str) -> None:
         self.opts = opts
         self.out = printer
         self.bootstrap = bootstrap
-        self.sup = Supervisor(opts, printer)
+        self.sup = Supervisor(printer, cwd=REPO_ROOT, max_backoff=opts.max_backoff)
         self.receiver: WebhookReceiver | None = None
         self.prometheus_url: str | None = None
         self.counts = {"published": 0, "enriched": 0, "notified": 0}
+        self.tail_ready = asyncio.Event()  # set once the tail reads from the end (or failed)
 
     def child_env(self) -> dict[str, str]:
+        """The children's environment: ours, with the broker and unbuffered output, and
+        loopback allowed for notify's webhooks unless ANTING_NOTIFY_ALLOW_NETWORKS is set."""
         env = dict(os.environ)
         env["KAFKA_BOOTSTRAP_SERVERS"] = self.bootstrap
         env["PYTHONUNBUFFERED"] = "1"
@@ -474,12 +196,16 @@ class Stack:
         env.setdefault("ANTING_NOTIFY_ALLOW_NETWORKS", "127.0.0.0/8")
         return env
 
-    def settings(self) -> Any:
+    def settings(self) -> AntingSettings:
+        """The settings of this environment (its topic prefix, say), on our broker."""
         from shared.settings import AntingSettings, KafkaSettings, load
 
         return load(AntingSettings, kafka=load(KafkaSettings, bootstrap_servers=self.bootstrap))
 
     async def run(self) -> None:
+        """Topics, catalog, services, Prometheus, demo subscriptions, the tail, the seed;
+        then wait until a stop begins. Raises ``StartupError`` when a service's port is
+        taken, ``Stop`` when a stop begins before the services are ready."""
         for spec in SERVICES:
             if port_open(spec.port):
                 raise StartupError(
@@ -515,10 +241,11 @@ class Stack:
                          "red")
 
     async def load_catalog(self) -> None:
+        """``anting orgs load`` once, its output printed; a failure is said, not raised."""
         proc = await asyncio.create_subprocess_exec(
             anting_command(), "orgs", "load", env=self.child_env(), cwd=REPO_ROOT,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, preexec_fn=_child_setup,
+            stderr=asyncio.subprocess.STDOUT, preexec_fn=child_setup,
         )
         try:
             output, _ = await proc.communicate()
@@ -535,6 +262,8 @@ class Stack:
                          "enrich will leave organizations unresolved", "bold red")
 
     async def start_prometheus(self, env: dict[str, str]) -> None:
+        """Prometheus as a child, scraping this stack, when wanted, installed and its port
+        free; otherwise a line saying why not."""
         binary = shutil.which("prometheus")
         if not self.opts.prometheus or binary is None:
             if binary is None:
@@ -547,12 +276,8 @@ class Stack:
                          "(set ANTING_RUN_PROMETHEUS_PORT to another port)", "yellow")
             return
         data = self.opts.state_dir / f"prometheus-{port}"
-        config = prometheus_config(self.opts, data)
-        argv = [
-            binary, f"--config.file={config}", f"--storage.tsdb.path={data / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=2d",
-            "--log.level=warn",
-        ]
+        config = prometheus_config(data, scrape_targets(self.opts), self.opts.scrape_interval)
+        argv = prometheus_argv(binary, config, data, port)
         await self.sup.start(Child("prometheus", argv, env))
         self.prometheus_url = f"http://127.0.0.1:{port}"
 
@@ -599,7 +324,7 @@ class Stack:
             wanted: list[dict[str, Any]] = [
                 {"name": f"{DEMO_PREFIX}: every event to the log", "channel": {"type": "log"}},
             ]
-            if _loopback_allowed(self.child_env()["ANTING_NOTIFY_ALLOW_NETWORKS"]):
+            if loopback_allowed(self.child_env()["ANTING_NOTIFY_ALLOW_NETWORKS"]):
                 self.receiver = WebhookReceiver(self.out)
                 self.receiver.start()
                 wanted.append({
@@ -637,6 +362,8 @@ class Stack:
             await asyncio.sleep(0.2)
 
     async def publish_seed(self) -> None:
+        """POST the seed's events to ingest as one NDJSON batch, in up to ten attempts
+        while ingest is unreachable or answers 5xx; a failure is said, not raised."""
         import httpx
 
         if not self.opts.seed.is_file():
@@ -667,8 +394,9 @@ class Stack:
                     return  # a client error will not fix itself
                 await asyncio.sleep(min(2 ** attempt, 10))
 
-    async def tail(self, settings: Any) -> None:
-        """Print every enriched event and delivery record produced from now on."""
+    async def tail(self, settings: AntingSettings) -> None:
+        """Print every enriched event and delivery record produced from now on (until
+        cancelled); ``tail_ready`` is set once it reads from the end."""
         from aiokafka import TopicPartition
 
         from shared.kafka import make_admin, make_consumer
@@ -709,9 +437,8 @@ class Stack:
             self.tail_ready.set()
             await consumer.stop()
 
-    tail_ready: asyncio.Event
-
     def where_to_look(self) -> None:
+        """Print the URLs of the APIs, the metrics, Kafka and Prometheus."""
         urls = {s.name: s.url for s in SERVICES}
         lines = [
             f"ingest API     {urls['ingest']}/docs   (POST /v1/events, /v1/announcements, /v1/agreements)",
@@ -726,59 +453,6 @@ class Stack:
             self.out.say("run", line, "bold")
 
 
-def alerts_page(prometheus_url: str) -> str:
-    """Where this Prometheus shows its alerts: ``/alerts``, or ``/classic/alerts`` when the
-    binary has no React UI (Debian's package builds Prometheus without it, and answers 404
-    on ``/alerts``). One loopback request, once, when ``make run`` says where to look."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{prometheus_url}/alerts", timeout=2):
-            return f"{prometheus_url}/alerts"
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return f"{prometheus_url}/classic/alerts"
-    except OSError:
-        pass
-    return f"{prometheus_url}/alerts"
-
-
-def describe_enriched(doc: Any) -> str:
-    if not isinstance(doc, dict):
-        return repr(doc)[:200]
-    data = doc.get("data") or {}
-    title = _title(doc)
-    orgs = data.get("organizations") or []
-    shown = []
-    for o in orgs[:6]:
-        resolved = o.get("resolved") if isinstance(o, dict) else None
-        name = o.get("name", "?") if isinstance(o, dict) else str(o)
-        shown.append(f"{name} → {resolved.get('id')}" if isinstance(resolved, dict) else f"{name} → ?")
-    more = f" (+{len(orgs) - 6})" if len(orgs) > 6 else ""
-    enrichment = data.get("enrichment") or {}
-    resolved = enrichment.get("resolved")
-    n_resolved = len(resolved) if isinstance(resolved, list) else resolved
-    stats = f"{n_resolved} resolved, {len(enrichment.get('unresolved') or [])} unresolved"
-    names = "; ".join(shown) + more
-    return f"enriched {doc.get('type')} {doc.get('id')}: {title!r}; {stats}" + (f"; {names}" if names else "")
-
-
-def _title(event: dict[str, Any]) -> str:
-    data = event.get("data") or {}
-    title = str(data.get("headline") or data.get("title") or "") if isinstance(data, dict) else ""
-    return title if len(title) <= 80 else title[:77] + "..."
-
-
-def describe_delivery(doc: Any) -> str:
-    if not isinstance(doc, dict):
-        return repr(doc)[:200]
-    extra = f" status={doc['status_code']}" if doc.get("status_code") else ""
-    if doc.get("error"):
-        extra += f" error={str(doc['error'])[:120]}"
-    return (f"{doc.get('outcome')} via {doc.get('channel')} event={doc.get('event_id')} "
-            f"subscription={doc.get('subscription_id')} attempt={doc.get('attempt')}{extra}")
-
 
 # --------------------------------------------------------------------------- entry point
 
@@ -788,9 +462,10 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 def run(opts: Options) -> int:
     """Run the stack in the foreground until SIGINT/SIGTERM/SIGHUP, or until the
-    process that started it dies; returns the exit code."""
-    from devtools.localkafka import LocalKafkaError
-
+    process that started it dies; returns the exit code: 0 after a stop, 130 when
+    interrupted during start-up, 2 when it cannot start (a ``StartupError`` or
+    ``LocalKafkaError``: its message is printed, not raised), 1 when the stack failed
+    otherwise. The broker it started is stopped before it returns."""
     printer = Printer()
 
     def _early_stop(signum: int, _frame: object) -> None:
@@ -799,7 +474,7 @@ def run(opts: Options) -> int:
     # until the event loop takes over, a signal unwinds the start-up (stopping the broker)
     old_term = signal.signal(signal.SIGTERM, _early_stop)
     old_hup = signal.signal(signal.SIGHUP, _early_stop)
-    _stop_with_parent()
+    stop_with_parent()
     broker = None
     code = 0
     try:
@@ -825,7 +500,6 @@ def run(opts: Options) -> int:
 
 async def _main(opts: Options, printer: Printer, bootstrap: str) -> int:
     stack = Stack(opts, printer, bootstrap)
-    stack.tail_ready = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def _on_signal(sig: signal.Signals) -> None:
