@@ -20,7 +20,8 @@ RUN mkdir -p shared services \
  && rm -rf shared services build *.egg-info
 
 # Then the code, installed in place so the data files beside it (the catalog,
-# the sample events) are where the code looks for them.
+# the sample events) are where the code looks for them. Not devtools/ (`anting run`,
+# the local broker, the test helpers): the commands run here never import it.
 COPY shared/ shared/
 COPY services/ services/
 RUN pip install --no-deps -c requirements.lock -e . \

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, NoReturn, get_args
 
 import typer
 from rich.console import Console
@@ -114,7 +114,10 @@ def run(
         envvar="ANTING_RUN_STATE_DIR", help="where the broker and Prometheus keep data (.local)")] = None,
 ) -> None:
     """The whole stack here (what `make run` runs): Kafka, topics, catalog, the three services, the seed."""
-    from devtools import stack  # a development tool, not in the image: imported here only
+    try:
+        from devtools import stack  # a development tool, not in the image: imported here only
+    except ModuleNotFoundError as exc:
+        _without_devtools(exc, "run")
 
     opts = stack.Options(
         kafka_port=kafka_port, prometheus=prometheus, prometheus_port=prometheus_port,
@@ -174,6 +177,17 @@ def _error(exc: Exception) -> None:
     console.print(Text.assemble(("error: ", "red"), str(exc)))
 
 
+def _without_devtools(exc: ModuleNotFoundError, command: str) -> NoReturn:
+    """``anting run`` and ``anting kafka`` need devtools, which only a checkout's install
+    has (the image copies shared/ and services/): say so, exit 2. ``exc`` is raised again
+    when the missing module is another."""
+    if exc.name != "devtools" and not (exc.name or "").startswith("devtools."):
+        raise exc
+    console.print(f"[red]error:[/red] `anting {command}` is a development tool: run it from a "
+                  "checkout of the repository (`make setup` installs it), not from the image")
+    raise typer.Exit(2)
+
+
 @app.command()
 def kafka(
     port: Annotated[int, typer.Option(help="listener port on 127.0.0.1")] = 9092,
@@ -183,7 +197,10 @@ def kafka(
     ] = False,
 ) -> None:
     """Run a local single-node Kafka broker (KRaft, jars from Maven Central) until Ctrl-C."""
-    from devtools.localkafka import LocalKafkaError, fetch_jars, serve_forever
+    try:
+        from devtools.localkafka import LocalKafkaError, fetch_jars, serve_forever
+    except ModuleNotFoundError as exc:
+        _without_devtools(exc, "kafka")
 
     try:
         if fetch_only:
