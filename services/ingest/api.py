@@ -20,8 +20,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
-from services.ingest import handlers
-from services.ingest.handlers import Problem
+from services.ingest import codec
+from services.ingest.codec import Problem
 from services.ingest.publisher import BrokerUnavailable, Publisher
 from services.ingest.settings import IngestSettings
 from shared.events import AGREEMENT, ANNOUNCEMENT, EVENT_ADAPTER, AgreementData, AnnouncementData
@@ -267,7 +267,7 @@ def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
         return inflater.finish()
 
     async def accept(events: list[Any], traceparent: str | None, started: float) -> Response:
-        records = handlers.to_records(events, settings, traceparent)
+        records = codec.to_records(events, settings, traceparent)
         try:
             await publisher.publish(records)
         except BrokerUnavailable as exc:
@@ -318,7 +318,7 @@ def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
     async def post_events(request: Request) -> Response:
         started = time.perf_counter()
         try:
-            events = handlers.decode_events(await read_body(request),
+            events = codec.decode_events(await read_body(request),
                                             request.headers.get("content-type"))
             return await accept(events, request.headers.get("traceparent"), started)
         except Problem as exc:
@@ -349,7 +349,7 @@ def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
         async def post_data(request: Request) -> Response:
             started = time.perf_counter()
             try:
-                event = handlers.decode_data(
+                event = codec.decode_data(
                     await read_body(request), request.headers.get("content-type"),
                     event_type, source=settings.source,
                     subject=request.query_params.get("subject") or None,

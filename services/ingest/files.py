@@ -22,7 +22,7 @@ from typing import IO, Any
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
-from services.ingest.handlers import (
+from services.ingest.codec import (
     BOM,
     MAX_RECORD_BYTES,
     Unencodable,

@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from services.ingest.handlers import OutRecord
+from services.ingest.codec import OutRecord
 from shared.kafka import make_producer
 from shared.settings import AntingSettings
 

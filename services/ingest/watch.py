@@ -60,6 +60,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.ingest.codec import BOM
 from services.ingest.files import (
     FILE_PRODUCER,
     Position,
@@ -69,7 +70,6 @@ from services.ingest.files import (
     read_lines,
     starts_document,
 )
-from services.ingest.handlers import BOM
 from shared.kafka import make_producer
 from shared.settings import AntingSettings, load
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from services.enrich.catalog import shipped
 from services.enrich.enrich import enrich_bytes
 from services.enrich.resolve import build_index
-from services.ingest.handlers import Problem, decode_events, to_records
+from services.ingest.codec import Problem, decode_events, to_records
 from services.notify.matching import InvalidEvent, decode, match
 from shared.events import EventTooLarge, error_paths, record_event_bytes
 from shared.kafka import PRODUCER_MAX_REQUEST_BYTES, record_size

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.ingest.handlers import to_record
+from services.ingest.codec import to_record
 from shared.events import AgreementEvent, AnnouncementEvent, parse_event
 from shared.settings import AntingSettings
 
