@@ -11,7 +11,7 @@ import logging
 import uvicorn
 
 from services.notify.api import create_app
-from services.notify.pipeline import Notifier
+from services.notify.bootstrap import Notifier
 from services.notify.settings import NotifySettings
 from shared import logs
 from shared.dlq_monitor import DeadLetterMonitor

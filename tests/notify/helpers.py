@@ -19,7 +19,7 @@ from aiosmtpd.controller import Controller
 
 from devtools.localkafka import free_port
 from devtools.testing import wait_until as wait_until  # the notify tests import it from here
-from services.notify.pipeline import Notifier
+from services.notify.bootstrap import Notifier
 from services.notify.settings import NotifySettings
 from shared.events import (
     AnnouncementKind,

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from devtools.testing import produce, read_topic
 from services.notify.api import create_app
-from services.notify.pipeline import Notifier
+from services.notify.bootstrap import Notifier
 from services.notify.settings import NotifySettings
 from shared.settings import AntingSettings
 from shared.subscriptions import SubscriptionRequest

@@ -1,0 +1,151 @@
+"""notify's composition root: builds every part once and wires them — the producer, the
+subscriptions and the ledger (compacted views of their topics), the channels, the
+deliverer, digests, the dead-letter writer, the event pipeline and the retry schedule —
+and runs the two consumer groups. Tests build a :class:`Notifier` with their own
+channels or resolver through the same door. (The shape is cosmicpython's
+``bootstrap.py``: handlers do not build what they use.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Mapping
+
+from aiokafka import AIOKafkaConsumer
+
+from services.notify.channels import Channel
+from services.notify.channels.chat import AppriseSender
+from services.notify.channels.log import LogSender
+from services.notify.channels.smtp import EmailSender
+from services.notify.channels.webhook import WebhookSender
+from services.notify.delivery import Deliverer
+from services.notify.digest import Digests
+from services.notify.ledger import Ledger
+from services.notify.pipeline import EventPipeline
+from services.notify.retries import RetrySchedule
+from services.notify.settings import NotifySettings
+from services.notify.ssrf import Resolver, system_resolver
+from services.notify.subscriptions import SubscriptionStore
+from shared.consumer_loop import ConsumerLoop
+from shared.deadletters import DeadLetterWriter
+from shared.kafka import RecordBatches, ensure_topics, make_consumer, make_producer
+from shared.topics import ENRICHED_EVENTS, NOTIFY_RETRIES
+
+__all__ = ["Notifier", "default_channels"]
+
+log = logging.getLogger(__name__)
+
+
+def default_channels(settings: NotifySettings, resolver: Resolver = system_resolver) -> dict[str, Channel]:
+    """One sender per channel type (``webhook``, ``email``, ``apprise``, ``log``), from the
+    settings; ``resolver`` answers the webhook client's DNS lookups (tests give their own)."""
+    return {
+        "webhook": WebhookSender(settings.networks(), settings.timeout_seconds, settings.concurrency, resolver),
+        "email": EmailSender(
+            settings.smtp_host, settings.smtp_port, settings.smtp_from,
+            username=settings.smtp_username, password=settings.smtp_password,
+            starttls=settings.smtp_starttls, timeout=settings.timeout_seconds,
+        ),
+        "apprise": AppriseSender(),
+        "log": LogSender(settings.log_path),
+    }
+
+
+class Notifier:
+    """notify, wired: :meth:`start` (topics, producer, state loaded), :meth:`run` (the
+    ``enriched-events`` group and the ``notify-retries`` group until stopped),
+    :meth:`close`. ``channels`` replaces :func:`default_channels` (tests)."""
+
+    def __init__(self, settings: NotifySettings, channels: Mapping[str, Channel] | None = None) -> None:
+        self.settings = settings
+        self.producer = make_producer(settings, linger_ms=20)
+        self.store = SubscriptionStore(settings, self.producer)
+        self.batches = RecordBatches(self.producer)  # the notifications lines (the ledger's log)
+        self.ledger = Ledger(settings, self.producer, self.batches)
+        self.channels = channels or default_channels(settings)
+        self.deliverer = Deliverer(settings, self.producer, self.store, self.ledger, self.channels)
+        self.digests = Digests(self.deliverer, self.ledger)
+        self.dlq = DeadLetterWriter(self.producer, settings)
+        self.pipeline = EventPipeline(self.store, self.ledger, self.deliverer, self.digests, self.dlq)
+        self.stop_event = asyncio.Event()
+        self.retry_schedule = RetrySchedule(self.deliverer, self.ledger, self.dlq, self.stop_event, self.store)
+        self.store.health = self.ledger.health  # the API shows each subscription's failing state
+        if settings.retry_time_scale != 1:
+            log.warning("retry schedule and disabling run %g times faster (ANTING_NOTIFY_RETRY_TIME_SCALE): "
+                        "for tests and demos only", settings.retry_time_scale)
+        self.started = False
+        self._consumers: list[AIOKafkaConsumer] = []
+
+    async def start(self) -> None:
+        """Topics, producer, and the in-memory state caught up with Kafka."""
+        await ensure_topics(self.settings)
+        await self.producer.start()
+        await self.store.start()
+        await self.ledger.start()
+        self.started = True
+
+    async def ready(self) -> tuple[bool, str]:
+        """(ready, why): ready when the state is loaded and the broker answers a metadata request."""
+        if not (self.started and self.store.view.ready.is_set() and self.ledger.view.ready.is_set()):
+            return False, "loading subscriptions and ledger"
+        try:
+            await asyncio.wait_for(self.producer.client.fetch_all_metadata(), 3.0)
+        except Exception as exc:
+            return False, f"broker unreachable: {type(exc).__name__}"
+        return True, "broker reachable, state loaded"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, then finish in-flight work, commit and flush."""
+        group = self.settings.group
+        opts = {"max_poll_records": 1000, "session_timeout_ms": self.settings.session_timeout_ms,
+                "heartbeat_interval_ms": min(3000, self.settings.session_timeout_ms // 3)}
+        events = make_consumer(self.settings, group_id=group, **opts)
+        retries = make_consumer(self.settings, group_id=f"{group}-retries", **opts)
+        self._consumers = [events, retries]
+        await events.start()
+        await retries.start()
+        main = ConsumerLoop(
+            events, self.settings.topic(ENRICHED_EVENTS), self.pipeline.handle_event,
+            max_in_flight=max(4 * self.settings.concurrency, 256),
+            commit_interval=self.settings.commit_interval_seconds, name="events",
+            # first attempts end within the delivery timeout; the group gives a member
+            # its session timeout to rejoin, so wait at most half of that
+            revoke_grace=min(self.settings.timeout_seconds, self.settings.session_timeout_ms / 2000),
+            on_assigned=functools.partial(self.ledger.assigned, "events"),
+        )
+        sched = ConsumerLoop(
+            retries, self.settings.topic(NOTIFY_RETRIES), self.retry_schedule.handle,
+            max_in_flight=50_000, commit_interval=self.settings.commit_interval_seconds, name="retries",
+            on_assigned=functools.partial(self.ledger.assigned, "retries"),
+        )
+        main.subscribe()
+        sched.subscribe()
+
+        async def relay() -> None:
+            await stop.wait()
+            self.stop_event.set()
+            self.store.wake_all()  # retries waiting for a disabled subscription give up for now
+
+        relay_task = asyncio.create_task(relay())
+        try:
+            await asyncio.gather(main.run(self.stop_event), sched.run(self.stop_event, grace=2.0))
+        finally:
+            relay_task.cancel()
+            for c in (events, retries):
+                with contextlib.suppress(Exception):
+                    await c.stop()
+
+    async def close(self) -> None:
+        """Close the channels, stop the state's readers, flush the ledger's lines, stop the producer."""
+        for ch in self.channels.values():
+            with contextlib.suppress(Exception):
+                await ch.aclose()
+        await self.store.stop()
+        await self.ledger.stop()
+        with contextlib.suppress(Exception):
+            await self.batches.flush()
+        with contextlib.suppress(Exception):
+            await self.producer.stop()
