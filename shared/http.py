@@ -1,6 +1,7 @@
-"""What every Anting HTTP surface shares: RFC 9457 problem responses, health and
-metrics endpoints, API-key checking, request-latency metrics and API docs that
-load nothing from the internet (FastAPI).
+"""What every Anting HTTP surface shares: RFC 9457 problem details (:class:`Problem`,
+:func:`problem`), the media type of a ``Content-Type``, the API-key dependency
+(:func:`require_api_key`), health and metrics endpoints, request-latency metrics and
+API docs that load nothing from the internet (FastAPI).
 """
 
 from __future__ import annotations
@@ -8,24 +9,56 @@ from __future__ import annotations
 import contextlib
 import hmac
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import fastapi_offline
 import orjson
 import uvicorn
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.docs import (
     get_redoc_html,
     get_swagger_ui_html,
     get_swagger_ui_oauth2_redirect_html,
 )
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.metrics import HTTP_REQUEST_SECONDS, render
+
+__all__ = [
+    "BEARER",
+    "DOCS_ASSETS",
+    "PROBLEM_JSON",
+    "PROBLEM_SCHEMA",
+    "TITLES",
+    "ApiKeys",
+    "EmbeddedServer",
+    "ErrorItem",
+    "Problem",
+    "RequestMetrics",
+    "health_router",
+    "install_request_metrics",
+    "media_type",
+    "problem",
+    "problem_responses",
+    "require_api_key",
+    "serve_docs_locally",
+    "unauthorized",
+    "use_api_keys",
+]
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -41,6 +74,104 @@ TITLES = {
 }
 
 
+def media_type(content_type: str | None) -> str:
+    """The media type of a ``Content-Type`` value, lower-case and without parameters
+    (``"Application/JSON; charset=utf-8"`` → ``"application/json"``); ``""`` for None
+    or an empty value. Nothing is validated: a caller compares the result with the
+    types it accepts."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorItem:
+    """One entry of a problem's ``errors`` list: ``path`` says where (``$`` for the whole
+    body, ``data.headline`` for a field, ``[3].id`` for a batch item's field,
+    ``header.authorization`` for a header), ``message`` what is wrong, for a person, and
+    ``type`` what kind of error it is, for a program (pydantic's error type, or
+    ``json_invalid``, ``too_large``, ``media_type``…); without a ``type`` the entry has
+    only ``path`` and ``message`` on the wire."""
+
+    path: str
+    message: str
+    type: str | None = None
+
+    @classmethod
+    def of(cls, entries: Iterable[Mapping[str, str]]) -> list[ErrorItem]:
+        """Items from ``{"path", "message"[, "type"]}`` mappings (what
+        :func:`shared.events.error_paths` returns)."""
+        return [cls(e["path"], e["message"], e.get("type")) for e in entries]
+
+    def to_json(self) -> dict[str, str]:
+        """The entry on the wire: ``{"path", "message", "type"}`` (``type`` when set)."""
+        if self.type is None:
+            return {"path": self.path, "message": self.message}
+        return {"path": self.path, "message": self.message, "type": self.type}
+
+
+def _problem_doc(status: int, detail: str, errors: list[Any], type_: str,
+                 extensions: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON object of a problem: RFC 9457's members, ``errors``, then the extensions."""
+    return {
+        "type": type_,
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "errors": errors,
+        **extensions,
+    }
+
+
+class Problem(Exception):
+    """An RFC 9457 problem, raised where a request is refused and answered as
+    ``application/problem+json`` by :meth:`response`, built whole: ``status`` (the HTTP
+    status), ``detail`` (what happened and what to do, for a person), ``errors`` (one
+    :class:`ErrorItem` per thing wrong), ``headers`` (of the response: ``Retry-After``,
+    ``WWW-Authenticate``…) and ``extensions`` (members after ``errors``, JSON values:
+    ``rejected``, ``supported_encodings``…). ``type`` is always ``about:blank`` and
+    ``title`` the status's, from :data:`TITLES`."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        errors: Iterable[ErrorItem] = (),
+        *,
+        headers: Mapping[str, str] | None = None,
+        extensions: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors: tuple[ErrorItem, ...] = tuple(errors)
+        self.headers: dict[str, str] = dict(headers or {})
+        self.extensions: dict[str, Any] = dict(extensions or {})
+
+    @classmethod
+    def unauthorized(cls, authorization: str | None) -> Problem:
+        """The 401 of a request whose ``Authorization`` header (``authorization``, None
+        when missing) holds no accepted API key, with ``WWW-Authenticate: Bearer``."""
+        detail = ("missing API key: send 'Authorization: Bearer <key>'"
+                  if not authorization else "wrong API key")
+        return cls(401, detail, [ErrorItem("header.authorization", detail, "unauthorized")],
+                   headers={"WWW-Authenticate": "Bearer"})
+
+    def to_json(self) -> dict[str, Any]:
+        """The problem's JSON object, as :meth:`response` sends it."""
+        return _problem_doc(self.status, self.detail, [e.to_json() for e in self.errors],
+                            "about:blank", self.extensions)
+
+    def response(self) -> Response:
+        """The ``application/problem+json`` response, with :attr:`headers`."""
+        return Response(orjson.dumps(self.to_json()), status_code=self.status,
+                        media_type=PROBLEM_JSON, headers=self.headers or None)
+
+
+async def _answer_problem(_: Request, exc: Exception) -> Response:
+    """The exception handler of :class:`Problem` (see :func:`use_api_keys`)."""
+    assert isinstance(exc, Problem)
+    return exc.response()
+
+
 def problem(
     status: int,
     detail: str,
@@ -50,16 +181,13 @@ def problem(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> Response:
-    """An RFC 9457 ``application/problem+json`` response with an ``errors`` list."""
-    body = {
-        "type": type_,
-        "title": TITLES.get(status, "Error"),
-        "status": status,
-        "detail": detail,
-        "errors": list(errors),
-        **extra,
-    }
-    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    """An RFC 9457 ``application/problem+json`` response with an ``errors`` list given as
+    plain dicts (``{"path", "message"}``, as :func:`shared.events.error_paths` returns
+    them); ``extra`` are members after ``errors``. :class:`Problem` is the same answer
+    as an exception with typed errors."""
+    body = _problem_doc(status, detail, list(errors), type_, extra)
+    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON,
+                    headers=headers)
 
 
 PROBLEM_SCHEMA: dict[str, Any] = {
@@ -100,13 +228,17 @@ class ApiKeys:
 
     @classmethod
     def parse(cls, csv: str | None) -> ApiKeys:
+        """The keys of a comma-separated list (blanks around and empty entries ignored)."""
         return cls([k.strip() for k in (csv or "").split(",")])
 
     @property
     def enabled(self) -> bool:
+        """Whether any key is set (with none, every request is allowed)."""
         return bool(self.keys)
 
     def allows(self, authorization: str | None) -> bool:
+        """Whether an ``Authorization`` header value (None when missing) is ``Bearer``
+        with one of the keys; always True when no key is set."""
         if not self.keys:
             return True
         scheme, _, token = (authorization or "").partition(" ")
@@ -117,14 +249,44 @@ class ApiKeys:
         return ok
 
 
+# documents the Bearer scheme in OpenAPI; the key itself is checked by ApiKeys
+BEARER = HTTPBearer(auto_error=False, description="one of ANTING_API_KEYS, when set")
+
+
+def use_api_keys(app: FastAPI, keys: str | None) -> ApiKeys:
+    """Guard ``app``'s routes that depend on :func:`require_api_key` with ``keys``
+    (``ANTING_API_KEYS``: comma-separated; empty or None lets every request through),
+    kept as ``app.state.api_keys``, and answer a :class:`Problem` raised by a route or
+    dependency as problem+json (the 401 among them). Returns the keys."""
+    app.state.api_keys = api_keys = ApiKeys.parse(keys)
+    app.add_exception_handler(Problem, _answer_problem)
+    return api_keys
+
+
+# async: a sync dependency would cost a thread hand-off on every request
+async def require_api_key(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
+) -> None:
+    """FastAPI dependency (``dependencies=[Depends(require_api_key)]``): the request's
+    ``Authorization: Bearer <key>`` names one of the app's keys (see
+    :func:`use_api_keys`), else :meth:`Problem.unauthorized` (401) is raised. It reads
+    the header itself; ``_credentials`` (FastAPI's :data:`BEARER`) is there only so that
+    OpenAPI documents the scheme, and may be left out when calling it directly.
+    Raises :class:`RuntimeError` when :func:`use_api_keys` was not called on the app."""
+    try:
+        keys: ApiKeys = request.app.state.api_keys
+    except AttributeError:
+        raise RuntimeError("require_api_key on an app without use_api_keys(app, ...)") from None
+    if keys.keys:
+        authorization = request.headers.get("authorization")
+        if not keys.allows(authorization):
+            raise Problem.unauthorized(authorization)
+
+
 def unauthorized(authorization: str | None = None) -> Response:
-    """The 401 problem; ``authorization`` (the header sent) tells missing from wrong."""
-    detail = ("missing API key: send 'Authorization: Bearer <key>'"
-              if not authorization else "wrong API key")
-    return problem(
-        401, detail, headers={"WWW-Authenticate": "Bearer"},
-        errors=[{"path": "header.authorization", "message": detail, "type": "unauthorized"}],
-    )
+    """The 401 problem response of :meth:`Problem.unauthorized`."""
+    return Problem.unauthorized(authorization).response()
 
 
 def health_router(ready: Callable[[], Awaitable[tuple[bool, str]]]) -> APIRouter:

@@ -27,12 +27,12 @@ from services.notify.ssrf import literal_refusal
 from services.notify.subscriptions import SubscriptionStore
 from shared.events import error_paths, record_event_bytes
 from shared.http import (
-    ApiKeys,
     health_router,
     install_request_metrics,
     problem,
     problem_responses,
-    unauthorized,
+    require_api_key,
+    use_api_keys,
 )
 from shared.kafka import make_consumer
 from shared.subscriptions import Filter, SubscriptionRequest
@@ -68,10 +68,6 @@ class ResumePoints:
         return self.points.get(key) if key is not None else None
 
 
-class _Unauthorized(Exception):
-    pass
-
-
 def filter_from_query(
     types: list[str], kinds: list[str], organizations: list[str], sectors: list[str], cities: list[str]
 ) -> Filter:
@@ -85,9 +81,9 @@ def filter_from_query(
 
 
 def create_app(settings: NotifySettings, store: SubscriptionStore, ready: Any = None) -> FastAPI:
-    keys = ApiKeys.parse(settings.api_keys)
     app = FastAPI(title="Anting notify", version="0.1.0",
                   description="Filtered subscriptions delivered by webhook, email, chat and log.")
+    use_api_keys(app, settings.api_keys)
     install_request_metrics(app, "notify")
 
     async def _ready() -> tuple[bool, str]:
@@ -97,21 +93,12 @@ def create_app(settings: NotifySettings, store: SubscriptionStore, ready: Any = 
 
     app.include_router(health_router(_ready))
 
-    # async: a sync dependency would cost a thread hand-off on every request
-    async def require_key(request: Request) -> None:
-        if not keys.allows(request.headers.get("authorization")):
-            raise _Unauthorized
-
-    @app.exception_handler(_Unauthorized)
-    async def _unauth(request: Request, __: Exception) -> Response:
-        return unauthorized(request.headers.get("authorization"))
-
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
         errors = [{"path": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
         return problem(422, "invalid request", errors=errors)
 
-    auth = [Depends(require_key)]
+    auth = [Depends(require_api_key)]
 
     @app.post(
         "/v1/subscriptions", status_code=201, dependencies=auth, tags=["subscriptions"],
