@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+
+if TYPE_CHECKING:  # imported where used: `anting --help` stays quick
+    from services.notify.settings import NotifySettings
+    from services.notify.subscriptions import SubscriptionStore
+    from shared.subscriptions import Filter, Subscription, SubscriptionRequest
+
+T = TypeVar("T")
 
 app = typer.Typer()
 subs_app = typer.Typer(help="Subscriptions (kept on the compacted subscriptions topic).", no_args_is_help=True)
@@ -38,7 +46,8 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-async def _with_store(fn: Any, *, health: bool = False) -> Any:
+async def _with_store(fn: Callable[[SubscriptionStore, NotifySettings], Awaitable[T]], *,
+                      health: bool = False) -> T:
     """Run ``fn(store, settings)`` on the subscriptions read from Kafka; with ``health``, the
     store also knows each subscription's delivery health, from the ledger folded from the
     last 7 days of ``notifications`` (the same fold a running notify keeps in memory)."""
@@ -123,7 +132,7 @@ def subscriptions_add(
         sys.stdout.write(orjson.dumps(created, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
 
-    async def create(store: Any, settings: Any) -> dict[str, Any]:
+    async def create(store: SubscriptionStore, settings: NotifySettings) -> dict[str, Any]:
         if request.channel.type == "webhook":
             why = literal_refusal(request.channel.url, settings.networks())
             if why:
@@ -139,12 +148,12 @@ def subscriptions_add(
     sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def _api_url(settings: Any) -> str:
+def _api_url(settings: NotifySettings) -> str:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     return f"http://{host}:{settings.port}/v1/subscriptions"
 
 
-def _create_through_api(request: Any) -> dict[str, Any] | None:
+def _create_through_api(request: SubscriptionRequest) -> dict[str, Any] | None:
     """POST the subscription to the running notify service (``ANTING_NOTIFY_HOST``/``_PORT``,
     the first of ``ANTING_API_KEYS``): its answer (201, with the secret), or exit 2 with
     its problem's field paths; ``None`` when nothing answers there, and the caller writes the
@@ -208,7 +217,7 @@ def subscriptions_list(fmt: Annotated[Format, typer.Option("--format")] = Format
     when, deliveries waiting for a retry and the next attempt (from the notifications log)."""
     import orjson
 
-    async def all_subs(store: Any, _: Any) -> list[dict[str, Any]]:
+    async def all_subs(store: SubscriptionStore, _: NotifySettings) -> list[dict[str, Any]]:
         return list(store.views())
 
     subs = asyncio.run(_with_store(all_subs, health=True))
@@ -235,7 +244,7 @@ def subscriptions_list(fmt: Annotated[Format, typer.Option("--format")] = Format
 def subscriptions_enable(sub_id: Annotated[str, typer.Argument(help="subscription id")]) -> None:
     """Enable a disabled subscription again (disabled by a 410 or by failing for days): its
     retries still scheduled resume at once and new events match it again."""
-    async def enable(store: Any, _: Any) -> Any:
+    async def enable(store: SubscriptionStore, _: NotifySettings) -> tuple[Subscription, str | None] | None:
         return await store.enable(sub_id)
 
     out = asyncio.run(_with_store(enable))
@@ -252,7 +261,7 @@ def subscriptions_enable(sub_id: Annotated[str, typer.Argument(help="subscriptio
 @subs_app.command("rm")
 def subscriptions_rm(sub_id: Annotated[str, typer.Argument(help="subscription id")]) -> None:
     """Delete a subscription."""
-    async def delete(store: Any, _: Any) -> bool:
+    async def delete(store: SubscriptionStore, _: NotifySettings) -> bool:
         return bool(await store.delete(sub_id))
 
     if not asyncio.run(_with_store(delete)):
@@ -284,7 +293,7 @@ def subscribe(
         pass
 
 
-async def _tail(flt: Any, fmt: Format, from_beginning: bool, limit: int | None, idle_exit: float | None) -> None:
+async def _tail(flt: Filter, fmt: Format, from_beginning: bool, limit: int | None, idle_exit: float | None) -> None:
     import time
 
     import orjson

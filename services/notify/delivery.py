@@ -43,6 +43,7 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaProducer
 
 from services.notify.channels import Channel, Result
 from services.notify.ledger import SUPERSEDED, Ledger
@@ -114,10 +115,14 @@ class Slots:
 
 
 class Deliverer:
+    """Attempts deliveries through the channels and settles each outcome (see the module):
+    the one place a delivery's attempt, outcome, ledger line, retry record and dead letter
+    are decided."""
+
     def __init__(
         self,
         settings: NotifySettings,
-        producer: Any,
+        producer: AIOKafkaProducer,
         store: SubscriptionStore,
         ledger: Ledger,
         channels: Mapping[str, Channel],
@@ -139,10 +144,10 @@ class Deliverer:
         self._disabling: set[str] = set()
 
     async def run(self, delivery: Delivery, *, retry: bool = False,
-                  acks: list[asyncio.Future[Any]] | None = None) -> str:
-        """Attempt the delivery once and record the outcome; returns it, or ``suppressed``
-        (not attempted: see :meth:`suppressed`), or ``parked`` (a retry of a disabled
-        subscription: nothing done; the retry schedule waits until it is enabled).
+                  acks: list[asyncio.Future[Any]] | None = None) -> DeliveryOutcome | None:
+        """Attempt the delivery once and record the outcome; returns it (``suppressed``: not
+        attempted, see :meth:`suppressed`), or ``None`` for a retry of a disabled
+        subscription: nothing done, the retry schedule waits until it is enabled.
 
         ``retry``: the attempt comes from a retry record (a dead letter replayed included),
         which the ledger judges as such (:meth:`Ledger.suppresses`).
@@ -151,17 +156,17 @@ class Deliverer:
         sub = self.store.get(delivery.subscription_id)
         if sub is None or sub.disabled:
             if sub is not None and retry:
-                return "parked"
+                return None
             why = "subscription disabled" if sub else "subscription deleted"
             channel = self.channel_of(delivery, sub)
             self.suppressed(delivery.event_source, delivery.event_id, [(channel, delivery.subscription_id, why)])
             await self._finish([await self._record(sub, delivery, DeliveryOutcome.suppressed,
                                                    Result("permanent", error=why))], acks)
-            return "suppressed"
+            return DeliveryOutcome.suppressed
         stopped = self.ledger.suppresses(delivery.key, delivery.attempt, retry=retry)
         if stopped is not None:
             self.suppressed(delivery.event_source, delivery.event_id, [(sub.channel.type, sub.id, stopped)])
-            return "suppressed"
+            return DeliveryOutcome.suppressed
         async with self.sem:
             try:
                 result = await self.channels[sub.channel.type].send(sub, delivery)
@@ -244,14 +249,17 @@ class Deliverer:
                 f"failing since {_iso(since)}; last error: {result.error or 'failed'}")
 
     async def settle(self, sub: Subscription, delivery: Delivery, result: Result,
-                     acks: list[asyncio.Future[Any]] | None = None) -> str:
+                     acks: list[asyncio.Future[Any]] | None = None) -> DeliveryOutcome:
+        """Record the attempt's ``result`` and act on it — delivered; retried (a retry record
+        due after the schedule's delay); dead (a dead letter) — and disable the subscription
+        when the failure says so (see the module); returns the outcome."""
         channel = sub.channel.type
         if result.verdict == "ok":
             if delivery.ingested_ms:
                 END_TO_END_SECONDS.observe(max(0.0, time.time() - delivery.ingested_ms / 1000))
             await self._finish([await self._record(sub, delivery, DeliveryOutcome.delivered, result)], acks)
             _count(channel, "delivered")
-            return "delivered"
+            return DeliveryOutcome.delivered
         _count(channel, "failed")
         disable = self.disable_reason(sub, result)
         if disable is not None:
@@ -280,7 +288,7 @@ class Deliverer:
                 await self._record(sub, delivery, DeliveryOutcome.retried, result, next_at=due, disabled=disable),
             ], acks)
             _count(channel, "retried")
-            outcome = "retried"
+            outcome = DeliveryOutcome.retried
         else:
             # dead: permanent failure, 410, or the schedule used up
             replayable = dataclasses.replace(delivery, attempt=1, channel=channel)
@@ -298,7 +306,7 @@ class Deliverer:
             _count(channel, "dead")
             log.warning("delivery dead", extra={"subscription": sub.id, "key": delivery.key,
                                                 "error": result.error, "attempt": delivery.attempt})
-            outcome = "dead"
+            outcome = DeliveryOutcome.dead
         if disable is not None:
             try:
                 if await self.store.disable(sub.id, disable):

@@ -30,7 +30,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+
+from aiokafka import ConsumerRecord
 
 from services.notify.delivery import DUE_HEADER, Deliverer
 from services.notify.ledger import Ledger
@@ -42,7 +43,7 @@ from shared.deadletters import DeadLetterWriter, from_record
 log = logging.getLogger(__name__)
 
 
-def due_ms(record: Any) -> int:
+def due_ms(record: ConsumerRecord[bytes, bytes]) -> int:
     """The record's due time (``anting.due_ms``, ms since the epoch); 0 when it has none."""
     for k, v in record.headers or ():
         if k == DUE_HEADER:
@@ -71,7 +72,10 @@ class RetrySchedule:
                                   [(self.deliverer.channel_of(delivery, sub), delivery.subscription_id, why)])
         return True
 
-    async def handle(self, record: Any) -> None:
+    async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        """Attempt the delivery a retry record holds once it is due (a record that is not one
+        goes to ``dead-letters``); raises :class:`~shared.consumer_loop.Abandoned` when notify
+        stops before then, so the record is read again."""
         try:
             delivery = Delivery.from_json(record.value)
             due = due_ms(record)
@@ -89,7 +93,7 @@ class RetrySchedule:
         while True:
             await self._until_enabled(sub_id)
             delivery = Delivery.from_json(record.value)
-            if await self.deliverer.run(delivery, retry=True) != "parked":
+            if await self.deliverer.run(delivery, retry=True) is not None:  # None: parked
                 return
 
     async def _until_enabled(self, sub_id: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from typing import Any
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -101,7 +100,7 @@ class NotifySettings(AntingSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _replaced(cls, data: Any) -> Any:
+    def _replaced(cls, data: object) -> object:
         given = set(data) if isinstance(data, dict) else set()
         for name, instead in _REPLACED.items():
             if name in given or f"ANTING_NOTIFY_{name.upper()}" in os.environ:

@@ -15,9 +15,9 @@ import email.utils
 import hmac
 import time
 from binascii import b2a_base64
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
 
 from shared.subscriptions import Subscription
 
@@ -33,7 +33,7 @@ USER_AGENT = "anting-notify/0.1"
 
 
 @lru_cache(maxsize=4096)
-def _hmac(secret: str) -> Any:
+def _hmac(secret: str) -> hmac.HMAC:
     """An HMAC-SHA256 keyed with a ``whsec_`` secret (decoded as standardwebhooks decodes
     it), to be copied per message: the key's padding is hashed once, not per message."""
     key = base64.b64decode(secret.removeprefix("whsec_") + "==")
@@ -71,7 +71,7 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def classify(code: int, headers: Any) -> Result:
+def classify(code: int, headers: Mapping[str, str]) -> Result:
     if 200 <= code < 300:
         return Result("ok", code)
     if code == 410:
