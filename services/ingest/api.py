@@ -21,12 +21,14 @@ from starlette.routing import Match, Route
 from starlette.types import Scope
 
 from services.ingest import codec
-from services.ingest.codec import Problem
+from services.ingest.codec import Rejection
 from services.ingest.publisher import BrokerUnavailable, Publisher
 from services.ingest.settings import IngestSettings
 from shared.events import AGREEMENT, ANNOUNCEMENT, EVENT_ADAPTER, AgreementData, AnnouncementData
 from shared.http import (
     ApiKeys,
+    ErrorItem,
+    Problem,
     health_router,
     install_request_metrics,
     problem,
@@ -81,7 +83,7 @@ class _LeanRoute(Route):
 
 
 def _too_large(detail: str) -> Problem:
-    return Problem(413, detail, [{"path": "$", "message": "body too large", "type": "too_large"}])
+    return Problem(413, detail, [ErrorItem("$", "body too large", "too_large")])
 
 
 def content_coding(value: str) -> str | None:
@@ -98,10 +100,10 @@ def content_coding(value: str) -> str | None:
         raise Problem(
             415, f"{what}; the supported content codings are gzip, deflate and identity "
             "(uncompressed)",
-            [{"path": "header.content-encoding", "message": "unsupported content coding",
-              "type": "content_encoding"}],
-            supported_encodings=list(SUPPORTED_CODINGS),
+            [ErrorItem("header.content-encoding", "unsupported content coding",
+                       "content_encoding")],
             headers={"Accept-Encoding": ", ".join(SUPPORTED_CODINGS)},
+            extensions={"supported_encodings": list(SUPPORTED_CODINGS)},
         )
     return codings[0] if codings else None
 
@@ -130,8 +132,7 @@ class Inflater:
         return Problem(400, f"the body is not {self.coding} data, though Content-Encoding "
                        f"says {self.coding}: {why}; send the body {self.coding}-compressed "
                        "or without that header",
-                       [{"path": "header.content-encoding", "message": why,
-                         "type": "content_encoding"}])
+                       [ErrorItem("header.content-encoding", why, "content_encoding")])
 
     def _new(self, data: bytes) -> Any:
         if self.coding == "gzip":
@@ -291,12 +292,13 @@ def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
         )
 
     def rejected(exc: Problem) -> Response:
-        counts: dict[str, int] = {}
-        for t in exc.rejected_types:
-            counts[t] = counts.get(t, 0) + 1
-        for t, n in counts.items():
-            INGEST_EVENTS.labels(t, "rejected").inc(n)
-        return problem(exc.status, exc.detail, errors=exc.errors, **exc.extra)
+        if isinstance(exc, Rejection):
+            counts: dict[str, int] = {}
+            for t in exc.rejected_types:
+                counts[t] = counts.get(t, 0) + 1
+            for t, n in counts.items():
+                INGEST_EVENTS.labels(t, "rejected").inc(n)
+        return exc.response()
 
     @app.post(
         "/v1/events",

@@ -1,5 +1,6 @@
-"""What ingest decides, with no I/O: bytes in → validated events or a problem; events →
-Kafka records (topic by type, key, CloudEvents binding headers, traceparent).
+"""The codec of ingest, with no I/O: a body's bytes and media type → validated events, or
+a :class:`Rejection` (an RFC 9457 problem) saying what is wrong; events → Kafka records
+(topic by type, key, canonical JSON, CloudEvents binding headers, traceparent).
 
 The HTTP entry point (``api.py``) and the file publisher (``files.py``) both come here,
 so a line in a file and an item in a request are judged by the same code.
@@ -10,8 +11,8 @@ from __future__ import annotations
 import re
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,8 +31,28 @@ from shared.events import (
     error_paths,
     read_json,
 )
+from shared.http import ErrorItem, Problem, media_type
 from shared.settings import AntingSettings
 from shared.topics import INPUT_TOPICS_BY_TYPE
+
+__all__ = [
+    "BOM",
+    "JSON_TYPES",
+    "MAX_RECORD_BYTES",
+    "NDJSON_TYPES",
+    "OutRecord",
+    "Problem",
+    "RejectedItem",
+    "Rejection",
+    "Unencodable",
+    "decode_data",
+    "decode_events",
+    "encode",
+    "to_record",
+    "to_records",
+    "traceparent_of",
+    "type_label",
+]
 
 # what a JSON body may be sent as; anything else is 415
 JSON_TYPES = frozenset({
@@ -53,19 +74,78 @@ TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 BATCH_ADAPTER: TypeAdapter[list[AnyEvent]] = TypeAdapter(list[Event])
 
 
-class Problem(Exception):
-    """A request (or line) that cannot be accepted: an HTTP status, a detail and field paths."""
+@dataclass(frozen=True, slots=True)
+class RejectedItem:
+    """One rejected item of a batch (an array item, or an NDJSON line counted from 0):
+    its ``index``, its ``id`` when it has a string one, and what is wrong with it
+    (``errors``, paths relative to the item)."""
+
+    index: int
+    id: str | None
+    errors: tuple[ErrorItem, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry of the problem's ``rejected`` member: ``{"index", "id", "errors"}``."""
+        return {"index": self.index, "id": self.id, "errors": [e.to_json() for e in self.errors]}
+
+
+class Rejection(Problem):
+    """A :class:`Problem` about events (of a request, or a line of a file) that also
+    names the event types of what it rejected, ``rejected_types`` (``unknown`` for an
+    item without a known type), for ``anting_ingest_events_total{outcome="rejected"}``.
+    A batch's rejection (:meth:`batch`) lists every rejected item in ``rejected``."""
 
     def __init__(
-        self, status: int, detail: str, errors: Sequence[dict[str, Any]] = (), **extra: Any
+        self,
+        status: int,
+        detail: str,
+        errors: Iterable[ErrorItem] = (),
+        *,
+        rejected_types: Iterable[str] = (),
+        extensions: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.errors = list(errors)
-        self.extra = extra
-        # event types of what was rejected, for anting_ingest_events_total
-        self.rejected_types: list[str] = []
+        super().__init__(status, detail, errors, extensions=extensions)
+        self.rejected_types: tuple[str, ...] = tuple(rejected_types)
+
+    @classmethod
+    def batch(cls, items: Sequence[Any], errors_by_index: Mapping[int, Sequence[ErrorItem]],
+              status: int = 422) -> Rejection:
+        """The rejection of a whole batch for the errors of some of its ``items`` (the
+        parsed items, or ``{"id", "type"}`` of each event): 400 (malformed) or 422
+        (invalid). ``errors`` holds each item's errors with its index in front of the path
+        (``[3].data.headline``, ``[3]`` for the item itself), ``rejected`` one
+        :class:`RejectedItem` per bad item, and every item of the batch counts as
+        rejected."""
+        rejected: list[RejectedItem] = []
+        flat: list[ErrorItem] = []
+        for i in sorted(errors_by_index):
+            errs = tuple(errors_by_index[i])
+            item = items[i] if 0 <= i < len(items) else None
+            item_id = item.get("id") if isinstance(item, dict) else None
+            rejected.append(RejectedItem(i, item_id if isinstance(item_id, str) else None, errs))
+            flat.extend(replace(e, path=f"[{i}].{e.path}" if e.path != "$" else f"[{i}]")
+                        for e in errs)
+        what = "malformed" if status == 400 else "invalid"
+        return cls(
+            status,
+            f"{len(rejected)} of {len(items)} events {what}; the request was rejected and "
+            "nothing was published",
+            flat,
+            rejected_types=[type_label(x) for x in items],
+            extensions={"rejected": [r.to_json() for r in rejected]},
+        )
+
+    @classmethod
+    def not_json(cls, exc: ValueError, event_type: str) -> Rejection:
+        """400: the body is not JSON (``exc`` says where), counted as one ``event_type``."""
+        return cls(400, f"the body is not valid JSON: {exc}",
+                   [ErrorItem("$", str(exc), "json_invalid")], rejected_types=[event_type])
+
+
+def _unsupported_media_type(mtype: str, accepted: str) -> Problem:
+    """415 for a body of media type ``mtype``; ``accepted`` names what may be sent."""
+    return Problem(415, f"content type {mtype or '(none)'!r} is not accepted; send {accepted}",
+                   [ErrorItem("$", "unsupported media type", "media_type")])
 
 
 # not frozen: a frozen dataclass pays object.__setattr__ per field, once per event
@@ -87,10 +167,6 @@ def type_label(obj: Any) -> str:
     return t if isinstance(t, str) and t in EVENT_TYPES else "unknown"
 
 
-def media_type(content_type: str | None) -> str:
-    return (content_type or "").split(";", 1)[0].strip().lower()
-
-
 class _Shifted:
     """A ValidationError's errors with the leading item index removed (for error_paths)."""
 
@@ -101,39 +177,14 @@ class _Shifted:
         return self._errors
 
 
-def _item_errors(exc: ValidationError) -> dict[int, list[dict[str, str]]]:
+def _item_errors(exc: ValidationError) -> dict[int, list[ErrorItem]]:
     """Errors of a list validation, grouped by item index, paths relative to the item."""
     grouped: dict[int, list[Any]] = defaultdict(list)
     for err in exc.errors(include_url=False):
         loc = err["loc"]
         index = loc[0] if loc and isinstance(loc[0], int) else -1
         grouped[index].append({**err, "loc": tuple(loc[1:]) if index >= 0 else loc})
-    return {i: error_paths(_Shifted(errs)) for i, errs in grouped.items()}
-
-
-def _batch_problem(
-    items: Sequence[Any], errors_by_index: dict[int, list[dict[str, str]]], status: int = 422
-) -> Problem:
-    rejected = []
-    flat: list[dict[str, Any]] = []
-    for i in sorted(errors_by_index):
-        errs = errors_by_index[i]
-        item = items[i] if 0 <= i < len(items) else None
-        item_id = item.get("id") if isinstance(item, dict) else None
-        rejected.append({
-            "index": i, "id": item_id if isinstance(item_id, str) else None, "errors": errs,
-        })
-        flat.extend({**e, "path": f"[{i}].{e['path']}" if e["path"] != "$" else f"[{i}]"}
-                    for e in errs)
-    n = len(rejected)
-    what = "malformed" if status == 400 else "invalid"
-    problem = Problem(
-        status,
-        f"{n} of {len(items)} events {what}; the request was rejected and nothing was published",
-        flat, rejected=rejected,
-    )
-    problem.rejected_types = [type_label(x) for x in items]
-    return problem
+    return {i: ErrorItem.of(error_paths(_Shifted(errs))) for i, errs in grouped.items()}
 
 
 class Unencodable(ValueError):
@@ -150,34 +201,35 @@ def encode(event: AnyEvent) -> bytes:
 
 def _encode_all(events: Sequence[AnyEvent], batch: bool) -> list[bytes]:
     values: list[bytes] = []
-    bad: dict[int, list[dict[str, str]]] = {}
+    bad: dict[int, list[ErrorItem]] = {}
     for i, event in enumerate(events):
         try:
             values.append(encode(event))
         except Unencodable as exc:
             values.append(b"")
-            bad[i] = [{"path": "$", "message": str(exc), "type": "unencodable"}]
+            bad[i] = [ErrorItem("$", str(exc), "unencodable")]
     if bad:
         if batch:
-            raise _batch_problem([{"id": e.id, "type": e.type} for e in events], bad)
-        p = Problem(422, f"the event {bad[0][0]['message']}", bad[0])
-        p.rejected_types = [events[0].type]
-        raise p
+            raise Rejection.batch([{"id": e.id, "type": e.type} for e in events], bad)
+        raise Rejection(422, f"the event {bad[0][0].message}", bad[0],
+                        rejected_types=[events[0].type])
     return values
 
 
 def _check_sizes(events: Sequence[AnyEvent], values: Sequence[bytes], batch: bool) -> None:
-    too_big = {i: [{"path": "$", "message": str(EventTooLarge(len(v))), "type": "too_large"}]
+    too_big = {i: [ErrorItem("$", str(EventTooLarge(len(v))), "too_large")]
                for i, v in enumerate(values) if len(v) > MAX_RECORD_BYTES}
     if too_big:
         if batch:
-            raise _batch_problem([{"id": e.id, "type": e.type} for e in events], too_big, 413)
-        raise Problem(413, "the event is larger than the contract allows "
-                      f"({MAX_RECORD_BYTES} bytes of canonical JSON)", too_big[0])
+            raise Rejection.batch([{"id": e.id, "type": e.type} for e in events], too_big, 413)
+        raise Rejection(413, "the event is larger than the contract allows "
+                        f"({MAX_RECORD_BYTES} bytes of canonical JSON)", too_big[0])
 
 
 def decode_events(body: bytes, content_type: str | None) -> list[AnyEvent]:
-    """A ``POST /v1/events`` body → events; raises :class:`Problem` (400/415/422).
+    """A ``POST /v1/events`` body → events; raises :class:`Problem` 415 for a media
+    type other than :data:`JSON_TYPES` and :data:`NDJSON_TYPES`, :class:`Rejection` 400
+    (not JSON) or 422 (not valid events).
 
     A single CloudEvent, a JSON array of them, or NDJSON. All or nothing: one bad item
     rejects the request, and the problem lists every bad item with its index. A UTF-8
@@ -193,13 +245,9 @@ def decode_events(body: bytes, content_type: str | None) -> list[AnyEvent]:
             return _fast_ndjson(body) or _decode_ndjson(body)
         return _decode_ndjson(body)
     if mtype not in JSON_TYPES:
-        raise Problem(
-            415,
-            f"content type {mtype or '(none)'!r} is not accepted; send application/json, "
-            "application/cloudevents+json, application/cloudevents-batch+json or "
-            "application/x-ndjson",
-            [{"path": "$", "message": "unsupported media type", "type": "media_type"}],
-        )
+        raise _unsupported_media_type(
+            mtype, "application/json, application/cloudevents+json, "
+            "application/cloudevents-batch+json or application/x-ndjson")
     fast = _fast_json(body)
     if fast:
         return fast
@@ -208,33 +256,25 @@ def decode_events(body: bytes, content_type: str | None) -> list[AnyEvent]:
     try:
         doc = read_json(body)
     except ValueError as exc:
-        p = Problem(400, f"the body is not valid JSON: {exc}",
-                    [{"path": "$", "message": str(exc), "type": "json_invalid"}])
-        p.rejected_types = ["unknown"]
-        raise p from None
+        raise Rejection.not_json(exc, "unknown") from None
     if isinstance(doc, dict):
         try:
             return [EVENT_ADAPTER.validate_json(body)]
         except ValidationError as exc:
-            p = Problem(422, "the event does not match the CloudEvents schema of its type; "
-                        "nothing was published", error_paths(exc))
-            p.rejected_types = [type_label(doc)]
-            raise p from None
+            raise Rejection(422, "the event does not match the CloudEvents schema of its "
+                            "type; nothing was published", ErrorItem.of(error_paths(exc)),
+                            rejected_types=[type_label(doc)]) from None
     if isinstance(doc, list):
         if not doc:
-            p = Problem(422, "the batch is empty",
-                        [{"path": "$", "message": "expected at least one event",
-                          "type": "too_short"}])
-            raise p
+            raise Rejection(422, "the batch is empty",
+                            [ErrorItem("$", "expected at least one event", "too_short")])
         try:
             return BATCH_ADAPTER.validate_json(body)
         except ValidationError as exc:
-            raise _batch_problem(doc, _item_errors(exc)) from None
-    p = Problem(422, "expected a CloudEvent object or a JSON array of them",
-                [{"path": "$", "message": f"got a JSON {type(doc).__name__}",
-                  "type": "model_type"}])
-    p.rejected_types = ["unknown"]
-    raise p
+            raise Rejection.batch(doc, _item_errors(exc)) from None
+    raise Rejection(422, "expected a CloudEvent object or a JSON array of them",
+                    [ErrorItem("$", f"got a JSON {type(doc).__name__}", "model_type")],
+                    rejected_types=["unknown"])
 
 
 def _plain_json(body: bytes) -> bool:
@@ -274,8 +314,8 @@ def _fast_ndjson(body: bytes) -> list[AnyEvent] | None:
 def _decode_ndjson(body: bytes) -> list[AnyEvent]:
     lines = body.split(b"\n")
     items: list[Any] = []
-    malformed: dict[int, list[dict[str, str]]] = {}
-    invalid: dict[int, list[dict[str, str]]] = {}
+    malformed: dict[int, list[ErrorItem]] = {}
+    invalid: dict[int, list[ErrorItem]] = {}
     events: list[AnyEvent] = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -285,22 +325,20 @@ def _decode_ndjson(body: bytes) -> list[AnyEvent]:
             obj = read_json(line)
         except ValueError as exc:
             items.append(None)
-            malformed[i] = [{"path": "$", "message": f"line {i + 1}: {exc}",
-                             "type": "json_invalid"}]
+            malformed[i] = [ErrorItem("$", f"line {i + 1}: {exc}", "json_invalid")]
             continue
         items.append(obj)
         try:
             events.append(EVENT_ADAPTER.validate_json(line))
         except ValidationError as exc:
-            invalid[i] = error_paths(exc)
+            invalid[i] = ErrorItem.of(error_paths(exc))
     if malformed:
-        raise _batch_problem(items, malformed, 400)
+        raise Rejection.batch(items, malformed, 400)
     if invalid:
-        raise _batch_problem(items, invalid)
+        raise Rejection.batch(items, invalid)
     if not events:
-        raise Problem(422, "the body holds no events",
-                      [{"path": "$", "message": "expected at least one line",
-                        "type": "too_short"}])
+        raise Rejection(422, "the body holds no events",
+                        [ErrorItem("$", "expected at least one line", "too_short")])
     return events
 
 
@@ -308,19 +346,16 @@ def decode_data(body: bytes, content_type: str | None, event_type: str, *, sourc
                 subject: str | None = None) -> AnyEvent:
     """A bare ``data`` object (``/v1/announcements``, ``/v1/agreements``) → a full event:
     the server fills ``id``, ``time``, ``source`` and ``type``. Error paths are relative
-    to the body (``headline``, not ``data.headline``)."""
+    to the body (``headline``, not ``data.headline``). Raises :class:`Problem` 415 for a
+    media type other than ``application/json``, :class:`Rejection` 400 (not JSON) or 422
+    (not a valid ``data`` object of ``event_type``)."""
     mtype = media_type(content_type)
     if mtype != "application/json":
-        raise Problem(415, f"content type {mtype or '(none)'!r} is not accepted; send "
-                      "application/json",
-                      [{"path": "$", "message": "unsupported media type", "type": "media_type"}])
+        raise _unsupported_media_type(mtype, "application/json")
     try:
         data = read_json(body)
     except ValueError as exc:
-        p = Problem(400, f"the body is not valid JSON: {exc}",
-                    [{"path": "$", "message": str(exc), "type": "json_invalid"}])
-        p.rejected_types = [event_type]
-        raise p from None
+        raise Rejection.not_json(exc, event_type) from None
     envelope: dict[str, Any] = {
         "specversion": "1.0", "id": str(uuid.uuid4()), "source": source, "type": event_type,
         "time": datetime.now(UTC).isoformat(), "data": data,
@@ -331,17 +366,14 @@ def decode_data(body: bytes, content_type: str | None, event_type: str, *, sourc
         return EVENT_ADAPTER.validate_json(encode_json(envelope))
     except ValidationError as exc:
         errors = []
-        for e in error_paths(exc):
-            path = e["path"]
-            if path == "data":
-                path = "$"
-            elif path.startswith("data."):
-                path = path[len("data."):]
-            errors.append({**e, "path": path})
-        p = Problem(422, f"the body is not a valid {event_type} data object; nothing was "
-                    "published", errors)
-        p.rejected_types = [event_type]
-        raise p from None
+        for e in ErrorItem.of(error_paths(exc)):
+            if e.path == "data":
+                e = replace(e, path="$")
+            elif e.path.startswith("data."):
+                e = replace(e, path=e.path[len("data."):])
+            errors.append(e)
+        raise Rejection(422, f"the body is not a valid {event_type} data object; nothing "
+                        "was published", errors, rejected_types=[event_type]) from None
 
 
 def traceparent_of(event: AnyEvent, fallback: str | None = None) -> str | None:
@@ -377,7 +409,10 @@ def to_record(event: AnyEvent, settings: AntingSettings, traceparent: str | None
 
 def to_records(events: Iterable[AnyEvent], settings: AntingSettings,
                traceparent: str | None = None, *, batch: bool = True) -> list[OutRecord]:
-    """Records for every event, checked against the record size limit first (413)."""
+    """Records for every event (``batch``: of a request that may hold several), each
+    checked first: :class:`Rejection` 422 for an event the canonical JSON cannot carry,
+    413 for one larger than :data:`MAX_RECORD_BYTES`; with ``batch`` the rejection lists
+    the items (:meth:`Rejection.batch`)."""
     events = list(events)
     values = _encode_all(events, batch)
     _check_sizes(events, values, batch)

@@ -75,7 +75,7 @@ def test_what_ingest_refuses_every_stage_refuses_for_the_same_fields(case: tuple
     with pytest.raises((ValidationError, EventTooLarge)) as info:
         enrich_bytes(record_event_bytes(body, None), INDEX, "v1")
     if isinstance(info.value, ValidationError):
-        assert _paths(error_paths(info.value)) == _paths(refused.errors)
+        assert _paths(error_paths(info.value)) == {e.path for e in refused.errors}
     # notify: the same event carrying an enrichment block is still refused
     doc = orjson.loads(body.replace(b"1e400", b"1").replace(b"1E999", b"1")) if kind != "number" else None
     if doc is not None and isinstance(doc.get("data"), dict):
