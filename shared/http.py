@@ -56,7 +56,6 @@ __all__ = [
     "problem_responses",
     "require_api_key",
     "serve_docs_locally",
-    "unauthorized",
     "use_api_keys",
 ]
 
@@ -282,11 +281,6 @@ async def require_api_key(
         authorization = request.headers.get("authorization")
         if not keys.allows(authorization):
             raise Problem.unauthorized(authorization)
-
-
-def unauthorized(authorization: str | None = None) -> Response:
-    """The 401 problem response of :meth:`Problem.unauthorized`."""
-    return Problem.unauthorized(authorization).response()
 
 
 def health_router(ready: Callable[[], Awaitable[tuple[bool, str]]]) -> APIRouter:

@@ -1,41 +1,67 @@
 """The HTTP entry point of ingest (FastAPI): translate a request into events, hand them
 to the publisher, answer 202 once the broker acknowledged every record.
 
+The endpoints are defined here, at module level, on :data:`router`, one route each;
+:func:`create_app` only wires them to a publisher and settings (kept as
+``app.state.ingest``). Each route is a :class:`RequestRoute`: a FastAPI route in every
+way (OpenAPI, route-level dependencies such as the API key, the metrics' route label)
+except that its endpoint is called straight with the request, without FastAPI's
+parameter solving, which cost as much CPU as the rest of a single-event POST.
+
 The body is read here, not by FastAPI, so that the size limit is enforced while
-reading (413 as soon as it is crossed) and JSON is parsed once, with orjson. A body
+reading (413 as soon as it is crossed) and JSON is parsed once, by the codec. A body
 sent with ``Content-Encoding: gzip`` or ``deflate`` is decoded as it arrives, the limit
 applying to the decoded bytes too; other codings get 415 (RFC 9110 §15.5.16).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 import zlib
-from typing import Annotated, Any
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.routing import Match, Route
-from starlette.types import Scope
+from fastapi.routing import APIRoute
+from starlette.routing import request_response
 
-from services.ingest import codec
-from services.ingest.codec import Rejection
+from services.ingest.codec import Rejection, decode_data, decode_events, to_records
 from services.ingest.publisher import BrokerUnavailable, Publisher
 from services.ingest.settings import IngestSettings
 from shared.events import AGREEMENT, ANNOUNCEMENT, EVENT_ADAPTER, AgreementData, AnnouncementData
 from shared.http import (
-    ApiKeys,
     ErrorItem,
     Problem,
     health_router,
     install_request_metrics,
-    problem,
     problem_responses,
-    unauthorized,
+    require_api_key,
+    use_api_keys,
 )
 from shared.metrics import INGEST_EVENTS, STAGE_SECONDS
+
+__all__ = [
+    "ACCEPTED",
+    "ERROR_STATUSES",
+    "SUPPORTED_CODINGS",
+    "Inflater",
+    "IngestState",
+    "RequestRoute",
+    "content_coding",
+    "create_app",
+    "openapi_schema",
+    "post_agreement",
+    "post_announcement",
+    "post_events",
+    "read_body",
+    "router",
+]
 
 REF = "#/components/schemas/{model}"
 ERROR_STATUSES = (400, 401, 413, 415, 422, 503)
@@ -59,27 +85,55 @@ ACCEPTED: dict[int | str, dict[str, Any]] = {
     **problem_responses(*ERROR_STATUSES),
 }
 
-
-# documents the Bearer scheme in OpenAPI; the key itself is checked by ApiKeys
-BEARER = HTTPBearer(auto_error=False, description="one of ANTING_API_KEYS, when set")
+Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
-class _Unauthorized(Exception):
-    pass
+class RequestRoute(APIRoute):
+    """A FastAPI route whose endpoint takes the :class:`Request` alone and returns a
+    :class:`Response`, and is called straight with it, as Starlette calls a route's
+    endpoint: FastAPI's per-request solving of parameters and dependencies, its response
+    validation and the exit stacks of dependencies with ``yield`` are left out (they were
+    as much CPU as all the rest of a single-event POST). Everything else is FastAPI's:
+    OpenAPI from the declaration (``openapi_extra`` declares the body, which the endpoint
+    reads itself), 405 for another method, ``scope["route"]`` for the metrics' label.
 
+    The route's own ``dependencies`` (``dependencies=[Depends(f)]``) still run, before
+    the endpoint, in order, as ``await f(request)``: each must be an async function
+    whose only required parameter is the request (any others are there for OpenAPI,
+    like :func:`shared.http.require_api_key`'s Bearer scheme, and are not solved), and
+    what it raises is answered by the app's exception handlers. ``app.dependency_overrides``
+    does not apply. The endpoint's docstring is for its readers: only ``description=``
+    goes into OpenAPI. Raises :class:`TypeError` at definition for an endpoint with any
+    parameter other than the request, or a dependency that is not async (a dependency
+    with ``yield`` among them)."""
 
-class _LeanRoute(Route):
-    """A plain Starlette route, matched before FastAPI's own routes: the event endpoints
-    take the raw request and answer with a ready ``Response``, so FastAPI's dependency
-    solving, request and response wrapping (a third of the CPU of a single-event POST)
-    is skipped. The FastAPI routes of the same paths stay, for OpenAPI only.
-    ``scope["route"]`` is set as FastAPI does, for the request metrics' route label."""
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        if not kwargs.get("description"):
+            self.description = ""  # not the docstring
+        # Starlette's wrapper, not FastAPI's: no exit stacks, which only dependencies
+        # with yield need, and those are refused below
+        self.app = request_response(self.get_route_handler())
+        d = self.dependant
+        params = [*d.path_params, *d.query_params, *d.header_params, *d.cookie_params,
+                  *d.body_params]
+        if params or d.request_param_name is None or len(d.dependencies) != len(self.dependencies):
+            raise TypeError(f"{self.name}: a RequestRoute endpoint takes the Request alone")
+        for dep in self.dependencies:
+            if not inspect.iscoroutinefunction(dep.dependency):
+                raise TypeError(f"{self.name}: dependency {dep.dependency!r} is not async")
 
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        match, child = super().matches(scope)
-        if match != Match.NONE:
-            child["route"] = self
-        return match, child
+    def get_route_handler(self) -> Endpoint:
+        """The endpoint, after the route's dependencies, called with the request."""
+        endpoint: Endpoint = self.endpoint
+        checks = tuple(dep.dependency for dep in self.dependencies)
+
+        async def handle(request: Request) -> Response:
+            for check in checks:
+                await check(request)  # type: ignore[misc]
+            return await endpoint(request)
+
+        return handle
 
 
 def _too_large(detail: str) -> Problem:
@@ -116,10 +170,10 @@ def _zlib_header(data: bytes) -> bool:
 
 class Inflater:
     """A gzip or deflate body decoded as it arrives, never more than ``limit`` + 1 decoded
-    bytes: a small body that inflates past the limit (a zip bomb) raises 413 as soon as
-    it does. ``deflate`` is the zlib format (RFC 9110 §8.4.1.2) or, as some clients send
-    it, raw deflate; gzip may have several members (RFC 1952). Bytes that are not of the
-    declared coding raise :class:`Problem` 400."""
+    bytes: a small body that inflates past the limit (a zip bomb) raises :class:`Problem`
+    413 as soon as it does. ``deflate`` is the zlib format (RFC 9110 §8.4.1.2) or, as
+    some clients send it, raw deflate; gzip may have several members (RFC 1952). Bytes
+    that are not of the declared coding raise :class:`Problem` 400."""
 
     def __init__(self, coding: str, limit: int) -> None:
         self.coding, self.limit = coding, limit
@@ -164,7 +218,7 @@ class Inflater:
             data = self._d.unused_data if self._d.eof else self._d.unconsumed_tail
 
     def finish(self) -> bytes:
-        """The decoded body; 400 when the compressed data stops short."""
+        """The decoded body; :class:`Problem` 400 when the compressed data stops short."""
         if self._d is None and not self._head:
             return b""
         if self._d is None or not self._d.eof:  # (one byte is never a whole stream)
@@ -172,26 +226,217 @@ class Inflater:
         return b"".join(self.parts)
 
 
-def _schemas() -> tuple[dict[str, Any], dict[str, Any]]:
-    """JSON Schemas of the request bodies and their shared definitions."""
-    defs: dict[str, Any] = {}
-    bodies: dict[str, Any] = {}
-    for name, schema in (
-        ("CloudEvent", EVENT_ADAPTER.json_schema(ref_template=REF)),
-        ("AnnouncementData", AnnouncementData.model_json_schema(ref_template=REF)),
-        ("AgreementData", AgreementData.model_json_schema(ref_template=REF)),
-    ):
-        defs.update(schema.pop("$defs", {}))
-        bodies[name] = schema
-    return bodies, defs
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, decoded from its content coding, at most ``limit`` bytes both
+    as received and as decoded. Raises :class:`Problem` 413 as soon as the limit is
+    crossed (at once when ``Content-Length`` says so; the rest is never read), 415 for a
+    content coding other than gzip, deflate and identity (:func:`content_coding`), 400
+    for bytes that are not of their declared coding (:class:`Inflater`)."""
+    # one pass over the raw headers (ASGI names are lower-case) finds both, in less
+    # time than one request.headers.get: a plain body pays nothing for the coding
+    declared = encoding = None
+    for name, value in request.scope["headers"]:
+        if name == b"content-length":
+            declared = value
+        elif name == b"content-encoding":
+            encoding = value if encoding is None else encoding + b"," + value
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_large(f"the body is {declared.decode()} bytes; the limit is {limit}")
+    if encoding is not None:
+        coding = content_coding(encoding.decode("latin-1"))
+        if coding is not None:
+            return await _read_encoded(request, coding, limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # stop reading at once: the rest is never buffered
+            raise _too_large(f"the body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_encoded(request: Request, coding: str, limit: int) -> bytes:
+    """The body decoded as it arrives: the limit holds for the bytes received and for
+    the decoded ones, and decoding stops as soon as either is crossed."""
+    inflater = Inflater(coding, limit)
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(f"the body exceeds the limit of {limit} bytes")
+        inflater.feed(chunk)
+    return inflater.finish()
+
+
+@dataclass(frozen=True, slots=True)
+class IngestState:
+    """What the endpoints work with, kept as ``app.state.ingest`` by :func:`create_app`:
+    the settings and the publisher (which the caller of ``create_app`` starts and stops)."""
+
+    settings: IngestSettings
+    publisher: Publisher
+
+
+def _state(request: Request) -> IngestState:
+    state: IngestState = request.app.state.ingest
+    return state
+
+
+async def _accept(state: IngestState, events: list[Any], traceparent: str | None,
+                  started: float) -> Response:
+    """Publish ``events`` and answer 202 ``{"accepted": n, "ids": [...]}`` once the broker
+    acknowledged them all, or 503 (``Retry-After: 1``) when it did not in time; raises
+    :class:`Rejection` for an event that cannot be a record (see
+    :func:`~services.ingest.codec.to_records`)."""
+    records = to_records(events, state.settings, traceparent)
+    try:
+        await state.publisher.publish(records)
+    except BrokerUnavailable as exc:
+        return Problem(503, f"the broker is unavailable; nothing is known to be published, "
+                       f"retry later ({exc})",
+                       [ErrorItem("$", "broker unavailable", "unavailable")],
+                       headers={"Retry-After": "1"}).response()
+    elapsed = time.perf_counter() - started
+    stage = STAGE_SECONDS.labels("ingest")
+    by_type: dict[str, int] = {}
+    for e in events:
+        by_type[e.type] = by_type.get(e.type, 0) + 1
+        stage.observe(elapsed)
+    for t, n in by_type.items():
+        INGEST_EVENTS.labels(t, "accepted").inc(n)
+    ids = [e.id for e in events]
+    return Response(
+        b'{"accepted":%d,"ids":' % len(ids) + orjson.dumps(ids) + b"}",
+        status_code=202, media_type="application/json",
+    )
+
+
+def _refused(problem: Problem) -> Response:
+    """The problem's response; the events a :class:`Rejection` names count as rejected."""
+    if isinstance(problem, Rejection):
+        counts: dict[str, int] = {}
+        for t in problem.rejected_types:
+            counts[t] = counts.get(t, 0) + 1
+        for t, n in counts.items():
+            INGEST_EVENTS.labels(t, "rejected").inc(n)
+    return problem.response()
+
+
+router = APIRouter(route_class=RequestRoute)
+AUTH = [Depends(require_api_key)]
+
+
+@router.post(
+    "/v1/events",
+    status_code=202,
+    summary="Publish CloudEvents: one, a JSON array, or NDJSON",
+    response_class=Response,
+    responses=ACCEPTED,
+    dependencies=AUTH,
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"oneOf": [
+            {"$ref": "#/components/schemas/CloudEvent"},
+            {"type": "array", "items": {"$ref": "#/components/schemas/CloudEvent"},
+             "minItems": 1}]}},
+        "application/cloudevents+json": {"schema": {"$ref": "#/components/schemas/CloudEvent"}},
+        "application/cloudevents-batch+json": {"schema": {
+            "type": "array", "items": {"$ref": "#/components/schemas/CloudEvent"},
+            "minItems": 1}},
+        "application/x-ndjson": {"schema": {
+            "type": "string", "description": "one CloudEvent JSON object per line"}},
+    }}},
+)
+async def post_events(request: Request) -> Response:
+    """``POST /v1/events``: one CloudEvent, a JSON array of them, or NDJSON
+    (:func:`~services.ingest.codec.decode_events`), all published or none: 202 with
+    their ids, else the problem (400, 413, 415, 422, 503)."""
+    started = time.perf_counter()
+    state = _state(request)
+    try:
+        events = decode_events(await read_body(request, state.settings.max_body_bytes),
+                               request.headers.get("content-type"))
+        return await _accept(state, events, request.headers.get("traceparent"), started)
+    except Problem as exc:
+        return _refused(exc)
+
+
+def _data_route(schema_name: str, what: str) -> dict[str, Any]:
+    """The route options of a bare-data endpoint whose body is ``schema_name``."""
+    return {
+        "status_code": 202,
+        "summary": f"Publish {what} from a bare data object (the server fills id, time, "
+        "source, type)",
+        "response_class": Response,
+        "responses": ACCEPTED,
+        "dependencies": AUTH,
+        "openapi_extra": {
+            "parameters": [{
+                "name": "subject", "in": "query", "required": False,
+                "schema": {"type": "string"},
+                "description": "the CloudEvent subject (also the Kafka key)",
+            }],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{schema_name}"}}}},
+        },
+        "name": f"post_{schema_name}",
+    }
+
+
+async def _post_data(request: Request, event_type: str) -> Response:
+    started = time.perf_counter()
+    state = _state(request)
+    try:
+        event = decode_data(
+            await read_body(request, state.settings.max_body_bytes),
+            request.headers.get("content-type"), event_type, source=state.settings.source,
+            subject=request.query_params.get("subject") or None,
+        )
+        return await _accept(state, [event], request.headers.get("traceparent"), started)
+    except Problem as exc:
+        return _refused(exc)
+
+
+@router.post("/v1/announcements", **_data_route("AnnouncementData", "an announcement"))
+async def post_announcement(request: Request) -> Response:
+    """``POST /v1/announcements[?subject=]``: an announcement's bare ``data`` object,
+    made a whole event (:func:`~services.ingest.codec.decode_data`) and published: 202
+    with its new id, else the problem (400, 413, 415, 422, 503)."""
+    return await _post_data(request, ANNOUNCEMENT)
+
+
+@router.post("/v1/agreements", **_data_route("AgreementData", "an agreement signing"))
+async def post_agreement(request: Request) -> Response:
+    """``POST /v1/agreements[?subject=]``: as :func:`post_announcement`, for an agreement
+    signing."""
+    return await _post_data(request, AGREEMENT)
+
+
+def openapi_schema(app: FastAPI) -> dict[str, Any]:
+    """The app's OpenAPI document, made on first use and kept: FastAPI's, with the JSON
+    Schemas the request bodies name (``CloudEvent``, ``AnnouncementData``,
+    ``AgreementData`` and their definitions) added to ``components.schemas``."""
+    if app.openapi_schema is None:
+        doc = get_openapi(title=app.title, version=app.version,
+                          description=app.description, routes=app.routes)
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        bodies: dict[str, Any] = {}
+        for name, schema in (
+            ("CloudEvent", EVENT_ADAPTER.json_schema(ref_template=REF)),
+            ("AnnouncementData", AnnouncementData.model_json_schema(ref_template=REF)),
+            ("AgreementData", AgreementData.model_json_schema(ref_template=REF)),
+        ):
+            schemas.update(schema.pop("$defs", {}))
+            bodies[name] = schema
+        schemas.update(bodies)
+        app.openapi_schema = doc
+    return app.openapi_schema
 
 
 def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
-    """The ingest HTTP app on ``publisher`` (which the caller starts and stops)."""
-    keys = ApiKeys.parse(settings.api_keys)
-    limit = settings.max_body_bytes
-    bodies, defs = _schemas()
-    event_ref = {"$ref": "#/components/schemas/CloudEvent"}
+    """The ingest HTTP app: :data:`router`'s endpoints on ``publisher`` (which the caller
+    starts and stops) and ``settings``, ``ANTING_API_KEYS`` guarding them, plus health,
+    readiness (``publisher.ready``), metrics and the API docs."""
     app = FastAPI(
         title="Anting ingest",
         version="1.0.0",
@@ -203,179 +448,14 @@ def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
             "may be sent with Content-Encoding gzip or deflate (415 for other codings); "
             "the size limit applies to the decoded body too."
         ),
+        # the event routes themselves, matched first: app.include_router(router) would
+        # put them behind the other routes, in an included router matched lazily on
+        # every request, which costs a single-event POST about 15% more CPU
+        routes=list(router.routes),
     )
+    app.state.ingest = IngestState(settings, publisher)
+    use_api_keys(app, settings.api_keys)
     install_request_metrics(app, "ingest")
     app.include_router(health_router(publisher.ready))
-
-    # async: a sync dependency would cost a thread hand-off on every request
-    async def require_key(
-        request: Request,
-        _cred: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
-    ) -> None:
-        if keys.enabled and not keys.allows(request.headers.get("authorization")):
-            raise _Unauthorized()
-
-    @app.exception_handler(_Unauthorized)
-    async def _on_unauthorized(request: Request, exc: _Unauthorized) -> Response:
-        return unauthorized(request.headers.get("authorization"))
-
-    def lean(path: str, endpoint: Any) -> None:
-        """Serve ``path`` by ``endpoint`` on a :class:`_LeanRoute`, with the API key
-        checked here instead of by the FastAPI dependency."""
-        async def checked(request: Request) -> Response:
-            if keys.enabled and not keys.allows(request.headers.get("authorization")):
-                return unauthorized(request.headers.get("authorization"))
-            response: Response = await endpoint(request)
-            return response
-
-        app.router.routes.insert(0, _LeanRoute(path, checked, methods=["POST"],
-                                               name=getattr(endpoint, "__name__", None)))
-
-    async def read_body(request: Request) -> bytes:
-        # one pass over the raw headers (ASGI names are lower-case) finds both, in less
-        # time than one request.headers.get: a plain body pays nothing for the coding
-        declared = encoding = None
-        for name, value in request.scope["headers"]:
-            if name == b"content-length":
-                declared = value
-            elif name == b"content-encoding":
-                encoding = value if encoding is None else encoding + b"," + value
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise _too_large(f"the body is {declared.decode()} bytes; the limit is {limit}")
-        if encoding is not None:
-            coding = content_coding(encoding.decode("latin-1"))
-            if coding is not None:
-                return await read_encoded(request, coding)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:  # stop reading at once: the rest is never buffered
-                raise _too_large(f"the body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    async def read_encoded(request: Request, coding: str) -> bytes:
-        """The body decoded as it arrives: the limit holds for the bytes received and for
-        the decoded ones, and decoding stops as soon as either is crossed."""
-        inflater = Inflater(coding, limit)
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(f"the body exceeds the limit of {limit} bytes")
-            inflater.feed(chunk)
-        return inflater.finish()
-
-    async def accept(events: list[Any], traceparent: str | None, started: float) -> Response:
-        records = codec.to_records(events, settings, traceparent)
-        try:
-            await publisher.publish(records)
-        except BrokerUnavailable as exc:
-            return problem(503, f"the broker is unavailable; nothing is known to be "
-                           f"published, retry later ({exc})",
-                           errors=[{"path": "$", "message": "broker unavailable",
-                             "type": "unavailable"}],
-                           headers={"Retry-After": "1"})
-        elapsed = time.perf_counter() - started
-        stage = STAGE_SECONDS.labels("ingest")
-        by_type: dict[str, int] = {}
-        for e in events:
-            by_type[e.type] = by_type.get(e.type, 0) + 1
-            stage.observe(elapsed)
-        for t, n in by_type.items():
-            INGEST_EVENTS.labels(t, "accepted").inc(n)
-        ids = [e.id for e in events]
-        return Response(
-            b'{"accepted":%d,"ids":' % len(ids) + orjson.dumps(ids) + b"}",
-            status_code=202, media_type="application/json",
-        )
-
-    def rejected(exc: Problem) -> Response:
-        if isinstance(exc, Rejection):
-            counts: dict[str, int] = {}
-            for t in exc.rejected_types:
-                counts[t] = counts.get(t, 0) + 1
-            for t, n in counts.items():
-                INGEST_EVENTS.labels(t, "rejected").inc(n)
-        return exc.response()
-
-    @app.post(
-        "/v1/events",
-        status_code=202,
-        summary="Publish CloudEvents: one, a JSON array, or NDJSON",
-        response_class=Response,
-        responses=ACCEPTED,
-        dependencies=[Depends(require_key)],
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": {"oneOf": [
-                event_ref, {"type": "array", "items": event_ref, "minItems": 1}]}},
-            "application/cloudevents+json": {"schema": event_ref},
-            "application/cloudevents-batch+json": {
-                "schema": {"type": "array", "items": event_ref, "minItems": 1}},
-            "application/x-ndjson": {"schema": {
-                "type": "string", "description": "one CloudEvent JSON object per line"}},
-        }}},
-    )
-    async def post_events(request: Request) -> Response:
-        started = time.perf_counter()
-        try:
-            events = codec.decode_events(await read_body(request),
-                                            request.headers.get("content-type"))
-            return await accept(events, request.headers.get("traceparent"), started)
-        except Problem as exc:
-            return rejected(exc)
-
-    lean("/v1/events", post_events)
-
-    def data_route(path: str, event_type: str, schema_name: str, what: str) -> None:
-        @app.post(
-            path,
-            status_code=202,
-            summary=f"Publish {what} from a bare data object (the server fills id, time, "
-            "source, type)",
-            response_class=Response,
-            responses=ACCEPTED,
-            dependencies=[Depends(require_key)],
-            openapi_extra={
-                "parameters": [{
-                    "name": "subject", "in": "query", "required": False,
-                    "schema": {"type": "string"},
-                    "description": "the CloudEvent subject (also the Kafka key)",
-                }],
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": f"#/components/schemas/{schema_name}"}}}},
-            },
-            name=f"post_{schema_name}",
-        )
-        async def post_data(request: Request) -> Response:
-            started = time.perf_counter()
-            try:
-                event = codec.decode_data(
-                    await read_body(request), request.headers.get("content-type"),
-                    event_type, source=settings.source,
-                    subject=request.query_params.get("subject") or None,
-                )
-                return await accept([event], request.headers.get("traceparent"), started)
-            except Problem as exc:
-                return rejected(exc)
-
-        lean(path, post_data)
-
-    data_route("/v1/announcements", ANNOUNCEMENT, "AnnouncementData", "an announcement")
-    data_route("/v1/agreements", AGREEMENT, "AgreementData", "an agreement signing")
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            doc = get_openapi(title=app.title, version=app.version,
-                              description=app.description, routes=app.routes)
-            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-            schemas.update(defs)
-            schemas.update(bodies)
-            app.openapi_schema = doc
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = functools.partial(openapi_schema, app)  # type: ignore[method-assign]
     return app
