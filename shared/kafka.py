@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
@@ -74,6 +74,40 @@ def make_consumer(
         **settings.kafka.client_options(),
         **{**SAFE_CONSUMER, **overrides},
     )
+
+
+async def _refresh_metadata(consumer: AIOKafkaConsumer) -> None:
+    """Fetch the metadata of every topic into ``consumer``'s cache now.
+
+    The one use of a private aiokafka attribute in Anting, because aiokafka (0.14) has no
+    public call that does this: ``partitions_for_topic`` reads the cache only (``None`` for
+    a topic created after the consumer started, until the next periodic refresh,
+    ``metadata_max_age_ms``: 5 minutes), ``topics()`` fetches every topic's metadata into a
+    new object the cache never sees, and ``assign``/``subscribe`` refresh by naming their
+    topics in the request, which a broker with ``auto.create.topics.enable`` (Kafka's
+    default) answers by creating a missing topic with the broker's defaults (a compacted
+    topic would come up uncompacted). ``force_metadata_update`` is what aiokafka's own
+    ``start()`` calls; asking for all topics creates none."""
+    await consumer._client.force_metadata_update()
+
+
+async def wait_for_partitions(
+    consumer: AIOKafkaConsumer, topic: str, timeout: float = 10.0
+) -> list[TopicPartition]:
+    """The partitions of ``topic``, in order, as the started ``consumer`` sees them; for a
+    topic created a moment ago (its metadata not on every listener yet) the metadata is
+    fetched again every 0.1 s for up to ``timeout`` seconds. An empty list when the topic
+    did not show up in that time: the caller decides whether that is an error."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return [TopicPartition(topic, p) for p in sorted(parts)]
+        if loop.time() >= deadline:
+            return []
+        await asyncio.sleep(0.1)
+        await _refresh_metadata(consumer)
 
 
 def make_admin(settings: AntingSettings, **overrides: Any) -> AIOKafkaAdminClient:

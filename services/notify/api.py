@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
-from aiokafka import TopicPartition
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -34,7 +33,7 @@ from shared.http import (
     require_api_key,
     use_api_keys,
 )
-from shared.kafka import make_consumer
+from shared.kafka import make_consumer, wait_for_partitions
 from shared.subscriptions import Filter, SubscriptionRequest
 from shared.topics import ENRICHED_EVENTS
 
@@ -231,14 +230,7 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
     consumer = make_consumer(settings, group_id=None, auto_offset_reset=start)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic)
-        for _ in range(50):
-            if parts:
-                break
-            await asyncio.sleep(0.1)
-            await consumer._client.force_metadata_update()  # a topic created a moment ago
-            parts = consumer.partitions_for_topic(topic)
-        tps = [TopicPartition(topic, p) for p in sorted(parts or ())]
+        tps = await wait_for_partitions(consumer, topic, timeout=5.0)  # maybe created a moment ago
         consumer.assign(tps)
         if resume is not None:
             for tp in tps:
