@@ -62,7 +62,7 @@ from typing import Any
 import orjson
 
 from services.notify.notification import Delivery, idempotency_key
-from services.notify.table import CompactedView
+from shared.compacted import CompactedView
 from shared.kafka import RecordBatches
 from shared.settings import AntingSettings
 from shared.subscriptions import DeliveryOutcome
@@ -127,7 +127,9 @@ class Health:
 
 class LogView(CompactedView[Entry]):
     """``notifications`` read into memory as the ledger: each line read is folded into the
-    entries of its idempotency key (and of a digest's events), not kept by record key."""
+    entries of its idempotency key (and of a digest's events), not kept by record key — a
+    global store with a state-update processor of its own, in Kafka Streams' terms (see
+    :mod:`shared.compacted`). An unreadable line is skipped with a warning."""
 
     def __init__(self, settings: AntingSettings, topic: str, **consumer_options: Any) -> None:
         # at start, only the lines of the retention period are fetched (by their Kafka
@@ -138,6 +140,7 @@ class LogView(CompactedView[Entry]):
         self.scheduled: dict[str, tuple[str, float]] = {}  # key -> (subscription id, next attempt ms)
 
     def apply(self, key: str, value: bytes | None) -> None:
+        """Fold one line of the log (``key``: its subscription id; a null value is no line)."""
         if value is None:
             return
         try:
@@ -206,6 +209,10 @@ def _no_decode(value: bytes) -> Entry:
 
 
 class Ledger:
+    """Where each delivery stands, from ``notifications`` (``view``, a :class:`LogView`):
+    recorded here and on the log at once (:meth:`record`), asked before every attempt
+    (:meth:`suppresses`), and the source of each subscription's :class:`Health`."""
+
     def __init__(self, settings: AntingSettings, producer: Any, batches: RecordBatches | None = None) -> None:
         self.topic = settings.topic(NOTIFICATIONS)
         self.batches = batches or RecordBatches(producer)

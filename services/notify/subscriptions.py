@@ -16,13 +16,13 @@ import base64
 import logging
 import secrets
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from services.notify.table import CompactedView
+from shared.compacted import CompactedView
 from shared.settings import AntingSettings
 from shared.subscriptions import Subscription, SubscriptionRequest
 from shared.topics import SUBSCRIPTIONS
@@ -42,11 +42,13 @@ def new_id() -> str:
     return "sub_" + uuid.uuid4().hex[:20]
 
 
-def encode(sub: Subscription) -> bytes:
+def encode_subscription(sub: Subscription) -> bytes:
+    """A subscription's record value on the topic (JSON)."""
     return orjson.dumps(sub.model_dump(mode="json"))
 
 
-def decode(raw: bytes) -> Subscription:
+def decode_subscription(raw: bytes) -> Subscription:
+    """A record value back; raises pydantic's ``ValidationError`` when it is not one."""
     return Subscription.model_validate_json(raw)
 
 
@@ -85,28 +87,18 @@ def signing_secrets(sub: Subscription, now: datetime | None = None) -> list[str]
     return list(sub.secrets)
 
 
-class SubscriptionView(CompactedView[Subscription]):
-    """The subscriptions read into memory, waking whoever waits for a subscription to change."""
-
-    def __init__(self, settings: AntingSettings, topic: str) -> None:
-        super().__init__(settings, topic, decode)
-        self.waiters: dict[str, asyncio.Event] = {}
-
-    def apply(self, key: str, value: bytes | None) -> None:
-        super().apply(key, value)
-        self.wake(key)
-
-    def wake(self, key: str) -> None:
-        event = self.waiters.pop(key, None)
-        if event is not None:
-            event.set()
-
-
 class SubscriptionStore:
+    """The subscriptions, read from the topic into ``view`` (a record that is not a valid
+    subscription is skipped with a warning, and its key keeps what it had), written to the
+    topic and applied here once acknowledged; whoever waits for a subscription to change
+    is woken (:meth:`next_change`)."""
+
     def __init__(self, settings: AntingSettings, producer: Any) -> None:
         self.topic = settings.topic(SUBSCRIPTIONS)
         self.producer = producer
-        self.view = SubscriptionView(settings, self.topic)
+        self.view: CompactedView[Subscription] = CompactedView(
+            settings, self.topic, decode_subscription, on_change=self._changed)
+        self._waiters: dict[str, asyncio.Event] = {}
         # each subscription's delivery health: the ledger's, when a notifier runs here
         self.health: Callable[[Iterable[str]], dict[str, Health]] | None = None
 
@@ -123,15 +115,20 @@ class SubscriptionStore:
     def next_change(self, sub_id: str) -> asyncio.Event:
         """An event set when the subscription next changes (or is deleted), or at
         :meth:`wake_all`."""
-        event = self.view.waiters.get(sub_id)
+        event = self._waiters.get(sub_id)
         if event is None:
-            event = self.view.waiters[sub_id] = asyncio.Event()
+            event = self._waiters[sub_id] = asyncio.Event()
         return event
 
     def wake_all(self) -> None:
         """Set every :meth:`next_change` event (shutting down: nobody waits any longer)."""
-        for key in list(self.view.waiters):
-            self.view.wake(key)
+        self._changed(list(self._waiters))
+
+    def _changed(self, sub_ids: Sequence[str]) -> None:
+        for sub_id in sub_ids:
+            event = self._waiters.pop(sub_id, None)
+            if event is not None:
+                event.set()
 
     async def start(self) -> None:
         await self.view.start()
@@ -149,9 +146,9 @@ class SubscriptionStore:
         return self.view.items.get(sub_id)
 
     async def put(self, sub: Subscription) -> Subscription:
-        await (await self.producer.send(self.topic, key=sub.id.encode(), value=encode(sub)))
+        await (await self.producer.send(self.topic, key=sub.id.encode(), value=encode_subscription(sub)))
         self.view.items[sub.id] = sub
-        self.view.wake(sub.id)
+        self._changed([sub.id])
         return sub
 
     async def create(self, request: SubscriptionRequest) -> tuple[Subscription, str | None]:
@@ -168,7 +165,7 @@ class SubscriptionStore:
             return False
         await (await self.producer.send(self.topic, key=sub_id.encode(), value=None))
         self.view.items.pop(sub_id, None)
-        self.view.wake(sub_id)
+        self._changed([sub_id])
         return True
 
     async def disable(self, sub_id: str, reason: str) -> bool:
