@@ -36,6 +36,27 @@ from shared.kafka import make_producer
 from shared.metrics import INGEST_EVENTS
 from shared.settings import AntingSettings
 
+__all__ = [
+    "CHUNK",
+    "FILE_PRODUCER",
+    "IN_FLIGHT",
+    "EventTooLarge",
+    "InvalidEvent",
+    "Item",
+    "ItemPublisher",
+    "MalformedJSON",
+    "OnAcked",
+    "Position",
+    "Summary",
+    "document_items",
+    "iter_items",
+    "publish_file",
+    "publish_items",
+    "read_lines",
+    "starts_document",
+    "whole_json",
+]
+
 # lines per acknowledged chunk, and chunks in flight before waiting for the oldest
 CHUNK = 2000
 IN_FLIGHT = 4
@@ -82,6 +103,7 @@ class Summary:
 
     @property
     def total(self) -> int:
+        """Events judged: accepted and rejected (skipped ones not counted)."""
         return self.accepted + self.rejected
 
 
@@ -217,62 +239,75 @@ def _compact(exc: ValidationError) -> str:
 OnAcked = Callable[[Summary], Awaitable[None] | None]
 
 
-async def publish_items(
-    settings: AntingSettings,
-    producer: AIOKafkaProducer,
-    items: Iterable[Item] | AsyncIterator[Item],
-    *,
-    name: str,
-    start_after: int = 0,
-    on_acked: OnAcked | None = None,
-    stop: asyncio.Event | None = None,
-    chunk: int = CHUNK,
-) -> Summary:
-    """Publish ``items``; bad ones become dead letters (``dlq.file`` is ``name``).
-    ``on_acked(summary)`` runs each time every item up to ``summary.last_line`` (and, for
-    lines from :func:`read_lines`, up to byte ``summary.offset``) is acknowledged by the
-    broker (in order). Items numbered up to ``start_after`` are skipped."""
-    summary = Summary(name)
-    dlq = DeadLetterWriter(producer, settings)
-    window: deque[tuple[int, int, list[asyncio.Future[Any]], Counter[str], Counter[str], int]] = (
-        deque())
-    futures: list[asyncio.Future[Any]] = []
-    types: Counter[str] = Counter()
-    rejected: Counter[str] = Counter()
-    size = 0
-    last = start_after
-    last_end = 0
+@dataclass
+class _Chunk:
+    """The items sent since the previous chunk closed, until every one is acknowledged:
+    their acknowledgement futures (records and dead letters), the events accepted and
+    rejected by type, and the bytes of the file they stand for. ``last_line`` and
+    ``end`` are where the file stood when the chunk closed (line number, byte offset)."""
 
-    async def settle_oldest() -> None:
-        line, end, futs, acc, rej, nbytes = window.popleft()
-        await asyncio.gather(*futs)
-        summary.last_line = line
-        summary.offset = end
-        summary.accepted += sum(acc.values())
-        summary.by_type.update(acc)
-        summary.rejected += sum(rej.values())
-        summary.bytes_read += nbytes
-        for t, k in acc.items():
-            INGEST_EVENTS.labels(t, "accepted").inc(k)
-        for t, k in rej.items():
-            INGEST_EVENTS.labels(t, "rejected").inc(k)
-        if on_acked is not None:
-            result = on_acked(summary)
-            if result is not None:
-                await result
+    futures: list[asyncio.Future[Any]] = field(default_factory=list)
+    accepted: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    size: int = 0
+    items: int = 0
+    last_line: int = 0
+    end: int = 0
 
-    def close_chunk() -> None:
-        nonlocal futures, types, rejected, size
-        window.append((last, last_end, futures, types, rejected, size))
-        futures, types, rejected, size = [], Counter(), Counter(), 0
 
-    async def handle(item: Item) -> None:
-        nonlocal size, last, last_end
-        size += item.size
-        last = item.number
-        last_end = item.end
-        if item.number <= start_after:
-            summary.skipped += 1
+class ItemPublisher:
+    """Publishes the items of one file (or stream) in chunks of ``chunk`` items whose
+    acknowledgements are awaited oldest first, with at most :data:`IN_FLIGHT` chunks
+    waiting, so that "every item up to N is acknowledged" is always known: each time a
+    chunk is, its counts go into :attr:`summary` (and the metrics) and
+    ``on_acked(summary)`` runs. A bad item becomes a dead letter (``dlq.file`` is
+    ``name``, ``dlq.line`` or ``dlq.item`` its number). Items numbered up to
+    ``start_after`` are counted as skipped, not sent.
+
+    Use: ``await add(item)`` for each item in order, then ``await finish()`` (the
+    summary). Raises what the producer raises (a broker that failed)."""
+
+    def __init__(self, settings: AntingSettings, producer: AIOKafkaProducer, *, name: str,
+                 start_after: int = 0, on_acked: OnAcked | None = None,
+                 chunk: int = CHUNK) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.name = name
+        self.start_after = start_after
+        self.on_acked = on_acked
+        self.chunk = chunk
+        self.summary = Summary(name)
+        self.dlq = DeadLetterWriter(producer, settings)
+        self.open = _Chunk()  # the chunk items are added to
+        self.waiting: deque[_Chunk] = deque()  # closed, oldest first, not yet acknowledged
+        # the last item added: its number (line or array item) and the byte offset past it
+        self.last_line = start_after
+        self.end = 0
+
+    async def add(self, item: Item) -> None:
+        """Send ``item`` (or its dead letter); once a chunk is full, close it, and wait for
+        the oldest chunks while more than :data:`IN_FLIGHT` are waiting."""
+        await self._send(item)
+        self.open.items += 1
+        if self.open.items >= self.chunk:
+            self._close()
+            while len(self.waiting) > IN_FLIGHT:
+                await self._settle_oldest()
+
+    async def finish(self) -> Summary:
+        """Close the open chunk, wait for every chunk, and return the summary."""
+        self._close()
+        while self.waiting:
+            await self._settle_oldest()
+        return self.summary
+
+    async def _send(self, item: Item) -> None:
+        chunk = self.open
+        chunk.size += item.size
+        self.last_line = item.number
+        self.end = item.end
+        if item.number <= self.start_after:
+            self.summary.skipped += 1
             return
         error: Exception | None = None
         try:
@@ -290,44 +325,74 @@ async def publish_items(
                 error = InvalidEvent(_compact(exc))
         if error is not None:
             letter = dead_letter(stage="ingest", error=error, key=None, value=item.raw,
-                                 extra={"file": name, item.unit: str(item.number)})
-            futures.append(await dlq.send(letter))
+                                 extra={"file": self.name, item.unit: str(item.number)})
+            chunk.futures.append(await self.dlq.send(letter))
             try:
-                rejected[type_label(read_json(item.raw))] += 1
+                chunk.rejected[type_label(read_json(item.raw))] += 1
             except ValueError:
-                rejected["unknown"] += 1
+                chunk.rejected["unknown"] += 1
             return
-        rec = to_record(event, settings, value=value)
-        futures.append(await producer.send(rec.topic, rec.value, key=rec.key,
-                                           headers=rec.headers))
-        types[rec.event_type] += 1
+        rec = to_record(event, self.settings, value=value)
+        chunk.futures.append(await self.producer.send(rec.topic, rec.value, key=rec.key,
+                                                      headers=rec.headers))
+        chunk.accepted[rec.event_type] += 1
 
-    in_chunk = 0
+    def _close(self) -> None:
+        """Put the open chunk in line, marked with where the file stands, and open a new one."""
+        self.open.last_line, self.open.end = self.last_line, self.end
+        self.waiting.append(self.open)
+        self.open = _Chunk()
 
-    async def after(item: Item) -> bool:
-        nonlocal in_chunk
-        in_chunk += 1
-        if in_chunk >= chunk:
-            in_chunk = 0
-            close_chunk()
-            while len(window) > IN_FLIGHT:
-                await settle_oldest()
-        return stop is not None and stop.is_set()
+    async def _settle_oldest(self) -> None:
+        chunk = self.waiting.popleft()
+        await asyncio.gather(*chunk.futures)
+        summary = self.summary
+        summary.last_line = chunk.last_line
+        summary.offset = chunk.end
+        summary.accepted += sum(chunk.accepted.values())
+        summary.by_type.update(chunk.accepted)
+        summary.rejected += sum(chunk.rejected.values())
+        summary.bytes_read += chunk.size
+        for t, k in chunk.accepted.items():
+            INGEST_EVENTS.labels(t, "accepted").inc(k)
+        for t, k in chunk.rejected.items():
+            INGEST_EVENTS.labels(t, "rejected").inc(k)
+        if self.on_acked is not None:
+            result = self.on_acked(summary)
+            if result is not None:
+                await result
 
+
+async def publish_items(
+    settings: AntingSettings,
+    producer: AIOKafkaProducer,
+    items: Iterable[Item] | AsyncIterator[Item],
+    *,
+    name: str,
+    start_after: int = 0,
+    on_acked: OnAcked | None = None,
+    stop: asyncio.Event | None = None,
+    chunk: int = CHUNK,
+) -> Summary:
+    """Publish ``items`` with an :class:`ItemPublisher` and return its summary; bad ones
+    become dead letters (``dlq.file`` is ``name``). ``on_acked(summary)`` runs each time
+    every item up to ``summary.last_line`` (and, for lines from :func:`read_lines`, up to
+    byte ``summary.offset``) is acknowledged by the broker (in order). Items numbered up
+    to ``start_after`` are skipped. Once ``stop`` is set, no item after the current one
+    is sent, and what was sent is still awaited."""
+    publisher = ItemPublisher(settings, producer, name=name, start_after=start_after,
+                              on_acked=on_acked, chunk=chunk)
     if isinstance(items, AsyncIterator):
         async for item in items:
-            await handle(item)
-            if await after(item):
+            await publisher.add(item)
+            if stop is not None and stop.is_set():
                 break
     else:
         for item in items:
-            await handle(item)
-            if await after(item):
+            await publisher.add(item)
+            if stop is not None and stop.is_set():
                 break
-    close_chunk()
-    while window:
-        await settle_oldest()
-    return summary
+    return await publisher.finish()
 
 
 async def publish_file(

@@ -25,6 +25,12 @@ from shared.settings import AntingSettings
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "RETRY_AFTER_FAILED_START",
+    "BrokerUnavailable",
+    "Publisher",
+]
+
 # after a failed start, fail fast for this long instead of letting every request
 # queue up behind a doomed connection attempt
 RETRY_AFTER_FAILED_START = 0.5

@@ -75,6 +75,22 @@ from shared.settings import AntingSettings, load
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "DONE",
+    "FAILED",
+    "HEAD_BYTES",
+    "JOURNAL",
+    "MIN_POLL",
+    "PARTIAL_SUFFIXES",
+    "Journal",
+    "Signature",
+    "WatchSettings",
+    "candidates",
+    "settle_seconds",
+    "start_message",
+    "watch",
+]
+
 DONE, FAILED, JOURNAL = ".done", ".failed", ".journal"
 # names still being written by convention; write elsewhere and rename in, or use these
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".swp")
