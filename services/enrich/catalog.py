@@ -1,33 +1,29 @@
-"""The organization catalog in memory, fed by a plain reader of the compacted
-``organizations`` topic and kept current while the service runs.
+"""The organization catalog in memory: the compacted ``organizations`` topic held as a
+global table (:class:`shared.compacted.CompactedView`: every worker reads all of it, no
+consumer group, no commits), restored at start and kept current while the service runs.
 
-Every worker reads the whole topic (no consumer group, no commits): the catalog
-is small, and each worker needs all of it. :meth:`Catalog.catch_up` lets the
-pipeline wait, before a batch of events, until every catalog update already on
-the topic is applied — so an event published after an update was acknowledged
-is resolved against it.
+:meth:`Catalog.catch_up` lets the pipeline wait, before a batch of events, until every
+catalog update already on the topic is applied — so an event published after an update
+was acknowledged is resolved against it.
 
-``catalog_version`` is the reader's position on the topic ("<partition>:<next
+``catalog_version`` is the table's position on the topic ("<partition>:<next
 offset>", e.g. ``0:137``): two events with the same version were resolved
 against the same catalog, and a later version means a later catalog.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import orjson
-from aiokafka import TopicPartition
-from pydantic import ValidationError
+from aiokafka import ConsumerRecord
 
 from services.enrich.resolve import DEFAULT_THRESHOLD, CatalogIndex
-from shared.kafka import ensure_topics, make_consumer, make_producer
-from shared.organizations import Organization, RecordTooLarge, parse_organization
+from shared.compacted import CompactedView
+from shared.kafka import ensure_topics, make_producer
+from shared.organizations import Organization, parse_organization
 from shared.settings import AntingSettings
 from shared.topics import ORGANIZATIONS
 
@@ -35,147 +31,65 @@ log = logging.getLogger(__name__)
 
 
 class Catalog:
-    """Organizations by id, their lookup index, and the position they were read up to."""
+    """Organizations by id (``organizations``), their lookup index (``index``, rebuilt
+    after every batch read) and the position they were read up to (``version``).
 
-    def __init__(self, threshold: float = DEFAULT_THRESHOLD) -> None:
+    ``table`` is the view of the topic: :meth:`start` restores it (``table.ready`` is
+    set then), :meth:`stop` closes it. A record that is not a valid organization is
+    skipped with a warning (the catalog commits nothing, so a dead letter would repeat on
+    every start; ``anting orgs put`` validates before writing); a record whose key is
+    not its organization's id is kept under the id."""
+
+    def __init__(self, settings: AntingSettings, threshold: float = DEFAULT_THRESHOLD) -> None:
         self.threshold = threshold
-        self.organizations: dict[str, Organization] = {}
-        self.positions: dict[int, int] = {}
         self.index = CatalogIndex({}, threshold)
-        self.skipped = 0
+        self.table: CompactedView[Organization] = CompactedView(
+            settings, settings.topic(ORGANIZATIONS), parse_organization,
+            key_of=_own_id, on_change=self._rebuild, on_invalid=_invalid,
+            # the catalog is written by plain producers; read_committed costs nothing here
+            fetch_max_wait_ms=100,
+        )
+
+    @property
+    def organizations(self) -> dict[str, Organization]:
+        return self.table.items
 
     @property
     def version(self) -> str:
-        return ",".join(f"{p}:{o}" for p, o in sorted(self.positions.items())) or "0:0"
+        return ",".join(f"{p}:{o}" for p, o in sorted(self.table.positions.items())) or "0:0"
 
-    def apply(self, key: bytes | None, value: bytes | None, partition: int, offset: int) -> None:
-        """One record of the topic: an upsert, or (null value) a delete. Call :meth:`rebuild` after."""
-        self.positions[partition] = offset + 1
-        if value is None:
-            if key is not None:
-                self.organizations.pop(key.decode(errors="replace"), None)
-            return
-        try:
-            org = parse_organization(value)
-        except (ValidationError, RecordTooLarge) as exc:
-            # the catalog reader commits nothing, so a dead letter would repeat on
-            # every start: log it; `anting orgs put` validates before writing
-            self.skipped += 1
-            log.warning("invalid organization record skipped",
-                        extra={"offset": offset, "error": str(exc)[:300]})
-            return
-        if key is not None and key.decode(errors="replace") != org.id:
-            log.warning("organization key differs from its id; the id wins",
-                        extra={"offset": offset, "id": org.id})
-        self.organizations[org.id] = org
-
-    def rebuild(self) -> None:
-        self.index = CatalogIndex(dict(self.organizations), self.threshold)
-
-
-class CatalogReader:
-    """Reads ``organizations`` from the beginning, then follows it, applying each batch."""
-
-    def __init__(self, settings: AntingSettings, catalog: Catalog) -> None:
-        self.settings = settings
-        self.catalog = catalog
-        self.topic = settings.topic(ORGANIZATIONS)
-        self.consumer: Any = None
-        # end offsets are asked on a client of their own: on the follower's connection
-        # the request would queue behind its long-poll fetch (~fetch_max_wait_ms per batch)
-        self.probe: Any = None
-        self.partitions: list[TopicPartition] = []
-        self._task: asyncio.Task[None] | None = None
-        self._progress = asyncio.Condition()
-        self.loaded = asyncio.Event()
-
-    async def start(self) -> None:
-        # the catalog is written by plain producers; read_committed costs nothing here
-        self.consumer = make_consumer(self.settings, group_id=None, fetch_max_wait_ms=100)
-        await self.consumer.start()
-        parts = self.consumer.partitions_for_topic(self.topic)
-        for _ in range(100):
-            if parts:
-                break
-            await asyncio.sleep(0.1)
-            await self.consumer._client.force_metadata_update()  # topic just created
-            parts = self.consumer.partitions_for_topic(self.topic)
-        if not parts:
-            await self.consumer.stop()
-            raise RuntimeError(f"topic {self.topic} not found")
-        self.partitions = [TopicPartition(self.topic, p) for p in sorted(parts)]
-        self.consumer.assign(self.partitions)
-        await self.consumer.seek_to_beginning(*self.partitions)
-        self.probe = make_consumer(self.settings, group_id=None)
-        await self.probe.start()
-        await self.catch_up(timeout=120.0, initial=True)
-        self.loaded.set()
-        self._task = asyncio.create_task(self._follow(), name="catalog-reader")
+    async def start(self, timeout: float = 120.0) -> None:
+        """Read the whole topic, then follow it. Raises ``TimeoutError`` when that takes
+        over ``timeout`` seconds: enrich does not start on part of its catalog."""
+        await self.table.start(timeout)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for client in (self.probe, self.consumer):
-            if client:
-                await client.stop()
+        """Stop following the topic."""
+        await self.table.stop()
 
-    async def _read_once(self, timeout_ms: int) -> None:
-        batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
-        if not batch:
-            return
-        for tp, records in batch.items():
-            for r in records:
-                self.catalog.apply(r.key, r.value, tp.partition, r.offset)
-        self.catalog.rebuild()
+    async def catch_up(self, timeout: float = 10.0) -> None:
+        """Return once every record now on the topic is applied; after ``timeout`` seconds
+        log that the catalog is behind and return anyway (the next batch asks again)."""
+        try:
+            await self.table.catch_up(timeout)
+        except TimeoutError:
+            log.warning("catalog behind its topic; going on", extra={"version": self.version})
+
+    def _rebuild(self, changed: Sequence[str]) -> None:
+        self.index = CatalogIndex(dict(self.table.items), self.threshold)
         log.info("catalog updated", extra={
-            "organizations": len(self.catalog.organizations), "version": self.catalog.version})
+            "organizations": len(self.table.items), "version": self.version})
 
-    async def _follow(self) -> None:
-        while True:
-            try:
-                await self._read_once(500)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("catalog read failed; retrying")
-                await asyncio.sleep(1.0)
-            async with self._progress:
-                self._progress.notify_all()
 
-    async def catch_up(self, timeout: float = 10.0, initial: bool = False) -> None:
-        """Return once every record now on the topic is applied (bounded by ``timeout``)."""
-        ends = await self.probe.end_offsets(self.partitions)
-        deadline = asyncio.get_running_loop().time() + timeout
+def _own_id(key: str, org: Organization) -> str:
+    if key != org.id:
+        log.warning("organization key differs from its id; the id wins", extra={"key": key, "id": org.id})
+    return org.id
 
-        def done() -> bool:
-            return all(self.catalog.positions.get(tp.partition, 0) >= end
-                       or end == 0 for tp, end in ends.items())
 
-        while not done():
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                log.warning("catalog behind its topic; going on", extra={"version": self.catalog.version})
-                return
-            if initial:
-                await self._read_once(200)
-                # a compacted topic's end may be a transaction marker or a removed record
-                if not done():
-                    positions = {tp: await self.consumer.position(tp) for tp in self.partitions}
-                    for tp, pos in positions.items():
-                        if pos >= ends[tp]:
-                            self.catalog.positions[tp.partition] = max(
-                                self.catalog.positions.get(tp.partition, 0), pos)
-                continue
-            async with self._progress:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._progress.wait(), timeout=min(left, 0.5))
-            for tp in self.partitions:
-                pos = await self.consumer.position(tp)
-                if pos >= ends[tp]:
-                    self.catalog.positions[tp.partition] = max(
-                        self.catalog.positions.get(tp.partition, 0), pos)
+def _invalid(record: ConsumerRecord[bytes, bytes], exc: Exception) -> None:
+    log.warning("invalid organization record skipped",
+                extra={"offset": record.offset, "error": str(exc)[:300]})
 
 
 # --- the shipped catalog and writing it to the topic -----------------------------------
@@ -193,31 +107,18 @@ def read_file(path: Path) -> list[Organization]:
     return [parse_organization(orjson.dumps(o)) for o in orjson.loads(path.read_bytes())]
 
 
-def encode(org: Organization) -> bytes:
+def encode_organization(org: Organization) -> bytes:
     """The canonical bytes of a record on the topic (so equal records compare equal)."""
     return orjson.dumps(org.model_dump(mode="json", exclude_none=True), option=orjson.OPT_SORT_KEYS)
 
 
 async def current(settings: AntingSettings) -> dict[str, bytes]:
-    """What the topic holds now: the latest value bytes by organization id."""
-    catalog = Catalog()
-    reader = CatalogReader(settings, catalog)
-    raw: dict[str, bytes] = {}
-    original_apply = catalog.apply
-
-    def apply(key: bytes | None, value: bytes | None, partition: int, offset: int) -> None:
-        original_apply(key, value, partition, offset)
-        if key is not None:
-            if value is None:
-                raw.pop(key.decode(errors="replace"), None)
-            else:
-                raw[key.decode(errors="replace")] = value
-
-    catalog.apply = apply  # type: ignore[method-assign]
+    """What the topic holds now: the latest value bytes by record key (invalid ones too)."""
     await ensure_topics(settings, [ORGANIZATIONS])
-    await reader.start()
-    await reader.stop()
-    return raw
+    raw: CompactedView[bytes] = CompactedView(settings, settings.topic(ORGANIZATIONS), bytes)
+    await raw.start()
+    await raw.stop()
+    return raw.items
 
 
 async def write(
@@ -235,7 +136,7 @@ async def write(
     written = unchanged = 0
     try:
         for org in upserts:
-            value = encode(org)
+            value = encode_organization(org)
             if existing.get(org.id) == value:
                 unchanged += 1
                 continue

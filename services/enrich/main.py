@@ -1,4 +1,4 @@
-"""``anting serve enrich``: the catalog reader, the enrich worker, and /metrics,
+"""``anting serve enrich``: the catalog, the enrich worker, and /metrics,
 /healthz, /readyz on uvicorn, all in one event loop.
 
 SIGTERM/SIGINT (via :func:`shared.runtime.run_service`) stop fetching; the batch
@@ -14,7 +14,7 @@ import logging
 import uvicorn
 from fastapi import FastAPI
 
-from services.enrich.catalog import Catalog, CatalogReader
+from services.enrich.catalog import Catalog
 from services.enrich.pipeline import Worker
 from services.enrich.settings import EnrichSettings
 from shared import logs
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def create_app(worker: Worker) -> FastAPI:
     async def ready() -> tuple[bool, str]:
-        if not worker.reader.loaded.is_set():
+        if not worker.catalog.table.ready.is_set():
             return False, "loading the organization catalog"
         if not worker.running:
             return False, "not connected to the input topics"
@@ -45,9 +45,8 @@ def create_app(worker: Worker) -> FastAPI:
 async def serve(settings: EnrichSettings, stop: asyncio.Event, *, tune_gc: bool = False) -> None:
     """Run enrich until ``stop`` is set (usable from Python, e.g. benchmarks);
     ``tune_gc`` applies :func:`quiet_gc` once the catalog is loaded (``anting serve`` does)."""
-    catalog = Catalog(settings.fuzzy_threshold)
-    reader = CatalogReader(settings, catalog)
-    worker = Worker(settings, catalog, reader)
+    catalog = Catalog(settings, settings.fuzzy_threshold)
+    worker = Worker(settings, catalog)
     config = uvicorn.Config(
         create_app(worker), host=settings.host, port=settings.port, log_config=None,
         access_log=False, lifespan="off", timeout_graceful_shutdown=5,
@@ -60,7 +59,7 @@ async def serve(settings: EnrichSettings, stop: asyncio.Event, *, tune_gc: bool 
     lag.start()
     try:
         await ensure_topics(settings)
-        await reader.start()
+        await catalog.start()
         log.info("catalog loaded", extra={
             "organizations": len(catalog.organizations), "version": catalog.version})
         if tune_gc:
@@ -70,7 +69,7 @@ async def serve(settings: EnrichSettings, stop: asyncio.Event, *, tune_gc: bool 
         server.should_exit = True
         with contextlib.suppress(Exception):
             await http
-        await reader.stop()
+        await catalog.stop()
         await lag.stop()
 
 

@@ -40,7 +40,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError
 from pydantic import ValidationError
 
-from services.enrich.catalog import Catalog, CatalogReader
+from services.enrich.catalog import Catalog
 from services.enrich.enrich import enrich_bytes
 from services.enrich.settings import EnrichSettings
 from shared.deadletters import DeadLetterWriter, from_record
@@ -192,11 +192,10 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class Worker:
     """One enrich worker: a consumer in the group, its producers, the catalog."""
 
-    def __init__(self, settings: EnrichSettings, catalog: Catalog, reader: CatalogReader) -> None:
+    def __init__(self, settings: EnrichSettings, catalog: Catalog) -> None:
         self.settings = settings
         self.group = settings.group
         self.catalog = catalog
-        self.reader = reader
         self.enricher = Enricher(settings, catalog)
         self.exactly_once = settings.guarantee == "exactly_once"
         self.inputs = [settings.topic(ANNOUNCEMENTS), settings.topic(AGREEMENTS)]
@@ -282,7 +281,7 @@ class Worker:
                     continue
                 async with self.lock:
                     self.attempt = {tp: rs[0].offset for tp, rs in batch.items() if rs}
-                    await self.reader.catch_up()
+                    await self.catalog.catch_up()
                     if self.exactly_once:
                         await self._transact(batch)
                     else:

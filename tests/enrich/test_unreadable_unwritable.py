@@ -18,7 +18,7 @@ from cloudevents.v1.kafka import to_binary
 
 from devtools.testing import read_topic
 from services.enrich import pipeline
-from services.enrich.catalog import Catalog, CatalogReader
+from services.enrich.catalog import Catalog
 from services.enrich.settings import EnrichSettings
 from shared.deadletters import read_dead_letters
 from shared.kafka import make_admin, make_producer
@@ -165,9 +165,9 @@ async def test_lag_rises_while_enrich_is_held_failing(
         raise RuntimeError("held failing by the test")
 
     monkeypatch.setattr(pipeline.Enricher, "process", fail)
-    catalog = Catalog()
-    worker = pipeline.Worker(settings, catalog, CatalogReader(settings, catalog))
-    await worker.reader.start()
+    catalog = Catalog(settings)
+    worker = pipeline.Worker(settings, catalog)
+    await catalog.start()
     stop = asyncio.Event()
     restarts = WORKER_RESTARTS.labels("enrich")
     before = restarts._value.get()
@@ -203,4 +203,4 @@ async def test_lag_rises_while_enrich_is_held_failing(
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
-        await worker.reader.stop()
+        await catalog.stop()
