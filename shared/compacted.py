@@ -12,7 +12,7 @@ process: no consumer group and no commits — every start restores the whole top
 with ``since_ms``, what was written since then.
 
 Users: enrich's organization catalog (``services/enrich/catalog.py``), notify's
-subscriptions (``services/notify/subscriptions.py``) and its delivered-ledger
+subscriptions (``services/notify/store.py``) and its delivered-ledger
 (``services/notify/ledger.py``), which folds each record into state of another shape —
 Kafka Streams' ``addGlobalStore`` with a state-update processor of its own.
 """

@@ -99,7 +99,7 @@ NonEmptyText = Annotated[str, StringConstraints(min_length=1, max_length=LIMITS[
 Uri = Annotated[str, StringConstraints(max_length=LIMITS["uri"], pattern=_NAME)]
 Headline = Annotated[str, StringConstraints(max_length=LIMITS["headline"], pattern=_NAME)]
 Prose = Annotated[str, StringConstraints(max_length=LIMITS["summary"], pattern=_PROSE)]
-# kept for the catalog and subscriptions, which have their own rules
+# a subscription's names and ids (shared.subscriptions), which have no length rule of events
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 
 

@@ -14,9 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from shared.events import EVENT_TYPES, AnnouncementKind
-
-NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+from shared.events import EVENT_TYPES, AnnouncementKind, NonEmpty
 
 
 class Strict(BaseModel):

@@ -34,10 +34,18 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Collection, Sequence
+from typing import TypeAlias
 
-from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.structs import RecordMetadata
 from pydantic import ValidationError
 
 from services.enrich.catalog import Catalog
@@ -101,11 +109,14 @@ class RecordTooLarge(ValueError):
     """The enriched record is larger than the output topic takes."""
 
 
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+Ack: TypeAlias = asyncio.Future[RecordMetadata]  # a send's broker acknowledgement
+
 # what a produce refuses for one record alone: treated like a poison input
 _UNWRITABLE = (RecordTooLarge, MessageSizeTooLargeError, TypeError, ValueError)
 
 
-def _structured(headers: Any) -> list[tuple[str, bytes]]:
+def _structured(headers: Sequence[tuple[str, bytes]] | None) -> list[tuple[str, bytes]]:
     """The input's headers (ce_*, traceparent ...), and always the CloudEvents Kafka
     binding's structured-mode content type: an input written by kcat without headers
     still comes out as a CloudEvent any binding-aware parser reads."""
@@ -132,8 +143,8 @@ class Enricher:
         self.max_out_bytes = limits[self.out_topic]
         self.dlq.max_bytes = limits[self.dlq.topic]
 
-    async def _dead_letter(self, producer: AIOKafkaProducer, r: Any, exc: BaseException,
-                           outcome: Outcome, futures: list[Any]) -> None:
+    async def _dead_letter(self, producer: AIOKafkaProducer, r: Record, exc: BaseException,
+                           outcome: Outcome, futures: list[Ack]) -> None:
         letter = from_record(r, stage=STAGE, error=exc)
         futures.append(await self.dlq.send(letter, producer))
         outcome.events[(_type_of(r.value), "dead_lettered")] += 1
@@ -141,9 +152,9 @@ class Enricher:
             "topic": r.topic, "partition": r.partition, "offset": r.offset,
             "error": type(exc).__name__, "reason": str(exc)[:200]})
 
-    async def process(self, producer: AIOKafkaProducer, records: list[Any], outcome: Outcome) -> list[Any]:
+    async def process(self, producer: AIOKafkaProducer, records: list[Record], outcome: Outcome) -> list[Ack]:
         """Queue one output per record; returns the delivery futures."""
-        futures: list[Any] = []
+        futures: list[Ack] = []
         index, version = self.catalog.index, self.catalog.version
         for r in records:
             t0 = time.perf_counter()
@@ -178,14 +189,16 @@ class Enricher:
         return futures
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _WorkerRebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands the group's partition changes to the worker (its producers follow them)."""
+
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
 
-    async def on_partitions_revoked(self, revoked: Any) -> None:
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
         await self.worker.revoked(set(revoked))
 
-    async def on_partitions_assigned(self, assigned: Any) -> None:
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         self.worker.assigned(set(assigned))
 
 
@@ -199,7 +212,7 @@ class Worker:
         self.enricher = Enricher(settings, catalog)
         self.exactly_once = settings.guarantee == "exactly_once"
         self.inputs = [settings.topic(ANNOUNCEMENTS), settings.topic(AGREEMENTS)]
-        self.consumer: Any = None
+        self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None  # at-least-once
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}  # exactly-once
         self.fresh: set[TopicPartition] = set()
@@ -264,7 +277,7 @@ class Worker:
             fetch_max_wait_ms=self.settings.batch_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
-        self.consumer.subscribe(self.inputs, listener=_Listener(self))
+        self.consumer.subscribe(self.inputs, listener=_WorkerRebalanceListener(self))
         await self.enricher.read_limits()
         await self.consumer.start()
         if not self.exactly_once:
@@ -323,10 +336,15 @@ class Worker:
             self.producers[tp] = producer
         return producer
 
-    async def _transact(self, batch: dict[TopicPartition, list[Any]]) -> None:
+    def _consumer(self) -> AIOKafkaConsumer:
+        """The running session's consumer (the batch methods run only inside a session)."""
+        assert self.consumer is not None, "no session running"
+        return self.consumer
+
+    async def _transact(self, batch: dict[TopicPartition, list[Record]]) -> None:
         outcome = Outcome()
         pending: list[tuple[TopicPartition, AIOKafkaProducer]] = []
-        assignment = self.consumer.assignment()
+        assignment = self._consumer().assignment()
         for tp, records in batch.items():
             if tp not in assignment or not records:
                 continue
@@ -335,11 +353,11 @@ class Worker:
                 # the position was read before the fencing: a transaction of the previous
                 # owner may have committed since. Start from what is committed now.
                 self.fresh.discard(tp)
-                committed = await self.consumer.committed(tp)
+                committed = await self._consumer().committed(tp)
                 start = committed if committed is not None else 0
                 records = [r for r in records if r.offset >= start]
                 if not records or records[0].offset != start:
-                    self.consumer.seek(tp, start)
+                    self._consumer().seek(tp, start)
                     continue
             await producer.begin_transaction()
             pending.append((tp, producer))
@@ -366,7 +384,7 @@ class Worker:
 
     # --- at least once ----------------------------------------------------------
 
-    async def _at_least_once(self, batch: dict[TopicPartition, list[Any]]) -> None:
+    async def _at_least_once(self, batch: dict[TopicPartition, list[Record]]) -> None:
         assert self.producer is not None
         outcome = Outcome()
         futures = []
@@ -377,5 +395,5 @@ class Worker:
             futures += await self.enricher.process(self.producer, records, outcome)
             offsets[tp] = records[-1].offset + 1
         await asyncio.gather(*futures)
-        await self.consumer.commit(offsets)
+        await self._consumer().commit(offsets)
         outcome.publish()

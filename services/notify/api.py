@@ -23,7 +23,7 @@ from services.notify import sse
 from services.notify.matching import decode, match
 from services.notify.settings import NotifySettings
 from services.notify.ssrf import literal_refusal
-from services.notify.subscriptions import SubscriptionStore
+from services.notify.store import SubscriptionStore
 from shared.events import error_paths, record_event_bytes
 from shared.http import (
     health_router,

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from aiokafka import AIOKafkaConsumer
 
-from services.notify.channels import Channel
+from services.notify.channels import Sender
 from services.notify.channels.chat import AppriseSender
 from services.notify.channels.log import LogSender
 from services.notify.channels.smtp import EmailSender
@@ -28,7 +28,7 @@ from services.notify.pipeline import EventPipeline
 from services.notify.retries import RetrySchedule
 from services.notify.settings import NotifySettings
 from services.notify.ssrf import Resolver, system_resolver
-from services.notify.subscriptions import SubscriptionStore
+from services.notify.store import SubscriptionStore
 from shared.consumer_loop import ConsumerLoop
 from shared.deadletters import DeadLetterWriter
 from shared.kafka import RecordBatches, ensure_topics, make_consumer, make_producer
@@ -39,7 +39,7 @@ __all__ = ["Notifier", "default_channels"]
 log = logging.getLogger(__name__)
 
 
-def default_channels(settings: NotifySettings, resolver: Resolver = system_resolver) -> dict[str, Channel]:
+def default_channels(settings: NotifySettings, resolver: Resolver = system_resolver) -> dict[str, Sender]:
     """One sender per channel type (``webhook``, ``email``, ``apprise``, ``log``), from the
     settings; ``resolver`` answers the webhook client's DNS lookups (tests give their own)."""
     return {
@@ -59,7 +59,7 @@ class Notifier:
     ``enriched-events`` group and the ``notify-retries`` group until stopped),
     :meth:`close`. ``channels`` replaces :func:`default_channels` (tests)."""
 
-    def __init__(self, settings: NotifySettings, channels: Mapping[str, Channel] | None = None) -> None:
+    def __init__(self, settings: NotifySettings, channels: Mapping[str, Sender] | None = None) -> None:
         self.settings = settings
         self.producer = make_producer(settings, linger_ms=20)
         self.store = SubscriptionStore(settings, self.producer)

@@ -13,7 +13,7 @@ import typer
 
 if TYPE_CHECKING:  # imported where used: `anting --help` stays quick
     from services.notify.settings import NotifySettings
-    from services.notify.subscriptions import SubscriptionStore
+    from services.notify.store import SubscriptionStore
     from shared.subscriptions import Filter, Subscription, SubscriptionRequest
 
 T = TypeVar("T")
@@ -53,7 +53,7 @@ async def _with_store(fn: Callable[[SubscriptionStore, NotifySettings], Awaitabl
     last 7 days of ``notifications`` (the same fold a running notify keeps in memory)."""
     from services.notify.ledger import Ledger
     from services.notify.settings import NotifySettings
-    from services.notify.subscriptions import SubscriptionStore
+    from services.notify.store import SubscriptionStore
     from shared.kafka import ensure_topics, make_producer
     from shared.settings import load
     from shared.topics import NOTIFICATIONS, SUBSCRIPTIONS
@@ -96,7 +96,7 @@ def subscriptions_add(
 
     from services.notify.settings import parse_schedule
     from services.notify.ssrf import literal_refusal
-    from services.notify.subscriptions import public_view
+    from services.notify.store import public_view
     from shared.events import error_paths
     from shared.subscriptions import SubscriptionRequest
 

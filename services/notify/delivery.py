@@ -45,11 +45,11 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from services.notify.channels import Channel, Result
+from services.notify.channels import Result, Sender
 from services.notify.ledger import SUPERSEDED, Ledger
 from services.notify.notification import Delivery
 from services.notify.settings import NotifySettings
-from services.notify.subscriptions import SubscriptionStore
+from services.notify.store import SubscriptionStore
 from shared.deadletters import DeadLetterWriter, dead_letter
 from shared.kafka import PRODUCER_MAX_REQUEST_BYTES, record_size
 from shared.metrics import END_TO_END_SECONDS, NOTIFY_DELIVERIES
@@ -125,7 +125,7 @@ class Deliverer:
         producer: AIOKafkaProducer,
         store: SubscriptionStore,
         ledger: Ledger,
-        channels: Mapping[str, Channel],
+        channels: Mapping[str, Sender],
     ) -> None:
         self.settings = settings
         self.producer = producer

@@ -23,7 +23,7 @@ from services.notify.digest import Digests
 from services.notify.ledger import Ledger
 from services.notify.matching import decode, match
 from services.notify.notification import Delivery, idempotency_key
-from services.notify.subscriptions import SubscriptionStore
+from services.notify.store import SubscriptionStore
 from shared.deadletters import DeadLetterWriter, from_record
 from shared.events import record_event_bytes
 from shared.metrics import STAGE_SECONDS

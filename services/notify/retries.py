@@ -36,7 +36,7 @@ from aiokafka import ConsumerRecord
 from services.notify.delivery import DUE_HEADER, Deliverer
 from services.notify.ledger import Ledger
 from services.notify.notification import Delivery
-from services.notify.subscriptions import SubscriptionStore
+from services.notify.store import SubscriptionStore
 from shared.consumer_loop import Abandoned
 from shared.deadletters import DeadLetterWriter, from_record
 

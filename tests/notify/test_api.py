@@ -16,7 +16,7 @@ from devtools.localkafka import free_port
 from devtools.testing import produce
 from services.notify import sse
 from services.notify.api import create_app
-from services.notify.subscriptions import SubscriptionStore
+from services.notify.store import SubscriptionStore
 from shared.http import EmbeddedServer
 from shared.kafka import make_producer
 from shared.settings import AntingSettings

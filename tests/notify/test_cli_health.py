@@ -15,7 +15,7 @@ from devtools.testing import env_for, produce
 from services.notify.channels import Result
 from services.notify.delivery import notification_record
 from services.notify.notification import Delivery, idempotency_key
-from services.notify.subscriptions import SubscriptionStore
+from services.notify.store import SubscriptionStore
 from shared.kafka import make_producer
 from shared.settings import AntingSettings
 from shared.subscriptions import DeliveryOutcome

@@ -23,7 +23,7 @@ from standardwebhooks.webhooks import Webhook
 from devtools.localkafka import free_port
 from devtools.testing import ServiceProcess, produce
 from services.notify.notification import idempotency_key
-from services.notify.subscriptions import SubscriptionStore
+from services.notify.store import SubscriptionStore
 from shared.kafka import make_producer
 from shared.settings import AntingSettings
 from shared.subscriptions import SubscriptionRequest

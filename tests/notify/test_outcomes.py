@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from devtools.testing import produce, read_topic
-from services.notify.subscriptions import SubscriptionStore
+from services.notify.store import SubscriptionStore
 from shared.settings import AntingSettings
 from shared.subscriptions import SubscriptionRequest
 from shared.topics import DEAD_LETTERS, ENRICHED_EVENTS, NOTIFICATIONS, SUBSCRIPTIONS

@@ -18,7 +18,7 @@ from services.notify.delivery import Deliverer, next_delay, notification_record
 from services.notify.ledger import SUPERSEDED, Ledger
 from services.notify.notification import Delivery
 from services.notify.settings import NotifySettings, parse_schedule
-from services.notify.subscriptions import SubscriptionStore, public_view
+from services.notify.store import SubscriptionStore, public_view
 from shared.subscriptions import RETRY_PRESETS, DeliveryOutcome, Subscription, SubscriptionRequest
 from shared.topics import LEDGER_RETENTION_MS
 

@@ -22,7 +22,7 @@ from devtools.localkafka import free_port
 from devtools.testing import produce
 from services.notify import api, sse
 from services.notify.api import ResumePoints, create_app
-from services.notify.subscriptions import SubscriptionStore
+from services.notify.store import SubscriptionStore
 from shared.events import dump_event
 from shared.http import EmbeddedServer
 from shared.settings import AntingSettings

@@ -33,7 +33,7 @@ from services.notify.ssrf import (
     literal_refusal,
     url_host,
 )
-from services.notify.subscriptions import SubscriptionStore
+from services.notify.store import SubscriptionStore
 from shared.kafka import make_producer
 from shared.settings import AntingSettings
 from shared.subscriptions import Subscription, WebhookChannel

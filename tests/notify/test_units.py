@@ -20,7 +20,7 @@ from services.notify.delivery import Slots, notification_record
 from services.notify.matching import InvalidEvent, decode, match, norm
 from services.notify.notification import SOURCE, Delivery, digest_key, idempotency_key
 from services.notify.rendering import one_line, with_attributes
-from services.notify.subscriptions import new_secret, signing_secrets
+from services.notify.store import new_secret, signing_secrets
 from shared.events import dump_event, parse_enriched
 from shared.subscriptions import (
     DeliveryOutcome,

@@ -24,7 +24,7 @@ from shared.subscriptions import Subscription
 from ..notification import Delivery
 from ..rendering import body as render_body
 from ..ssrf import GuardedResolver, Network, RefusedAddress, Resolver, system_resolver
-from ..subscriptions import signing_secrets
+from ..store import signing_secrets
 from . import Result
 from .http1 import InvalidURL, WebhookClient
 
