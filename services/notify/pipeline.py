@@ -1,5 +1,5 @@
 """The notify flow for one enriched event: decode it against the contract (refused →
-``dead-letters``), match it against every active subscription, ask the ledger whether
+``dead-letters``), match it against the subscriptions that can want it (the store's index), ask the ledger whether
 each (event, subscription) is done already, and make every first attempt — or collect
 the event into the subscription's digest. Nothing here builds what it uses:
 :mod:`services.notify.bootstrap` wires it.
@@ -21,7 +21,7 @@ from aiokafka import ConsumerRecord
 from services.notify.delivery import Deliverer
 from services.notify.digest import Digests
 from services.notify.ledger import Ledger
-from services.notify.matching import decode, match
+from services.notify.matching import decode
 from services.notify.notification import Delivery, idempotency_key
 from services.notify.store import SubscriptionStore
 from shared.deadletters import DeadLetterWriter, from_record
@@ -78,10 +78,7 @@ class EventPipeline:
         acks: list[asyncio.Future[Any]] = []
         jobs: list[Coroutine[Any, Any, Any]] = []
         suppressed: list[tuple[str, str, str]] | None = None
-        for sub in self.store.active():
-            reasons = match(event, sub.filter)
-            if reasons is None:
-                continue
+        for sub, reasons in self.store.matching(event):
             key = idempotency_key(event["source"], event["id"], sub.id)
             why = self.ledger.suppresses(key)
             if why is not None:

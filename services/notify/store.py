@@ -21,7 +21,10 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from aiokafka import AIOKafkaProducer
 
+from services.notify.index import SubscriptionIndex
+from services.notify.matching import Event, Reason
 from shared.compacted import CompactedView
 from shared.settings import AntingSettings
 from shared.subscriptions import Subscription, SubscriptionRequest
@@ -91,13 +94,16 @@ class SubscriptionStore:
     """The subscriptions, read from the topic into ``view`` (a record that is not a valid
     subscription is skipped with a warning, and its key keeps what it had), written to the
     topic and applied here once acknowledged; whoever waits for a subscription to change
-    is woken (:meth:`next_change`)."""
+    is woken (:meth:`next_change`). ``index`` files the active ones by what their filters
+    name (:mod:`services.notify.index`) and follows every change, so an event is matched
+    only against the subscriptions that can want it (:meth:`matching`)."""
 
-    def __init__(self, settings: AntingSettings, producer: Any) -> None:
+    def __init__(self, settings: AntingSettings, producer: AIOKafkaProducer) -> None:
         self.topic = settings.topic(SUBSCRIPTIONS)
         self.producer = producer
         self.view: CompactedView[Subscription] = CompactedView(
             settings, self.topic, decode_subscription, on_change=self._changed)
+        self.index = SubscriptionIndex()
         self._waiters: dict[str, asyncio.Event] = {}
         # each subscription's delivery health: the ledger's, when a notifier runs here
         self.health: Callable[[Iterable[str]], dict[str, Health]] | None = None
@@ -122,9 +128,20 @@ class SubscriptionStore:
 
     def wake_all(self) -> None:
         """Set every :meth:`next_change` event (shutting down: nobody waits any longer)."""
-        self._changed(list(self._waiters))
+        self._wake(list(self._waiters))
 
     def _changed(self, sub_ids: Sequence[str]) -> None:
+        """These subscriptions were written or deleted (read from the topic, or written
+        here): the index follows, then whoever waits for them is woken."""
+        for sub_id in sub_ids:
+            sub = self.view.items.get(sub_id)
+            if sub is None:
+                self.index.remove(sub_id)
+            else:
+                self.index.put(sub)
+        self._wake(sub_ids)
+
+    def _wake(self, sub_ids: Sequence[str]) -> None:
         for sub_id in sub_ids:
             event = self._waiters.pop(sub_id, None)
             if event is not None:
@@ -140,7 +157,14 @@ class SubscriptionStore:
         return sorted(self.view.items.values(), key=lambda s: (s.created_at, s.id))
 
     def active(self) -> list[Subscription]:
+        """The subscriptions not disabled, in the order they were last written."""
         return [s for s in self.view.items.values() if not s.disabled]
+
+    def matching(self, event: Event) -> list[tuple[Subscription, list[Reason]]]:
+        """The active subscriptions that match ``event``, each with its reasons: the same
+        set as :func:`~services.notify.matching.match` over :meth:`active`, from the index
+        (cost: the event's keys and the few candidates, not every subscription)."""
+        return self.index.matches(event)
 
     def get(self, sub_id: str) -> Subscription | None:
         return self.view.items.get(sub_id)
