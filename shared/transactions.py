@@ -1,0 +1,517 @@
+"""KIP-447 on aiokafka: transactional offset commits fenced by the consumer group.
+
+aiokafka 0.14 commits a transaction's offsets with ``TxnOffsetCommit`` v0: the group
+id and nothing else, so the group coordinator cannot tell a zombie (a consumer that
+lost its partitions in a rebalance but does not know it yet) from the partitions'
+owner, and only a transactional id per input partition fences it (Kafka before 2.5,
+KIP-98). KIP-447 (Kafka 2.5; Java's
+``KafkaProducer.sendOffsetsToTransaction(offsets, ConsumerGroupMetadata)``) sends the
+consumer's group metadata with the offsets (``TxnOffsetCommit`` v3+: generation id,
+member id, group instance id), and the group coordinator refuses a commit from an
+old generation (``ILLEGAL_GENERATION``, ``UNKNOWN_MEMBER_ID``, ``FENCED_INSTANCE_ID``):
+one transactional producer per consumer is enough. Its other half: a new owner reads
+the committed offsets with ``OffsetFetch`` v7+ ``require_stable``, which the broker
+answers with ``UNSTABLE_OFFSET_COMMIT`` while a transaction with offsets for the
+partition is still open, so it starts only after that transaction ended.
+
+This module is the whole of it, written to be offered upstream:
+
+- the two requests as aiokafka protocol structs (flexible versions: compact strings
+  and arrays, tagged fields): :class:`TxnOffsetCommitRequest_v3`,
+  :class:`OffsetFetchRequest_v7`;
+- :class:`ConsumerGroupMetadata` and :func:`group_metadata` (Java's
+  ``KafkaConsumer.groupMetadata()``);
+- :class:`TransactionalProducer`: an ``AIOKafkaProducer`` whose
+  ``send_offsets_to_transaction`` also takes a :class:`ConsumerGroupMetadata`;
+- :func:`fetch_stable_offsets`: committed offsets that wait for pending transactions.
+
+aiokafka has no public hook for either request, so three private names are used,
+here only: the consumer's ``_coordinator`` (generation, member id, coordinator
+node) and ``_client``, and the producer's ``_sender`` (whose class is swapped for a
+subclass that sends v3 when it has the metadata). Pinned: aiokafka 0.14.0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeAlias, cast
+
+import aiokafka.errors as Errors
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.client import ConnectionGroup, CoordinationType
+from aiokafka.errors import (
+    CommitFailedError,
+    IncompatibleBrokerVersion,
+    KafkaError,
+    KafkaTimeoutError,
+    ProducerFenced,
+)
+from aiokafka.producer.sender import BaseHandler, Sender
+from aiokafka.producer.transaction_manager import TransactionState
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import (
+    Boolean,
+    CompactArray,
+    CompactString,
+    Int16,
+    Int32,
+    Int64,
+    Schema,
+    TaggedFields,
+)
+from aiokafka.structs import OffsetAndMetadata
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FENCED_INSTANCE_ID",
+    "ILLEGAL_GENERATION",
+    "UNKNOWN_MEMBER_ID",
+    "UNSTABLE_OFFSET_COMMIT",
+    "ConsumerGroupMetadata",
+    "FencedByGroupError",
+    "OffsetFetchRequest_v7",
+    "StableOffsetFetch",
+    "TransactionalProducer",
+    "TxnOffsetCommitRequest_v3",
+    "TxnOffsetCommitWithGroup",
+    "fetch_stable_offsets",
+    "group_metadata",
+    "is_fenced",
+]
+
+# error codes (Kafka's Errors.java) aiokafka 0.14 has no class for, or that KIP-447 reads
+ILLEGAL_GENERATION = 22
+UNKNOWN_MEMBER_ID = 25
+FENCED_INSTANCE_ID = 82
+UNSTABLE_OFFSET_COMMIT = 88
+_FENCED_BY_GROUP = {ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID}
+_ABORTABLE_ERROR = TransactionState.ABORTABLE_ERROR
+
+#: what the group protocol says when a client is not (or no longer) a member
+NO_GENERATION = -1
+NO_MEMBER = ""
+
+
+class FencedByGroupError(CommitFailedError):  # type: ignore[misc]
+    """The group coordinator refused a transaction's offsets: the consumer that read them
+    is no longer the partitions' owner (its generation is over; KIP-447). The transaction
+    can only be aborted; the consumer must rejoin the group. Java raises
+    ``CommitFailedException`` here."""
+
+    def __init__(self, group: str, error_code: int) -> None:
+        super().__init__(f"group {group!r} refused the transaction's offsets "
+                         f"(error {error_code}): this consumer no longer owns the partitions")
+        self.error_code = error_code
+
+
+# --- the consumer's side ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerGroupMetadata:
+    """Who consumed the offsets a transaction commits: Java's ``ConsumerGroupMetadata``.
+
+    ``generation_id`` and ``member_id`` are those of the consumer's last JoinGroup;
+    ``group_instance_id`` is its static membership id (KIP-345) or ``None``."""
+
+    group_id: str
+    generation_id: int
+    member_id: str
+    group_instance_id: str | None = None
+
+    @property
+    def in_group(self) -> bool:
+        """Whether the metadata names a live generation (a consumer between a lost
+        membership and the next join has none: offsets sent with it would not be fenced)."""
+        return self.generation_id >= 0 and self.member_id != NO_MEMBER
+
+
+def group_metadata(consumer: AIOKafkaConsumer) -> ConsumerGroupMetadata:
+    """The group metadata of a started, subscribed ``consumer`` now (Java's
+    ``KafkaConsumer.groupMetadata()``). Raises ``ValueError`` for a consumer without a
+    group (``group_id=None`` or not started)."""
+    coordinator = consumer._coordinator
+    group_id = getattr(coordinator, "group_id", None)
+    if not isinstance(group_id, str):
+        raise ValueError("the consumer has no group (group_id=None, or not started)")
+    return ConsumerGroupMetadata(
+        group_id=group_id,
+        generation_id=int(coordinator.generation),
+        member_id=str(coordinator.member_id),
+        group_instance_id=cast("str | None", getattr(coordinator, "_group_instance_id", None)),
+    )
+
+
+# --- TxnOffsetCommit v3 (flexible; KIP-447) ------------------------------------------
+
+
+class TxnOffsetCommitResponse_v3(Response):  # type: ignore[misc]
+    """``TxnOffsetCommitResponse`` v3: per partition, an error code."""
+
+    API_KEY = 28
+    API_VERSION = 3
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        ("topics", CompactArray(
+            ("name", CompactString("utf-8")),
+            ("partitions", CompactArray(
+                ("partition_index", Int32),
+                ("error_code", Int16),
+                ("tags", TaggedFields),
+            )),
+            ("tags", TaggedFields),
+        )),
+        ("tags", TaggedFields),
+    )
+
+
+class TxnOffsetCommitRequest_v3(RequestStruct):  # type: ignore[misc]
+    """``TxnOffsetCommitRequest`` v3 (Kafka 2.5, KIP-447): v2 plus the consumer's
+    generation id, member id and group instance id, in the flexible encoding."""
+
+    FLEXIBLE_VERSION = True
+    API_KEY = 28
+    API_VERSION = 3
+    RESPONSE_TYPE = TxnOffsetCommitResponse_v3
+    SCHEMA = Schema(
+        ("transactional_id", CompactString("utf-8")),
+        ("group_id", CompactString("utf-8")),
+        ("producer_id", Int64),
+        ("producer_epoch", Int16),
+        ("generation_id", Int32),
+        ("member_id", CompactString("utf-8")),
+        ("group_instance_id", CompactString("utf-8")),
+        ("topics", CompactArray(
+            ("name", CompactString("utf-8")),
+            ("partitions", CompactArray(
+                ("partition_index", Int32),
+                ("committed_offset", Int64),
+                ("committed_leader_epoch", Int32),
+                ("committed_metadata", CompactString("utf-8")),
+                ("tags", TaggedFields),
+            )),
+            ("tags", TaggedFields),
+        )),
+        ("tags", TaggedFields),
+    )
+
+
+class TxnOffsetCommitWithGroup(Request[TxnOffsetCommitRequest_v3]):  # type: ignore[misc]
+    """Builds :class:`TxnOffsetCommitRequest_v3`; a broker without v3 (before 2.5)
+    raises ``IncompatibleBrokerVersion`` when the request is prepared: there is no
+    fencing to fall back to."""
+
+    API_KEY: ClassVar[int] = 28
+
+    def __init__(self, transactional_id: str, producer_id: int, producer_epoch: int,
+                 group: ConsumerGroupMetadata,
+                 offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
+        self.transactional_id = transactional_id
+        self.producer_id = producer_id
+        self.producer_epoch = producer_epoch
+        self.group = group
+        self.offsets = dict(offsets)
+
+    def build(self, request_struct_class: type[TxnOffsetCommitRequest_v3]) -> TxnOffsetCommitRequest_v3:
+        by_topic: dict[str, list[tuple[int, int, int, str, dict[int, bytes]]]] = collections.defaultdict(list)
+        for tp, om in sorted(self.offsets.items()):
+            by_topic[tp.topic].append((tp.partition, om.offset, -1, om.metadata, {}))
+        g = self.group
+        return request_struct_class(
+            self.transactional_id, g.group_id, self.producer_id, self.producer_epoch,
+            g.generation_id, g.member_id, g.group_instance_id,
+            [(topic, parts, {}) for topic, parts in by_topic.items()], {})
+
+    def prepare(self, versions: dict[int, tuple[int, int]]) -> TxnOffsetCommitRequest_v3:
+        low, high = versions.get(self.API_KEY, (0, -1))
+        if not low <= 3 <= high:
+            raise IncompatibleBrokerVersion(
+                f"the broker takes TxnOffsetCommit v{low}..v{high}; KIP-447 needs v3 (Kafka 2.5+)")
+        return self.build(TxnOffsetCommitRequest_v3)
+
+
+# --- OffsetFetch v7 (flexible; require_stable) -------------------------------------
+
+
+class OffsetFetchResponse_v7(Response):  # type: ignore[misc]
+    """``OffsetFetchResponse`` v7: per partition, the committed offset or an error
+    (``UNSTABLE_OFFSET_COMMIT`` while a transaction holds offsets for it)."""
+
+    API_KEY = 9
+    API_VERSION = 7
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        ("topics", CompactArray(
+            ("name", CompactString("utf-8")),
+            ("partitions", CompactArray(
+                ("partition_index", Int32),
+                ("committed_offset", Int64),
+                ("committed_leader_epoch", Int32),
+                ("metadata", CompactString("utf-8")),
+                ("error_code", Int16),
+                ("tags", TaggedFields),
+            )),
+            ("tags", TaggedFields),
+        )),
+        ("error_code", Int16),
+        ("tags", TaggedFields),
+    )
+
+
+class OffsetFetchRequest_v7(RequestStruct):  # type: ignore[misc]
+    """``OffsetFetchRequest`` v7 (Kafka 2.5, KIP-447): v6 plus ``require_stable``."""
+
+    FLEXIBLE_VERSION = True
+    API_KEY = 9
+    API_VERSION = 7
+    RESPONSE_TYPE = OffsetFetchResponse_v7
+    SCHEMA = Schema(
+        ("group_id", CompactString("utf-8")),
+        ("topics", CompactArray(
+            ("name", CompactString("utf-8")),
+            ("partition_indexes", CompactArray(Int32)),
+            ("tags", TaggedFields),
+        )),
+        ("require_stable", Boolean),
+        ("tags", TaggedFields),
+    )
+
+
+class StableOffsetFetch(Request[OffsetFetchRequest_v7]):  # type: ignore[misc]
+    """Builds :class:`OffsetFetchRequest_v7` for ``partitions`` of ``group_id``."""
+
+    API_KEY: ClassVar[int] = 9
+
+    def __init__(self, group_id: str, partitions: list[TopicPartition], require_stable: bool = True) -> None:
+        self.group_id = group_id
+        self.partitions = partitions
+        self.require_stable = require_stable
+
+    def build(self, request_struct_class: type[OffsetFetchRequest_v7]) -> OffsetFetchRequest_v7:
+        by_topic: dict[str, list[int]] = collections.defaultdict(list)
+        for tp in self.partitions:
+            by_topic[tp.topic].append(tp.partition)
+        return request_struct_class(
+            self.group_id, [(t, sorted(ps), {}) for t, ps in by_topic.items()], self.require_stable, {})
+
+    def prepare(self, versions: dict[int, tuple[int, int]]) -> OffsetFetchRequest_v7:
+        low, high = versions.get(self.API_KEY, (0, -1))
+        if not low <= 7 <= high:
+            raise IncompatibleBrokerVersion(
+                f"the broker takes OffsetFetch v{low}..v{high}; require_stable needs v7 (Kafka 2.5+)")
+        return self.build(OffsetFetchRequest_v7)
+
+
+Offsets: TypeAlias = dict[TopicPartition, int | None]
+
+
+async def fetch_stable_offsets(consumer: AIOKafkaConsumer, partitions: list[TopicPartition],
+                               timeout: float = 60.0, backoff: float = 0.05) -> Offsets:
+    """The committed offset of each of ``partitions`` for ``consumer``'s group (``None``:
+    nothing committed), read with ``require_stable``: while a transaction with offsets
+    for a partition is open (a previous owner's, a zombie's) the broker answers
+    ``UNSTABLE_OFFSET_COMMIT`` and the fetch is retried every ``backoff`` seconds, so the
+    answer never predates that transaction's end (Java's consumer does the same with
+    ``isolation.level=read_committed``, KIP-447).
+
+    Raises ``KafkaTimeoutError`` when a partition stays unstable ``timeout`` seconds (a
+    transaction stays open at most its ``transaction.timeout.ms``), a ``KafkaError`` for
+    any other error of the group or a partition."""
+    coordinator = consumer._coordinator
+    client = consumer._client
+    group_id = getattr(coordinator, "group_id", None)
+    if not isinstance(group_id, str):
+        raise ValueError("the consumer has no group (group_id=None, or not started)")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    result: Offsets = {}
+    wanted = list(partitions)
+    while wanted:
+        await coordinator.ensure_coordinator_known()
+        node = coordinator.coordinator_id
+        try:
+            response = await client.send(node, StableOffsetFetch(group_id, wanted),
+                                         group=ConnectionGroup.COORDINATION)
+        except (Errors.NodeNotReadyError, Errors.RequestTimedOutError):
+            coordinator.coordinator_dead()
+            await asyncio.sleep(backoff)
+            continue
+        unstable: list[TopicPartition] = []
+        retry = False
+        error = Errors.for_code(response.error_code)
+        if error in (Errors.NotCoordinatorError, Errors.CoordinatorNotAvailableError):
+            coordinator.coordinator_dead()
+            retry = True
+        elif error is Errors.CoordinatorLoadInProgressError:
+            retry = True
+        elif error is not Errors.NoError:
+            raise error(f"OffsetFetch for group {group_id!r}")
+        for topic, parts, _ in response.topics if not retry else ():
+            for partition, offset, _epoch, _meta, code, _ in parts:
+                tp = TopicPartition(topic, partition)
+                if code == UNSTABLE_OFFSET_COMMIT:
+                    unstable.append(tp)
+                elif code:
+                    raise Errors.for_code(code)(f"OffsetFetch {tp} for group {group_id!r}")
+                else:
+                    result[tp] = offset if offset >= 0 else None
+        if not retry:
+            wanted = unstable
+        if wanted:
+            if loop.time() >= deadline:
+                raise KafkaTimeoutError(
+                    f"offsets of {sorted(wanted)} still held by an open transaction after {timeout}s")
+            await asyncio.sleep(backoff)
+    return result
+
+
+# --- the producer's side -----------------------------------------------------------
+
+
+class _GroupRef(str):
+    """A group id that carries the consumer's metadata through aiokafka's transaction
+    manager (which queues ``(group_id, offsets, future)`` and compares group ids as
+    strings) to :class:`_GroupAwareSender`."""
+
+    metadata: ConsumerGroupMetadata
+
+    def __new__(cls, metadata: ConsumerGroupMetadata) -> _GroupRef:
+        ref = super().__new__(cls, metadata.group_id)
+        ref.metadata = metadata
+        return ref
+
+
+def _abortable(txn: Any, exc: BaseException) -> None:
+    """Put aiokafka's transaction manager in its abortable-error state, keeping what the
+    transaction holds on the broker.
+
+    aiokafka's own ``error_transaction`` forgets the partitions and the group added to
+    the transaction, so the following ``abort_transaction`` thinks it empty and sends no
+    ``EndTxn(ABORT)``: the broker's transaction stays open, the producer's next
+    transaction joins it, and the aborted records commit with it (seen here: a fenced
+    transaction's record became visible with the next commit). Java aborts on the
+    broker in this state; so does this."""
+    txn._transition_to(_ABORTABLE_ERROR)
+    txn._pending_txn_partitions.clear()
+    for _, _, fut in txn._pending_txn_offsets:
+        if not fut.done():
+            fut.set_exception(exc)
+    txn._pending_txn_offsets.clear()
+    waiter = txn._transaction_waiter
+    if waiter is not None and not waiter.done():
+        waiter.set_exception(exc)
+        waiter.exception()  # read by commit_transaction's result(); dropped by an abort
+
+
+class _TxnOffsetCommitHandler(BaseHandler):  # type: ignore[misc]
+    """aiokafka's ``TxnOffsetCommitHandler`` with v3 and the errors of KIP-447, mapped as
+    Java's ``TransactionManager.TxnOffsetCommitHandler`` maps them: a fenced group is an
+    abortable error (:class:`FencedByGroupError`), a fenced producer a fatal one."""
+
+    group = ConnectionGroup.COORDINATION
+
+    def __init__(self, sender: Sender, offsets: dict[TopicPartition, OffsetAndMetadata],
+                 group: ConsumerGroupMetadata) -> None:
+        super().__init__(sender)
+        self._offsets = offsets
+        self._group = group
+
+    def create_request(self) -> TxnOffsetCommitWithGroup:
+        txn = self._sender._txn_manager
+        return TxnOffsetCommitWithGroup(
+            txn.transactional_id, txn.producer_id, txn.producer_epoch, self._group, self._offsets)
+
+    def handle_response(self, resp: TxnOffsetCommitResponse_v3) -> float | None:
+        txn = self._sender._txn_manager
+        group_id = self._group.group_id
+        for topic, partitions, _ in resp.topics:
+            for partition, code, _ in partitions:
+                tp = TopicPartition(topic, partition)
+                error = Errors.for_code(code)
+                if error is Errors.NoError:
+                    txn.offset_committed(tp, self._offsets[tp].offset, group_id)
+                elif code in _FENCED_BY_GROUP:
+                    _abortable(txn, FencedByGroupError(group_id, code))
+                    return None
+                elif error in (Errors.CoordinatorNotAvailableError, Errors.NotCoordinatorError,
+                               Errors.RequestTimedOutError):
+                    self._sender._coordinator_dead(CoordinationType.GROUP)
+                    return cast(float, self._default_backoff)
+                elif error in (Errors.CoordinatorLoadInProgressError,
+                               Errors.UnknownTopicOrPartitionError, Errors.ConcurrentTransactions):
+                    return cast(float, self._default_backoff)
+                elif error in (Errors.InvalidProducerEpoch, Errors.ProducerFenced):
+                    raise ProducerFenced()
+                elif error is Errors.GroupAuthorizationFailedError:
+                    _abortable(txn, error(group_id))
+                    return None
+                else:
+                    raise error(f"TxnOffsetCommit {tp} for group {group_id!r}")
+        return None
+
+    def handle_error(self) -> float:
+        self._sender._coordinator_dead(CoordinationType.GROUP)
+        return cast(float, self._default_backoff)
+
+
+class _GroupAwareSender(Sender):  # type: ignore[misc]
+    """aiokafka's ``Sender``, committing a transaction's offsets with
+    :class:`TxnOffsetCommitRequest_v3` when they came with group metadata."""
+
+    async def _do_txn_offset_commit(self, offsets: dict[TopicPartition, OffsetAndMetadata],
+                                    group_id: str) -> Any:
+        if not isinstance(group_id, _GroupRef):
+            return await super()._do_txn_offset_commit(offsets, group_id)
+        if not offsets:
+            return None
+        try:
+            node_id = await self._find_coordinator(CoordinationType.GROUP, group_id)
+        except Errors.GroupAuthorizationFailedError as exc:
+            _abortable(self._txn_manager, exc)
+            return None
+        return await _TxnOffsetCommitHandler(self, offsets, group_id.metadata).do(node_id)
+
+
+class TransactionalProducer(AIOKafkaProducer):  # type: ignore[misc]
+    """An ``AIOKafkaProducer`` (same arguments; give it a ``transactional_id``) whose
+    :meth:`send_offsets_to_transaction` takes the consumer's group metadata, as Java's
+    ``sendOffsetsToTransaction(offsets, ConsumerGroupMetadata)`` does (KIP-447)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # the one change to aiokafka's sender: TxnOffsetCommit v3 for offsets with metadata
+        self._sender.__class__ = _GroupAwareSender
+
+    async def send_offsets_to_transaction(
+        self, offsets: Mapping[TopicPartition, int | OffsetAndMetadata],
+        group_id: ConsumerGroupMetadata | str,
+    ) -> None:
+        """Add ``offsets`` (the next offset to read, per partition) to the open transaction.
+
+        With :class:`ConsumerGroupMetadata` (from :func:`group_metadata`, right before the
+        call) the group coordinator checks the generation and the member, and refuses the
+        offsets of a consumer that has lost the partitions: the returned coroutine raises
+        :class:`FencedByGroupError` and the transaction can only be aborted. A consumer
+        out of the group (no live generation) raises :class:`FencedByGroupError` at once
+        instead of sending unfenced offsets. With a plain group id: aiokafka's v0 commit.
+
+        Other errors as aiokafka's: ``ProducerFenced`` (fatal), ``IllegalOperation``
+        (no transaction open)."""
+        if isinstance(group_id, ConsumerGroupMetadata):
+            if not group_id.in_group:
+                raise FencedByGroupError(group_id.group_id, ILLEGAL_GENERATION)
+            await super().send_offsets_to_transaction(dict(offsets), _GroupRef(group_id))
+            return
+        await super().send_offsets_to_transaction(dict(offsets), group_id)
+
+
+def is_fenced(exc: BaseException) -> bool:
+    """Whether ``exc`` says this worker lost its partitions or its transactional id to
+    another (the transaction can only be aborted; the session should rejoin)."""
+    return isinstance(exc, FencedByGroupError | ProducerFenced | Errors.InvalidProducerEpoch) or (
+        isinstance(exc, KafkaError) and getattr(exc, "errno", None) in _FENCED_BY_GROUP)
