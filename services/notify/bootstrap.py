@@ -32,7 +32,7 @@ from services.notify.store import SubscriptionStore
 from shared.consumer_loop import ConsumerLoop
 from shared.deadletters import DeadLetterWriter
 from shared.kafka import RecordBatches, ensure_topics, make_consumer, make_producer
-from shared.topics import ENRICHED_EVENTS, NOTIFY_RETRIES
+from shared.topics import ENRICHED_EVENTS, NOTIFY_DIGESTS, NOTIFY_RETRIES
 
 __all__ = ["Notifier", "default_channels"]
 
@@ -56,7 +56,7 @@ def default_channels(settings: NotifySettings, resolver: Resolver = system_resol
 
 class Notifier:
     """notify, wired: :meth:`start` (topics, producer, state loaded), :meth:`run` (the
-    ``enriched-events`` group and the ``notify-retries`` group until stopped),
+    ``enriched-events``, ``notify-retries`` and ``notify-digests`` groups until stopped),
     :meth:`close`. ``channels`` replaces :func:`default_channels` (tests)."""
 
     def __init__(self, settings: NotifySettings, channels: Mapping[str, Sender] | None = None) -> None:
@@ -67,8 +67,9 @@ class Notifier:
         self.ledger = Ledger(settings, self.producer, self.batches)
         self.channels = channels or default_channels(settings)
         self.deliverer = Deliverer(settings, self.producer, self.store, self.ledger, self.channels)
-        self.digests = Digests(self.deliverer, self.ledger)
         self.dlq = DeadLetterWriter(self.producer, settings)
+        self.digests = Digests(self.deliverer, self.ledger, self.store, self.producer,
+                               settings.topic(NOTIFY_DIGESTS), self.dlq, time_scale=settings.retry_time_scale)
         self.pipeline = EventPipeline(self.store, self.ledger, self.deliverer, self.digests, self.dlq)
         self.stop_event = asyncio.Event()
         self.retry_schedule = RetrySchedule(self.deliverer, self.ledger, self.dlq, self.stop_event, self.store)
@@ -104,9 +105,11 @@ class Notifier:
                 "heartbeat_interval_ms": min(3000, self.settings.session_timeout_ms // 3)}
         events = make_consumer(self.settings, group_id=group, **opts)
         retries = make_consumer(self.settings, group_id=f"{group}-retries", **opts)
-        self._consumers = [events, retries]
-        await events.start()
-        await retries.start()
+        digests = make_consumer(self.settings, group_id=f"{group}-digests", **opts)
+        self._consumers = [events, retries, digests]
+        for consumer in self._consumers:
+            await consumer.start()
+        self.digests.holds = lambda tp: tp in digests.assignment()
         main = ConsumerLoop(
             events, self.settings.topic(ENRICHED_EVENTS), self.pipeline.handle_event,
             max_in_flight=max(4 * self.settings.concurrency, 256),
@@ -121,8 +124,13 @@ class Notifier:
             max_in_flight=50_000, commit_interval=self.settings.commit_interval_seconds, name="retries",
             on_assigned=functools.partial(self.ledger.assigned, "retries"),
         )
-        main.subscribe()
-        sched.subscribe()
+        windows = ConsumerLoop(
+            digests, self.settings.topic(NOTIFY_DIGESTS), self.digests.handle,
+            max_in_flight=50_000, commit_interval=self.settings.commit_interval_seconds, name="digests",
+            on_assigned=functools.partial(self.ledger.assigned, "digests"),
+        )
+        for loop in (main, sched, windows):
+            loop.subscribe()
 
         async def relay() -> None:
             await stop.wait()
@@ -131,10 +139,11 @@ class Notifier:
 
         relay_task = asyncio.create_task(relay())
         try:
-            await asyncio.gather(main.run(self.stop_event), sched.run(self.stop_event, grace=2.0))
+            await asyncio.gather(main.run(self.stop_event), sched.run(self.stop_event, grace=2.0),
+                                 windows.run(self.stop_event, grace=2.0))
         finally:
             relay_task.cancel()
-            for c in (events, retries):
+            for c in self._consumers:
                 with contextlib.suppress(Exception):
                     await c.stop()
 

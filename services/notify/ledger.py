@@ -20,10 +20,10 @@ changes nothing.
 
 Following costs a consumed record per delivery, nearly all of them this instance's
 own writes (already applied in memory). So it is done only while another instance
-may be writing: after every rebalance of either consumer group the log is read up
+may be writing: after every rebalance of any of its consumer groups the log is read up
 to its end (the previous owner's last writes are there before any record is taken
 again), and followed afterwards only if this instance does not hold every partition
-of both groups — an instance alone delivers everything and is the only writer.
+of all three groups (events, retries, digests) — an instance alone delivers everything and is the only writer.
 
 Entries are kept for ``LEDGER_RETENTION_MS`` (a week, as long as a retry record lives,
 and the retention of ``notifications``): at start only the lines of that period are
@@ -69,6 +69,10 @@ from shared.subscriptions import DeliveryOutcome
 from shared.topics import LEDGER_RETENTION_MS, NOTIFICATIONS
 
 log = logging.getLogger(__name__)
+
+#: notify's consumer groups (by their loop's name): the events, the retry schedule and the
+#: digests. An instance holding every partition of all of them is the only writer.
+GROUPS = ("events", "retries", "digests")
 FINAL = frozenset({"delivered", "dead", "digested"})
 
 # (state, attempt, when written in ms since the epoch): one small tuple per key
@@ -246,7 +250,7 @@ class Ledger:
             log.warning("ledger catch-up failed; following it", exc_info=True)
             self.view.set_following(True)
             return
-        alone = len(self._holds_all) >= 2 and all(self._holds_all.values())
+        alone = len(self._holds_all) >= len(GROUPS) and all(self._holds_all.values())
         self.view.set_following(not alone)
         log.info("ledger caught up", extra={"group": group, "partitions": f"{held}/{total}",
                                             "following": not alone})

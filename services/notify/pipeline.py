@@ -1,7 +1,8 @@
 """The notify flow for one enriched event: decode it against the contract (refused →
 ``dead-letters``), match it against the subscriptions that can want it (the store's index), ask the ledger whether
 each (event, subscription) is done already, and make every first attempt — or collect
-the event into the subscription's digest. Nothing here builds what it uses:
+the event into the subscription's digest (a record on ``notify-digests``). Nothing
+here builds what it uses:
 :mod:`services.notify.bootstrap` wires it.
 
 The walk goes forward only: record bytes → the decoded event (matching reads it) →
@@ -58,8 +59,8 @@ class EventPipeline:
 
     async def handle_event(self, record: ConsumerRecord[bytes, bytes]) -> list[asyncio.Future[Any]] | None:
         """Match the event and make every first attempt; returns what its offset must wait
-        for — the broker acknowledgements of the records those attempts wrote, and the
-        digests it went into (the consumer loop commits the offset once they resolve) —
+        for — the broker acknowledgements of the records those attempts wrote and of its
+        ``notify-digests`` records (the consumer loop commits the offset once they resolve) —
         or ``None`` when nothing is pending. A record that is not an enriched event of the
         contract is dead-lettered (and nothing is pending)."""
         t0 = time.perf_counter()
@@ -85,13 +86,12 @@ class EventPipeline:
                 # delivered, digested, dead, or owned by the retry schedule: told once per event below
                 (suppressed := suppressed or []).append((sub.channel.type, sub.id, why))
                 continue
-            if sub.digest is not None:
-                collected = self.digests.add(sub, event, reasons, at)
-                if collected is not None:  # the offset waits for the digest, no task does
-                    acks.append(collected)
-                continue
             delivery = (Delivery(key, sub.id, [event], [reasons], 1, at) if source is None
                         else Delivery.of_record(key, sub.id, source, event["source"], event["id"], reasons, at))
+            if sub.digest is not None:
+                # written to notify-digests: the offset waits for that record, not for the window
+                acks.append(await self.digests.collect(sub, delivery))
+                continue
             jobs.append(self.deliverer.run(delivery, acks=acks))
         if suppressed:
             self.deliverer.suppressed(event["source"], event["id"], suppressed)

@@ -77,8 +77,8 @@ class NotifySettings(AntingSettings):
     # is disabled (Svix's rule; 0: never). At most 6 days: the ledger, folded from the last
     # 7 days of notifications, must see when the failures began.
     disable_after_days: float = Field(5.0, ge=0, le=LEDGER_RETENTION_MS / 86_400_000 - 1)
-    # For tests and demos only: the retry schedule and disable_after_days run this many times
-    # faster (3600: an hour of schedule takes a second). Receivers' Retry-After is not scaled.
+    # For tests and demos only: the retry schedule, disable_after_days and digest windows run
+    # this many times faster (3600: an hour takes a second). Receivers' Retry-After is not scaled.
     retry_time_scale: float = Field(1.0, ge=1.0)
     # how long the previous webhook secret stays valid after a rotation
     secret_grace_seconds: int = Field(24 * 3600, ge=0)

@@ -98,7 +98,7 @@ async def test_digest_sends_one_message_per_window(topics: AntingSettings) -> No
 
 
 async def test_open_digest_does_not_hold_up_other_deliveries(topics: AntingSettings) -> None:
-    """Events waiting in an open digest window hold their offsets, not the pipeline: with a
+    """Events waiting in an open digest window hold neither the pipeline nor its offsets: with a
     digest collecting every event for 20 s, a webhook subscription gets all 400 events (more
     than the records notify keeps in flight) well within the window; the digest then sends
     them in one message."""

@@ -124,7 +124,7 @@ def test_lines_past_retention_are_not_read_into_memory() -> None:
 
 @pytest.mark.kafka
 async def test_follows_only_while_another_instance_may_write(topics: AntingSettings) -> None:
-    """An instance holding every partition of both groups stops following the ledger;
+    """An instance holding every partition of all three groups stops following the ledger;
     after a rebalance it reads what others wrote; holding only some, it follows again."""
     producer = make_producer(topics)
     await producer.start()
@@ -136,6 +136,8 @@ async def test_follows_only_while_another_instance_may_write(topics: AntingSetti
         await alone.assigned("events", 6, 6)
         assert alone.view.following  # the retries group is not known yet
         await alone.assigned("retries", 6, 6)
+        assert alone.view.following  # nor the digests group
+        await alone.assigned("digests", 6, 6)
         assert not alone.view.following
 
         now = datetime.now(UTC)
