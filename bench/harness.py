@@ -70,6 +70,9 @@ BASELINE_OF: dict[str, str] = {
     "baseline.http_lean.requests_per_s": "baseline.http_client.requests_per_s",
     "notify.webhook.own_client.deliveries_per_s": "baseline.http_lean.requests_per_s",
     "notify.webhook_5ms.deliveries_per_s": "baseline.http_client_5ms.requests_per_s",
+    "notify.match.events_per_s@100_subscriptions": "notify.match.events_per_s@1_subscriptions",
+    "notify.match.events_per_s@1000_subscriptions": "notify.match.events_per_s@1_subscriptions",
+    "notify.match.events_per_s@10000_subscriptions": "notify.match.events_per_s@1_subscriptions",
     "cpu_s_per_1k.ingest": "baseline.aiokafka_produce.cpu_s_per_1k",
     "cpu_s_per_1k.enrich": "baseline.consume_transform_produce.cpu_s_per_1k",
     "cpu_s_per_1k.notify": "baseline.http_client.cpu_s_per_1k",
@@ -88,6 +91,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "rss_mb.ingest": ("<=", 150),
     "rss_mb.enrich": ("<=", 150),
     "rss_mb.notify": ("<=", 150),
+    "notify.match.events_per_s@10000_subscriptions": ("ratio>=", 0.8),
+    "rss_mb.notify@10000_subscriptions": ("<=", 150),
 }
 
 

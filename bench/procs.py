@@ -190,6 +190,15 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children now, in MiB."""
+    total = 0
+    for p in _tree(pid):
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total / 2**20
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its children so far."""
     total = 0.0

@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                      lambda: stages.enrich(bootstrap, sizes, results, scratch, "exactly_once")),
                 Step("notify", ["notify.webhook.deliveries_per_s"], ("notify",),
                      lambda: stages.notify(bootstrap, sizes, results, scratch, receiver)),
+                Step("notify.match", [f"notify.match.events_per_s@{n}_subscriptions" for n in (1, 1000, 10000)]
+                     + ["rss_mb.notify@10000_subscriptions"], ("notify",),
+                     lambda: stages.notify_match(bootstrap, sizes, results, scratch, receiver)),
                 Step("e2e", [*(f"e2e.latency.{p}_ms@{load}" for load in LOADS
                                for p in ("p50", "p99", "p999")),
                              *(f"rss_mb.{s}" for s in SERVICES)], SERVICES,

@@ -24,7 +24,7 @@ from bench import payload
 from bench.baselines import aiohttp_loop, run_async, wrk, wrk_available, wrk_problems
 from bench.harness import Results, Sizes
 from bench.kafkaio import Watch, create, end_offsets_total, fill, fresh_settings, watch
-from bench.procs import API_KEY, Receiver, Service, ServiceFailed, cpu_seconds
+from bench.procs import API_KEY, Receiver, Service, ServiceFailed, cpu_seconds, rss_mb
 from devtools import REPO_ROOT
 from devtools.testing import env_for
 from shared.settings import AntingSettings
@@ -352,3 +352,66 @@ def notify(bootstrap: str, sizes: Sizes, results: Results, scratch: Path,
                     note=f"as notify.webhook, to a receiver answering after {SLOW_MS} ms", **m)
     finally:
         slow.stop()
+
+
+MATCH_SUBSCRIPTIONS = (1, 1_000, 10_000)
+
+
+def _idle_subscriptions(n: int) -> list[tuple[bytes, bytes]]:
+    """``n`` subscriptions (key, record value) that match no bench event, spread over every
+    field a filter can name (an organization, a city, a sector, a kind no bench event has,
+    a type together with a city), as users' real filters are."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out = []
+    for i in range(n):
+        flt = ({"organizations": [f"nobody-{i}"]}, {"cities": [f"nowhere-{i}"]}, {"sectors": [f"nothing-{i}"]},
+               {"kinds": ["exhibition"]}, {"types": ["agreement.signed"], "cities": [f"nowhere-{i}"]})[i % 5]
+        sub_id = f"sub_idle_{i:06d}"
+        out.append((sub_id.encode(), orjson.dumps({
+            "id": sub_id, "name": f"idle {i}", "filter": flt, "created_at": now,
+            "channel": {"type": "webhook", "url": f"http://127.0.0.1:9/idle/{i}"},
+            "secrets": ["whsec_" + "A" * 43]})))
+    return out
+
+
+def notify_match(bootstrap: str, sizes: Sizes, results: Results, scratch: Path, receiver: Receiver) -> None:
+    """Deliveries to one probe subscription (matching every event) while 0, 999 and 9,999
+    other subscriptions match nothing: matching cost as subscriptions grow. The idle ones
+    are written to the subscriptions topic before notify starts (as a restart finds them);
+    notify's peak RSS is read at the end of each run."""
+    from shared.topics import SUBSCRIPTIONS
+
+    counts = (1, 100) if sizes.quick else MATCH_SUBSCRIPTIONS
+    n = sizes.notify_events // 2
+    for count in counts:
+        settings = fresh_settings(bootstrap, f"match{count}")
+        asyncio.run(create(settings))
+        idle = _idle_subscriptions(count - 1)
+        if idle:
+            asyncio.run(fill(settings, settings.topic(SUBSCRIPTIONS), [v for _, v in idle], [k for k, _ in idle]))
+        run = payload.new_run()
+        evs = [payload.enriched(e) for e in payload.events(n, run, "m")]
+        env = notify_env(settings, sizes.http_concurrency)
+        topic = settings.topic(ENRICHED_EVENTS)
+        with Service("notify", settings, scratch / "logs", **env).start(sizes.service_start_timeout) as svc:
+            subscribe(svc.url, f"{receiver.url}/hook")
+            receiver.reset()
+            warm = payload.enriched(payload.event(run, 0, "warm"))
+            asyncio.run(fill(settings, topic, [orjson.dumps(warm)], [payload.key_of(warm)]))
+            wait_warm(receiver, sizes.service_start_timeout, f"notify log: {svc.tail(600)}")
+            receiver.reset()
+            asyncio.run(fill(settings, topic, [orjson.dumps(e) for e in evs], [payload.key_of(e) for e in evs]))
+            got = receiver.wait_count(n, 120 + n / 50, ids=True)
+            rss = rss_mb(svc.pid)
+            if got < n:
+                raise StageError(f"only {got} of {n} webhooks arrived with {count} subscriptions: {svc.tail(800)}")
+        times = sorted(receiver.arrivals()["ids"].values())
+        rate = (len(times) - 1) / (times[-1] - times[0])
+        results.add(f"notify.match.events_per_s@{count}_subscriptions", rate, "events/s",
+                    note=f"deliveries to one probe subscription matching all {n} events, "
+                    f"{count - 1} others matching none; ratio over the 1-subscription run",
+                    rss_mb=round(rss, 1))
+        if count == counts[-1]:
+            results.add(f"rss_mb.notify@{count}_subscriptions", rss, "MB",
+                        note=f"notify's RSS at the end of the {count}-subscription run")
+
