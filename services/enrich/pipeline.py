@@ -1,18 +1,23 @@
 """The consume → enrich → produce loop, exactly once (Kafka transactions) or at least once.
 
-Exactly once: one transactional producer per input partition, with the
-transactional id ``<group>-<topic>-<partition>``. A worker that takes over a
-partition (after a rebalance, or the same worker restarted after SIGKILL)
-starts a producer with the same id, which fences the previous owner and aborts
-its open transaction; only then does it read the partition's committed offset
-and start there. Each poll becomes one transaction per partition: the enriched
-events, the dead letters of its poison records, and the partition's next
-offset (``send_offsets_to_transaction``) commit together or not at all.
-Consumers read ``read_committed``.
+Exactly once: one transactional producer per worker (transactional id
+``<group>-<instance id>``) and one open transaction at a time, over every partition
+the worker holds. A transaction spans polls: it takes the enriched events, the dead
+letters of poison records and the next offset of each partition it read
+(``send_offsets_to_transaction`` with the consumer's group metadata), and commits
+when it is ``commit_interval_ms`` old, holds ``commit_max_records`` records, or the
+consumer has had nothing more for ``commit_linger_ms`` (0: at once). Consumers read
+``read_committed``.
 
-aiokafka 0.14 sends offsets without the group generation (no KIP-447), so one
-producer for the whole consumer could not fence a zombie that lost a
-partition: hence a producer per partition, as Kafka Streams did before 2.6.
+Fencing is the group coordinator's (KIP-447, ``shared/transactions.py``): a worker
+that lost its partitions in a rebalance without knowing it (paused past its session
+timeout: a zombie) has its offsets refused, so its transaction can only abort; the
+new owner reads the committed offsets with ``require_stable``, which waits for a
+transaction still holding them. A partition's first batch after an assignment starts
+from that offset. On a rebalance the open transaction commits before the partitions
+go; a worker fenced by the group aborts it and starts its partitions again from the
+committed offsets; one whose producer was fenced (its transaction timed out) starts
+a new session.
 
 At least once (``ANTING_ENRICH_GUARANTEE=at_least_once``): one idempotent
 producer; offsets are committed after the broker acknowledged the batch.
@@ -33,6 +38,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Collection, Sequence
 from typing import TypeAlias
@@ -55,6 +61,7 @@ from shared.deadletters import DeadLetterWriter, from_record
 from shared.events import record_event_bytes
 from shared.kafka import (
     PRODUCER_MAX_REQUEST_BYTES,
+    SAFE_PRODUCER,
     make_consumer,
     make_producer,
     max_message_bytes,
@@ -67,6 +74,13 @@ from shared.metrics import (
     WORKER_RESTARTS,
 )
 from shared.topics import AGREEMENTS, ANNOUNCEMENTS, ENRICHED_EVENTS
+from shared.transactions import (
+    FencedByGroupError,
+    TransactionalProducer,
+    fetch_stable_offsets,
+    group_metadata,
+    is_fenced,
+)
 
 log = logging.getLogger(__name__)
 STAGE = "enrich"
@@ -202,8 +216,19 @@ class _WorkerRebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.worker.assigned(set(assigned))
 
 
+class Transaction:
+    """The open transaction: what it read (next offset per partition), how many records,
+    since when (``time.monotonic()``), and its outcome for the metrics."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.records = 0
+        self.offsets: dict[TopicPartition, int] = {}
+        self.outcome = Outcome()
+
+
 class Worker:
-    """One enrich worker: a consumer in the group, its producers, the catalog."""
+    """One enrich worker: a consumer in the group, its producer, the catalog."""
 
     def __init__(self, settings: EnrichSettings, catalog: Catalog) -> None:
         self.settings = settings
@@ -212,10 +237,13 @@ class Worker:
         self.enricher = Enricher(settings, catalog)
         self.exactly_once = settings.guarantee == "exactly_once"
         self.inputs = [settings.topic(ANNOUNCEMENTS), settings.topic(AGREEMENTS)]
+        self.transactional_id = f"{self.group}-{settings.instance_id or uuid.uuid4().hex}"
         self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None  # at-least-once
-        self.producers: dict[TopicPartition, AIOKafkaProducer] = {}  # exactly-once
+        self.producer: AIOKafkaProducer | None = None
+        self.txn: Transaction | None = None  # exactly once: the open transaction
+        # assigned partitions whose start is read from the committed offsets first
         self.fresh: set[TopicPartition] = set()
+        self.broken: BaseException | None = None  # a commit on revocation failed fatally
         self.lock = asyncio.Lock()
         self.running = False
         # where the batch being processed starts, and how often a session failed there
@@ -226,17 +254,19 @@ class Worker:
     # --- rebalance ---------------------------------------------------------------
 
     async def revoked(self, tps: set[TopicPartition]) -> None:
-        # wait for the batch in flight: its transactions commit before the partitions go
+        # the open transaction commits before the partitions go (as Kafka Streams does);
+        # a worker that has lost them already (a zombie) is refused and aborts it
         async with self.lock:
-            for tp in tps:
-                producer = self.producers.pop(tp, None)
-                if producer is not None:
-                    with contextlib.suppress(Exception):
-                        await producer.stop()
+            if self.txn is not None:
+                try:
+                    await self._commit()
+                except Exception as exc:
+                    if not isinstance(exc, FencedByGroupError):
+                        self.broken = exc
             self.fresh -= tps
 
     def assigned(self, tps: set[TopicPartition]) -> None:
-        # the producer (and so the fencing) comes before the first batch; see _claim
+        # the start comes from the stable committed offset before the first batch; see _add
         self.fresh |= tps
 
     # --- session -----------------------------------------------------------------
@@ -248,9 +278,14 @@ class Worker:
                 await self._session(stop)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 _RESTARTS.inc()
-                self._note_failure()
+                if is_fenced(exc):
+                    log.warning("enrich was fenced (its transaction timed out, or another worker "
+                                "took its transactional id); starting a new session",
+                                extra={"error": type(exc).__name__})
+                else:
+                    self._note_failure()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
 
@@ -272,127 +307,185 @@ class Worker:
                           extra={"offsets": where})
 
     async def _session(self, stop: asyncio.Event) -> None:
+        self.broken = None
         self.consumer = make_consumer(
             self.settings, group_id=self.group,
             fetch_max_wait_ms=self.settings.batch_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=max(100, self.settings.session_timeout_ms // 10),
         )
         self.consumer.subscribe(self.inputs, listener=_WorkerRebalanceListener(self))
         await self.enricher.read_limits()
-        await self.consumer.start()
-        if not self.exactly_once:
+        if self.exactly_once:
+            # InitProducerId: a predecessor with the same transactional id is fenced and
+            # its open transaction aborted
+            self.producer = TransactionalProducer(
+                **self.settings.kafka.client_options(), **SAFE_PRODUCER,
+                transactional_id=self.transactional_id,
+                transaction_timeout_ms=self.settings.transaction_timeout_ms)
+        else:
             self.producer = make_producer(self.settings)
-            await self.producer.start()
+        await self.producer.start()
+        await self.consumer.start()
         self.running = True
         try:
             while not stop.is_set():
-                batch = await self.consumer.getmany(
-                    timeout_ms=self.settings.batch_wait_ms,
-                    max_records=self.settings.batch_max_records,
-                )
-                if not batch:
-                    continue
-                async with self.lock:
-                    self.attempt = {tp: rs[0].offset for tp, rs in batch.items() if rs}
-                    await self.catalog.catch_up()
-                    if self.exactly_once:
-                        await self._transact(batch)
-                    else:
-                        await self._at_least_once(batch)
-                    self.attempt = {}
-                    self.failures = 0
+                if self.exactly_once:
+                    await self._exactly_once_step()
+                else:
+                    await self._at_least_once_step()
+            async with self.lock:  # stopping: what was read commits
+                if self.txn is not None:
+                    await self._commit()
         finally:
             self.running = False
             await self._close()
 
     async def _close(self) -> None:
-        for producer in list(self.producers.values()):
+        if self.txn is not None and self.producer is not None:
             with contextlib.suppress(Exception):
-                await producer.stop()
-        self.producers.clear()
+                await self.producer.abort_transaction()
+        self.txn = None
         self.fresh.clear()
-        if self.producer is not None:
-            with contextlib.suppress(Exception):
-                await self.producer.stop()
-            self.producer = None
         if self.consumer is not None:
             with contextlib.suppress(Exception):
                 await self.consumer.stop()
             self.consumer = None
-
-    # --- exactly once --------------------------------------------------------------
-
-    async def _claim(self, tp: TopicPartition) -> AIOKafkaProducer:
-        """The partition's transactional producer; on first use it fences the previous
-        owner, and the consumer is moved to the offset committed after that."""
-        producer = self.producers.get(tp)
-        if producer is None:
-            producer = make_producer(
-                self.settings,
-                transactional_id=f"{self.group}-{tp.topic}-{tp.partition}",
-                transaction_timeout_ms=self.settings.transaction_timeout_ms,
-            )
-            await producer.start()  # InitProducerId: bumps the epoch, aborts the zombie's open txn
-            self.producers[tp] = producer
-        return producer
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+            self.producer = None
 
     def _consumer(self) -> AIOKafkaConsumer:
         """The running session's consumer (the batch methods run only inside a session)."""
         assert self.consumer is not None, "no session running"
         return self.consumer
 
-    async def _transact(self, batch: dict[TopicPartition, list[Record]]) -> None:
-        outcome = Outcome()
-        pending: list[tuple[TopicPartition, AIOKafkaProducer]] = []
-        assignment = self._consumer().assignment()
-        for tp, records in batch.items():
-            if tp not in assignment or not records:
-                continue
-            producer = await self._claim(tp)
-            if tp in self.fresh:
-                # the position was read before the fencing: a transaction of the previous
-                # owner may have committed since. Start from what is committed now.
-                self.fresh.discard(tp)
-                committed = await self._consumer().committed(tp)
-                start = committed if committed is not None else 0
-                records = [r for r in records if r.offset >= start]
-                if not records or records[0].offset != start:
-                    self._consumer().seek(tp, start)
-                    continue
-            await producer.begin_transaction()
-            pending.append((tp, producer))
-            try:
-                await self.enricher.process(producer, records, outcome)
-                await producer.send_offsets_to_transaction(
-                    {tp: records[-1].offset + 1}, self.group)
-            except BaseException:
-                await self._abort(pending)
-                raise
-        try:
-            # the partitions' transactions commit side by side
-            await asyncio.gather(*(p.commit_transaction() for _, p in pending))
-        except BaseException:
-            await self._abort(pending)
-            raise
-        outcome.publish()
+    def _producer(self) -> AIOKafkaProducer:
+        assert self.producer is not None, "no session running"
+        return self.producer
 
-    @staticmethod
-    async def _abort(pending: list[tuple[TopicPartition, AIOKafkaProducer]]) -> None:
-        for _, producer in pending:
-            with contextlib.suppress(Exception):
-                await producer.abort_transaction()
+    # --- exactly once --------------------------------------------------------------
+
+    async def _exactly_once_step(self) -> None:
+        """One poll into the open transaction (begun by the first records), and its commit
+        when a bound is reached or the poll came back empty."""
+        s = self.settings
+        txn = self.txn
+        if txn is None:
+            wait_ms = s.batch_wait_ms
+            room = s.batch_max_records
+        else:
+            left_ms = s.commit_interval_ms - (time.monotonic() - txn.started) * 1000
+            wait_ms = int(max(0.0, min(s.commit_linger_ms, left_ms)))
+            room = max(1, min(s.batch_max_records, s.commit_max_records - txn.records))
+        batch = await self._consumer().getmany(timeout_ms=wait_ms, max_records=room)
+        async with self.lock:
+            if self.broken is not None:
+                raise self.broken
+            if batch:
+                await self.catalog.catch_up()
+                await self._add(batch)
+            txn = self.txn
+            if txn is not None and (
+                    not batch or txn.records >= s.commit_max_records
+                    or (time.monotonic() - txn.started) * 1000 >= s.commit_interval_ms):
+                try:
+                    await self._commit()
+                except FencedByGroupError:
+                    # a zombie: the partitions are someone else's now. Start each again
+                    # from its committed offset (the rebalance reassigns them anyway).
+                    log.warning("enrich lost its partitions while a transaction was open: the "
+                                "group refused its offsets (KIP-447); the transaction is "
+                                "aborted, the worker rejoins")
+                    self.fresh |= self._consumer().assignment()
+
+    async def _add(self, batch: dict[TopicPartition, list[Record]]) -> None:
+        consumer = self._consumer()
+        assignment = consumer.assignment()
+        batch = {tp: rs for tp, rs in batch.items() if rs and tp in assignment}
+        fresh = [tp for tp in batch if tp in self.fresh]
+        if fresh:
+            # the position was read without waiting for open transactions: start from the
+            # committed offset once no transaction holds it (a zombie's aborts, a
+            # predecessor's commits)
+            committed = await fetch_stable_offsets(
+                consumer, fresh, timeout=self.settings.transaction_timeout_ms / 1000 + 30)
+            for tp in fresh:
+                self.fresh.discard(tp)
+                start = committed.get(tp) or 0
+                records = [r for r in batch[tp] if r.offset >= start]
+                if not records or records[0].offset != start:
+                    consumer.seek(tp, start)
+                    del batch[tp]
+                else:
+                    batch[tp] = records
+        if not batch:
+            return
+        producer = self._producer()
+        txn = self.txn
+        if txn is None:
+            await producer.begin_transaction()
+            txn = self.txn = Transaction()
+        for tp, records in batch.items():
+            self.attempt.setdefault(tp, records[0].offset)
+        for tp, records in batch.items():
+            try:
+                await self.enricher.process(producer, records, txn.outcome)
+            except BaseException:
+                await self._abort()
+                raise
+            txn.offsets[tp] = records[-1].offset + 1
+            txn.records += len(records)
+
+    async def _commit(self) -> None:
+        """Commit the open transaction with its offsets, fenced by the group generation;
+        on any failure it is aborted and the error raised."""
+        txn = self.txn
+        assert txn is not None
+        producer = self._producer()
+        try:
+            if txn.offsets:
+                await producer.send_offsets_to_transaction(
+                    txn.offsets, group_metadata(self._consumer()))
+            await producer.commit_transaction()
+        except BaseException:
+            await self._abort()
+            raise
+        self.txn = None
+        self.attempt = {}
+        self.failures = 0
+        txn.outcome.publish()
+
+    async def _abort(self) -> None:
+        self.txn = None
+        with contextlib.suppress(Exception):
+            await self._producer().abort_transaction()
 
     # --- at least once ----------------------------------------------------------
 
+    async def _at_least_once_step(self) -> None:
+        batch = await self._consumer().getmany(
+            timeout_ms=self.settings.batch_wait_ms, max_records=self.settings.batch_max_records)
+        if not batch:
+            return
+        async with self.lock:
+            self.attempt = {tp: rs[0].offset for tp, rs in batch.items() if rs}
+            await self.catalog.catch_up()
+            await self._at_least_once(batch)
+            self.attempt = {}
+            self.failures = 0
+
     async def _at_least_once(self, batch: dict[TopicPartition, list[Record]]) -> None:
-        assert self.producer is not None
+        producer = self._producer()
         outcome = Outcome()
         futures = []
         offsets = {}
         for tp, records in batch.items():
             if not records:
                 continue
-            futures += await self.enricher.process(self.producer, records, outcome)
+            futures += await self.enricher.process(producer, records, outcome)
             offsets[tp] = records[-1].offset + 1
         await asyncio.gather(*futures)
         await self._consumer().commit(offsets)
