@@ -28,6 +28,7 @@ from shared.events import error_paths, record_event_bytes
 from shared.http import (
     health_router,
     install_request_metrics,
+    media_type,
     problem,
     problem_responses,
     require_api_key,
@@ -107,7 +108,7 @@ def create_app(settings: NotifySettings, store: SubscriptionStore, ready: Any = 
             "schema": SubscriptionRequest.model_json_schema()}}}},
     )
     async def create(request: Request) -> Response:
-        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        ctype = media_type(request.headers.get("content-type"))
         if ctype not in ("application/json", ""):
             return problem(415, f"expected application/json, got {ctype}")
         body = await request.body()
