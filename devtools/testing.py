@@ -56,6 +56,10 @@ def docker_answers() -> bool:
         return False
 
 
+#: the local test broker's JVM heap (see broker_for_tests)
+TEST_BROKER_HEAP = "1536m"
+
+
 @contextlib.contextmanager
 def broker_for_tests() -> Iterator[tuple[str, str, Any]]:
     """Yield (bootstrap, how, handle): KAFKA_BOOTSTRAP_SERVERS, else testcontainers
@@ -71,7 +75,9 @@ def broker_for_tests() -> Iterator[tuple[str, str, Any]]:
             yield container.get_bootstrap_server(), "testcontainers", container
         return
     try:
-        broker = LocalKafka().start()
+        # every test makes topics of its own (a prefix each): a whole run holds thousands of
+        # partitions, which 512 MB of heap does not keep (the broker ran out of memory)
+        broker = LocalKafka(heap=TEST_BROKER_HEAP).start()
     except LocalKafkaError as exc:
         raise NoBrokerError(str(exc)) from exc
     try:
