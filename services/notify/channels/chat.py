@@ -1,11 +1,13 @@
-"""Chat and other services through apprise URLs (Slack, Telegram, Matrix, ...)."""
+"""Chat and other services through apprise URLs (Slack, Telegram, Matrix, ...).
+
+apprise and its plugins (about 20 MB of memory) are loaded on the first apprise
+delivery, not at start: most notify instances never make one."""
 
 from __future__ import annotations
 
 import asyncio
 import warnings
-
-import apprise
+from types import ModuleType
 
 from shared.subscriptions import Subscription
 
@@ -13,26 +15,31 @@ from .. import rendering
 from ..notification import Delivery
 from . import Result
 
-_loaded = False
+_apprise: ModuleType | None = None
 
 
-def _load_plugins() -> None:
-    """Load apprise's plugins once; one of them imports the deprecated ``imghdr``,
-    a warning of theirs (not ours) that strict warning filters would turn into an error."""
-    global _loaded
-    if not _loaded:
+def _load() -> ModuleType:
+    """apprise, with its plugins loaded (once); one of them imports the deprecated
+    ``imghdr``, a warning of theirs (not ours) that strict warning filters would turn into
+    an error."""
+    global _apprise
+    if _apprise is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            import apprise
+
             apprise.Apprise().add("json://localhost")
-        _loaded = True
+        _apprise = apprise
+    return _apprise
 
 
 class AppriseSender:
-    def __init__(self) -> None:
-        _load_plugins()
+    """Delivers through an apprise URL: the email text as the body, the title as the title."""
 
     async def send(self, sub: Subscription, delivery: Delivery) -> Result:
         assert sub.channel.type == "apprise"
+        # the first one loads apprise's plugins off the event loop
+        apprise = _apprise if _apprise is not None else await asyncio.to_thread(_load)
         ap = apprise.Apprise()
         if not ap.add(sub.channel.url):
             return Result("permanent", None, "apprise does not understand this URL")
