@@ -22,6 +22,7 @@ from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from services.enrich import cli as enrich_cli
 from services.ingest import cli as ingest_cli
+from services.insights import cli as insights_cli
 from services.notify import cli as notify_cli
 from shared import settings as settings_mod
 
@@ -81,7 +82,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-for sub in (ingest_cli.app, enrich_cli.app, notify_cli.app):
+for sub in (ingest_cli.app, enrich_cli.app, notify_cli.app, insights_cli.app):
     app.add_typer(sub)
 
 
@@ -89,6 +90,7 @@ class Service(StrEnum):
     ingest = "ingest"
     enrich = "enrich"
     notify = "notify"
+    insights = "insights"
 
 
 @app.command()

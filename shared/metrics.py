@@ -67,6 +67,19 @@ DEAD_LETTERS_LAST_TIMESTAMP = Gauge(
     "When the newest dead letter of a stage and original topic was written (Unix seconds).",
     ["stage", "topic"],
 )
+# insights (services/insights): facts folded into its faust table, by outcome (applied;
+# replay: at or below the entity's highest applied offset; duplicate: a (source, id)
+# among its latest events; unreadable: an enriched record that is not the contract)
+INSIGHTS_FACTS = Counter(
+    "anting_insights_facts", "Facts insights folded into its table, or skipped, by outcome.", ["outcome"]
+)
+INSIGHTS_ENTITIES = Gauge(
+    "anting_insights_entities", "Entities in this instance's table partitions, by kind.", ["kind"]
+)
+INSIGHTS_RECOVERY_SECONDS = Gauge(
+    "anting_insights_recovery_seconds",
+    "How long this instance's last table recovery from the changelog took (from start to ready).",
+)
 HTTP_REQUEST_SECONDS = Histogram(
     "anting_http_request_duration_seconds", "HTTP request latency by route and status.",
     ["service", "method", "route", "status"], buckets=LATENCY_BUCKETS,

@@ -1,0 +1,1 @@
+"""The insights service: organization activity on faust tables, queried over HTTP."""

@@ -1,0 +1,59 @@
+"""``anting serve insights``: the faust app (agents and table) and the API on
+``ANTING_INSIGHTS_PORT`` in one process, until SIGTERM/SIGINT (graceful: the API stops,
+faust commits what it processed and leaves the group)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import uvicorn
+
+from services.insights.api import create_app
+from services.insights.settings import InsightsSettings
+from services.insights.streams import Insights
+from shared import logs
+from shared.http import EmbeddedServer
+from shared.kafka import ensure_topics
+from shared.runtime import run_service
+from shared.settings import load
+from shared.topics import ENRICHED_EVENTS, INSIGHTS_CHANGELOG, INSIGHTS_FACTS
+
+__all__ = ["run", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: InsightsSettings, stop: asyncio.Event) -> None:
+    """Topics, the faust app, the API; until ``stop`` is set."""
+    topics = [ENRICHED_EVENTS, INSIGHTS_FACTS]
+    if settings.group == "anting-insights":  # the registered changelog name is the default app id's
+        topics.append(INSIGHTS_CHANGELOG)
+    await ensure_topics(settings, topics, replication=settings.replication_factor)
+    insights = Insights(settings)
+    app = create_app(settings, insights)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                            access_log=False, lifespan="off")
+    server = EmbeddedServer(config)
+    api = asyncio.create_task(server.serve())
+    try:
+        await insights.start()
+        log.info("insights started", extra={"port": settings.port, "url": insights.url})
+        await stop.wait()
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(api, 10)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(insights.stop(), 30)
+
+
+def run() -> None:
+    """The process entry point (``anting serve insights``)."""
+    settings = load(InsightsSettings)
+    logs.configure("insights", settings.log_level)
+    # faust and mode log every rebalance step at INFO
+    for noisy in ("faust", "mode", "aiokafka", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    run_service("insights", lambda stop: serve(settings, stop))

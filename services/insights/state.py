@@ -1,0 +1,268 @@
+"""What insights keeps, as plain data: the facts one enriched event teaches each entity it
+names (:func:`facts_of`), one entity's state (:class:`Entity`), and the idempotent fold of
+a fact into it (:meth:`Entity.apply`). No Kafka and no faust here: the faust agents
+(``services.insights.streams``) and the tests' recomputation use the same functions.
+
+An *entity* is what a table key names (:func:`entity_key`):
+
+- ``org:<id>``: a resolved organization (a catalog id);
+- ``unresolved:<name>``: a name no catalog record matched, counted apart so that a
+  catalog operator sees what to add;
+- ``sector:<sector>``: the event's agreement sectors and its organizations' sectors;
+- ``city:<city>``: the event's location city and its organizations' cities.
+
+Exactly once over at-least-once delivery: every fact carries the position of its event
+on ``enriched-events`` (partition, offset). An entity remembers, per partition, the
+highest offset it has applied (``pos``), in the same table value as its counts, so that
+the two reach the changelog in one record and cannot disagree after a crash. A fact at
+or below that offset is a replay (a restart from the last committed offset, a
+rebalance) and changes nothing. Facts of one partition reach an entity in offset
+order: one producer per partition of ``enriched-events`` writes them, keyed by the
+entity, and the producer keeps per-partition order. An event published twice (one
+``(source, id)`` at two offsets) is recognised among the entity's latest
+:data:`RECENT` events and counted once; an older duplicate would count twice
+(documented retention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from shared.events import AGREEMENT, AnyEnrichedEvent, EnrichedAgreementEvent
+
+__all__ = [
+    "DAY_BUCKETS",
+    "DAY_MS",
+    "RECENT",
+    "TITLE_CHARS",
+    "WEEK_BUCKETS",
+    "WEEK_MS",
+    "Entity",
+    "Fact",
+    "Window",
+    "entity_key",
+    "facts_of",
+    "window_start",
+]
+
+DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
+#: the latest events kept per entity (and the window in which a re-published event is
+#: recognised as a duplicate)
+RECENT = 50
+#: tumbling windows kept per entity: the last 14 days and the last 8 weeks that had events
+DAY_BUCKETS = 14
+WEEK_BUCKETS = 8
+#: characters of a headline or title kept in an entity's latest events
+TITLE_CHARS = 200
+
+Window = Literal["day", "week", "all"]
+Namespace = Literal["org", "unresolved", "sector", "city"]
+
+
+def entity_key(namespace: Namespace, name: str) -> str:
+    """The table key of an entity: ``"org:anting-town-government"``, ``"sector:automotive"``."""
+    return f"{namespace}:{name}"
+
+
+def window_start(ts_ms: int, window: Literal["day", "week"]) -> int:
+    """The start (ms since the epoch, UTC) of the tumbling window holding ``ts_ms``: days
+    start at 00:00 UTC, weeks on Monday 00:00 UTC (ISO 8601 weeks). 1970-01-01 was a
+    Thursday, hence the three days' shift."""
+    if window == "day":
+        return ts_ms - ts_ms % DAY_MS
+    shift = 3 * DAY_MS
+    return (ts_ms + shift) - (ts_ms + shift) % WEEK_MS - shift
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """What one event teaches one entity: the event's position on ``enriched-events``
+    (``partition``, ``offset``), its record timestamp ``ts`` (ms; the windows' clock),
+    ``source``/``id``/``type``/``kind``/``title``/``time`` (RFC 3339 or None) as the
+    latest-events list shows them, ``name`` (the entity's display name) and, for an
+    organization named by an ``agreement.signed`` event, ``partners`` (the other resolved
+    organizations: id → name)."""
+
+    key: str
+    name: str
+    partition: int
+    offset: int
+    ts: int
+    source: str
+    id: str
+    type: str
+    kind: str
+    title: str
+    time: str | None
+    partners: Mapping[str, str] | None = None
+
+    def to_json(self) -> bytes:
+        """The fact as the ``insights-facts`` record value (orjson)."""
+        return orjson.dumps({
+            "key": self.key, "name": self.name, "p": self.partition, "o": self.offset, "ts": self.ts,
+            "source": self.source, "id": self.id, "type": self.type, "kind": self.kind,
+            "title": self.title, "time": self.time, "partners": self.partners,
+        })
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Fact:
+        """A fact from :meth:`to_json`'s bytes; raises ``orjson.JSONDecodeError`` or ``KeyError``."""
+        d = orjson.loads(raw)
+        return cls(d["key"], d["name"], d["p"], d["o"], d["ts"], d["source"], d["id"], d["type"],
+                   d["kind"], d["title"], d["time"], d.get("partners"))
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(i for i in items if i))
+
+
+def facts_of(event: AnyEnrichedEvent, partition: int, offset: int, ts: int) -> list[Fact]:
+    """Every fact an enriched event at ``partition``/``offset`` (record timestamp ``ts``,
+    ms) teaches: one per resolved organization (each once, however often named), per
+    unresolved name, per sector and per city. An announcement's kind is its ``data.kind``;
+    an agreement's is ``signed``."""
+    data = event.data
+    if isinstance(event, EnrichedAgreementEvent):
+        title, kind, sectors = event.data.title, "signed", list(event.data.sectors)
+    else:
+        title, kind, sectors = event.data.headline, str(event.data.kind), []
+    title = title[:TITLE_CHARS]
+    time = event.time.isoformat() if event.time is not None else None
+    orgs: dict[str, Any] = {}
+    for mention in data.organizations:
+        if mention.resolved is not None:
+            orgs.setdefault(mention.resolved.id, mention.resolved)
+    cities = [data.location.city] if data.location is not None and data.location.city else []
+    for org in orgs.values():
+        sectors.extend(org.sectors)
+        if org.city:
+            cities.append(org.city)
+
+    def fact(key: str, name: str, partners: Mapping[str, str] | None = None) -> Fact:
+        return Fact(key, name, partition, offset, ts, event.source, event.id, event.type, kind,
+                    title, time, partners)
+
+    facts = []
+    for oid, org in orgs.items():
+        partners = ({p: o.name for p, o in orgs.items() if p != oid} if event.type == AGREEMENT else None)
+        facts.append(fact(entity_key("org", oid), org.name, partners))
+    for name in _unique(data.enrichment.unresolved):
+        facts.append(fact(entity_key("unresolved", name), name))
+    for sector in _unique(sectors):
+        facts.append(fact(entity_key("sector", sector), sector))
+    for city in _unique(cities):
+        facts.append(fact(entity_key("city", city), city))
+    return facts
+
+
+def _counts() -> dict[str, Any]:
+    return {"total": 0, "by_type": {}, "by_kind": {}}
+
+
+def _count(c: dict[str, Any], fact: Fact) -> None:
+    c["total"] += 1
+    c["by_type"][fact.type] = c["by_type"].get(fact.type, 0) + 1
+    c["by_kind"][fact.kind] = c["by_kind"].get(fact.kind, 0) + 1
+
+
+def _order(item: Mapping[str, Any]) -> tuple[int, int, int]:
+    """Newest first, the same whatever order facts arrived in: record time, then position."""
+    return (item["ts"], item["p"], item["o"])
+
+
+class Entity:
+    """One entity's state, a JSON document (what the table holds, as bytes):
+
+    ``key``, ``name``; ``pos`` (partition of ``enriched-events`` → highest offset applied,
+    the replay guard); ``all`` (``{"total", "by_type", "by_kind"}``); ``day`` and ``week``
+    (window start ms, as a string → the same counts; the last :data:`DAY_BUCKETS` /
+    :data:`WEEK_BUCKETS` windows); ``partners`` (id → ``{"name", "count"}``) and
+    ``latest_agreement`` (organizations only); ``recent`` (the latest :data:`RECENT`
+    events, newest first).
+    """
+
+    __slots__ = ("doc",)
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.doc = doc
+
+    @classmethod
+    def new(cls, key: str, name: str) -> Entity:
+        """An entity that has seen nothing."""
+        return cls({"key": key, "name": name, "pos": {}, "all": _counts(), "day": {}, "week": {},
+                    "partners": {}, "latest_agreement": None, "recent": []})
+
+    @classmethod
+    def load(cls, raw: bytes) -> Entity:
+        """An entity from its table bytes."""
+        return cls(orjson.loads(raw))
+
+    def dump(self) -> bytes:
+        """The table bytes."""
+        return orjson.dumps(self.doc)
+
+    def apply(self, fact: Fact) -> bool:
+        """Fold ``fact`` in; False (and nothing changed) for a replay or a duplicate:
+        its offset is at or below the highest applied on its partition, or its
+        ``(source, id)`` is among the latest events."""
+        doc = self.doc
+        part = str(fact.partition)
+        if fact.offset <= doc["pos"].get(part, -1):
+            return False
+        doc["pos"][part] = fact.offset
+        if any(e["id"] == fact.id and e["source"] == fact.source for e in doc["recent"]):
+            return False
+        doc["name"] = fact.name
+        _count(doc["all"], fact)
+        for window, keep in (("day", DAY_BUCKETS), ("week", WEEK_BUCKETS)):
+            buckets: dict[str, Any] = doc[window]
+            start = str(window_start(fact.ts, window))  # type: ignore[arg-type]
+            if start not in buckets:
+                buckets[start] = _counts()
+                if len(buckets) > keep:
+                    for old in sorted(buckets, key=int)[:-keep]:
+                        del buckets[old]
+            if start in buckets:
+                _count(buckets[start], fact)
+        item = {"id": fact.id, "source": fact.source, "type": fact.type, "kind": fact.kind,
+                "title": fact.title, "time": fact.time, "ts": fact.ts, "p": fact.partition, "o": fact.offset}
+        recent: list[dict[str, Any]] = doc["recent"]
+        recent.append(item)
+        recent.sort(key=_order, reverse=True)
+        del recent[RECENT:]
+        if fact.partners is not None:
+            for pid, pname in fact.partners.items():
+                entry = doc["partners"].setdefault(pid, {"name": pname, "count": 0})
+                entry["name"] = pname
+                entry["count"] += 1
+            latest = doc["latest_agreement"]
+            if latest is None or _order(item) > _order(latest):
+                doc["latest_agreement"] = {**item, "partners": sorted(fact.partners)}
+        return True
+
+    # --- views: what the API answers ---------------------------------------------------
+
+    def activity(self, window: Window, now_ms: int) -> dict[str, Any]:
+        """``{"window", "start", "end", "total", "by_type", "by_kind"}``: all-time counts
+        (``start``/``end`` None) or those of the current day or week (UTC) at ``now_ms``."""
+        if window == "all":
+            return {"window": "all", "start": None, "end": None, **self.doc["all"]}
+        start = window_start(now_ms, window)
+        counts = self.doc[window].get(str(start), _counts())
+        length = DAY_MS if window == "day" else WEEK_MS
+        return {"window": window, "start": start, "end": start + length, **counts}
+
+    def partners(self) -> list[dict[str, Any]]:
+        """Partners, most agreements first then by id: ``[{"id", "name", "count"}]``."""
+        rows = [{"id": pid, **entry} for pid, entry in self.doc["partners"].items()]
+        return sorted(rows, key=lambda r: (-r["count"], r["id"]))
+
+    def events(self) -> list[dict[str, Any]]:
+        """The latest events, newest first: ``[{"id", "source", "type", "kind", "title", "time", "ts"}]``."""
+        return [{k: e[k] for k in ("id", "source", "type", "kind", "title", "time", "ts")}
+                for e in self.doc["recent"]]

@@ -1,0 +1,105 @@
+"""insights' fold without Kafka: facts of an event, the replay guard, windows, partners,
+latest events, and the same state whatever order the facts come in."""
+
+from __future__ import annotations
+
+import random
+
+from services.insights.state import DAY_MS, RECENT, WEEK_MS, Entity, Fact, facts_of, window_start
+from shared.events import parse_enriched
+from tests.insights.helpers import random_events
+
+MONDAY = 1_700_438_400_000  # 2023-11-20T00:00:00Z, a Monday
+
+
+def fact(offset: int, ts: int = MONDAY, *, partition: int = 0, id_: str | None = None,
+         partners: dict[str, str] | None = None) -> Fact:
+    return Fact("org:a", "A", partition, offset, ts, "/s", id_ or f"e{partition}-{offset}",
+                "agreement.signed" if partners is not None else "conference.announcement",
+                "signed" if partners is not None else "forum", "t", None, partners)
+
+
+def test_windows_are_utc_days_and_iso_weeks() -> None:
+    assert window_start(MONDAY + 5 * DAY_MS + 3600_000, "week") == MONDAY
+    assert window_start(MONDAY - 1, "week") == MONDAY - WEEK_MS
+    assert window_start(MONDAY + 3 * DAY_MS + 5, "day") == MONDAY + 3 * DAY_MS
+
+
+def test_a_replayed_fact_changes_nothing() -> None:
+    e = Entity.new("org:a", "A")
+    assert e.apply(fact(5))
+    before = e.dump()
+    assert not e.apply(fact(5))
+    assert not e.apply(fact(3))  # below the partition's highest offset: applied before
+    assert e.dump() == before
+    assert e.apply(fact(3, partition=1))  # another partition has its own guard
+    assert e.activity("all", MONDAY)["total"] == 2
+
+
+def test_a_republished_event_counts_once() -> None:
+    e = Entity.new("org:a", "A")
+    assert e.apply(fact(1, id_="same"))
+    assert not e.apply(fact(9, id_="same"))
+    assert e.activity("all", MONDAY)["total"] == 1
+
+
+def test_activity_partners_and_events() -> None:
+    e = Entity.new("org:a", "A")
+    e.apply(fact(1, MONDAY + 1000, partners={"b": "B", "c": "C"}))
+    e.apply(fact(2, MONDAY + 2 * DAY_MS, partners={"b": "B"}))
+    e.apply(fact(3, MONDAY - DAY_MS))
+    assert e.activity("all", MONDAY)["by_type"] == {"agreement.signed": 2, "conference.announcement": 1}
+    assert e.activity("week", MONDAY + DAY_MS)["total"] == 2
+    assert e.activity("day", MONDAY + 2 * DAY_MS)["by_kind"] == {"signed": 1}
+    assert e.activity("day", MONDAY + 9 * DAY_MS)["total"] == 0
+    assert e.partners() == [{"id": "b", "name": "B", "count": 2}, {"id": "c", "name": "C", "count": 1}]
+    assert e.doc["latest_agreement"]["id"] == "e0-2"
+    assert [x["id"] for x in e.events()] == ["e0-2", "e0-1", "e0-3"]
+
+
+def test_the_latest_events_are_bounded() -> None:
+    e = Entity.new("org:a", "A")
+    for i in range(RECENT + 20):
+        e.apply(fact(i, MONDAY + i))
+    assert len(e.events()) == RECENT
+    assert e.events()[0]["id"] == f"e0-{RECENT + 19}"
+    assert e.activity("all", MONDAY)["total"] == RECENT + 20
+
+
+def test_same_state_in_any_order_and_with_replays() -> None:
+    events = [parse_enriched(raw) for raw in random_events(200, seed=3)]
+    facts = [f for i, ev in enumerate(events) for f in facts_of(ev, i % 3, i, MONDAY + i * 60_000)]
+
+    def fold(order: list[Fact]) -> dict[str, bytes]:
+        state: dict[str, Entity] = {}
+        for f in order:
+            state.setdefault(f.key, Entity.new(f.key, f.name)).apply(f)
+        return {k: e.dump() for k, e in state.items()}
+
+    once = fold(facts)
+    # another interleaving of the partitions (each partition's own order kept), with
+    # every fact of a partition replayed from some earlier point, as after a crash
+    rng = random.Random(1)
+    by_part = {p: [f for f in facts if f.partition == p] for p in range(3)}
+    mixed: list[Fact] = []
+    cursors = dict.fromkeys(by_part, 0)
+    while any(cursors[p] < len(by_part[p]) for p in by_part):
+        p = rng.choice([p for p in by_part if cursors[p] < len(by_part[p])])
+        mixed.append(by_part[p][cursors[p]])
+        cursors[p] += 1
+        if rng.random() < 0.02:
+            cursors[p] = max(0, cursors[p] - rng.randint(1, 30))  # a replay
+    again = fold(mixed)
+    assert set(again) == set(once)
+    for key in once:
+        a, b = Entity.load(once[key]).doc, Entity.load(again[key]).doc
+        a.pop("pos"), b.pop("pos")
+        assert a == b, key
+
+
+def test_facts_of_an_agreement_name_partners_and_sectors() -> None:
+    ev = parse_enriched(random_events(1, seed=5)[0])  # event 0 is an agreement
+    facts = facts_of(ev, 0, 0, MONDAY)
+    orgs = [f for f in facts if f.key.startswith("org:")]
+    assert orgs and all(f.partners is not None and f.key[4:] not in f.partners for f in orgs)
+    assert any(f.key.startswith("sector:") for f in facts)
