@@ -118,23 +118,6 @@ INSIGHTS_CHANGELOG = Topic(
     doc="insights' faust table: one record per entity, restored on start",
 )
 
-# insights' state (services/insights): the facts each enriched event teaches an entity
-# (organization, unresolved name, sector, city), keyed by the entity so that one instance
-# folds all of an entity's facts, and the faust table's changelog (one compacted record per
-# entity: its counts, windows, partners, latest events and replay guard). The changelog's
-# name is faust's, <app id>-<table>-changelog, with the default ANTING_INSIGHTS_GROUP; both
-# have the same partitions (faust co-partitions a table with the stream that writes it).
-INSIGHTS_FACTS = Topic(
-    "insights-facts", None, 3, "delete", "entity key (org:<id>, sector:<name>...)",
-    config={"retention.ms": str(7 * DAY_MS)},
-    doc="what each enriched event teaches each entity it names (insights' repartition)",
-)
-INSIGHTS_CHANGELOG = Topic(
-    "anting-insights-entities-changelog", None, 3, "compact", "entity key",
-    config={"min.cleanable.dirty.ratio": "0.1", "segment.ms": str(DAY_MS)},
-    doc="insights' faust table: one record per entity, restored on start",
-)
-
 ALL_TOPICS: tuple[Topic, ...] = (
     ANNOUNCEMENTS, AGREEMENTS, ORGANIZATIONS, ENRICHED_EVENTS,
     SUBSCRIPTIONS, NOTIFICATIONS, DEAD_LETTERS, DEAD_LETTERS_REPLAYED, NOTIFY_RETRIES, NOTIFY_DIGESTS,
