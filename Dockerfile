@@ -30,5 +30,5 @@ RUN pip install --no-deps -c requirements.lock -e . \
 USER anting
 EXPOSE 8001 8002 8003
 # compose sets the command per service; the host must be 0.0.0.0 inside a container
-ENV ANTING_INGEST_HOST=0.0.0.0 ANTING_ENRICH_HOST=0.0.0.0 ANTING_NOTIFY_HOST=0.0.0.0
+ENV ANTING_INGEST_HOST=0.0.0.0 ANTING_ENRICH_HOST=0.0.0.0 ANTING_NOTIFY_HOST=0.0.0.0 ANTING_INSIGHTS_HOST=0.0.0.0
 CMD ["anting", "serve", "ingest"]

@@ -1,7 +1,7 @@
 """``anting run`` (what ``make run`` calls): the whole stack on this machine, supervised.
 
 A local Kafka broker (unless ``KAFKA_BOOTSTRAP_SERVERS`` names one), the topics,
-the catalog, ``anting serve ingest|enrich|notify`` as child processes (output
+the catalog, ``anting serve ingest|enrich|notify|insights`` as child processes (output
 interleaved and labelled), Prometheus when its binary is installed, a demo
 subscription, the seed's events published through the ingest API, and the
 enriched events and notifications printed as they arrive. A child that dies is
@@ -83,7 +83,8 @@ class ServiceSpec:
         return f"http://{host}:{self.port}"
 
 
-SERVICES = (ServiceSpec("ingest", 8001), ServiceSpec("enrich", 8002), ServiceSpec("notify", 8003))
+SERVICES = (ServiceSpec("ingest", 8001), ServiceSpec("enrich", 8002), ServiceSpec("notify", 8003),
+            ServiceSpec("insights", 8004))
 
 
 @dataclass
@@ -229,6 +230,8 @@ class Stack:
         await self.tail_ready.wait()
         if "ingest" in ready:
             await self.publish_seed()
+            if "insights" in ready:
+                await self.show_insights(env)
         self.where_to_look()
         await self.sup.stopping.wait()
         tail.cancel()
@@ -394,6 +397,35 @@ class Stack:
                     return  # a client error will not fix itself
                 await asyncio.sleep(min(2 ** attempt, 10))
 
+    async def show_insights(self, env: dict[str, str], timeout: float = 60.0) -> None:
+        """Once insights has folded the seed (Anting Town Government has an agreement),
+        print ``anting insights partners anting-town-government`` and ``anting insights
+        top --window week``; after ``timeout`` seconds say so instead."""
+        import httpx
+
+        url = next(s for s in SERVICES if s.name == "insights").url
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=5, headers=_api_headers()) as client:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError):
+                    resp = await client.get(f"{url}/v1/organizations/anting-town-government/partners")
+                    if resp.status_code == 200 and resp.json().get("latest_agreement"):
+                        break
+                await asyncio.sleep(0.5)
+            else:
+                self.out.say("insights", "the seed's agreement has not reached insights yet: "
+                             "try `anting insights partners anting-town-government`", "yellow")
+                return
+        cli_env = {**env, "ANTING_INSIGHTS_URL": url, "COLUMNS": "120"}
+        for args in (["partners", "anting-town-government"], ["top", "--window", "week"]):
+            proc = await asyncio.create_subprocess_exec(
+                anting_command(), "insights", *args, env=cli_env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out, _ = await proc.communicate()
+            self.out.say("insights", "$ anting insights " + " ".join(args), "bold")
+            for line in out.decode(errors="replace").splitlines():
+                self.out.say("insights", line)
+
     async def tail(self, settings: AntingSettings) -> None:
         """Print every enriched event and delivery record produced from now on (until
         cancelled); ``tail_ready`` is set once it reads from the end."""
@@ -443,6 +475,7 @@ class Stack:
         lines = [
             f"ingest API     {urls['ingest']}/docs   (POST /v1/events, /v1/announcements, /v1/agreements)",
             f"notify API     {urls['notify']}/docs   (subscriptions; SSE at {urls['notify']}/v1/stream)",
+            f"insights API   {urls['insights']}/docs   (anting insights partners anting-town-government)",
             "metrics        " + "  ".join(f"{u}/metrics" for u in urls.values()),
             f"Kafka          {self.bootstrap}   (kcat -b {self.bootstrap} -C -t enriched-events)",
         ]

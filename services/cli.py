@@ -115,7 +115,7 @@ def run(
     state_dir: Annotated[Path | None, typer.Option(
         envvar="ANTING_RUN_STATE_DIR", help="where the broker and Prometheus keep data (.local)")] = None,
 ) -> None:
-    """The whole stack here (what `make run` runs): Kafka, topics, catalog, the three services, the seed."""
+    """The whole stack here (what `make run` runs): Kafka, topics, catalog, the four services, the seed."""
     try:
         from devtools import stack  # a development tool, not in the image: imported here only
     except ModuleNotFoundError as exc:

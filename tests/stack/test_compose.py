@@ -14,7 +14,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
-SERVICE_PORTS = {"ingest": 8001, "enrich": 8002, "notify": 8003}
+SERVICE_PORTS = {"ingest": 8001, "enrich": 8002, "notify": 8003, "insights": 8004}
 
 
 def compose() -> dict[str, Any]:

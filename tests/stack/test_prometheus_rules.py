@@ -54,7 +54,7 @@ def test_prometheus_scrapes_each_service_in_its_own_job() -> None:
     """The config has one scrape job per service, on the service's default port."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
-    for name, port in (("ingest", 8001), ("enrich", 8002), ("notify", 8003)):
+    for name, port in (("ingest", 8001), ("enrich", 8002), ("notify", 8003), ("insights", 8004)):
         targets = [t for sc in jobs[name]["static_configs"] for t in sc["targets"]]
         assert targets == [f"{name}:{port}"]
 
