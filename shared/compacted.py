@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
@@ -81,7 +81,7 @@ class CompactedView(Generic[V]):
         on_change: Callable[[Sequence[str]], None] | None = None,
         on_invalid: Callable[[ConsumerRecord[bytes, bytes], Exception], None] | None = None,
         since_ms: Callable[[], float] | None = None,
-        **consumer_options: Any,
+        **consumer_options: object,
     ) -> None:
         self.settings = settings
         self.topic = topic

@@ -33,7 +33,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.structs import RecordMetadata
 from pydantic import ValidationError
 
 from shared.events import error_paths
@@ -111,7 +112,7 @@ def dead_letter(
     return DeadLetter(key, value, original + [(k, v.encode()) for k, v in dlq.items()])
 
 
-def from_record(record: Any, *, stage: str, error: BaseException | str) -> DeadLetter:
+def from_record(record: ConsumerRecord[bytes, bytes], *, stage: str, error: BaseException | str) -> DeadLetter:
     """A dead letter for an aiokafka ``ConsumerRecord``."""
     return dead_letter(
         stage=stage, error=error, key=record.key, value=record.value,
@@ -144,22 +145,26 @@ class DeadLetterWriter:
     (:func:`fit`), so writing a dead letter never fails for its size.
     """
 
-    def __init__(self, producer: Any, settings: AntingSettings,
+    def __init__(self, producer: AIOKafkaProducer | None, settings: AntingSettings,
                  max_bytes: int = PRODUCER_MAX_REQUEST_BYTES) -> None:
         self.producer = producer
         self.topic = settings.topic(DEAD_LETTERS_TOPIC)
         self.max_bytes = max_bytes
 
-    async def send(self, letter: DeadLetter, producer: Any = None) -> Any:
+    async def send(self, letter: DeadLetter,
+                   producer: AIOKafkaProducer | None = None) -> asyncio.Future[RecordMetadata]:
         """Queue the dead letter (on ``producer`` if given, e.g. the transactional
         producer of the batch); returns the delivery future (await it for the ack)."""
         letter = fit(letter, self.max_bytes)
         DEAD_LETTERS.labels(
             letter.header("dlq.stage") or "", letter.header("dlq.original.topic") or ""
         ).inc()
-        return await (producer or self.producer).send(
-            self.topic, value=letter.value, key=letter.key, headers=letter.headers
-        )
+        sender = producer or self.producer
+        if sender is None:
+            raise RuntimeError("no producer: give one to send() or to the writer")
+        ack: asyncio.Future[RecordMetadata] = await sender.send(
+            self.topic, value=letter.value, key=letter.key, headers=letter.headers)
+        return ack
 
     async def send_and_wait(self, letter: DeadLetter) -> Any:
         return await (await self.send(letter))
@@ -595,7 +600,7 @@ def _replayer() -> str:
 
 
 async def _send(
-    reader: _Reader, producer: Any, settings: AntingSettings, chosen: list[ReplayEntry],
+    reader: _Reader, producer: AIOKafkaProducer, settings: AntingSettings, chosen: list[ReplayEntry],
     report: ReplayReport, progress: Progress | None,
 ) -> None:
     """Pass two: read each chosen letter again and send it with its marker, REPLAY_CHUNK

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -47,9 +47,10 @@ from pydantic import (
     GetPydanticSchema,
     StringConstraints,
     TypeAdapter,
+    ValidationError,
     WithJsonSchema,
 )
-from pydantic_core import PydanticCustomError, core_schema
+from pydantic_core import ErrorDetails, PydanticCustomError, core_schema
 
 from shared.organizations import Organization
 
@@ -146,7 +147,7 @@ Timestamp = Annotated[
 
 # Unknown keys are kept (nothing a publisher sent is lost), but they obey the same
 # number rules: an unknown field is written by every stage as much as a known one.
-def _numbers(value: Any) -> Iterator[int | float]:
+def _numbers(value: object) -> Iterator[int | float]:
     """Every number in a JSON value (booleans are not numbers), depth first."""
     stack = [value]
     while stack:
@@ -159,7 +160,7 @@ def _numbers(value: Any) -> Iterator[int | float]:
             yield item
 
 
-def _json_value(value: Any) -> Any:
+def _json_value(value: object) -> object:
     """Any JSON value whose every number is finite and, if an integer, safe."""
     for number in _numbers(value):
         _json_number(number)
@@ -396,7 +397,7 @@ def parse_event(raw: bytes | str) -> AnyEvent:
     return event
 
 
-def parse_event_obj(obj: Any) -> AnyEvent:
+def parse_event_obj(obj: object) -> AnyEvent:
     """An already-decoded JSON value → event (strict JSON semantics, e.g. ISO times)."""
     return parse_event(encode_json(obj))
 
@@ -434,7 +435,7 @@ def _not_json(token: str) -> Any:
     raise ValueError(f"{token} is not JSON")
 
 
-def encode_json(obj: Any) -> bytes:
+def encode_json(obj: object) -> bytes:
     """A value read by :func:`read_json` as bytes again, losing nothing: orjson, or the
     standard library where orjson cannot write a number (orjson writes infinity as
     ``null``, which would turn a refused value into an accepted one; ``json`` writes
@@ -448,7 +449,7 @@ def encode_json(obj: Any) -> bytes:
     return text.encode()
 
 
-def _finite(obj: Any) -> bool:
+def _finite(obj: object) -> bool:
     return all(math.isfinite(n) for n in _numbers(obj) if isinstance(n, float))
 
 
@@ -520,10 +521,16 @@ def record_event_bytes(value: bytes | None, headers: Sequence[tuple[str, bytes |
     return orjson.dumps(event)
 
 
-def error_paths(exc: Any) -> list[dict[str, str]]:
+def error_paths(exc: ValidationError) -> list[dict[str, str]]:
     """A ``pydantic.ValidationError`` as ``[{"path": "data.headline", "message": ...}]``."""
+    return paths_of(exc.errors(include_url=False))
+
+
+def paths_of(errors: Iterable[ErrorDetails]) -> list[dict[str, str]]:
+    """pydantic's error details as :func:`error_paths` gives them (for errors regrouped by
+    the caller, e.g. a batch's per item)."""
     out = []
-    for err in exc.errors(include_url=False):
+    for err in errors:
         loc = [str(p) for p in err["loc"]]
         # a discriminated union adds the tag as a path element: drop it
         if len(loc) > 1 and loc[0] in EVENT_TYPES:

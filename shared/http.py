@@ -178,7 +178,7 @@ def problem(
     errors: Sequence[dict[str, Any]] = (),
     type_: str = "about:blank",
     headers: dict[str, str] | None = None,
-    **extra: Any,
+    **extra: object,
 ) -> Response:
     """An RFC 9457 ``application/problem+json`` response with an ``errors`` list given as
     plain dicts (``{"path", "message"}``, as :func:`shared.events.error_paths` returns

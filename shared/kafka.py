@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from shared.settings import AntingSettings
 from shared.topics import ALL_TOPICS, Topic
@@ -59,13 +60,13 @@ SAFE_CONSUMER: dict[str, Any] = {
 }
 
 
-def make_producer(settings: AntingSettings, **overrides: Any) -> AIOKafkaProducer:
+def make_producer(settings: AntingSettings, **overrides: object) -> AIOKafkaProducer:
     """An idempotent ``acks=all`` producer; pass ``transactional_id`` for transactions."""
     return AIOKafkaProducer(**settings.kafka.client_options(), **{**SAFE_PRODUCER, **overrides})
 
 
 def make_consumer(
-    settings: AntingSettings, *topics: str, group_id: str | None, **overrides: Any
+    settings: AntingSettings, *topics: str, group_id: str | None, **overrides: object
 ) -> AIOKafkaConsumer:
     """A manual-commit, ``earliest``, ``read_committed`` consumer."""
     return AIOKafkaConsumer(
@@ -110,7 +111,7 @@ async def wait_for_partitions(
         await _refresh_metadata(consumer)
 
 
-def make_admin(settings: AntingSettings, **overrides: Any) -> AIOKafkaAdminClient:
+def make_admin(settings: AntingSettings, **overrides: object) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**settings.kafka.client_options(), **overrides)
 
 
@@ -195,7 +196,7 @@ class RecordBatches:
         loop.call_later(self.linger, self._ship, topic, partition, slot)
         return slot
 
-    def _ship(self, topic: str, partition: int, only: Any = None) -> None:
+    def _ship(self, topic: str, partition: int, only: object = None) -> None:
         slot = self._open.get((topic, partition))
         if slot is None or (only is not None and slot is not only):
             return  # the timer of a batch that has gone already
@@ -206,7 +207,7 @@ class RecordBatches:
         self._shipping.add(task)
         task.add_done_callback(self._shipping.discard)
 
-    async def _send(self, batch: Any, topic: str, partition: int, done: asyncio.Future[Any]) -> None:
+    async def _send(self, batch: BatchBuilder, topic: str, partition: int, done: asyncio.Future[Any]) -> None:
         try:
             ack = await self.producer.send_batch(batch, topic, partition=partition)
             result = await ack

@@ -8,10 +8,13 @@ into one message that names the environment variable.
 from __future__ import annotations
 
 import ssl
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:  # topics import the contract, which needs no settings
+    from shared.topics import Topic
 
 
 class KafkaSettings(BaseSettings):
@@ -58,7 +61,7 @@ class AntingSettings(BaseSettings):
     topic_prefix: str = Field("", validation_alias=AliasChoices("ANTING_TOPIC_PREFIX", "topic_prefix"))
     log_level: str = Field("INFO", validation_alias=AliasChoices("ANTING_LOG_LEVEL", "log_level"))
 
-    def topic(self, topic: Any) -> str:
+    def topic(self, topic: Topic) -> str:
         """The full name of a registered topic under this prefix."""
         return str(topic.qualified(self.topic_prefix))
 
@@ -70,7 +73,7 @@ class SettingsError(SystemExit):
 S = TypeVar("S", bound=BaseSettings)
 
 
-def _build(cls: type[S], **kwargs: Any) -> S:
+def _build(cls: type[S], **kwargs: Any) -> S:  # Any: pydantic-settings' own init arguments
     try:
         return cls(**kwargs)
     except ValidationError as exc:
@@ -82,7 +85,7 @@ def _build(cls: type[S], **kwargs: Any) -> S:
         raise SettingsError("bad setting:\n" + "\n".join(lines)) from None
 
 
-def load(cls: type[S], **overrides: Any) -> S:
+def load(cls: type[S], **overrides: Any) -> S:  # Any: field values of any type
     """Build settings from the environment or exit with a message naming each bad variable."""
     if "kafka" not in overrides and "kafka" in cls.model_fields:
         overrides["kafka"] = _build(KafkaSettings)

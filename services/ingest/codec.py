@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
 from shared.events import (
     EVENT_ADAPTER,
@@ -29,6 +30,7 @@ from shared.events import (
     dump_event,
     encode_json,
     error_paths,
+    paths_of,
     read_json,
 )
 from shared.http import ErrorItem, Problem, media_type
@@ -161,30 +163,20 @@ class OutRecord:
     event_type: str = ""
 
 
-def type_label(obj: Any) -> str:
+def type_label(obj: object) -> str:
     """The metrics label for an item's type: a known type, else ``unknown``."""
     t = obj.get("type") if isinstance(obj, dict) else None
     return t if isinstance(t, str) and t in EVENT_TYPES else "unknown"
 
 
-class _Shifted:
-    """A ValidationError's errors with the leading item index removed (for error_paths)."""
-
-    def __init__(self, errors: list[Any]) -> None:
-        self._errors = errors
-
-    def errors(self, include_url: bool = False) -> list[Any]:
-        return self._errors
-
-
 def _item_errors(exc: ValidationError) -> dict[int, list[ErrorItem]]:
     """Errors of a list validation, grouped by item index, paths relative to the item."""
-    grouped: dict[int, list[Any]] = defaultdict(list)
+    grouped: dict[int, list[ErrorDetails]] = defaultdict(list)
     for err in exc.errors(include_url=False):
         loc = err["loc"]
         index = loc[0] if loc and isinstance(loc[0], int) else -1
         grouped[index].append({**err, "loc": tuple(loc[1:]) if index >= 0 else loc})
-    return {i: ErrorItem.of(error_paths(_Shifted(errs))) for i, errs in grouped.items()}
+    return {i: ErrorItem.of(paths_of(errs)) for i, errs in grouped.items()}
 
 
 class Unencodable(ValueError):

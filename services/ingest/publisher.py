@@ -50,7 +50,7 @@ class Publisher:
         timeout: float = 4.0,
         linger_ms: int = 0,
         max_batch_bytes: int = 512 * 1024,
-        **overrides: Any,
+        **overrides: object,
     ) -> None:
         self.settings = settings
         self.timeout = timeout

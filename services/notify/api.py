@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
@@ -80,7 +80,8 @@ def filter_from_query(
     return Filter.model_validate_json(orjson.dumps(doc))
 
 
-def create_app(settings: NotifySettings, store: SubscriptionStore, ready: Any = None) -> FastAPI:
+def create_app(settings: NotifySettings, store: SubscriptionStore,
+               ready: Callable[[], Awaitable[tuple[bool, str]]] | None = None) -> FastAPI:
     app = FastAPI(title="Anting notify", version="0.1.0",
                   description="Filtered subscriptions delivered by webhook, email, chat and log.")
     use_api_keys(app, settings.api_keys)
@@ -88,7 +89,7 @@ def create_app(settings: NotifySettings, store: SubscriptionStore, ready: Any = 
 
     async def _ready() -> tuple[bool, str]:
         if ready is not None:
-            return await ready()  # type: ignore[no-any-return]
+            return await ready()
         return store.view.ready.is_set(), "subscriptions loaded" if store.view.ready.is_set() else "starting"
 
     app.include_router(health_router(_ready))

@@ -60,6 +60,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaProducer
 
 from services.notify.notification import Delivery, idempotency_key
 from shared.compacted import CompactedView
@@ -135,11 +136,13 @@ class LogView(CompactedView[Entry]):
     global store with a state-update processor of its own, in Kafka Streams' terms (see
     :mod:`shared.compacted`). An unreadable line is skipped with a warning."""
 
-    def __init__(self, settings: AntingSettings, topic: str, **consumer_options: Any) -> None:
+    def __init__(self, settings: AntingSettings, topic: str, *,
+                 fetch_min_bytes: int = 1, fetch_max_wait_ms: int = 500) -> None:
         # at start, only the lines of the retention period are fetched (by their Kafka
         # timestamps), however long the log is kept
         super().__init__(settings, topic, _no_decode,
-                         since_ms=lambda: time.time() * 1000 - LEDGER_RETENTION_MS, **consumer_options)
+                         since_ms=lambda: time.time() * 1000 - LEDGER_RETENTION_MS,
+                         fetch_min_bytes=fetch_min_bytes, fetch_max_wait_ms=fetch_max_wait_ms)
         self.failing: dict[str, Failing] = {}  # subscription id -> its failures (ever failed only)
         self.scheduled: dict[str, tuple[str, float]] = {}  # key -> (subscription id, next attempt ms)
 
@@ -217,7 +220,7 @@ class Ledger:
     recorded here and on the log at once (:meth:`record`), asked before every attempt
     (:meth:`suppresses`), and the source of each subscription's :class:`Health`."""
 
-    def __init__(self, settings: AntingSettings, producer: Any, batches: RecordBatches | None = None) -> None:
+    def __init__(self, settings: AntingSettings, producer: AIOKafkaProducer, batches: RecordBatches | None = None) -> None:
         self.topic = settings.topic(NOTIFICATIONS)
         self.batches = batches or RecordBatches(producer)
         # Following mostly reads back this instance's own lines (already applied in
