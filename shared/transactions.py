@@ -487,6 +487,15 @@ class TransactionalProducer(AIOKafkaProducer):  # type: ignore[misc]
         # the one change to aiokafka's sender: TxnOffsetCommit v3 for offsets with metadata
         self._sender.__class__ = _GroupAwareSender
 
+    async def stop(self) -> None:
+        """Stop as aiokafka does; the error of a transaction that ended in a fatal error
+        (a fenced producer) is read first, so that asyncio does not log it as never
+        retrieved."""
+        waiter = self._txn_manager._transaction_waiter
+        if waiter is not None and waiter.done() and not waiter.cancelled():
+            waiter.exception()
+        await super().stop()
+
     async def send_offsets_to_transaction(
         self, offsets: Mapping[TopicPartition, int | OffsetAndMetadata],
         group_id: ConsumerGroupMetadata | str,

@@ -260,9 +260,10 @@ class Worker:
             if self.txn is not None:
                 try:
                     await self._commit()
+                except FencedByGroupError:
+                    self._fenced_by_group()
                 except Exception as exc:
-                    if not isinstance(exc, FencedByGroupError):
-                        self.broken = exc
+                    self.broken = exc
             self.fresh -= tps
 
     def assigned(self, tps: set[TopicPartition]) -> None:
@@ -394,12 +395,15 @@ class Worker:
                 try:
                     await self._commit()
                 except FencedByGroupError:
-                    # a zombie: the partitions are someone else's now. Start each again
-                    # from its committed offset (the rebalance reassigns them anyway).
-                    log.warning("enrich lost its partitions while a transaction was open: the "
-                                "group refused its offsets (KIP-447); the transaction is "
-                                "aborted, the worker rejoins")
-                    self.fresh |= self._consumer().assignment()
+                    self._fenced_by_group()
+
+    def _fenced_by_group(self) -> None:
+        """A zombie's transaction was refused and aborted: the partitions are someone
+        else's now. Each starts again from its committed offset (a rebalance reassigns
+        them anyway)."""
+        log.warning("enrich lost its partitions while a transaction was open: the group "
+                    "refused its offsets (KIP-447); the transaction is aborted, the worker rejoins")
+        self.fresh |= self._consumer().assignment()
 
     async def _add(self, batch: dict[TopicPartition, list[Record]]) -> None:
         consumer = self._consumer()
