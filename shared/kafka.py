@@ -8,6 +8,7 @@ service gets its clients from here instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Iterable
@@ -90,6 +91,27 @@ async def _refresh_metadata(consumer: AIOKafkaConsumer) -> None:
     topic would come up uncompacted). ``force_metadata_update`` is what aiokafka's own
     ``start()`` calls; asking for all topics creates none."""
     await consumer._client.force_metadata_update()
+
+
+async def cluster_answers(producer: AIOKafkaProducer) -> None:
+    """Ask the cluster for its metadata on ``producer``'s connections (readiness: a broker
+    answers). Raises ``KafkaError`` or ``OSError`` when none does; the caller bounds the
+    wait. aiokafka (0.14) has no public call for this; ``producer.client`` is its client
+    (public by name, undocumented), whose ``fetch_all_metadata`` asks for every topic and
+    creates none."""
+    await producer.client.fetch_all_metadata()
+
+
+async def abandon_producer(producer: AIOKafkaProducer, timeout: float = 2.0) -> None:
+    """End a producer whose ``stop()`` timed out because no broker answers: ``stop()``
+    waits for a flush that cannot happen, and once interrupted it leaves aiokafka's
+    (0.14) sender task reconnecting for ever, so that task and the client's connections
+    are closed directly (``_sender`` is private; no public call does this). Never raises."""
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            await asyncio.wait_for(sender.close(), timeout)
+        await asyncio.wait_for(producer.client.close(), timeout)
 
 
 async def wait_for_partitions(

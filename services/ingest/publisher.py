@@ -10,7 +10,6 @@ producer id), so ingest recovers by itself once the broker is back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from services.ingest.codec import OutRecord
-from shared.kafka import make_producer
+from shared.kafka import abandon_producer, cluster_answers, make_producer
 from shared.settings import AntingSettings
 
 log = logging.getLogger(__name__)
@@ -117,14 +116,7 @@ class Publisher:
             try:
                 await asyncio.wait_for(producer.stop(), 1.0)
             except (Exception, asyncio.CancelledError):
-                # stop() waits for a flush that cannot happen while the broker is away,
-                # and once interrupted it leaves the sender task reconnecting for ever:
-                # end that task and the connections directly (aiokafka 0.14 internals)
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    sender = getattr(producer, "_sender", None)
-                    if sender is not None:
-                        await asyncio.wait_for(sender.close(), 2.0)
-                    await asyncio.wait_for(producer.client.close(), 2.0)
+                await abandon_producer(producer)  # the broker is away: no flush can happen
 
         task = asyncio.get_running_loop().create_task(_close())
         self._closing.add(task)
@@ -175,7 +167,7 @@ class Publisher:
         try:
             async with asyncio.timeout(min(self.timeout, 3.0)):
                 producer = await self._ensure()
-                await producer.client.fetch_all_metadata()
+                await cluster_answers(producer)
             return True, f"broker reachable at {self.settings.kafka.bootstrap_servers}"
         except (TimeoutError, KafkaError, BrokerUnavailable, OSError) as exc:
             return False, f"broker not reachable: {exc or type(exc).__name__}"

@@ -31,7 +31,7 @@ from services.notify.ssrf import Resolver, system_resolver
 from services.notify.store import SubscriptionStore
 from shared.consumer_loop import ConsumerLoop
 from shared.deadletters import DeadLetterWriter
-from shared.kafka import RecordBatches, ensure_topics, make_consumer, make_producer
+from shared.kafka import RecordBatches, cluster_answers, ensure_topics, make_consumer, make_producer
 from shared.topics import ENRICHED_EVENTS, NOTIFY_DIGESTS, NOTIFY_RETRIES
 
 __all__ = ["Notifier", "default_channels"]
@@ -93,7 +93,7 @@ class Notifier:
         if not (self.started and self.store.view.ready.is_set() and self.ledger.view.ready.is_set()):
             return False, "loading subscriptions and ledger"
         try:
-            await asyncio.wait_for(self.producer.client.fetch_all_metadata(), 3.0)
+            await asyncio.wait_for(cluster_answers(self.producer), 3.0)
         except Exception as exc:
             return False, f"broker unreachable: {type(exc).__name__}"
         return True, "broker reachable, state loaded"
