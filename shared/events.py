@@ -466,6 +466,14 @@ def dump_event(event: BaseModel) -> bytes:
 # --- the CloudEvents Kafka protocol binding ------------------------------------------
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+
+
+def media_type(content_type: str | None) -> str:
+    """The media type of a ``Content-Type`` value, lower-case and without parameters
+    (``"Application/JSON; charset=utf-8"`` → ``"application/json"``); ``""`` for None
+    or an empty value. Nothing is validated: a caller compares the result with the
+    types it accepts."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
 _JSON_MEDIA = re.compile(r"^(application|text)/([a-z0-9.+-]*\+)?json$")
 
 
@@ -510,7 +518,7 @@ def record_event_bytes(value: bytes | None, headers: Sequence[tuple[str, bytes |
             event[name[3:]] = _header_text(name, hval)
     if content_type is not None:
         event["datacontenttype"] = content_type
-    media = (content_type or "application/json").split(";")[0].strip()
+    media = media_type(content_type) or "application/json"
     if not _JSON_MEDIA.match(media):
         raise NotACloudEvent(f"binary-mode data of content type {media!r}: Anting's events carry JSON data")
     if value is not None:

@@ -36,6 +36,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from shared.events import media_type
 from shared.metrics import HTTP_REQUEST_SECONDS, render
 
 __all__ = [
@@ -71,14 +72,6 @@ TITLES = {
     422: "Validation failed",
     503: "Service unavailable",
 }
-
-
-def media_type(content_type: str | None) -> str:
-    """The media type of a ``Content-Type`` value, lower-case and without parameters
-    (``"Application/JSON; charset=utf-8"`` → ``"application/json"``); ``""`` for None
-    or an empty value. Nothing is validated: a caller compares the result with the
-    types it accepts."""
-    return (content_type or "").split(";", 1)[0].strip().lower()
 
 
 @dataclass(frozen=True, slots=True)
