@@ -34,7 +34,6 @@ __all__ = [
     "env_for",
     "produce",
     "read_topic",
-    "run",
     "settings_for",
     "wait_until",
 ]
@@ -218,11 +217,6 @@ class ServiceProcess:
     def log(self) -> str:
         """What it has written so far ("" before it wrote anything)."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-def run(coro: Any) -> Any:
-    """``asyncio.run(coro)``: a coroutine's result from synchronous test code."""
-    return asyncio.run(coro)
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
