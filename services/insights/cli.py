@@ -74,10 +74,13 @@ def partners(org: Annotated[str, typer.Argument(help="organization id, e.g. anti
     if as_json:
         _dump(doc)
         return
-    table = Table("partner", "name", "agreements", title=f"Partners of {doc['name']} ({org})")
-    for p in doc["partners"]:
-        table.add_row(p["id"], p["name"], str(p["count"]))
-    _print(table)
+    if not doc["partners"]:
+        print(f"{doc['name']} ({org}): its agreements name no other catalog organization")
+    else:
+        table = Table("partner", "name", "agreements", title=f"Partners of {doc['name']} ({org})")
+        for p in doc["partners"]:
+            table.add_row(p["id"], p["name"], str(p["count"]))
+        _print(table)
     if latest := doc["latest_agreement"]:
         print(f"latest agreement: {latest['title']} ({latest['time'] or 'no time'})")
 
