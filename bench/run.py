@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from bench import baselines, e2e, payload, report, stages
+from bench import baselines, e2e, payload, peers, report, stages
 from bench.harness import (
     LOADS,
     MARKDOWN_PATH,
@@ -123,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
                      lambda: stages.enrich(bootstrap, sizes, results, scratch, "at_least_once")),
                 Step("enrich.eos", ["enrich.eos.events_per_s"], ("enrich",),
                      lambda: stages.enrich(bootstrap, sizes, results, scratch, "exactly_once")),
+                Step("peers.quix", ["peer.quix.eos.events_per_s"], ("enrich",),
+                     lambda: peers.quix(bootstrap, sizes, results, scratch)),
+                Step("peers.kafka_copier", ["peer.kafka_copier.eos.records_per_s"], ("enrich",),
+                     lambda: peers.kafka_copier(bootstrap, sizes, results, scratch)),
+                Step("peers.faust", ["peer.faust.alo.events_per_s"], ("enrich",),
+                     lambda: peers.faust(bootstrap, sizes, results, scratch)),
+                Step("peers.ratios", [], ("enrich",), lambda: peers.ratios(results)),
                 Step("notify", ["notify.webhook.deliveries_per_s"], ("notify",),
                      lambda: stages.notify(bootstrap, sizes, results, scratch, receiver)),
                 Step("notify.match", [f"notify.match.events_per_s@{n}_subscriptions" for n in (1, 1000, 10000)]

@@ -729,3 +729,10 @@ def offset_ranges(entries: Iterable[ReplayEntry]) -> str:
                 start = prev = o
         parts.append(f"{partition}@{','.join(runs)}")
     return " ".join(parts)
+
+
+__all__ = ["MAX_MESSAGE", "REPLAY_CHUNK", "DeadLetter", "DeadLetterWriter", "Headers", "Keep",
+           "Progress", "ReplayEntry", "ReplayFailed", "ReplayReport", "Selection", "StoredLetter",
+           "dead_letter", "fit", "from_record", "offset_ranges", "origin", "parse_when",
+           "read_dead_letters", "read_letters", "replay", "replay_dead_letters",
+           "replayed_letters", "show_bytes", "topic_partitions"]

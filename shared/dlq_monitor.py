@@ -183,3 +183,6 @@ class DeadLetterMonitor(BackgroundTask):
                     await asyncio.sleep(self.retry)
         finally:
             await self.close()
+
+
+__all__ = ["MAX_LABEL", "MAX_SERIES", "OTHER", "DeadLetterMonitor", "Labels", "labels_of"]

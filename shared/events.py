@@ -551,3 +551,17 @@ def paths_of(errors: Iterable[ErrorDetails]) -> list[dict[str, str]]:
             message = _PATTERN_MESSAGES.get((err.get("ctx") or {}).get("pattern", ""), message)
         out.append({"path": ".".join(loc) or "$", "message": message, "type": err["type"]})
     return out
+
+
+__all__ = ["AGREEMENT", "ANNOUNCEMENT", "ENRICHED_ADAPTER", "EVENT_ADAPTER", "EVENT_TYPES",
+           "LIMITS", "MAX_EVENT_BYTES", "MAX_SAFE_INTEGER", "STRUCTURED_CONTENT_TYPE",
+           "AgreementData", "AgreementEvent", "AnnouncementData", "AnnouncementEvent",
+           "AnnouncementKind", "AnyEnrichedEvent", "AnyEvent", "CloudEventBase", "Count",
+           "EnrichedAgreementData", "EnrichedAgreementEvent", "EnrichedAnnouncementData",
+           "EnrichedAnnouncementEvent", "EnrichedEvent", "Enrichment", "Event", "EventTooLarge",
+           "ExtensionName", "ExtensionValue", "Headline", "JsonValue", "Line", "Location", "Match",
+           "MatchMethod", "Model", "Money", "Name", "NonEmpty", "NonEmptyText", "NotACloudEvent",
+           "Number", "OrganizationMention", "Person", "Prose", "ResolvedMention", "Text",
+           "Timestamp", "Uri", "check_size", "dump_event", "encode_json", "error_paths",
+           "media_type", "parse_enriched", "parse_event", "parse_event_obj", "paths_of",
+           "read_json", "record_event_bytes"]

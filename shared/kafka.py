@@ -293,3 +293,9 @@ async def max_message_bytes(settings: AntingSettings, topics: Iterable[str]) -> 
     finally:
         await admin.close()
     return limits
+
+
+__all__ = ["PRODUCER_MAX_REQUEST_BYTES", "RECORD_OVERHEAD_BYTES", "SAFE_CONSUMER", "SAFE_PRODUCER",
+           "RecordBatches", "abandon_producer", "cluster_answers", "ensure_topics", "make_admin",
+           "make_consumer", "make_producer", "max_message_bytes", "partition_by_key",
+           "record_size", "wait_for_partitions"]

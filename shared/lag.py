@@ -174,3 +174,6 @@ class LagMonitor(BackgroundTask):
                 await asyncio.sleep(self.interval)
         finally:
             await self.close()
+
+
+__all__ = ["LagMonitor", "lag_of"]

@@ -56,3 +56,6 @@ def configure(service: str, level: str = "INFO", json: bool | None = None) -> No
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "kafka", "uvicorn.access", "faust", "mode"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+__all__ = ["JsonFormatter", "ReadableFormatter", "configure"]

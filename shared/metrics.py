@@ -89,3 +89,9 @@ HTTP_REQUEST_SECONDS = Histogram(
 def render(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
     """The exposition text and its content type, for a ``/metrics`` handler."""
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+__all__ = ["CONSUMER_LAG", "DEAD_LETTERS", "DEAD_LETTERS_IN_TOPIC", "DEAD_LETTERS_LAST_TIMESTAMP",
+           "END_TO_END_SECONDS", "ENRICH_EVENTS", "ENRICH_ORGANIZATIONS", "HTTP_REQUEST_SECONDS",
+           "INGEST_EVENTS", "INSIGHTS_ENTITIES", "INSIGHTS_FACTS", "INSIGHTS_RECOVERY_SECONDS",
+           "LATENCY_BUCKETS", "NOTIFY_DELIVERIES", "STAGE_SECONDS", "WORKER_RESTARTS", "render"]

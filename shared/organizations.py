@@ -63,3 +63,7 @@ def parse_organization(raw: bytes | str) -> Organization:
             f"organization {org.id!r} is {size} bytes as JSON; the limit is {MAX_RECORD_BYTES} "
             "(enrich copies the record into every mention it resolves)")
     return org
+
+
+__all__ = ["MAX_RECORD_BYTES", "Organization", "OrganizationKind", "RecordTooLarge", "Slug",
+           "parse_organization"]

@@ -100,3 +100,6 @@ class BackgroundTask:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+__all__ = ["BackgroundTask", "quiet_gc", "run_service"]

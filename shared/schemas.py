@@ -44,3 +44,6 @@ def write_all(directory: Path = SCHEMA_DIR) -> list[Path]:
         path.write_bytes(body)
         written.append(path)
     return written
+
+
+__all__ = ["MODELS", "SCHEMA_DIR", "render_all", "write_all"]

@@ -90,3 +90,6 @@ def load(cls: type[S], **overrides: Any) -> S:  # Any: field values of any type
     if "kafka" not in overrides and "kafka" in cls.model_fields:
         overrides["kafka"] = _build(KafkaSettings)
     return _build(cls, **overrides)
+
+
+__all__ = ["AntingSettings", "KafkaSettings", "SettingsError", "load"]

@@ -131,3 +131,9 @@ def by_name(name: str, prefix: str = "") -> Topic:
         if t.qualified(prefix) == name:
             return t
     raise KeyError(name)
+
+
+__all__ = ["AGREEMENTS", "ALL_TOPICS", "ANNOUNCEMENTS", "DAY_MS", "DEAD_LETTERS",
+           "DEAD_LETTERS_REPLAYED", "ENRICHED_EVENTS", "INPUT_TOPICS_BY_TYPE",
+           "INSIGHTS_CHANGELOG", "INSIGHTS_FACTS", "LEDGER_RETENTION_MS", "NOTIFICATIONS",
+           "NOTIFY_DIGESTS", "NOTIFY_RETRIES", "ORGANIZATIONS", "SUBSCRIPTIONS", "Topic", "by_name"]

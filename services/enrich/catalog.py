@@ -152,3 +152,7 @@ async def write(
     finally:
         await producer.stop()
     return written, unchanged
+
+
+__all__ = ["DATA_FILE", "Catalog", "current", "encode_organization", "read_file", "shipped",
+           "write"]

@@ -153,3 +153,6 @@ def orgs_delete(org_id: Annotated[str, typer.Argument(help="organization id (slu
         _say(f"no organization {org_id!r}")
         raise typer.Exit(1)
     _say(f"{org_id}: deleted")
+
+
+__all__ = ["app", "orgs", "orgs_delete", "orgs_get", "orgs_list", "orgs_load", "orgs_put"]

@@ -68,3 +68,6 @@ def enrich_bytes(
     not a CloudEvent, invalid data) with a ``pydantic.ValidationError``."""
     event = parse_event(raw)
     return event.type, enrich(event, index, catalog_version, now)
+
+
+__all__ = ["Enriched", "enrich", "enrich_bytes"]

@@ -83,3 +83,6 @@ def run() -> None:
         await serve(settings, stop, tune_gc=True)
 
     run_service("enrich", main)
+
+
+__all__ = ["create_app", "run", "serve"]

@@ -282,3 +282,9 @@ def build_index(
     organizations: Iterable[Organization], threshold: float = DEFAULT_THRESHOLD
 ) -> CatalogIndex:
     return CatalogIndex({o.id: o for o in organizations}, threshold)
+
+
+__all__ = ["CACHE_LIMIT", "DEFAULT_THRESHOLD", "GENERIC_CJK", "GENERIC_WORDS", "MIN_FUZZY_CJK",
+           "MIN_FUZZY_LATIN", "OPENCC_CONFIG", "TOKEN_THRESHOLD", "UNRESOLVED", "CatalogIndex",
+           "Resolution", "build_index", "distinctive", "has_cjk", "is_generic", "normalise",
+           "to_simplified", "variants"]

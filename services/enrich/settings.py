@@ -47,3 +47,6 @@ class EnrichSettings(AntingSettings):
                 f"commit_interval_ms ({self.commit_interval_ms}): the broker would abort "
                 "every transaction kept open for the interval")
         return self
+
+
+__all__ = ["EnrichSettings"]

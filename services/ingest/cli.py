@@ -41,3 +41,6 @@ def publish(
     if not files:
         raise typer.BadParameter("give at least one FILE (or - for stdin), or --watch DIR")
     raise typer.Exit(run_publish(files, quiet=quiet))
+
+
+__all__ = ["app", "publish"]

@@ -63,3 +63,6 @@ def run() -> None:
         await serve(settings, stop, tune_gc=True)
 
     run_service("ingest", main)
+
+
+__all__ = ["make_publisher", "run", "serve"]

@@ -176,3 +176,6 @@ def run_watch(folder: Path, *, once: bool = False) -> int:
 
     quiet_gc()
     return uvloop.run(main())
+
+
+__all__ = ["console", "run_publish", "run_watch"]

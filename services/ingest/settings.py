@@ -25,3 +25,6 @@ class IngestSettings(AntingSettings):
 
     # shared names, read without the service prefix
     api_keys: str = Field("", validation_alias=AliasChoices("ANTING_API_KEYS", "api_keys"))
+
+
+__all__ = ["IngestSettings"]

@@ -275,3 +275,7 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
     finally:
         with contextlib.suppress(Exception):
             await asyncio.shield(consumer.stop())
+
+
+__all__ = ["SSE_HEARTBEAT_SECONDS", "SSE_RESUME_POINTS", "ResumePoints", "create_app",
+           "filter_from_query", "sse_events"]

@@ -344,3 +344,8 @@ async def _tail(flt: Filter, fmt: Format, from_beginning: bool, limit: int | Non
                         return
     finally:
         await consumer.stop()
+
+
+__all__ = ["Cities", "Format", "Kinds", "Orgs", "Sectors", "Types", "app", "describe_state",
+           "subs_app", "subscribe", "subscriptions_add", "subscriptions_enable",
+           "subscriptions_list", "subscriptions_rm"]

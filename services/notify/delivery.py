@@ -373,3 +373,6 @@ def _counter(channel: str, outcome: str) -> Any:
 def _count(channel: str, outcome: str) -> None:
     """``anting_notify_deliveries_total`` with its label children looked up once."""
     _counter(channel, outcome).inc()
+
+
+__all__ = ["DAY_MS", "DUE_HEADER", "Deliverer", "Slots", "next_delay", "notification_record"]

@@ -359,3 +359,6 @@ class Ledger:
         key = delivery.subscription_id.encode()
         partition = await self.batches.partition_for(self.topic, key)
         return self.batches.append(self.topic, partition, key, line)
+
+
+__all__ = ["FINAL", "GROUPS", "SUPERSEDED", "Entry", "Failing", "Health", "Ledger", "LogView"]

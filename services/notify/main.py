@@ -68,3 +68,6 @@ def run() -> None:
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     run_service("notify", lambda stop: serve(settings, stop))
+
+
+__all__ = ["consumer_groups", "run", "serve"]

@@ -109,3 +109,6 @@ class RetrySchedule:
                 return
             parked = True
             await self.store.next_change(sub_id).wait()
+
+
+__all__ = ["RetrySchedule", "due_ms"]

@@ -127,3 +127,6 @@ class NotifySettings(AntingSettings):
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(p.strip(), strict=False) for p in self.allow_networks.split(",") if p.strip()]
+
+
+__all__ = ["NotifySettings", "parse_schedule"]

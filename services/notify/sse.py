@@ -95,3 +95,6 @@ def comment(text: str) -> bytes:
     """One SSE comment line (and a blank line, as the stream's other comments have):
     CR, LF and NUL in ``text`` become spaces, so it stays one comment."""
     return f": {_COMMENT_BREAKS.sub(' ', text)}\n\n".encode()
+
+
+__all__ = ["comment", "event_id", "message", "parse_event_id"]

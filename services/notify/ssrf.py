@@ -291,3 +291,9 @@ class GuardedResolver:
         if not addresses:
             raise OSError(f"cannot resolve {host}")
         return vet(host, addresses, self.networks, resolved=True)
+
+
+__all__ = ["ALLOW_SETTING", "LOOPBACK_NAME_ADDRESSES", "GuardedResolver", "IPAddress", "Network",
+           "RefusedAddress", "Resolver", "allowed", "check_url", "fixed_addresses",
+           "is_localhost_name", "is_public", "literal_refusal", "non_public_reason",
+           "system_resolver", "unmapped", "url_host", "vet"]

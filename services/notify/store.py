@@ -229,3 +229,7 @@ class SubscriptionStore:
             "previous_secrets_expire_at": datetime.now(UTC) + timedelta(seconds=grace_seconds),
         })
         return await self.put(rotated), secret
+
+
+__all__ = ["SubscriptionStore", "decode_subscription", "encode_subscription", "new_id",
+           "new_secret", "public_view", "signing_secrets"]

@@ -99,7 +99,8 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """`anting run` on the session broker with a topic prefix, groups and ports of its own."""
     tmp = tmp_path_factory.mktemp("stack")
     prefix = f"stack{uuid.uuid4().hex[:8]}."
-    ports = {"ingest": free_port(), "enrich": free_port(), "notify": free_port(), "prometheus": free_port()}
+    ports = {"ingest": free_port(), "enrich": free_port(), "notify": free_port(), "insights": free_port(),
+             "prometheus": free_port()}
     env = dict(os.environ)
     env.pop("ANTING_NOTIFY_ALLOW_NETWORKS", None)  # `anting run` allows loopback itself
     env.update({
@@ -110,6 +111,7 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "ANTING_INGEST_PORT": str(ports["ingest"]),
         "ANTING_ENRICH_PORT": str(ports["enrich"]),
         "ANTING_NOTIFY_PORT": str(ports["notify"]),
+        "ANTING_INSIGHTS_PORT": str(ports["insights"]),
         "ANTING_RUN_PROMETHEUS_PORT": str(ports["prometheus"]),
         "ANTING_RUN_SCRAPE_INTERVAL": "1",
         "ANTING_RUN_STATE_DIR": str(tmp / "state"),
@@ -176,6 +178,18 @@ async def test_seed_is_enriched_and_notified(stack: Stack) -> None:
         assert f" {event_id}:" in out  # the `enriched <type> <id>: ...` line
     assert "BAD SIGNATURE" not in out
     assert f"{stack.url('ingest')}/docs" in out and f"127.0.0.1:{stack.ports['prometheus']}" in out
+
+
+def test_insights_prints_anting_towns_partners_after_the_seed(stack: Stack) -> None:
+    """After the seed, `anting run` prints `anting insights partners anting-town-government`
+    (the seed's agreement, resolved) and the week's most active organizations."""
+    out = stack.wait_for(lambda o: "$ anting insights top --window week" in o
+                         and "Most active organizations (week)" in o, timeout=150)
+    assert "$ anting insights partners anting-town-government" in out
+    assert "Anting Town" in out and "latest agreement:" in out
+    doc = httpx.get(f"http://127.0.0.1:{stack.ports['insights']}/v1/organizations/anting-town-government/partners",
+                    headers={"authorization": f"Bearer {API_KEY}"}, timeout=10).json()
+    assert doc["latest_agreement"]["id"] in SEED_AGREEMENTS
 
 
 def _query(stack: Stack, expr: str) -> list[dict[str, Any]]:
@@ -313,7 +327,8 @@ def test_sigkill_of_make_run_takes_every_child_along(
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "ANTING_TOPIC_PREFIX": prefix,
         "ANTING_ENRICH_GROUP": f"{prefix}enrich", "ANTING_NOTIFY_GROUP": f"{prefix}notify",
         "ANTING_INGEST_PORT": str(free_port()), "ANTING_ENRICH_PORT": str(free_port()),
-        "ANTING_NOTIFY_PORT": str(free_port()), "ANTING_RUN_PROMETHEUS_PORT": str(free_port()),
+        "ANTING_NOTIFY_PORT": str(free_port()), "ANTING_INSIGHTS_PORT": str(free_port()),
+        "ANTING_RUN_PROMETHEUS_PORT": str(free_port()),
         "ANTING_RUN_STATE_DIR": str(tmp_path / "state"), "ANTING_RUN_SEED": str(tmp_path / "none.ndjson"),
         "PYTHONUNBUFFERED": "1",
     })

@@ -57,3 +57,6 @@ class AppriseSender:
 
     async def aclose(self) -> None:
         return None
+
+
+__all__ = ["AppriseSender"]

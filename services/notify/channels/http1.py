@@ -302,3 +302,7 @@ class WebhookClient:
                 conn.close()
         self._idle.clear()
         await asyncio.sleep(0)
+
+
+__all__ = ["IDLE_SECONDS", "SWEEP_SECONDS", "BadResponse", "InvalidURL", "Response", "Target",
+           "WebhookClient", "open_connection", "target"]

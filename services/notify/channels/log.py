@@ -68,3 +68,6 @@ class LogSender:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+__all__ = ["LogSender", "json_line"]

@@ -91,3 +91,6 @@ class EmailSender:
 
     async def aclose(self) -> None:
         return None
+
+
+__all__ = ["EmailSender", "build_message", "header_value", "message_id"]

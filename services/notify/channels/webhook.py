@@ -125,3 +125,6 @@ class WebhookSender:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+__all__ = ["CONTENT_TYPE", "USER_AGENT", "WebhookSender", "classify", "retry_after_seconds", "sign"]
