@@ -246,7 +246,7 @@ async def test_services_export_every_metric_the_dashboard_and_alerts_query(stack
     async with httpx.AsyncClient(timeout=10) as client:
         while time.monotonic() < deadline:
             exported = set(BUILT_IN)
-            for service in ("ingest", "enrich", "notify"):
+            for service in ("ingest", "enrich", "notify", "insights"):
                 exported |= sample_names((await client.get(f"{stack.url(service)}/metrics")).text)
             if needed <= exported:
                 break
