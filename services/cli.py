@@ -434,3 +434,9 @@ def main() -> None:
     except settings_mod.SettingsError as exc:
         console.print(f"[red]{exc}[/red]")
         sys.exit(2)
+
+
+__all__ = ["ClickStyleHelp", "FromOffsetOpt", "PartitionOpt", "Service", "SinceOpt", "StageOpt",
+           "ToOffsetOpt", "TopicOpt", "UntilOpt", "app", "console", "dlq_app", "dlq_list",
+           "dlq_replay", "kafka", "main", "run", "schema", "serve", "topics_app", "topics_create",
+           "topics_list"]

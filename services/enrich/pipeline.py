@@ -494,3 +494,7 @@ class Worker:
         await asyncio.gather(*futures)
         await self._consumer().commit(offsets)
         outcome.publish()
+
+
+__all__ = ["STAGE", "STRUCTURED", "STUCK_AFTER", "Ack", "Enricher", "Outcome", "Record",
+           "RecordTooLarge", "Transaction", "Worker"]

@@ -76,3 +76,36 @@ def test_the_dev_commands_without_devtools_say_so() -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert "`anting kafka` is a development tool" in result.stderr, result.stderr
+
+
+def test_every_runtime_module_says_what_it_exports() -> None:
+    """Each module of shared/, services/ and devtools/ (packages' __init__ aside) has an
+    ``__all__``, and every name in it is defined there: the public surface is written down."""
+    missing, unknown = [], []
+    for root in (*RUNTIME, "devtools"):
+        for path in sorted((REPO / root).rglob("*.py")):
+            if path.name == "__init__.py":
+                continue
+            tree = ast.parse(path.read_text())
+            exported = None
+            defined: set[str] = set()
+            for node in tree.body:
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    defined.add(node.name)
+                elif isinstance(node, ast.Assign | ast.AnnAssign):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    for t in targets:
+                        for name in (t.elts if isinstance(t, ast.Tuple) else [t]):
+                            if isinstance(name, ast.Name):
+                                defined.add(name.id)
+                        if isinstance(t, ast.Name) and t.id == "__all__" and node.value is not None:
+                            exported = ast.literal_eval(node.value)
+                elif isinstance(node, ast.Import | ast.ImportFrom):
+                    defined.update((a.asname or a.name).split(".")[0] for a in node.names)
+            rel = str(path.relative_to(REPO))
+            if exported is None:
+                missing.append(rel)
+            else:
+                unknown += [f"{rel}: {name}" for name in exported if name not in defined]
+    assert not missing, f"modules without __all__: {missing}"
+    assert not unknown, f"names in __all__ not defined in the module: {unknown}"
