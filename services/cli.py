@@ -41,14 +41,14 @@ def _type_name(param: TyperArgument | TyperOption) -> str:
     return _TYPE_NAMES.get(annotation, str(getattr(annotation, "__name__", annotation)).upper())
 
 
-def _showing(text: str) -> Callable[[Any], str]:
-    def display_type_rich(ctx: Any) -> str:
+def _showing(text: str) -> Callable[[object], str]:
+    def display_type_rich(ctx: object) -> str:
         return text
 
     return display_type_rich
 
 
-def _click_style_types(command: Any) -> None:
+def _click_style_types(command: Any) -> None:  # Any: a click command of typer's
     """Set the type ``--help`` shows for every parameter of ``command`` and its subcommands:
     none for a flag, click's name for anything else (typer's own is ``<bool>`` beside every
     flag and ``<list[str]>`` beside every repeatable option)."""
@@ -67,7 +67,7 @@ def _click_style_types(command: Any) -> None:
 class ClickStyleHelp(TyperGroup):
     """The root command: its help, and every subcommand's, name types as click does."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # Any: click's signature, passed on
         _click_style_types(self)  # here: typer adds the completion flags after __init__
         return super().main(*args, **kwargs)
 
@@ -372,7 +372,7 @@ def dlq_replay(
         raise typer.Exit(2)
     settings = settings_mod.load(AntingSettings)
 
-    def run_replay(progress: Any = None) -> ReplayReport:
+    def run_replay(progress: Callable[[str, int, int], None] | None = None) -> ReplayReport:
         return asyncio.run(replay(settings, selection, limit=limit, again=again, dry_run=dry_run,
                                   progress=progress))
 
