@@ -51,7 +51,7 @@ from aiokafka.errors import (
     ProducerFenced,
 )
 from aiokafka.producer.sender import BaseHandler, Sender
-from aiokafka.producer.transaction_manager import TransactionState
+from aiokafka.producer.transaction_manager import TransactionManager, TransactionState
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import (
     Boolean,
@@ -386,7 +386,7 @@ class _GroupRef(str):
         return ref
 
 
-def _abortable(txn: Any, exc: BaseException) -> None:
+def _abortable(txn: TransactionManager, exc: BaseException) -> None:
     """Put aiokafka's transaction manager in its abortable-error state, keeping what the
     transaction holds on the broker.
 
@@ -482,7 +482,7 @@ class TransactionalProducer(AIOKafkaProducer):  # type: ignore[misc]
     :meth:`send_offsets_to_transaction` takes the consumer's group metadata, as Java's
     ``sendOffsetsToTransaction(offsets, ConsumerGroupMetadata)`` does (KIP-447)."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
         # the one change to aiokafka's sender: TxnOffsetCommit v3 for offsets with metadata
         self._sender.__class__ = _GroupAwareSender
