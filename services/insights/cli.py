@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:  # rich is imported where a table is printed
+    from rich.table import Table
 
 __all__ = ["app"]
 
@@ -23,7 +26,7 @@ Json = Annotated[bool, typer.Option("--json", help="the API's JSON instead of a 
 WindowOpt = Annotated[str, typer.Option(help="day (today, UTC), week (this ISO week) or all")]
 
 
-def _get(path: str, **params: Any) -> Any:
+def _get(path: str, **params: str | int | None) -> Any:  # Any: the API's JSON answer
     """GET ``path`` of the insights API; exits 2 with the problem's detail on an error."""
     import httpx
 
@@ -47,13 +50,13 @@ def _get(path: str, **params: Any) -> Any:
     return resp.json()
 
 
-def _print(table: Any) -> None:
+def _print(table: Table) -> None:
     from rich.console import Console
 
     Console().print(table)
 
 
-def _dump(doc: Any) -> None:
+def _dump(doc: object) -> None:
     import orjson
 
     sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -26,11 +26,12 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import faust
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
+from faust.types import StreamT
 from pydantic import ValidationError
 
 from services.insights.settings import InsightsSettings
@@ -52,7 +53,7 @@ class _ReadCommittedThread(AIOKafkaConsumerThread):
 
     logger = logging.getLogger("faust.transport.drivers.aiokafka")
 
-    def _create_worker_consumer(self, transport: Any) -> Any:
+    def _create_worker_consumer(self, transport: Any) -> Any:  # Any: faust's own signature
         consumer = super()._create_worker_consumer(transport)
         # faust reads committed only under its exactly-once guarantee; enrich writes
         # enriched-events in transactions, and an aborted one must not be counted.
@@ -95,7 +96,8 @@ def _credentials(settings: InsightsSettings) -> Any:
     return faust.SSLCredentials(ssl)
 
 
-def _headers(headers: Any) -> list[tuple[str, bytes | None]]:
+def _headers(headers: Mapping[str, bytes] | Sequence[tuple[str, bytes | None]] | None
+             ) -> list[tuple[str, bytes | None]]:
     if isinstance(headers, Mapping):
         return list(headers.items())
     return list(headers or ())
@@ -142,7 +144,7 @@ class Insights:
 
     # --- the agents --------------------------------------------------------------
 
-    async def _route(self, stream: Any) -> None:
+    async def _route(self, stream: StreamT[bytes]) -> None:
         """enriched-events → one fact per entity on insights-facts, keyed by the entity."""
         async for event in stream.events():
             msg = event.message
@@ -156,7 +158,7 @@ class Insights:
             for fact in facts_of(ev, msg.partition, msg.offset, round(msg.timestamp * 1000)):
                 await self.facts.send(key=fact.key.encode(), value=fact.to_json())
 
-    async def _fold(self, stream: Any) -> None:
+    async def _fold(self, stream: Any) -> None:  # Any: faust.StreamT does not declare take_events
         """insights-facts → the table, a batch at a time: each entity touched is read
         once, folded, and written once (one changelog record per entity per batch)."""
         async for events in stream.take_events(self.settings.batch_size, within=self.settings.batch_seconds):
