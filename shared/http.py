@@ -26,6 +26,7 @@ import fastapi_offline
 import orjson
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.openapi.docs import (
     get_redoc_html,
     get_swagger_ui_html,
@@ -34,6 +35,8 @@ from fastapi.openapi.docs import (
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.events import media_type
@@ -50,13 +53,16 @@ __all__ = [
     "ErrorItem",
     "Problem",
     "RequestMetrics",
+    "allow_every_method",
     "health_router",
     "install_request_metrics",
     "media_type",
+    "openapi_as_served",
     "problem",
     "problem_responses",
     "require_api_key",
     "serve_docs_locally",
+    "tidy_openapi",
     "use_api_keys",
 ]
 
@@ -66,6 +72,7 @@ TITLES = {
     400: "Malformed request",
     401: "Unauthorized",
     404: "Not found",
+    405: "Method not allowed",
     409: "Conflict",
     413: "Request body too large",
     415: "Unsupported media type",
@@ -333,10 +340,143 @@ class RequestMetrics:
 
 
 def install_request_metrics(app: FastAPI, service: str) -> None:
-    """What every app adds to itself: :class:`RequestMetrics`, and its API docs
-    served locally (:func:`serve_docs_locally`)."""
+    """What every app adds to itself: :class:`RequestMetrics`, its API docs served
+    locally (:func:`serve_docs_locally`) and 405s naming every method of the path
+    (:func:`allow_every_method`)."""
     app.add_middleware(RequestMetrics, service=service)
     serve_docs_locally(app)
+    allow_every_method(app)
+
+
+def _methods_of(routes: Iterable[BaseRoute], scope: Scope) -> set[str]:
+    """The methods of every route whose path matches ``scope``'s (any method)."""
+    methods: set[str] = set()
+    for route in routes:
+        match, _ = route.matches({**scope, "method": "GET"})
+        route_methods = getattr(route, "methods", None)
+        if match is not Match.NONE and route_methods:
+            methods |= set(route_methods)
+    return methods
+
+
+def allow_every_method(app: FastAPI) -> None:
+    """Answer a 405 as problem+json whose ``Allow`` lists every method of the path:
+    Starlette's names only those of the first route of the path, where a path served
+    by two routes (``GET`` and ``DELETE`` of one resource) has more. Other HTTP errors
+    are FastAPI's answers."""
+
+    async def answer(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code != 405:
+            return await http_exception_handler(request, exc)
+        allowed = _methods_of(app.router.routes, request.scope) or {
+            m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip()}
+        allow = ", ".join(sorted(allowed))
+        return problem(405, f"{request.method} is not allowed here; allowed: {allow}",
+                       headers={"Allow": allow})
+
+    app.add_exception_handler(StarletteHTTPException, answer)
+
+
+_DEFS_PREFIX = "#/$defs/"
+_COMPONENTS_PREFIX = "#/components/schemas/"
+_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def _hoist_defs(node: object, schemas: dict[str, Any]) -> None:
+    """Move every ``$defs`` under ``node`` into ``schemas`` and point the ``$ref``s (and
+    discriminator mappings) at ``#/$defs/X`` to ``#/components/schemas/X``, in place. Raises :class:`ValueError`
+    when two definitions of one name differ."""
+    if isinstance(node, list):
+        for item in node:
+            _hoist_defs(item, schemas)
+        return
+    if not isinstance(node, dict):
+        return
+    defs = node.pop("$defs", None)
+    if isinstance(defs, dict):
+        for name, schema in defs.items():
+            _hoist_defs(schema, schemas)
+            if name in schemas and schemas[name] != schema:
+                raise ValueError(f"two different JSON Schemas named {name!r}")
+            schemas[name] = schema
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith(_DEFS_PREFIX):
+        node["$ref"] = _COMPONENTS_PREFIX + ref[len(_DEFS_PREFIX):]
+    discriminator = node.get("discriminator")
+    if isinstance(discriminator, dict) and isinstance(discriminator.get("mapping"), dict):
+        mapping: dict[str, object] = discriminator["mapping"]
+        for key, target in mapping.items():
+            if isinstance(target, str) and target.startswith(_DEFS_PREFIX):
+                mapping[key] = _COMPONENTS_PREFIX + target[len(_DEFS_PREFIX):]
+    for value in node.values():
+        _hoist_defs(value, schemas)
+
+
+def _refs_in(node: object) -> set[str]:
+    """Every ``$ref`` value under ``node``."""
+    if isinstance(node, list):
+        return set().union(*(_refs_in(item) for item in node)) if node else set()
+    if not isinstance(node, dict):
+        return set()
+    found = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
+    for value in node.values():
+        found |= _refs_in(value)
+    return found
+
+
+def tidy_openapi(doc: dict[str, Any], *, secured: bool) -> dict[str, Any]:
+    """``doc`` (an OpenAPI document as FastAPI makes it) made to say what the app does,
+    in place, and returned: the ``$defs`` of JSON Schemas pasted into ``openapi_extra``
+    hoisted into ``components/schemas`` (their ``$ref``s rewritten), the 422 of a
+    parameter FastAPI validates documented as the problem+json the app sends, and,
+    unless ``secured`` (API keys configured), no security requirement or scheme."""
+    components: dict[str, Any] = doc.setdefault("components", {})
+    schemas: dict[str, Any] = components.setdefault("schemas", {})
+    for name, schema in list(schemas.items()):
+        _hoist_defs(schema, schemas)
+        schemas[name] = schema
+    for path_item in doc.get("paths", {}).values():
+        _hoist_defs(path_item, schemas)
+        for operation in path_item.values():
+            if not isinstance(operation, dict):
+                continue
+            if not secured:
+                operation.pop("security", None)
+            invalid = operation.get("responses", {}).get("422")
+            ref = (invalid or {}).get("content", {}).get("application/json", {}) \
+                .get("schema", {}).get("$ref", "")
+            if ref.endswith("/HTTPValidationError"):
+                invalid.update({"description": TITLES[422], **PROBLEM_SCHEMA})
+    if not secured:
+        components.pop("securitySchemes", None)
+    used = _refs_in(doc.get("paths", {})) | _refs_in(
+        {k: v for k, v in schemas.items() if k not in _VALIDATION_SCHEMAS})
+    for name in _VALIDATION_SCHEMAS:
+        if _COMPONENTS_PREFIX + name not in used:
+            schemas.pop(name, None)
+    if not schemas:
+        components.pop("schemas")
+    if not components:
+        doc.pop("components")
+    return doc
+
+
+def openapi_as_served(app: FastAPI) -> None:
+    """Make ``app.openapi`` (whatever made the document so far) return it tidied by
+    :func:`tidy_openapi`, made on first use and kept: call it last, after
+    :func:`use_api_keys`, whose keys say whether the document declares security."""
+    make = app.openapi
+    done: dict[str, Any] = {}
+
+    def openapi() -> dict[str, Any]:
+        if not done:
+            keys: ApiKeys = app.state.api_keys
+            done.update(tidy_openapi(make(), secured=keys.enabled))
+            app.openapi_schema = done
+        return done
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 DOCS_ASSETS = "/docs/assets"

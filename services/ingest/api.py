@@ -34,12 +34,20 @@ from starlette.routing import request_response
 from services.ingest.codec import Rejection, decode_data, decode_events, to_records
 from services.ingest.publisher import BrokerUnavailable, Publisher
 from services.ingest.settings import IngestSettings
-from shared.events import AGREEMENT, ANNOUNCEMENT, EVENT_ADAPTER, AgreementData, AnnouncementData
+from shared.events import (
+    AGREEMENT,
+    ANNOUNCEMENT,
+    EVENT_ADAPTER,
+    MAX_SAFE_INTEGER,
+    AgreementData,
+    AnnouncementData,
+)
 from shared.http import (
     ErrorItem,
     Problem,
     health_router,
     install_request_metrics,
+    openapi_as_served,
     problem_responses,
     require_api_key,
     use_api_keys,
@@ -412,6 +420,55 @@ async def post_agreement(request: Request) -> Response:
     return await _post_data(request, AGREEMENT)
 
 
+_SAFE_NUMBER: dict[str, Any] = {"anyOf": [
+    {"type": "integer", "minimum": -MAX_SAFE_INTEGER, "maximum": MAX_SAFE_INTEGER},
+    {"type": "number", "not": {"type": "integer"}},
+]}
+# one schema of every type rather than an anyOf of one per type: every JSON value is
+# valid, so a tool mutating one branch into another's type does not take it for invalid
+_JSON_VALUE: dict[str, Any] = {
+    "type": ["string", "boolean", "null", "number", "array", "object"],
+    "items": {"$ref": REF.format(model="JsonValue")},
+    "additionalProperties": {"$ref": REF.format(model="JsonValue")},
+    "description": "any JSON value; its integers must lie within ±(2**53 - 1)",
+}
+# CloudEvents 1.0 §3.1.3: attribute names (the extensions' among them)
+_ATTRIBUTE_NAME = {"pattern": "^[a-z0-9]{1,64}$"}
+
+
+def _as_checked(doc: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """Say in ``doc`` what the codec checks beyond the models' JSON Schemas: a number
+    (``figures``, any extra member of a data object) is a safe integer or a fraction
+    (:data:`~shared.events.MAX_SAFE_INTEGER`), an extension attribute's name is
+    CloudEvents' and the ``subject`` parameter is the events' ``subject``."""
+    def visit(node: object) -> None:
+        if isinstance(node, list):
+            for item in node:
+                visit(item)
+        elif isinstance(node, dict):
+            if node.get("additionalProperties") == {}:
+                node["additionalProperties"] = {"$ref": REF.format(model="JsonValue")}
+            if node.get("additionalProperties") == {"anyOf": [{"type": "integer"},
+                                                               {"type": "number"}]}:
+                node["additionalProperties"] = _SAFE_NUMBER
+            for value in node.values():
+                visit(value)
+
+    visit(schemas)
+    schemas["JsonValue"] = _JSON_VALUE
+    subject: dict[str, Any] = {}
+    for name in ("AnnouncementEvent", "AgreementEvent"):
+        schemas[name]["propertyNames"] = _ATTRIBUTE_NAME
+        subject = schemas[name]["properties"]["subject"]["anyOf"][0]
+    for path_item in doc.get("paths", {}).values():
+        for operation in path_item.values():
+            for parameter in operation.get("parameters", []) if isinstance(operation, dict) else []:
+                if parameter.get("name") == "subject" and parameter.get("in") == "query":
+                    # an empty subject is no subject
+                    parameter["schema"] = {"anyOf": [dict(subject), {"type": "string",
+                                                                     "maxLength": 0}]}
+
+
 def openapi_schema(app: FastAPI) -> dict[str, Any]:
     """The app's OpenAPI document, made on first use and kept: FastAPI's, with the JSON
     Schemas the request bodies name (``CloudEvent``, ``AnnouncementData``,
@@ -429,6 +486,7 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
             schemas.update(schema.pop("$defs", {}))
             bodies[name] = schema
         schemas.update(bodies)
+        _as_checked(doc, schemas)
         app.openapi_schema = doc
     return app.openapi_schema
 
@@ -458,4 +516,5 @@ def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
     install_request_metrics(app, "ingest")
     app.include_router(health_router(publisher.ready))
     app.openapi = functools.partial(openapi_schema, app)  # type: ignore[method-assign]
+    openapi_as_served(app)
     return app

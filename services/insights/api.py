@@ -31,6 +31,7 @@ from shared.http import (
     Problem,
     health_router,
     install_request_metrics,
+    openapi_as_served,
     problem,
     problem_responses,
     require_api_key,
@@ -61,7 +62,7 @@ def _row(entity: Entity, window: Window, now_ms: int) -> dict[str, Any]:
             "by_type": act["by_type"], "by_kind": act["by_kind"]}
 
 
-def _json(body: Any, served_by: str) -> Response:
+def _json(body: object, served_by: str) -> Response:
     return Response(orjson.dumps(body), media_type="application/json", headers={SERVED_BY: served_by})
 
 
@@ -225,6 +226,7 @@ def create_app(settings: InsightsSettings, insights: Insights) -> FastAPI:
         rows = [_row(e, window, now) for e in insights.local_entities(namespace)]
         return _json({"rows": rank(rows, limit)}, insights.url)
 
+    openapi_as_served(app)
     return app
 
 

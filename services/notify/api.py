@@ -29,6 +29,7 @@ from shared.http import (
     health_router,
     install_request_metrics,
     media_type,
+    openapi_as_served,
     problem,
     problem_responses,
     require_api_key,
@@ -80,6 +81,20 @@ def filter_from_query(
     return Filter.model_validate_json(orjson.dumps(doc))
 
 
+def _request_schema() -> dict[str, Any]:
+    """The JSON Schema of :class:`SubscriptionRequest` with what its validator checks
+    and JSON Schema can say too: a retry policy names exactly one of ``preset`` and
+    ``delays_seconds`` (their sum, at most four days, it cannot)."""
+    schema = SubscriptionRequest.model_json_schema()
+    schema["$defs"]["RetryPolicy"]["oneOf"] = [
+        {"required": ["preset"], "properties": {"preset": {"type": "string"},
+                                                "delays_seconds": {"type": "null"}}},
+        {"required": ["delays_seconds"], "properties": {"delays_seconds": {"type": "array"},
+                                                        "preset": {"type": "null"}}},
+    ]
+    return schema
+
+
 def create_app(settings: NotifySettings, store: SubscriptionStore,
                ready: Callable[[], Awaitable[tuple[bool, str]]] | None = None) -> FastAPI:
     app = FastAPI(title="Anting notify", version="0.1.0",
@@ -106,7 +121,7 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
         summary="Create a subscription; a webhook's signing secret is returned once, here",
         responses=problem_responses(400, 401, 415, 422, 503),
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-            "schema": SubscriptionRequest.model_json_schema()}}}},
+            "schema": _request_schema()}}}},
     )
     async def create(request: Request) -> Response:
         ctype = media_type(request.headers.get("content-type"))
@@ -215,6 +230,7 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
+    openapi_as_served(app)
     return app
 
 

@@ -20,8 +20,9 @@ async def _ready() -> tuple[bool, str]:
 
 
 def test_one_route_per_endpoint_and_docs_from_the_declaration() -> None:
-    """Each /v1 path is served by exactly one route, a RequestRoute, also in OpenAPI."""
-    app = create_app(IngestSettings(), SimpleNamespace(ready=_ready))  # type: ignore[arg-type]
+    """Each /v1 path is served by exactly one route, a RequestRoute, also in OpenAPI
+    (with the security its configured keys call for)."""
+    app = create_app(IngestSettings(api_keys="k1"), SimpleNamespace(ready=_ready))  # type: ignore[arg-type]
     v1 = [r for r in app.routes if getattr(r, "path", "").startswith("/v1/")]
     assert sorted(r.path for r in v1) == ["/v1/agreements", "/v1/announcements", "/v1/events"]
     assert all(isinstance(r, RequestRoute) for r in v1)
