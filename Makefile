@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help setup run test test-fast lint bench bench-quick chaos up down schema clean
+.PHONY: help setup run test test-fast lint bench bench-quick chaos up down schema asyncapi-parser clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -50,6 +50,13 @@ chaos: setup  ## the kill tests at full size
 
 schema: setup  ## regenerate docs/schemas/ from the models
 	$(BIN)/anting schema
+
+ASYNCAPI_PARSER := .local/node/node_modules/@asyncapi/parser/package.json
+asyncapi-parser: $(ASYNCAPI_PARSER)  ## @asyncapi/parser (Node) into .local/node, for the test that validates docs/asyncapi.yaml
+$(ASYNCAPI_PARSER):
+	@command -v npm >/dev/null || { echo "the AsyncAPI parser needs Node.js and npm"; exit 2; }
+	mkdir -p .local/node
+	npm install --prefix .local/node --no-audit --no-fund --silent @asyncapi/parser@3.6.6
 
 up:  ## the stack in Docker: Kafka, the services, Prometheus, Grafana
 	docker compose up --build

@@ -171,6 +171,25 @@ def schema(
         console.print(f"wrote {path}")
 
 
+@app.command()
+def asyncapi(
+    out: Annotated[Path | None, typer.Option(help="file to write to")] = None,
+    from_env: Annotated[bool, typer.Option(
+        "--from-env", help="for this environment's ANTING_TOPIC_PREFIX and KAFKA_* settings, "
+        "not the defaults docs/asyncapi.yaml holds")] = False,
+) -> None:
+    """Write the AsyncAPI 3.0 document of the topics to docs/asyncapi.yaml."""
+    from shared.asyncapi import ASYNCAPI_PATH, build, default_document, write
+    from shared.settings import AntingSettings, load
+
+    if from_env:
+        settings = load(AntingSettings)
+        doc = build(settings.topic_prefix, settings.kafka)
+    else:
+        doc = default_document()
+    console.print(f"wrote {write(doc, out or ASYNCAPI_PATH)}")
+
+
 def _error(exc: Exception) -> None:
     """``error: <message>`` on stderr; the message as plain text (Maven's output, say,
     holds square brackets that are not markup)."""
@@ -437,6 +456,6 @@ def main() -> None:
 
 
 __all__ = ["ClickStyleHelp", "FromOffsetOpt", "PartitionOpt", "Service", "SinceOpt", "StageOpt",
-           "ToOffsetOpt", "TopicOpt", "UntilOpt", "app", "console", "dlq_app", "dlq_list",
+           "ToOffsetOpt", "TopicOpt", "UntilOpt", "app", "asyncapi", "console", "dlq_app", "dlq_list",
            "dlq_replay", "kafka", "main", "run", "schema", "serve", "topics_app", "topics_create",
            "topics_list"]

@@ -39,8 +39,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from shared.asyncapi import build as build_asyncapi
 from shared.events import media_type
 from shared.metrics import HTTP_REQUEST_SECONDS, render
+from shared.settings import AntingSettings
 
 __all__ = [
     "BEARER",
@@ -61,6 +63,7 @@ __all__ = [
     "problem",
     "problem_responses",
     "require_api_key",
+    "serve_asyncapi",
     "serve_docs_locally",
     "tidy_openapi",
     "use_api_keys",
@@ -307,6 +310,20 @@ def health_router(ready: Callable[[], Awaitable[tuple[bool, str]]]) -> APIRouter
         return Response(body, media_type=ctype)
 
     return router
+
+
+def serve_asyncapi(app: FastAPI, settings: AntingSettings) -> None:
+    """``GET /asyncapi.json``: the AsyncAPI 3.0 document of the topics
+    (:mod:`shared.asyncapi`) for ``settings``' topic prefix and broker, made on first use."""
+    made: dict[str, Any] = {}
+
+    @app.get("/asyncapi.json", tags=["operations"], response_class=Response,
+             summary="The AsyncAPI 3.0 document of the Kafka topics, for this service's settings",
+             responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}})
+    async def asyncapi() -> Response:
+        if not made:
+            made.update(build_asyncapi(settings.topic_prefix, settings.kafka))
+        return Response(orjson.dumps(made), media_type="application/json")
 
 
 class RequestMetrics:

@@ -50,6 +50,7 @@ from shared.http import (
     openapi_as_served,
     problem_responses,
     require_api_key,
+    serve_asyncapi,
     use_api_keys,
 )
 from shared.metrics import INGEST_EVENTS, STAGE_SECONDS
@@ -115,7 +116,8 @@ class RequestRoute(APIRoute):
     parameter other than the request, or a dependency that is not async (a dependency
     with ``yield`` among them)."""
 
-    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+    def __init__(self, path: str, endpoint: Callable[..., Any],
+                 **kwargs: Any) -> None:  # Any: APIRoute's own keyword arguments, passed on
         super().__init__(path, endpoint, **kwargs)
         if not kwargs.get("description"):
             self.description = ""  # not the docstring
@@ -515,6 +517,7 @@ def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
     use_api_keys(app, settings.api_keys)
     install_request_metrics(app, "ingest")
     app.include_router(health_router(publisher.ready))
+    serve_asyncapi(app, settings)
     app.openapi = functools.partial(openapi_schema, app)  # type: ignore[method-assign]
     openapi_as_served(app)
     return app

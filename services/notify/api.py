@@ -33,6 +33,7 @@ from shared.http import (
     problem,
     problem_responses,
     require_api_key,
+    serve_asyncapi,
     use_api_keys,
 )
 from shared.kafka import make_consumer, wait_for_partitions
@@ -108,6 +109,7 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
         return store.view.ready.is_set(), "subscriptions loaded" if store.view.ready.is_set() else "starting"
 
     app.include_router(health_router(_ready))
+    serve_asyncapi(app, settings)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
