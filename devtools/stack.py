@@ -230,9 +230,9 @@ class Stack:
         await self.tail_ready.wait()
         if "ingest" in ready:
             await self.publish_seed()
-            if "insights" in ready:
-                await self.show_insights(env)
         self.where_to_look()
+        if "ingest" in ready and "insights" in ready:
+            await self.show_insights(env)  # after the URLs: insights may take a while to fold the seed
         await self.sup.stopping.wait()
         tail.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -171,7 +171,8 @@ async def test_seed_is_enriched_and_notified(stack: Stack) -> None:
 
     # and the newcomer saw it: labelled service lines, each event, each delivery, the webhook
     out = stack.wait_for(lambda o: all(f"enriched {t}" in o for t in ("conference.announcement", "agreement.signed"))
-                         and o.count("signature ok") >= len(SEED_AGREEMENTS))
+                         and o.count("signature ok") >= len(SEED_AGREEMENTS)
+                         and "Ctrl-C stops everything this started." in o)
     for service in ("ingest", "enrich", "notify"):
         assert re.search(rf"^\s*{service} │ ", out, re.M), f"no labelled {service} lines"
     for event_id in SEED_IDS:
