@@ -70,6 +70,7 @@ BASELINE_OF: dict[str, str] = {
     "baseline.http_lean.requests_per_s": "baseline.http_client.requests_per_s",
     "notify.webhook.own_client.deliveries_per_s": "baseline.http_lean.requests_per_s",
     "notify.webhook_5ms.deliveries_per_s": "baseline.http_client_5ms.requests_per_s",
+    "insights.events_per_s": "baseline.insights_consume.events_per_s",
     "notify.match.events_per_s@100_subscriptions": "notify.match.events_per_s@1_subscriptions",
     "notify.match.events_per_s@1000_subscriptions": "notify.match.events_per_s@1_subscriptions",
     "notify.match.events_per_s@10000_subscriptions": "notify.match.events_per_s@1_subscriptions",
@@ -117,6 +118,7 @@ class Sizes:
     enrich_events: int = 30_000
     notify_events: int = 50_000
     notify_rounds: int = 3  # (raw loop, notify) pairs; the medians are reported
+    insights_events: int = 20_000
     e2e_seconds: float = 15.0
     e2e_drain_seconds: float = 60.0
     service_start_timeout: float = 120.0
@@ -141,6 +143,7 @@ class Sizes:
             enrich_events=300,
             notify_events=150,
             notify_rounds=1,
+            insights_events=200,
             e2e_seconds=0.5,
             e2e_drain_seconds=30.0,
             service_start_timeout=60.0,

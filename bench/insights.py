@@ -120,18 +120,21 @@ async def prepare(settings: AntingSettings, n: int) -> tuple[int, float]:
     return facts, await raw_loop(settings, n)
 
 
-def main(n: int) -> dict[str, Any]:
-    """The measurements (see the module)."""
-    settings = settings_for(os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+def measure(bootstrap: str, n: int, log_dir: Path, timeout: float = 900.0) -> dict[str, Any]:
+    """The measurements (see the module) on ``bootstrap``, insights' log in ``log_dir``;
+    raises ``TimeoutError`` when insights has not folded every fact within ``timeout`` s."""
+    settings = settings_for(bootstrap)
     facts, raw_s = asyncio.run(prepare(settings, n))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    log = Path(f"/tmp/bench-insights-{port}.log")
-    proc = ServiceProcess("insights", settings, log, ANTING_INSIGHTS_PORT=str(port))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    proc = ServiceProcess("insights", settings, log_dir / f"insights-{port}.log", ANTING_INSIGHTS_PORT=str(port))
     t0 = time.monotonic()
     proc.start()
     try:
         while applied(base) < facts:
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"insights folded {applied(base):.0f} of {facts} facts in {timeout:.0f} s")
             time.sleep(0.2)
         fold_s = time.monotonic() - t0
         time.sleep(3)  # the last commit
@@ -149,6 +152,12 @@ def main(n: int) -> dict[str, Any]:
             "insights_events_per_s": round(n / fold_s), "ratio": round(raw_s / fold_s, 3),
             "insights_seconds": round(fold_s, 1), "recovery_seconds": round(recovery_s, 2),
             "organizations": entities}
+
+
+def main(n: int) -> dict[str, Any]:
+    """:func:`measure` on ``KAFKA_BOOTSTRAP_SERVERS`` (default 127.0.0.1:9092)."""
+    return measure(os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), n,
+                   Path(os.environ.get("TMPDIR", "/tmp")))
 
 
 if __name__ == "__main__":

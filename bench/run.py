@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                 Step("peers.ratios", [], ("enrich",), lambda: peers.ratios(results)),
                 Step("notify", ["notify.webhook.deliveries_per_s"], ("notify",),
                      lambda: stages.notify(bootstrap, sizes, results, scratch, receiver)),
+                Step("insights", ["insights.events_per_s", "insights.recovery_seconds"], ("insights",),
+                     lambda: stages.insights(bootstrap, sizes, results, scratch)),
                 Step("notify.match", [f"notify.match.events_per_s@{n}_subscriptions" for n in (1, 1000, 10000)]
                      + ["rss_mb.notify@10000_subscriptions"], ("notify",),
                      lambda: stages.notify_match(bootstrap, sizes, results, scratch, receiver)),

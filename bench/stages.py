@@ -415,3 +415,20 @@ def notify_match(bootstrap: str, sizes: Sizes, results: Results, scratch: Path, 
             results.add(f"rss_mb.notify@{count}_subscriptions", rss, "MB",
                         note=f"notify's RSS at the end of the {count}-subscription run")
 
+
+
+def insights(bootstrap: str, sizes: Sizes, results: Results, scratch: Path) -> None:
+    """insights folding ``sizes.insights_events`` enriched events (1-5 catalog organizations
+    each), against the raw consume loop over the same topic (read committed, each event
+    parsed with the contract), and its recovery from the changelog after a restart."""
+    from bench import insights as insights_bench
+
+    m = insights_bench.measure(bootstrap, sizes.insights_events, scratch / "logs")
+    results.add("baseline.insights_consume.events_per_s", m["raw_events_per_s"], "events/s",
+                note="one aiokafka consumer reading the insights input, read committed, each event parsed")
+    results.add("insights.events_per_s", m["insights_events_per_s"], "events/s",
+                note=f"anting serve insights from start until every fact of {m['events']} events "
+                f"({m['facts']} facts) is folded", facts=m["facts"])
+    results.add("insights.recovery_seconds", m["recovery_seconds"], "s",
+                note=f"restart until /readyz answers, the table ({m['organizations']} organizations "
+                "and the other entities) restored from its changelog")
