@@ -333,7 +333,7 @@ async def _tail(flt: Filter, fmt: Format, from_beginning: bool, limit: int | Non
                         continue
                     seen += 1
                     if fmt is Format.json:
-                        sys.stdout.write(orjson.dumps({**doc, "reason": reasons}).decode() + "\n")
+                        sys.stdout.write(orjson.dumps({**orjson.loads(raw), "reason": reasons}).decode() + "\n")
                     else:
                         orgs = ", ".join(m.resolved.id if m.resolved else f"?{m.name}" for m in event.data.organizations)
                         when = event.time.strftime("%Y-%m-%d %H:%M:%S") if event.time else "-"

@@ -17,6 +17,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+import orjson
 from aiokafka import ConsumerRecord
 
 from services.notify.delivery import Deliverer
@@ -86,7 +87,7 @@ class EventPipeline:
                 # delivered, digested, dead, or owned by the retry schedule: told once per event below
                 (suppressed := suppressed or []).append((sub.channel.type, sub.id, why))
                 continue
-            delivery = (Delivery(key, sub.id, [event], [reasons], 1, at) if source is None
+            delivery = (Delivery(key, sub.id, [orjson.loads(raw)], [reasons], 1, at) if source is None
                         else Delivery.of_record(key, sub.id, source, event["source"], event["id"], reasons, at))
             if sub.digest is not None:
                 # written to notify-digests: the offset waits for that record, not for the window

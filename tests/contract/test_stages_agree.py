@@ -17,7 +17,13 @@ from services.enrich.enrich import enrich_bytes
 from services.enrich.resolve import build_index
 from services.ingest.codec import Problem, decode_events, to_records
 from services.notify.matching import InvalidEvent, decode, match
-from shared.events import EventTooLarge, error_paths, record_event_bytes
+from shared.events import (
+    EventTooLarge,
+    error_paths,
+    parse_enriched,
+    read_enriched,
+    record_event_bytes,
+)
 from shared.kafka import PRODUCER_MAX_REQUEST_BYTES, record_size
 from shared.settings import AntingSettings
 from shared.subscriptions import Filter
@@ -85,3 +91,44 @@ def test_what_ingest_refuses_every_stage_refuses_for_the_same_fields(case: tuple
     if kind == "number":
         with pytest.raises(InvalidEvent):
             decode(body.replace(b'"data":{', b'"data":{"enrichment":' + orjson.dumps(ENRICHMENT) + b",", 1))
+
+
+def _with_enrichment(body: bytes) -> bytes:
+    return body.replace(b'"data":{', b'"data":{"enrichment":' + orjson.dumps(ENRICHMENT) + b",", 1)
+
+
+def _verdict(check: Any, raw: bytes) -> tuple[bool, Any]:
+    try:
+        return True, check(raw)
+    except ValidationError as exc:
+        return False, exc.errors(include_url=False)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_events.map(lambda e: ("valid", orjson.dumps(e))) | broken_events())
+def test_the_document_check_is_the_model_check(case: tuple[str, bytes]) -> None:
+    """read_enriched (the models' core schema as typed dicts: notify's fast path) accepts
+    exactly the enriched events parse_enriched accepts, refuses the rest with the models'
+    own errors, and gives the object as sent (nothing added)."""
+    _, body = case
+    raw = _with_enrichment(body)
+    model_ok, model = _verdict(parse_enriched, raw)
+    doc_ok, doc = _verdict(read_enriched, raw)
+    assert model_ok == doc_ok
+    if not model_ok:
+        assert doc == model
+        return
+    sent = orjson.loads(raw)
+    assert set(doc) == set(sent) and set(doc["data"]) == set(sent["data"])
+    assert (doc["source"], doc["id"], doc["type"]) == (sent["source"], sent["id"], sent["type"])
+
+
+@pytest.mark.parametrize("name", ["Bad-Name", "abc\n", "a" * 65, "ünï", "", "id2 "])
+def test_extension_names_the_models_refuse_the_document_check_refuses(name: str) -> None:
+    """Typed dicts have no rule for extra keys: the document check applies the models' own."""
+    body = _with_enrichment(orjson.dumps({"specversion": "1.0", "id": "x", "source": "/s", "type": "agreement.signed",
+                                          name: "v", "data": {"title": "t"}}))
+    assert _verdict(parse_enriched, body)[0] is False
+    assert _verdict(read_enriched, body) == _verdict(parse_enriched, body)
+    ok = body.replace(orjson.dumps(name), b'"ext1"')
+    assert _verdict(read_enriched, ok)[0] and _verdict(parse_enriched, ok)[0]
