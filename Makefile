@@ -35,9 +35,10 @@ test: $(STAMP) lint  ## lint, then the whole suite against a real Kafka broker
 test-fast: $(STAMP)  ## the suite without lint
 	$(BIN)/pytest
 
-lint: $(STAMP)  ## ruff and mypy
+lint: $(STAMP)  ## ruff, mypy (strict) and the import layers (import-linter, see docs/ARCHITECTURE.md)
 	$(BIN)/ruff check shared services devtools tests bench
 	$(BIN)/mypy shared services devtools
+	$(BIN)/lint-imports
 
 bench: setup  ## the performance suite; writes bench/results.json and BENCHMARKS.md
 	$(BIN)/python -m bench
