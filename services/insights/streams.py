@@ -36,9 +36,11 @@ from pydantic import ValidationError
 
 from services.insights.settings import InsightsSettings
 from services.insights.state import Entity, Fact, facts_of
+from shared.deadletters import dead_letter, fit
 from shared.events import NotACloudEvent, parse_enriched, record_event_bytes
+from shared.kafka import PRODUCER_MAX_REQUEST_BYTES
 from shared.metrics import INSIGHTS_ENTITIES, INSIGHTS_FACTS, INSIGHTS_RECOVERY_SECONDS
-from shared.topics import ENRICHED_EVENTS
+from shared.topics import DEAD_LETTERS, ENRICHED_EVENTS
 from shared.topics import INSIGHTS_FACTS as FACTS_TOPIC
 
 __all__ = ["TABLE", "Insights", "InsightsApp", "ReadCommittedTransport"]
@@ -135,6 +137,8 @@ class Insights:
                                "key_serializer": "raw", "value_serializer": "raw"}
         self.enriched = self.app.topic(settings.topic(ENRICHED_EVENTS), **raw)
         self.facts = self.app.topic(settings.topic(FACTS_TOPIC), partitions=settings.partitions, **raw)
+        # a record insights cannot read goes to dead-letters, as at every stage
+        self.dead_letters = self.app.topic(settings.topic(DEAD_LETTERS), **raw)
         self.table = self.app.Table(TABLE, default=None, key_type=bytes, value_type=bytes,
                                     partitions=settings.partitions, use_partitioner=True)
         self.app.agent(self.enriched, name="route")(self._route)
@@ -152,8 +156,14 @@ class Insights:
                 ev = parse_enriched(record_event_bytes(msg.value, _headers(msg.headers)))
             except (ValidationError, NotACloudEvent) as exc:
                 INSIGHTS_FACTS.labels("unreadable").inc()
-                log.warning("unreadable enriched event skipped", extra={
+                log.warning("unreadable enriched event dead-lettered", extra={
                     "partition": msg.partition, "offset": msg.offset, "error": str(exc)[:200]})
+                letter = fit(dead_letter(stage="insights", error=exc, key=msg.key, value=msg.value,
+                                         headers=_headers(msg.headers), topic=msg.topic,
+                                         partition=msg.partition, offset=msg.offset),
+                             PRODUCER_MAX_REQUEST_BYTES)
+                await self.dead_letters.send(key=letter.key, value=letter.value,
+                                             headers=[(k, v or b"") for k, v in letter.headers])
                 continue
             for fact in facts_of(ev, msg.partition, msg.offset, round(msg.timestamp * 1000)):
                 await self.facts.send(key=fact.key.encode(), value=fact.to_json())

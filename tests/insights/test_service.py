@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx
 
-from devtools.testing import env_for, produce, wait_until
+from devtools.testing import env_for, produce, read_topic, wait_until
 from shared.settings import AntingSettings
-from shared.topics import ENRICHED_EVENTS
+from shared.topics import DEAD_LETTERS, ENRICHED_EVENTS
 from tests.insights.helpers import (
     Expected,
     differences,
@@ -95,3 +95,27 @@ def check_routing_errors_and_cli(topics: AntingSettings, expected: Expected, bas
     out = subprocess.run([anting, "insights", "partners", "no-such-org"], env=env, capture_output=True,
                          text=True, timeout=30)
     assert out.returncode == 2 and "404" in out.stderr
+
+
+async def test_a_record_insights_cannot_read_is_dead_lettered(topics: AntingSettings, tmp_path: Path) -> None:
+    """A record on enriched-events that is not an enriched event goes to dead-letters
+    (stage insights, the reason, the original bytes) and the events after it are counted."""
+    events = random_events(40, seed=5)
+    poison = b'{"specversion": "1.0", "id": "bad"'
+    await produce(topics, topics.topic(ENRICHED_EVENTS), [poison, *events])
+    expected = await expected_from_topic(topics, len(events) + 1)
+    proc, base = instance(topics, tmp_path, "poison")
+    proc.start()
+    try:
+        await wait_until(lambda: ready(base), 90, "insights ready")
+        for _ in range(60):
+            if not await asyncio.to_thread(differences, base, expected):
+                break
+            await asyncio.sleep(1)
+        assert not await asyncio.to_thread(differences, base, expected)
+        letters = await read_topic(topics, topics.topic(DEAD_LETTERS), expect=1, timeout=30)
+    finally:
+        proc.terminate()
+    assert len(letters) == 1 and letters[0].value == poison
+    headers = dict(letters[0].headers)
+    assert headers["dlq.stage"] == b"insights" and headers["dlq.original.topic"] == topics.topic(ENRICHED_EVENTS).encode()
