@@ -259,6 +259,17 @@ def notify_env(settings: AntingSettings, concurrency: int) -> dict[str, str]:
             "ANTING_NOTIFY_GROUP": f"bench-notify-{settings.topic_prefix}"}
 
 
+def subscribe_warm(svc: Service, settings: AntingSettings, topic: str, run: str, receiver: Receiver,
+                   sizes: Sizes) -> None:
+    """Subscribe ``receiver``'s /hook to everything on the running notify ``svc``, then send
+    one event through: the subscription is in effect and the group's offsets exist."""
+    subscribe(svc.url, f"{receiver.url}/hook")
+    receiver.reset()
+    warm = payload.enriched(payload.event(run, 0, "warm"))
+    asyncio.run(fill(settings, topic, [orjson.dumps(warm)], [payload.key_of(warm)]))
+    wait_warm(receiver, sizes.service_start_timeout, f"notify log: {svc.tail(600)}")
+
+
 def wait_warm(receiver: Receiver, timeout: float, what: str) -> None:
     if receiver.wait_count(1, timeout, ids=True) < 1:
         raise StageError(f"the warm-up event was not delivered within {timeout:.0f}s ({what})")
@@ -278,12 +289,7 @@ def notify_run(bootstrap: str, sizes: Sizes, scratch: Path, receiver: Receiver,
     topic = settings.topic(ENRICHED_EVENTS)
     env = notify_env(settings, sizes.http_concurrency)
     with Service("notify", settings, scratch / "logs", **env).start(sizes.service_start_timeout) as svc:
-        subscribe(svc.url, f"{receiver.url}/hook")
-        receiver.reset()
-        # one event through first: the subscription is in effect and the group's offsets exist
-        warm = payload.enriched(payload.event(run, 0, "warm"))
-        asyncio.run(fill(settings, topic, [orjson.dumps(warm)], [payload.key_of(warm)]))
-        wait_warm(receiver, sizes.service_start_timeout, f"notify log: {svc.tail(600)}")
+        subscribe_warm(svc, settings, topic, run, receiver, sizes)
     # The backlog is written while notify is down and delivered when it comes back (as the
     # enrich stages measure a pre-filled topic): the bench's producer does not compete with
     # notify for the CPU, as the raw loop has none competing either.
@@ -394,11 +400,7 @@ def notify_match(bootstrap: str, sizes: Sizes, results: Results, scratch: Path, 
         env = notify_env(settings, sizes.http_concurrency)
         topic = settings.topic(ENRICHED_EVENTS)
         with Service("notify", settings, scratch / "logs", **env).start(sizes.service_start_timeout) as svc:
-            subscribe(svc.url, f"{receiver.url}/hook")
-            receiver.reset()
-            warm = payload.enriched(payload.event(run, 0, "warm"))
-            asyncio.run(fill(settings, topic, [orjson.dumps(warm)], [payload.key_of(warm)]))
-            wait_warm(receiver, sizes.service_start_timeout, f"notify log: {svc.tail(600)}")
+            subscribe_warm(svc, settings, topic, run, receiver, sizes)
             receiver.reset()
             asyncio.run(fill(settings, topic, [orjson.dumps(e) for e in evs], [payload.key_of(e) for e in evs]))
             got = receiver.wait_count(n, 120 + n / 50, ids=True)
