@@ -82,6 +82,10 @@ def filter_from_query(
     return Filter.model_validate_json(orjson.dumps(doc))
 
 
+#: The longest grace period a rotation may give the previous secret: a year.
+MAX_GRACE_SECONDS = 366 * 24 * 3600
+
+
 def _request_schema() -> dict[str, Any]:
     """The JSON Schema of :class:`SubscriptionRequest` with what its validator checks
     and JSON Schema can say too: a retry policy names exactly one of ``preset`` and
@@ -195,7 +199,7 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
     @app.post("/v1/subscriptions/{sub_id}/rotate-secret", dependencies=auth, tags=["subscriptions"],
               summary="A new webhook secret (shown once); the previous one keeps signing for a grace period",
               responses=problem_responses(401, 404))
-    async def rotate(sub_id: str, grace_seconds: Annotated[int | None, Query(ge=0)] = None) -> Response:
+    async def rotate(sub_id: str, grace_seconds: Annotated[int | None, Query(ge=0, le=MAX_GRACE_SECONDS)] = None) -> Response:
         out = await store.rotate_secret(sub_id, settings.secret_grace_seconds if grace_seconds is None else grace_seconds)
         if out is None:
             return problem(404, f"no webhook subscription {sub_id}")
@@ -295,5 +299,5 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
             await asyncio.shield(consumer.stop())
 
 
-__all__ = ["SSE_HEARTBEAT_SECONDS", "SSE_RESUME_POINTS", "ResumePoints", "create_app",
+__all__ = ["MAX_GRACE_SECONDS", "SSE_HEARTBEAT_SECONDS", "SSE_RESUME_POINTS", "ResumePoints", "create_app",
            "filter_from_query", "sse_events"]
