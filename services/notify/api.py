@@ -282,13 +282,14 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
                 for r in records:
                     positions[r.partition] = r.offset + 1
                     try:
-                        event = decode(record_event_bytes(r.value, r.headers))
+                        raw = record_event_bytes(r.value, r.headers)
+                        event = decode(raw)
                     except ValueError:
                         continue
                     reasons = match(event, flt)
                     if reasons is None:
                         continue
-                    doc = {**event, "reason": reasons}
+                    doc = {**orjson.loads(raw), "reason": reasons}  # the event as sent
                     # compact JSON: one line, its CR and LF escaped by JSON
                     out = sse.message(orjson.dumps(doc), id=sse.event_id(event["source"], event["id"]),
                                       event=event["type"])
