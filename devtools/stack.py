@@ -195,6 +195,10 @@ class Stack:
         env["PYTHONUNBUFFERED"] = "1"
         # the demo webhook receiver listens on loopback, which notify refuses by default
         env.setdefault("ANTING_NOTIFY_ALLOW_NETWORKS", "127.0.0.0/8")
+        # one enrich, restarted under the same transactional id: a killed one's open
+        # transaction is aborted as the new one starts, instead of holding read-committed
+        # readers (notify) back until it times out
+        env.setdefault("ANTING_ENRICH_INSTANCE_ID", "run-0")
         return env
 
     def settings(self) -> AntingSettings:
