@@ -57,6 +57,7 @@ from pydantic import ValidationError
 from services.enrich.catalog import Catalog
 from services.enrich.enrich import enrich_bytes
 from services.enrich.settings import EnrichSettings
+from shared import tracing
 from shared.deadletters import DeadLetterWriter, from_record
 from shared.events import record_event_bytes
 from shared.kafka import (
@@ -167,26 +168,40 @@ class Enricher:
             "error": type(exc).__name__, "reason": str(exc)[:200]})
 
     async def process(self, producer: AIOKafkaProducer, records: list[Record], outcome: Outcome) -> list[Ack]:
-        """Queue one output per record; returns the delivery futures."""
+        """Queue one output per record; returns the delivery futures. With tracing on, each
+        record gets a ``process <topic>`` span (a child of its ``traceparent``) and its
+        output a ``send enriched-events`` span under it, whose context the output carries."""
         futures: list[Ack] = []
         index, version = self.catalog.index, self.catalog.version
+        tracer = tracing.tracer(STAGE)  # None when off: then no span, no header rewritten
+        span: tracing.Span | None = None
         for r in records:
             t0 = time.perf_counter()
+            if tracer is not None:
+                if span is not None:
+                    span.end()
+                span = tracing.start_process(tracer, r.topic, r.partition, r.offset, r.headers,
+                                             self.settings.group)
             try:
                 # either content mode of the CloudEvents Kafka binding; structured out
                 raw = record_event_bytes(r.value, r.headers)
                 etype, enriched = enrich_bytes(raw, index, version)
                 value = enriched.dump()
             except (ValidationError, ValueError) as exc:
+                if span is not None:
+                    tracing.fail(span, exc)
                 await self._dead_letter(producer, r, exc, outcome, futures)
                 continue
             headers = _structured(r.headers)
+            sent: tracing.Span | None = None
             try:
                 size = record_size(r.key, value, headers)
                 if size > self.max_out_bytes:
                     raise RecordTooLarge(
                         f"the enriched event is {size} bytes; {self.out_topic} takes at most "
                         f"{self.max_out_bytes} (max.message.bytes)")
+                if tracer is not None:
+                    sent = tracing.start_send(tracer, self.out_topic, headers, parent=span)
                 # the output keeps the input's timestamp (as Kafka Streams does), so that
                 # notify can measure accepted → delivered
                 futures.append(await producer.send(
@@ -194,12 +209,23 @@ class Enricher:
                     timestamp_ms=r.timestamp))
             except _UNWRITABLE as exc:
                 # refused before it was queued: the transaction is untouched
+                if span is not None:
+                    tracing.fail(span, exc)
+                if sent is not None:
+                    tracing.fail(sent, exc)
+                    sent.end()
                 await self._dead_letter(producer, r, exc, outcome, futures)
                 continue
             outcome.events[(etype, "enriched")] += 1
             outcome.resolved += enriched.resolved
             outcome.unresolved += enriched.unresolved
-            _STAGE_SECONDS.observe(time.perf_counter() - t0)
+            if sent is None:
+                _STAGE_SECONDS.observe(time.perf_counter() - t0)
+            else:
+                tracing.end_on_ack(sent, futures[-1])
+                _STAGE_SECONDS.observe(time.perf_counter() - t0, tracing.exemplar(span))
+        if span is not None:
+            span.end()
         return futures
 
 

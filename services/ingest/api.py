@@ -34,6 +34,7 @@ from starlette.routing import request_response
 from services.ingest.codec import Rejection, decode_data, decode_events, to_records
 from services.ingest.publisher import BrokerUnavailable, Publisher
 from services.ingest.settings import IngestSettings
+from shared import tracing
 from shared.events import (
     AGREEMENT,
     ANNOUNCEMENT,
@@ -309,10 +310,12 @@ async def _accept(state: IngestState, events: list[Any], traceparent: str | None
                        headers={"Retry-After": "1"}).response()
     elapsed = time.perf_counter() - started
     stage = STAGE_SECONDS.labels("ingest")
+    # the request's trace, when traced: a slow bucket links to it
+    traced = tracing.exemplar() if tracing.tracer("ingest") is not None else None
     by_type: dict[str, int] = {}
     for e in events:
         by_type[e.type] = by_type.get(e.type, 0) + 1
-        stage.observe(elapsed)
+        stage.observe(elapsed, traced)
     for t, n in by_type.items():
         INGEST_EVENTS.labels(t, "accepted").inc(n)
     ids = [e.id for e in events]
@@ -520,4 +523,5 @@ def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
     serve_asyncapi(app, settings)
     app.openapi = functools.partial(openapi_schema, app)  # type: ignore[method-assign]
     openapi_as_served(app)
+    tracing.instrument_app(app, "ingest")  # the POST's server span, when tracing is on
     return app

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from services.ingest.codec import OutRecord
+from shared import tracing
 from shared.kafka import abandon_producer, cluster_answers, make_producer
 from shared.settings import AntingSettings
 
@@ -131,10 +132,13 @@ class Publisher:
         try:
             async with asyncio.timeout_at(deadline):
                 producer = await self._ensure()
-                futures = [
-                    await producer.send(r.topic, r.value, key=r.key, headers=r.headers)
-                    for r in records
-                ]
+                if (tracer := tracing.tracer("ingest")) is None:
+                    futures = [
+                        await producer.send(r.topic, r.value, key=r.key, headers=r.headers)
+                        for r in records
+                    ]
+                else:
+                    futures = [await self._send_traced(tracer, producer, r) for r in records]
         except TimeoutError as exc:
             if producer is not None:
                 self._discard(producer)
@@ -156,6 +160,24 @@ class Publisher:
             self._discard(producer)
             raise BrokerUnavailable(f"the broker did not acknowledge: {errors[0]!r}")
         return [f.result() for f in futures]
+
+    @staticmethod
+    async def _send_traced(tracer: tracing.Tracer, producer: AIOKafkaProducer,
+                           r: OutRecord) -> asyncio.Future[Any]:
+        """Send ``r`` under a ``send <topic>`` span whose context its ``traceparent``
+        carries on (the record's own headers are left as they were)."""
+        headers = list(r.headers)
+        span = tracing.start_send(tracer, r.topic, headers, attributes={
+            "cloudevents.event_id": r.event_id, "cloudevents.event_type": r.event_type})
+        try:
+            fut: asyncio.Future[Any] = await producer.send(r.topic, r.value, key=r.key,
+                                                           headers=headers)
+        except BaseException as exc:
+            tracing.fail(span, exc)
+            span.end()
+            raise
+        tracing.end_on_ack(span, fut)
+        return fut
 
     async def producer(self) -> AIOKafkaProducer:
         """The live producer (started on demand), for callers that batch on their own."""

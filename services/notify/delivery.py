@@ -50,6 +50,7 @@ from services.notify.ledger import SUPERSEDED, Ledger
 from services.notify.notification import Delivery
 from services.notify.settings import NotifySettings
 from services.notify.store import SubscriptionStore
+from shared import tracing
 from shared.deadletters import DeadLetterWriter, dead_letter
 from shared.kafka import PRODUCER_MAX_REQUEST_BYTES, record_size
 from shared.metrics import END_TO_END_SECONDS, NOTIFY_DELIVERIES
@@ -167,6 +168,20 @@ class Deliverer:
         if stopped is not None:
             self.suppressed(delivery.event_source, delivery.event_id, [(sub.channel.type, sub.id, stopped)])
             return DeliveryOutcome.suppressed
+        tracer = tracing.tracer("notify")
+        if tracer is None:
+            return await self._attempt(sub, delivery, acks)
+        # one span per attempt, under the event's process span (a retry's is a root)
+        with tracer.start_as_current_span(f"deliver {sub.channel.type}", attributes={
+                "anting.subscription.id": sub.id, "anting.delivery.attempt": delivery.attempt,
+                "anting.delivery.channel": sub.channel.type}) as span:
+            outcome = await self._attempt(sub, delivery, acks)
+            span.set_attribute("anting.delivery.outcome", str(outcome))
+            return outcome
+
+    async def _attempt(self, sub: Subscription, delivery: Delivery,
+                       acks: list[asyncio.Future[Any]] | None) -> DeliveryOutcome:
+        """The attempt itself, through the subscription's channel, and its settling."""
         async with self.sem:
             try:
                 result = await self.channels[sub.channel.type].send(sub, delivery)
@@ -256,7 +271,9 @@ class Deliverer:
         channel = sub.channel.type
         if result.verdict == "ok":
             if delivery.ingested_ms:
-                END_TO_END_SECONDS.observe(max(0.0, time.time() - delivery.ingested_ms / 1000))
+                END_TO_END_SECONDS.observe(
+                    max(0.0, time.time() - delivery.ingested_ms / 1000),
+                    None if tracing.tracer("notify") is None else tracing.exemplar())
             await self._finish([await self._record(sub, delivery, DeliveryOutcome.delivered, result)], acks)
             _count(channel, "delivered")
             return DeliveryOutcome.delivered

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 from aiokafka import ConsumerRecord
+from opentelemetry import trace
 
 from services.notify.delivery import Deliverer
 from services.notify.digest import Digests
@@ -26,6 +27,7 @@ from services.notify.ledger import Ledger
 from services.notify.matching import decode
 from services.notify.notification import Delivery, idempotency_key
 from services.notify.store import SubscriptionStore
+from shared import tracing
 from shared.deadletters import DeadLetterWriter, from_record
 from shared.events import record_event_bytes
 from shared.metrics import STAGE_SECONDS
@@ -63,7 +65,19 @@ class EventPipeline:
         for — the broker acknowledgements of the records those attempts wrote and of its
         ``notify-digests`` records (the consumer loop commits the offset once they resolve) —
         or ``None`` when nothing is pending. A record that is not an enriched event of the
-        contract is dead-lettered (and nothing is pending)."""
+        contract is dead-lettered (and nothing is pending).
+
+        With tracing on, all of it is one ``process enriched-events`` span, a child of the
+        record's ``traceparent`` and the parent of every delivery's span."""
+        tracer = tracing.tracer("notify")
+        if tracer is None:
+            return await self._handle(record)
+        span = tracing.start_process(tracer, record.topic, record.partition, record.offset,
+                                     record.headers, self.deliverer.settings.group)
+        with trace.use_span(span, end_on_exit=True):
+            return await self._handle(record)
+
+    async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> list[asyncio.Future[Any]] | None:
         t0 = time.perf_counter()
         try:
             # either content mode of the CloudEvents Kafka binding: a record written
@@ -106,5 +120,6 @@ class EventPipeline:
                 for fut in acks:  # the records written are fine; the offset stays uncommitted
                     fut.add_done_callback(_consume_exception)
                 raise errors[0]  # left uncommitted: read again after a restart
-        _STAGE.observe(time.perf_counter() - t0)
+        _STAGE.observe(time.perf_counter() - t0,
+                       None if tracing.tracer("notify") is None else tracing.exemplar())
         return acks or None

@@ -18,7 +18,11 @@ from binascii import b2a_base64
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
+from urllib.parse import urlsplit
 
+from opentelemetry import propagate, trace
+
+from shared import tracing
 from shared.subscriptions import Subscription
 
 from ..notification import Delivery
@@ -86,6 +90,22 @@ def classify(code: int, headers: Mapping[str, str]) -> Result:
     return Result("permanent", code, f"HTTP {code}")
 
 
+@lru_cache(maxsize=4096)
+def _span_attributes(url: str) -> dict[str, str | int]:
+    """The client span's attributes of a webhook URL: method, scheme, host and port, not
+    ``url.full``: a webhook URL's path or query is often the subscriber's secret, and a
+    trace is read by others."""
+    attributes: dict[str, str | int] = {"http.request.method": "POST"}
+    try:
+        parts = urlsplit(url)
+        attributes["url.scheme"] = parts.scheme
+        attributes["server.address"] = parts.hostname or ""
+        attributes["server.port"] = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        pass
+    return attributes
+
+
 class WebhookSender:
     def __init__(
         self,
@@ -109,6 +129,25 @@ class WebhookSender:
             ("webhook-signature", sign(signing_secrets(sub, now), delivery.key, now, body)),
         )
         url = sub.channel.url
+        tracer = tracing.tracer("notify")
+        if tracer is None:
+            return await self._post(url, body, headers)
+        # the HTTP client span (semantic conventions for HTTP: named by its method), whose
+        # context the receiver gets in `traceparent`, so its own spans join the trace
+        with tracer.start_as_current_span("POST", kind=trace.SpanKind.CLIENT,
+                                          attributes=_span_attributes(url)) as span:
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            result = await self._post(url, body, headers + tuple(carrier.items()))
+            if result.status_code is not None:
+                span.set_attribute("http.response.status_code", result.status_code)
+            if result.verdict != "ok":
+                span.set_status(trace.StatusCode.ERROR, result.error)
+                span.set_attribute("error.type", str(result.status_code or result.verdict))
+            return result
+
+    async def _post(self, url: str, body: bytes, headers: tuple[tuple[str, str], ...]) -> Result:
+        """POST and classify the answer; a failure to send is a :class:`Result` too."""
         try:
             # the guard is the client's resolver (ssrf.GuardedResolver): literal hosts in
             # any spelling are checked there too, by the rule subscription creation uses
