@@ -42,7 +42,9 @@ class Printer:
     def say(self, label: str, message: str, style: str | None = None) -> None:
         """Print ``message`` after ``label`` (right-aligned in 10 columns), in ``style``
         (a rich style such as ``"bold red"``) when given. Never raises for a closed output."""
-        line = Text.assemble((f"{label:>10} │ ", COLOURS.get(label, "white")), (message, style or ""))
+        # a numbered source (kafka-2, a node of the cluster) takes its kind's colour
+        colour = COLOURS.get(label) or COLOURS.get(label.rsplit("-", 1)[0], "white")
+        line = Text.assemble((f"{label:>10} │ ", colour), (message, style or ""))
         # a closed terminal or pipe (the shell that ran `make run` is gone) must not stop
         # the shutdown half-way: the line is lost, the children are still stopped
         with self.lock, contextlib.suppress(OSError, ValueError):

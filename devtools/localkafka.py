@@ -1,7 +1,10 @@
-"""A single-node Apache Kafka broker (KRaft) on loopback, for machines without Docker.
+"""Apache Kafka (KRaft) on loopback, one node or a replicated cluster, for machines without Docker.
 
 It exists so that ``make run``, ``anting kafka``, the test suite and the benchmarks
-have a real broker without Docker or a broker of one's own. The jars come from Maven
+have a real broker without Docker or a broker of one's own; ``LocalCluster`` runs
+several combined broker+controller nodes with a static controller quorum
+(``controller.quorum.voters``, as Kafka's own system tests configure KRaft), so that
+replication, leader changes and coordinator moves can be seen on one machine. The jars come from Maven
 Central through ``kafka/pom.xml`` (``mvn dependency:copy-dependencies`` into the
 git-ignored ``kafka/libs``); the broker runs on the JVM as a child of this process and
 dies with it (PR_SET_PDEATHSIG), so an interrupted test run or a killed ``make run``
@@ -14,6 +17,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -33,14 +37,19 @@ __all__ = [
     "KAFKA_DIR",
     "LIBS_DIR",
     "MISSING_TOOLS_HELP",
+    "LocalCluster",
     "LocalKafka",
     "LocalKafkaError",
     "broker_answers",
     "check_tools",
+    "cluster_brokers",
+    "cluster_replication",
     "fetch_jars",
     "free_port",
+    "new_cluster_id",
     "port_open",
     "running",
+    "serve_cluster_forever",
     "serve_forever",
 ]
 
@@ -146,6 +155,12 @@ def _die_with_parent() -> None:
     os.setpgid(0, 0)  # its own group: a Ctrl-C at the terminal reaches us, not the JVM
 
 
+def new_cluster_id() -> str:
+    """A fresh KRaft cluster id: 16 random bytes, URL-safe base64 without padding (the
+    form ``kafka-storage random-uuid`` prints)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
 LOG4J2 = """\
 status = warn
 appender.file.type = File
@@ -162,6 +177,18 @@ logger.state.level = warn
 """
 
 
+def cluster_replication(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for a cluster of ``brokers`` nodes: the
+    factor is min(3, brokers); two in-sync replicas are required when it is 3, so that
+    an acknowledged write survives the loss of any one broker and one broker may be down
+    while writes go on (Kafka's documented production setting). Raises ``ValueError``
+    for fewer than one broker."""
+    if brokers < 1:
+        raise ValueError(f"a cluster has at least one broker, not {brokers}")
+    rf = min(3, brokers)
+    return rf, (2 if rf == 3 else 1)
+
+
 class LocalKafka:
     """One KRaft broker+controller on 127.0.0.1; start() blocks until it answers.
 
@@ -169,6 +196,11 @@ class LocalKafka:
     free port of its own. ``data_dir`` keeps the logs and metadata across starts; without
     one a temporary directory is used and removed by ``stop()``. ``heap`` is the JVM's
     ``-Xmx``/``-Xms`` (``"512m"``), ``log_level`` that of ``server.log`` in the data dir.
+
+    As a node of a ``LocalCluster`` it is given its ``node_id``, its ``controller_port``,
+    the quorum's ``voters`` (node id → controller port, all on 127.0.0.1) and the
+    ``cluster_id`` every node is formatted with; the replication of the internal topics
+    then follows the quorum's size (``cluster_replication``).
     """
 
     def __init__(
@@ -177,14 +209,27 @@ class LocalKafka:
         data_dir: Path | None = None,
         heap: str = "512m",
         log_level: str = "info",
+        *,
+        node_id: int = 1,
+        controller_port: int | None = None,
+        voters: dict[int, int] | None = None,
+        cluster_id: str | None = None,
     ) -> None:
         self.port = port or free_port()
-        self.controller_port = free_port()
+        self.controller_port = controller_port or free_port()
         self._tmp = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="anting-kafka-"))
         self.heap = heap
         self.log_level = log_level
+        self.node_id = node_id
+        self._voters = voters  # None: a quorum of this node alone
+        self.cluster_id = cluster_id
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def voters(self) -> dict[int, int]:
+        """The controller quorum: node id → controller port on 127.0.0.1."""
+        return self._voters if self._voters is not None else {self.node_id: self.controller_port}
 
     @property
     def bootstrap(self) -> str:
@@ -203,10 +248,12 @@ class LocalKafka:
 
     def _properties(self) -> str:
         logs = self.data_dir / "logs"
+        rf, min_isr = cluster_replication(len(self.voters))
+        voters = ",".join(f"{n}@127.0.0.1:{p}" for n, p in sorted(self.voters.items()))
         return "\n".join([
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+            f"node.id={self.node_id}",
+            f"controller.quorum.voters={voters}",
             f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names=CONTROLLER",
@@ -214,13 +261,18 @@ class LocalKafka:
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             f"log.dirs={logs}",
             "num.partitions=1",
-            "offsets.topic.replication.factor=1",
+            # the internal topics (group offsets, transaction state) replicated like the
+            # contract's own: a broker's death must not lose a commit or a transaction
+            f"default.replication.factor={rf}",
+            f"min.insync.replicas={min_isr}",
+            f"offsets.topic.replication.factor={rf}",
             "offsets.topic.num.partitions=10",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
+            f"transaction.state.log.replication.factor={rf}",
+            f"transaction.state.log.min.isr={min_isr}",
             "transaction.state.log.num.partitions=10",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
+            f"share.coordinator.state.topic.replication.factor={rf}",
+            f"share.coordinator.state.topic.min.isr={min_isr}",
+            "unclean.leader.election.enable=false",
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=false",
             "log.retention.check.interval.ms=60000",
@@ -254,11 +306,32 @@ class LocalKafka:
         Raises ``LocalKafkaError`` when Java or Maven is missing, the jars cannot be
         resolved, formatting fails, the JVM exits, or it does not answer in time.
         """
+        self.launch(self.prepare())
+        self._wait_ready(timeout)
+        return self
+
+    def launch(self, argv: list[str]) -> None:
+        """Start the JVM ``argv`` (from ``prepare``) as our child, its output appended to
+        ``stdout.log``, its PID in ``pid_file``; returns at once."""
+        with open(self.data_dir / "stdout.log", "ab") as out:
+            self.proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+        self.pid_file.write_text(str(self.proc.pid))
+
+    def prepare(self) -> list[str]:
+        """Everything before the JVM starts: the jars, a stale broker on this data dir
+        stopped, ``server.properties`` and the log config written, the storage formatted
+        on first use. Returns the broker's command line (a supervisor may run it).
+
+        Raises ``LocalKafkaError`` as ``start`` does."""
         libs = fetch_jars()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._kill_stale()
         props = self.data_dir / "server.properties"
-        if props.is_file() and (self.data_dir / "logs" / "meta.properties").is_file():
+        if (self._voters is None and props.is_file()
+                and (self.data_dir / "logs" / "meta.properties").is_file()):
             # restarting on existing data: keep the listener ports it was formatted with
             old = dict(
                 line.split("=", 1) for line in props.read_text().splitlines() if "=" in line
@@ -278,7 +351,7 @@ class LocalKafka:
             f"-Danting.data.dir={self.data_dir}", "-cp", classpath,
         ]
         if not (self.data_dir / "logs" / "meta.properties").is_file():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = self.cluster_id or new_cluster_id()
             fmt = subprocess.run(
                 # "=" form: a urlsafe id may start with "-", which argparse would take for an option
                 [*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
@@ -287,15 +360,7 @@ class LocalKafka:
             )
             if fmt.returncode != 0:
                 raise LocalKafkaError(f"formatting the KRaft storage failed:\n{fmt.stderr[-2000:]}")
-        with open(self.data_dir / "stdout.log", "ab") as out:
-            self.proc = subprocess.Popen(
-                [*jvm, "kafka.Kafka", str(props)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
-            )
-        self.pid_file.write_text(str(self.proc.pid))
-        self._wait_ready(timeout)
-        return self
+        return [*jvm, "kafka.Kafka", str(props)]
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -339,6 +404,185 @@ class LocalKafka:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class LocalCluster:
+    """``size`` KRaft nodes on 127.0.0.1, each a broker and a controller, the controllers
+    one static quorum (``controller.quorum.voters``), every node formatted with the same
+    cluster id; ``start()`` blocks until every broker answers and is registered.
+
+    ``ports`` are the client listeners (``size`` free ones when ``None``); each node's
+    controller gets a free port, chosen once and kept in ``cluster.json`` under
+    ``data_dir`` with the cluster id and the listeners, so that a restart, of one node or
+    all, finds the quorum where it was (a static quorum cannot move). Node ``i`` (from 1)
+    keeps its data in ``data_dir/node-<i>``. Without ``data_dir`` a temporary directory is
+    used and removed by ``stop()``. ``heap`` is each JVM's.
+
+    Raises ``LocalKafkaError`` when the nodes cannot be prepared or do not come up, and
+    ``ValueError`` when ``ports`` does not name ``size`` ports.
+    """
+
+    def __init__(
+        self,
+        size: int = 3,
+        ports: list[int] | None = None,
+        data_dir: Path | None = None,
+        heap: str = "512m",
+        log_level: str = "info",
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"a cluster has at least one node, not {size}")
+        if ports is not None and len(ports) != size:
+            raise ValueError(f"{size} nodes need {size} ports, not {ports}")
+        self._tmp = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="cluster-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        state = self.data_dir / "cluster.json"
+        if state.is_file():
+            saved = json.loads(state.read_text())
+            if len(saved["ports"]) != size or (ports is not None and saved["ports"] != ports):
+                raise LocalKafkaError(
+                    f"{self.data_dir} holds a cluster of {len(saved['ports'])} nodes on "
+                    f"{saved['ports']}; remove it (its data too) or use another data dir")
+            ports, controllers, cluster_id = saved["ports"], saved["controllers"], saved["cluster_id"]
+        else:
+            ports = ports or [free_port() for _ in range(size)]
+            controllers = [free_port() for _ in range(size)]
+            cluster_id = new_cluster_id()
+            state.write_text(json.dumps(
+                {"ports": ports, "controllers": controllers, "cluster_id": cluster_id}))
+        voters = {i + 1: controllers[i] for i in range(size)}
+        self.cluster_id = cluster_id
+        self.nodes = [
+            LocalKafka(port=ports[i], data_dir=self.data_dir / f"node-{i + 1}", heap=heap,
+                       log_level=log_level, node_id=i + 1, controller_port=controllers[i],
+                       voters=voters, cluster_id=cluster_id)
+            for i in range(size)
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's listener, ``127.0.0.1:9092,127.0.0.1:9093,...``: a client reaches
+        the cluster while any one of them is up."""
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    def node(self, node_id: int) -> LocalKafka:
+        """The node with this id (from 1); ``IndexError`` for another."""
+        if not 1 <= node_id <= len(self.nodes):
+            raise IndexError(f"no node {node_id} in a cluster of {len(self.nodes)}")
+        return self.nodes[node_id - 1]
+
+    def prepare(self) -> list[list[str]]:
+        """Prepare every node (``LocalKafka.prepare``); returns their command lines, in
+        node order, for a supervisor to run. Raises ``LocalKafkaError`` when a controller
+        port of the quorum is held by something else (a static quorum cannot move)."""
+        argvs = [n.prepare() for n in self.nodes]
+        for n in self.nodes:
+            for port in (n.port, n.controller_port):
+                if port_open(port):
+                    raise LocalKafkaError(
+                        f"127.0.0.1:{port} (node {n.node_id} of the cluster in {self.data_dir}) "
+                        "is in use: is that cluster running already?")
+        return argvs
+
+    def start(self, timeout: float = 120.0) -> LocalCluster:
+        """Start every node (all at once: none is ready before a majority of the quorum
+        runs) and block until ``wait_ready`` holds; returns ``self``. Raises
+        ``LocalKafkaError`` when a node exits or the cluster is not ready in ``timeout``
+        seconds (the nodes started are stopped then)."""
+        try:
+            for node, argv in zip(self.nodes, self.prepare(), strict=True):
+                node.launch(argv)
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Block until every node's listener accepts connections and its broker is
+        registered with the controller, as a client sees it (``cluster_brokers``), at
+        most ``timeout`` seconds. Raises
+        ``LocalKafkaError`` when a node we launched exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        want = {n.node_id for n in self.nodes}
+        while time.monotonic() < deadline:
+            for n in self.nodes:
+                if n.proc is not None and n.proc.poll() is not None:
+                    tail = n.log_file.read_text()[-3000:] if n.log_file.exists() else ""
+                    raise LocalKafkaError(
+                        f"Kafka node {n.node_id} exited with code {n.proc.returncode}:\n{tail}")
+            # ask only listeners that accept connections: the client logs every refused one
+            if all(port_open(n.port) for n in self.nodes) and want <= asyncio.run(
+                    cluster_brokers(self.bootstrap)):
+                return
+            time.sleep(0.3)
+        raise LocalKafkaError(f"the {len(self.nodes)}-node Kafka cluster was not ready within "
+                              f"{timeout:.0f}s (logs: {self.data_dir}/node-*/server.log)")
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node (a hard failure); its data stays for ``restart``."""
+        self.node(node_id).kill()
+
+    def terminate(self, node_id: int, timeout: float = 30.0) -> None:
+        """SIGTERM one node (a clean stop: it hands its leaderships over first), SIGKILL
+        after ``timeout`` seconds; its data stays for ``restart``."""
+        node = self.node(node_id)
+        node.stop(timeout)
+
+    def restart(self, node_id: int) -> None:
+        """Start a stopped node again on its data; returns once its JVM runs (it rejoins
+        and catches up on its own). Raises ``LocalKafkaError`` as ``prepare`` does."""
+        node = self.node(node_id)
+        if node.proc is not None and node.proc.poll() is None:
+            return
+        node.launch(node.prepare())
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every node (SIGTERM to all, so that no broker waits on a quorum that the
+        others' stop has broken; SIGKILL after ``timeout`` seconds); a temporary data dir
+        is removed. Safe to call twice."""
+        running = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+        for n in running:
+            assert n.proc is not None
+            n.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for n in running:
+            assert n.proc is not None
+            try:
+                n.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                n.proc.kill()
+                n.proc.wait()
+        for n in self.nodes:
+            n.proc = None
+            n.pid_file.unlink(missing_ok=True)
+        if self._tmp:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def cluster_brokers(bootstrap: str) -> set[int]:
+    """The node ids of the brokers the cluster at ``bootstrap`` reports (its metadata:
+    registered and not fenced); an empty set when none answers within about 10 s. Never
+    raises."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await asyncio.wait_for(admin.start(), 5)
+        described = await asyncio.wait_for(admin.describe_cluster(), 5)
+        return {int(b["node_id"]) for b in described.get("brokers", [])}
+    except Exception:
+        return set()
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
 
 
 async def broker_answers(bootstrap: str) -> bool:
@@ -397,3 +641,46 @@ def serve_forever(port: int = 9092, data_dir: Path | None = None) -> None:
             time.sleep(0.2)
     finally:
         broker.stop()
+
+
+def serve_cluster_forever(size: int = 3, port: int = 9092, data_dir: Path | None = None) -> None:
+    """Run a ``size``-node cluster in the foreground until SIGINT/SIGTERM (``anting kafka
+    --brokers N``): listeners on ``port``, ``port + 1``, ..., data in ``data_dir``
+    (``.local/kafka-cluster-<port>``). A node that dies is started again on its data
+    after a second, and the line says so. Raises ``LocalKafkaError`` when a port is taken
+    or the cluster cannot start."""
+    ports = [port + i for i in range(size)]
+    data_dir = data_dir or STATE_DIR / f"kafka-cluster-{port}"
+    for p in ports:
+        if port_open(p):
+            raise LocalKafkaError(f"127.0.0.1:{p} is already in use: is a broker running there?")
+    cluster = LocalCluster(size, ports=ports, data_dir=data_dir)
+    t0 = time.monotonic()
+    cluster.start()
+    rf, min_isr = cluster_replication(size)
+    print(f"local-kafka: {size}-node cluster ready in {time.monotonic() - t0:.1f}s; "
+          f"bootstrap {cluster.bootstrap} (replication factor {rf}, min.insync.replicas "
+          f"{min_isr}; data {data_dir})", file=sys.stderr, flush=True)
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not stop:
+            for node in cluster.nodes:
+                if node.proc is not None and (rc := node.proc.poll()) is not None:
+                    how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with code {rc}"
+                    print(f"local-kafka: kafka-{node.node_id} (pid {node.proc.pid}) {how}; "
+                          "restarting in 1s", file=sys.stderr, flush=True)
+                    time.sleep(1)
+                    cluster.restart(node.node_id)
+                    assert node.proc is not None
+                    print(f"local-kafka: restarted kafka-{node.node_id} (pid {node.proc.pid})",
+                          file=sys.stderr, flush=True)
+            time.sleep(0.2)
+    finally:
+        cluster.stop()

@@ -26,6 +26,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,16 @@ import orjson
 from devtools import REPO_ROOT, STATE_DIR
 from devtools.console import Printer, describe_delivery, describe_enriched
 from devtools.demo_receiver import WebhookReceiver, loopback_allowed
-from devtools.localkafka import LocalKafka, LocalKafkaError, broker_answers, check_tools, port_open
+from devtools.localkafka import (
+    LocalCluster,
+    LocalKafka,
+    LocalKafkaError,
+    broker_answers,
+    check_tools,
+    cluster_brokers,
+    cluster_replication,
+    port_open,
+)
 from devtools.prometheus import alerts_page, prometheus_argv, prometheus_config
 from devtools.supervisor import Child, Supervisor, child_setup, stop_with_parent
 
@@ -51,6 +61,7 @@ __all__ = [
     "StartupError",
     "Stop",
     "anting_command",
+    "prepare_cluster",
     "run",
     "scrape_targets",
     "start_broker",
@@ -92,9 +103,11 @@ class Options:
     """What ``anting run`` is given (its command-line options): ports on 127.0.0.1,
     Prometheus' scrape interval in seconds, the NDJSON seed to publish, where the broker
     and Prometheus keep data, how long to wait for the services to be ready and the
-    longest restart backoff, both in seconds."""
+    longest restart backoff, both in seconds. ``brokers`` above 1 runs a local cluster
+    of that many nodes, listening on ``kafka_port``, ``kafka_port + 1``, ..."""
 
     kafka_port: int = 9092
+    brokers: int = 1
     prometheus: bool = True
     prometheus_port: int = 9090
     scrape_interval: float = 5.0
@@ -157,6 +170,35 @@ def start_broker(opts: Options, printer: Printer) -> tuple[str, LocalKafka | Non
     return bootstrap, broker
 
 
+def prepare_cluster(opts: Options, printer: Printer) -> tuple[str, LocalCluster | None]:
+    """(bootstrap, LocalCluster or None) for ``opts.brokers`` nodes: KAFKA_BOOTSTRAP_SERVERS
+    when set, else a cluster already answering on every port (used, never stopped), else a
+    local cluster to be started by the stack under its supervisor (its nodes restarted
+    like the services when they die). Raises ``StartupError`` when something else holds
+    one of the ports, ``LocalKafkaError`` when the cluster cannot be had."""
+    env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if env:
+        printer.say("kafka", f"using KAFKA_BOOTSTRAP_SERVERS={env} (ANTING_RUN_BROKERS is "
+                    "for a local cluster only)")
+        return env, None
+    ports = [opts.kafka_port + i for i in range(opts.brokers)]
+    bootstrap = ",".join(f"127.0.0.1:{p}" for p in ports)
+    held = [p for p in ports if port_open(p)]
+    if held:
+        if len(held) == len(ports) and len(asyncio.run(cluster_brokers(bootstrap))) >= opts.brokers:
+            printer.say("kafka", f"a Kafka cluster already answers on {bootstrap}: using it "
+                        "(started elsewhere, so it is left running)", "yellow")
+            return bootstrap, None
+        raise StartupError(
+            f"127.0.0.1:{held[0]} is in use by something that is not this {opts.brokers}-node "
+            "cluster. Free it, or set ANTING_RUN_KAFKA_PORT to another first port, or "
+            "KAFKA_BOOTSTRAP_SERVERS to a cluster of your own."
+        )
+    check_tools()
+    return bootstrap, LocalCluster(opts.brokers, ports=ports,
+                                   data_dir=opts.state_dir / f"kafka-cluster-{opts.kafka_port}")
+
+
 # --------------------------------------------------------------------------- the stack
 
 
@@ -177,10 +219,12 @@ class Stack:
     it all and returns once a stop begins, the caller then stops the children
     (``sup.stop_all()``) and the demo receiver."""
 
-    def __init__(self, opts: Options, printer: Printer, bootstrap: str) -> None:
+    def __init__(self, opts: Options, printer: Printer, bootstrap: str,
+                 cluster: LocalCluster | None = None) -> None:
         self.opts = opts
         self.out = printer
         self.bootstrap = bootstrap
+        self.cluster = cluster  # started by run(), its nodes supervised like the services
         self.sup = Supervisor(printer, cwd=REPO_ROOT, max_backoff=opts.max_backoff)
         self.receiver: WebhookReceiver | None = None
         self.prometheus_url: str | None = None
@@ -219,6 +263,8 @@ class Stack:
                 )
         from shared.kafka import ensure_topics
 
+        if self.cluster is not None:
+            await self.start_cluster(self.cluster)
         settings = self.settings()
         created = await ensure_topics(settings)
         self.out.say("kafka", f"topics: created {len(created)}" + (f" ({', '.join(created)})" if created else " (all existed)"))
@@ -241,6 +287,35 @@ class Stack:
         tail.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await tail
+
+    async def start_cluster(self, cluster: LocalCluster, timeout: float = 120.0) -> None:
+        """Start each node of ``cluster`` as a supervised child (``kafka-<id>``: restarted
+        when it dies, stopped after the services) and wait until every broker is
+        registered. Raises ``LocalKafkaError`` when the nodes cannot be prepared or the
+        cluster is not ready in ``timeout`` seconds, ``Stop`` when a stop begins first."""
+        rf, min_isr = cluster_replication(len(cluster.nodes))
+        self.out.say("kafka", f"starting a local {len(cluster.nodes)}-node Kafka cluster on "
+                     f"{cluster.bootstrap} (replication factor {rf}, min.insync.replicas "
+                     f"{min_isr}; data {cluster.data_dir}) ...")
+        t0 = time.monotonic()
+        argvs = await asyncio.to_thread(cluster.prepare)
+        for node, argv in zip(cluster.nodes, argvs, strict=True):
+            await self.sup.start(Child(f"kafka-{node.node_id}", argv, dict(os.environ),
+                                       on_spawn=_pid_writer(node.pid_file),
+                                       output=node.data_dir / "stdout.log"))
+        want = {n.node_id for n in cluster.nodes}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.sup.stopping.is_set():
+                raise Stop
+            if all(port_open(n.port) for n in cluster.nodes) and want <= await cluster_brokers(
+                    cluster.bootstrap):
+                self.out.say("kafka", f"cluster ready in {time.monotonic() - t0:.1f}s: bootstrap "
+                             f"{cluster.bootstrap} (logs {cluster.data_dir}/node-*/server.log)")
+                return
+            await asyncio.sleep(0.3)
+        raise LocalKafkaError(f"the {len(want)}-node Kafka cluster was not ready within "
+                              f"{timeout:.0f}s (logs: {cluster.data_dir}/node-*/server.log)")
 
     def _tail_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -481,7 +556,9 @@ class Stack:
             f"notify API     {urls['notify']}/docs   (subscriptions; SSE at {urls['notify']}/v1/stream)",
             f"insights API   {urls['insights']}/docs   (anting insights partners anting-town-government)",
             "metrics        " + "  ".join(f"{u}/metrics" for u in urls.values()),
-            f"Kafka          {self.bootstrap}   (kcat -b {self.bootstrap} -C -t enriched-events)",
+            f"Kafka          {self.bootstrap}   (kcat -b {self.bootstrap} -C -t enriched-events)"
+            + (f"; {len(self.cluster.nodes)} brokers, each restarted when it dies"
+               if self.cluster is not None else ""),
         ]
         if self.prometheus_url:
             lines.append(f"Prometheus     {self.prometheus_url}   (alerts at {alerts_page(self.prometheus_url)})")
@@ -516,8 +593,12 @@ def run(opts: Options) -> int:
     code = 0
     try:
         opts.state_dir.mkdir(parents=True, exist_ok=True)
-        bootstrap, broker = start_broker(opts, printer)
-        code = asyncio.run(_main(opts, printer, bootstrap))
+        cluster = None
+        if opts.brokers > 1:
+            bootstrap, cluster = prepare_cluster(opts, printer)
+        else:
+            bootstrap, broker = start_broker(opts, printer)
+        code = asyncio.run(_main(opts, printer, bootstrap, cluster))
     except (Stop, KeyboardInterrupt):
         printer.say("run", "interrupted during start-up")
         code = 130
@@ -535,8 +616,17 @@ def run(opts: Options) -> int:
     return code
 
 
-async def _main(opts: Options, printer: Printer, bootstrap: str) -> int:
-    stack = Stack(opts, printer, bootstrap)
+def _pid_writer(path: Path) -> Callable[[int], None]:
+    """Write each PID of a supervised broker to its PID file, so that a later start on its
+    data dir stops one a SIGKILLed run left (``LocalKafka.prepare``)."""
+    def write(pid: int) -> None:
+        path.write_text(str(pid))
+
+    return write
+
+
+async def _main(opts: Options, printer: Printer, bootstrap: str, cluster: LocalCluster | None) -> int:
+    stack = Stack(opts, printer, bootstrap, cluster)
     loop = asyncio.get_running_loop()
 
     def _on_signal(sig: signal.Signals) -> None:

@@ -18,6 +18,7 @@ import ctypes
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,12 +67,17 @@ def stop_with_parent() -> None:
 class Child:
     """A supervised process: ``argv`` run with ``env`` (the whole environment), its
     output printed under ``label``; restarted with exponential backoff when it dies,
-    unless ``restart`` is false. ``pids`` lists every process it has been."""
+    unless ``restart`` is false. ``pids`` lists every process it has been. A label
+    starting with ``kafka-`` is a broker: it is stopped last."""
 
     label: str
     argv: list[str]
     env: dict[str, str]
     restart: bool = True
+    on_spawn: Callable[[int], None] | None = None
+    """called with the PID of each process it becomes (a broker's PID file, say)"""
+    output: Path | None = None
+    """a file its output is appended to instead of printed (a JVM's start-up chatter)"""
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
     pids: list[int] = field(default_factory=list)
@@ -98,15 +104,24 @@ class Supervisor:
         self.stopping = asyncio.Event()
 
     async def _spawn(self, child: Child) -> None:
-        child.proc = await asyncio.create_subprocess_exec(
-            *child.argv, env=child.env, cwd=self.cwd,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, preexec_fn=child_setup, limit=4 * 1024 * 1024,
-        )
+        # a local file, opened once per start: not worth a thread
+        out = open(child.output, "ab") if child.output else None  # noqa: ASYNC230
+        try:
+            child.proc = await asyncio.create_subprocess_exec(
+                *child.argv, env=child.env, cwd=self.cwd,
+                stdin=asyncio.subprocess.DEVNULL, stdout=out or asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, preexec_fn=child_setup, limit=4 * 1024 * 1024,
+            )
+        finally:
+            if out is not None:
+                out.close()  # the child has its own descriptor now
         child.pids.append(child.proc.pid)
+        if child.on_spawn is not None:
+            child.on_spawn(child.proc.pid)
 
     async def _pump(self, child: Child, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
+        if proc.stdout is None:  # its output goes to a file
+            return
         while True:
             try:
                 line = await proc.stdout.readline()
@@ -167,12 +182,20 @@ class Supervisor:
                     os.killpg(c.proc.pid, signal.SIGKILL)
 
     async def stop_all(self, timeout: float = 25.0) -> None:
-        """SIGTERM every child (services before Prometheus), SIGKILL one that has not
-        exited after ``timeout`` seconds, then whatever is left in each child's session."""
+        """SIGTERM every child (services, then Prometheus, then the brokers: the services
+        commit and close on a cluster that still runs, and the brokers all at once, so
+        that none waits for a quorum the others' stop has broken), SIGKILL one that has
+        not exited after ``timeout`` seconds, then whatever is left in each child's
+        session."""
         self.stopping.set()
+
+        def broker(c: Child) -> bool:
+            return c.label.startswith("kafka-")
+
         for group in (
-            [c for c in self.children if c.label != "prometheus"],
+            [c for c in self.children if c.label != "prometheus" and not broker(c)],
             [c for c in self.children if c.label == "prometheus"],
+            [c for c in self.children if broker(c)],
         ):
             for c in group:
                 if c.proc and c.proc.returncode is None:

@@ -104,6 +104,9 @@ def serve(service: Annotated[Service, typer.Argument(help="which service to run"
 def run(
     kafka_port: Annotated[int, typer.Option(
         envvar="ANTING_RUN_KAFKA_PORT", help="port of the local broker (when KAFKA_BOOTSTRAP_SERVERS is unset)")] = 9092,
+    brokers: Annotated[int, typer.Option(
+        min=1, envvar="ANTING_RUN_BROKERS",
+        help="local Kafka nodes; above 1 a replicated cluster on the port and the next ones")] = 1,
     prometheus: Annotated[bool, typer.Option(
         "--prometheus/--no-prometheus", envvar="ANTING_RUN_PROMETHEUS",
         help="start Prometheus when its binary is on PATH")] = True,
@@ -122,7 +125,7 @@ def run(
         _without_devtools(exc, "run")
 
     opts = stack.Options(
-        kafka_port=kafka_port, prometheus=prometheus, prometheus_port=prometheus_port,
+        kafka_port=kafka_port, brokers=brokers, prometheus=prometheus, prometheus_port=prometheus_port,
         scrape_interval=scrape_interval,
     )
     if seed is not None:
@@ -216,10 +219,17 @@ def kafka(
     fetch_only: Annotated[
         bool, typer.Option("--fetch-only", help="resolve the broker's jars with Maven, then exit")
     ] = False,
+    brokers: Annotated[int, typer.Option(
+        min=1, help="nodes (broker and controller each); listeners on --port, --port + 1, ...")] = 1,
 ) -> None:
-    """Run a local single-node Kafka broker (KRaft, jars from Maven Central) until Ctrl-C."""
+    """Run a local Kafka broker, or a cluster of --brokers nodes (KRaft, jars from Maven Central), until Ctrl-C."""
     try:
-        from devtools.localkafka import LocalKafkaError, fetch_jars, serve_forever
+        from devtools.localkafka import (
+            LocalKafkaError,
+            fetch_jars,
+            serve_cluster_forever,
+            serve_forever,
+        )
     except ModuleNotFoundError as exc:
         _without_devtools(exc, "kafka")
 
@@ -227,7 +237,10 @@ def kafka(
         if fetch_only:
             console.print(f"Kafka jars ready in {fetch_jars()}")
             return
-        serve_forever(port, data_dir)
+        if brokers > 1:
+            serve_cluster_forever(brokers, port, data_dir)
+        else:
+            serve_forever(port, data_dir)
     except LocalKafkaError as exc:
         _error(exc)
         raise typer.Exit(2) from None
