@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from bench import baselines, e2e, payload, peers, report, stages
+from bench import baselines, e2e, payload, peers, report, stages, tracing
 from bench.harness import (
     LOADS,
     MARKDOWN_PATH,
@@ -137,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
                 Step("notify.match", [f"notify.match.events_per_s@{n}_subscriptions" for n in (1, 1000, 10000)]
                      + ["rss_mb.notify@10000_subscriptions"], ("notify",),
                      lambda: stages.notify_match(bootstrap, sizes, results, scratch, receiver)),
+                # tracing off and on, paired, per stage; not in quick mode, whose whole run
+                # must fit the suite's time (run it alone with `--only tracing`)
+                *([] if args.quick else [Step(
+                    "tracing", [f"tracing.{s}.on_over_off" for s in SERVICES], SERVICES,
+                    lambda: tracing.measure(bootstrap, sizes, results, scratch, receiver))]),
                 Step("e2e", [*(f"e2e.latency.{p}_ms@{load}" for load in LOADS
                                for p in ("p50", "p99", "p999")),
                              *(f"rss_mb.{s}" for s in SERVICES)], SERVICES,
