@@ -224,13 +224,14 @@ def start_send(t: Tracer, topic: str, headers: Headers, *, parent: Span | None =
     """A PRODUCER span ``send <topic>`` for one record, a child of ``parent`` (else of the
     current span), whose context is written into ``headers`` (:func:`inject`); a
     ``traceparent`` the headers held already from another trace (a CloudEvent's own
-    distributed-tracing extension) becomes a link. End it with :func:`end_on_ack`."""
+    distributed-tracing extension) becomes a link, when there is no ``parent`` (with one,
+    the headers came with the parent's record: its own trace). End it with
+    :func:`end_on_ack`."""
     context = trace.set_span_in_context(parent) if parent is not None else None
     links = None
-    before = trace.get_current_span(extract(headers)).get_span_context()
-    if before.is_valid:
-        current = (parent or trace.get_current_span()).get_span_context()
-        if before.trace_id != current.trace_id:
+    if parent is None:
+        before = trace.get_current_span(extract(headers)).get_span_context()
+        if before.is_valid and before.trace_id != trace.get_current_span().get_span_context().trace_id:
             links = [Link(before)]
     span = t.start_span(f"send {topic}", context, SpanKind.PRODUCER, attributes={
         "messaging.system": "kafka",
