@@ -312,7 +312,12 @@ class LocalKafka:
 
     def launch(self, argv: list[str]) -> None:
         """Start the JVM ``argv`` (from ``prepare``) as our child, its output appended to
-        ``stdout.log``, its PID in ``pid_file``; returns at once."""
+        ``stdout.log``, its PID in ``pid_file``; returns at once.
+
+        Call it from a thread that lives as long as the broker should (the main thread):
+        Linux sends the parent-death signal when the *thread* that forked the child ends
+        (prctl(2), PR_SET_PDEATHSIG), so a broker started from a worker thread of
+        ``asyncio.to_thread`` is SIGTERMed when that worker exits."""
         with open(self.data_dir / "stdout.log", "ab") as out:
             self.proc = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -465,6 +470,12 @@ class LocalCluster:
         """Every node's listener, ``127.0.0.1:9092,127.0.0.1:9093,...``: a client reaches
         the cluster while any one of them is up."""
         return ",".join(n.bootstrap for n in self.nodes)
+
+    @property
+    def live_bootstrap(self) -> str:
+        """The listeners of the nodes whose JVM runs now (a client asked only there gets
+        an answer, not a refused connection, while a node is down)."""
+        return ",".join(n.bootstrap for n in self.nodes if n.proc is not None and n.proc.poll() is None)
 
     def node(self, node_id: int) -> LocalKafka:
         """The node with this id (from 1); ``IndexError`` for another."""

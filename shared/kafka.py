@@ -16,6 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
@@ -137,39 +138,169 @@ def make_admin(settings: AntingSettings, **overrides: object) -> AIOKafkaAdminCl
     return AIOKafkaAdminClient(**settings.kafka.client_options(), **overrides)
 
 
+class TopicMismatchError(RuntimeError):
+    """Topics exist whose partitions or replication differ from the contract and cannot be
+    fixed from here; ``problems`` has one line per topic, naming it, what it has, what the
+    contract wants and how to fix it."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("topics differ from the contract (shared/topics.py):\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+#: Kafka's internal topics: created by the brokers (offsets.topic.replication.factor,
+#: transaction.state.log.*), so checked and reported, never created or changed here.
+INTERNAL_TOPICS = ("__consumer_offsets", "__transaction_state")
+_DYNAMIC_TOPIC_CONFIG = 1  # DescribeConfigs' config_source of a topic's own override
+
+
+def contract_replication(brokers: int) -> tuple[int, int | None]:
+    """(replication factor, min.insync.replicas or ``None`` for the broker's default) the
+    contract wants on a cluster of ``brokers``: RF = min(3, brokers), and two in-sync
+    replicas when RF is 3, so that an acknowledged write outlives any one broker while
+    one broker may be down and writes go on (Kafka's documented production setting)."""
+    rf = max(1, min(3, brokers))
+    return rf, (2 if rf == 3 else None)
+
+
 async def ensure_topics(
-    settings: AntingSettings, topics: Iterable[Topic] = ALL_TOPICS, replication: int = 1
+    settings: AntingSettings, topics: Iterable[Topic] = ALL_TOPICS, replication: int | None = None,
+    *, ready_timeout: float = 30.0,
 ) -> list[str]:
-    """Create the registered topics that do not exist yet; returns the names created."""
+    """Create the registered topics that do not exist yet, check the ones that do, and
+    wait until every partition of them has a leader and enough in-sync replicas to take
+    an ``acks=all`` write (at most ``ready_timeout`` seconds; then it goes on, logging
+    which partitions lack them). Returns the names created.
+
+    The replication factor is ``replication`` when given, else ``contract_replication``
+    of the brokers the cluster reports; with RF 3, ``min.insync.replicas`` is 2. An
+    existing topic whose ``min.insync.replicas`` is lower is fixed (its other overrides
+    kept) and a warning says so; one whose partition count differs from the contract or
+    whose replication is below the wanted factor raises ``TopicMismatchError`` naming it
+    (moving replicas or repartitioning keys is an operator's decision, not a start-up's).
+    The internal offsets and transaction-state topics, when they exist, are reported the
+    same way (a warning: the brokers' configuration sets them).
+    """
+    topics = list(topics)
     admin = make_admin(settings)
     await admin.start()
     try:
+        brokers = len((await admin.describe_cluster()).get("brokers", [])) or 1
+        rf, min_isr = contract_replication(brokers)
+        if replication is not None:
+            rf, min_isr = replication, (2 if replication >= 3 else None)
+        by_name = {settings.topic(t): t for t in topics}
         existing = set(await admin.list_topics())
+
+        def config_of(t: Topic) -> dict[str, str]:
+            return {**t.topic_config(), **({"min.insync.replicas": str(min_isr)} if min_isr else {})}
+
         wanted = [
-            NewTopic(
-                name=settings.topic(t),
-                num_partitions=t.partitions,
-                replication_factor=replication,
-                topic_configs=t.topic_config(),
-            )
-            for t in topics
-            if settings.topic(t) not in existing
+            NewTopic(name=name, num_partitions=t.partitions, replication_factor=rf,
+                     topic_configs=config_of(t))
+            for name, t in by_name.items() if name not in existing
         ]
-        if not wanted:
-            return []
-        try:
-            await admin.create_topics(wanted)
-        except TopicAlreadyExistsError:
-            pass  # another instance created it first: the same end state
-        # topic metadata reaches every listener shortly after creation
-        for _ in range(50):
-            if {n.name for n in wanted} <= set(await admin.list_topics()):
-                break
-            await asyncio.sleep(0.1)
-        log.info("topics created", extra={"topics": [n.name for n in wanted]})
-        return [n.name for n in wanted]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass  # another instance created it first: checked below like any other
+            # topic metadata reaches every listener shortly after creation
+            for _ in range(50):
+                if {n.name for n in wanted} <= set(await admin.list_topics()):
+                    break
+                await asyncio.sleep(0.1)
+            log.info("topics created", extra={"topics": [n.name for n in wanted],
+                                              "replication_factor": rf, "min_insync_replicas": min_isr})
+        created = {n.name for n in wanted}
+        checked = [n for n in by_name if n not in created]
+        internal = [n for n in INTERNAL_TOPICS if n in existing]
+        described = {d["topic"]: d for d in await admin.describe_topics([*checked, *internal])} \
+            if checked or internal else {}
+        problems: list[str] = []
+        for name in internal:
+            have = _replication(described.get(name))
+            if have is not None and have < rf:
+                log.warning("an internal topic has fewer replicas than the cluster's topics: a broker's "
+                            "death can lose what it holds; set the brokers' "
+                            "offsets.topic.replication.factor / transaction.state.log.replication.factor",
+                            extra={"topic": name, "replication_factor": have, "wanted": rf})
+        for name in checked:
+            t, d = by_name[name], described.get(name)
+            if d is None or not d.get("partitions"):
+                continue  # not visible yet; the next start checks it
+            have_parts, have_rf = len(d["partitions"]), _replication(d) or 0
+            if have_parts != t.partitions:
+                problems.append(f"{name}: {have_parts} partitions, the contract has {t.partitions} "
+                                "(keys would land elsewhere; recreate it, or change the contract)")
+            if have_rf < rf:
+                problems.append(f"{name}: replication factor {have_rf}, wanted {rf} on {brokers} "
+                                "broker(s) (add replicas with kafka-reassign-partitions, or recreate it)")
+        if problems:
+            raise TopicMismatchError(problems)
+        if checked:
+            await _fix_min_insync(admin, [n for n in checked if (_replication(described.get(n)) or 0) >= 3])
+        await _until_writable(admin, list(by_name), ready_timeout)
+        return sorted(created, key=list(by_name).index)
     finally:
         await admin.close()
+
+
+def _replication(described: dict[str, Any] | None) -> int | None:
+    """The smallest replica count over a described topic's partitions (``None``: unknown)."""
+    if not described or not described.get("partitions"):
+        return None
+    return min(len(p["replicas"]) for p in described["partitions"])
+
+
+async def _fix_min_insync(admin: AIOKafkaAdminClient, names: list[str]) -> None:
+    """Raise ``min.insync.replicas`` to 2 on the topics (RF 3 or more) that require fewer,
+    keeping each topic's other overrides (AlterConfigs replaces the whole set)."""
+    if not names:
+        return
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, n, None) for n in names])
+    for response in responses:
+        for res in response.resources:
+            error_code, _, _, name, entries = res[:5]
+            if error_code:
+                log.warning("cannot read the topic's configuration", extra={"topic": name, "error_code": error_code})
+                continue
+            values = {e[0]: e[1] for e in entries}
+            if int(values.get("min.insync.replicas") or 1) >= 2:
+                continue
+            overrides = {e[0]: e[1] for e in entries if e[3] == _DYNAMIC_TOPIC_CONFIG and e[1] is not None}
+            overrides["min.insync.replicas"] = "2"
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, overrides)])
+            log.warning("topic fixed: min.insync.replicas raised to 2 (an acks=all write could be "
+                        "acknowledged by one replica alone)",
+                        extra={"topic": name, "was": values.get("min.insync.replicas")})
+
+
+async def _until_writable(admin: AIOKafkaAdminClient, names: list[str], timeout: float) -> None:
+    """Wait until every partition of the topics has a leader and as many in-sync
+    replicas as the contract's ``min.insync.replicas`` (2 with three replicas, else 1): right after creation (or a broker's restart)
+    the first ``acks=all`` writes fail with NOT_ENOUGH_REPLICAS or NOT_LEADER otherwise,
+    which the clients retry but log as warnings. After ``timeout`` seconds it logs the
+    partitions still short and returns (the clients' own retries take over)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    short: list[str] = []
+    while True:
+        short = []
+        for d in await admin.describe_topics(names):
+            for p in d.get("partitions") or []:
+                need = 2 if len(p["replicas"]) >= 3 else 1  # min.insync.replicas as created
+                if p["leader"] < 0 or len(p["isr"]) < need:
+                    short.append(f"{d['topic']}/{p['partition']}")
+            if not d.get("partitions"):
+                short.append(str(d.get("topic")))
+        if not short or loop.time() >= deadline:
+            break
+        await asyncio.sleep(0.2)
+    if short:
+        log.warning("partitions without a leader or enough in-sync replicas yet",
+                    extra={"partitions": short[:20], "count": len(short)})
 
 
 class RecordBatches:
@@ -272,8 +403,6 @@ async def max_message_bytes(settings: AntingSettings, topics: Iterable[str]) -> 
     A topic the broker does not describe (not created yet, not allowed) gets the producer's
     cap and a warning: Kafka's default topic limit is about the same (1 MiB + 12 bytes).
     """
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
     names = list(topics)
     limits = dict.fromkeys(names, PRODUCER_MAX_REQUEST_BYTES)
     admin = make_admin(settings)
@@ -295,7 +424,7 @@ async def max_message_bytes(settings: AntingSettings, topics: Iterable[str]) -> 
     return limits
 
 
-__all__ = ["PRODUCER_MAX_REQUEST_BYTES", "RECORD_OVERHEAD_BYTES", "SAFE_CONSUMER", "SAFE_PRODUCER",
-           "RecordBatches", "abandon_producer", "cluster_answers", "ensure_topics", "make_admin",
+__all__ = ["INTERNAL_TOPICS", "PRODUCER_MAX_REQUEST_BYTES", "RECORD_OVERHEAD_BYTES", "SAFE_CONSUMER", "SAFE_PRODUCER",
+           "RecordBatches", "TopicMismatchError", "abandon_producer", "cluster_answers", "contract_replication", "ensure_topics", "make_admin",
            "make_consumer", "make_producer", "max_message_bytes", "partition_by_key",
            "record_size", "wait_for_partitions"]

@@ -1,8 +1,10 @@
 """Every topic, named once, beside its value model, partitions and cleanup policy.
 
 Import the constants (``ANNOUNCEMENTS``, ...) everywhere else; ``settings.topic(T)``
-gives the full name under ``ANTING_TOPIC_PREFIX``. :func:`ensure_topics` creates
-them idempotently at start-up.
+gives the full name under ``ANTING_TOPIC_PREFIX``. ``shared.kafka.ensure_topics`` creates
+them idempotently at start-up, replicated min(3, brokers) ways with two in-sync replicas
+when three (the cluster's size is part of the contract only through that rule), and
+refuses, naming it, a topic whose partitions or replication differ from what is here.
 """
 
 from __future__ import annotations

@@ -109,12 +109,19 @@ async def test_an_acknowledged_write_survives_the_sigkill_of_its_leader(cluster:
     [moved] = await partitions(settings, topic)
     assert moved["leader"] not in (leader, -1)
 
-    await asyncio.to_thread(cluster.restart, leader)
+    async def fenced() -> bool:  # its session with the controller has expired
+        live = await cluster_brokers(cluster.live_bootstrap)
+        return bool(live) and leader not in live and \
+            leader not in (await partitions(settings, topic))[0]["isr"]
+
+    await until(fenced, 60, f"node {leader} fenced and out of the in-sync replicas")
+    cluster.restart(leader)  # in this thread: the JVM's parent-death signal follows the forking thread
 
     async def rejoined() -> bool:
         return leader in (await partitions(settings, topic))[0]["isr"]
 
     await until(rejoined, 90, f"node {leader} back in the in-sync replicas")
+    await asyncio.to_thread(cluster.wait_ready)
 
 
 def test_anting_kafka_brokers_3_restarts_a_node_that_dies(tmp_path: Path) -> None:
