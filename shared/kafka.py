@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,6 +27,66 @@ from shared.settings import AntingSettings
 from shared.topics import ALL_TOPICS, Topic
 
 log = logging.getLogger(__name__)
+
+# What aiokafka logs at warning or error while a cluster starts, a broker restarts, a
+# leader or coordinator moves: conditions its clients retry by themselves (Kafka's
+# retriable errors). A newcomer reads "error ... GroupCoordinatorNotAvailableError" as
+# broken, and a broker's restart otherwise floods every service with one line per
+# reconnect attempt (every 50 ms).
+_TRANSIENT = re.compile(
+    r"GroupCoordinatorNotAvailable|CoordinatorNotAvailable|CoordinatorLoadInProgress|NotCoordinator"
+    r"|NotEnoughReplicas|NotLeaderForPartition|NotLeaderOrFollower|LeaderNotAvailable"
+    r"|UnknownTopicOrPartition|NodeNotReady|KafkaConnectionError|RequestTimedOut"
+    r"|Connect call failed|Connection refused|Unable connect to|Unable to request metadata"
+    r"|is either not started or not valid|Marking the coordinator dead|marking coordinator dead"
+)
+_AIOKAFKA_LOGGERS = (
+    "aiokafka", "aiokafka.client", "aiokafka.conn", "aiokafka.cluster",
+    "aiokafka.consumer.consumer", "aiokafka.consumer.fetcher", "aiokafka.consumer.group_coordinator",
+    "aiokafka.producer.producer", "aiokafka.producer.sender", "aiokafka.admin.client",
+)
+
+
+class TransientKafkaLogs(logging.Filter):
+    """Logs a retriable Kafka condition (a coordinator or leader not there yet or moving,
+    not enough in-sync replicas yet, a broker unreachable while it restarts) at info, not
+    warning or error, and the same condition (its message with the numbers masked) once
+    per ``every`` seconds per logger; every other record passes untouched. Warnings and
+    errors then mean something is wrong: a condition that lasts shows up in what the
+    service itself logs (readiness, a failed publish, a stalled commit)."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        super().__init__()
+        self.every = every
+        self._last: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False to drop a repeat; true otherwise (a transient one lowered to info)."""
+        if record.levelno < logging.WARNING or record.levelno >= logging.CRITICAL:
+            return True
+        msg = record.getMessage()
+        if not _TRANSIENT.search(msg):
+            return True
+        key = (record.name, re.sub(r"\d+", "#", msg)[:120])
+        now = time.monotonic()
+        if now - self._last.get(key, -self.every) < self.every:
+            return False
+        self._last[key] = now
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_TRANSIENT_FILTER = TransientKafkaLogs()
+
+
+def quiet_transient_kafka_logs() -> None:
+    """Attach ``TransientKafkaLogs`` to aiokafka's loggers once (a logger's filters see
+    only the records logged on it, so each module's logger gets it). Every client made
+    here calls it; idempotent."""
+    for name in _AIOKAFKA_LOGGERS:
+        logger = logging.getLogger(name)
+        if _TRANSIENT_FILTER not in logger.filters:
+            logger.addFilter(_TRANSIENT_FILTER)
 
 @functools.lru_cache(maxsize=1 << 16)
 def _murmur2(key: bytes) -> int:
@@ -64,6 +126,7 @@ SAFE_CONSUMER: dict[str, Any] = {
 
 def make_producer(settings: AntingSettings, **overrides: object) -> AIOKafkaProducer:
     """An idempotent ``acks=all`` producer; pass ``transactional_id`` for transactions."""
+    quiet_transient_kafka_logs()
     return AIOKafkaProducer(**settings.kafka.client_options(), **{**SAFE_PRODUCER, **overrides})
 
 
@@ -71,6 +134,7 @@ def make_consumer(
     settings: AntingSettings, *topics: str, group_id: str | None, **overrides: object
 ) -> AIOKafkaConsumer:
     """A manual-commit, ``earliest``, ``read_committed`` consumer."""
+    quiet_transient_kafka_logs()
     return AIOKafkaConsumer(
         *topics,
         group_id=group_id,
@@ -135,6 +199,8 @@ async def wait_for_partitions(
 
 
 def make_admin(settings: AntingSettings, **overrides: object) -> AIOKafkaAdminClient:
+    """An admin client on the settings' cluster (connection and security options)."""
+    quiet_transient_kafka_logs()
     return AIOKafkaAdminClient(**settings.kafka.client_options(), **overrides)
 
 
@@ -179,7 +245,10 @@ async def ensure_topics(
     whose replication is below the wanted factor raises ``TopicMismatchError`` naming it
     (moving replicas or repartitioning keys is an operator's decision, not a start-up's).
     The internal offsets and transaction-state topics, when they exist, are reported the
-    same way (a warning: the brokers' configuration sets them).
+    same way (a warning: the brokers' configuration sets them). Before returning it asks
+    for a group and a transaction coordinator until both answer, which makes the brokers
+    create those internal topics, and waits for them like the others: a service's first
+    ``FindCoordinator`` then finds one instead of logging COORDINATOR_NOT_AVAILABLE.
     """
     topics = list(topics)
     admin = make_admin(settings)
@@ -240,7 +309,11 @@ async def ensure_topics(
             raise TopicMismatchError(problems)
         if checked:
             await _fix_min_insync(admin, [n for n in checked if (_replication(described.get(n)) or 0) >= 3])
-        await _until_writable(admin, list(by_name), ready_timeout)
+        await _until_coordinators(admin, ready_timeout)
+        # named only once they exist: asking a broker with auto.create.topics.enable for
+        # a missing topic's metadata creates it
+        now = set(await admin.list_topics())
+        await _until_writable(admin, [*by_name, *(n for n in INTERNAL_TOPICS if n in now)], ready_timeout)
         return sorted(created, key=list(by_name).index)
     finally:
         await admin.close()
@@ -275,6 +348,29 @@ async def _fix_min_insync(admin: AIOKafkaAdminClient, names: list[str]) -> None:
             log.warning("topic fixed: min.insync.replicas raised to 2 (an acks=all write could be "
                         "acknowledged by one replica alone)",
                         extra={"topic": name, "was": values.get("min.insync.replicas")})
+
+
+async def _until_coordinators(admin: AIOKafkaAdminClient, timeout: float) -> None:
+    """Ask for a group coordinator and a transaction coordinator, every 0.2 s while the
+    answer is a retriable error (COORDINATOR_NOT_AVAILABLE while the brokers create
+    ``__consumer_offsets`` / ``__transaction_state`` on the first request, as the Java
+    clients retry it), at most ``timeout`` seconds; then it logs which is missing and
+    returns. A cluster without transactions (no permission) is not waited for."""
+    from aiokafka.errors import KafkaError
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for kind, name in ((0, "anting-readiness-probe"), (1, "anting-readiness-probe")):
+        while True:
+            try:
+                await admin.find_coordinator(name, kind)
+                break
+            except KafkaError as exc:
+                if not getattr(exc, "retriable", False) or loop.time() >= deadline:
+                    log.info("no coordinator yet", extra={"kind": ("group", "transaction")[kind],
+                                                           "error": type(exc).__name__})
+                    break
+            await asyncio.sleep(0.2)
 
 
 async def _until_writable(admin: AIOKafkaAdminClient, names: list[str], timeout: float) -> None:
@@ -425,6 +521,6 @@ async def max_message_bytes(settings: AntingSettings, topics: Iterable[str]) -> 
 
 
 __all__ = ["INTERNAL_TOPICS", "PRODUCER_MAX_REQUEST_BYTES", "RECORD_OVERHEAD_BYTES", "SAFE_CONSUMER", "SAFE_PRODUCER",
-           "RecordBatches", "TopicMismatchError", "abandon_producer", "cluster_answers", "contract_replication", "ensure_topics", "make_admin",
-           "make_consumer", "make_producer", "max_message_bytes", "partition_by_key",
+           "RecordBatches", "TopicMismatchError", "TransientKafkaLogs", "abandon_producer", "cluster_answers", "contract_replication", "ensure_topics", "make_admin",
+           "make_consumer", "make_producer", "max_message_bytes", "partition_by_key", "quiet_transient_kafka_logs",
            "record_size", "wait_for_partitions"]
