@@ -1,6 +1,6 @@
-"""``anting serve insights``: the faust app (agents and table) and the API on
+"""``anting serve insights``: the route, the faust app (fold and table) and the API on
 ``ANTING_INSIGHTS_PORT`` in one process, until SIGTERM/SIGINT (graceful: the API stops,
-faust commits what it processed and leaves the group)."""
+the route and faust commit what they processed and leave their groups)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from services.insights.streams import Insights
 from shared import logs
 from shared.http import EmbeddedServer
 from shared.kafka import ensure_topics
+from shared.lag import LagMonitor
 from shared.runtime import run_service
 from shared.settings import load
 from shared.topics import ENRICHED_EVENTS, INSIGHTS_CHANGELOG, INSIGHTS_FACTS
@@ -32,6 +33,9 @@ async def serve(settings: InsightsSettings, stop: asyncio.Event) -> None:
         topics.append(INSIGHTS_CHANGELOG)
     await ensure_topics(settings, topics, replication=settings.replication_factor)
     insights = Insights(settings)
+    lag = LagMonitor(settings, {insights.route.group: [settings.topic(ENRICHED_EVENTS)],
+                                insights.app.conf.id: [settings.topic(INSIGHTS_FACTS)]})
+    lag.start()
     app = create_app(settings, insights)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, lifespan="off")
@@ -47,6 +51,7 @@ async def serve(settings: InsightsSettings, stop: asyncio.Event) -> None:
             await asyncio.wait_for(api, 10)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(insights.stop(), 30)
+        await lag.stop()
 
 
 def run() -> None:

@@ -1,14 +1,13 @@
-"""insights on faust-streaming: two agents and one table.
+"""insights on faust-streaming: the table, its fold, and who answers a key.
 
-- ``route`` reads ``enriched-events`` (read committed, see :class:`ReadCommittedTransport`)
-  and writes, per event, one fact per entity it names to ``insights-facts``, keyed by the
-  entity (:func:`services.insights.state.facts_of`): the repartition faust's
-  ``group_by`` does, written by hand so that each fact carries its event's position.
-- ``fold`` reads ``insights-facts`` in batches (``take_events``) and folds each fact into
-  the ``entities`` table (:class:`services.insights.state.Entity`), writing every entity a
-  batch touched once. The table is faust's: in memory, backed by the compacted changelog
-  ``<app id>-entities-changelog``, restored from it when partitions are assigned (on
-  start, after a crash, on a rebalance) before the agents run again.
+- :class:`services.insights.route.Route` writes, per ``enriched-events`` record, one fact
+  per entity it names to ``insights-facts``, keyed by the entity (a plain aiokafka loop:
+  see its module for why it is not a faust agent).
+- ``fold``, a faust agent, reads ``insights-facts`` in batches (``take_events``) and folds
+  each fact into the ``entities`` table (:class:`services.insights.state.Entity`), writing
+  every entity a batch touched once. The table is faust's: in memory, backed by the
+  compacted changelog ``<app id>-entities-changelog``, restored from it when partitions
+  are assigned (on start, after a crash, on a rebalance) before the agent runs again.
 
 faust is at-least-once here (its exactly-once lost and duplicated records under SIGKILL:
 ``tests/enrich/faust_eos_probe.py``); updates are made idempotent instead, by the replay
@@ -22,69 +21,27 @@ as ``@app.table_route`` does; Kafka Streams calls these *interactive queries*.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import os
+import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import faust
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
-from faust.types import StreamT
-from pydantic import ValidationError
 
+from services.insights.route import Route
 from services.insights.settings import InsightsSettings
-from services.insights.state import Entity, Fact, facts_of
-from shared.deadletters import dead_letter, fit
-from shared.events import NotACloudEvent, parse_enriched, record_event_bytes
-from shared.kafka import PRODUCER_MAX_REQUEST_BYTES
+from services.insights.state import Entity, Fact
 from shared.metrics import INSIGHTS_ENTITIES, INSIGHTS_FACTS, INSIGHTS_RECOVERY_SECONDS
-from shared.topics import DEAD_LETTERS, ENRICHED_EVENTS
 from shared.topics import INSIGHTS_FACTS as FACTS_TOPIC
 
-__all__ = ["TABLE", "Insights", "InsightsApp", "ReadCommittedTransport"]
+__all__ = ["TABLE", "Insights"]
 
 log = logging.getLogger(__name__)
 
 TABLE = "entities"
-
-
-class _ReadCommittedThread(AIOKafkaConsumerThread):
-    """faust's consumer thread with a ``read_committed`` consumer."""
-
-    logger = logging.getLogger("faust.transport.drivers.aiokafka")
-
-    def _create_worker_consumer(self, transport: Any) -> Any:  # Any: faust's own signature
-        consumer = super()._create_worker_consumer(transport)
-        # faust reads committed only under its exactly-once guarantee; enrich writes
-        # enriched-events in transactions, and an aborted one must not be counted.
-        # aiokafka keeps the level as given until start() builds the fetcher.
-        consumer._isolation_level = "read_committed"
-        return consumer
-
-
-class _ReadCommittedConsumer(Consumer):
-    logger = logging.getLogger("faust.transport.drivers.aiokafka")
-
-    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
-        return _ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class ReadCommittedTransport(Transport):
-    """faust's aiokafka transport whose consumer reads ``read_committed`` under the
-    at-least-once guarantee too (faust sets it only for ``exactly_once``)."""
-
-    Consumer = _ReadCommittedConsumer
-
-
-class InsightsApp(faust.App):
-    """A faust app on :class:`ReadCommittedTransport`."""
-
-    logger = logging.getLogger("faust.app.base")
-
-    def _new_transport(self) -> Any:
-        return ReadCommittedTransport(self.conf.broker_consumer, self)
 
 
 def _credentials(settings: InsightsSettings) -> Any:
@@ -98,13 +55,6 @@ def _credentials(settings: InsightsSettings) -> Any:
     return faust.SSLCredentials(ssl)
 
 
-def _headers(headers: Mapping[str, bytes] | Sequence[tuple[str, bytes | None]] | None
-             ) -> list[tuple[str, bytes | None]]:
-    if isinstance(headers, Mapping):
-        return list(headers.items())
-    return list(headers or ())
-
-
 class Insights:
     """The faust app, its topics, table and agents, for one instance. :meth:`start` joins
     the group (recovering the table partitions it is given), :meth:`stop` leaves it.
@@ -114,9 +64,11 @@ class Insights:
     def __init__(self, settings: InsightsSettings) -> None:
         self.settings = settings
         self.url = settings.url()
-        datadir = settings.data_dir or os.path.join(
-            tempfile.gettempdir(), f"anting-insights-{settings.port}-{os.getpid()}")
-        self.app = InsightsApp(
+        # faust's working directory holds nothing durable here (the table is in memory and
+        # in its changelog): a throwaway one unless configured, removed on stop
+        self._scratch = None if settings.data_dir else tempfile.mkdtemp(prefix="anting-insights-")
+        datadir = settings.data_dir or self._scratch
+        self.app = faust.App(
             settings.topic_prefix + settings.group,
             broker=[f"kafka://{hp.strip()}" for hp in settings.kafka.bootstrap_servers.split(",")],
             broker_credentials=_credentials(settings),
@@ -135,38 +87,17 @@ class Insights:
         )
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                                "key_serializer": "raw", "value_serializer": "raw"}
-        self.enriched = self.app.topic(settings.topic(ENRICHED_EVENTS), **raw)
         self.facts = self.app.topic(settings.topic(FACTS_TOPIC), partitions=settings.partitions, **raw)
-        # a record insights cannot read goes to dead-letters, as at every stage
-        self.dead_letters = self.app.topic(settings.topic(DEAD_LETTERS), **raw)
         self.table = self.app.Table(TABLE, default=None, key_type=bytes, value_type=bytes,
                                     partitions=settings.partitions, use_partitioner=True)
-        self.app.agent(self.enriched, name="route")(self._route)
         self.app.agent(self.facts, name="fold")(self._fold)
+        self.route = Route(settings)
+        self._stop_routing = asyncio.Event()
+        self._routing: asyncio.Task[None] | None = None
         self.started_at = 0.0
         self.recovered_after: float | None = None
 
     # --- the agents --------------------------------------------------------------
-
-    async def _route(self, stream: StreamT[bytes]) -> None:
-        """enriched-events → one fact per entity on insights-facts, keyed by the entity."""
-        async for event in stream.events():
-            msg = event.message
-            try:
-                ev = parse_enriched(record_event_bytes(msg.value, _headers(msg.headers)))
-            except (ValidationError, NotACloudEvent) as exc:
-                INSIGHTS_FACTS.labels("unreadable").inc()
-                log.warning("unreadable enriched event dead-lettered", extra={
-                    "partition": msg.partition, "offset": msg.offset, "error": str(exc)[:200]})
-                letter = fit(dead_letter(stage="insights", error=exc, key=msg.key, value=msg.value,
-                                         headers=_headers(msg.headers), topic=msg.topic,
-                                         partition=msg.partition, offset=msg.offset),
-                             PRODUCER_MAX_REQUEST_BYTES)
-                await self.dead_letters.send(key=letter.key, value=letter.value,
-                                             headers=[(k, v or b"") for k, v in letter.headers])
-                continue
-            for fact in facts_of(ev, msg.partition, msg.offset, round(msg.timestamp * 1000)):
-                await self.facts.send(key=fact.key.encode(), value=fact.to_json())
 
     async def _fold(self, stream: Any) -> None:  # Any: faust.StreamT does not declare take_events
         """insights-facts → the table, a batch at a time: each entity touched is read
@@ -195,20 +126,30 @@ class Insights:
     # --- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Join the group; the table recovers in the background (see :meth:`recovered`)."""
+        """Join the groups (the faust app's and the route's); the table recovers in the
+        background (see :meth:`recovered`)."""
         self.started_at = time.monotonic()
         self.app.finalize()
         await self.app.start()
+        self._routing = asyncio.create_task(self.route.run(self._stop_routing), name="insights route")
 
     async def stop(self) -> None:
-        """Leave the group (faust commits what was processed)."""
+        """Leave the groups (the route and faust commit what they processed)."""
+        self._stop_routing.set()
+        if self._routing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._routing, 15)
         await self.app.stop()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     def recovered(self) -> bool:
-        """Whether the table's partitions are restored from the changelog and the agents
-        run: faust's recovery completed and no rebalance in progress."""
+        """Whether the table's partitions are restored from the changelog and the fold and
+        the route run: faust's recovery completed, no rebalance in progress, the route's
+        consumer started."""
         tables: Any = self.app.tables
-        done = bool(tables.recovery.completed.is_set()) and not self.app.rebalancing
+        done = (bool(tables.recovery.completed.is_set()) and not self.app.rebalancing
+                and self.route.running)
         if done and self.recovered_after is None:
             self.recovered_after = time.monotonic() - self.started_at
             INSIGHTS_RECOVERY_SECONDS.set(self.recovered_after)

@@ -34,12 +34,6 @@ def _events(n: int) -> list[dict[str, object]]:
             for i in range(n)]
 
 
-# Known failure, not yet understood: in some runs (one in three, here) insights answers
-# 244-249 events for an organization where a plain reader of enriched-events counts 188
-# distinct ones, while enriched-events itself holds every event once (600 records, 600
-# distinct (source, id)): a fact is applied twice after a kill. Reported as xfail, and as
-# XPASS when it holds, until the cause is found.
-@pytest.mark.xfail(reason="insights applies some facts twice after a kill in some runs; cause not found yet", strict=False)
 async def test_insights_exact_after_kills(topics: AntingSettings, tmp_path: Path) -> None:
     await load_catalog(topics)
     enrich = ServiceProcess("enrich", topics, tmp_path / "enrich.log").start()

@@ -1,0 +1,121 @@
+"""insights' first step: ``enriched-events`` → ``insights-facts``, one fact per entity an
+event names, keyed by the entity (:func:`services.insights.state.facts_of`). It is the
+repartition faust's ``group_by`` or Kafka Streams' ``selectKey`` + ``repartition`` does,
+so that the table (:mod:`services.insights.streams`) sees every fact of an entity on one
+partition; each fact carries its event's position, which makes the fold idempotent.
+
+Why a plain aiokafka consumer and not a faust agent: the fold's replay guard needs the
+facts of one ``enriched-events`` partition to reach the topic in offset order, gaps only
+ever filled by a replay from the committed offset. A faust agent on ``enriched-events``
+broke that. On a start whose table recovery took a few seconds, faust handed the agent
+records from the committed offset while the table recovered, then, on recovery, went on
+from its prefetch position 100 offsets further (faust's ``perform_seek`` did not move the
+fetcher back), and the skipped records came only with the next restart — after facts
+above them had been folded, so they counted as replays (in the kill test,
+``tests/insights/test_kill.py``, 8 runs of 20 lost facts: up to 78 of one organization's
+251). faust-streaming's tracker has the same class of bug since 2021 (#216, #221: events
+skipped or reordered around a rebalance). This loop is at least once and in order:
+poll, send every fact of the batch (one idempotent producer keeps each partition's
+order across retries), wait for the broker's acknowledgements, then commit the
+consumer's position. A crash replays from the committed offset; the fold recognises
+what it applied (``services.insights.state``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import CommitFailedError, KafkaError
+from pydantic import ValidationError
+
+from services.insights.settings import InsightsSettings
+from services.insights.state import facts_of
+from shared.deadletters import DeadLetterWriter, from_record
+from shared.events import NotACloudEvent, parse_enriched, record_event_bytes
+from shared.kafka import make_consumer, make_producer
+from shared.metrics import INSIGHTS_FACTS
+from shared.topics import ENRICHED_EVENTS
+from shared.topics import INSIGHTS_FACTS as FACTS_TOPIC
+
+__all__ = ["Route"]
+
+log = logging.getLogger(__name__)
+
+#: records taken per poll (one batch of facts is acknowledged before the commit)
+MAX_RECORDS = 2000
+#: seconds between attempts after the broker failed a batch
+RETRY_SECONDS = 1.0
+
+
+class Route:
+    """The consume → facts → produce loop of one insights instance, in the consumer group
+    ``<prefix><group>-route`` (apart from the faust app's group: the two read different
+    topics and rebalance apart). :meth:`run` until ``stop`` is set; :attr:`running`
+    while its consumer is in the group."""
+
+    def __init__(self, settings: InsightsSettings) -> None:
+        self.settings = settings
+        self.group = settings.topic_prefix + settings.group + "-route"
+        self.source = settings.topic(ENRICHED_EVENTS)
+        self.target = settings.topic(FACTS_TOPIC)
+        self.running = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Route until ``stop`` is set; a failed session (the broker went away, the group
+        moved on) is logged, closed and started again from the committed offsets."""
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+            except (KafkaError, OSError) as exc:
+                log.warning("insights route restarts after a Kafka error", extra={"error": repr(exc)[:300]})
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), RETRY_SECONDS)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        consumer = make_consumer(self.settings, self.source, group_id=self.group,
+                                 max_poll_records=MAX_RECORDS)
+        producer = make_producer(self.settings)
+        dead_letters = DeadLetterWriter(producer, self.settings)
+        try:
+            await producer.start()
+            await consumer.start()
+            self.running = True
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
+                if not batch:
+                    continue
+                acks: list[asyncio.Future[Any]] = []
+                for records in batch.values():
+                    for record in records:
+                        acks += await self._route(producer, dead_letters, record)
+                await asyncio.gather(*acks)
+                try:
+                    await consumer.commit()  # the positions: past every record of the batch
+                except CommitFailedError:
+                    # the partitions went to another member, which reads them again from
+                    # the last commit: facts it sends twice are replays to the fold
+                    log.info("insights route commit refused after a rebalance; the new owner replays")
+        finally:
+            self.running = False
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            with contextlib.suppress(Exception):
+                await producer.stop()
+
+    async def _route(self, producer: AIOKafkaProducer, dead_letters: DeadLetterWriter,
+                     record: ConsumerRecord[bytes, bytes]) -> list[asyncio.Future[Any]]:
+        """Send the facts of one record (or its dead letter); the delivery futures."""
+        try:
+            event = parse_enriched(record_event_bytes(record.value, list(record.headers or ())))
+        except (ValidationError, NotACloudEvent) as exc:
+            INSIGHTS_FACTS.labels("unreadable").inc()
+            log.warning("unreadable enriched event dead-lettered", extra={
+                "partition": record.partition, "offset": record.offset, "error": str(exc)[:200]})
+            return [await dead_letters.send(from_record(record, stage="insights", error=exc))]
+        return [await producer.send(self.target, key=fact.key.encode(), value=fact.to_json())
+                for fact in facts_of(event, record.partition, record.offset, record.timestamp)]
+
