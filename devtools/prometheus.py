@@ -46,11 +46,13 @@ def prometheus_config(out_dir: Path, targets: Mapping[str, str], scrape_interval
 
 def prometheus_argv(binary: str, config: Path, data_dir: Path, port: int) -> list[str]:
     """The command line of a Prometheus on 127.0.0.1:``port`` with this ``config``, its
-    TSDB in ``data_dir/tsdb`` kept two days, logging warnings and worse."""
+    TSDB in ``data_dir/tsdb`` kept two days, logging warnings and worse, storing exemplars."""
     return [
         binary, f"--config.file={config}", f"--storage.tsdb.path={data_dir / 'tsdb'}",
         f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=2d",
         "--log.level=warn",
+        # the latency histograms carry trace ids as exemplars when tracing is on
+        "--enable-feature=exemplar-storage",
     ]
 
 

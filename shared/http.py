@@ -305,8 +305,8 @@ def health_router(ready: Callable[[], Awaitable[tuple[bool, str]]]) -> APIRouter
                             status_code=200 if ok else 503)
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    async def metrics() -> Response:
-        body, ctype = render()
+    async def metrics(request: Request) -> Response:
+        body, ctype = render(accept=request.headers.get("accept"))
         return Response(body, media_type=ctype)
 
     return router

@@ -15,6 +15,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.exposition import choose_encoder
 
 # latencies from sub-millisecond (one event in a stage) to minutes (retries)
 LATENCY_BUCKETS = (
@@ -86,8 +87,15 @@ HTTP_REQUEST_SECONDS = Histogram(
 )
 
 
-def render(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
-    """The exposition text and its content type, for a ``/metrics`` handler."""
+def render(registry: CollectorRegistry = REGISTRY, accept: str | None = None) -> tuple[bytes, str]:
+    """The exposition and its content type for a ``/metrics`` handler, in the format the
+    scraper's ``Accept`` header asks for (prometheus-client's ``choose_encoder``):
+    OpenMetrics 1.0 for Prometheus (which asks for it first) — the only format that
+    carries exemplars, the trace ids tracing attaches to the latency histograms — else
+    the classic text format 0.0.4 (curl, older scrapers)."""
+    if accept and "application/openmetrics-text" in accept:
+        encoder, content_type = choose_encoder(accept)
+        return encoder(registry), content_type
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 

@@ -105,6 +105,16 @@ async def test_one_posted_event_is_one_trace_across_the_three_services(
         await wait_until(lambda: bool(server_spans()) and bool(client_spans(server_spans()[0].trace_id)),
                          timeout=30, what="the trace's first and last spans at the OTLP receiver")
         await asyncio.sleep(0.5)  # any span still on its way
+        # what Prometheus scrapes: OpenMetrics when asked for (exemplars), else the classic text
+        scraped: dict[str, tuple[str, str]] = {}
+        classic: dict[str, tuple[str, str]] = {}
+        async with httpx.AsyncClient(timeout=10) as client:
+            for name in ("enrich", "notify"):
+                r = await client.get(f"http://127.0.0.1:{ports[name]}/metrics", headers={
+                    "accept": "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5"})
+                scraped[name] = (r.headers["content-type"], r.text)
+                r = await client.get(f"http://127.0.0.1:{ports[name]}/metrics")
+                classic[name] = (r.headers["content-type"], r.text)
     finally:
         for s in services:
             s.terminate()
@@ -151,3 +161,13 @@ async def test_one_posted_event_is_one_trace_across_the_three_services(
     headers = {k.lower(): v for k, v in delivery.headers.items()}
     version, trace_id, parent_id, _flags = headers["traceparent"].split("-")
     assert (version, trace_id, parent_id) == ("00", server.trace_id, post.span_id)
+
+    # the latency histograms carry the trace as an OpenMetrics exemplar (Prometheus links
+    # a slow bucket to the trace with --enable-feature=exemplar-storage)
+    for name, (ctype, text) in scraped.items():
+        assert ctype.startswith("application/openmetrics-text"), ctype
+        assert text.rstrip().endswith("# EOF")
+        assert f'trace_id="{server.trace_id}"' in text, f"{name}: no exemplar of the trace"
+    for name, (ctype, text) in classic.items():
+        assert ctype.startswith("text/plain"), ctype
+        assert "trace_id=" not in text, f"{name}: the classic format has no exemplars"
