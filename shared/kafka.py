@@ -37,7 +37,7 @@ _TRANSIENT = re.compile(
     r"GroupCoordinatorNotAvailable|CoordinatorNotAvailable|CoordinatorLoadInProgress|NotCoordinator"
     r"|NotEnoughReplicas|NotLeaderForPartition|NotLeaderOrFollower|LeaderNotAvailable"
     r"|UnknownTopicOrPartition|NodeNotReady|KafkaConnectionError|RequestTimedOut"
-    r"|Connect call failed|Connection refused|Unable connect to|Unable to request metadata"
+    r"|Connect call failed|Connection refused|Unable connect to|Unable to (?:request|update) metadata"
     r"|is either not started or not valid|Marking the coordinator dead|marking coordinator dead"
 )
 _AIOKAFKA_LOGGERS = (
@@ -230,6 +230,31 @@ def contract_replication(brokers: int) -> tuple[int, int | None]:
 
 
 async def ensure_topics(
+    settings: AntingSettings, topics: Iterable[Topic] = ALL_TOPICS, replication: int | None = None,
+    *, ready_timeout: float = 30.0, retry_for: float = 60.0,
+) -> list[str]:
+    """``ensure_topics_once``, again (a new admin client, after a second) while it fails
+    with a retriable error, for up to ``retry_for`` seconds: a broker restarting while a
+    service starts (the admin's chosen node not ready, a connection closed) must not make
+    the service exit. Raises the last error after that, and ``TopicMismatchError`` at once."""
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+
+    topics = list(topics)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + retry_for
+    while True:
+        try:
+            return await ensure_topics_once(settings, topics, replication, ready_timeout=ready_timeout)
+        except (KafkaError, OSError) as exc:
+            retriable = isinstance(exc, (KafkaConnectionError, OSError)) or getattr(exc, "retriable", False)
+            if not retriable or loop.time() >= deadline:
+                raise
+            log.info("the cluster did not answer the topic check; retrying",
+                     extra={"error": f"{type(exc).__name__}: {exc}"})
+            await asyncio.sleep(1.0)
+
+
+async def ensure_topics_once(
     settings: AntingSettings, topics: Iterable[Topic] = ALL_TOPICS, replication: int | None = None,
     *, ready_timeout: float = 30.0,
 ) -> list[str]:
@@ -521,6 +546,6 @@ async def max_message_bytes(settings: AntingSettings, topics: Iterable[str]) -> 
 
 
 __all__ = ["INTERNAL_TOPICS", "PRODUCER_MAX_REQUEST_BYTES", "RECORD_OVERHEAD_BYTES", "SAFE_CONSUMER", "SAFE_PRODUCER",
-           "RecordBatches", "TopicMismatchError", "TransientKafkaLogs", "abandon_producer", "cluster_answers", "contract_replication", "ensure_topics", "make_admin",
+           "RecordBatches", "TopicMismatchError", "TransientKafkaLogs", "abandon_producer", "cluster_answers", "contract_replication", "ensure_topics", "ensure_topics_once", "make_admin",
            "make_consumer", "make_producer", "max_message_bytes", "partition_by_key", "quiet_transient_kafka_logs",
            "record_size", "wait_for_partitions"]
