@@ -32,9 +32,12 @@ def quix_worker() -> None:
     from quixstreams import Application
 
     enrich = _transform()
+    # PEER_COMMIT_INTERVAL: seconds a transaction stays open (Quix's default is 5)
+    interval = float(os.environ.get("PEER_COMMIT_INTERVAL") or 5.0)
     app = Application(broker_address=os.environ["PEER_BOOTSTRAP"],
                       consumer_group=os.environ["PEER_GROUP"], auto_offset_reset="earliest",
-                      processing_guarantee="exactly-once", loglevel="WARNING")
+                      processing_guarantee="exactly-once", loglevel="WARNING",
+                      commit_interval=interval, state_dir=os.environ["PEER_STATE_DIR"])
     out = app.topic(os.environ["PEER_OUTPUT"], value_serializer="bytes", key_serializer="bytes")
     for name in os.environ["PEER_INPUTS"].split(","):
         sdf = app.dataframe(app.topic(name, value_deserializer="bytes", key_deserializer="bytes"))
@@ -48,7 +51,7 @@ def faust_worker() -> None:
     enrich = _transform()
     app = faust.App(os.environ["PEER_GROUP"], broker=f"kafka://{os.environ['PEER_BOOTSTRAP']}",
                     processing_guarantee="at_least_once", store="memory://", web_enabled=False,
-                    consumer_auto_offset_reset="earliest")
+                    consumer_auto_offset_reset="earliest", datadir=os.environ["PEER_STATE_DIR"])
     src = app.topic(*os.environ["PEER_INPUTS"].split(","), value_serializer="raw", key_serializer="raw")
     dst = app.topic(os.environ["PEER_OUTPUT"], value_serializer="raw", key_serializer="raw")
 
