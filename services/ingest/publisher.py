@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -129,21 +129,22 @@ class Publisher:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         producer: AIOKafkaProducer | None = None
+        futures: list[asyncio.Future[Any]] = []
         try:
             async with asyncio.timeout_at(deadline):
                 producer = await self._ensure()
-                if (tracer := tracing.tracer("ingest")) is None:
-                    futures = [
+                tracer = tracing.tracer("ingest")
+                for r in records:
+                    futures.append(
                         await producer.send(r.topic, r.value, key=r.key, headers=r.headers)
-                        for r in records
-                    ]
-                else:
-                    futures = [await self._send_traced(tracer, producer, r) for r in records]
+                        if tracer is None else await self._send_traced(tracer, producer, r))
         except TimeoutError as exc:
+            _settle_later(futures)
             if producer is not None:
                 self._discard(producer)
             raise BrokerUnavailable("the broker did not take the records in time") from exc
         except KafkaError as exc:
+            _settle_later(futures)
             if producer is not None:
                 self._discard(producer)
             raise BrokerUnavailable(f"the broker refused the records: {exc}") from exc
@@ -152,6 +153,7 @@ class Publisher:
         remaining = max(0.05, deadline - loop.time())
         _done, pending = await asyncio.wait(futures, timeout=remaining)
         if pending:
+            _settle_later(pending)
             self._discard(producer)
             raise BrokerUnavailable(
                 f"{len(pending)} of {len(futures)} records not acknowledged in time")
@@ -204,3 +206,11 @@ class Publisher:
                 log.warning("producer did not flush in time at shutdown")
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _settle_later(futures: Iterable[asyncio.Future[Any]]) -> None:
+    """Retrieve the outcome of delivery futures the request no longer waits for (it has
+    answered 503 already): the producer fails them later when its broker is gone, and
+    asyncio would log each as "Future exception was never retrieved"."""
+    for fut in futures:
+        fut.add_done_callback(lambda f: None if f.cancelled() else f.exception())

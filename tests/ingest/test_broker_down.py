@@ -68,3 +68,30 @@ async def test_503_within_5s_while_down_then_recovers(own_broker: LocalKafka, tm
     records = await read_topic(base, base.topic(ANNOUNCEMENTS), idle=2.0, timeout=30)
     ids = {httpx.Response(200, content=r.value).json()["id"] for r in records}
     assert {"ann-before", "ann-after"} <= ids
+
+
+async def test_deliveries_abandoned_by_a_503_are_settled_quietly() -> None:
+    """A request that answered 503 leaves delivery futures the producer fails later; their
+    errors are retrieved, so asyncio logs no "Future exception was never retrieved"."""
+    import gc
+
+    from services.ingest import publisher
+
+    loop = asyncio.get_running_loop()
+    seen: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: seen.append(str(ctx.get("message"))))
+    try:
+        settled, unsettled = loop.create_future(), loop.create_future()
+        publisher._settle_later([settled])
+        for fut in (settled, unsettled):
+            fut.set_exception(ConnectionError("broker gone"))
+        await asyncio.sleep(0)  # the done callbacks run
+        del settled, fut
+        gc.collect()
+        assert seen == []
+        del unsettled  # the control: an unretrieved failure is reported
+        gc.collect()
+        assert seen == ["Future exception was never retrieved"]
+    finally:
+        loop.set_exception_handler(previous)
