@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                      lambda: stages.enrich(bootstrap, sizes, results, scratch, "at_least_once")),
                 Step("enrich.eos", ["enrich.eos.events_per_s"], ("enrich",),
                      lambda: stages.enrich(bootstrap, sizes, results, scratch, "exactly_once")),
-                Step("peers.quix", ["peer.quix.eos.events_per_s", "peer.quix.eos_5s.events_per_s"], ("enrich",),
+                Step("peers.quix", ["peer.quix.eos.events_per_s"], ("enrich",),
                      lambda: peers.quix(bootstrap, sizes, results, scratch)),
                 Step("peers.kafka_copier", ["peer.kafka_copier.eos.records_per_s"], ("enrich",),
                      lambda: peers.kafka_copier(bootstrap, sizes, results, scratch)),
