@@ -13,7 +13,7 @@ an enriched record carries the same pair, so outputs are matched to inputs by it
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 __all__ = ["Delivery", "EventId", "Input", "Output", "Report", "check", "check_deliveries"]
@@ -68,7 +68,9 @@ class Report:
     - ``unseen``: acknowledged inputs that no reader of the input topic found (the write
       itself is gone, before the pipeline);
     - ``undelivered`` / ``webhook_id_changed``: for notify, (event, subscription) pairs never
-      delivered, and repeats whose ``webhook-id`` differs from the first attempt's.
+      delivered, and deliveries whose ``webhook-id`` differs from the first attempt's (or
+      from the one the pair must have, when known); ``pairs`` and ``deliveries`` count what
+      was wanted and what arrived (repeats included).
     """
 
     inputs: int = 0
@@ -80,6 +82,8 @@ class Report:
     unseen: list[EventId] = field(default_factory=list)
     undelivered: list[tuple[EventId, str]] = field(default_factory=list)
     webhook_id_changed: list[Delivery] = field(default_factory=list)
+    pairs: int = 0
+    deliveries: int = 0
 
     @property
     def ok(self) -> bool:
@@ -94,6 +98,7 @@ class Report:
             "duplicated": sum(self.duplicated.values()), "aborted-read": len(self.aborted_reads),
             "order": len(self.order), "unseen": len(self.unseen),
             "undelivered": len(self.undelivered), "webhook-id-changed": len(self.webhook_id_changed),
+            "pairs": self.pairs, "deliveries": self.deliveries,
         }
 
     def summary(self) -> str:
@@ -132,35 +137,52 @@ def check(inputs: Iterable[Input], final: Iterable[Output], concurrent: Iterable
     at = {(o.partition, o.offset): o for o in outs}
     report.aborted_reads = [c for c in concurrent if at.get((c.partition, c.offset)) != c]
 
-    position = {i.event: (i.partition, i.offset) for i in wanted if i.offset is not None}
+    # an event written twice (a client retrying after a timeout) has two input positions:
+    # its first output copy answers the first, the second the second
+    positions: dict[EventId, list[tuple[int, int]]] = defaultdict(list)
+    for i in wanted:
+        if i.partition is not None and i.offset is not None:
+            positions[i.event].append((i.partition, i.offset))
+    for copies in positions.values():
+        copies.sort(key=lambda p: p[1])
     by_key: dict[tuple[bytes, int], list[Output]] = defaultdict(list)
     for o in sorted(outs, key=lambda o: (o.partition, o.offset)):
         by_key[(o.key, o.partition)].append(o)
+    nth: Counter[EventId] = Counter()
     for (key, _), seq in by_key.items():
-        last: Output | None = None
+        last: tuple[EventId, tuple[int, int]] | None = None
         for o in seq:
-            pos = position.get(o.event)
-            if pos is None:
+            copies = positions.get(o.event, [])
+            k = nth[o.event]
+            nth[o.event] += 1
+            if not copies:
                 continue
-            if last is not None:
-                prev = position[last.event]
-                if prev[0] == pos[0] and prev[1] is not None and pos[1] is not None and pos[1] < prev[1]:
-                    report.order.append((key, last.event, o.event))
-            last = o
+            pos = copies[min(k, len(copies) - 1)]
+            if last is not None and last[1][0] == pos[0] and pos[1] < last[1][1]:
+                report.order.append((key, last[0], o.event))
+            last = (o.event, pos)
     return report
 
 
 def check_deliveries(report: Report, wanted: Iterable[tuple[EventId, str]],
-                     deliveries: Iterable[Delivery]) -> Report:
+                     deliveries: Iterable[Delivery],
+                     expected: Callable[[EventId, str], str] | None = None) -> Report:
     """Add notify's findings to ``report``: every wanted (event, subscription) pair must have
     been delivered at least once, and every repeat of a pair must carry the ``webhook-id``
-    of its first delivery (so the receiver can drop it). Returns ``report``."""
+    of its first delivery (so the receiver can drop it). With ``expected`` (the
+    ``webhook-id`` a pair must have), a first delivery under another one is reported too.
+    Returns ``report``."""
     first: dict[tuple[EventId, str], str] = {}
+    pairs = set(wanted)
     for d in deliveries:
+        report.deliveries += 1
         pair = (d.event, d.subscription)
         if pair not in first:
             first[pair] = d.webhook_id
+            if expected is not None and d.webhook_id != expected(d.event, d.subscription):
+                report.webhook_id_changed.append(d)
         elif first[pair] != d.webhook_id:
             report.webhook_id_changed.append(d)
-    report.undelivered = sorted(p for p in set(wanted) if p not in first)
+    report.pairs = len(pairs)
+    report.undelivered = sorted(p for p in pairs if p not in first)
     return report

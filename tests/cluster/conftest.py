@@ -31,10 +31,12 @@ def consecutive_free_ports(n: int, start: int = 30000, stop: int = 32000) -> int
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
-    """Three combined broker+controller nodes on free ports, data in a temporary
-    directory; stopped (and the directory removed) after the session."""
+    """Three combined broker+controller nodes, client listeners on consecutive free ports
+    of 19300-19399 (kept apart from the ports other local brokers use), data in a
+    temporary directory; stopped (and the directory removed) after the session."""
+    first = consecutive_free_ports(3, 19300, 19400)
     try:
-        c = LocalCluster(3, heap="384m").start()
+        c = LocalCluster(3, ports=[first, first + 1, first + 2], heap="384m").start()
     except LocalKafkaError as exc:
         raise NoBrokerError(str(exc)) from exc
     try:

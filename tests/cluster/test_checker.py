@@ -88,3 +88,28 @@ def test_undelivered_and_a_changed_webhook_id() -> None:
     assert report.undelivered == [(ev(2), "s1")]
     assert report.webhook_id_changed == [Delivery(ev(1), "s1", "msg_c")]
     assert "undelivered 1" in report.summary() and "webhook-id-changed 1" in report.summary()
+    assert report.pairs == 3 and report.deliveries == 4
+
+
+def test_a_first_delivery_under_the_wrong_webhook_id() -> None:
+    """With the webhook-id each pair must carry, a first delivery under another one is
+    reported even when its repeats agree with it."""
+    ins, outs = clean()
+    deliveries = [Delivery(ev(0), "s1", "msg_s1_e0"), Delivery(ev(1), "s1", "msg_wrong"),
+                  Delivery(ev(1), "s1", "msg_wrong")]
+    report = check_deliveries(check(ins, outs), [(ev(0), "s1"), (ev(1), "s1")], deliveries,
+                              expected=lambda event, sub: f"msg_{sub}_{event[1]}")
+    assert report.webhook_id_changed == [Delivery(ev(1), "s1", "msg_wrong")]
+    assert not report.undelivered and not report.ok
+
+
+def test_an_event_written_twice_keeps_its_order_by_copy() -> None:
+    """An event a client wrote twice (before and after another one of its key) comes out
+    twice, each copy in its input's place: no anomaly; its copies swapped with the other
+    event's is an order violation."""
+    ins = [Input(ev(0), b"k", partition=0, offset=0), Input(ev(1), b"k", partition=0, offset=1),
+           Input(ev(0), b"k", partition=0, offset=2)]
+    in_place = [Output(ev(0), b"k", 1, 10), Output(ev(1), b"k", 1, 11), Output(ev(0), b"k", 1, 12)]
+    assert check(ins, in_place).ok
+    swapped = [Output(ev(0), b"k", 1, 10), Output(ev(0), b"k", 1, 11), Output(ev(1), b"k", 1, 12)]
+    assert check(ins, swapped).order == [(b"k", ev(0), ev(1))]
