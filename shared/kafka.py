@@ -229,6 +229,18 @@ def contract_replication(brokers: int) -> tuple[int, int | None]:
     return rf, (2 if rf == 3 else None)
 
 
+async def cluster_replication(settings: AntingSettings) -> int:
+    """The replication factor the contract wants on the settings' cluster right now
+    (``contract_replication`` of the brokers it reports), for a client that creates topics
+    itself and needs a number (faust's ``topic_replication_factor``)."""
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        return contract_replication(len((await admin.describe_cluster()).get("brokers", [])) or 1)[0]
+    finally:
+        await admin.close()
+
+
 async def ensure_topics(
     settings: AntingSettings, topics: Iterable[Topic] = ALL_TOPICS, replication: int | None = None,
     *, ready_timeout: float = 30.0, retry_for: float = 60.0,
@@ -546,6 +558,6 @@ async def max_message_bytes(settings: AntingSettings, topics: Iterable[str]) -> 
 
 
 __all__ = ["INTERNAL_TOPICS", "PRODUCER_MAX_REQUEST_BYTES", "RECORD_OVERHEAD_BYTES", "SAFE_CONSUMER", "SAFE_PRODUCER",
-           "RecordBatches", "TopicMismatchError", "TransientKafkaLogs", "abandon_producer", "cluster_answers", "contract_replication", "ensure_topics", "ensure_topics_once", "make_admin",
+           "RecordBatches", "TopicMismatchError", "TransientKafkaLogs", "abandon_producer", "cluster_answers", "cluster_replication", "contract_replication", "ensure_topics", "ensure_topics_once", "make_admin",
            "make_consumer", "make_producer", "max_message_bytes", "partition_by_key", "quiet_transient_kafka_logs",
            "record_size", "wait_for_partitions"]

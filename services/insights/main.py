@@ -15,7 +15,7 @@ from services.insights.settings import InsightsSettings
 from services.insights.streams import Insights
 from shared import logs
 from shared.http import EmbeddedServer
-from shared.kafka import ensure_topics
+from shared.kafka import cluster_replication, ensure_topics
 from shared.lag import LagMonitor
 from shared.runtime import run_service
 from shared.settings import load
@@ -32,6 +32,8 @@ async def serve(settings: InsightsSettings, stop: asyncio.Event) -> None:
     if settings.group == "anting-insights":  # the registered changelog name is the default app id's
         topics.append(INSIGHTS_CHANGELOG)
     await ensure_topics(settings, topics, replication=settings.replication_factor)
+    if settings.replication_factor is None:  # faust creates topics of its own and needs a number
+        settings = settings.model_copy(update={"replication_factor": await cluster_replication(settings)})
     insights = Insights(settings)
     lag = LagMonitor(settings, {insights.route.group: [settings.topic(ENRICHED_EVENTS)],
                                 insights.app.conf.id: [settings.topic(INSIGHTS_FACTS)]})

@@ -27,7 +27,8 @@ class InsightsSettings(AntingSettings):
     group: str = "anting-insights"
     # partitions of insights-facts and of the changelog (they must be equal: co-partitioned)
     partitions: int = Field(3, ge=1, le=1000)
-    replication_factor: int = Field(1, ge=1, le=10)
+    # unset: the contract's, min(3, brokers) of the cluster at start (shared/kafka.py)
+    replication_factor: int | None = Field(None, ge=1, le=10)
     # facts folded per batch: each entity a batch touches is written to the changelog once
     batch_size: int = Field(2000, ge=1, le=100_000)
     batch_seconds: float = Field(0.5, gt=0, le=60)

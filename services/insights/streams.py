@@ -78,7 +78,9 @@ class Insights:
             datadir=datadir,
             canonical_url=self.url,
             topic_partitions=settings.partitions,
-            topic_replication_factor=settings.replication_factor,
+            # serve() puts the cluster's in settings before building the app; an app built
+            # without it (one broker) takes 1
+            topic_replication_factor=settings.replication_factor or 1,
             table_standby_replicas=0,
             consumer_auto_offset_reset="earliest",
             broker_commit_interval=settings.commit_interval_seconds,

@@ -1,10 +1,13 @@
 """Topics follow the cluster: replication min(3, brokers), two in-sync replicas with three,
-the internal offsets and transaction-state topics likewise; ``ensure_topics`` fixes a
-topic's low ``min.insync.replicas`` and refuses, naming it, one whose partitions or
-replication differ from the contract."""
+the internal offsets and transaction-state topics likewise, and the changelog insights'
+faust app creates itself; ``ensure_topics`` fixes a topic's low ``min.insync.replicas``
+and refuses, naming it, one whose partitions or replication differ from the contract."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +16,8 @@ from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import OffsetAndMetadata
 
-from devtools.localkafka import LocalCluster
-from devtools.testing import settings_for
+from devtools.localkafka import LocalCluster, free_port
+from devtools.testing import ServiceProcess, settings_for
 from shared.kafka import (
     TopicMismatchError,
     contract_replication,
@@ -24,7 +27,7 @@ from shared.kafka import (
     make_producer,
 )
 from shared.settings import AntingSettings
-from shared.topics import ALL_TOPICS, ANNOUNCEMENTS, DEAD_LETTERS, ENRICHED_EVENTS
+from shared.topics import ALL_TOPICS, ANNOUNCEMENTS, DEAD_LETTERS, ENRICHED_EVENTS, INSIGHTS_FACTS
 
 pytestmark = pytest.mark.kafka
 
@@ -143,3 +146,31 @@ async def test_one_broker_keeps_replication_one(settings: AntingSettings) -> Non
     d = (await describe(settings, [name]))[name]
     assert (d["partitions"], d["rf"]) == (3, 1)
     assert d["config"]["min.insync.replicas"] == "1"
+
+
+async def test_insights_topics_follow_the_cluster_faust_s_own_too(cluster: LocalCluster, tmp_path: Path) -> None:
+    """insights with no replication configured: insights-facts and the table changelog faust
+    creates itself (a non-default group's) are replicated three ways on three brokers."""
+    settings = settings_for(cluster.bootstrap)
+    group = "insights-rf"
+    service = ServiceProcess("insights", settings, tmp_path / "insights.log",
+                             ANTING_INSIGHTS_PORT=str(free_port()), ANTING_INSIGHTS_GROUP=group)
+    changelog = f"{settings.topic_prefix}{group}-entities-changelog"
+    facts = settings.topic(INSIGHTS_FACTS)
+    service.start()
+    try:
+        admin = make_admin(settings)
+        await admin.start()
+        try:
+            deadline = time.monotonic() + 90
+            while not {changelog, facts} <= set(await admin.list_topics()):
+                assert service.proc is not None and service.proc.poll() is None, service.log()[-3000:]
+                assert time.monotonic() < deadline, f"no {changelog} in 90 s:\n{service.log()[-3000:]}"
+                await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+        topics = await describe(settings, [changelog, facts])
+        assert topics[changelog]["rf"] == 3 and topics[facts]["rf"] == 3, topics
+        assert topics[facts]["config"].get("min.insync.replicas") == "2"
+    finally:
+        service.terminate(20)
