@@ -42,6 +42,7 @@ import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     GetPydanticSchema,
@@ -120,8 +121,18 @@ def _json_number(value: int | float) -> int | float:
     return value
 
 
+def json_integer(value: object) -> object:
+    """``3.0`` as ``3``: JSON has one number type, and JSON Schema's ``integer`` takes any
+    number whose fraction is zero, so a sender's serialiser that writes ``21.0`` sends the
+    integer 21. Anything else is left to the strict integer check (``"21"`` stays refused)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 Number = Annotated[int | float, AfterValidator(_json_number)]
-Count = Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER)]
+# the constraints before the conversion, so that they stay in the JSON Schema
+Count = Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER), BeforeValidator(json_integer)]
 
 # RFC 3339 §5.6 date-time: seconds and an offset required; 't', 'z' are RFC 3339 too
 _RFC3339 = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
@@ -173,7 +184,7 @@ JsonValue = Annotated[Any, AfterValidator(_json_value)]
 #: types; URI, timestamp and binary travel as strings). They become Kafka headers in
 #: the binary content mode, so a string is one line.
 ExtensionValue = Annotated[
-    bool | Annotated[int, Field(ge=-(2**31), le=2**31 - 1)] | Annotated[
+    bool | Annotated[int, Field(ge=-(2**31), le=2**31 - 1), BeforeValidator(json_integer)] | Annotated[
         str, StringConstraints(max_length=LIMITS["uri"], pattern=_LINE)],
     Field(union_mode="left_to_right"),
 ]
@@ -632,6 +643,6 @@ __all__ = ["AGREEMENT", "ANNOUNCEMENT", "ENRICHED_ADAPTER", "EVENT_ADAPTER", "EV
            "ExtensionName", "ExtensionValue", "Headline", "JsonValue", "Line", "Location", "Match",
            "MatchMethod", "Model", "Money", "Name", "NonEmpty", "NonEmptyText", "NotACloudEvent",
            "Number", "OrganizationMention", "Person", "Prose", "ResolvedMention", "Text",
-           "Timestamp", "Uri", "check_size", "dump_event", "encode_json", "error_paths",
+           "Timestamp", "Uri", "check_size", "dump_event", "encode_json", "error_paths", "json_integer",
            "media_type", "parse_enriched", "parse_event", "parse_event_obj", "paths_of",
            "read_json", "record_event_bytes"]

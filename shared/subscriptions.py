@@ -12,9 +12,16 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
-from shared.events import EVENT_TYPES, AnnouncementKind, NonEmpty
+from shared.events import EVENT_TYPES, AnnouncementKind, NonEmpty, json_integer
 
 
 class Strict(BaseModel):
@@ -33,12 +40,19 @@ class Filter(Strict):
 
 class WebhookChannel(Strict):
     type: Literal["webhook"]
-    url: Annotated[str, StringConstraints(pattern=r"^https?://", max_length=2048)]
+    # a host after the scheme ("http://" alone names none); which hosts deliveries may reach
+    # is the address policy's, checked apart (services/notify/ssrf.py)
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s/?#\x00-\x1f\x7f-\x9f\ufeff]",
+                                          max_length=2048)]
 
 
 class EmailChannel(Strict):
     type: Literal["email"]
-    to: list[Annotated[str, StringConstraints(pattern=r"^[^@\s<>,;\r\n]+@[^@\s<>,;\r\n]+$")]] = Field(min_length=1)
+    # controls and U+FEFF named apart from \s: Python's \s and JSON Schema's (ECMA-262)
+    # differ on them, and the document must accept exactly what the model does
+    to: list[Annotated[str, StringConstraints(
+        pattern=r"^[^@\s<>,;\x00-\x1f\x7f-\x9f\ufeff]+@[^@\s<>,;\x00-\x1f\x7f-\x9f\ufeff]+$")]] = Field(
+            min_length=1)
 
 
 class AppriseChannel(Strict):
@@ -59,7 +73,7 @@ Channel = Annotated[
 class Digest(Strict):
     """Collect matching events for ``window_seconds`` and send them as one message."""
 
-    window_seconds: Annotated[int, Field(ge=1, le=86400)]
+    window_seconds: Annotated[int, Field(ge=1, le=86400), BeforeValidator(json_integer)]
 
 
 # Retry schedules: the delays, in seconds, before the second, third, ... attempt, each
@@ -77,7 +91,7 @@ MAX_RETRY_DELAY_SECONDS = 24 * 3600
 # A delivery's whole schedule stays well inside the week that notify-retries keeps a
 # retry record and the ledger remembers a delivery (LEDGER_RETENTION_MS in topics.py).
 MAX_RETRY_SPAN_SECONDS = 4 * 24 * 3600
-RetryDelay = Annotated[int, Field(ge=1, le=MAX_RETRY_DELAY_SECONDS)]
+RetryDelay = Annotated[int, Field(ge=1, le=MAX_RETRY_DELAY_SECONDS), BeforeValidator(json_integer)]
 
 
 class RetryPolicy(Strict):

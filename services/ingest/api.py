@@ -356,8 +356,11 @@ AUTH = [Depends(require_api_key)]
         "application/cloudevents-batch+json": {"schema": {
             "type": "array", "items": {"$ref": "#/components/schemas/CloudEvent"},
             "minItems": 1}},
+        # a sequential media type: its schema is that of one line (as OpenAPI 3.2's
+        # itemSchema says it); a single CloudEvent object is a one-line NDJSON body
         "application/x-ndjson": {"schema": {
-            "type": "string", "description": "one CloudEvent JSON object per line"}},
+            "$ref": "#/components/schemas/CloudEvent",
+            "description": "one CloudEvent JSON object per line"}},
     }}},
 )
 async def post_events(request: Request) -> Response:

@@ -112,3 +112,18 @@ def test_times_round_trip_with_offsets() -> None:
     assert model.time is not None
     assert model.time.utcoffset() == timedelta(hours=8)
     assert orjson.loads(dump_event(model))["time"] == "2023-07-05T09:00:00+08:00"
+
+
+@pytest.mark.parametrize(("sent", "kept"), [(21.0, 21), (21, 21), (0.0, 0), (-7.0, None), (21.5, None),
+                                            ("21", None), (True, None), (1e300, None)])
+def test_an_integral_json_number_is_an_integer(sent: object, kept: int | None) -> None:
+    """JSON Schema's "integer" takes 21.0, and so does the contract (as 21); a fraction, a
+    string, a boolean, a negative count or one beyond 2**53 is still refused."""
+    event = {"specversion": "1.0", "id": "n", "source": "/s", "type": "agreement.signed",
+             "data": {"title": "t", "party_count": sent, "organizations": [{"name": "X"}]}}
+    if kept is None:
+        with pytest.raises(ValidationError):
+            parse_event(orjson.dumps(event))
+    else:
+        parsed = parse_event(orjson.dumps(event))
+        assert parsed.data.party_count == kept and type(parsed.data.party_count) is int  # type: ignore[union-attr]
