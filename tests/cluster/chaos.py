@@ -30,10 +30,11 @@ from pathlib import Path
 
 import httpx
 import orjson
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from devtools.checker import Delivery, Input, Output, Report, check, check_deliveries
-from devtools.localkafka import LocalCluster, free_port
+from devtools.localkafka import LocalCluster, cluster_brokers, free_port, port_open
 from devtools.testing import ServiceProcess, settings_for
 from services.notify.notification import idempotency_key
 from shared.kafka import ensure_topics, make_admin, make_consumer, make_producer
@@ -62,9 +63,10 @@ class Faults:
 
 @dataclass
 class Outcome:
-    """The checker's report, what the nemesis did (one line per fault), what ingest's HTTP
-    clients saw (requests, 503 problem+json answers, other failures, batches given up;
-    whether every ingest instance still runs, never restarted) and the timings."""
+    """The checker's report, what the nemesis did (one line per fault), what the raw
+    producer had to send again, what ingest's HTTP clients saw (requests, 503
+    problem+json answers, other failures, batches given up; whether every ingest instance
+    still runs, never restarted) and the timings."""
 
     report: Report
     faults: list[str] = field(default_factory=list)
@@ -76,10 +78,15 @@ class Outcome:
     http_other_failures: int = 0
     http_given_up: int = 0
     ingest_alive: bool = False
+    raw_events: int = 0
+    raw_resent: int = 0
+    raw_given_up: int = 0
 
     def http_summary(self) -> str:
-        """One line: what the HTTP clients sent and what ingest answered."""
-        return (f"{self.http_events} events over HTTP in {self.http_requests} requests: "
+        """One line: what the raw producer and the HTTP clients sent, what ingest answered."""
+        return (f"{self.raw_events} events by the raw producer ({self.raw_resent} sends failed "
+                f"and were sent again, {self.raw_given_up} given up); "
+                f"{self.http_events} events over HTTP in {self.http_requests} requests: "
                 f"{self.http_503} answered 503 problem+json and were retried, "
                 f"{self.http_other_failures} other failures, {self.http_given_up} batches given up; "
                 f"ingest {'ran throughout, never restarted' if self.ingest_alive else 'DIED'}")
@@ -290,6 +297,25 @@ async def run_chaos(cluster: LocalCluster, tmp: Path, events: int, faults: Fault
                 return
             await asyncio.sleep(wait)
 
+    async def send(producer: AIOKafkaProducer, n: int, value: bytes, key: bytes) -> None:
+        """Produce event ``n`` until the cluster acknowledges it, sending it again after a
+        failed send (a timeout, NOT_ENOUGH_REPLICAS past the producer's own retries), as a
+        client would, for up to ``HTTP_GIVE_UP_S``."""
+        topic = settings.topic(AGREEMENTS if n % 2 else ANNOUNCEMENTS)
+        give_up = time.monotonic() + HTTP_GIVE_UP_S
+        while True:
+            try:
+                await (await producer.send(topic, value, key=key))
+                acked[n] = True
+                return
+            except KafkaError:
+                outcome.raw_resent += 1
+                if time.monotonic() + 1 > give_up:
+                    outcome.raw_given_up += 1
+                    acked[n] = False
+                    return
+                await asyncio.sleep(1)
+
     async def load() -> None:
         producer = make_producer(settings, linger_ms=10)
         await producer.start()
@@ -297,7 +323,7 @@ async def run_chaos(cluster: LocalCluster, tmp: Path, events: int, faults: Fault
         try:
             async with httpx.AsyncClient(timeout=10) as client:
                 start = time.monotonic()
-                pending = []
+                raw: list[asyncio.Task[None]] = []
                 batch: list[int] = []
                 for n in range(events):
                     key, doc = _event(n)
@@ -309,18 +335,14 @@ async def run_chaos(cluster: LocalCluster, tmp: Path, events: int, faults: Fault
                             posts.append(asyncio.create_task(post(client, batch)))
                             batch = []
                     else:
-                        topic = settings.topic(AGREEMENTS if n % 2 else ANNOUNCEMENTS)
-                        fut = await producer.send(topic, orjson.dumps(doc), key=key)
-                        fut.add_done_callback(lambda f, n=n: acked.__setitem__(n, f.exception() is None))
-                        pending.append(fut)
+                        outcome.raw_events += 1
+                        raw.append(asyncio.create_task(send(producer, n, orjson.dumps(doc), key)))
                     ahead = start + n / rate - time.monotonic()
                     if ahead > 0:
                         await asyncio.sleep(ahead)
                 if batch:
                     posts.append(asyncio.create_task(post(client, batch)))
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 120)
-                await asyncio.gather(*posts)
+                await asyncio.gather(*raw, *posts)
         finally:
             await producer.stop()
 
@@ -369,6 +391,15 @@ async def run_chaos(cluster: LocalCluster, tmp: Path, events: int, faults: Fault
                 await asyncio.sleep(rnd.uniform(2, 6))
                 cluster.restart(node)  # in this thread: see LocalKafka.launch
                 say(f"restarted kafka-{node}")
+                # the next broker fault waits for this one to be back in the cluster, as
+                # Kafka's bounce does: killing one that is still starting tests nothing
+                back = time.monotonic() + 60
+                for _ in range(120):
+                    if time.monotonic() > back or (port_open(cluster.node(node).port)
+                                                   and node in await cluster_brokers(cluster.bootstrap)):
+                        break
+                    await asyncio.sleep(0.5)
+                say(f"kafka-{node} registered again")
             elif what in ("enrich-kill", "notify-kill"):
                 instance: Enrich | Notify = rnd.choice(enrich if what == "enrich-kill" else notify)
                 instance.service.kill()

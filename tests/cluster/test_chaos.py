@@ -21,13 +21,13 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 async def test_pipeline_under_broker_and_instance_faults_loses_and_duplicates_nothing(
     cluster: LocalCluster, tmp_path: Path,
 ) -> None:
-    """1,500 events in ~10 s; 1 broker SIGKILL, 1 clean broker stop, 2 enrich SIGKILLs,
+    """1,500 events in ~20 s; 1 broker SIGKILL, 1 clean broker stop, 2 enrich SIGKILLs,
     1 zombie, 1 notify SIGKILL; the checker finds no anomaly, every event came out and
     every (event, subscription) pair was delivered; ingest answered every batch in the end."""
     outcome = await run_chaos(cluster, tmp_path, 1500,
                               Faults(broker_kills=1, broker_clean_stops=1, enrich_kills=2,
                                      enrich_pauses=1, notify_kills=1),
-                              rate=150, seed=14)
+                              rate=75, seed=14)
     print("\n".join(outcome.faults))
     print(outcome.report.summary(), f"{outcome.seconds:.0f}s")
     print(outcome.http_summary())
@@ -36,6 +36,6 @@ async def test_pipeline_under_broker_and_instance_faults_loses_and_duplicates_no
     assert outcome.report.ok, outcome.report.summary()
     assert outcome.report.pairs == 1500  # one subscription, every event
     assert outcome.report.deliveries >= outcome.report.pairs
-    assert outcome.http_events == 380 and outcome.http_given_up == 0
+    assert outcome.http_events == 380 and outcome.http_given_up == 0 and outcome.raw_given_up == 0
     assert outcome.http_requests >= 38 and outcome.http_other_failures == 0
     assert outcome.ingest_alive
