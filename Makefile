@@ -49,9 +49,11 @@ bench-quick: setup  ## the benchmark harness at tiny sizes (the suite runs this 
 chaos: setup  ## the kill tests at full size
 	ANTING_CHAOS_FULL=1 $(BIN)/pytest -m slow
 
-# 20,000 events through 2 enrich instances on a local 3-node cluster while brokers (the
-# coordinators first) and enrich instances are killed, one paused past its session; the
-# checker (devtools/checker.py) prints lost, duplicated, aborted reads, order, unseen
+# 20,000 events (a quarter through ingest's HTTP API) through 2 enrich and 2 notify
+# instances on a local 3-node cluster while brokers (the coordinators first; killed and
+# stopped cleanly), enrich and notify instances are killed, one enrich paused past its
+# session; the checker (devtools/checker.py) prints lost, duplicated, aborted reads,
+# order, unseen and undelivered notifications, and the run the 503s ingest answered
 chaos-cluster: setup  ## the replicated-cluster chaos run at full size (tests/cluster/chaos.py)
 	$(BIN)/python -m tests.cluster.chaos
 
