@@ -171,11 +171,21 @@ async def abandon_producer(producer: AIOKafkaProducer, timeout: float = 2.0) -> 
     """End a producer whose ``stop()`` timed out because no broker answers: ``stop()``
     waits for a flush that cannot happen, and once interrupted it leaves aiokafka's
     (0.14) sender task reconnecting for ever, so that task and the client's connections
-    are closed directly (``_sender`` is private; no public call does this). Never raises."""
+    are closed directly (``_sender`` is private; no public call does this). The task the
+    interrupted ``stop()`` began to flush the accumulator (private too) waits for batches
+    no sender will deliver: it is cancelled, or once collected asyncio logs it as an error
+    ("Task was destroyed but it is pending!"). Never raises."""
     with contextlib.suppress(Exception, asyncio.CancelledError):
         sender = getattr(producer, "_sender", None)
         if sender is not None:
             await asyncio.wait_for(sender.close(), timeout)
+        accumulator = getattr(producer, "_message_accumulator", None)
+        for task in asyncio.all_tasks():
+            coro = task.get_coro()
+            frame = getattr(coro, "cr_frame", None)
+            if (not task.done() and getattr(coro, "__qualname__", "") == "MessageAccumulator.close"
+                    and frame is not None and frame.f_locals.get("self") is accumulator):
+                task.cancel()
         await asyncio.wait_for(producer.client.close(), timeout)
 
 

@@ -95,3 +95,25 @@ async def test_deliveries_abandoned_by_a_503_are_settled_quietly() -> None:
         assert seen == ["Future exception was never retrieved"]
     finally:
         loop.set_exception_handler(previous)
+
+
+async def test_an_abandoned_producer_leaves_no_flush_pending(own_broker: LocalKafka) -> None:
+    """A producer whose stop() timed out with a batch undelivered (its broker killed) and
+    that was then abandoned leaves no task still flushing it: such a task, collected while
+    pending, is logged by asyncio as an error ("Task was destroyed but it is pending!")."""
+    from services.ingest import publisher
+    from shared.kafka import abandon_producer, make_producer
+
+    base = settings_for(own_broker.bootstrap)
+    await create_topics(base)
+    producer = make_producer(base, request_timeout_ms=30000)
+    await producer.start()
+    await asyncio.to_thread(own_broker.kill)
+    publisher._settle_later([await producer.send(base.topic(ANNOUNCEMENTS), b"{}", key=b"k")])
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(producer.stop(), 1.0)
+    await abandon_producer(producer)
+    await asyncio.sleep(0.1)
+    flushing = [t for t in asyncio.all_tasks() if not t.done()
+                and getattr(t.get_coro(), "__qualname__", "") == "MessageAccumulator.close"]
+    assert flushing == []
