@@ -343,20 +343,20 @@ class Worker:
             heartbeat_interval_ms=max(100, self.settings.session_timeout_ms // 10),
         )
         self.consumer.subscribe(self.inputs, listener=_WorkerRebalanceListener(self))
-        await self.enricher.read_limits()
-        if self.exactly_once:
-            # InitProducerId: a predecessor with the same transactional id is fenced and
-            # its open transaction aborted
-            self.producer = TransactionalProducer(
-                **self.settings.kafka.client_options(), **SAFE_PRODUCER,
-                transactional_id=self.transactional_id,
-                transaction_timeout_ms=self.settings.transaction_timeout_ms)
-        else:
-            self.producer = make_producer(self.settings)
-        await self.producer.start()
-        await self.consumer.start()
-        self.running = True
-        try:
+        try:  # a set-up failing while a broker is away closes what it made, as a session does
+            await self.enricher.read_limits()
+            if self.exactly_once:
+                # InitProducerId: a predecessor with the same transactional id is fenced and
+                # its open transaction aborted
+                self.producer = TransactionalProducer(
+                    **self.settings.kafka.client_options(), **SAFE_PRODUCER,
+                    transactional_id=self.transactional_id,
+                    transaction_timeout_ms=self.settings.transaction_timeout_ms)
+            else:
+                self.producer = make_producer(self.settings)
+            await self.producer.start()
+            await self.consumer.start()
+            self.running = True
             while not stop.is_set():
                 if self.exactly_once:
                     await self._exactly_once_step()

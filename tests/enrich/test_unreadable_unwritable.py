@@ -204,3 +204,26 @@ async def test_lag_rises_while_enrich_is_held_failing(
         stop.set()
         await asyncio.wait_for(task, 30)
         await catalog.stop()
+
+
+async def test_a_session_failing_before_it_starts_closes_its_consumer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session whose set-up fails (the topic limits unreadable while a broker is away)
+    closes the consumer it had made: none is left for asyncio to report as unclosed."""
+    settings = EnrichSettings(kafka={"bootstrap_servers": "127.0.0.1:1"}, group="setup-fails")
+    made: list[Any] = []
+
+    def consumer(*args: Any, **kwargs: Any) -> Any:
+        made.append(pipeline_make_consumer(*args, **kwargs))
+        return made[-1]
+
+    async def unreadable(self: Any) -> None:
+        raise RuntimeError("no broker answered the describe")
+
+    pipeline_make_consumer = pipeline.make_consumer
+    monkeypatch.setattr(pipeline, "make_consumer", consumer)
+    monkeypatch.setattr(pipeline.Enricher, "read_limits", unreadable)
+    worker = pipeline.Worker(settings, Catalog(settings))
+    with pytest.raises(RuntimeError, match="no broker answered"):
+        await worker._session(asyncio.Event())
+    assert len(made) == 1 and made[0]._closed
+    assert worker.consumer is None and not worker.running
