@@ -32,7 +32,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-__all__ = ["Abandoned", "ConsumerLoop", "Handler", "OffsetTracker"]
+__all__ = ["Abandoned", "ConsumerLoop", "FailureLog", "Handler", "OffsetTracker"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,34 @@ log = logging.getLogger(__name__)
 #: record counts as done
 Acks = Awaitable[Any] | list[asyncio.Future[Any]] | None
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[Acks]]
+
+
+class FailureLog:
+    """Logs records left uncommitted by a failure once per kind of failure per ``window``
+    seconds, with its traceback, and how many more failed the same way since the last
+    line: while a broker is away every record in flight fails alike, and one line (not
+    one per record) says what happened. A kind is what failed and the exception's type."""
+
+    def __init__(self, name: str, window: float = 30.0) -> None:
+        self.name = name
+        self.window = window
+        self.reported: dict[tuple[str, str], float] = {}  # kind -> when last logged (monotonic)
+        self.since: dict[tuple[str, str], int] = {}  # kind -> failures not logged since
+
+    def failed(self, what: str, exc: BaseException | None) -> None:
+        """One record failed (``exc`` None: cancelled); log it unless its kind was logged
+        less than ``window`` seconds ago."""
+        kind = (what, type(exc).__name__ if exc is not None else "cancelled")
+        now = time.monotonic()
+        last = self.reported.get(kind)
+        if last is not None and now - last < self.window:
+            self.since[kind] = self.since.get(kind, 0) + 1
+            return
+        more = self.since.pop(kind, 0)
+        self.reported[kind] = now
+        tail = f" ({more} more records failed the same way since the last such line)" if more else ""
+        log.error("%s: %s; record left uncommitted, it is read again after a restart or "
+                  "rebalance%s", self.name, what, tail, exc_info=exc)
 
 
 class Abandoned(Exception):
@@ -158,6 +186,7 @@ class ConsumerLoop:
         self.max_in_flight = max_in_flight
         self.commit_interval = commit_interval
         self.name = name
+        self.failures = FailureLog(name)
         self.revoke_grace = revoke_grace  # how long a revoke waits for in-flight records
         # awaited after each rebalance, before records are taken: (partitions held, of all)
         self.on_assigned = on_assigned
@@ -229,8 +258,8 @@ class ConsumerLoop:
             acks = await self.handler(record)
         except (Abandoned, asyncio.CancelledError):
             return  # not done: read again after a restart or rebalance
-        except Exception:
-            log.exception("%s: handler failed; record left uncommitted", self.name)
+        except Exception as exc:
+            self.failures.failed("handler failed", exc)
             return
         if acks is None:
             self._finished(tp, record.offset)
@@ -253,8 +282,8 @@ class ConsumerLoop:
             if fut.cancelled() or fut.exception() is not None:
                 if not failed:
                     failed = True
-                    log.error("%s: writes not acknowledged; record left uncommitted", self.name,
-                              exc_info=None if fut.cancelled() else fut.exception())
+                    self.failures.failed("writes not acknowledged",
+                                         None if fut.cancelled() else fut.exception())
             elif left == 0 and not failed:
                 self._finished(tp, offset)
 
@@ -267,8 +296,7 @@ class ConsumerLoop:
         if fut.cancelled():
             return
         if fut.exception() is not None:
-            log.error("%s: writes not acknowledged; record left uncommitted", self.name,
-                      exc_info=fut.exception())
+            self.failures.failed("writes not acknowledged", fut.exception())
             return
         self._finished(tp, offset)
 

@@ -176,3 +176,25 @@ async def test_commits_reach_the_end_of_a_transactional_topic(topics: AntingSett
     finally:
         stop.set()
         await consumer.stop()
+
+
+def test_a_failure_that_hits_every_record_is_one_line_per_window(caplog: Any) -> None:
+    """While a broker is away every record in flight fails alike: one error line (with the
+    traceback) per kind per window, the next one counting what it left out."""
+    import logging
+
+    from shared.consumer_loop import FailureLog
+
+    failures = FailureLog("events", window=3600)
+    with caplog.at_level(logging.ERROR, logger="shared.consumer_loop"):
+        for _ in range(500):
+            failures.failed("writes not acknowledged", TimeoutError("no broker"))
+        failures.failed("handler failed", ValueError("bad"))
+    lines = [r for r in caplog.records if r.name == "shared.consumer_loop"]
+    assert [r.getMessage().split(";")[0] for r in lines] == [
+        "events: writes not acknowledged", "events: handler failed"]
+    assert all(r.exc_info is not None for r in lines)
+    failures.window = 0.0  # the window is over: the next failure reports the 499 left out
+    with caplog.at_level(logging.ERROR, logger="shared.consumer_loop"):
+        failures.failed("writes not acknowledged", TimeoutError("no broker"))
+    assert "(499 more records failed the same way" in caplog.records[-1].getMessage()
