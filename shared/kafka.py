@@ -378,23 +378,36 @@ async def _fix_min_insync(admin: AIOKafkaAdminClient, names: list[str]) -> None:
     keeping each topic's other overrides (AlterConfigs replaces the whole set)."""
     if not names:
         return
+    for name, entries in await _topic_configs(admin, names):
+        values = {e[0]: e[1] for e in entries}
+        if int(values.get("min.insync.replicas") or 1) >= 2:
+            continue
+        overrides = {e[0]: e[1] for e in entries if e[3] == _DYNAMIC_TOPIC_CONFIG and e[1] is not None}
+        overrides["min.insync.replicas"] = "2"
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, overrides)])
+        log.warning("topic fixed: min.insync.replicas raised to 2 (an acks=all write could be "
+                    "acknowledged by one replica alone)",
+                    extra={"topic": name, "was": values.get("min.insync.replicas")})
+
+
+async def _topic_configs(admin: AIOKafkaAdminClient, names: list[str],
+                         keys: list[str] | None = None) -> list[tuple[str, list[Any]]]:
+    """DescribeConfigs of ``names`` (only ``keys`` when given): ``(topic, entries)`` per
+    topic the broker described, each entry ``(name, value, read_only, source, ...)`` as
+    the protocol has it; a topic it could not describe is logged and left out."""
+    out: list[tuple[str, list[Any]]] = []
     responses = await admin.describe_configs(
-        [ConfigResource(ConfigResourceType.TOPIC, n, None) for n in names])
+        [ConfigResource(ConfigResourceType.TOPIC, n, dict.fromkeys(keys) if keys else None)
+         for n in names])
     for response in responses:
         for res in response.resources:
             error_code, _, _, name, entries = res[:5]
             if error_code:
-                log.warning("cannot read the topic's configuration", extra={"topic": name, "error_code": error_code})
+                log.warning("cannot read the topic's configuration",
+                            extra={"topic": name, "error_code": error_code})
                 continue
-            values = {e[0]: e[1] for e in entries}
-            if int(values.get("min.insync.replicas") or 1) >= 2:
-                continue
-            overrides = {e[0]: e[1] for e in entries if e[3] == _DYNAMIC_TOPIC_CONFIG and e[1] is not None}
-            overrides["min.insync.replicas"] = "2"
-            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, overrides)])
-            log.warning("topic fixed: min.insync.replicas raised to 2 (an acks=all write could be "
-                        "acknowledged by one replica alone)",
-                        extra={"topic": name, "was": values.get("min.insync.replicas")})
+            out.append((name, list(entries)))
+    return out
 
 
 async def _until_coordinators(admin: AIOKafkaAdminClient, timeout: float) -> None:
@@ -551,17 +564,10 @@ async def max_message_bytes(settings: AntingSettings, topics: Iterable[str]) -> 
     admin = make_admin(settings)
     await admin.start()
     try:
-        responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, n, {"max.message.bytes": None}) for n in names])
-        for response in responses:
-            for resource in response.resources:
-                error_code, _, _, name, entries = resource[:5]
-                if error_code:
-                    log.warning("cannot read the topic's max.message.bytes", extra={"topic": name, "error_code": error_code})
-                    continue
-                for entry in entries:
-                    if entry[0] == "max.message.bytes" and entry[1] is not None:
-                        limits[name] = min(int(entry[1]), PRODUCER_MAX_REQUEST_BYTES)
+        for name, entries in await _topic_configs(admin, names, ["max.message.bytes"]):
+            for entry in entries:
+                if entry[0] == "max.message.bytes" and entry[1] is not None:
+                    limits[name] = min(int(entry[1]), PRODUCER_MAX_REQUEST_BYTES)
     finally:
         await admin.close()
     return limits
