@@ -60,9 +60,20 @@ class AppriseChannel(Strict):
     url: NonEmpty
 
 
+# A file name in notify's log directory (ANTING_NOTIFY_LOG_DIR), never a path: no
+# directory separator, no leading dot (so neither ".." nor a hidden file), ASCII letters,
+# digits and ``._-`` only. Subscribers choose where notify writes, so they choose a name;
+# the operator chooses the directory. Symlinks pointing out of it are refused apart
+# (services/notify/channels/log.py), since no pattern can see the file system.
+LogFileName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")]
+
+
 class LogChannel(Strict):
     type: Literal["log"]
-    path: str | None = Field(default=None, description="a file to append JSON lines to; stdout when unset")
+    path: LogFileName | None = Field(
+        default=None,
+        description="a file name (no directory) in notify's log directory to append JSON lines "
+                    "to; stdout when unset")
 
 
 Channel = Annotated[

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from services.notify import sse
+from services.notify.channels.log import log_file_refusal
 from services.notify.matching import decode, match
 from services.notify.settings import NotifySettings
 from services.notify.ssrf import literal_refusal
@@ -146,6 +147,10 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
             why = literal_refusal(req.channel.url, settings.networks())
             if why:
                 return problem(422, "webhook URL refused", errors=[{"path": "channel.url", "message": why}])
+        elif req.channel.type == "log":
+            why = log_file_refusal(settings.log_dir, req.channel.path)
+            if why:
+                return problem(422, "log file refused", errors=[{"path": "channel.path", "message": why}])
         try:
             sub, secret = await store.create(req)
         except Exception as exc:

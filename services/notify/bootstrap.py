@@ -50,7 +50,7 @@ def default_channels(settings: NotifySettings, resolver: Resolver = system_resol
             starttls=settings.smtp_starttls, timeout=settings.timeout_seconds,
         ),
         "apprise": AppriseSender(),
-        "log": LogSender(settings.log_path),
+        "log": LogSender(settings.log_dir, settings.log_path),
     }
 
 

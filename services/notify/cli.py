@@ -83,7 +83,9 @@ def subscriptions_add(
     webhook: Annotated[str | None, typer.Option(help="deliver by webhook to this URL")] = None,
     email: Annotated[list[str] | None, typer.Option(help="deliver by email to this address (repeatable)")] = None,
     apprise: Annotated[str | None, typer.Option(help="deliver through this apprise URL")] = None,
-    log: Annotated[str | None, typer.Option(help="append JSON lines to this file ('-' = stdout)")] = None,
+    log: Annotated[str | None, typer.Option(
+        help="append JSON lines to this file name in notify's log directory "
+             "(ANTING_NOTIFY_LOG_DIR; '-' = stdout)")] = None,
     types: Types = None, kinds: Kinds = None, orgs: Orgs = None, sectors: Sectors = None, cities: Cities = None,
     digest: Annotated[int | None, typer.Option(help="collect for this many seconds, send one message")] = None,
     retry: Annotated[str | None, typer.Option(

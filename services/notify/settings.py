@@ -87,6 +87,8 @@ class NotifySettings(AntingSettings):
     session_timeout_ms: int = Field(10000, ge=6000, le=300000)
     # the log channel's default destination when a subscription gives no path ("-" = stdout)
     log_path: str = "-"
+    # the one directory a log subscription's file name lives in (created when first used)
+    log_dir: str = ".local/notify-logs"
 
     smtp_host: str = Field("localhost", validation_alias=_alias("ANTING_SMTP_HOST", "smtp_host"))
     smtp_port: int = Field(25, validation_alias=_alias("ANTING_SMTP_PORT", "smtp_port"))

@@ -39,7 +39,8 @@ async def test_email_apprise_and_log_channels(topics: AntingSettings, tmp_path: 
     receiver = await Receiver().start()
     log_path = tmp_path / "out.jsonl"
     with smtp_server() as (port, mailbox):
-        settings = notify_settings(topics, smtp_host="127.0.0.1", smtp_port=port, smtp_from="anting@example.com")
+        settings = notify_settings(topics, smtp_host="127.0.0.1", smtp_port=port, smtp_from="anting@example.com",
+                                   log_dir=str(tmp_path))
         async with running(settings) as notifier:
             only_anting = {"organizations": ["Anting Town"]}
             mail, _ = await notifier.store.create(req({"name": "m", "filter": only_anting,
@@ -47,7 +48,7 @@ async def test_email_apprise_and_log_channels(topics: AntingSettings, tmp_path: 
             chat, _ = await notifier.store.create(req({"name": "c", "filter": only_anting, "channel": {
                 "type": "apprise", "url": f"json://127.0.0.1:{receiver.port}/chat"}}))
             logged, _ = await notifier.store.create(req({"name": "l", "filter": only_anting,
-                                                         "channel": {"type": "log", "path": str(log_path)}}))
+                                                         "channel": {"type": "log", "path": log_path.name}}))
             hit = agreement([ANTING_TOWN], title="Smart mobility pact")
             miss = agreement([ACME])
             await produce(topics, topics.topic(ENRICHED_EVENTS), [encode(miss), encode(hit)], [miss.key, hit.key])

@@ -65,13 +65,13 @@ async def test_sigkill_mid_stream_delivers_every_pair_with_stable_keys(topics: A
         (hook_id, secret), (mail_id, _), (log_id, _) = await _subscribe(topics, [
             {"name": "hook", "channel": {"type": "webhook", "url": receiver.url("/hook")}},
             {"name": "mail", "channel": {"type": "email", "to": ["ops@example.com"]}},
-            {"name": "log", "channel": {"type": "log", "path": str(log_path)}},
+            {"name": "log", "channel": {"type": "log", "path": log_path.name}},
         ])
         events = [agreement([ANTING_TOWN], event_id=f"kill-{i:05d}") for i in range(EVENTS)]
         await produce(topics, topics.topic(ENRICHED_EVENTS), [encode(e) for e in events], [e.key for e in events])
         api_port = free_port()
         service = ServiceProcess(
-            "notify", topics, tmp_path / "notify.log",
+            "notify", topics, tmp_path / "notify.log", ANTING_NOTIFY_LOG_DIR=str(tmp_path),
             ANTING_NOTIFY_ALLOW_NETWORKS="127.0.0.0/8", ANTING_SMTP_HOST="127.0.0.1",
             ANTING_SMTP_PORT=str(smtp_port), ANTING_NOTIFY_PORT=str(api_port),
             ANTING_NOTIFY_CONCURRENCY="4", ANTING_NOTIFY_SESSION_TIMEOUT_MS="6000",

@@ -2,6 +2,14 @@
 appended to a file (one ``write`` per line on an ``O_APPEND`` descriptor, so a
 crash never leaves half a line and lines from several writers do not interleave).
 
+Where a subscription may write: a subscription names a file, never a path (the
+pattern of ``shared.subscriptions.LogFileName``), and the file lives in the one
+directory the operator configures (``ANTING_NOTIFY_LOG_DIR``). A name that is a
+symlink resolving outside that directory is refused when the subscription is created
+(422, :func:`log_file_refusal`) and again at every open, since a symlink can appear
+after the subscription did. Without that, anyone allowed to subscribe could make
+notify append to any file it can write.
+
 A line is one line for any reader: JSON escapes CR, LF and every other control
 character in the event's strings, and :func:`json_line` escapes the line separators
 JSON may leave as they are (NEL, U+2028, U+2029), at which Python's
@@ -13,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 
@@ -37,17 +46,62 @@ def json_line(doc: object) -> bytes:
     return line + b"\n"
 
 
+class LogFileRefused(Exception):
+    """A subscription's file name resolves out of the log directory (or to a directory)."""
+
+
+def _inside(directory: Path, name: str) -> tuple[Path, str | None]:
+    """(where ``directory/name`` resolves, symlinks followed; why it may not be written
+    or None)."""
+    root = directory.resolve()
+    real = (root / name).resolve()
+    if real.parent != root and root not in real.parents:
+        return real, f"{name!r} is a symlink out of the log directory"
+    if real == root or real.is_dir():
+        return real, f"{name!r} is a directory"
+    return real, None
+
+
+def log_file_refusal(directory: str | Path, name: str | None) -> str | None:
+    """Why a log subscription may not write to file ``name`` in ``directory`` (a symlink
+    resolving outside it, or a directory), or None when it may (stdout, when ``name`` is
+    None, always may). ``name`` has already passed the ``LogFileName`` pattern."""
+    if name is None:
+        return None
+    return _inside(Path(directory), name)[1]
+
+
 class LogSender:
-    def __init__(self, default_path: str = "-") -> None:
+    """Appends notifications to ``log_dir/<name>`` (a subscription's ``channel.path``)
+    or, for a subscription that names no file, to ``default_path`` (the operator's
+    ``ANTING_NOTIFY_LOG_PATH``; ``-`` is stdout). ``log_dir`` is created on first use."""
+
+    def __init__(self, log_dir: str | Path = ".local/notify-logs", default_path: str = "-") -> None:
+        self.log_dir = Path(log_dir)
         self.default_path = default_path
         self._fds: dict[str, int] = {}
 
-    def _fd(self, path: str) -> int:
-        if path == "-":
-            return sys.stdout.fileno()
-        if path not in self._fds:
-            self._fds[path] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        return self._fds[path]
+    def _fd(self, name: str | None) -> int:
+        """The descriptor for a subscription's file name (None: the default path).
+        Raises :class:`LogFileRefused` for a name resolving out of ``log_dir``, and
+        :class:`OSError` when the file cannot be opened."""
+        if name is None:
+            if self.default_path == "-":
+                return sys.stdout.fileno()
+            key, target = "", Path(self.default_path)
+        else:
+            key = name
+            if key in self._fds:
+                return self._fds[key]
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            target, why = _inside(self.log_dir, name)
+            if why:
+                raise LogFileRefused(why)
+        if key not in self._fds:
+            # O_NOFOLLOW: the checked path is the one opened, even if a symlink appears
+            # there between the check and the open
+            self._fds[key] = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        return self._fds[key]
 
     async def send(self, sub: Subscription, delivery: Delivery) -> Result:
         assert sub.channel.type == "log"
@@ -59,7 +113,9 @@ class LogSender:
             "reason": delivery.all_reasons(),
         })
         try:
-            os.write(self._fd(sub.channel.path or self.default_path), line)
+            os.write(self._fd(sub.channel.path), line)
+        except LogFileRefused as exc:  # a symlink out of the directory: no retry mends it
+            return Result("permanent", None, str(exc))
         except OSError as exc:
             return Result("retry", None, f"{type(exc).__name__}: {exc}")
         return Result("ok")
@@ -70,4 +126,4 @@ class LogSender:
         self._fds.clear()
 
 
-__all__ = ["LogSender", "json_line"]
+__all__ = ["LogFileRefused", "LogSender", "json_line", "log_file_refusal"]
