@@ -7,10 +7,11 @@ into one message that names the environment variable.
 
 from __future__ import annotations
 
+import os
 import ssl
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:  # topics import the contract, which needs no settings
@@ -18,6 +19,15 @@ if TYPE_CHECKING:  # topics import the contract, which needs no settings
 
 
 class KafkaSettings(BaseSettings):
+    """The broker and how to reach it (``KAFKA_*``), checked once at start: a combination
+    that cannot work, or that would send a password in clear text, is refused here with
+    one message naming the variables, before any connection is tried.
+
+    TLS (``SSL``, ``SASL_SSL``) always verifies the broker's certificate and its host
+    name (``ssl.create_default_context``): against ``KAFKA_SSL_CAFILE`` when set, else
+    the system's CAs. There is deliberately no switch to turn either off: a client that
+    does not check the name sends its SASL credentials to whoever answers."""
+
     model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
 
     bootstrap_servers: str = "localhost:9092"
@@ -26,6 +36,51 @@ class KafkaSettings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: str | None = None
     ssl_cafile: str | None = None
+    # PLAIN over an unencrypted connection sends the password as it is: refused unless
+    # someone says, for a broker on a network they trust, that it is what they want
+    allow_insecure_sasl: bool = Field(
+        False, validation_alias=AliasChoices("ANTING_ALLOW_INSECURE_SASL", "allow_insecure_sasl"))
+
+    @property
+    def mechanism(self) -> str:
+        """The SASL mechanism the clients use (``PLAIN`` when unset, as aiokafka's default)."""
+        return self.sasl_mechanism or "PLAIN"
+
+    @property
+    def tls(self) -> bool:
+        """Whether connections are TLS (``SSL`` or ``SASL_SSL``)."""
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def sasl(self) -> bool:
+        """Whether connections authenticate with SASL."""
+        return self.security_protocol.startswith("SASL")
+
+    @model_validator(mode="after")
+    def _secure_enough(self) -> Self:
+        """Refuse what cannot work or leaks a secret; each message names the variables."""
+        if self.sasl:
+            missing = [name for name, value in (("KAFKA_SASL_USERNAME", self.sasl_username),
+                                                ("KAFKA_SASL_PASSWORD", self.sasl_password)) if not value]
+            if missing:
+                raise ValueError(
+                    f"KAFKA_SECURITY_PROTOCOL={self.security_protocol} authenticates with "
+                    f"KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD; {' and '.join(missing)} "
+                    f"{'is' if len(missing) == 1 else 'are'} not set")
+            if (self.security_protocol == "SASL_PLAINTEXT" and self.mechanism == "PLAIN"
+                    and not self.allow_insecure_sasl):
+                raise ValueError(
+                    "KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT with KAFKA_SASL_MECHANISM=PLAIN"
+                    f"{'' if self.sasl_mechanism else ' (its default)'} sends KAFKA_SASL_PASSWORD unencrypted to the broker; use KAFKA_SECURITY_PROTOCOL=SASL_SSL "
+                    "(with KAFKA_SSL_CAFILE), or set ANTING_ALLOW_INSECURE_SASL=true for a broker on a "
+                    "network you trust")
+        elif self.sasl_username or self.sasl_password or self.sasl_mechanism:
+            raise ValueError(
+                f"KAFKA_SASL_* is set but KAFKA_SECURITY_PROTOCOL={self.security_protocol} does not "
+                "authenticate with SASL; set KAFKA_SECURITY_PROTOCOL=SASL_SSL (or unset KAFKA_SASL_*)")
+        if self.tls and self.ssl_cafile is not None:
+            _check_cafile(self.ssl_cafile)
+        return self
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -42,13 +97,28 @@ class KafkaSettings(BaseSettings):
             "bootstrap_servers": self.bootstrap_servers,
             "security_protocol": self.security_protocol,
         }
-        if self.security_protocol.startswith("SASL"):
-            opts["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
+        if self.sasl:
+            opts["sasl_mechanism"] = self.mechanism
             opts["sasl_plain_username"] = self.sasl_username
             opts["sasl_plain_password"] = self.sasl_password
-        if self.security_protocol in ("SSL", "SASL_SSL"):
+        if self.tls:
+            # verifies the certificate chain and the host name (check_hostname): keep it so
             opts["ssl_context"] = ssl.create_default_context(cafile=self.ssl_cafile)
         return opts
+
+
+def _check_cafile(path: str) -> None:
+    """Raise ``ValueError`` naming ``KAFKA_SSL_CAFILE`` when ``path`` is not a readable
+    file of PEM certificates (what ``ssl.create_default_context(cafile=...)`` loads)."""
+    where = f"KAFKA_SSL_CAFILE={path}"
+    if not os.path.isfile(path):
+        raise ValueError(f"{where}: no such file")  # a directory too
+    try:
+        ssl.create_default_context(cafile=path)
+    except PermissionError:
+        raise ValueError(f"{where}: not readable by this process (permission denied)") from None
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ValueError(f"{where}: not a file of PEM CA certificates ({exc})") from None
 
 
 class AntingSettings(BaseSettings):
@@ -78,10 +148,14 @@ def _build(cls: type[S], **kwargs: Any) -> S:  # Any: pydantic-settings' own ini
         return cls(**kwargs)
     except ValidationError as exc:
         prefix = str(cls.model_config.get("env_prefix", ""))
-        lines = [
-            f"  {(prefix + '_'.join(str(p) for p in e['loc'])).upper()}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        ]
+        lines = []
+        for e in exc.errors(include_url=False):
+            # a check across fields (no loc) names its variables itself, without pydantic's
+            # "Value error, " in front
+            error = (e.get("ctx") or {}).get("error")
+            msg = str(error) if e["type"] == "value_error" and error is not None else e["msg"]
+            variable = (prefix + "_".join(str(p) for p in e["loc"])).upper()
+            lines.append(f"  {variable}: {msg}" if e["loc"] else f"  {msg}")
         raise SettingsError("bad setting:\n" + "\n".join(lines)) from None
 
 
