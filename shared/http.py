@@ -1,13 +1,21 @@
 """What every Anting HTTP surface shares: RFC 9457 problem details (:class:`Problem`,
-:func:`problem`), the media type of a ``Content-Type``, the API-key dependency
-(:func:`require_api_key`), health and metrics endpoints, request-latency metrics and
-API docs that load nothing from the internet (FastAPI).
+:func:`problem`), the media type of a ``Content-Type``, who may call (API keys with a
+tenant and scopes, stream tokens and a rate limit per key, from :mod:`shared.access`, as
+the dependencies :func:`require_scope` and :func:`require_api_key`), health and metrics
+endpoints, request-latency metrics, CORS, and API docs that load nothing from the
+internet (FastAPI).
+
+401 or 403: a request without a key, or with a key the API does not know (or a forged or
+expired stream token), is 401 with ``WWW-Authenticate: Bearer``; a known key without the
+scope the endpoint needs is 403. Whether something of another tenant exists is never
+said: an endpoint answers it as it answers what does not exist (404).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
+import logging
+import re
 import time
 from collections.abc import (
     Awaitable,
@@ -39,6 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from shared.access import ApiKeys, Principal, RateLimit, StreamTokens, TokenError
 from shared.asyncapi import build as build_asyncapi
 from shared.events import media_type
 from shared.metrics import HTTP_REQUEST_SECONDS, render
@@ -53,6 +62,8 @@ __all__ = [
     "ApiKeys",
     "EmbeddedServer",
     "ErrorItem",
+    "MoveAccessToken",
+    "Principal",
     "Problem",
     "RequestMetrics",
     "allow_every_method",
@@ -62,11 +73,15 @@ __all__ = [
     "openapi_as_served",
     "problem",
     "problem_responses",
+    "redact_access_token",
     "require_api_key",
+    "require_scope",
     "serve_asyncapi",
     "serve_docs_locally",
     "tidy_openapi",
     "use_api_keys",
+    "use_cors",
+    "use_stream_tokens",
 ]
 
 PROBLEM_JSON = "application/problem+json"
@@ -74,12 +89,14 @@ PROBLEM_JSON = "application/problem+json"
 TITLES = {
     400: "Malformed request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict",
     413: "Request body too large",
     415: "Unsupported media type",
     422: "Validation failed",
+    429: "Too many requests",
     503: "Service unavailable",
 }
 
@@ -157,6 +174,26 @@ class Problem(Exception):
         return cls(401, detail, [ErrorItem("header.authorization", detail, "unauthorized")],
                    headers={"WWW-Authenticate": "Bearer"})
 
+    @classmethod
+    def forbidden(cls, scope: str) -> Problem:
+        """The 403 of a known key without ``scope``."""
+        detail = f"this key does not have the scope {scope!r} this endpoint needs"
+        return cls(403, detail, [ErrorItem("header.authorization", detail, "forbidden")])
+
+    @classmethod
+    def token_refused(cls, why: str) -> Problem:
+        """The 401 of a stream token that is forged, malformed or expired (``why``)."""
+        return cls(401, why, [ErrorItem("query.access_token", why, "unauthorized")],
+                   headers={"WWW-Authenticate": "Bearer"})
+
+    @classmethod
+    def too_many(cls, retry_after: float) -> Problem:
+        """The 429 of a key over its rate, with ``Retry-After`` (whole seconds)."""
+        seconds = str(max(1, int(retry_after)))
+        detail = f"too many requests with this key: retry in {seconds} s"
+        return cls(429, detail, [ErrorItem("header.authorization", detail, "rate_limited")],
+                   headers={"Retry-After": seconds})
+
     def to_json(self) -> dict[str, Any]:
         """The problem's JSON object, as :meth:`response` sends it."""
         return _problem_doc(self.status, self.detail, [e.to_json() for e in self.errors],
@@ -222,47 +259,35 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"description": TITLES.get(s, "Error"), **PROBLEM_SCHEMA} for s in statuses}
 
 
-class ApiKeys:
-    """``Authorization: Bearer <key>`` against ``ANTING_API_KEYS``, compared in constant time."""
-
-    def __init__(self, keys: Sequence[str]) -> None:
-        self.keys = [k.encode() for k in keys if k]
-
-    @classmethod
-    def parse(cls, csv: str | None) -> ApiKeys:
-        """The keys of a comma-separated list (blanks around and empty entries ignored)."""
-        return cls([k.strip() for k in (csv or "").split(",")])
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any key is set (with none, every request is allowed)."""
-        return bool(self.keys)
-
-    def allows(self, authorization: str | None) -> bool:
-        """Whether an ``Authorization`` header value (None when missing) is ``Bearer``
-        with one of the keys; always True when no key is set."""
-        if not self.keys:
-            return True
-        scheme, _, token = (authorization or "").partition(" ")
-        given = token.strip().encode() if scheme.lower() == "bearer" else b""
-        ok = False
-        for key in self.keys:  # no early exit: time does not depend on which key matched
-            ok |= hmac.compare_digest(given, key)
-        return ok
-
-
 # documents the Bearer scheme in OpenAPI; the key itself is checked by ApiKeys
-BEARER = HTTPBearer(auto_error=False, description="one of ANTING_API_KEYS, when set")
+BEARER = HTTPBearer(auto_error=False, description=(
+    "an API key of ANTING_API_KEYS or ANTING_API_KEYS_FILE, when set; its scopes decide "
+    "which endpoints answer (403 otherwise)"))
 
 
-def use_api_keys(app: FastAPI, keys: str | None) -> ApiKeys:
-    """Guard ``app``'s routes that depend on :func:`require_api_key` with ``keys``
-    (``ANTING_API_KEYS``: comma-separated; empty or None lets every request through),
-    kept as ``app.state.api_keys``, and answer a :class:`Problem` raised by a route or
-    dependency as problem+json (the 401 among them). Returns the keys."""
-    app.state.api_keys = api_keys = ApiKeys.parse(keys)
+def use_api_keys(app: FastAPI, keys: str | None, *, keys_file: str | None = None,
+                 rate_limit: str | None = None) -> ApiKeys:
+    """Guard ``app``'s routes that depend on :func:`require_scope` or
+    :func:`require_api_key` with ``keys`` (``ANTING_API_KEYS``: comma-separated admin keys)
+    and ``keys_file`` (``ANTING_API_KEYS_FILE``: tenants' keys, see
+    :func:`shared.access.parse_keys_file`); with neither, every request is let through.
+    ``rate_limit`` (``ANTING_RATE_LIMIT``, e.g. ``100/second``) limits each key on the
+    routes that ask for it. Both are kept in ``app.state``; a :class:`Problem` raised by a
+    route or dependency is answered as problem+json (the 401, 403 and 429 among them).
+    Returns the keys; raises :class:`shared.access.KeyFileError` or ``OSError`` for a bad
+    or unreadable key file."""
+    app.state.api_keys = api_keys = ApiKeys.load(keys, keys_file)
+    app.state.rate_limit = RateLimit(rate_limit)
     app.add_exception_handler(Problem, _answer_problem)
     return api_keys
+
+
+def _keys_of(request: Request) -> ApiKeys:
+    try:
+        keys: ApiKeys = request.app.state.api_keys
+    except AttributeError:
+        raise RuntimeError("an API-key dependency on an app without use_api_keys(app, ...)") from None
+    return keys
 
 
 # async: a sync dependency would cost a thread hand-off on every request
@@ -271,19 +296,142 @@ async def require_api_key(
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
 ) -> None:
     """FastAPI dependency (``dependencies=[Depends(require_api_key)]``): the request's
-    ``Authorization: Bearer <key>`` names one of the app's keys (see
+    ``Authorization: Bearer <key>`` names one of the app's keys, whatever its scopes (see
     :func:`use_api_keys`), else :meth:`Problem.unauthorized` (401) is raised. It reads
     the header itself; ``_credentials`` (FastAPI's :data:`BEARER`) is there only so that
     OpenAPI documents the scheme, and may be left out when calling it directly.
     Raises :class:`RuntimeError` when :func:`use_api_keys` was not called on the app."""
-    try:
-        keys: ApiKeys = request.app.state.api_keys
-    except AttributeError:
-        raise RuntimeError("require_api_key on an app without use_api_keys(app, ...)") from None
-    if keys.keys:
+    authorization = request.headers.get("authorization")
+    if _keys_of(request).principal(authorization) is None:
+        raise Problem.unauthorized(authorization)
+
+
+ScopeCheck = Callable[..., Awaitable[Principal]]
+
+
+def require_scope(scope: str, *, limited: bool = False, tokens: bool = False) -> ScopeCheck:
+    """A FastAPI dependency (``Depends(require_scope("events:publish"))``) giving the
+    request's :class:`Principal` when its key holds ``scope``: 401 problem for no or an
+    unknown key, 403 for a key without ``scope``. With ``limited`` the key's requests count
+    against the app's rate limit (429 with ``Retry-After`` beyond it); admin keys, and
+    every request while no key is configured, are not limited. With ``tokens``, a stream
+    token taken from the URL's ``access_token`` (see :class:`MoveAccessToken`) is accepted
+    instead of a key, for ``stream:read`` alone; a forged or expired one is 401.
+
+    The dependency is async and needs only the request (ingest's ``RequestRoute`` calls it
+    as ``await check(request)``). Raises :class:`RuntimeError` when :func:`use_api_keys`
+    was not called on the app."""
+
+    async def check(
+        request: Request,
+        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
+    ) -> Principal:
+        keys = _keys_of(request)
         authorization = request.headers.get("authorization")
-        if not keys.allows(authorization):
-            raise Problem.unauthorized(authorization)
+        token = request.scope.get(ACCESS_TOKEN_SCOPE_KEY) if tokens else None
+        found: Principal | None
+        if token is not None and not authorization and keys.enabled:
+            signer: StreamTokens | None = getattr(request.app.state, "stream_tokens", None)
+            if signer is None:
+                raise RuntimeError("a stream-token dependency on an app without use_stream_tokens")
+            try:
+                found = signer.verify(token)
+            except TokenError as exc:
+                raise Problem.token_refused(str(exc)) from None
+        else:
+            found = keys.principal(authorization)
+            if found is None:
+                raise Problem.unauthorized(authorization)
+        if not found.may(scope):
+            raise Problem.forbidden(scope)
+        if limited and found.key_id is not None and not found.admin:
+            wait = request.app.state.rate_limit.hit(found.key_id)
+            if wait is not None:
+                raise Problem.too_many(wait)
+        return found
+
+    check.__name__ = f"require_{scope.replace(':', '_')}"
+    return check
+
+
+#: Where :class:`MoveAccessToken` puts the ``access_token`` it took out of the query.
+ACCESS_TOKEN_SCOPE_KEY = "anting.access_token"
+_TOKEN_PARAM = re.compile(rb"(?:^|&)access_token=([^&]*)")
+_REDACT = re.compile(r"(access_token=)[^&\s\"']*")
+
+
+class MoveAccessToken:
+    """ASGI middleware: takes ``access_token=...`` out of the request's query string, in
+    the scope itself, and keeps it under :data:`ACCESS_TOKEN_SCOPE_KEY` for
+    :func:`require_scope` (``tokens=True``). The query string is the one uvicorn's access
+    log, request metrics and any tracing read afterwards, so a token in a URL is never
+    written anywhere. (Tracing middleware outside this one redacts the parameter itself:
+    :func:`shared.tracing.instrument_app`.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query: bytes = scope.get("query_string", b"") if scope["type"] == "http" else b""
+        if b"access_token=" in query:
+            match = _TOKEN_PARAM.search(query)
+            if match is not None:
+                from urllib.parse import unquote_to_bytes
+
+                scope[ACCESS_TOKEN_SCOPE_KEY] = unquote_to_bytes(match.group(1)).decode(
+                    "utf-8", "replace")
+                scope["query_string"] = b"&".join(
+                    p for p in query.split(b"&") if p and not p.startswith(b"access_token="))
+        await self.app(scope, receive, send)
+
+
+def redact_access_token(text: str) -> str:
+    """``text`` (a URL, a query, a log line) with every ``access_token=`` value replaced by
+    ``[redacted]``."""
+    return _REDACT.sub(r"\1[redacted]", text) if "access_token=" in text else text
+
+
+class _RedactAccessLog(logging.Filter):
+    """Redacts ``access_token`` in uvicorn's access log lines (whose arguments hold the
+    path and query) should the access log be turned on: the query is already cleaned by
+    :class:`MoveAccessToken`, this is the second lock."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_access_token(a) if isinstance(a, str) else a
+                                for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = redact_access_token(record.msg)
+        return True
+
+
+def use_stream_tokens(app: FastAPI, tokens: StreamTokens) -> None:
+    """Accept ``tokens`` (:class:`shared.access.StreamTokens`) on routes depending on
+    ``require_scope(..., tokens=True)``: kept as ``app.state.stream_tokens``; the
+    ``access_token`` query parameter is moved out of every request's query string by
+    :class:`MoveAccessToken` (the outermost middleware but tracing's), and uvicorn's
+    access log redacts it."""
+    app.state.stream_tokens = tokens
+    app.add_middleware(MoveAccessToken)
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _RedactAccessLog) for f in access.filters):
+        access.addFilter(_RedactAccessLog())
+
+
+def use_cors(app: FastAPI, origins: str | None) -> None:
+    """Let web pages of ``origins`` (``ANTING_CORS_ORIGINS``: comma-separated, e.g.
+    ``https://app.example.com``; ``*`` for any; empty: none, and no middleware) call the
+    API from a browser (Starlette's ``CORSMiddleware``): GET and POST, with the headers
+    ``Authorization``, ``Content-Type`` and ``Last-Event-ID``; no cookies."""
+    allowed = [o.strip() for o in (origins or "").split(",") if o.strip()]
+    if not allowed:
+        return
+    from starlette.middleware.cors import CORSMiddleware
+
+    app.add_middleware(CORSMiddleware, allow_origins=allowed, allow_credentials=False,
+                       allow_methods=["GET", "POST", "DELETE"],
+                       allow_headers=["authorization", "content-type", "last-event-id"],
+                       max_age=600)
 
 
 def health_router(ready: Callable[[], Awaitable[tuple[bool, str]]]) -> APIRouter:

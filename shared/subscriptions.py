@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from shared.access import ADMIN_TENANT, TENANT_PATTERN
 from shared.events import EVENT_TYPES, AnnouncementKind, NonEmpty, json_integer
 
 
@@ -146,9 +147,15 @@ class SubscriptionRequest(Strict):
 
 
 class Subscription(SubscriptionRequest):
-    """The record on the ``subscriptions`` topic, keyed by ``id``; a tombstone deletes it."""
+    """The record on the ``subscriptions`` topic, keyed by ``id``; a tombstone deletes it.
+
+    ``tenant`` is the tenant of the API key that created it (``shared/access.py``): only
+    that tenant's keys (and admin keys) see and change it. A record written before
+    subscriptions had a tenant has none and belongs to the ``admin`` tenant."""
 
     id: NonEmpty
+    tenant: Annotated[str, StringConstraints(pattern=TENANT_PATTERN)] = Field(
+        default=ADMIN_TENANT, description="the tenant of the key that created it")
     created_at: datetime
     secrets: list[str] = Field(default_factory=list, description="whsec_ signing secrets, newest first")
     previous_secrets_expire_at: datetime | None = Field(
@@ -182,6 +189,8 @@ class DeliveryRecord(Strict):
     model_config = ConfigDict(strict=True, extra="allow")
 
     subscription_id: NonEmpty
+    tenant: str | None = Field(
+        default=None, description="the subscription's tenant (absent on lines written before tenants)")
     event_id: NonEmpty
     event_source: NonEmpty | None = Field(
         default=None, description="the CloudEvents source of the event delivered; with event_id, its identity")

@@ -35,6 +35,7 @@ from services.ingest.codec import Rejection, decode_data, decode_events, to_reco
 from services.ingest.publisher import BrokerUnavailable, Publisher
 from services.ingest.settings import IngestSettings
 from shared import tracing
+from shared.access import EVENTS_PUBLISH
 from shared.events import (
     AGREEMENT,
     ANNOUNCEMENT,
@@ -50,7 +51,7 @@ from shared.http import (
     install_request_metrics,
     openapi_as_served,
     problem_responses,
-    require_api_key,
+    require_scope,
     serve_asyncapi,
     use_api_keys,
 )
@@ -74,7 +75,7 @@ __all__ = [
 ]
 
 REF = "#/components/schemas/{model}"
-ERROR_STATUSES = (400, 401, 413, 415, 422, 503)
+ERROR_STATUSES = (400, 401, 403, 413, 415, 422, 429, 503)
 # content codings a request body may have (RFC 9110 §8.4.1); "x-gzip" is gzip (§8.4.1.3).
 # br and zstd would need a package this project does not pin.
 SUPPORTED_CODINGS = ("gzip", "deflate", "identity")
@@ -337,7 +338,9 @@ def _refused(problem: Problem) -> Response:
 
 
 router = APIRouter(route_class=RequestRoute)
-AUTH = [Depends(require_api_key)]
+# a key with events:publish (401 without a key, 403 with another), each tenant key counted
+# against ANTING_RATE_LIMIT (429)
+AUTH = [Depends(require_scope(EVENTS_PUBLISH, limited=True))]
 
 
 @router.post(
@@ -501,7 +504,8 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
 
 def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
     """The ingest HTTP app: :data:`router`'s endpoints on ``publisher`` (which the caller
-    starts and stops) and ``settings``, ``ANTING_API_KEYS`` guarding them, plus health,
+    starts and stops) and ``settings``, API keys with ``events:publish`` guarding them
+(``ANTING_API_KEYS``, ``ANTING_API_KEYS_FILE``; ``ANTING_RATE_LIMIT`` per tenant key), plus health,
     readiness (``publisher.ready``), metrics and the API docs."""
     app = FastAPI(
         title="Anting ingest",
@@ -520,7 +524,8 @@ def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
         routes=list(router.routes),
     )
     app.state.ingest = IngestState(settings, publisher)
-    use_api_keys(app, settings.api_keys)
+    use_api_keys(app, settings.api_keys, keys_file=settings.api_keys_file or None,
+                 rate_limit=settings.rate_limit)
     install_request_metrics(app, "ingest")
     app.include_router(health_router(publisher.ready))
     serve_asyncapi(app, settings)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.access import RateLimit
 from shared.settings import AntingSettings
 
 
@@ -25,6 +26,16 @@ class IngestSettings(AntingSettings):
 
     # shared names, read without the service prefix
     api_keys: str = Field("", validation_alias=AliasChoices("ANTING_API_KEYS", "api_keys"))
+    # tenants' keys: lines "<sha256-hex> <tenant> <scope,...>" (shared/access.py)
+    api_keys_file: str = Field("", validation_alias=AliasChoices("ANTING_API_KEYS_FILE", "api_keys_file"))
+    # per tenant key on the publish endpoints (limits' notation; "off": none); admin keys,
+    # and every request while no key is set, are not limited
+    rate_limit: str = Field("100/second", validation_alias=AliasChoices("ANTING_RATE_LIMIT", "rate_limit"))
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, v: str) -> str:
+        return RateLimit.check(v)  # ValueError names the notation
 
 
 __all__ = ["IngestSettings"]

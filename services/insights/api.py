@@ -1,8 +1,10 @@
 """The HTTP surface of insights (FastAPI): organization activity, partners and latest
 events, the most active organizations, sector activity, the names the catalog lacks;
 health, readiness (the table recovered) and metrics. Errors are RFC 9457 problem+json;
-``ANTING_API_KEYS`` protects everything under ``/v1`` (the keys have no scopes: one key
-reads everything, as on the other services).
+every route under ``/v1`` needs a key with the ``insights:read`` scope (or ``admin``) when
+keys are set (``ANTING_API_KEYS``, ``ANTING_API_KEYS_FILE``): 401 without one, 403 with a key
+of other scopes. What it answers is folded from the whole enriched stream, which belongs to
+no tenant, so every such key reads all of it.
 
 Every instance answers every query. A query about one key (an organization, a sector)
 is answered by the instance that owns the key's table partition: another instance
@@ -27,6 +29,7 @@ from fastapi.responses import Response
 from services.insights.settings import InsightsSettings
 from services.insights.state import Entity, Window, entity_key
 from services.insights.streams import Insights
+from shared.access import INSIGHTS_READ
 from shared.http import (
     Problem,
     health_router,
@@ -34,7 +37,7 @@ from shared.http import (
     openapi_as_served,
     problem,
     problem_responses,
-    require_api_key,
+    require_scope,
     use_api_keys,
 )
 
@@ -71,7 +74,7 @@ def create_app(settings: InsightsSettings, insights: Insights) -> FastAPI:
     app = FastAPI(title="Anting insights", version="0.1.0",
                   description="Organization activity folded from the enriched stream into faust tables; "
                   "each key answered by the instance that owns it.")
-    use_api_keys(app, settings.api_keys)
+    use_api_keys(app, settings.api_keys, keys_file=settings.api_keys_file or None)
     install_request_metrics(app, "insights")
     client = httpx.AsyncClient(timeout=settings.forward_timeout_seconds)
 
@@ -87,8 +90,8 @@ def create_app(settings: InsightsSettings, insights: Insights) -> FastAPI:
         errors = [{"path": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
         return problem(422, "invalid request", errors=errors)
 
-    auth = [Depends(require_api_key)]
-    errors = problem_responses(401, 404, 422, 503)
+    auth = [Depends(require_scope(INSIGHTS_READ))]
+    errors = problem_responses(401, 403, 404, 422, 503)
 
     def unavailable(detail: str) -> Problem:
         return Problem(503, detail, headers={"Retry-After": "1"})

@@ -40,6 +40,8 @@ class InsightsSettings(AntingSettings):
     forward_timeout_seconds: float = Field(5.0, gt=0, le=60)
 
     api_keys: str = Field("", validation_alias=AliasChoices("ANTING_API_KEYS", "api_keys"))
+    # tenants' keys: lines "<sha256-hex> <tenant> <scope,...>"; reading needs insights:read
+    api_keys_file: str = Field("", validation_alias=AliasChoices("ANTING_API_KEYS_FILE", "api_keys_file"))
 
     def url(self) -> str:
         """This instance's URL as the others use it (see ``advertised_url``)."""

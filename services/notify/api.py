@@ -1,14 +1,24 @@
 """The HTTP surface of notify (FastAPI): subscriptions CRUD (each with its delivery
 health: failing since when, deliveries waiting, the next attempt), enabling a disabled
-subscription again, secret rotation, the enriched stream as Server-Sent Events, health
-and metrics. Errors are RFC 9457
-problem+json; ``ANTING_API_KEYS`` protects everything under ``/v1``.
+subscription again, secret rotation, the enriched stream as Server-Sent Events and the
+short-lived tokens a browser opens it with, health and metrics. Errors are RFC 9457
+problem+json.
+
+Who may do what (keys: ``ANTING_API_KEYS``, ``ANTING_API_KEYS_FILE``; see
+``shared/access.py``): the subscription routes need ``subscriptions:manage`` and act on the
+key's tenant's subscriptions only — another tenant's id is answered exactly as an unknown
+one (404, the same body), and the list holds the tenant's own; an ``admin`` key acts on
+every tenant's. ``/v1/stream`` needs ``stream:read``, from a key or from a stream token in
+``?access_token=`` (``POST /v1/stream-tokens``); a stream opened with a token ends when the
+token expires. Creating, deleting, rotating, enabling and issuing tokens count against the
+key's rate (``ANTING_RATE_LIMIT``, 429 beyond it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
@@ -25,6 +35,7 @@ from services.notify.matching import decode, match
 from services.notify.settings import NotifySettings
 from services.notify.ssrf import literal_refusal
 from services.notify.store import SubscriptionStore
+from shared.access import STREAM_READ, SUBSCRIPTIONS_MANAGE, Principal, StreamTokens
 from shared.events import error_paths, record_event_bytes
 from shared.http import (
     health_router,
@@ -33,9 +44,11 @@ from shared.http import (
     openapi_as_served,
     problem,
     problem_responses,
-    require_api_key,
+    require_scope,
     serve_asyncapi,
     use_api_keys,
+    use_cors,
+    use_stream_tokens,
 )
 from shared.kafka import make_consumer, wait_for_partitions
 from shared.subscriptions import Filter, SubscriptionRequest
@@ -83,6 +96,9 @@ def filter_from_query(
     return Filter.model_validate_json(orjson.dumps(doc))
 
 
+#: The longest a stream token may live (``ANTING_STREAM_TOKEN_TTL_SECONDS`` is at most this).
+MAX_STREAM_TOKEN_TTL_SECONDS = 3600
+
 #: The longest grace period a rotation may give the previous secret: a year.
 MAX_GRACE_SECONDS = 366 * 24 * 3600
 
@@ -101,12 +117,39 @@ def _request_schema() -> dict[str, Any]:
     return schema
 
 
+_MANAGE = require_scope(SUBSCRIPTIONS_MANAGE)
+_MANAGE_LIMITED = require_scope(SUBSCRIPTIONS_MANAGE, limited=True)
+Manager = Annotated[Principal, Depends(_MANAGE)]
+LimitedManager = Annotated[Principal, Depends(_MANAGE_LIMITED)]
+StreamReader = Annotated[Principal, Depends(require_scope(STREAM_READ, tokens=True))]
+TokenIssuer = Annotated[Principal, Depends(require_scope(STREAM_READ, limited=True))]
+
+_TOKEN_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["token", "expires_at", "expires_in"],
+    "properties": {"token": {"type": "string"},
+                   "expires_at": {"type": "string", "format": "date-time"},
+                   "expires_in": {"type": "integer", "description": "seconds"}}}
+
+
+def _tenant(who: Principal) -> str | None:
+    """The tenant whose subscriptions ``who`` acts on: its own; ``None`` (all) for an admin."""
+    return None if who.admin else who.tenant
+
+
 def create_app(settings: NotifySettings, store: SubscriptionStore,
-               ready: Callable[[], Awaitable[tuple[bool, str]]] | None = None) -> FastAPI:
+               ready: Callable[[], Awaitable[tuple[bool, str]]] | None = None,
+               tokens: StreamTokens | None = None) -> FastAPI:
+    """The notify API over ``store``; stream tokens are signed by ``tokens`` (by default
+    with ``ANTING_STREAM_TOKEN_SECRET``, else a secret made for this process). Raises
+    :class:`shared.access.KeyFileError` or ``OSError`` for a bad key file."""
     app = FastAPI(title="Anting notify", version="0.1.0",
                   description="Filtered subscriptions delivered by webhook, email, chat and log.")
-    use_api_keys(app, settings.api_keys)
+    use_api_keys(app, settings.api_keys, keys_file=settings.api_keys_file or None,
+                 rate_limit=settings.rate_limit)
     install_request_metrics(app, "notify")
+    tokens = tokens or StreamTokens(settings.stream_token_secret or None)
+    use_stream_tokens(app, tokens)
+    use_cors(app, settings.cors_origins)
 
     async def _ready() -> tuple[bool, str]:
         if ready is not None:
@@ -121,16 +164,15 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
         errors = [{"path": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
         return problem(422, "invalid request", errors=errors)
 
-    auth = [Depends(require_api_key)]
-
     @app.post(
-        "/v1/subscriptions", status_code=201, dependencies=auth, tags=["subscriptions"],
+        "/v1/subscriptions", status_code=201, tags=["subscriptions"],
         summary="Create a subscription; a webhook's signing secret is returned once, here",
-        responses=problem_responses(400, 401, 415, 422, 503),
+        description="It belongs to the tenant of the key that creates it.",
+        responses=problem_responses(400, 401, 403, 415, 422, 429, 503),
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
             "schema": _request_schema()}}}},
     )
-    async def create(request: Request) -> Response:
+    async def create(request: Request, who: LimitedManager) -> Response:
         ctype = media_type(request.headers.get("content-type"))
         if ctype not in ("application/json", ""):
             return problem(415, f"expected application/json, got {ctype}")
@@ -152,7 +194,7 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
             if why:
                 return problem(422, "log file refused", errors=[{"path": "channel.path", "message": why}])
         try:
-            sub, secret = await store.create(req)
+            sub, secret = await store.create(req, who.tenant)
         except Exception as exc:
             return problem(503, f"could not store the subscription: {type(exc).__name__}")
         doc = store.view_of(sub)
@@ -164,28 +206,31 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
                   "the last success, null when not failing), `last_failure_at`, `last_error`, "
                   "`waiting` (deliveries waiting for a retry) and `next_attempt_at` (null while disabled).")
 
-    @app.get("/v1/subscriptions", dependencies=auth, tags=["subscriptions"], summary="List subscriptions",
-             description=health_doc, responses=problem_responses(401))
-    async def list_all() -> dict[str, Any]:
-        return {"subscriptions": store.views()}
+    @app.get("/v1/subscriptions", tags=["subscriptions"], summary="List subscriptions",
+             description="The key's tenant's subscriptions (an admin key's: every tenant's). "
+                         + health_doc, responses=problem_responses(401, 403))
+    async def list_all(who: Manager) -> dict[str, Any]:
+        return {"subscriptions": store.views(_tenant(who))}
 
-    @app.get("/v1/subscriptions/{sub_id}", dependencies=auth, tags=["subscriptions"],
+    @app.get("/v1/subscriptions/{sub_id}", tags=["subscriptions"],
              summary="One subscription (never its secrets)", description=health_doc,
-             responses=problem_responses(401, 404))
-    async def get_one(sub_id: str) -> Response:
-        sub = store.get(sub_id)
+             responses=problem_responses(401, 403, 404))
+    async def get_one(sub_id: str, who: Manager) -> Response:
+        sub = store.owned(sub_id, _tenant(who))
         if sub is None:
             return problem(404, f"no subscription {sub_id}")
         return JSONResponse(store.view_of(sub))
 
-    @app.post("/v1/subscriptions/{sub_id}/enable", dependencies=auth, tags=["subscriptions"],
+    @app.post("/v1/subscriptions/{sub_id}/enable", tags=["subscriptions"],
               summary="Enable a disabled subscription again; its waiting retries resume",
               description="Disabled by a 410 or by failing for days (`disabled_reason` says which). "
                           "Its retries still scheduled are attempted at once, new events match it "
                           "again, and its failures so far no longer count towards disabling it. "
                           "Enabling one that is not disabled changes nothing.",
-              responses=problem_responses(401, 404, 503))
-    async def enable(sub_id: str) -> Response:
+              responses=problem_responses(401, 403, 404, 429, 503))
+    async def enable(sub_id: str, who: LimitedManager) -> Response:
+        if store.owned(sub_id, _tenant(who)) is None:
+            return problem(404, f"no subscription {sub_id}")
         try:
             out = await store.enable(sub_id)
         except Exception as exc:
@@ -194,17 +239,20 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
             return problem(404, f"no subscription {sub_id}")
         return JSONResponse(store.view_of(out[0]))
 
-    @app.delete("/v1/subscriptions/{sub_id}", status_code=204, dependencies=auth, tags=["subscriptions"],
-                summary="Delete a subscription", responses=problem_responses(401, 404, 503))
-    async def delete(sub_id: str) -> Response:
-        if not await store.delete(sub_id):
+    @app.delete("/v1/subscriptions/{sub_id}", status_code=204, tags=["subscriptions"],
+                summary="Delete a subscription", responses=problem_responses(401, 403, 404, 429, 503))
+    async def delete(sub_id: str, who: LimitedManager) -> Response:
+        if store.owned(sub_id, _tenant(who)) is None or not await store.delete(sub_id):
             return problem(404, f"no subscription {sub_id}")
         return Response(status_code=204)
 
-    @app.post("/v1/subscriptions/{sub_id}/rotate-secret", dependencies=auth, tags=["subscriptions"],
+    @app.post("/v1/subscriptions/{sub_id}/rotate-secret", tags=["subscriptions"],
               summary="A new webhook secret (shown once); the previous one keeps signing for a grace period",
-              responses=problem_responses(401, 404))
-    async def rotate(sub_id: str, grace_seconds: Annotated[int | None, Query(ge=0, le=MAX_GRACE_SECONDS)] = None) -> Response:
+              responses=problem_responses(401, 403, 404, 429))
+    async def rotate(sub_id: str, who: LimitedManager,
+                     grace_seconds: Annotated[int | None, Query(ge=0, le=MAX_GRACE_SECONDS)] = None) -> Response:
+        if store.owned(sub_id, _tenant(who)) is None:
+            return problem(404, f"no webhook subscription {sub_id}")
         out = await store.rotate_secret(sub_id, settings.secret_grace_seconds if grace_seconds is None else grace_seconds)
         if out is None:
             return problem(404, f"no webhook subscription {sub_id}")
@@ -214,15 +262,45 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
                              if sub.previous_secrets_expire_at else None})
 
     resume_points = ResumePoints()
+    longest = settings.stream_token_ttl_seconds
 
-    @app.get("/v1/stream", dependencies=auth, tags=["stream"],
+    @app.post("/v1/stream-tokens", tags=["stream"],
+              summary="A short-lived token that opens the stream from a browser (`?access_token=`)",
+              description="For an `EventSource`, which cannot send an `Authorization` header: a "
+                          "page's own back end, holding a key with `stream:read`, asks for a "
+                          "token and hands it to the page. The token grants `stream:read` of the "
+                          f"key's tenant only, for `ttl_seconds` ({longest} by default and at "
+                          "most: a longer ask is cut to it), and only on `GET /v1/stream`; a stream it opened ends when it "
+                          "expires.",
+              responses={200: {"description": "the token",
+                               "content": {"application/json": {"schema": _TOKEN_SCHEMA}}},
+                         **problem_responses(401, 403, 422, 429)})
+    async def stream_token(
+        who: TokenIssuer,
+        ttl_seconds: Annotated[int | None, Query(ge=1, le=MAX_STREAM_TOKEN_TTL_SECONDS,
+                                                 description="seconds")] = None,
+    ) -> Response:
+        ttl = min(ttl_seconds or longest, longest)  # capped by the setting
+        token, expires = tokens.issue(who, ttl)
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+        return JSONResponse({"token": token, "expires_at": at, "expires_in": ttl},
+                            headers={"cache-control": "no-store"})
+
+    @app.get("/v1/stream", tags=["stream"],
              summary="The enriched stream as Server-Sent Events, filtered like a subscription",
              description="`id` is the event's source and id, percent-encoded and joined by a space; "
                          "reconnecting with `Last-Event-ID` resumes right after that event when this "
-                         "server sent it lately, else from `from`.",
-             responses={200: {"content": {"text/event-stream": {}}}, **problem_responses(401, 422)})
+                         "server sent it lately, else from `from`. Needs `stream:read`: a key, or "
+                         "`access_token` from `POST /v1/stream-tokens` (the stream ends when the "
+                         "token expires; a browser's EventSource then gets 401 and stops).",
+             responses={200: {"content": {"text/event-stream": {}}}, **problem_responses(401, 403, 422)},
+             openapi_extra={"parameters": [{
+                 "name": "access_token", "in": "query", "required": False,
+                 "schema": {"type": "string"},
+                 "description": "a stream token, for clients that cannot send Authorization"}]})
     async def stream(
         request: Request,
+        who: StreamReader,
         types: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
         kinds: Annotated[list[str], Query()] = [],  # noqa: B006
         organizations: Annotated[list[str], Query()] = [],  # noqa: B006
@@ -236,7 +314,7 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
             return problem(422, "invalid filter", errors=error_paths(exc))
         last_id = request.headers.get("last-event-id")
         return StreamingResponse(
-            sse_events(settings, flt, from_, request, resume_points, last_id),
+            sse_events(settings, flt, from_, request, resume_points, last_id, until=who.expires_at),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
@@ -247,12 +325,15 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
 
 async def sse_events(settings: NotifySettings, flt: Filter, start: str, request: Request,
                      resume_points: ResumePoints | None = None, last_id: str | None = None,
-                     ) -> AsyncIterator[bytes]:
+                     until: float | None = None) -> AsyncIterator[bytes]:
     """Each matching enriched event as one SSE message (``id`` = the event's source and id,
     see :func:`services.notify.sse.event_id`; ``event`` = type; ``data`` = the event and
     its ``reason`` as one line of JSON), from ``start`` (latest or earliest) — or, when
     ``last_id`` names an event this process sent, from right after it. Every line is
-    written by :mod:`services.notify.sse`, so no value in an event can add one."""
+    written by :mod:`services.notify.sse`, so no value in an event can add one. With
+    ``until`` (Unix seconds: a stream token's expiry) the stream ends then, so a token
+    opens a stream no longer than it lives; a browser reconnecting gets the 401 of the
+    expired token."""
     topic = settings.topic(ENRICHED_EVENTS)
     points = resume_points or ResumePoints(0)
     resume = points.get(last_id)
@@ -275,6 +356,9 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
         yield sse.comment("connected")
         idle = 0.0
         while not await request.is_disconnected():
+            if until is not None and time.time() >= until:
+                yield sse.comment("the stream token expired")
+                return
             batch = await consumer.getmany(timeout_ms=500, max_records=500)
             if not batch:
                 idle += 0.5
@@ -305,5 +389,5 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
             await asyncio.shield(consumer.stop())
 
 
-__all__ = ["MAX_GRACE_SECONDS", "SSE_HEARTBEAT_SECONDS", "SSE_RESUME_POINTS", "ResumePoints", "create_app",
+__all__ = ["MAX_GRACE_SECONDS", "MAX_STREAM_TOKEN_TTL_SECONDS", "SSE_HEARTBEAT_SECONDS", "SSE_RESUME_POINTS", "ResumePoints", "create_app",
            "filter_from_query", "sse_events"]

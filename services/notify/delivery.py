@@ -313,7 +313,7 @@ class Deliverer:
                 stage="notify", error=result.error or "delivery failed",
                 key=delivery.key.encode(), value=replayable.to_json(),
                 headers=[(DUE_HEADER, b"0")], topic=self.retries,
-                extra={"subscription": sub.id, "attempts": str(delivery.attempt),
+                extra={"subscription": sub.id, "tenant": sub.tenant, "attempts": str(delivery.attempt),
                        "status_code": str(result.status_code or "")},
             )
             await self._finish([
@@ -340,7 +340,8 @@ class Deliverer:
         """Send the outcome's line to ``notifications`` (the ledger's log too: see ledger.py);
         returns the broker-ack future."""
         channel = self.channel_of(delivery, sub)
-        value = notification_record(delivery, channel, outcome, result, next_at, disabled=disabled)
+        value = notification_record(delivery, channel, outcome, result, next_at, disabled=disabled,
+                                    tenant=sub.tenant if sub is not None else None)
         if outcome is DeliveryOutcome.retried or outcome is DeliveryOutcome.dead:
             return await self.ledger.record(
                 delivery, outcome, value, channel=channel, error=result.error,
@@ -351,17 +352,21 @@ class Deliverer:
 def notification_record(
     delivery: Delivery, channel: str, outcome: DeliveryOutcome, result: Result,
     next_at: datetime | None = None, at: datetime | None = None, disabled: str | None = None,
+    tenant: str | None = None,
 ) -> bytes:
     """A :class:`DeliveryRecord` as JSON, built directly: the same bytes as the model's
     ``model_dump(mode="json", exclude_unset=True)`` with every field but
     ``subscription_disabled`` set (a unit test holds them equal), without building and
     validating a model for every delivery. ``event_sources`` goes with ``event_ids``: the
     ledger makes a digest's events' keys from both. ``subscription_disabled`` (``disabled``)
-    is written only on the line of the attempt that disabled the subscription."""
+    is written only on the line of the attempt that disabled the subscription; ``tenant``
+    (the subscription's) whenever known: not for a retry of a subscription deleted since."""
     ids = delivery.event_ids
     sources = delivery.event_sources
-    line = {
-        "subscription_id": delivery.subscription_id,
+    line: dict[str, Any] = {"subscription_id": delivery.subscription_id}
+    if tenant is not None:
+        line["tenant"] = tenant
+    line |= {
         "event_id": delivery.key if delivery.digest else ids[0],
         "event_source": delivery.event_source if delivery.digest else sources[0],
         "idempotency_key": delivery.key,

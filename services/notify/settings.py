@@ -9,6 +9,7 @@ import re
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.access import RateLimit
 from shared.settings import AntingSettings
 from shared.subscriptions import RETRY_PRESETS, RetryPolicy
 from shared.topics import LEDGER_RETENTION_MS
@@ -99,6 +100,24 @@ class NotifySettings(AntingSettings):
 
     # shared names, read without the service prefix
     api_keys: str = Field("", validation_alias=_alias("ANTING_API_KEYS", "api_keys"))
+    # tenants' keys: lines "<sha256-hex> <tenant> <scope,...>" (shared/access.py)
+    api_keys_file: str = Field("", validation_alias=_alias("ANTING_API_KEYS_FILE", "api_keys_file"))
+    # per tenant key on the write endpoints (limits' notation; "off": none); admin keys are not limited
+    rate_limit: str = Field("100/second", validation_alias=_alias("ANTING_RATE_LIMIT", "rate_limit"))
+    # web pages allowed to call the API from a browser (comma-separated origins; "*": any)
+    cors_origins: str = Field("", validation_alias=_alias("ANTING_CORS_ORIGINS", "cors_origins"))
+    # signs stream tokens; unset: random per process (a token works only where it was issued)
+    stream_token_secret: str = Field(
+        "", validation_alias=_alias("ANTING_STREAM_TOKEN_SECRET", "stream_token_secret"))
+    # a stream token's life, and the longest a request may ask for
+    stream_token_ttl_seconds: int = Field(
+        300, ge=1, le=3600,
+        validation_alias=_alias("ANTING_STREAM_TOKEN_TTL_SECONDS", "stream_token_ttl_seconds"))
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, v: str) -> str:
+        return RateLimit.check(v)  # ValueError names the notation
 
     @model_validator(mode="before")
     @classmethod

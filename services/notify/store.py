@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.notify.index import SubscriptionIndex
 from services.notify.matching import Event, Reason
+from shared.access import ADMIN_TENANT
 from shared.compacted import CompactedView
 from shared.settings import AntingSettings
 from shared.subscriptions import Subscription, SubscriptionRequest
@@ -112,9 +113,10 @@ class SubscriptionStore:
         """:func:`public_view` with the subscription's health, when known here."""
         return public_view(sub, self.health([sub.id])[sub.id] if self.health else None)
 
-    def views(self) -> list[dict[str, Any]]:
-        """Every subscription's :meth:`view_of`, oldest first, the health read in one pass."""
-        subs = self.all()
+    def views(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Every subscription's :meth:`view_of` (only ``tenant``'s when given), oldest first,
+        the health read in one pass."""
+        subs = self.all() if tenant is None else [s for s in self.all() if s.tenant == tenant]
         health = self.health([s.id for s in subs]) if self.health else {}
         return [public_view(s, health.get(s.id)) for s in subs]
 
@@ -169,17 +171,28 @@ class SubscriptionStore:
     def get(self, sub_id: str) -> Subscription | None:
         return self.view.items.get(sub_id)
 
+    def owned(self, sub_id: str, tenant: str | None) -> Subscription | None:
+        """The subscription ``sub_id`` if it belongs to ``tenant`` (``None``: any tenant, an
+        admin's view); ``None`` for another tenant's exactly as for an unknown id, so that
+        the API answers both alike."""
+        sub = self.view.items.get(sub_id)
+        if sub is None or (tenant is not None and sub.tenant != tenant):
+            return None
+        return sub
+
     async def put(self, sub: Subscription) -> Subscription:
         await (await self.producer.send(self.topic, key=sub.id.encode(), value=encode_subscription(sub)))
         self.view.items[sub.id] = sub
         self._changed([sub.id])
         return sub
 
-    async def create(self, request: SubscriptionRequest) -> tuple[Subscription, str | None]:
-        """Store a new subscription; returns it and, for a webhook, its signing secret."""
+    async def create(self, request: SubscriptionRequest,
+                     tenant: str = ADMIN_TENANT) -> tuple[Subscription, str | None]:
+        """Store a new subscription of ``tenant``; returns it and, for a webhook, its
+        signing secret."""
         secret = new_secret() if request.channel.type == "webhook" else None
         sub = Subscription(
-            **request.model_dump(), id=new_id(), created_at=datetime.now(UTC),
+            **request.model_dump(), id=new_id(), tenant=tenant, created_at=datetime.now(UTC),
             secrets=[secret] if secret else [],
         )
         return await self.put(sub), secret
