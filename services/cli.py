@@ -457,6 +457,40 @@ def dlq_replay(
         raise typer.Exit(1)
 
 
+keys_app = typer.Typer(help="API keys of tenants, for ANTING_API_KEYS_FILE.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("new")
+def keys_new(
+    tenant: Annotated[str, typer.Option(help="the tenant the key acts for, e.g. acme")],
+    scopes: Annotated[str, typer.Option(
+        help="comma-separated: events:publish, subscriptions:manage, stream:read, "
+             "insights:read, admin")],
+    append: Annotated[Path | None, typer.Option(
+        help="append the line to this key file (ANTING_API_KEYS_FILE) instead of printing it")] = None,
+) -> None:
+    """Make a new API key: prints the key once (only its SHA-256 is kept) and the line
+    ``<sha256-hex> <tenant> <scopes>`` for the key file; the services read the file at start."""
+    from shared.access import key_line, new_key
+
+    key = new_key()
+    try:
+        line = key_line(key, tenant, scopes.split(","))
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if append is not None:
+        with append.open("a") as out:
+            out.write(line + "\n")
+        sys.stderr.write(f"appended to {append}: {line}\n")
+    else:
+        sys.stderr.write("the line for ANTING_API_KEYS_FILE:\n")
+        sys.stdout.write(line + "\n")
+    sys.stderr.write("the key, shown this once (give it to the tenant; Authorization: Bearer <key>):\n")
+    sys.stdout.write(key + "\n")
+
+
 def main() -> None:
     """The ``anting`` command: a bad setting is one message and exit code 2, not a
     traceback (so is a local broker that cannot run: ``anting kafka`` and ``anting run``,

@@ -68,6 +68,7 @@ __all__ = [
     "TokenError",
     "check_scopes",
     "check_tenant",
+    "client_key",
     "hash_key",
     "key_line",
     "new_key",
@@ -94,6 +95,15 @@ _HASH = re.compile(r"^[0-9a-f]{64}$")
 def hash_key(key: str) -> str:
     """The SHA-256 of ``key`` (UTF-8) as 64 lower-case hex digits: what a key file holds."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def client_key(environ: Mapping[str, str]) -> str | None:
+    """The key a command-line client sends: ``ANTING_API_KEY`` (a tenant's key, say), else
+    the first of ``ANTING_API_KEYS`` (the operator's admin keys); ``None`` when neither is set."""
+    own = environ.get("ANTING_API_KEY", "").strip()
+    if own:
+        return own
+    return next((k.strip() for k in environ.get("ANTING_API_KEYS", "").split(",") if k.strip()), None)
 
 
 def new_key() -> str:

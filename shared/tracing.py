@@ -310,4 +310,26 @@ def instrument_app(app: FastAPI, service: str) -> None:
 
     FastAPIInstrumentor.instrument_app(
         app, tracer_provider=_providers[service], meter_provider=NoOpMeterProvider(),
-        excluded_urls=UNTRACED_PATHS, exclude_spans=["receive", "send"])
+        excluded_urls=UNTRACED_PATHS, exclude_spans=["receive", "send"],
+        server_request_hook=_redact_span_url)
+
+
+# the attributes of a SERVER span that hold the request's query (old and new conventions)
+_URL_ATTRIBUTES = ("http.url", "http.target", "url.full", "url.query")
+
+
+def _redact_span_url(span: Span, scope: dict[str, Any]) -> None:
+    """The instrumentation's hook at a request's start: a stream token in the query
+    (``access_token=``) never reaches a span. The instrumentation sits outside the app's
+    own middleware (which takes the token out of the query), so it saw the token: this
+    overwrites the URL attributes it set from it."""
+    query = scope.get("query_string") or b""
+    if b"access_token=" not in query or not span.is_recording():
+        return
+    from shared.http import redact_access_token
+
+    attributes = getattr(span, "attributes", None) or {}
+    for name in _URL_ATTRIBUTES:
+        value = attributes.get(name)
+        if isinstance(value, str):
+            span.set_attribute(name, redact_access_token(value))

@@ -2,7 +2,7 @@
 ``anting insights partners ORG``, ``anting insights top``, ``anting insights activity ORG``,
 ``anting insights events ORG``. Each asks a running insights instance over HTTP
 (``ANTING_INSIGHTS_URL``, default ``http://127.0.0.1:<ANTING_INSIGHTS_PORT>``) with the
-first of ``ANTING_API_KEYS``, and prints a table (``--json``: the API's JSON)."""
+``ANTING_API_KEY`` or else the first of ``ANTING_API_KEYS``, and prints a table (``--json``: the API's JSON)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ def _get(path: str, **params: str | int | None) -> Any:  # Any: the API's JSON a
 
     base = os.environ.get("ANTING_INSIGHTS_URL") or (
         f"http://127.0.0.1:{os.environ.get('ANTING_INSIGHTS_PORT', '8004')}")
-    key = next((k.strip() for k in os.environ.get("ANTING_API_KEYS", "").split(",") if k.strip()), "")
+    from shared.access import client_key
+
+    key = client_key(os.environ)
     headers = {"authorization": f"Bearer {key}"} if key else {}
     try:
         resp = httpx.get(base.rstrip("/") + path, params=params, headers=headers, timeout=15)

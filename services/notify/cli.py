@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -157,17 +158,18 @@ def _api_url(settings: NotifySettings) -> str:
 
 def _create_through_api(request: SubscriptionRequest) -> dict[str, Any] | None:
     """POST the subscription to the running notify service (``ANTING_NOTIFY_HOST``/``_PORT``,
-    the first of ``ANTING_API_KEYS``): its answer (201, with the secret), or exit 2 with
+    ``ANTING_API_KEY``, else the first of ``ANTING_API_KEYS``): its answer (201, with the secret), or exit 2 with
     its problem's field paths; ``None`` when nothing answers there, and the caller writes the
     subscriptions topic itself."""
     import httpx
 
     from services.notify.settings import NotifySettings
+    from shared.access import client_key
     from shared.settings import load
 
     settings = load(NotifySettings)
     url = _api_url(settings)
-    key = next((k.strip() for k in settings.api_keys.split(",") if k.strip()), None)
+    key = client_key(os.environ)
     headers = {"authorization": f"Bearer {key}"} if key else {}
     try:
         resp = httpx.post(url, content=request.model_dump_json(exclude_unset=True),
