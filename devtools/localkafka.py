@@ -29,9 +29,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from devtools import REPO_ROOT, STATE_DIR
 from devtools.supervisor import parent_death_signal
+
+if TYPE_CHECKING:
+    from devtools.secure import SecureMaterial
 
 __all__ = [
     "KAFKA_DIR",
@@ -201,6 +205,15 @@ class LocalKafka:
     the quorum's ``voters`` (node id → controller port, all on 127.0.0.1) and the
     ``cluster_id`` every node is formatted with; the replication of the internal topics
     then follows the quorum's size (``cluster_replication``).
+
+    With ``secure`` (a ``devtools.secure.SecureMaterial`` whose ``issue_tls`` has run)
+    the client listener is SASL_SSL with SCRAM-SHA-512 users (every principal of the ACL
+    table, created when the storage is formatted), the StandardAuthorizer denies what no
+    ACL allows, and the controller listener takes the brokers' own PLAIN login only
+    (``SecureMaterial.broker_properties`` says why). The ACLs themselves are applied
+    once the broker answers, by whoever started it (``devtools.acls.apply_acls``).
+    ``server.properties`` then holds passwords and is written 0600. Without it nothing
+    differs from a plain local broker.
     """
 
     def __init__(
@@ -214,7 +227,9 @@ class LocalKafka:
         controller_port: int | None = None,
         voters: dict[int, int] | None = None,
         cluster_id: str | None = None,
+        secure: SecureMaterial | None = None,
     ) -> None:
+        self.secure = secure
         self.port = port or free_port()
         self.controller_port = controller_port or free_port()
         self._tmp = data_dir is None
@@ -246,19 +261,29 @@ class LocalKafka:
         """The broker's own log (log4j2), where a failed start is explained."""
         return self.data_dir / "server.log"
 
+    def client_options(self, principal: str = "anting-admin") -> dict[str, Any]:
+        """aiokafka keyword arguments reaching this broker (as ``principal`` when it is
+        secured), for the readiness checks and the tools that start it."""
+        if self.secure is None:
+            return {"bootstrap_servers": self.bootstrap}
+        return self.secure.aiokafka_options(principal, self.bootstrap)
+
     def _properties(self) -> str:
         logs = self.data_dir / "logs"
         rf, min_isr = cluster_replication(len(self.voters))
         voters = ",".join(f"{n}@127.0.0.1:{p}" for n, p in sorted(self.voters.items()))
+        client = "PLAINTEXT" if self.secure is None else "SASL_SSL"
+        controller = "PLAINTEXT" if self.secure is None else "SASL_PLAINTEXT"
         return "\n".join([
             "process.roles=broker,controller",
             f"node.id={self.node_id}",
             f"controller.quorum.voters={voters}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            f"listeners={client}://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners={client}://127.0.0.1:{self.port}",
             "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"inter.broker.listener.name={client}",
+            f"listener.security.protocol.map={client}:{client},CONTROLLER:{controller}",
+            *(self.secure.broker_properties(client) if self.secure is not None else []),
             f"log.dirs={logs}",
             "num.partitions=1",
             # the internal topics (group offsets, transaction state) replicated like the
@@ -344,7 +369,13 @@ class LocalKafka:
             self.controller_port = int(old["controller.quorum.voters"].rsplit(":", 1)[1])
             if port_open(self.controller_port):
                 self.controller_port = free_port()
-        props.write_text(self._properties())
+        if self.secure is None:
+            props.write_text(self._properties())
+        else:  # passwords inside
+            props.unlink(missing_ok=True)
+            fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self._properties())
         log4j = self.data_dir / "log4j2.properties"
         log4j.write_text(LOG4J2.format(log=self.log_file, level=self.log_level.upper()))
         java = shutil.which("java") or "java"
@@ -360,7 +391,8 @@ class LocalKafka:
             fmt = subprocess.run(
                 # "=" form: a urlsafe id may start with "-", which argparse would take for an option
                 [*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-                 "-c", str(props), "--ignore-formatted"],
+                 "-c", str(props), "--ignore-formatted",
+                 *(self.secure.scram_format_args() if self.secure is not None else [])],
                 capture_output=True, text=True,
             )
             if fmt.returncode != 0:
@@ -376,7 +408,7 @@ class LocalKafka:
                 raise LocalKafkaError(
                     f"the Kafka broker exited with code {self.proc.returncode}:\n{tail}"
                 )
-            if port_open(self.port) and asyncio.run(broker_answers(self.bootstrap)):
+            if port_open(self.port) and asyncio.run(broker_answers(self.bootstrap, self.client_options())):
                 return
             time.sleep(0.2)
         self.stop()
@@ -434,6 +466,7 @@ class LocalCluster:
         data_dir: Path | None = None,
         heap: str = "512m",
         log_level: str = "info",
+        secure: SecureMaterial | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"a cluster has at least one node, not {size}")
@@ -461,9 +494,10 @@ class LocalCluster:
         self.nodes = [
             LocalKafka(port=ports[i], data_dir=self.data_dir / f"node-{i + 1}", heap=heap,
                        log_level=log_level, node_id=i + 1, controller_port=controllers[i],
-                       voters=voters, cluster_id=cluster_id)
+                       voters=voters, cluster_id=cluster_id, secure=secure)
             for i in range(size)
         ]
+        self.secure = secure
 
     @property
     def bootstrap(self) -> str:
@@ -476,6 +510,13 @@ class LocalCluster:
         """The listeners of the nodes whose JVM runs now (a client asked only there gets
         an answer, not a refused connection, while a node is down)."""
         return ",".join(n.bootstrap for n in self.nodes if n.proc is not None and n.proc.poll() is None)
+
+    def client_options(self, principal: str = "anting-admin") -> dict[str, Any]:
+        """aiokafka keyword arguments reaching the whole cluster (as ``principal`` when
+        it is secured)."""
+        if self.secure is None:
+            return {"bootstrap_servers": self.bootstrap}
+        return self.secure.aiokafka_options(principal, self.bootstrap)
 
     def node(self, node_id: int) -> LocalKafka:
         """The node with this id (from 1); ``IndexError`` for another."""
@@ -525,7 +566,7 @@ class LocalCluster:
                         f"Kafka node {n.node_id} exited with code {n.proc.returncode}:\n{tail}")
             # ask only listeners that accept connections: the client logs every refused one
             if all(port_open(n.port) for n in self.nodes) and want <= asyncio.run(
-                    cluster_brokers(self.bootstrap)):
+                    cluster_brokers(self.bootstrap, self.client_options())):
                 return
             time.sleep(0.3)
         raise LocalKafkaError(f"the {len(self.nodes)}-node Kafka cluster was not ready within "
@@ -578,13 +619,14 @@ class LocalCluster:
         self.stop()
 
 
-async def cluster_brokers(bootstrap: str) -> set[int]:
+async def cluster_brokers(bootstrap: str, options: dict[str, Any] | None = None) -> set[int]:
     """The node ids of the brokers the cluster at ``bootstrap`` reports (its metadata:
     registered and not fenced); an empty set when none answers within about 10 s. Never
-    raises."""
+    raises. ``options``: the client's security options (``LocalCluster.client_options``)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    admin = AIOKafkaAdminClient(**{"bootstrap_servers": bootstrap, **(options or {})},
+                                request_timeout_ms=3000)
     try:
         await asyncio.wait_for(admin.start(), 5)
         described = await asyncio.wait_for(admin.describe_cluster(), 5)
@@ -596,14 +638,16 @@ async def cluster_brokers(bootstrap: str) -> set[int]:
             await admin.close()
 
 
-async def broker_answers(bootstrap: str) -> bool:
+async def broker_answers(bootstrap: str, options: dict[str, Any] | None = None) -> bool:
     """True when a Kafka broker at ``bootstrap`` (``host:port[,host:port...]``) serves
     metadata, so its controller is up: one admin client connects and lists the topics,
     within about 10 s (5 s to connect, 5 s to list). Any failure, a refused connection
-    or something that is not Kafka on the port, is ``False``; it never raises."""
+    or something that is not Kafka on the port, is ``False``; it never raises.
+    ``options``: the client's security options (``LocalKafka.client_options``)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    admin = AIOKafkaAdminClient(**{"bootstrap_servers": bootstrap, **(options or {})},
+                                request_timeout_ms=3000)
     try:
         await asyncio.wait_for(admin.start(), 5)
         await asyncio.wait_for(admin.list_topics(), 5)

@@ -1,0 +1,296 @@
+"""The material of a secured local Kafka (SASL_SSL, SCRAM-SHA-512): passwords, TLS, client configs.
+
+``SecureMaterial(directory)`` keeps in one directory (``.local/secure/`` for ``anting
+run`` and ``anting kafka``; a temporary one in the tests):
+
+* ``credentials.json`` (mode 0600): a random password per principal of
+  ``devtools.acls.CLIENT_PRINCIPALS`` and the brokers' own, made once and reused, because
+  the SCRAM users are written into the KRaft metadata when the storage is formatted and
+  the configs handed out must stay valid across restarts;
+* ``ca.pem`` / ``ca-key.pem`` and ``broker.pem`` / ``broker-key.pem``: a throwaway CA
+  made anew at every start (``trustme``) and the brokers' certificate it signs, valid for
+  ``127.0.0.1`` and ``localhost`` so that clients verifying host names (librdkafka's and
+  Java's default, ``ssl.endpoint.identification.algorithm=https``) accept it; the client
+  configs name ``ca.pem`` by path, so they survive the new CA;
+* per principal, ready-made client configs written once the bootstrap is known:
+  ``kcat-<principal>.conf`` (librdkafka properties, for ``kcat -F``),
+  ``<principal>.properties`` (Java clients: ``kafka-console-consumer
+  --consumer.config``) and ``<principal>.env`` (the ``KAFKA_*`` variables Anting's
+  services read, shared/settings.py). All mode 0600.
+
+Passwords never go to stdout or a log: callers print paths, not contents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+from devtools.acls import BROKER, CLIENT_PRINCIPALS
+
+__all__ = ["MECHANISM", "SecureMaterial", "bundled_librdkafka"]
+
+MECHANISM = "SCRAM-SHA-512"
+"""The SASL mechanism of the client listener."""
+
+
+def bundled_librdkafka() -> Path | None:
+    """The librdkafka that confluent-kafka's wheel bundles (``confluent_kafka.libs/``),
+    or ``None`` when confluent-kafka was built against a system library.
+
+    Why: librdkafka before 2.6.1 appends the client nonce twice in SCRAM's final message,
+    which Kafka 4 (strict RFC 5802 nonce check) refuses as "invalid credentials"
+    (confluentinc/librdkafka#4895). Debian's kcat links librdkafka 2.0.2; run with this
+    library first on ``LD_LIBRARY_PATH`` (``SecureMaterial.kcat_script``) it
+    authenticates."""
+    import confluent_kafka
+
+    libs = Path(confluent_kafka.__file__).resolve().parent.parent / "confluent_kafka.libs"
+    found = sorted(libs.glob("librdkafka-*.so.1")) if libs.is_dir() else []
+    return found[0] if found else None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (created 0600, never wider
+    for a moment)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+class SecureMaterial:
+    """Passwords, TLS files and client configs in ``directory`` (created, mode 0700).
+
+    ``issue_tls()`` makes the CA and the broker's certificate (call it once per start of a
+    broker or cluster, before its nodes are prepared); ``write_client_configs(bootstrap)``
+    the per-principal files. Passwords are made on first use and kept in
+    ``credentials.json``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        self._passwords: dict[str, str] | None = None
+
+    # ------------------------------------------------------------------ credentials
+
+    @property
+    def credentials_file(self) -> Path:
+        """``credentials.json``: principal → password (0600)."""
+        return self.dir / "credentials.json"
+
+    def passwords(self) -> dict[str, str]:
+        """Principal → password for every client principal and the broker's, made (32
+        random URL-safe characters; safe inside ``--add-scram``'s bracket syntax and JAAS
+        quotes) for those missing and saved."""
+        if self._passwords is None:
+            saved: dict[str, str] = {}
+            if self.credentials_file.is_file():
+                saved = dict(json.loads(self.credentials_file.read_text()))
+            wanted = (BROKER, *CLIENT_PRINCIPALS)
+            missing = [p for p in wanted if p not in saved]
+            for p in missing:
+                saved[p] = secrets.token_urlsafe(24)
+            if missing or not self.credentials_file.is_file():
+                _write_private(self.credentials_file, json.dumps(saved, indent=2) + "\n")
+            self._passwords = saved
+        return self._passwords
+
+    def password(self, principal: str) -> str:
+        """The password of ``principal``; ``KeyError`` for one not in the table."""
+        return self.passwords()[principal]
+
+    def scram_format_args(self) -> list[str]:
+        """``kafka-storage format`` arguments creating a SCRAM-SHA-512 user per principal
+        (the client principals and the brokers' own, which signs in to other brokers
+        with it): ``--add-scram SCRAM-SHA-512=[name=...,password=...]`` each."""
+        args: list[str] = []
+        for principal, password in self.passwords().items():
+            args += ["--add-scram", f"{MECHANISM}=[name={principal},password={password}]"]
+        return args
+
+    # ------------------------------------------------------------------ TLS
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate clients trust (``ssl.ca.location``, ``KAFKA_SSL_CAFILE``)."""
+        return self.dir / "ca.pem"
+
+    @property
+    def broker_cert(self) -> Path:
+        """The brokers' certificate chain (PEM)."""
+        return self.dir / "broker.pem"
+
+    @property
+    def broker_key(self) -> Path:
+        """The brokers' private key (PKCS#8 PEM, unencrypted, 0600)."""
+        return self.dir / "broker-key.pem"
+
+    def issue_tls(self) -> None:
+        """A new CA and a broker certificate for 127.0.0.1 and localhost, written to
+        ``ca.pem``, ``ca-key.pem``, ``broker.pem`` and ``broker-key.pem`` (keys 0600).
+        RSA: Java's PEM key store reads an unencrypted PKCS#8 key of any kind, RSA is the
+        one every TLS stack of the clients (librdkafka, Java, Python) takes."""
+        import trustme
+        from cryptography.hazmat.primitives import serialization
+
+        ca = trustme.CA(key_type=trustme.KeyType.RSA, organization_name="Anting local CA")
+        leaf = ca.issue_cert("127.0.0.1", "localhost", common_name="anting-broker",
+                             key_type=trustme.KeyType.RSA)
+        key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), password=None)
+        pkcs8 = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()).decode()
+        _write_private(self.dir / "ca-key.pem", ca.private_key_pem.bytes().decode())
+        _write_private(self.broker_key, pkcs8)
+        self.broker_cert.write_text("".join(b.bytes().decode() for b in leaf.cert_chain_pems))
+        self.ca_file.write_text(ca.cert_pem.bytes().decode())
+
+    # ------------------------------------------------------------------ the broker
+
+    def broker_properties(self, client_listener: str = "SASL_SSL") -> list[str]:
+        """``server.properties`` lines for the security of a node whose listeners are
+        ``client_listener`` (SASL_SSL, SCRAM-SHA-512: clients and the other brokers) and
+        ``CONTROLLER`` (SASL_PLAINTEXT, PLAIN: the brokers' own login only).
+
+        Why PLAIN on the controller listener: KRaft controllers cannot authenticate SCRAM
+        (its credentials live in the metadata they serve), and a PLAINTEXT listener's
+        principal is ``User:ANONYMOUS``, which would have to be a super user: anyone on
+        the machine could then change ACLs through the controller (Kafka 4 lets admin
+        clients talk to controllers). The listener is on loopback, so the password does
+        not cross a network in clear. Requires ``issue_tls()`` first (the key and
+        certificates are inlined: Kafka reads a PEM key store from a file only with an
+        encrypted key)."""
+        name = client_listener.lower()
+        pw = self.password(BROKER)
+
+        def inline(path: Path) -> str:
+            return path.read_text().strip().replace("\n", "\\n")
+
+        plain = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
+                 f'username="{BROKER}" password="{pw}" user_{BROKER}="{pw}";')
+        scram = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
+                 f'username="{BROKER}" password="{pw}";')
+        return [
+            "sasl.enabled.mechanisms=" + MECHANISM,
+            f"listener.name.{name}.sasl.enabled.mechanisms={MECHANISM}",
+            f"listener.name.{name}.{MECHANISM.lower()}.sasl.jaas.config={scram}",
+            f"sasl.mechanism.inter.broker.protocol={MECHANISM}",
+            "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+            f"listener.name.controller.plain.sasl.jaas.config={plain}",
+            "sasl.mechanism.controller.protocol=PLAIN",
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.certificate.chain={inline(self.broker_cert)}",
+            f"ssl.keystore.key={inline(self.broker_key)}",
+            "ssl.truststore.type=PEM",  # the brokers' own client side, to other brokers
+            f"ssl.truststore.certificates={inline(self.ca_file)}",
+            "ssl.client.auth=none",
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found=false",
+            "super.users=" + ";".join(f"User:{u}" for u in (BROKER, "anting-admin")),
+        ]
+
+    # ------------------------------------------------------------------ clients
+
+    def env(self, principal: str, bootstrap: str) -> dict[str, str]:
+        """The ``KAFKA_*`` variables (shared/settings.py) of ``principal`` on ``bootstrap``,
+        to merge into a service's environment."""
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": MECHANISM,
+            "KAFKA_SASL_USERNAME": principal,
+            "KAFKA_SASL_PASSWORD": self.password(principal),
+            "KAFKA_SSL_CAFILE": str(self.ca_file),
+        }
+
+    def librdkafka_config(self, principal: str, bootstrap: str) -> dict[str, str]:
+        """librdkafka properties of ``principal`` (kcat, confluent-kafka)."""
+        return {
+            "bootstrap.servers": bootstrap,
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanisms": MECHANISM,
+            "sasl.username": principal,
+            "sasl.password": self.password(principal),
+            "ssl.ca.location": str(self.ca_file),
+        }
+
+    def aiokafka_options(self, principal: str, bootstrap: str) -> dict[str, object]:
+        """aiokafka client keyword arguments of ``principal`` (the readiness checks)."""
+        import ssl
+
+        return {
+            "bootstrap_servers": bootstrap,
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": MECHANISM,
+            "sasl_plain_username": principal,
+            "sasl_plain_password": self.password(principal),
+            "ssl_context": ssl.create_default_context(cafile=str(self.ca_file)),
+        }
+
+    def kcat_config(self, principal: str) -> Path:
+        """``kcat-<principal>.conf`` (written by ``write_client_configs``)."""
+        return self.dir / f"kcat-{principal}.conf"
+
+    def java_config(self, principal: str) -> Path:
+        """``<principal>.properties`` for Java clients (written by ``write_client_configs``)."""
+        return self.dir / f"{principal}.properties"
+
+    def env_file(self, principal: str) -> Path:
+        """``<principal>.env``: ``KAFKA_*=...`` lines (written by ``write_client_configs``)."""
+        return self.dir / f"{principal}.env"
+
+    @property
+    def kcat_script(self) -> Path:
+        """``kcat``: the system's kcat run with confluent-kafka's librdkafka (>= 2.6.1, which
+        Kafka 4's SCRAM needs; ``bundled_librdkafka`` says why). Written by
+        ``write_client_configs``; a plain ``exec kcat`` when no such library is found."""
+        return self.dir / "kcat"
+
+    def kcat_env(self) -> dict[str, str]:
+        """Environment additions that make ``kcat`` use the bundled librdkafka (an
+        ``LD_LIBRARY_PATH`` holding a ``librdkafka.so.1`` link to it); empty when there is
+        none."""
+        lib = bundled_librdkafka()
+        if lib is None:
+            return {}
+        libdir = self.dir / "lib"
+        libdir.mkdir(exist_ok=True)
+        link = libdir / "librdkafka.so.1"
+        if not link.is_symlink() or link.resolve() != lib:
+            link.unlink(missing_ok=True)
+            link.symlink_to(lib)
+        return {"LD_LIBRARY_PATH": str(libdir)}
+
+    def write_client_configs(self, bootstrap: str) -> None:
+        """Write the kcat, Java and env files of every client principal for ``bootstrap``,
+        and the ``kcat`` script."""
+        env = self.kcat_env()
+        kcat = shutil.which("kcat") or "kcat"
+        prefix = "".join(f"{k}={v}${{{k}:+:${k}}} " for k, v in env.items())
+        self.kcat_script.write_text(
+            "#!/bin/sh\n# kcat with a librdkafka that speaks SCRAM to Kafka 4 (see devtools/secure.py)\n"
+            f'{prefix}exec {kcat} "$@"\n')
+        self.kcat_script.chmod(0o755)
+        for principal in CLIENT_PRINCIPALS:
+            conf = self.librdkafka_config(principal, bootstrap)
+            _write_private(self.kcat_config(principal),
+                           f"# kcat -F {self.kcat_config(principal)} -L\n"
+                           + "".join(f"{k}={v}\n" for k, v in conf.items()))
+            pw = self.password(principal)
+            java = [
+                f"bootstrap.servers={bootstrap}",
+                "security.protocol=SASL_SSL",
+                f"sasl.mechanism={MECHANISM}",
+                "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{principal}" password="{pw}";',
+                "ssl.truststore.type=PEM",
+                f"ssl.truststore.location={self.ca_file}",
+            ]
+            _write_private(self.java_config(principal), "\n".join(java) + "\n")
+            _write_private(self.env_file(principal), "".join(
+                f"{k}={v}\n" for k, v in self.env(principal, bootstrap).items()))
