@@ -39,6 +39,11 @@ _TRANSIENT = re.compile(
     r"|UnknownTopicOrPartition|NodeNotReady|KafkaConnectionError|RequestTimedOut"
     r"|Connect call failed|Connection refused|Unable connect to|Unable to (?:request|update) metadata"
     r"|is either not started or not valid|Marking the coordinator dead|marking coordinator dead"
+    # the broker refusing this client or principal (SASL, TLS trust, ACLs): the service says
+    # so itself, once per 30 s, naming who may not do what (shared/kafka_access.py); aiokafka
+    # would log it on every attempt
+    r"|not authorized|AuthorizationFailed|AUTHORIZATION_FAILED|SaslAuthenticationFailed"
+    r"|Authentication failed|CERTIFICATE_VERIFY_FAILED|certificate verify failed"
 )
 _AIOKAFKA_LOGGERS = (
     "aiokafka", "aiokafka.client", "aiokafka.conn", "aiokafka.cluster",
@@ -49,7 +54,8 @@ _AIOKAFKA_LOGGERS = (
 
 class TransientKafkaLogs(logging.Filter):
     """Logs a retriable Kafka condition (a coordinator or leader not there yet or moving,
-    not enough in-sync replicas yet, a broker unreachable while it restarts) at info, not
+    not enough in-sync replicas yet, a broker unreachable while it restarts), or a refusal
+    the service explains in its own line (authentication, TLS trust, ACLs), at info, not
     warning or error, and the same condition (its message with the numbers masked) once
     per ``every`` seconds per logger; every other record passes untouched. Warnings and
     errors then mean something is wrong: a condition that lasts shows up in what the
@@ -258,8 +264,12 @@ async def ensure_topics(
     """``ensure_topics_once``, again (a new admin client, after a second) while it fails
     with a retriable error, for up to ``retry_for`` seconds: a broker restarting while a
     service starts (the admin's chosen node not ready, a connection closed) must not make
-    the service exit. Raises the last error after that, and ``TopicMismatchError`` at once."""
+    the service exit. Raises the last error after that, and ``TopicMismatchError`` at once;
+    a connection the broker refuses (authentication, TLS trust: waiting does not help)
+    raises :class:`shared.kafka_access.AccessRefused` at once, saying why."""
     from aiokafka.errors import KafkaConnectionError, KafkaError
+
+    from shared.kafka_access import AccessRefused, diagnose_connection
 
     topics = list(topics)
     loop = asyncio.get_running_loop()
@@ -271,6 +281,9 @@ async def ensure_topics(
             retriable = isinstance(exc, (KafkaConnectionError, OSError)) or getattr(exc, "retriable", False)
             if not retriable or loop.time() >= deadline:
                 raise
+            line = await diagnose_connection(settings.kafka)
+            if line is not None:
+                raise AccessRefused(line) from exc
             log.info("the cluster did not answer the topic check; retrying",
                      extra={"error": f"{type(exc).__name__}: {exc}"})
             await asyncio.sleep(1.0)
@@ -390,6 +403,9 @@ async def _fix_min_insync(admin: AIOKafkaAdminClient, names: list[str]) -> None:
                     extra={"topic": name, "was": values.get("min.insync.replicas")})
 
 
+_UNDESCRIBED: set[tuple[str, int]] = set()  # (topic, error code) said already
+
+
 async def _topic_configs(admin: AIOKafkaAdminClient, names: list[str],
                          keys: list[str] | None = None) -> list[tuple[str, list[Any]]]:
     """DescribeConfigs of ``names`` (only ``keys`` when given): ``(topic, entries)`` per
@@ -403,8 +419,10 @@ async def _topic_configs(admin: AIOKafkaAdminClient, names: list[str],
         for res in response.resources:
             error_code, _, _, name, entries = res[:5]
             if error_code:
-                log.warning("cannot read the topic's configuration",
-                            extra={"topic": name, "error_code": error_code})
+                if (name, error_code) not in _UNDESCRIBED:  # once per process: a session retried
+                    _UNDESCRIBED.add((name, error_code))  # with backoff asks again and again
+                    log.warning("cannot read the topic's configuration",
+                                extra={"topic": name, "error_code": error_code})
                 continue
             out.append((name, list(entries)))
     return out

@@ -487,14 +487,23 @@ class TransactionalProducer(AIOKafkaProducer):  # type: ignore[misc]
         # the one change to aiokafka's sender: TxnOffsetCommit v3 for offsets with metadata
         self._sender.__class__ = _GroupAwareSender
 
-    async def stop(self) -> None:
-        """Stop as aiokafka does; the error of a transaction that ended in a fatal error
-        (a fenced producer) is read first, so that asyncio does not log it as never
-        retrieved."""
+    def _read_transaction_error(self) -> None:
+        """Read the error aiokafka set on the transaction's waiter (a fenced producer, a
+        refused ``AddPartitionsToTxn``): an abort or a stop replaces the waiter without
+        reading it, and asyncio would log it as never retrieved."""
         waiter = self._txn_manager._transaction_waiter
         if waiter is not None and waiter.done() and not waiter.cancelled():
             waiter.exception()
+
+    async def stop(self) -> None:
+        """Stop as aiokafka does, the transaction's error read first (see above)."""
+        self._read_transaction_error()
         await super().stop()
+
+    async def abort_transaction(self) -> None:
+        """Abort as aiokafka does, the transaction's error read first (see above)."""
+        self._read_transaction_error()
+        await super().abort_transaction()
 
     async def send_offsets_to_transaction(
         self, offsets: Mapping[TopicPartition, int | OffsetAndMetadata],

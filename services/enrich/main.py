@@ -21,8 +21,10 @@ from shared import logs
 from shared import settings as settings_mod
 from shared.http import EmbeddedServer, health_router, install_request_metrics
 from shared.kafka import ensure_topics
+from shared.kafka_access import Doing, until_allowed
 from shared.lag import LagMonitor
 from shared.runtime import quiet_gc, run_service
+from shared.topics import ORGANIZATIONS
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 
 def create_app(worker: Worker) -> FastAPI:
     async def ready() -> tuple[bool, str]:
+        if worker.access.reason is not None:
+            return False, worker.access.reason
         if not worker.catalog.table.ready.is_set():
             return False, "loading the organization catalog"
         if not worker.running:
@@ -58,8 +62,15 @@ async def serve(settings: EnrichSettings, stop: asyncio.Event, *, tune_gc: bool 
     lag = LagMonitor(settings, {worker.group: worker.inputs}, interval=2.0)
     lag.start()
     try:
-        await ensure_topics(settings)
-        await catalog.start()
+        # a broker refusing the credentials, the certificate or an ACL: said once per 30 s and
+        # on /readyz, tried again with backoff; never an exit with a traceback
+        if await until_allowed(lambda: ensure_topics(settings), worker.access, settings.kafka,
+                               Doing(topic_operation="Create", cluster_operation="Create"), stop) is None:
+            return
+        await until_allowed(catalog.start, worker.access, settings.kafka,
+                            Doing(reads=(settings.topic(ORGANIZATIONS),)), stop)
+        if stop.is_set():
+            return
         log.info("catalog loaded", extra={
             "organizations": len(catalog.organizations), "version": catalog.version})
         if tune_gc:

@@ -68,13 +68,14 @@ from shared.kafka import (
     max_message_bytes,
     record_size,
 )
+from shared.kafka_access import AccessStatus, Backoff, Doing, refusal
 from shared.metrics import (
     ENRICH_EVENTS,
     ENRICH_ORGANIZATIONS,
     STAGE_SECONDS,
     WORKER_RESTARTS,
 )
-from shared.topics import AGREEMENTS, ANNOUNCEMENTS, ENRICHED_EVENTS
+from shared.topics import AGREEMENTS, ANNOUNCEMENTS, DEAD_LETTERS, ENRICHED_EVENTS
 from shared.transactions import (
     FencedByGroupError,
     TransactionalProducer,
@@ -251,6 +252,20 @@ class Transaction:
         self.records = 0
         self.offsets: dict[TopicPartition, int] = {}
         self.outcome = Outcome()
+        # its sends' acknowledgements: the commit answers for them all; an abort reads
+        # their errors so that asyncio does not log each as never retrieved
+        self.acks: list[Ack] = []
+
+    def forget_acks(self) -> None:
+        """Retrieve the outcome of every send once it settles (an aborted transaction's)."""
+        for ack in self.acks:
+            ack.add_done_callback(_retrieve)
+        self.acks = []
+
+
+def _retrieve(fut: asyncio.Future[RecordMetadata]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class Worker:
@@ -276,6 +291,14 @@ class Worker:
         self.attempt: dict[TopicPartition, int] = {}
         self.failed_at: dict[TopicPartition, int] = {}
         self.failures = 0
+        # the broker refusing this worker (an ACL missing, a wrong password): readiness says
+        # it, one line per 30 s says it, and sessions are retried with backoff meanwhile
+        self.access = AccessStatus()
+        self.backoff = Backoff(cap=self.access.cap)
+        self.doing = Doing(reads=tuple(self.inputs),
+                           writes=(settings.topic(ENRICHED_EVENTS), settings.topic(DEAD_LETTERS)),
+                           group=self.group,
+                           transactional_id=self.transactional_id if self.exactly_once else None)
 
     # --- rebalance ---------------------------------------------------------------
 
@@ -307,6 +330,13 @@ class Worker:
                 raise
             except Exception as exc:
                 _RESTARTS.inc()
+                line = await refusal(exc, self.settings.kafka, self.doing)
+                if line is not None:
+                    # nothing was committed past what the refused transaction read: the
+                    # next session starts from the committed offsets once it is allowed
+                    self.access.refused(line, "session")
+                    await self.backoff.wait(stop)
+                    continue
                 if is_fenced(exc):
                     log.warning("enrich was fenced (its transaction timed out, or another worker "
                                 "took its transactional id); starting a new session",
@@ -315,6 +345,13 @@ class Worker:
                     self._note_failure()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
+
+    def _allowed(self) -> None:
+        """The session did what it is there for (a commit, or a poll with nothing to do):
+        whatever the broker refused before is allowed again."""
+        if self.access.current:
+            self.access.restored("session")
+            self.backoff.reset()
 
     def _note_failure(self) -> None:
         """Log a failed session; a run of failures at the same offsets is logged as stuck,
@@ -370,6 +407,8 @@ class Worker:
             await self._close()
 
     async def _close(self) -> None:
+        if self.txn is not None:
+            self.txn.forget_acks()
         if self.txn is not None and self.producer is not None:
             with contextlib.suppress(Exception):
                 await self.producer.abort_transaction()
@@ -422,6 +461,10 @@ class Worker:
                     await self._commit()
                 except FencedByGroupError:
                     self._fenced_by_group()
+                else:
+                    self._allowed()
+            elif txn is None and not batch:
+                self._allowed()
 
     def _fenced_by_group(self) -> None:
         """A zombie's transaction was refused and aborted: the partitions are someone
@@ -462,7 +505,7 @@ class Worker:
             self.attempt.setdefault(tp, records[0].offset)
         for tp, records in batch.items():
             try:
-                await self.enricher.process(producer, records, txn.outcome)
+                txn.acks += await self.enricher.process(producer, records, txn.outcome)
             except BaseException:
                 await self._abort()
                 raise
@@ -489,6 +532,8 @@ class Worker:
         txn.outcome.publish()
 
     async def _abort(self) -> None:
+        if self.txn is not None:
+            self.txn.forget_acks()
         self.txn = None
         with contextlib.suppress(Exception):
             await self._producer().abort_transaction()
@@ -499,6 +544,7 @@ class Worker:
         batch = await self._consumer().getmany(
             timeout_ms=self.settings.batch_wait_ms, max_records=self.settings.batch_max_records)
         if not batch:
+            self._allowed()
             return
         async with self.lock:
             self.attempt = {tp: rs[0].offset for tp, rs in batch.items() if rs}
@@ -506,6 +552,7 @@ class Worker:
             await self._at_least_once(batch)
             self.attempt = {}
             self.failures = 0
+            self._allowed()
 
     async def _at_least_once(self, batch: dict[TopicPartition, list[Record]]) -> None:
         producer = self._producer()
@@ -517,7 +564,9 @@ class Worker:
                 continue
             futures += await self.enricher.process(producer, records, outcome)
             offsets[tp] = records[-1].offset + 1
-        await asyncio.gather(*futures)
+        for result in await asyncio.gather(*futures, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result  # every other error is read: none is logged as never retrieved
         await self._consumer().commit(offsets)
         outcome.publish()
 
