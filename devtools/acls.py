@@ -34,7 +34,6 @@ from shared.topics import (
     ANNOUNCEMENTS,
     DEAD_LETTERS,
     ENRICHED_EVENTS,
-    INSIGHTS_CHANGELOG,
     INSIGHTS_FACTS,
     NOTIFICATIONS,
     NOTIFY_DIGESTS,
@@ -54,6 +53,7 @@ __all__ = [
     "PUBLISHER",
     "READER",
     "READER_GROUP_PREFIX",
+    "READINESS_PROBE",
     "SERVICE_PRINCIPALS",
     "SUPER_USERS",
     "Acl",
@@ -82,6 +82,8 @@ CLIENT_PRINCIPALS = (ADMIN, *SERVICE_PRINCIPALS, PUBLISHER, READER)
 """Every SCRAM user a secured local broker is formatted with (the broker's own login is
 PLAIN on the loopback controller listener plus SCRAM for inter-broker traffic)."""
 SUPER_USERS = (BROKER, ADMIN)
+READINESS_PROBE = "anting-readiness-probe"
+"""The group and transactional id whose coordinators ``shared.kafka.ensure_topics`` asks for."""
 
 Resource = Literal["topic", "group", "transactional_id", "cluster"]
 Pattern = Literal["LITERAL", "PREFIXED"]
@@ -132,8 +134,12 @@ def acl_table(topic_prefix: str = "") -> list[Acl]:
     groups = service_groups(p)
     rows: list[Acl] = []
     startup = "start-up: ensure_topics lists and describes every contract topic and reads their configurations"
+    probe = "start-up: ensure_topics asks for this group's and transactional id's coordinator, " \
+        "so that the brokers create their internal topics before the first real request"
     for svc in SERVICE_PRINCIPALS:
         rows += _topic_rows(svc, p, ALL_TOPICS, ("DESCRIBE", "DESCRIBE_CONFIGS"), startup)
+        rows += [Acl(svc, "group", READINESS_PROBE, "LITERAL", "DESCRIBE", probe),
+                 Acl(svc, "transactional_id", READINESS_PROBE, "LITERAL", "DESCRIBE", probe)]
 
     ingest = "anting-ingest"
     rows += _topic_rows(ingest, p, (ANNOUNCEMENTS, AGREEMENTS), ("WRITE",), "publishes the events it accepts")
@@ -161,11 +167,11 @@ def acl_table(topic_prefix: str = "") -> list[Acl]:
 
     insights, g = "anting-insights", groups["anting-insights"]
     rows += _topic_rows(insights, p, (ENRICHED_EVENTS,), ("READ",), "its input")
-    rows += _topic_rows(insights, p, (INSIGHTS_FACTS, INSIGHTS_CHANGELOG), ("READ", "WRITE"),
-                        "the facts repartition and the table's changelog")
+    rows += _topic_rows(insights, p, (INSIGHTS_FACTS,), ("READ", "WRITE"), "the facts repartition")
     rows += _topic_rows(insights, p, (DEAD_LETTERS,), ("WRITE",), "events it cannot fold")
     rows += [
-        Acl(insights, "topic", f"{g}-", "PREFIXED", op, "faust's own topics (<app id>-__assignor-__leader, changelogs)")
+        Acl(insights, "topic", f"{g}-", "PREFIXED", op,
+            "faust's topics: the table's changelog (<app id>-entities-changelog), <app id>-__assignor-__leader")
         for op in ("CREATE", "READ", "WRITE", "DESCRIBE_CONFIGS")
     ]
     rows.append(Acl(insights, "group", g, "PREFIXED", "READ", "the faust app's group and <app id>-route"))
