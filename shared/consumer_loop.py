@@ -32,6 +32,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from shared.kafka_access import AccessStatus, Backoff, Doing, denial, refusal
+from shared.settings import KafkaSettings
+
 __all__ = ["Abandoned", "ConsumerLoop", "FailureLog", "Handler", "OffsetTracker"]
 
 log = logging.getLogger(__name__)
@@ -166,7 +169,15 @@ class ConsumerLoop:
     ``revoke_grace``: seconds a revoke waits for the records in flight of the partitions
     going away. ``on_assigned(held, total)``: awaited after each rebalance, before
     records are taken (notify's ledger catches up there). A handler that raises leaves
-    its record uncommitted (logged); :class:`Abandoned` does so silently."""
+    its record uncommitted (logged); :class:`Abandoned` does so silently.
+
+    With ``access`` and ``kafka`` (the connection settings), the broker refusing this
+    loop (an ACL missing; ``group`` is the consumer's group, ``writes`` the topics its
+    handler writes) is not a failure but a wait: one line naming who may not do what
+    (:mod:`shared.kafka_access`), the refusal current in ``access`` (readiness), and a
+    retry with backoff up to 5 s — of the poll, of the commit, or of the record whose
+    writes were refused (its handler runs again; at least once allows it). Nothing is
+    committed past a refused record, and all of it goes on by itself once allowed."""
 
     def __init__(
         self,
@@ -179,6 +190,10 @@ class ConsumerLoop:
         name: str = "consumer",
         revoke_grace: float = 0.0,
         on_assigned: Callable[[int, int], Awaitable[None]] | None = None,
+        access: AccessStatus | None = None,
+        kafka: KafkaSettings | None = None,
+        group: str | None = None,
+        writes: tuple[str, ...] = (),
     ) -> None:
         self.consumer = consumer
         self.topic = topic
@@ -198,6 +213,13 @@ class ConsumerLoop:
         self.stalled_after = 60.0  # well inside the group's max.poll.interval (300 s)
         self._room = asyncio.Event()  # set when in-flight work drops below the resume mark
         self._full_since: float | None = None  # when in-flight work last reached the maximum
+        # the broker refusing this loop (see the class docstring); None: refusals are failures
+        self.access = access if kafka is not None else None
+        self.kafka = kafka
+        self.reading = Doing(reads=(topic,), group=group)
+        self.writing = Doing(writes=writes)
+        self.backoff = Backoff(cap=access.cap if access is not None else 5.0)
+        self._refused: set[str] = set()  # which of poll, commit, writes is refused now
 
     def subscribe(self) -> None:
         """Subscribe the consumer to the topic, with this loop's rebalance listener."""
@@ -217,6 +239,36 @@ class ConsumerLoop:
                 continue
         return out
 
+    def _refuse(self, part: str, line: str) -> None:
+        assert self.access is not None
+        self._refused.add(part)
+        self.access.refused(line, f"{self.name}.{part}")
+
+    def _allow(self, part: str) -> None:
+        if part in self._refused:
+            self._refused.discard(part)
+            assert self.access is not None
+            self.access.restored(f"{self.name}.{part}")
+            if not self._refused:
+                self.backoff.reset()
+
+    def _writes_refused(self, exc: BaseException | None) -> str | None:
+        """The refusal line when ``exc`` is the broker refusing this loop's writes."""
+        if exc is None or self.access is None or self.kafka is None:
+            return None
+        return denial(exc, self.kafka, self.writing)
+
+    def _again(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        """Run the handler on ``record`` again after the backoff (its writes were refused);
+        the record stays pending meanwhile, so no commit passes it."""
+        async def later() -> None:
+            await asyncio.sleep(self.backoff.delay())
+            await self._run_one(tp, record)
+
+        task = asyncio.create_task(later())
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
     async def commit(self) -> None:
         """Commit what :meth:`OffsetTracker.committable` allows, with the consumer's
         positions on the partitions that have nothing pending (see there). A failed
@@ -232,15 +284,23 @@ class ConsumerLoop:
             return
         try:
             await self.consumer.commit(offsets)
-        except Exception:  # e.g. a rebalance under way: the next commit catches up
-            log.warning("%s: commit failed", self.name, exc_info=True)
+        except Exception as exc:  # e.g. a rebalance under way: the next commit catches up
+            line = denial(exc, self.kafka, self.reading) if self.access and self.kafka else None
+            if line is not None:
+                self._refuse("commit", line)
+            else:
+                log.warning("%s: commit failed", self.name, exc_info=True)
             return
+        if self._refused:
+            self._allow("commit")
         for tp, om in offsets.items():
             self.tracker.committed[tp] = om.offset
 
     def _finished(self, tp: TopicPartition, offset: int) -> None:
         self.tracker.done(tp, offset)
         self._settled.set()
+        if self._refused:
+            self._allow("writes")
 
     async def drain(self, tps: Collection[TopicPartition], timeout: float) -> None:
         """Wait (up to ``timeout``) until every record taken from ``tps`` is done."""
@@ -259,19 +319,31 @@ class ConsumerLoop:
         except (Abandoned, asyncio.CancelledError):
             return  # not done: read again after a restart or rebalance
         except Exception as exc:
-            self.failures.failed("handler failed", exc)
+            self._failed(tp, record, "handler failed", exc)
             return
         if acks is None:
             self._finished(tp, record.offset)
             return
         if isinstance(acks, list):  # broker-ack futures: count them down, no gather per record
-            self._count_down(acks, tp, record.offset)
+            self._count_down(acks, tp, record)
             return
         fut = asyncio.ensure_future(acks)
         self.acks.add(fut)
-        fut.add_done_callback(lambda f: self._acked(f, tp, record.offset))
+        fut.add_done_callback(lambda f: self._acked(f, tp, record))
 
-    def _count_down(self, futures: list[asyncio.Future[Any]], tp: TopicPartition, offset: int) -> None:
+    def _failed(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], what: str,
+                exc: BaseException | None) -> None:
+        """A record's work failed: refused writes are retried (see the class), any other
+        failure is logged and the record left uncommitted."""
+        line = self._writes_refused(exc)
+        if line is None:
+            self.failures.failed(what, exc)
+            return
+        self._refuse("writes", line)
+        self._again(tp, record)
+
+    def _count_down(self, futures: list[asyncio.Future[Any]], tp: TopicPartition,
+                    record: ConsumerRecord[bytes, bytes]) -> None:
         left = len(futures)
         failed = False
 
@@ -282,23 +354,23 @@ class ConsumerLoop:
             if fut.cancelled() or fut.exception() is not None:
                 if not failed:
                     failed = True
-                    self.failures.failed("writes not acknowledged",
-                                         None if fut.cancelled() else fut.exception())
+                    self._failed(tp, record, "writes not acknowledged",
+                                 None if fut.cancelled() else fut.exception())
             elif left == 0 and not failed:
-                self._finished(tp, offset)
+                self._finished(tp, record.offset)
 
         for fut in futures:
             self.acks.add(fut)
             fut.add_done_callback(one)
 
-    def _acked(self, fut: asyncio.Future[Any], tp: TopicPartition, offset: int) -> None:
+    def _acked(self, fut: asyncio.Future[Any], tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         self.acks.discard(fut)
         if fut.cancelled():
             return
         if fut.exception() is not None:
-            self.failures.failed("writes not acknowledged", fut.exception())
+            self._failed(tp, record, "writes not acknowledged", fut.exception())
             return
-        self._finished(tp, offset)
+        self._finished(tp, record.offset)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -349,7 +421,19 @@ class ConsumerLoop:
         committing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
-                batch = await self._poll()
+                try:
+                    batch = await self._poll()
+                except Exception as exc:
+                    line = (await refusal(exc, self.kafka, self.reading)
+                            if self.access is not None and self.kafka is not None else None)
+                    if line is None:
+                        raise
+                    self._refuse("poll", line)  # the coordinator and the fetcher retry by themselves
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), self.backoff.delay())
+                    continue
+                if self._refused:
+                    self._allow("poll")
                 for tp, records in batch.items():
                     for record in records:
                         self.tracker.add(tp, record.offset)

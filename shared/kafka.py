@@ -42,7 +42,7 @@ _TRANSIENT = re.compile(
     # the broker refusing this client or principal (SASL, TLS trust, ACLs): the service says
     # so itself, once per 30 s, naming who may not do what (shared/kafka_access.py); aiokafka
     # would log it on every attempt
-    r"|not authorized|AuthorizationFailed|AUTHORIZATION_FAILED|SaslAuthenticationFailed"
+    r"|(?i:not authorized)|AuthorizationFailed|AUTHORIZATION_FAILED|SaslAuthenticationFailed"
     r"|Authentication failed|CERTIFICATE_VERIFY_FAILED|certificate verify failed"
 )
 _AIOKAFKA_LOGGERS = (

@@ -290,7 +290,9 @@ class AccessStatus:
     answers with."""
 
     window: float = 30.0
-    cap: float = 5.0  # said in the line: how often the service tries again at most
+    cap: float = 5.0  # how often the service tries again at most
+    #: what the service does meanwhile, said after the line
+    then: str = "retrying with backoff up to 5 s"
     current: dict[str, str] = field(default_factory=dict)
     _reported: dict[str, float] = field(default_factory=dict)
     _since: dict[str, int] = field(default_factory=dict)
@@ -312,7 +314,7 @@ class AccessStatus:
         more = self._since.pop(line, 0)
         self._reported[line] = now
         tail = f" ({more} more times since the last such line)" if more else ""
-        log.error("%s; retrying with backoff up to %g s%s", line, self.cap, tail)
+        log.error("%s; %s%s", line, self.then, tail)
 
     def restored(self, key: str = "") -> None:
         """What ``key`` was refused works now: log it once and forget the refusal."""

@@ -5,6 +5,14 @@ When the broker is unreachable a publish fails with :class:`BrokerUnavailable` i
 most ``timeout`` seconds (HTTP 503), never a hang. The failed producer is thrown away
 and closed in the background; the next publish starts a fresh one (a new idempotent
 producer id), so ingest recovers by itself once the broker is back.
+
+When the broker refuses ingest (a wrong password, an untrusted certificate, no Write
+ACL on an input topic) the 503's reason names who may not do what
+(:mod:`shared.kafka_access`), the line is logged once per 30 s, and readiness says it.
+Readiness asks the broker which operations ingest may perform on its topics (``Metadata``
+v8's authorized operations), so a missing Write shows on ``/readyz`` before any publish
+fails, and clears as soon as the ACL is back; a connection refused is tried again with
+backoff (1 s doubling to 5 s), not on every request.
 """
 
 from __future__ import annotations
@@ -15,13 +23,24 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import aiokafka.errors as Errors
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from services.ingest.codec import OutRecord
 from shared import tracing
-from shared.kafka import abandon_producer, cluster_answers, make_producer
+from shared.kafka import abandon_producer, make_producer
+from shared.kafka_access import (
+    AccessStatus,
+    Backoff,
+    Doing,
+    denial,
+    principal,
+    refusal,
+    topic_operations,
+)
 from shared.settings import AntingSettings
+from shared.topics import INPUT_TOPICS_BY_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +84,11 @@ class Publisher:
         self._lock = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
         self._failed_at = 0.0
+        self._retry_after = RETRY_AFTER_FAILED_START  # longer while the broker refuses us
+        self.topics = [settings.topic(t) for t in INPUT_TOPICS_BY_TYPE.values()]
+        self.doing = Doing(writes=tuple(self.topics))
+        self.access = AccessStatus(then="publishing answers 503 until it is allowed (readiness re-checks)")
+        self.backoff = Backoff(cap=self.access.cap)
 
     async def __aenter__(self) -> Publisher:
         await self.start()
@@ -81,8 +105,9 @@ class Publisher:
         except (BrokerUnavailable, TimeoutError) as exc:
             if required:
                 raise BrokerUnavailable(str(exc) or "broker unavailable") from exc
-            log.warning("broker not reachable at start; will retry on demand",
-                        extra={"bootstrap": self.settings.kafka.bootstrap_servers})
+            if not self.access.current:  # a refusal has said why in its own line
+                log.warning("broker not reachable at start; will retry on demand",
+                            extra={"bootstrap": self.settings.kafka.bootstrap_servers})
 
     async def _ensure(self) -> AIOKafkaProducer:
         if self._producer is not None:
@@ -90,8 +115,9 @@ class Publisher:
         async with self._lock:
             if self._producer is not None:
                 return self._producer
-            if time.monotonic() - self._failed_at < RETRY_AFTER_FAILED_START:
-                raise BrokerUnavailable("the broker was unreachable a moment ago")
+            if time.monotonic() - self._failed_at < self._retry_after:
+                raise BrokerUnavailable(self.access.current.get("connect")
+                                        or "the broker was unreachable a moment ago")
             producer = make_producer(self.settings, **self.options)
             try:
                 await producer.start()
@@ -99,9 +125,18 @@ class Publisher:
                 self._failed_at = time.monotonic()
                 self._close_later(producer)
                 if isinstance(exc, KafkaError | OSError):
+                    line = await refusal(exc, self.settings.kafka, self.doing)
+                    if line is not None:  # credentials or certificate: wait longer each time
+                        self.access.refused(line, "connect")
+                        self._retry_after = self.backoff.delay()
+                        raise BrokerUnavailable(line) from exc
                     raise BrokerUnavailable(f"cannot connect to the broker: {exc}") from exc
                 raise
             self._producer = producer
+            self._retry_after = RETRY_AFTER_FAILED_START
+            if "connect" in self.access.current:
+                self.access.restored("connect")
+                self.backoff.reset()
             log.info("producer connected",
                      extra={"bootstrap": self.settings.kafka.bootstrap_servers})
             return producer
@@ -147,7 +182,8 @@ class Publisher:
             _settle_later(futures)
             if producer is not None:
                 self._discard(producer)
-            raise BrokerUnavailable(f"the broker refused the records: {exc}") from exc
+            raise self._refused(exc) or BrokerUnavailable(
+                f"the broker refused the records: {exc}") from exc
         # asyncio.wait, not a timeout around gather: a timeout must not cancel the
         # producer's delivery futures
         remaining = max(0.05, deadline - loop.time())
@@ -160,8 +196,17 @@ class Publisher:
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
             self._discard(producer)
-            raise BrokerUnavailable(f"the broker did not acknowledge: {errors[0]!r}")
+            raise self._refused(errors[0]) or BrokerUnavailable(
+                f"the broker did not acknowledge: {errors[0]!r}")
         return [f.result() for f in futures]
+
+    def _refused(self, exc: BaseException | None) -> BrokerUnavailable | None:
+        """The 503 naming who may not write where, when ``exc`` is an ACL refusing it."""
+        line = denial(exc, self.settings.kafka, self.doing) if exc is not None else None
+        if line is None:
+            return None
+        self.access.refused(line, "write")
+        return BrokerUnavailable(line)
 
     @staticmethod
     async def _send_traced(tracer: tracing.Tracer, producer: AIOKafkaProducer,
@@ -187,14 +232,28 @@ class Publisher:
             return await self._ensure()
 
     async def ready(self) -> tuple[bool, str]:
-        """Readiness: the broker answers a metadata request within the timeout."""
+        """Readiness: the broker answers a metadata request within the timeout, and says
+        ingest may Write to each of its topics (else the line naming who may not)."""
         try:
             async with asyncio.timeout(min(self.timeout, 3.0)):
                 producer = await self._ensure()
-                await cluster_answers(producer)
-            return True, f"broker reachable at {self.settings.kafka.bootstrap_servers}"
-        except (TimeoutError, KafkaError, BrokerUnavailable, OSError) as exc:
+                allowed = await topic_operations(producer.client, self.topics)
+        except BrokerUnavailable as exc:
+            return False, str(exc) if self.access.current else f"broker not reachable: {exc}"
+        except (TimeoutError, KafkaError, OSError) as exc:
             return False, f"broker not reachable: {exc or type(exc).__name__}"
+        for topic in self.topics:
+            ops = allowed.get(topic)
+            if isinstance(ops, set) and "Write" in ops:
+                continue
+            code = ops.message if isinstance(ops, KafkaError) else "no Write among its authorized operations"
+            line = f"kafka: {principal(self.settings.kafka)} may not Write Topic:{topic} ({code})"
+            if isinstance(ops, KafkaError) and not isinstance(ops, Errors.TopicAuthorizationFailedError):
+                return False, f"topic {topic}: {ops.message}"  # missing, not refused
+            self.access.refused(line, "write")
+            return False, line
+        self.access.restored("write")
+        return True, f"broker reachable at {self.settings.kafka.bootstrap_servers}, may write {', '.join(self.topics)}"
 
     async def stop(self) -> None:
         """Flush what was accepted and close (graceful shutdown)."""

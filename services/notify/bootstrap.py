@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiokafka import AIOKafkaConsumer
 
@@ -32,7 +32,15 @@ from services.notify.store import SubscriptionStore
 from shared.consumer_loop import ConsumerLoop
 from shared.deadletters import DeadLetterWriter
 from shared.kafka import RecordBatches, cluster_answers, ensure_topics, make_consumer, make_producer
-from shared.topics import ENRICHED_EVENTS, NOTIFY_DIGESTS, NOTIFY_RETRIES
+from shared.kafka_access import AccessStatus, Doing, until_allowed
+from shared.topics import (
+    DEAD_LETTERS,
+    ENRICHED_EVENTS,
+    NOTIFICATIONS,
+    NOTIFY_DIGESTS,
+    NOTIFY_RETRIES,
+    SUBSCRIPTIONS,
+)
 
 __all__ = ["Notifier", "default_channels"]
 
@@ -79,17 +87,36 @@ class Notifier:
                         "for tests and demos only", settings.retry_time_scale)
         self.started = False
         self._consumers: list[AIOKafkaConsumer] = []
+        # the broker refusing notify (credentials, certificate, an ACL): readiness says it,
+        # one line per 30 s says it, each part retries with backoff until allowed
+        self.access = AccessStatus()
+        #: the topics notify's handlers write (a refused one is named as refused Write)
+        self.writes = tuple(settings.topic(t) for t in (
+            NOTIFICATIONS, NOTIFY_RETRIES, NOTIFY_DIGESTS, DEAD_LETTERS, SUBSCRIPTIONS))
 
-    async def start(self) -> None:
-        """Topics, producer, and the in-memory state caught up with Kafka."""
-        await ensure_topics(self.settings)
-        await self.producer.start()
-        await self.store.start()
-        await self.ledger.start()
+    async def start(self, stop: asyncio.Event | None = None) -> None:
+        """Topics, producer, and the in-memory state caught up with Kafka. While the broker
+        refuses notify each step is tried again with backoff (see ``access``); returns
+        early, not started, when ``stop`` is set meanwhile."""
+        stop = stop or asyncio.Event()
+        kafka = self.settings.kafka
+        steps: tuple[tuple[Callable[[], Awaitable[object]], Doing], ...] = (
+            (lambda: ensure_topics(self.settings), Doing(topic_operation="Create", cluster_operation="Create")),
+            (self.producer.start, Doing(writes=self.writes)),
+            (self.store.start, Doing(reads=(self.settings.topic(SUBSCRIPTIONS),))),
+            (self.ledger.start, Doing(reads=(self.settings.topic(NOTIFICATIONS),))),
+        )
+        for step, doing in steps:
+            await until_allowed(step, self.access, kafka, doing, stop)
+            if stop.is_set():
+                return
         self.started = True
 
     async def ready(self) -> tuple[bool, str]:
-        """(ready, why): ready when the state is loaded and the broker answers a metadata request."""
+        """(ready, why): ready when the broker refuses nothing, the state is loaded and the
+        broker answers a metadata request; else the refusal (who may not do what), or why."""
+        if self.access.reason is not None:
+            return False, self.access.reason
         if not (self.started and self.store.view.ready.is_set() and self.ledger.view.ready.is_set()):
             return False, "loading subscriptions and ledger"
         try:
@@ -108,7 +135,11 @@ class Notifier:
         digests = make_consumer(self.settings, group_id=f"{group}-digests", **opts)
         self._consumers = [events, retries, digests]
         for consumer in self._consumers:
-            await consumer.start()
+            await until_allowed(consumer.start, self.access, self.settings.kafka, Doing(), stop)
+            if stop.is_set():
+                return
+        # each loop: the broker refusing it (fetch, commit, its handler's writes) is a wait, not an exit
+        kafka, access, writes = self.settings.kafka, self.access, self.writes
         self.digests.holds = lambda tp: tp in digests.assignment()
         main = ConsumerLoop(
             events, self.settings.topic(ENRICHED_EVENTS), self.pipeline.handle_event,
@@ -118,16 +149,19 @@ class Notifier:
             # its session timeout to rejoin, so wait at most half of that
             revoke_grace=min(self.settings.timeout_seconds, self.settings.session_timeout_ms / 2000),
             on_assigned=functools.partial(self.ledger.assigned, "events"),
+            group=group, access=access, kafka=kafka, writes=writes,
         )
         sched = ConsumerLoop(
             retries, self.settings.topic(NOTIFY_RETRIES), self.retry_schedule.handle,
             max_in_flight=50_000, commit_interval=self.settings.commit_interval_seconds, name="retries",
             on_assigned=functools.partial(self.ledger.assigned, "retries"),
+            group=f"{group}-retries", access=access, kafka=kafka, writes=writes,
         )
         windows = ConsumerLoop(
             digests, self.settings.topic(NOTIFY_DIGESTS), self.digests.handle,
             max_in_flight=50_000, commit_interval=self.settings.commit_interval_seconds, name="digests",
             on_assigned=functools.partial(self.ledger.assigned, "digests"),
+            group=f"{group}-digests", access=access, kafka=kafka, writes=writes,
         )
         for loop in (main, sched, windows):
             loop.subscribe()

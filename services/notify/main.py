@@ -46,16 +46,20 @@ async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
     # topic for Prometheus; notify runs it as the one long-running reader (see the module)
     dead_letters = DeadLetterMonitor(settings)
     dead_letters.start()
+    # the API answers from the start: /readyz says what notify waits for (the state loading,
+    # or the broker refusing it: who may not do what); until then a subscription cannot be
+    # stored (503: the producer is not started) and lists are empty, as readiness warns
+    api = asyncio.create_task(server.serve())
     try:
-        await notifier.start()
-        quiet_gc()
-        api = asyncio.create_task(server.serve())
-        log.info("notify ready", extra={"port": settings.port, "subscriptions": len(notifier.store.all())})
-        await notifier.run(stop)
+        await notifier.start(stop)
+        if notifier.started:
+            quiet_gc()
+            log.info("notify ready", extra={"port": settings.port, "subscriptions": len(notifier.store.all())})
+            await notifier.run(stop)
+    finally:
         server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(api, 10)
-    finally:
         await notifier.close()
         await lag.stop()
         await dead_letters.stop()
