@@ -41,6 +41,7 @@ __all__ = [
     "KAFKA_DIR",
     "LIBS_DIR",
     "MISSING_TOOLS_HELP",
+    "SECURITY_CHOICES",
     "LocalCluster",
     "LocalKafka",
     "LocalKafkaError",
@@ -53,6 +54,8 @@ __all__ = [
     "new_cluster_id",
     "port_open",
     "running",
+    "secure_material",
+    "secured_lines",
     "serve_cluster_forever",
     "serve_forever",
 ]
@@ -386,7 +389,17 @@ class LocalKafka:
             "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={log4j}",
             f"-Danting.data.dir={self.data_dir}", "-cp", classpath,
         ]
-        if not (self.data_dir / "logs" / "meta.properties").is_file():
+        marker = self.data_dir / "scram-users.sha256"
+        formatted = (self.data_dir / "logs" / "meta.properties").is_file()
+        if self.secure is not None and formatted:
+            from devtools.secure import credentials_digest
+
+            if not marker.is_file() or marker.read_text().strip() != credentials_digest(self.secure):
+                raise LocalKafkaError(
+                    f"{self.data_dir} was formatted with other SCRAM users or passwords than "
+                    f"{self.secure.credentials_file} holds (or without security): remove the data "
+                    "dir to start afresh, or restore that credentials file")
+        if not formatted:
             cluster_id = self.cluster_id or new_cluster_id()
             fmt = subprocess.run(
                 # "=" form: a urlsafe id may start with "-", which argparse would take for an option
@@ -397,6 +410,10 @@ class LocalKafka:
             )
             if fmt.returncode != 0:
                 raise LocalKafkaError(f"formatting the KRaft storage failed:\n{fmt.stderr[-2000:]}")
+            if self.secure is not None:
+                from devtools.secure import credentials_digest
+
+                marker.write_text(credentials_digest(self.secure) + "\n")
         return [*jvm, "kafka.Kafka", str(props)]
 
     def _wait_ready(self, timeout: float) -> None:
@@ -671,18 +688,80 @@ def running(port: int | None = None, data_dir: Path | None = None) -> Iterator[L
         broker.stop()
 
 
-def serve_forever(port: int = 9092, data_dir: Path | None = None) -> None:
+SECURITY_CHOICES = ("none", "sasl_ssl")
+"""What ``anting kafka --security`` and ``ANTING_RUN_SECURITY`` take."""
+
+
+def secure_material(security: str, state_dir: Path = STATE_DIR) -> SecureMaterial | None:
+    """``None`` for ``security`` "none"; for "sasl_ssl" the material in
+    ``state_dir/secure`` with a new CA and broker certificate. Raises ``LocalKafkaError``
+    for another value."""
+    if security == "none":
+        return None
+    if security != "sasl_ssl":
+        raise LocalKafkaError(f"security must be one of {', '.join(SECURITY_CHOICES)}, not {security!r}")
+    from devtools.secure import SecureMaterial
+
+    material = SecureMaterial(state_dir / "secure")
+    material.issue_tls()
+    return material
+
+
+def _secured_ready(material: SecureMaterial, bootstrap: str) -> None:
+    """ACLs, topics (under ANTING_TOPIC_PREFIX) and client configs of a secured broker
+    that just started, and the lines saying where the configs are (never their contents)."""
+    from devtools.secure import provision
+
+    try:
+        created = asyncio.run(provision(material, bootstrap, os.environ.get("ANTING_TOPIC_PREFIX", "")))
+    except Exception as exc:
+        raise LocalKafkaError(f"the secured broker started but could not be provisioned: {exc}") from exc
+    for line in secured_lines(material, bootstrap, created):
+        print(f"local-kafka: {line}", file=sys.stderr, flush=True)
+
+
+def secured_lines(material: SecureMaterial, bootstrap: str, created: list[str] | None = None) -> list[str]:
+    """What to tell a user of a secured local broker: the listener, where the client
+    configs are, an example kcat line. Paths only, never a password."""
+    from devtools.acls import CLIENT_PRINCIPALS
+
+    def rel(p: Path) -> str:
+        with contextlib.suppress(ValueError):
+            return str(p.relative_to(Path.cwd()))
+        return str(p)
+
+    lines = [
+        f"SASL_SSL (SCRAM-SHA-512) on {bootstrap}; ACLs applied (README, 'Kafka ACLs')"
+        + (f"; topics created: {len(created)}" if created is not None else ""),
+        f"client configs in {rel(material.dir)}/: kcat-<user>.conf, <user>.properties (Java), "
+        f"<user>.env (KAFKA_*), CA {rel(material.ca_file)}; users: {', '.join(CLIENT_PRINCIPALS)}",
+        f"e.g. {rel(material.kcat_script)} -F {rel(material.kcat_config('reader'))} -C -t enriched-events",
+    ]
+    return lines
+
+
+def serve_forever(port: int = 9092, data_dir: Path | None = None, security: str = "none") -> None:
     """Run a broker in the foreground until SIGINT/SIGTERM (``anting kafka``), its data in
-    ``data_dir`` (``.local/kafka-<port>``). Raises ``LocalKafkaError`` when the port is
-    taken or the broker cannot start."""
-    data_dir = data_dir or STATE_DIR / f"kafka-{port}"
+    ``data_dir`` (``.local/kafka-<port>``; ``.local/kafka-secure-<port>`` when secured).
+    With ``security`` "sasl_ssl" its client listener is SASL_SSL (``LocalKafka``), the
+    ACL table is applied, the topics are created and the client configs written to
+    ``.local/secure/``. Raises ``LocalKafkaError`` when the port is taken or the broker
+    cannot start."""
+    material = secure_material(security)
+    data_dir = data_dir or STATE_DIR / (f"kafka-{port}" if material is None else f"kafka-secure-{port}")
     if port_open(port):
         raise LocalKafkaError(f"127.0.0.1:{port} is already in use: is a broker running there?")
-    broker = LocalKafka(port=port, data_dir=data_dir)
+    broker = LocalKafka(port=port, data_dir=data_dir, secure=material)
     t0 = time.monotonic()
     broker.start()
     print(f"local-kafka: broker ready on {broker.bootstrap} in {time.monotonic() - t0:.1f}s "
           f"(data {data_dir}, log {broker.log_file})", file=sys.stderr, flush=True)
+    if material is not None:
+        try:
+            _secured_ready(material, broker.bootstrap)
+        except BaseException:
+            broker.stop()
+            raise
     stop = False
 
     def _stop(*_: object) -> None:
@@ -698,20 +777,31 @@ def serve_forever(port: int = 9092, data_dir: Path | None = None) -> None:
         broker.stop()
 
 
-def serve_cluster_forever(size: int = 3, port: int = 9092, data_dir: Path | None = None) -> None:
+def serve_cluster_forever(size: int = 3, port: int = 9092, data_dir: Path | None = None,
+                          security: str = "none") -> None:
     """Run a ``size``-node cluster in the foreground until SIGINT/SIGTERM (``anting kafka
     --brokers N``): listeners on ``port``, ``port + 1``, ..., data in ``data_dir``
-    (``.local/kafka-cluster-<port>``). A node that dies is started again on its data
-    after a second, and the line says so. Raises ``LocalKafkaError`` when a port is taken
-    or the cluster cannot start."""
+    (``.local/kafka-cluster-<port>``; ``-secure-`` in the name when secured). A node that
+    dies is started again on its data after a second, and the line says so. ``security``
+    as ``serve_forever`` (every node presents the same certificate and knows the same
+    SCRAM users). Raises ``LocalKafkaError`` when a port is taken or the cluster cannot
+    start."""
+    material = secure_material(security)
     ports = [port + i for i in range(size)]
-    data_dir = data_dir or STATE_DIR / f"kafka-cluster-{port}"
+    data_dir = data_dir or STATE_DIR / (f"kafka-cluster-{port}" if material is None
+                                        else f"kafka-cluster-secure-{port}")
     for p in ports:
         if port_open(p):
             raise LocalKafkaError(f"127.0.0.1:{p} is already in use: is a broker running there?")
-    cluster = LocalCluster(size, ports=ports, data_dir=data_dir)
+    cluster = LocalCluster(size, ports=ports, data_dir=data_dir, secure=material)
     t0 = time.monotonic()
     cluster.start()
+    if material is not None:
+        try:
+            _secured_ready(material, cluster.bootstrap)
+        except BaseException:
+            cluster.stop()
+            raise
     rf, min_isr = cluster_replication(size)
     print(f"local-kafka: {size}-node cluster ready in {time.monotonic() - t0:.1f}s; "
           f"bootstrap {cluster.bootstrap} (replication factor {rf}, min.insync.replicas "

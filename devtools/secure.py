@@ -28,10 +28,14 @@ import os
 import secrets
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from devtools.acls import BROKER, CLIENT_PRINCIPALS
 
-__all__ = ["MECHANISM", "SecureMaterial", "bundled_librdkafka"]
+if TYPE_CHECKING:
+    from shared.settings import AntingSettings
+
+__all__ = ["MECHANISM", "SecureMaterial", "bundled_librdkafka", "credentials_digest", "provision"]
 
 MECHANISM = "SCRAM-SHA-512"
 """The SASL mechanism of the client listener."""
@@ -219,6 +223,16 @@ class SecureMaterial:
             "ssl.ca.location": str(self.ca_file),
         }
 
+    def settings(self, principal: str, bootstrap: str, topic_prefix: str = "") -> AntingSettings:
+        """Anting settings of ``principal`` on ``bootstrap`` (for in-process clients)."""
+        from shared.settings import AntingSettings, KafkaSettings
+
+        kafka = KafkaSettings(
+            bootstrap_servers=bootstrap, security_protocol="SASL_SSL", sasl_mechanism=MECHANISM,
+            sasl_username=principal, sasl_password=self.password(principal),
+            ssl_cafile=str(self.ca_file))
+        return AntingSettings(kafka=kafka, topic_prefix=topic_prefix)
+
     def aiokafka_options(self, principal: str, bootstrap: str) -> dict[str, object]:
         """aiokafka client keyword arguments of ``principal`` (the readiness checks)."""
         import ssl
@@ -294,3 +308,28 @@ class SecureMaterial:
             _write_private(self.java_config(principal), "\n".join(java) + "\n")
             _write_private(self.env_file(principal), "".join(
                 f"{k}={v}\n" for k, v in self.env(principal, bootstrap).items()))
+
+
+def credentials_digest(material: SecureMaterial) -> str:
+    """A SHA-256 over the SCRAM users and their passwords: kept beside a formatted data
+    dir, so that a start with other credentials (``credentials.json`` removed, the data
+    kept) is refused with a message instead of every client failing to sign in."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(material.passwords(), sort_keys=True).encode()).hexdigest()
+
+
+async def provision(material: SecureMaterial, bootstrap: str, topic_prefix: str = "") -> list[str]:
+    """Make a freshly started secured broker or cluster usable: the client configs written
+    for ``bootstrap``, the ACL table applied for ``topic_prefix`` and every contract topic
+    created, both as ``anting-admin``. Returns the topics created. Raises
+    ``confluent_kafka.KafkaException`` when an ACL is refused, and what
+    ``shared.kafka.ensure_topics`` raises."""
+    import asyncio
+
+    from devtools.acls import ADMIN, acl_table, apply_acls
+    from shared.kafka import ensure_topics
+
+    material.write_client_configs(bootstrap)
+    await asyncio.to_thread(apply_acls, material.librdkafka_config(ADMIN, bootstrap), acl_table(topic_prefix))
+    return await ensure_topics(material.settings(ADMIN, bootstrap, topic_prefix))

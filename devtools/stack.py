@@ -45,11 +45,14 @@ from devtools.localkafka import (
     cluster_brokers,
     cluster_replication,
     port_open,
+    secure_material,
+    secured_lines,
 )
 from devtools.prometheus import alerts_page, prometheus_argv, prometheus_config
 from devtools.supervisor import Child, Supervisor, child_setup, stop_with_parent
 
 if TYPE_CHECKING:
+    from devtools.secure import SecureMaterial
     from shared.settings import AntingSettings
 
 __all__ = [
@@ -104,7 +107,9 @@ class Options:
     Prometheus' scrape interval in seconds, the NDJSON seed to publish, where the broker
     and Prometheus keep data, how long to wait for the services to be ready and the
     longest restart backoff, both in seconds. ``brokers`` above 1 runs a local cluster
-    of that many nodes, listening on ``kafka_port``, ``kafka_port + 1``, ..."""
+    of that many nodes, listening on ``kafka_port``, ``kafka_port + 1``, ...
+    ``security`` "sasl_ssl" secures the local broker or cluster (devtools.secure): each
+    service then signs in as its own SCRAM user under the ACL table (devtools.acls)."""
 
     kafka_port: int = 9092
     brokers: int = 1
@@ -115,6 +120,7 @@ class Options:
     state_dir: Path = STATE_DIR
     ready_timeout: float = 180.0
     max_backoff: float = 30.0
+    security: str = "none"
 
 
 class Stop(Exception):
@@ -134,16 +140,34 @@ def anting_command() -> str:
 # --------------------------------------------------------------------------- the broker
 
 
-def start_broker(opts: Options, printer: Printer) -> tuple[str, LocalKafka | None]:
+def _external_secured(opts: Options) -> None:
+    """A secured run needs its own local broker: the users, ACLs and CA are made here."""
+    if opts.security != "none" and os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        raise StartupError(
+            "ANTING_RUN_SECURITY secures the local Kafka that `anting run` starts; for a secured "
+            "cluster of your own unset it and set KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, "
+            "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SSL_CAFILE (README, 'Security')")
+
+
+def start_broker(opts: Options, printer: Printer,
+                 material: SecureMaterial | None = None) -> tuple[str, LocalKafka | None]:
     """(bootstrap, LocalKafka or None): KAFKA_BOOTSTRAP_SERVERS when set, else a Kafka
     already answering on the port (used, never stopped), else a local broker we start
-    (the caller stops it). Raises ``StartupError`` when something else holds the port,
-    ``LocalKafkaError`` when the local broker cannot be had."""
+    (the caller stops it), secured with ``material`` when given (its data then in
+    ``kafka-secure-<port>``: a broker formatted without SCRAM users cannot be secured
+    later). Raises ``StartupError`` when something else holds the port (any broker, when
+    secured: ours must be the one with these users), ``LocalKafkaError`` when the local
+    broker cannot be had."""
+    _external_secured(opts)
     env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if env:
         printer.say("kafka", f"using KAFKA_BOOTSTRAP_SERVERS={env}")
         return env, None
     bootstrap = f"127.0.0.1:{opts.kafka_port}"
+    if port_open(opts.kafka_port) and material is not None:
+        raise StartupError(
+            f"127.0.0.1:{opts.kafka_port} is in use: a secured run starts a broker of its own. "
+            "Stop what listens there, or set ANTING_RUN_KAFKA_PORT to a free port.")
     if port_open(opts.kafka_port):
         if asyncio.run(broker_answers(bootstrap)):
             printer.say("kafka", f"a Kafka broker already answers on {bootstrap}: using it "
@@ -155,10 +179,12 @@ def start_broker(opts: Options, printer: Printer) -> tuple[str, LocalKafka | Non
             "to a broker of your own."
         )
     check_tools()  # without Java or Maven: what to install, before "starting"
-    data_dir = opts.state_dir / f"kafka-{opts.kafka_port}"
-    printer.say("kafka", f"starting a local Kafka broker on {bootstrap} (data {data_dir}) ...")
+    data_dir = opts.state_dir / (f"kafka-{opts.kafka_port}" if material is None
+                                 else f"kafka-secure-{opts.kafka_port}")
+    how = "" if material is None else "secured (SASL_SSL) "
+    printer.say("kafka", f"starting a {how}local Kafka broker on {bootstrap} (data {data_dir}) ...")
     t0 = time.monotonic()
-    broker = LocalKafka(port=opts.kafka_port, data_dir=data_dir)
+    broker = LocalKafka(port=opts.kafka_port, data_dir=data_dir, secure=material)
     try:
         broker.start()
     except BaseException:
@@ -170,12 +196,15 @@ def start_broker(opts: Options, printer: Printer) -> tuple[str, LocalKafka | Non
     return bootstrap, broker
 
 
-def prepare_cluster(opts: Options, printer: Printer) -> tuple[str, LocalCluster | None]:
+def prepare_cluster(opts: Options, printer: Printer,
+                    material: SecureMaterial | None = None) -> tuple[str, LocalCluster | None]:
     """(bootstrap, LocalCluster or None) for ``opts.brokers`` nodes: KAFKA_BOOTSTRAP_SERVERS
     when set, else a cluster already answering on every port (used, never stopped), else a
     local cluster to be started by the stack under its supervisor (its nodes restarted
     like the services when they die). Raises ``StartupError`` when something else holds
-    one of the ports, ``LocalKafkaError`` when the cluster cannot be had."""
+    one of the ports, ``LocalKafkaError`` when the cluster cannot be had. Secured with
+    ``material`` when given, as ``start_broker``."""
+    _external_secured(opts)
     env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if env:
         printer.say("kafka", f"using KAFKA_BOOTSTRAP_SERVERS={env} (ANTING_RUN_BROKERS is "
@@ -184,6 +213,10 @@ def prepare_cluster(opts: Options, printer: Printer) -> tuple[str, LocalCluster 
     ports = [opts.kafka_port + i for i in range(opts.brokers)]
     bootstrap = ",".join(f"127.0.0.1:{p}" for p in ports)
     held = [p for p in ports if port_open(p)]
+    if held and material is not None:
+        raise StartupError(
+            f"127.0.0.1:{held[0]} is in use: a secured run starts a cluster of its own. Stop what "
+            "listens there, or set ANTING_RUN_KAFKA_PORT to another first port.")
     if held:
         if len(held) == len(ports) and len(asyncio.run(cluster_brokers(bootstrap))) >= opts.brokers:
             printer.say("kafka", f"a Kafka cluster already answers on {bootstrap}: using it "
@@ -195,8 +228,9 @@ def prepare_cluster(opts: Options, printer: Printer) -> tuple[str, LocalCluster 
             "KAFKA_BOOTSTRAP_SERVERS to a cluster of your own."
         )
     check_tools()
-    return bootstrap, LocalCluster(opts.brokers, ports=ports,
-                                   data_dir=opts.state_dir / f"kafka-cluster-{opts.kafka_port}")
+    name = f"kafka-cluster-{opts.kafka_port}" if material is None else f"kafka-cluster-secure-{opts.kafka_port}"
+    return bootstrap, LocalCluster(opts.brokers, ports=ports, data_dir=opts.state_dir / name,
+                                   secure=material)
 
 
 # --------------------------------------------------------------------------- the stack
@@ -220,8 +254,9 @@ class Stack:
     (``sup.stop_all()``) and the demo receiver."""
 
     def __init__(self, opts: Options, printer: Printer, bootstrap: str,
-                 cluster: LocalCluster | None = None) -> None:
+                 cluster: LocalCluster | None = None, material: SecureMaterial | None = None) -> None:
         self.opts = opts
+        self.material = material  # a secured local Kafka: per-principal credentials
         self.out = printer
         self.bootstrap = bootstrap
         self.cluster = cluster  # started by run(), its nodes supervised like the services
@@ -231,10 +266,20 @@ class Stack:
         self.counts = {"published": 0, "enriched": 0, "notified": 0}
         self.tail_ready = asyncio.Event()  # set once the tail reads from the end (or failed)
 
-    def child_env(self) -> dict[str, str]:
+    def child_env(self, principal: str | None = None) -> dict[str, str]:
         """The children's environment: ours, with the broker and unbuffered output, and
-        loopback allowed for notify's webhooks unless ANTING_NOTIFY_ALLOW_NETWORKS is set."""
+        loopback allowed for notify's webhooks unless ANTING_NOTIFY_ALLOW_NETWORKS is set.
+
+        On a secured local Kafka, ``principal``'s ``KAFKA_*`` credentials (a service's
+        own user, ``anting-<service>``; ``anting-admin`` for the catalog load); without
+        a principal no Kafka credentials at all (Prometheus, the HTTP-only CLI)."""
         env = dict(os.environ)
+        if self.material is not None:
+            for name in ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME",
+                         "KAFKA_SASL_PASSWORD", "KAFKA_SSL_CAFILE"):
+                env.pop(name, None)
+            if principal is not None:
+                env.update(self.material.env(principal, self.bootstrap))
         env["KAFKA_BOOTSTRAP_SERVERS"] = self.bootstrap
         env["PYTHONUNBUFFERED"] = "1"
         # the demo webhook receiver listens on loopback, which notify refuses by default
@@ -246,9 +291,17 @@ class Stack:
         return env
 
     def settings(self) -> AntingSettings:
-        """The settings of this environment (its topic prefix, say), on our broker."""
+        """The settings of this environment (its topic prefix, say), on our broker; on a
+        secured local Kafka as ``anting-admin``: the stack's own tooling (topics, the tail
+        of enriched-events and the delivery log) is the operator's, and no service user
+        may read both of those topics."""
         from shared.settings import AntingSettings, KafkaSettings, load
 
+        if self.material is not None:
+            from devtools.acls import ADMIN
+
+            prefix = load(AntingSettings).topic_prefix
+            return self.material.settings(ADMIN, self.bootstrap, prefix)
         return load(AntingSettings, kafka=load(KafkaSettings, bootstrap_servers=self.bootstrap))
 
     async def run(self) -> None:
@@ -266,12 +319,20 @@ class Stack:
         if self.cluster is not None:
             await self.start_cluster(self.cluster)
         settings = self.settings()
-        created = await ensure_topics(settings)
+        if self.material is not None:
+            from devtools.secure import provision
+
+            created = await provision(self.material, self.bootstrap, settings.topic_prefix)
+            for line in secured_lines(self.material, self.bootstrap):
+                self.out.say("kafka", line)
+        else:
+            created = await ensure_topics(settings)
         self.out.say("kafka", f"topics: created {len(created)}" + (f" ({', '.join(created)})" if created else " (all existed)"))
         await self.load_catalog()
         env = self.child_env()
         for spec in SERVICES:
-            await self.sup.start(Child(spec.name, [anting_command(), "serve", spec.name], env))
+            await self.sup.start(Child(spec.name, [anting_command(), "serve", spec.name],
+                                       self.child_env(f"anting-{spec.name}")))
         await self.start_prometheus(env)
         ready = await self.wait_ready()
         await self.subscribe(ready)
@@ -309,7 +370,7 @@ class Stack:
             if self.sup.stopping.is_set():
                 raise Stop
             if all(port_open(n.port) for n in cluster.nodes) and want <= await cluster_brokers(
-                    cluster.bootstrap):
+                    cluster.bootstrap, cluster.client_options()):
                 self.out.say("kafka", f"cluster ready in {time.monotonic() - t0:.1f}s: bootstrap "
                              f"{cluster.bootstrap} (logs {cluster.data_dir}/node-*/server.log)")
                 return
@@ -325,7 +386,7 @@ class Stack:
     async def load_catalog(self) -> None:
         """``anting orgs load`` once, its output printed; a failure is said, not raised."""
         proc = await asyncio.create_subprocess_exec(
-            anting_command(), "orgs", "load", env=self.child_env(), cwd=REPO_ROOT,
+            anting_command(), "orgs", "load", env=self.child_env("anting-admin"), cwd=REPO_ROOT,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, preexec_fn=child_setup,
         )
@@ -560,6 +621,11 @@ class Stack:
             + (f"; {len(self.cluster.nodes)} brokers, each restarted when it dies"
                if self.cluster is not None else ""),
         ]
+        if self.material is not None:
+            lines[-1] = (f"Kafka          {self.bootstrap}   SASL_SSL; "
+                         + secured_lines(self.material, self.bootstrap)[2]
+                         + (f"; {len(self.cluster.nodes)} brokers, each restarted when it dies"
+                            if self.cluster is not None else ""))
         if self.prometheus_url:
             lines.append(f"Prometheus     {self.prometheus_url}   (alerts at {alerts_page(self.prometheus_url)})")
         lines.append("Ctrl-C stops everything this started.")
@@ -594,11 +660,13 @@ def run(opts: Options) -> int:
     try:
         opts.state_dir.mkdir(parents=True, exist_ok=True)
         cluster = None
+        _external_secured(opts)
+        material = secure_material(opts.security, opts.state_dir)
         if opts.brokers > 1:
-            bootstrap, cluster = prepare_cluster(opts, printer)
+            bootstrap, cluster = prepare_cluster(opts, printer, material)
         else:
-            bootstrap, broker = start_broker(opts, printer)
-        code = asyncio.run(_main(opts, printer, bootstrap, cluster))
+            bootstrap, broker = start_broker(opts, printer, material)
+        code = asyncio.run(_main(opts, printer, bootstrap, cluster, material))
     except (Stop, KeyboardInterrupt):
         printer.say("run", "interrupted during start-up")
         code = 130
@@ -625,8 +693,9 @@ def _pid_writer(path: Path) -> Callable[[int], None]:
     return write
 
 
-async def _main(opts: Options, printer: Printer, bootstrap: str, cluster: LocalCluster | None) -> int:
-    stack = Stack(opts, printer, bootstrap, cluster)
+async def _main(opts: Options, printer: Printer, bootstrap: str, cluster: LocalCluster | None,
+                material: SecureMaterial | None = None) -> int:
+    stack = Stack(opts, printer, bootstrap, cluster, material)
     loop = asyncio.get_running_loop()
 
     def _on_signal(sig: signal.Signals) -> None:

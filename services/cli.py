@@ -117,6 +117,10 @@ def run(
         envvar="ANTING_RUN_SEED", help="NDJSON CloudEvents to publish once the stack is up")] = None,
     state_dir: Annotated[Path | None, typer.Option(
         envvar="ANTING_RUN_STATE_DIR", help="where the broker and Prometheus keep data (.local)")] = None,
+    security: Annotated[str, typer.Option(
+        envvar="ANTING_RUN_SECURITY",
+        help="none, or sasl_ssl: the local Kafka's client listener on SASL_SSL (SCRAM-SHA-512) "
+             "with ACLs, each service its own user; client configs in .local/secure/")] = "none",
 ) -> None:
     """The whole stack here (what `make run` runs): Kafka, topics, catalog, the four services, the seed."""
     try:
@@ -126,7 +130,7 @@ def run(
 
     opts = stack.Options(
         kafka_port=kafka_port, brokers=brokers, prometheus=prometheus, prometheus_port=prometheus_port,
-        scrape_interval=scrape_interval,
+        scrape_interval=scrape_interval, security=security,
     )
     if seed is not None:
         opts.seed = seed
@@ -221,6 +225,9 @@ def kafka(
     ] = False,
     brokers: Annotated[int, typer.Option(
         min=1, help="nodes (broker and controller each); listeners on --port, --port + 1, ...")] = 1,
+    security: Annotated[str, typer.Option(
+        help="none, or sasl_ssl: SASL_SSL (SCRAM-SHA-512) with ACLs, the topics created, "
+             "client configs in .local/secure/")] = "none",
 ) -> None:
     """Run a local Kafka broker, or a cluster of --brokers nodes (KRaft, jars from Maven Central), until Ctrl-C."""
     try:
@@ -238,9 +245,9 @@ def kafka(
             console.print(f"Kafka jars ready in {fetch_jars()}")
             return
         if brokers > 1:
-            serve_cluster_forever(brokers, port, data_dir)
+            serve_cluster_forever(brokers, port, data_dir, security=security)
         else:
-            serve_forever(port, data_dir)
+            serve_forever(port, data_dir, security=security)
     except LocalKafkaError as exc:
         _error(exc)
         raise typer.Exit(2) from None

@@ -27,6 +27,16 @@ def test_publisher_writes_the_input_topics_and_reader_reads_the_output(secure_ka
     assert out.returncode == 0, out.stderr
 
 
+def test_an_idempotent_producer_needs_no_idempotent_write_on_the_cluster(secure_kafka: SecuredKafka) -> None:
+    """Kafka 3.0+ (KIP-679) grants InitProducerId to a principal with Write on any topic:
+    publisher has no IdempotentWrite, and librdkafka's idempotent producer still writes."""
+    assert not [a for a in secure_kafka.acls if a.operation == "IDEMPOTENT_WRITE"]
+    got = secure_kafka.kcat("publisher", "-X", "enable.idempotence=true", "-P", "-t", "agreements",
+                            input='{"idempotent": true}\n')
+    assert got.returncode == 0, got.stderr
+    assert "authorization" not in got.stderr.lower(), got.stderr
+
+
 def test_publisher_cannot_read_enriched_events(secure_kafka: SecuredKafka) -> None:
     got = secure_kafka.kcat("publisher", "-C", "-t", "enriched-events", "-o", "beginning", "-e")
     assert got.returncode != 0
