@@ -1,0 +1,289 @@
+"""The broker refusing a service, on the secured broker: a wrong password, a CA that did
+not sign the broker's certificate, an ACL taken away while it runs. Each service says so
+in one line naming who may not do what (no traceback), answers ``/readyz`` 503 with that
+line, keeps retrying, and once the ACL is back goes on by itself, without a restart and
+without losing what arrived meanwhile (``shared/kafka_access.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from devtools.acls import ADMIN, Acl
+from devtools.localkafka import free_port
+from devtools.secure import SecureMaterial
+from devtools.testing import ServiceProcess, produce, read_topic
+from tests.notify.helpers import Receiver
+from tests.security.conftest import SecuredKafka
+
+pytestmark = pytest.mark.kafka
+
+SEED = Path(__file__).resolve().parents[2] / "services" / "ingest" / "samples" / "world-metaverse-conference.ndjson"
+
+
+def announcement(event_id: str) -> dict[str, object]:
+    """The seed's first conference announcement under a new id (and subject)."""
+    for line in SEED.read_bytes().splitlines():
+        event = orjson.loads(line) if line.strip() else {}
+        if event.get("type") == "conference.announcement":
+            return {**event, "id": event_id, "subject": event_id}
+    raise AssertionError("the seed has no announcement")
+
+
+class Service:
+    """``anting serve NAME`` signed in as ``anting-NAME`` on the secured broker, topics under
+    ``prefix``; ``env`` overrides the principal's variables (a wrong password...)."""
+
+    def __init__(self, kafka: SecuredKafka, name: str, prefix: str, log_dir: Path, **env: str) -> None:
+        self.name = name
+        self.port = free_port()
+        self.proc = ServiceProcess(
+            name, kafka.settings(f"anting-{name}", prefix), log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log",
+            **{**kafka.env(f"anting-{name}"), f"ANTING_{name.upper()}_PORT": str(self.port),
+               "ANTING_NOTIFY_ALLOW_NETWORKS": "127.0.0.0/8", "ANTING_ENRICH_INSTANCE_ID": "refusals-0",
+               **env})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.proc.log()
+
+    async def readyz(self, client: httpx.AsyncClient) -> tuple[int, str]:
+        """(status, detail) of ``/readyz``; (0, why) when it does not answer."""
+        try:
+            r = await client.get(f"{self.url}/readyz")
+        except httpx.HTTPError as exc:
+            return 0, repr(exc)
+        return r.status_code, str(r.json().get("detail"))
+
+    def running(self) -> None:
+        proc = self.proc.proc
+        assert proc is not None and proc.poll() is None, f"{self.name} exited:\n{self.log()[-3000:]}"
+
+
+@pytest.fixture
+def services(secure_kafka: SecuredKafka, tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    """Starts services (see :class:`Service`); terminates them all at the end."""
+    started: list[Service] = []
+
+    def start(name: str, prefix: str, **env: str) -> Service:
+        service = Service(secure_kafka, name, prefix, tmp_path, **env)
+        service.proc.start()
+        started.append(service)
+        return service
+
+    yield start
+    for s in started:
+        s.proc.terminate()
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str,
+                log: Callable[[], str] = lambda: "") -> None:
+    """Await ``check()`` every 0.3 s until true; after ``timeout`` s fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}\n{log()[-4000:]}")
+
+
+async def readyz_is(client: httpx.AsyncClient, service: Service, status: int, detail: str = "",
+                    timeout: float = 90.0) -> str:
+    """Wait until ``service``'s ``/readyz`` answers ``status`` with ``detail`` in its body."""
+    seen: list[tuple[int, str]] = []
+
+    async def check() -> bool:
+        service.running()
+        seen.append(await service.readyz(client))
+        return seen[-1][0] == status and detail in seen[-1][1]
+
+    await until(check, timeout, f"{service.name} /readyz {status} {detail!r} (last: {seen[-1:]})", service.log)
+    return seen[-1][1]
+
+
+def refusal_lines(log: str, line: str) -> list[str]:
+    """The error lines of ``log`` (JSON lines) that carry ``line``."""
+    return [entry for entry in log.splitlines() if line in entry and '"level":"error"' in entry]
+
+
+async def fresh_prefix(secure_kafka: SecuredKafka) -> str:
+    """A topic prefix of this test's own, with the ACL table applied and the topics made
+    (the fixture's calls run their own event loop: in a thread)."""
+    prefix = f"r{uuid.uuid4().hex[:6]}."
+    await asyncio.to_thread(secure_kafka.use_prefix, prefix)
+    return prefix
+
+
+def _no_traceback(service: Service) -> None:
+    log = service.log()
+    assert "Traceback" not in log, f"{service.name} logged a traceback:\n{log[-4000:]}"
+
+
+async def test_wrong_password_and_unknown_ca_are_one_clear_line_and_readiness_503(
+        secure_kafka: SecuredKafka, services: Callable[..., Service], tmp_path: Path) -> None:
+    """enrich and ingest with a wrong password, notify trusting another CA: each says why
+    in one line at error (the user, the mechanism and the broker's message; the CA file
+    and the verification error), keeps running, and ``/readyz`` answers 503 with it."""
+    other = SecureMaterial(tmp_path / "other-ca")
+    other.issue_tls()  # a CA of its own, which did not sign the broker's certificate
+    prefix = await fresh_prefix(secure_kafka)
+    where = secure_kafka.bootstrap
+    enrich = services("enrich", prefix, KAFKA_SASL_PASSWORD="not-the-password")
+    ingest = services("ingest", prefix, KAFKA_SASL_PASSWORD="not-the-password")
+    notify = services("notify", prefix, KAFKA_SSL_CAFILE=str(other.ca_file))
+    wrong = {
+        enrich: f"kafka: authentication failed for SASL user anting-enrich (SCRAM-SHA-512) at {where}: ",
+        ingest: f"kafka: authentication failed for SASL user anting-ingest (SCRAM-SHA-512) at {where}: ",
+        notify: (f"kafka: TLS certificate of {where} not trusted by KAFKA_SSL_CAFILE={other.ca_file}: "
+                 "certificate verify failed"),
+    }
+    async with httpx.AsyncClient(timeout=10) as client:
+        for service, line in wrong.items():
+            detail = await readyz_is(client, service, 503, line, timeout=60)
+            assert detail.startswith(line), detail
+        await asyncio.sleep(4)  # a few retries more: still one line each
+        for service, line in wrong.items():
+            service.running()
+            lines = refusal_lines(service.log(), line)
+            assert len(lines) == 1, f"{service.name}: {lines}\n{service.log()[-3000:]}"
+            if "authentication failed" in line:
+                assert "invalid credentials" in lines[0], lines[0]  # the broker's own words
+            _no_traceback(service)
+
+
+async def test_enrich_without_write_on_enriched_events_waits_and_loses_nothing(
+        secure_kafka: SecuredKafka, services: Callable[..., Service]) -> None:
+    """enrich's Write on enriched-events taken away: the event read meanwhile is not
+    written (its transaction aborts, its offset is not committed), one line names the ACL,
+    ``/readyz`` is 503 with it; the ACL back, enrich goes on by itself and both that event
+    and one published afterwards come out, once each."""
+    prefix = await fresh_prefix(secure_kafka)
+    admin = secure_kafka.settings(ADMIN, prefix)
+    acl = secure_kafka.acl("anting-enrich", "topic", f"{prefix}enriched-events", "WRITE")
+    line = f"kafka: User:anting-enrich may not Write Topic:{prefix}enriched-events (TOPIC_AUTHORIZATION_FAILED)"
+    enrich = services("enrich", prefix)
+    before, after = f"refused-{uuid.uuid4().hex[:8]}", f"allowed-{uuid.uuid4().hex[:8]}"
+    async with httpx.AsyncClient(timeout=10) as client:
+        await readyz_is(client, enrich, 200)
+        await asyncio.to_thread(secure_kafka.remove_acl, acl)
+        try:
+            await produce(admin, f"{prefix}announcements", [orjson.dumps(announcement(before))], [before.encode()])
+            await readyz_is(client, enrich, 503, line, timeout=60)
+            assert await read_topic(admin, f"{prefix}enriched-events", idle=1.0) == []
+        finally:
+            await asyncio.to_thread(secure_kafka.restore_acl, acl)
+        await readyz_is(client, enrich, 200, timeout=60)
+        await produce(admin, f"{prefix}announcements", [orjson.dumps(announcement(after))], [after.encode()])
+        out = await read_topic(admin, f"{prefix}enriched-events", expect=2, timeout=60)
+    ids = sorted(orjson.loads(r.value or b"{}")["id"] for r in out)
+    assert ids == sorted([before, after]), ids
+    log = enrich.log()
+    assert 1 <= len(refusal_lines(log, line)) <= 2, log[-4000:]  # one per 30 s
+    assert "kafka: access restored (was: User:anting-enrich may not Write" in log, log[-3000:]
+    _no_traceback(enrich)
+
+
+async def test_notify_without_read_on_enriched_events_waits_and_delivers_after(
+        secure_kafka: SecuredKafka, services: Callable[..., Service]) -> None:
+    """notify's Read on enriched-events taken away while an event comes through enrich:
+    nothing is delivered, one line names the ACL, ``/readyz`` is 503 with it; the ACL back,
+    notify delivers that event and one published afterwards, without a restart."""
+    prefix = await fresh_prefix(secure_kafka)
+    admin = secure_kafka.settings(ADMIN, prefix)
+    acl = secure_kafka.acl("anting-notify", "topic", f"{prefix}enriched-events", "READ")
+    line = f"kafka: User:anting-notify may not Read Topic:{prefix}enriched-events (TOPIC_AUTHORIZATION_FAILED)"
+    hook = await Receiver().start()
+    enrich, notify = services("enrich", prefix), services("notify", prefix)
+    before, after = f"refused-{uuid.uuid4().hex[:8]}", f"allowed-{uuid.uuid4().hex[:8]}"
+
+    def delivered() -> set[str]:
+        return {orjson.loads(d.body)["id"] for d in hook.on("/refusals")}
+
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            await readyz_is(client, enrich, 200)
+            await readyz_is(client, notify, 200)
+            r = await client.post(f"{notify.url}/v1/subscriptions", json={
+                "name": "refusals", "channel": {"type": "webhook", "url": hook.url("/refusals")}})
+            assert r.status_code == 201, r.text
+            sub = r.json()["id"]
+
+            async def served() -> bool:
+                return (await client.get(f"{notify.url}/v1/subscriptions/{sub}")).status_code == 200
+
+            await until(served, 15, "notify serving its subscription")
+            await asyncio.to_thread(secure_kafka.remove_acl, acl)
+            try:
+                # refused from its next fetch on (the brokers apply the change within a moment)
+                await readyz_is(client, notify, 503, line, timeout=60)
+                await produce(admin, f"{prefix}announcements", [orjson.dumps(announcement(before))],
+                              [before.encode()])
+                got = await read_topic(admin, f"{prefix}enriched-events", expect=1, timeout=60)
+                assert [orjson.loads(r.value or b"{}")["id"] for r in got] == [before]
+                await asyncio.sleep(2)
+                assert delivered() == set()
+                await readyz_is(client, notify, 503, line, timeout=5)
+            finally:
+                await asyncio.to_thread(secure_kafka.restore_acl, acl)
+            await readyz_is(client, notify, 200, timeout=90)
+            await produce(admin, f"{prefix}announcements", [orjson.dumps(announcement(after))], [after.encode()])
+
+            async def both() -> bool:
+                return delivered() >= {before, after}
+
+            await until(both, 60, "webhook deliveries of the events from before and after", notify.log)
+        log = notify.log()
+        assert 1 <= len(refusal_lines(log, line)) <= 3, log[-4000:]  # per loop part, one per 30 s
+        assert "kafka: access restored (was: User:anting-notify may not Read" in log, log[-3000:]
+        _no_traceback(notify)
+    finally:
+        await hook.stop()
+
+
+async def test_ingest_without_write_on_announcements_answers_503_and_publishes_nothing(
+        secure_kafka: SecuredKafka, services: Callable[..., Service]) -> None:
+    """ingest's Write on announcements taken away: ``/readyz`` says so before any publish
+    (the broker's authorized operations), a publish answers 503 problem+json naming the
+    ACL and writes nothing; the ACL back, readiness is 200 and a publish is accepted."""
+    prefix = await fresh_prefix(secure_kafka)
+    admin = secure_kafka.settings(ADMIN, prefix)
+    acl: Acl = secure_kafka.acl("anting-ingest", "topic", f"{prefix}announcements", "WRITE")
+    line = f"kafka: User:anting-ingest may not Write Topic:{prefix}announcements"
+    ingest = services("ingest", prefix)
+    before, after = f"refused-{uuid.uuid4().hex[:8]}", f"allowed-{uuid.uuid4().hex[:8]}"
+    headers = {"content-type": "application/cloudevents+json"}
+    async with httpx.AsyncClient(timeout=10) as client:
+        await readyz_is(client, ingest, 200)
+        await asyncio.to_thread(secure_kafka.remove_acl, acl)
+        try:
+            # before any publish: readiness asks the broker what ingest may do
+            detail = await readyz_is(client, ingest, 503, line, timeout=30)
+            assert re.search(r"\((TOPIC_AUTHORIZATION_FAILED|no Write among its authorized operations)\)$",
+                             detail), detail
+            r = await client.post(f"{ingest.url}/v1/events", content=orjson.dumps(announcement(before)),
+                                  headers=headers)
+            assert r.status_code == 503, r.text
+            assert r.headers["content-type"].startswith("application/problem+json"), r.headers
+            assert line in r.json()["detail"], r.json()
+        finally:
+            await asyncio.to_thread(secure_kafka.restore_acl, acl)
+        await readyz_is(client, ingest, 200, timeout=30)
+        r = await client.post(f"{ingest.url}/v1/events", content=orjson.dumps(announcement(after)),
+                              headers=headers)
+        assert r.status_code == 202, r.text
+    written = await read_topic(admin, f"{prefix}announcements", expect=1, timeout=30)
+    assert [orjson.loads(r.value or b"{}")["id"] for r in written] == [after]
+    log = ingest.log()
+    assert 1 <= len(refusal_lines(log, line)) <= 2, log[-4000:]
+    _no_traceback(ingest)
