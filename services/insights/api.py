@@ -79,6 +79,8 @@ def create_app(settings: InsightsSettings, insights: Insights) -> FastAPI:
     client = httpx.AsyncClient(timeout=settings.forward_timeout_seconds)
 
     async def ready() -> tuple[bool, str]:
+        if insights.access.reason is not None:  # the broker refuses it: who may not do what
+            return False, insights.access.reason
         if not insights.recovered():
             return False, "recovering the table from the changelog"
         return True, "table recovered, agents running"

@@ -16,6 +16,7 @@ from services.insights.streams import Insights
 from shared import logs
 from shared.http import EmbeddedServer
 from shared.kafka import cluster_replication, ensure_topics
+from shared.kafka_access import AccessStatus, Doing, until_allowed
 from shared.lag import LagMonitor
 from shared.runtime import run_service
 from shared.settings import load
@@ -31,10 +32,20 @@ async def serve(settings: InsightsSettings, stop: asyncio.Event) -> None:
     topics = [ENRICHED_EVENTS, INSIGHTS_FACTS]
     if settings.group == "anting-insights":  # the registered changelog name is the default app id's
         topics.append(INSIGHTS_CHANGELOG)
-    await ensure_topics(settings, topics, replication=settings.replication_factor)
+    # the broker refusing the credentials, the certificate or an ACL: one line per 30 s, tried
+    # again with backoff (no readiness yet: the API starts once the cluster is known)
+    access = AccessStatus()
+    create = Doing(topic_operation="Create", cluster_operation="Create")
+    await until_allowed(lambda: ensure_topics(settings, topics, replication=settings.replication_factor),
+                        access, settings.kafka, create, stop)
+    if stop.is_set():
+        return
     if settings.replication_factor is None:  # faust creates topics of its own and needs a number
-        settings = settings.model_copy(update={"replication_factor": await cluster_replication(settings)})
-    insights = Insights(settings)
+        rf = await until_allowed(lambda: cluster_replication(settings), access, settings.kafka, create, stop)
+        if rf is None:
+            return
+        settings = settings.model_copy(update={"replication_factor": rf})
+    insights = Insights(settings, access)
     lag = LagMonitor(settings, {insights.route.group: [settings.topic(ENRICHED_EVENTS)],
                                 insights.app.conf.id: [settings.topic(INSIGHTS_FACTS)]})
     lag.start()

@@ -37,8 +37,9 @@ from services.insights.state import facts_of
 from shared.deadletters import DeadLetterWriter, from_record
 from shared.events import NotACloudEvent, parse_enriched, record_event_bytes
 from shared.kafka import make_consumer, make_producer
+from shared.kafka_access import AccessStatus, Backoff, Doing, refusal
 from shared.metrics import INSIGHTS_FACTS
-from shared.topics import ENRICHED_EVENTS
+from shared.topics import DEAD_LETTERS, ENRICHED_EVENTS
 from shared.topics import INSIGHTS_FACTS as FACTS_TOPIC
 
 __all__ = ["Route"]
@@ -57,12 +58,18 @@ class Route:
     topics and rebalance apart). :meth:`run` until ``stop`` is set; :attr:`running`
     while its consumer is in the group."""
 
-    def __init__(self, settings: InsightsSettings) -> None:
+    def __init__(self, settings: InsightsSettings, access: AccessStatus | None = None) -> None:
         self.settings = settings
         self.group = settings.topic_prefix + settings.group + "-route"
         self.source = settings.topic(ENRICHED_EVENTS)
         self.target = settings.topic(FACTS_TOPIC)
         self.running = False
+        # the broker refusing the route (an ACL missing): one line per 30 s naming it, the
+        # reason readiness gives, sessions retried with backoff up to 5 s until allowed
+        self.access = access or AccessStatus()
+        self.backoff = Backoff(cap=self.access.cap)
+        self.doing = Doing(reads=(self.source,), writes=(self.target, settings.topic(DEAD_LETTERS)),
+                           group=self.group)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Route until ``stop`` is set; a failed session (the broker went away, the group
@@ -71,9 +78,19 @@ class Route:
             try:
                 await self._session(stop)
             except (KafkaError, OSError) as exc:
+                line = await refusal(exc, self.settings.kafka, self.doing)
+                if line is not None:
+                    self.access.refused(line, "route")
+                    await self.backoff.wait(stop)
+                    continue
                 log.warning("insights route restarts after a Kafka error", extra={"error": repr(exc)[:300]})
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), RETRY_SECONDS)
+
+    def _allowed(self) -> None:
+        if self.access.current.get("route") is not None:
+            self.access.restored("route")
+            self.backoff.reset()
 
     async def _session(self, stop: asyncio.Event) -> None:
         consumer = make_consumer(self.settings, self.source, group_id=self.group,
@@ -87,14 +104,18 @@ class Route:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
                 if not batch:
+                    self._allowed()
                     continue
                 acks: list[asyncio.Future[Any]] = []
                 for records in batch.values():
                     for record in records:
                         acks += await self._route(producer, dead_letters, record)
-                await asyncio.gather(*acks)
+                for result in await asyncio.gather(*acks, return_exceptions=True):
+                    if isinstance(result, BaseException):
+                        raise result  # the others read: none logged as never retrieved
                 try:
                     await consumer.commit()  # the positions: past every record of the batch
+                    self._allowed()
                 except CommitFailedError:
                     # the partitions went to another member, which reads them again from
                     # the last commit: facts it sends twice are replays to the fold

@@ -34,6 +34,7 @@ import faust
 from services.insights.route import Route
 from services.insights.settings import InsightsSettings
 from services.insights.state import Entity, Fact
+from shared.kafka_access import AccessStatus
 from shared.metrics import INSIGHTS_ENTITIES, INSIGHTS_FACTS, INSIGHTS_RECOVERY_SECONDS
 from shared.topics import INSIGHTS_FACTS as FACTS_TOPIC
 
@@ -61,8 +62,11 @@ class Insights:
     Queries read the table (:meth:`entity`, :meth:`local_entities`) and ask the router
     who owns a key (:meth:`owner`, :meth:`members`)."""
 
-    def __init__(self, settings: InsightsSettings) -> None:
+    def __init__(self, settings: InsightsSettings, access: AccessStatus | None = None) -> None:
         self.settings = settings
+        #: what the broker refuses insights now (the route's fetch, commit or writes; the
+        #: start), for readiness; faust's own clients are not covered
+        self.access = access or AccessStatus()
         self.url = settings.url()
         # faust's working directory holds nothing durable here (the table is in memory and
         # in its changelog): a throwaway one unless configured, removed on stop
@@ -93,7 +97,7 @@ class Insights:
         self.table = self.app.Table(TABLE, default=None, key_type=bytes, value_type=bytes,
                                     partitions=settings.partitions, use_partitioner=True)
         self.app.agent(self.facts, name="fold")(self._fold)
-        self.route = Route(settings)
+        self.route = Route(settings, self.access)
         self._stop_routing = asyncio.Event()
         self._routing: asyncio.Task[None] | None = None
         self.started_at = 0.0
