@@ -287,3 +287,33 @@ async def test_ingest_without_write_on_announcements_answers_503_and_publishes_n
     log = ingest.log()
     assert 1 <= len(refusal_lines(log, line)) <= 2, log[-4000:]
     _no_traceback(ingest)
+
+
+async def test_insights_route_without_read_on_enriched_events_waits_and_routes_after(
+        secure_kafka: SecuredKafka, services: Callable[..., Service]) -> None:
+    """insights' Read on enriched-events taken away: its route names the ACL in one line and
+    on ``/readyz`` (503); the ACL back, the event enriched meanwhile becomes facts on
+    insights-facts, without a restart."""
+    prefix = await fresh_prefix(secure_kafka)
+    admin = secure_kafka.settings(ADMIN, prefix)
+    acl = secure_kafka.acl("anting-insights", "topic", f"{prefix}enriched-events", "READ")
+    line = f"kafka: User:anting-insights may not Read Topic:{prefix}enriched-events (TOPIC_AUTHORIZATION_FAILED)"
+    enrich, insights = services("enrich", prefix), services("insights", prefix)
+    before = f"refused-{uuid.uuid4().hex[:8]}"
+    async with httpx.AsyncClient(timeout=10) as client:
+        await readyz_is(client, enrich, 200)
+        await readyz_is(client, insights, 200, timeout=120)
+        await asyncio.to_thread(secure_kafka.remove_acl, acl)
+        try:
+            await readyz_is(client, insights, 503, line, timeout=60)
+            await produce(admin, f"{prefix}announcements", [orjson.dumps(announcement(before))], [before.encode()])
+            got = await read_topic(admin, f"{prefix}enriched-events", expect=1, timeout=60)
+            assert [orjson.loads(r.value or b"{}")["id"] for r in got] == [before]
+        finally:
+            await asyncio.to_thread(secure_kafka.restore_acl, acl)
+        await readyz_is(client, insights, 200, timeout=90)
+    facts = await read_topic(admin, f"{prefix}insights-facts", timeout=60, idle=3.0)
+    assert facts and {orjson.loads(f.value or b"{}")["id"] for f in facts} == {before}, facts
+    log = insights.log()
+    assert 1 <= len(refusal_lines(log, line)) <= 2, log[-4000:]
+    _no_traceback(insights)
