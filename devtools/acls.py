@@ -172,7 +172,7 @@ def acl_table(topic_prefix: str = "") -> list[Acl]:
     rows += [
         Acl(insights, "topic", f"{g}-", "PREFIXED", op,
             "faust's topics: the table's changelog (<app id>-entities-changelog), <app id>-__assignor-__leader")
-        for op in ("CREATE", "READ", "WRITE", "DESCRIBE_CONFIGS")
+        for op in ("CREATE", "READ", "WRITE")
     ]
     rows.append(Acl(insights, "group", g, "PREFIXED", "READ", "the faust app's group and <app id>-route"))
 
