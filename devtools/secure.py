@@ -161,14 +161,17 @@ class SecureMaterial:
         ``client_listener`` (SASL_SSL, SCRAM-SHA-512: clients and the other brokers) and
         ``CONTROLLER`` (SASL_PLAINTEXT, PLAIN: the brokers' own login only).
 
-        Why PLAIN on the controller listener: KRaft controllers cannot authenticate SCRAM
-        (its credentials live in the metadata they serve), and a PLAINTEXT listener's
+        Why PLAIN on the controller listener: SCRAM credentials live in the metadata log
+        the controllers themselves serve, so the quorum's own links use a login that needs
+        no metadata (PLAIN, as in Kafka's KRaft examples); and a PLAINTEXT listener's
         principal is ``User:ANONYMOUS``, which would have to be a super user: anyone on
         the machine could then change ACLs through the controller (Kafka 4 lets admin
         clients talk to controllers). The listener is on loopback, so the password does
-        not cross a network in clear. Requires ``issue_tls()`` first (the key and
-        certificates are inlined: Kafka reads a PEM key store from a file only with an
-        encrypted key)."""
+        not cross a network in clear. Requires ``issue_tls()`` first: the key and the
+        certificates are inlined as PEM (``ssl.keystore.key``,
+        ``ssl.keystore.certificate.chain``, ``ssl.truststore.certificates``; newlines as
+        ``\\n``, which Java's properties reader turns back), so no key store file or
+        password is involved."""
         name = client_listener.lower()
         pw = self.password(BROKER)
 
