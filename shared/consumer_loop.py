@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import GroupAuthorizationFailedError
 from aiokafka.structs import OffsetAndMetadata
 
 from shared.kafka_access import AccessStatus, Backoff, Doing, denial, refusal
@@ -220,6 +221,7 @@ class ConsumerLoop:
         self.writing = Doing(writes=writes)
         self.backoff = Backoff(cap=access.cap if access is not None else 5.0)
         self._refused: set[str] = set()  # which of poll, commit, writes is refused now
+        self._resubscribed = False  # since the group refused this member (see run)
 
     def subscribe(self) -> None:
         """Subscribe the consumer to the topic, with this loop's rebalance listener."""
@@ -429,11 +431,19 @@ class ConsumerLoop:
                     if line is None:
                         raise
                     self._refuse("poll", line)  # the coordinator and the fetcher retry by themselves
+                    if isinstance(exc, GroupAuthorizationFailedError) and not self._resubscribed:
+                        # aiokafka (0.14) raises a refused heartbeat's error again on every
+                        # poll, even once allowed, until the member rejoins the group: a new
+                        # subscription makes it rejoin (refused, then retried, until allowed)
+                        self._resubscribed = True
+                        self.consumer.unsubscribe()
+                        self.subscribe()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), self.backoff.delay())
                     continue
                 if self._refused:
                     self._allow("poll")
+                    self._resubscribed = False
                 for tp, records in batch.items():
                     for record in records:
                         self.tracker.add(tp, record.offset)

@@ -108,7 +108,10 @@ async def readyz_is(client: httpx.AsyncClient, service: Service, status: int, de
         seen.append(await service.readyz(client))
         return seen[-1][0] == status and detail in seen[-1][1]
 
-    await until(check, timeout, f"{service.name} /readyz {status} {detail!r} (last: {seen[-1:]})", service.log)
+    try:
+        await until(check, timeout, f"{service.name} /readyz {status} {detail!r}", service.log)
+    except AssertionError as exc:
+        raise AssertionError(f"last /readyz: {seen[-1:]}; {exc}") from None
     return seen[-1][1]
 
 
@@ -162,16 +165,22 @@ async def test_wrong_password_and_unknown_ca_are_one_clear_line_and_readiness_50
             _no_traceback(service)
 
 
-async def test_enrich_without_write_on_enriched_events_waits_and_loses_nothing(
-        secure_kafka: SecuredKafka, services: Callable[..., Service]) -> None:
-    """enrich's Write on enriched-events taken away: the event read meanwhile is not
-    written (its transaction aborts, its offset is not committed), one line names the ACL,
-    ``/readyz`` is 503 with it; the ACL back, enrich goes on by itself and both that event
-    and one published afterwards come out, once each."""
+@pytest.mark.parametrize("taken", ["write-output", "transactional-id"])
+async def test_enrich_without_an_acl_waits_and_loses_nothing(
+        secure_kafka: SecuredKafka, services: Callable[..., Service], taken: str) -> None:
+    """enrich's Write on enriched-events, or on its transactional ids, taken away: the
+    event read meanwhile is not written (its transaction aborts, its offset is not
+    committed), one line names the ACL, ``/readyz`` is 503 with it; the ACL back, enrich
+    goes on by itself and both that event and one published afterwards come out, once each."""
     prefix = await fresh_prefix(secure_kafka)
     admin = secure_kafka.settings(ADMIN, prefix)
-    acl = secure_kafka.acl("anting-enrich", "topic", f"{prefix}enriched-events", "WRITE")
-    line = f"kafka: User:anting-enrich may not Write Topic:{prefix}enriched-events (TOPIC_AUTHORIZATION_FAILED)"
+    if taken == "write-output":
+        acl = secure_kafka.acl("anting-enrich", "topic", f"{prefix}enriched-events", "WRITE")
+        line = f"kafka: User:anting-enrich may not Write Topic:{prefix}enriched-events (TOPIC_AUTHORIZATION_FAILED)"
+    else:
+        acl = secure_kafka.acl("anting-enrich", "transactional_id", "anting-enrich-", "WRITE")
+        line = ("kafka: User:anting-enrich may not Write TransactionalId:anting-enrich-refusals-0 "
+                "(TRANSACTIONAL_ID_AUTHORIZATION_FAILED)")
     enrich = services("enrich", prefix)
     before, after = f"refused-{uuid.uuid4().hex[:8]}", f"allowed-{uuid.uuid4().hex[:8]}"
     async with httpx.AsyncClient(timeout=10) as client:
@@ -190,19 +199,26 @@ async def test_enrich_without_write_on_enriched_events_waits_and_loses_nothing(
     assert ids == sorted([before, after]), ids
     log = enrich.log()
     assert 1 <= len(refusal_lines(log, line)) <= 2, log[-4000:]  # one per 30 s
-    assert "kafka: access restored (was: User:anting-enrich may not Write" in log, log[-3000:]
+    assert f"kafka: access restored (was: {line.removeprefix('kafka: ')})" in log, log[-3000:]
     _no_traceback(enrich)
 
 
-async def test_notify_without_read_on_enriched_events_waits_and_delivers_after(
-        secure_kafka: SecuredKafka, services: Callable[..., Service]) -> None:
-    """notify's Read on enriched-events taken away while an event comes through enrich:
-    nothing is delivered, one line names the ACL, ``/readyz`` is 503 with it; the ACL back,
-    notify delivers that event and one published afterwards, without a restart."""
+@pytest.mark.parametrize("taken", ["read-input", "group"])
+async def test_notify_without_an_acl_waits_and_delivers_after(
+        secure_kafka: SecuredKafka, services: Callable[..., Service], taken: str) -> None:
+    """notify's Read on enriched-events, or on its groups, taken away while an event comes
+    through enrich: nothing is delivered, one line names the ACL, ``/readyz`` is 503 with
+    it; the ACL back, notify delivers that event and one published afterwards, without a
+    restart."""
     prefix = await fresh_prefix(secure_kafka)
     admin = secure_kafka.settings(ADMIN, prefix)
-    acl = secure_kafka.acl("anting-notify", "topic", f"{prefix}enriched-events", "READ")
-    line = f"kafka: User:anting-notify may not Read Topic:{prefix}enriched-events (TOPIC_AUTHORIZATION_FAILED)"
+    if taken == "read-input":
+        acl = secure_kafka.acl("anting-notify", "topic", f"{prefix}enriched-events", "READ")
+        line = f"kafka: User:anting-notify may not Read Topic:{prefix}enriched-events (TOPIC_AUTHORIZATION_FAILED)"
+    else:
+        # a prefixed ACL: its three groups are refused, readiness names the first refused
+        acl = secure_kafka.acl("anting-notify", "group", "anting-notify", "READ")
+        line = "kafka: User:anting-notify may not Read Group:anting-notify"
     hook = await Receiver().start()
     enrich, notify = services("enrich", prefix), services("notify", prefix)
     before, after = f"refused-{uuid.uuid4().hex[:8]}", f"allowed-{uuid.uuid4().hex[:8]}"
@@ -244,8 +260,8 @@ async def test_notify_without_read_on_enriched_events_waits_and_delivers_after(
 
             await until(both, 60, "webhook deliveries of the events from before and after", notify.log)
         log = notify.log()
-        assert 1 <= len(refusal_lines(log, line)) <= 3, log[-4000:]  # per loop part, one per 30 s
-        assert "kafka: access restored (was: User:anting-notify may not Read" in log, log[-3000:]
+        assert 1 <= len(refusal_lines(log, line)) <= 6, log[-4000:]  # per loop, one per 30 s
+        assert f"kafka: access restored (was: {line.removeprefix('kafka: ')}" in log, log[-3000:]
         _no_traceback(notify)
     finally:
         await hook.stop()
