@@ -694,17 +694,16 @@ SECURITY_CHOICES = ("none", "sasl_ssl")
 
 def secure_material(security: str, state_dir: Path = STATE_DIR) -> SecureMaterial | None:
     """``None`` for ``security`` "none"; for "sasl_ssl" the material in
-    ``state_dir/secure`` with a new CA and broker certificate. Raises ``LocalKafkaError``
-    for another value."""
+    ``state_dir/secure`` (its passwords made or read; the caller runs ``issue_tls`` once
+    it knows the broker will start, so that a start refused for a taken port leaves a
+    running broker's CA alone). Raises ``LocalKafkaError`` for another value."""
     if security == "none":
         return None
     if security != "sasl_ssl":
         raise LocalKafkaError(f"security must be one of {', '.join(SECURITY_CHOICES)}, not {security!r}")
     from devtools.secure import SecureMaterial
 
-    material = SecureMaterial(state_dir / "secure")
-    material.issue_tls()
-    return material
+    return SecureMaterial(state_dir / "secure")
 
 
 def _secured_ready(material: SecureMaterial, bootstrap: str) -> None:
@@ -751,6 +750,8 @@ def serve_forever(port: int = 9092, data_dir: Path | None = None, security: str 
     data_dir = data_dir or STATE_DIR / (f"kafka-{port}" if material is None else f"kafka-secure-{port}")
     if port_open(port):
         raise LocalKafkaError(f"127.0.0.1:{port} is already in use: is a broker running there?")
+    if material is not None:
+        material.issue_tls()
     broker = LocalKafka(port=port, data_dir=data_dir, secure=material)
     t0 = time.monotonic()
     broker.start()
@@ -793,6 +794,8 @@ def serve_cluster_forever(size: int = 3, port: int = 9092, data_dir: Path | None
     for p in ports:
         if port_open(p):
             raise LocalKafkaError(f"127.0.0.1:{p} is already in use: is a broker running there?")
+    if material is not None:
+        material.issue_tls()
     cluster = LocalCluster(size, ports=ports, data_dir=data_dir, secure=material)
     t0 = time.monotonic()
     cluster.start()

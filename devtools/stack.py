@@ -184,6 +184,8 @@ def start_broker(opts: Options, printer: Printer,
     how = "" if material is None else "secured (SASL_SSL) "
     printer.say("kafka", f"starting a {how}local Kafka broker on {bootstrap} (data {data_dir}) ...")
     t0 = time.monotonic()
+    if material is not None:
+        material.issue_tls()  # only now: a refused start leaves another broker's CA alone
     broker = LocalKafka(port=opts.kafka_port, data_dir=data_dir, secure=material)
     try:
         broker.start()
@@ -228,6 +230,8 @@ def prepare_cluster(opts: Options, printer: Printer,
             "KAFKA_BOOTSTRAP_SERVERS to a cluster of your own."
         )
     check_tools()
+    if material is not None:
+        material.issue_tls()  # only now: a refused start leaves another cluster's CA alone
     name = f"kafka-cluster-{opts.kafka_port}" if material is None else f"kafka-cluster-secure-{opts.kafka_port}"
     return bootstrap, LocalCluster(opts.brokers, ports=ports, data_dir=opts.state_dir / name,
                                    secure=material)
