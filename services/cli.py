@@ -86,6 +86,13 @@ for sub in (ingest_cli.app, enrich_cli.app, notify_cli.app, insights_cli.app):
     app.add_typer(sub)
 
 
+class KafkaSecurity(StrEnum):
+    """The local Kafka's client listener: as today, or SASL_SSL with SCRAM users and ACLs."""
+
+    none = "none"
+    sasl_ssl = "sasl_ssl"
+
+
 class Service(StrEnum):
     ingest = "ingest"
     enrich = "enrich"
@@ -117,10 +124,10 @@ def run(
         envvar="ANTING_RUN_SEED", help="NDJSON CloudEvents to publish once the stack is up")] = None,
     state_dir: Annotated[Path | None, typer.Option(
         envvar="ANTING_RUN_STATE_DIR", help="where the broker and Prometheus keep data (.local)")] = None,
-    security: Annotated[str, typer.Option(
-        envvar="ANTING_RUN_SECURITY",
+    security: Annotated[KafkaSecurity, typer.Option(
+        envvar="ANTING_RUN_SECURITY", case_sensitive=False,
         help="none, or sasl_ssl: the local Kafka's client listener on SASL_SSL (SCRAM-SHA-512) "
-             "with ACLs, each service its own user; client configs in .local/secure/")] = "none",
+             "with ACLs, each service its own user; client configs in .local/secure/")] = KafkaSecurity.none,
 ) -> None:
     """The whole stack here (what `make run` runs): Kafka, topics, catalog, the four services, the seed."""
     try:
@@ -130,7 +137,7 @@ def run(
 
     opts = stack.Options(
         kafka_port=kafka_port, brokers=brokers, prometheus=prometheus, prometheus_port=prometheus_port,
-        scrape_interval=scrape_interval, security=security,
+        scrape_interval=scrape_interval, security=security.value,
     )
     if seed is not None:
         opts.seed = seed
@@ -225,9 +232,10 @@ def kafka(
     ] = False,
     brokers: Annotated[int, typer.Option(
         min=1, help="nodes (broker and controller each); listeners on --port, --port + 1, ...")] = 1,
-    security: Annotated[str, typer.Option(
+    security: Annotated[KafkaSecurity, typer.Option(
+        case_sensitive=False,
         help="none, or sasl_ssl: SASL_SSL (SCRAM-SHA-512) with ACLs, the topics created, "
-             "client configs in .local/secure/")] = "none",
+             "client configs in .local/secure/")] = KafkaSecurity.none,
 ) -> None:
     """Run a local Kafka broker, or a cluster of --brokers nodes (KRaft, jars from Maven Central), until Ctrl-C."""
     try:
@@ -245,9 +253,9 @@ def kafka(
             console.print(f"Kafka jars ready in {fetch_jars()}")
             return
         if brokers > 1:
-            serve_cluster_forever(brokers, port, data_dir, security=security)
+            serve_cluster_forever(brokers, port, data_dir, security=security.value)
         else:
-            serve_forever(port, data_dir, security=security)
+            serve_forever(port, data_dir, security=security.value)
     except LocalKafkaError as exc:
         _error(exc)
         raise typer.Exit(2) from None
