@@ -205,7 +205,7 @@ async def refusal(exc: BaseException, settings: KafkaSettings, doing: Doing) -> 
     return None
 
 
-async def diagnose_connection(settings: KafkaSettings, timeout: float = 5.0) -> str | None:
+async def diagnose_connection(settings: KafkaSettings, timeout: float = 3.0) -> str | None:
     """Connect to each bootstrap broker as the clients do (TLS, then the SASL exchange) and
     return the line saying why the broker refuses this client — authentication failed, the
     certificate is not trusted or not for that host name, the mechanism is not enabled —
