@@ -100,3 +100,16 @@ def test_unknown_ca_is_a_certificate_verification_error(secure_kafka: SecuredKaf
     got = secure_kafka.kcat("reader", "-L", config=bad, timeout=30)
     assert got.returncode != 0
     assert "certificate verify failed" in got.stderr, got.stderr
+
+
+def test_no_password_in_the_brokers_logs_and_the_material_is_private(secure_kafka: SecuredKafka) -> None:
+    """Nothing the broker wrote (its log, its output, formatting included) holds a
+    password; the files holding secrets are 0600."""
+    logs = "".join(p.read_text(errors="replace") for p in secure_kafka.broker.data_dir.glob("*.log"))
+    for principal, password in secure_kafka.material.passwords().items():
+        assert password not in logs, f"{principal}'s password is in the broker's log"
+    private = [secure_kafka.material.credentials_file, secure_kafka.material.broker_key,
+               secure_kafka.broker.data_dir / "server.properties",
+               *(secure_kafka.kcat_config(p) for p in ("publisher", "reader", "anting-admin"))]
+    for path in private:
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
