@@ -799,16 +799,16 @@ def serve_cluster_forever(size: int = 3, port: int = 9092, data_dir: Path | None
     cluster = LocalCluster(size, ports=ports, data_dir=data_dir, secure=material)
     t0 = time.monotonic()
     cluster.start()
+    rf, min_isr = cluster_replication(size)
+    print(f"local-kafka: {size}-node cluster ready in {time.monotonic() - t0:.1f}s; "
+          f"bootstrap {cluster.bootstrap} (replication factor {rf}, min.insync.replicas "
+          f"{min_isr}; data {data_dir})", file=sys.stderr, flush=True)
     if material is not None:
         try:
             _secured_ready(material, cluster.bootstrap)
         except BaseException:
             cluster.stop()
             raise
-    rf, min_isr = cluster_replication(size)
-    print(f"local-kafka: {size}-node cluster ready in {time.monotonic() - t0:.1f}s; "
-          f"bootstrap {cluster.bootstrap} (replication factor {rf}, min.insync.replicas "
-          f"{min_isr}; data {data_dir})", file=sys.stderr, flush=True)
     stop = False
 
     def _stop(*_: object) -> None:
