@@ -44,7 +44,6 @@ from devtools import acls
 from devtools.acls import ADMIN, Acl
 from devtools.localkafka import LocalKafka
 from devtools.secure import SecureMaterial
-from devtools.testing import TEST_BROKER_HEAP
 from shared.kafka import ensure_topics
 from shared.settings import AntingSettings, KafkaSettings
 
@@ -140,7 +139,9 @@ def secure_kafka() -> Iterator[SecuredKafka]:
     secure_dir = Path(tempfile.mkdtemp(prefix="anting-secure-"))
     material = SecureMaterial(secure_dir)
     material.issue_tls()
-    broker = LocalKafka(heap=TEST_BROKER_HEAP, secure=material)
+    # a few prefixes' topics, not the thousands of the main test broker: less heap (the
+    # JVM commits all of it at start, -Xms = -Xmx) beside that broker in the same run
+    broker = LocalKafka(heap="768m", secure=material)
     broker.start()
     try:
         material.write_client_configs(broker.bootstrap)
