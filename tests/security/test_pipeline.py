@@ -126,6 +126,21 @@ async def test_seed_through_the_secured_pipeline(secure_kafka: SecuredKafka, tmp
                     break
                 assert time.monotonic() < deadline, f"insights never folded the agreement: {r.text[:500]}"
                 await asyncio.sleep(0.5)
+        # the lag monitors measure from the broker (OffsetFetch: Describe on the group,
+        # implied by Read); a refusal there is only a debug line, so look at the gauge
+        lag_groups = {"enrich": ["anting-enrich"], "notify": ["anting-notify", "anting-notify-retries"],
+                      "insights": ["anting-insights-route", "anting-insights"]}
+        async with httpx.AsyncClient(timeout=10) as client:
+            for name, groups in lag_groups.items():
+                deadline = time.monotonic() + 30
+                while True:
+                    text = (await client.get(f"http://127.0.0.1:{ports[name]}/metrics")).text
+                    lag_lines = [ln for ln in text.splitlines() if ln.startswith("anting_consumer_lag{")]
+                    missing = [g for g in groups if not any(f'group="{g}"' in ln for ln in lag_lines)]
+                    if not missing:
+                        break
+                    assert time.monotonic() < deadline, f"{name}: no lag measured for {missing}"
+                    await asyncio.sleep(0.5)
         for s in services:  # nothing refused, not even a start-up probe; no error at all
             log = s.log()
             refused = [ln for ln in log.splitlines() if "authoriz" in ln.lower()]
