@@ -34,6 +34,7 @@ from shared.topics import (
     ANNOUNCEMENTS,
     DEAD_LETTERS,
     ENRICHED_EVENTS,
+    INSIGHTS_CHANGELOG,
     INSIGHTS_FACTS,
     NOTIFICATIONS,
     NOTIFY_DIGESTS,
@@ -133,11 +134,17 @@ def acl_table(topic_prefix: str = "") -> list[Acl]:
     p = topic_prefix
     groups = service_groups(p)
     rows: list[Acl] = []
-    startup = "start-up: ensure_topics lists and describes every contract topic and reads their configurations"
+    startup = "start-up: ensure_topics lists and describes its topics and reads their configurations"
     probe = "start-up: ensure_topics asks for this group's and transactional id's coordinator, " \
         "so that the brokers create their internal topics before the first real request"
-    for svc in SERVICE_PRINCIPALS:
-        rows += _topic_rows(svc, p, ALL_TOPICS, ("DESCRIBE", "DESCRIBE_CONFIGS"), startup)
+    # ingest checks no topic at start (it only writes); enrich and notify check every
+    # contract topic, insights the three it uses (services/*/main.py, notify/bootstrap.py)
+    checked: dict[str, Sequence[Topic]] = {
+        "anting-enrich": ALL_TOPICS, "anting-notify": ALL_TOPICS,
+        "anting-insights": (ENRICHED_EVENTS, INSIGHTS_FACTS, INSIGHTS_CHANGELOG),
+    }
+    for svc, topics in checked.items():
+        rows += _topic_rows(svc, p, topics, ("DESCRIBE", "DESCRIBE_CONFIGS"), startup)
         rows += [Acl(svc, "group", READINESS_PROBE, "LITERAL", "DESCRIBE", probe),
                  Acl(svc, "transactional_id", READINESS_PROBE, "LITERAL", "DESCRIBE", probe)]
 
@@ -180,7 +187,10 @@ def acl_table(topic_prefix: str = "") -> list[Acl]:
                         "an outside producer of input events")
     rows += _topic_rows(READER, p, (ENRICHED_EVENTS,), ("READ",), "an outside consumer of the output")
     rows.append(Acl(READER, "group", READER_GROUP_PREFIX, "PREFIXED", "READ", "its consumer groups"))
-    return rows
+    # Describe where Read or Write on the same resource grants it already is left out
+    implying = {(a.principal, a.resource, a.name, a.pattern) for a in rows if a.operation in ("READ", "WRITE")}
+    return [a for a in rows
+            if not (a.operation == "DESCRIBE" and (a.principal, a.resource, a.name, a.pattern) in implying)]
 
 
 # --------------------------------------------------------------------------- applying
@@ -259,21 +269,26 @@ _OP = {"READ": "Read", "WRITE": "Write", "DESCRIBE": "Describe", "DESCRIBE_CONFI
 _RES = {"topic": "Topic", "group": "Group", "transactional_id": "TransactionalId", "cluster": "Cluster"}
 
 
-def markdown_table(acls: Iterable[Acl] | None = None) -> str:
-    """The table as Markdown, one line per (principal, resource, pattern) with its
-    operations, for the README (``python -m devtools.acls`` prints it). The Describe and
-    DescribeConfigs every service has on every contract topic is one line per service."""
-    rows = list(acl_table() if acls is None else acls)
-    contract = {t.name for t in ALL_TOPICS}
+def markdown_table(acls: Iterable[Acl] | None = None, topic_prefix: str = "") -> str:
+    """The table as Markdown (``acls``, else ``acl_table(topic_prefix)``), one line per
+    (principal, resource, pattern) with its operations, for the README (``python -m
+    devtools.acls`` prints it). A principal's Describe and DescribeConfigs on every
+    contract topic (under ``topic_prefix``) is one line."""
+    rows = list(acl_table(topic_prefix) if acls is None else acls)
     lines = ["| principal | resource | name | pattern | operations |",
              "|---|---|---|---|---|",
              *(f"| `{u}` | (super user) | | | all |" for u in SUPER_USERS)]
     grouped: dict[tuple[str, str, str, str], list[str]] = {}
-    startup: set[str] = set()
+    # a principal that may describe every contract topic and its configurations gets one line for it
+    described: dict[str, set[str]] = {}
     for a in rows:
-        if a.resource == "topic" and a.operation in ("DESCRIBE", "DESCRIBE_CONFIGS") \
-                and a.name in contract and a.principal in SERVICE_PRINCIPALS and a.pattern == "LITERAL":
-            startup.add(a.principal)
+        if a.resource == "topic" and a.operation == "DESCRIBE_CONFIGS" and a.pattern == "LITERAL":
+            described.setdefault(a.principal, set()).add(a.name)
+    contract = {t.qualified(topic_prefix) for t in ALL_TOPICS}
+    startup = {who for who, names in described.items() if names >= contract}
+    for a in rows:
+        if a.principal in startup and a.resource == "topic" and a.name in contract \
+                and a.operation in ("DESCRIBE", "DESCRIBE_CONFIGS") and a.pattern == "LITERAL":
             continue
         key = (a.principal, a.resource, a.name, a.pattern)
         grouped.setdefault(key, [])
