@@ -730,11 +730,11 @@ def secured_lines(material: SecureMaterial, bootstrap: str, created: list[str] |
         return str(p)
 
     lines = [
-        f"SASL_SSL (SCRAM-SHA-512) on {bootstrap}; ACLs applied (README, 'Kafka ACLs')"
+        f"SASL_SSL (SCRAM-SHA-512; PLAIN for kcat) on {bootstrap}; ACLs applied (README, 'Kafka ACLs')"
         + (f"; topics created: {len(created)}" if created is not None else ""),
         f"client configs in {rel(material.dir)}/: kcat-<user>.conf, <user>.properties (Java), "
         f"<user>.env (KAFKA_*), CA {rel(material.ca_file)}; users: {', '.join(CLIENT_PRINCIPALS)}",
-        f"e.g. {rel(material.kcat_script)} -F {rel(material.kcat_config('reader'))} -C -t enriched-events",
+        f"e.g. kcat -F {rel(material.kcat_config('reader'))} -C -t enriched-events",
     ]
     return lines
 

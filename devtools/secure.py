@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,26 +34,21 @@ from devtools.acls import BROKER, CLIENT_PRINCIPALS
 if TYPE_CHECKING:
     from shared.settings import AntingSettings
 
-__all__ = ["MECHANISM", "SecureMaterial", "bundled_librdkafka", "credentials_digest", "provision"]
+__all__ = ["KCAT_MECHANISM", "MECHANISM", "SecureMaterial", "credentials_digest", "provision"]
 
 MECHANISM = "SCRAM-SHA-512"
-"""The SASL mechanism of the client listener."""
+"""The SASL mechanism of the client listener: the services, Java clients, the brokers."""
 
-
-def bundled_librdkafka() -> Path | None:
-    """The librdkafka that confluent-kafka's wheel bundles (``confluent_kafka.libs/``),
-    or ``None`` when confluent-kafka was built against a system library.
-
-    Why: librdkafka before 2.6.1 appends the client nonce twice in SCRAM's final message,
-    which Kafka 4 (strict RFC 5802 nonce check) refuses as "invalid credentials"
-    (confluentinc/librdkafka#4895). Debian's kcat links librdkafka 2.0.2; run with this
-    library first on ``LD_LIBRARY_PATH`` (``SecureMaterial.kcat_script``) it
-    authenticates."""
-    import confluent_kafka
-
-    libs = Path(confluent_kafka.__file__).resolve().parent.parent / "confluent_kafka.libs"
-    found = sorted(libs.glob("librdkafka-*.so.1")) if libs.is_dir() else []
-    return found[0] if found else None
+KCAT_MECHANISM = "PLAIN"
+"""The mechanism of the ``kcat-*.conf`` files, over the same TLS listener and for the
+same users and passwords. Why not SCRAM there: librdkafka before 2.6.1 appends the
+client nonce twice in SCRAM's final message, which Kafka 4 (strict RFC 5802 nonce
+check) refuses as "invalid credentials" (confluentinc/librdkafka#4895), and the kcat
+most systems ship (Debian 12's: librdkafka 2.0.2) is older. PLAIN inside TLS whose
+certificate and host name the client verifies is what managed Kafka services offer
+librdkafka clients; it shows the password to the broker, which SCRAM does not. With a
+librdkafka of 2.6.1 or later, ``sasl.mechanisms=SCRAM-SHA-512`` in the same file works
+too."""
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -159,7 +153,8 @@ class SecureMaterial:
     def broker_properties(self, client_listener: str = "SASL_SSL") -> list[str]:
         """``server.properties`` lines for the security of a node whose listeners are
         ``client_listener`` (SASL_SSL, SCRAM-SHA-512: clients and the other brokers) and
-        ``CONTROLLER`` (SASL_PLAINTEXT, PLAIN: the brokers' own login only).
+        ``CONTROLLER`` (SASL_PLAINTEXT, PLAIN: the brokers' own login only). The client
+        listener also takes PLAIN for the client users (``KCAT_MECHANISM`` says why).
 
         Why PLAIN on the controller listener: SCRAM credentials live in the metadata log
         the controllers themselves serve, so the quorum's own links use a login that needs
@@ -180,12 +175,17 @@ class SecureMaterial:
 
         plain = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
                  f'username="{BROKER}" password="{pw}" user_{BROKER}="{pw}";')
+        # the client listener's PLAIN users (for librdkafka clients, see KCAT_MECHANISM):
+        # the same users and passwords as SCRAM's
+        client_plain = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
+                        + " ".join(f'user_{p}="{self.password(p)}"' for p in CLIENT_PRINCIPALS) + ";")
         scram = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
                  f'username="{BROKER}" password="{pw}";')
         return [
-            "sasl.enabled.mechanisms=" + MECHANISM,
-            f"listener.name.{name}.sasl.enabled.mechanisms={MECHANISM}",
+            f"sasl.enabled.mechanisms={MECHANISM},{KCAT_MECHANISM}",
+            f"listener.name.{name}.sasl.enabled.mechanisms={MECHANISM},{KCAT_MECHANISM}",
             f"listener.name.{name}.{MECHANISM.lower()}.sasl.jaas.config={scram}",
+            f"listener.name.{name}.{KCAT_MECHANISM.lower()}.sasl.jaas.config={client_plain}",
             f"sasl.mechanism.inter.broker.protocol={MECHANISM}",
             "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
             f"listener.name.controller.plain.sasl.jaas.config={plain}",
@@ -261,42 +261,14 @@ class SecureMaterial:
         """``<principal>.env``: ``KAFKA_*=...`` lines (written by ``write_client_configs``)."""
         return self.dir / f"{principal}.env"
 
-    @property
-    def kcat_script(self) -> Path:
-        """``kcat``: the system's kcat run with confluent-kafka's librdkafka (>= 2.6.1, which
-        Kafka 4's SCRAM needs; ``bundled_librdkafka`` says why). Written by
-        ``write_client_configs``; a plain ``exec kcat`` when no such library is found."""
-        return self.dir / "kcat"
-
-    def kcat_env(self) -> dict[str, str]:
-        """Environment additions that make ``kcat`` use the bundled librdkafka (an
-        ``LD_LIBRARY_PATH`` holding a ``librdkafka.so.1`` link to it); empty when there is
-        none."""
-        lib = bundled_librdkafka()
-        if lib is None:
-            return {}
-        libdir = self.dir / "lib"
-        libdir.mkdir(exist_ok=True)
-        link = libdir / "librdkafka.so.1"
-        if not link.is_symlink() or link.resolve() != lib:
-            link.unlink(missing_ok=True)
-            link.symlink_to(lib)
-        return {"LD_LIBRARY_PATH": str(libdir)}
-
     def write_client_configs(self, bootstrap: str) -> None:
-        """Write the kcat, Java and env files of every client principal for ``bootstrap``,
-        and the ``kcat`` script."""
-        env = self.kcat_env()
-        kcat = shutil.which("kcat") or "kcat"
-        prefix = "".join(f"{k}={v}${{{k}:+:${k}}} " for k, v in env.items())
-        self.kcat_script.write_text(
-            "#!/bin/sh\n# kcat with a librdkafka that speaks SCRAM to Kafka 4 (see devtools/secure.py)\n"
-            f'{prefix}exec {kcat} "$@"\n')
-        self.kcat_script.chmod(0o755)
+        """Write the kcat, Java and env files of every client principal for ``bootstrap``."""
         for principal in CLIENT_PRINCIPALS:
-            conf = self.librdkafka_config(principal, bootstrap)
+            conf = {**self.librdkafka_config(principal, bootstrap), "sasl.mechanisms": KCAT_MECHANISM}
             _write_private(self.kcat_config(principal),
                            f"# kcat -F {self.kcat_config(principal)} -L\n"
+                           f"# {KCAT_MECHANISM} inside TLS: any librdkafka signs in with it; with librdkafka\n"
+                           f"# 2.6.1 or later sasl.mechanisms={MECHANISM} works too\n"
                            + "".join(f"{k}={v}\n" for k, v in conf.items()))
             pw = self.password(principal)
             java = [

@@ -11,8 +11,8 @@ read or written), applies Anting's ACL table (devtools/acls.py) for the topic pr
   SCRAM-SHA-512, user, password, CA file), to merge into a service's environment;
 * ``.settings(principal, prefix="")`` an ``AntingSettings`` for in-process clients;
 * ``.kcat_config(principal)`` the librdkafka properties file for ``kcat -F``;
-  ``.kcat(principal, *args, input=None, timeout=30)`` runs ``/usr/bin/kcat -F <that>
-  *args`` (with a librdkafka that speaks SCRAM to Kafka 4, see devtools/secure.py) and
+  ``.kcat(principal, *args, input=None, timeout=30)`` runs the system's ``kcat -F <that>
+  *args`` (as a user would: PLAIN inside TLS, see ``devtools.secure.KCAT_MECHANISM``) and
   returns the ``CompletedProcess`` (text, stdout and stderr captured);
 * ``.acls`` the table applied (``devtools.acls.Acl`` rows); ``.acl(principal, resource,
   name, operation)`` finds one row; ``.remove_acl(acl)`` / ``.restore_acl(acl)`` and
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import subprocess
 import tempfile
@@ -94,12 +95,9 @@ class SecuredKafka:
              timeout: float = 30.0, config: Path | None = None) -> subprocess.CompletedProcess[str]:
         """``kcat -F <principal's config> *args`` (``config`` replaces the file), its
         output captured as text; never raises on a non-zero exit."""
-        import os
-
-        env = {**os.environ, **self.material.kcat_env()}
         data = input.decode() if isinstance(input, bytes) else input
         return subprocess.run([KCAT, "-F", str(config or self.kcat_config(principal)), *args],
-                              input=data, capture_output=True, text=True, timeout=timeout, env=env)
+                              input=data, capture_output=True, text=True, timeout=timeout)
 
     def acl(self, principal: str, resource: str, name: str, operation: str) -> Acl:
         """The applied row matching these; ``LookupError`` when there is none."""
@@ -151,3 +149,47 @@ def secure_kafka() -> Iterator[SecuredKafka]:
     finally:
         broker.stop()
         shutil.rmtree(secure_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def log_secrets() -> list[str]:
+    """Secrets a test made (API keys, tokens) that no log may hold; ``no_secret_in_logs``
+    adds every SCRAM user's password."""
+    return []
+
+
+# the smallest secret worth looking for: shorter strings match by chance
+_MIN_SECRET = 12
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_logs(request: pytest.FixtureRequest, log_secrets: list[str]) -> Iterator[None]:
+    """After every test of tests/security: no log it wrote (the ``*.log`` files under its
+    ``tmp_path``: the services', the stack's, a cluster's brokers') and not the secured
+    broker's log hold a password of a Kafka user (the session broker's, and those of any
+    material the test made itself) or a secret the test listed in ``log_secrets``. Together the
+    tests of this directory run every service on the secured broker, so this is the log
+    of the whole secured suite, looked at test by test."""
+    # the fixtures' values are taken now: after the test they may be torn down
+    kafka: SecuredKafka | None = (request.getfixturevalue("secure_kafka")
+                                  if "secure_kafka" in request.fixturenames else None)
+    tmp: Path | None = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    secrets_ = [s for s in log_secrets if len(s) >= _MIN_SECRET]
+    logs: list[Path] = []
+    if kafka is not None:
+        secrets_ += list(kafka.material.passwords().values())
+        logs.append(kafka.broker.log_file)
+    if tmp is not None:
+        # Kafka's segment files are named by offset (00000000000000000000.log): data, not logs
+        logs += [p for p in tmp.rglob("*.log") if p.is_file() and not p.stem.isdigit()]
+        # a test that made its own material (a stack, a cluster): its users' passwords too
+        for found in tmp.rglob("credentials.json"):
+            secrets_ += list(json.loads(found.read_text()).values())
+    assert secrets_ or not logs, "no secret to look for: the check would pass vacuously"
+    for path in logs:
+        if not path.is_file():
+            continue
+        text = path.read_bytes()
+        for secret in secrets_:
+            assert secret.encode() not in text, f"a secret is in {path.name}"

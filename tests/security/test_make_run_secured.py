@@ -46,7 +46,7 @@ def test_secured_stack_runs_the_seed_each_service_as_its_own_user(tmp_path: Path
     try:
         out = st.wait_for(rf"ingest accepted {len(SEED_IDS)} events", timeout=300)
         secure = state / "secure"
-        assert f"SASL_SSL (SCRAM-SHA-512) on 127.0.0.1:{kafka_port}" in out
+        assert f"SASL_SSL (SCRAM-SHA-512; PLAIN for kcat) on 127.0.0.1:{kafka_port}" in out
 
         # each service runs as its own user
         children = {" ".join(c.cmdline()[-2:]): c for c in psutil.Process(proc.pid).children()}
