@@ -17,6 +17,7 @@ from devtools.acls import ADMIN
 from devtools.localkafka import free_port
 from devtools.testing import ServiceProcess
 from services.enrich import catalog
+from shared.access import key_line, new_key
 from shared.topics import INPUT_TOPICS_BY_TYPE
 from tests.notify.helpers import Receiver, wait_until
 from tests.security.conftest import SecuredKafka
@@ -54,18 +55,26 @@ def seed_by_topic() -> dict[str, list[tuple[str, bytes]]]:
     return out
 
 
-async def test_seed_through_the_secured_pipeline(secure_kafka: SecuredKafka, tmp_path: Path) -> None:
+async def test_seed_through_the_secured_pipeline(secure_kafka: SecuredKafka, tmp_path: Path,
+                                               log_secrets: list[str]) -> None:
     """ingest, enrich, notify and insights, each with its own SCRAM user and only its ACLs,
     carry the seed (kcat as publisher) and one event POSTed to ingest to a webhook and to
     enriched-events, which reader reads with kcat in a group of its prefix."""
     await catalog.write(secure_kafka.settings(ADMIN), upserts=catalog.shipped())
     hook = await Receiver().start()
     ports = {name: free_port() for name in ("ingest", "enrich", "notify", "insights")}
+    # the HTTP side secured too: one tenant's key per use, from a key file (hashes only)
+    keys = {scope: new_key() for scope in ("events:publish", "subscriptions:manage", "insights:read")}
+    keys_file = tmp_path / "api-keys.txt"
+    keys_file.write_text("".join(key_line(k, "acme", [scope]) + "\n" for scope, k in keys.items()))
+    log_secrets.extend(keys.values())
+    bearer = {scope: {"authorization": f"Bearer {k}"} for scope, k in keys.items()}
     services = [
         ServiceProcess(name, secure_kafka.settings(f"anting-{name}"), tmp_path / f"{name}.log",
                        **secure_kafka.env(f"anting-{name}"),
                        **{f"ANTING_{name.upper()}_PORT": str(port)},
-                       ANTING_NOTIFY_ALLOW_NETWORKS="127.0.0.0/8", ANTING_ENRICH_INSTANCE_ID="secure-0")
+                       ANTING_NOTIFY_ALLOW_NETWORKS="127.0.0.0/8", ANTING_ENRICH_INSTANCE_ID="secure-0",
+                       ANTING_API_KEYS_FILE=str(keys_file))
         for name, port in ports.items()
     ]
     run = uuid.uuid4().hex[:8]
@@ -83,11 +92,13 @@ async def test_seed_through_the_secured_pipeline(secure_kafka: SecuredKafka, tmp
             for s in services:
                 await ready(client, f"http://127.0.0.1:{ports[s.name]}/readyz", s)
             r = await client.post(f"http://127.0.0.1:{ports['notify']}/v1/subscriptions", json={
-                "name": "secured", "channel": {"type": "webhook", "url": hook.url("/secured")}})
+                "name": "secured", "channel": {"type": "webhook", "url": hook.url("/secured")}},
+                headers=bearer["subscriptions:manage"])
             assert r.status_code == 201, r.text
             sub_id = r.json()["id"]
             deadline = time.monotonic() + 15
-            while (await client.get(f"http://127.0.0.1:{ports['notify']}/v1/subscriptions/{sub_id}")).status_code != 200:
+            while (await client.get(f"http://127.0.0.1:{ports['notify']}/v1/subscriptions/{sub_id}",
+                                    headers=bearer["subscriptions:manage"])).status_code != 200:
                 assert time.monotonic() < deadline, "notify never served its new subscription"
                 await asyncio.sleep(0.2)
 
@@ -98,7 +109,8 @@ async def test_seed_through_the_secured_pipeline(secure_kafka: SecuredKafka, tmp
                 assert got.returncode == 0, got.stderr
                 seeded += [orjson.loads(v)["id"] for _, v in records]
             r = await client.post(f"http://127.0.0.1:{ports['ingest']}/v1/events", content=orjson.dumps(posted),
-                                  headers={"content-type": "application/cloudevents+json"})
+                                  headers={"content-type": "application/cloudevents+json",
+                                           **bearer["events:publish"]})
             assert r.status_code == 202, r.text
         wanted = {*seeded, posted["id"]}
 
@@ -121,7 +133,7 @@ async def test_seed_through_the_secured_pipeline(secure_kafka: SecuredKafka, tmp
             deadline = time.monotonic() + 60
             while True:
                 r = await client.get(f"http://127.0.0.1:{ports['insights']}/v1/organizations/"
-                                     "anting-town-government/partners")
+                                     "anting-town-government/partners", headers=bearer["insights:read"])
                 if r.status_code == 200 and r.json().get("latest_agreement"):
                     break
                 assert time.monotonic() < deadline, f"insights never folded the agreement: {r.text[:500]}"
