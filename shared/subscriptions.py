@@ -8,6 +8,7 @@ signing secrets; the HTTP API shows a secret once, at creation.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -66,7 +67,8 @@ class AppriseChannel(Strict):
 # digits and ``._-`` only. Subscribers choose where notify writes, so they choose a name;
 # the operator chooses the directory. Symlinks pointing out of it are refused apart
 # (services/notify/channels/log.py), since no pattern can see the file system.
-LogFileName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")]
+LOG_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+LogFileName = Annotated[str, StringConstraints(pattern=LOG_FILE_NAME.pattern)]
 
 
 class LogChannel(Strict):
@@ -212,5 +214,17 @@ class DeliveryRecord(Strict):
         description="present on the line of the attempt whose failure disabled the subscription: why")
 
 
-__all__ = ["EVENT_TYPES", "RETRY_PRESETS", "Channel", "DeliveryOutcome", "DeliveryRecord", "Filter",
-           "RetryPolicy", "Subscription", "SubscriptionRequest"]
+__all__ = [
+    "EVENT_TYPES",
+    "LOG_FILE_NAME",
+    "RETRY_PRESETS",
+    "Channel",
+    "DeliveryOutcome",
+    "DeliveryRecord",
+    "Filter",
+    "LogChannel",
+    "LogFileName",
+    "RetryPolicy",
+    "Subscription",
+    "SubscriptionRequest",
+]

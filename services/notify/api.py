@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from services.notify import sse
-from services.notify.channels.log import log_file_refusal
+from services.notify.channels.log import log_file_refusal, tenant_log_dir
 from services.notify.matching import decode, match
 from services.notify.settings import NotifySettings
 from services.notify.ssrf import literal_refusal
@@ -190,7 +190,7 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
             if why:
                 return problem(422, "webhook URL refused", errors=[{"path": "channel.url", "message": why}])
         elif req.channel.type == "log":
-            why = log_file_refusal(settings.log_dir, req.channel.path)
+            why = log_file_refusal(tenant_log_dir(settings.log_dir, who.tenant), req.channel.path)
             if why:
                 return problem(422, "log file refused", errors=[{"path": "channel.path", "message": why}])
         try:
@@ -248,12 +248,16 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
 
     @app.post("/v1/subscriptions/{sub_id}/rotate-secret", tags=["subscriptions"],
               summary="A new webhook secret (shown once); the previous one keeps signing for a grace period",
-              responses=problem_responses(401, 403, 404, 429))
+              responses=problem_responses(401, 403, 404, 429, 503))
     async def rotate(sub_id: str, who: LimitedManager,
                      grace_seconds: Annotated[int | None, Query(ge=0, le=MAX_GRACE_SECONDS)] = None) -> Response:
         if store.owned(sub_id, _tenant(who)) is None:
             return problem(404, f"no webhook subscription {sub_id}")
-        out = await store.rotate_secret(sub_id, settings.secret_grace_seconds if grace_seconds is None else grace_seconds)
+        try:
+            out = await store.rotate_secret(
+                sub_id, settings.secret_grace_seconds if grace_seconds is None else grace_seconds)
+        except Exception as exc:  # the broker away or refusing: as create and enable answer
+            return problem(503, f"could not store the subscription: {type(exc).__name__}")
         if out is None:
             return problem(404, f"no webhook subscription {sub_id}")
         sub, secret = out

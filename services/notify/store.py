@@ -18,17 +18,19 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from pydantic import ValidationError
 
 from services.notify.index import SubscriptionIndex
 from services.notify.matching import Event, Reason
 from shared.access import ADMIN_TENANT
 from shared.compacted import CompactedView
 from shared.settings import AntingSettings
-from shared.subscriptions import Subscription, SubscriptionRequest
+from shared.subscriptions import LOG_FILE_NAME, Subscription, SubscriptionRequest
 from shared.topics import SUBSCRIPTIONS
 
 if TYPE_CHECKING:
@@ -52,8 +54,41 @@ def encode_subscription(sub: Subscription) -> bytes:
 
 
 def decode_subscription(raw: bytes) -> Subscription:
-    """A record value back; raises pydantic's ``ValidationError`` when it is not one."""
-    return Subscription.model_validate_json(raw)
+    """A record value back; raises pydantic's ``ValidationError`` when it is not one.
+
+    A ``log`` subscription stored when its ``path`` could be any path (before
+    ``ANTING_NOTIFY_LOG_DIR``) is kept, not skipped: it now writes to the file of that
+    path's last part in the log directory (stdout when that part is not a file name), and
+    a warning says so."""
+    try:
+        return Subscription.model_validate_json(raw)
+    except ValidationError:
+        moved = _moved_log_path(raw)
+        if moved is None:
+            raise
+        return moved
+
+
+def _moved_log_path(raw: bytes) -> Subscription | None:
+    """The subscription of ``raw`` with its log path made a file name, or None when that
+    does not make it valid (another fault)."""
+    try:
+        doc = orjson.loads(raw)
+        channel = doc["channel"]
+        path = channel["path"]
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return None
+    if channel.get("type") != "log" or not isinstance(path, str):
+        return None
+    name = PurePosixPath(path).name
+    channel["path"] = name if LOG_FILE_NAME.fullmatch(name) else None
+    try:
+        sub = Subscription.model_validate_json(orjson.dumps(doc))
+    except ValidationError:
+        return None
+    log.warning("subscription %s: its log path is not a file name; it now writes to %s",
+                sub.id, f"{name!r} in the log directory" if channel["path"] else "stdout")
+    return sub
 
 
 def _iso(ms: float | None) -> str | None:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from services.notify.api import create_app
 from services.notify.channels.log import LogSender, log_file_refusal
 from services.notify.notification import Delivery
-from services.notify.store import SubscriptionStore
+from services.notify.store import SubscriptionStore, decode_subscription
 from shared.kafka import make_producer
 from shared.settings import AntingSettings
 from shared.subscriptions import LogChannel, Subscription
@@ -109,3 +109,40 @@ async def test_the_api_answers_422_for_paths_and_symlinks_out(topics: AntingSett
         await store.stop()
         await producer.stop()
     assert not (tmp_path / "elsewhere.jsonl").exists() and not (tmp_path / "abs.jsonl").exists()
+
+
+@pytest.mark.parametrize(("stored", "now"), [
+    ("/var/log/anting/deliveries.jsonl", "deliveries.jsonl"),
+    ("relative.jsonl", "relative.jsonl"),
+    ("../../etc/cron.d/x", "x"),
+    ("/var/log/", "log"),
+    ("/tmp/.hidden", None),
+])
+def test_a_subscription_stored_with_a_path_is_kept_with_its_file_name(stored: str, now: str | None) -> None:
+    """Records written before the log directory keep their subscription: the path's last part, in the directory."""
+    old = _sub(None).model_dump(mode="json")
+    old["channel"]["path"] = stored
+    sub = decode_subscription(orjson.dumps(old))
+    assert sub.id == old["id"] and isinstance(sub.channel, LogChannel) and sub.channel.path == now
+
+
+def test_other_faults_in_a_record_still_fail() -> None:
+    old = _sub(None).model_dump(mode="json")
+    old["channel"]["path"] = "/var/log/x.jsonl"
+    old["filter"] = {"kinds": ["no-such-kind"]}
+    with pytest.raises(ValidationError):
+        decode_subscription(orjson.dumps(old))
+
+
+async def test_each_tenant_writes_in_its_own_directory(tmp_path: Path) -> None:
+    """Two tenants naming the same file write two files: no tenant appends to a file another reads."""
+    logs = tmp_path / "logs"
+    sender = LogSender(logs)
+    event = agreement([ANTING_TOWN])
+    delivery = Delivery.of_record("msg_1", "sub_1", encode(event), event.source, event.id, [], None)
+    for tenant in ("admin", "acme", "globex"):
+        sub = _sub("shared.jsonl").model_copy(update={"tenant": tenant})
+        assert (await sender.send(sub, delivery)).verdict == "ok"
+    await sender.aclose()
+    for path in (logs / "shared.jsonl", logs / "acme" / "shared.jsonl", logs / "globex" / "shared.jsonl"):
+        assert path.read_bytes().count(b"\n") == 1, path

@@ -4,7 +4,8 @@ crash never leaves half a line and lines from several writers do not interleave)
 
 Where a subscription may write: a subscription names a file, never a path (the
 pattern of ``shared.subscriptions.LogFileName``), and the file lives in the one
-directory the operator configures (``ANTING_NOTIFY_LOG_DIR``). A name that is a
+directory the operator configures (``ANTING_NOTIFY_LOG_DIR``; a tenant other than admin
+gets its own directory in it). A name that is a
 symlink resolving outside that directory is refused when the subscription is created
 (422, :func:`log_file_refusal`) and again at every open, since a symlink can appear
 after the subscription did. Without that, anyone allowed to subscribe could make
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import orjson
 
+from shared.access import ADMIN_TENANT
 from shared.subscriptions import Subscription
 
 from ..notification import Delivery
@@ -62,6 +64,14 @@ def _inside(directory: Path, name: str) -> tuple[Path, str | None]:
     return real, None
 
 
+def tenant_log_dir(log_dir: str | Path, tenant: str) -> Path:
+    """Where ``tenant``'s log subscriptions' files live: ``log_dir`` itself for the admin
+    tenant (the keys of ``ANTING_API_KEYS``, and no keys at all), ``log_dir/<tenant>``
+    for the others, so that no tenant can append to a file another one reads. Tenant
+    names are file names already (``shared.access.check_tenant``)."""
+    return Path(log_dir) if tenant == ADMIN_TENANT else Path(log_dir) / tenant
+
+
 def log_file_refusal(directory: str | Path, name: str | None) -> str | None:
     """Why a log subscription may not write to file ``name`` in ``directory`` (a symlink
     resolving outside it, or a directory), or None when it may (stdout, when ``name`` is
@@ -72,7 +82,8 @@ def log_file_refusal(directory: str | Path, name: str | None) -> str | None:
 
 
 class LogSender:
-    """Appends notifications to ``log_dir/<name>`` (a subscription's ``channel.path``)
+    """Appends notifications to ``<its tenant's log dir>/<name>`` (a subscription's
+    ``channel.path``; :func:`tenant_log_dir`)
     or, for a subscription that names no file, to ``default_path`` (the operator's
     ``ANTING_NOTIFY_LOG_PATH``; ``-`` is stdout). ``log_dir`` is created on first use."""
 
@@ -81,8 +92,9 @@ class LogSender:
         self.default_path = default_path
         self._fds: dict[str, int] = {}
 
-    def _fd(self, name: str | None) -> int:
-        """The descriptor for a subscription's file name (None: the default path).
+    def _fd(self, tenant: str, name: str | None) -> int:
+        """The descriptor for a subscription's file name in its tenant's directory (None:
+        the default path).
         Raises :class:`LogFileRefused` for a name resolving out of ``log_dir``, and
         :class:`OSError` when the file cannot be opened."""
         if name is None:
@@ -90,11 +102,12 @@ class LogSender:
                 return sys.stdout.fileno()
             key, target = "", Path(self.default_path)
         else:
-            key = name
+            directory = tenant_log_dir(self.log_dir, tenant)
+            key = f"{tenant}/{name}"
             if key in self._fds:
                 return self._fds[key]
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            target, why = _inside(self.log_dir, name)
+            directory.mkdir(parents=True, exist_ok=True)
+            target, why = _inside(directory, name)
             if why:
                 raise LogFileRefused(why)
         if key not in self._fds:
@@ -113,7 +126,7 @@ class LogSender:
             "reason": delivery.all_reasons(),
         })
         try:
-            os.write(self._fd(sub.channel.path), line)
+            os.write(self._fd(sub.tenant, sub.channel.path), line)
         except LogFileRefused as exc:  # a symlink out of the directory: no retry mends it
             return Result("permanent", None, str(exc))
         except OSError as exc:
@@ -126,4 +139,4 @@ class LogSender:
         self._fds.clear()
 
 
-__all__ = ["LogFileRefused", "LogSender", "json_line", "log_file_refusal"]
+__all__ = ["LogFileRefused", "LogSender", "json_line", "log_file_refusal", "tenant_log_dir"]
