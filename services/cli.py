@@ -496,8 +496,10 @@ def keys_new(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     if append is not None:
+        # a file whose last line has no newline would glue this line onto it
+        gap = "\n" if append.is_file() and append.read_bytes()[-1:] not in (b"", b"\n") else ""
         with append.open("a") as out:
-            out.write(line + "\n")
+            out.write(gap + line + "\n")
         sys.stderr.write(f"appended to {append}: {line}\n")
     else:
         sys.stderr.write("the line for ANTING_API_KEYS_FILE:\n")

@@ -159,16 +159,16 @@ def check_scopes(text: str) -> frozenset[str]:
     scopes = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in scopes if s not in SCOPES]
     if unknown or not scopes:
-        raise ValueError(f"unknown scope {unknown[0]!r}" if unknown else "no scope given"
-                         f"; scopes are {', '.join(SCOPES)}")
+        raise ValueError((f"unknown scope {unknown[0]!r}" if unknown else "no scope given")
+                         + f"; scopes are {', '.join(SCOPES)}")
     return frozenset(scopes)
 
 
 def parse_keys_file(text: str, source: str = "ANTING_API_KEYS_FILE") -> dict[str, Principal]:
     """Key hash → principal for every line ``<sha256-hex> <tenant> <scope,scope,...>`` of
     ``text``; ``#`` starts a comment, blank lines are skipped. Raises :class:`KeyFileError`
-    naming ``source`` and the line for a malformed line, an unknown scope, a bad tenant, or
-    a hash given twice."""
+    naming ``source`` and the line for a malformed line, an unknown scope, a bad tenant (or
+    the ``admin`` tenant without the ``admin`` scope), or a hash given twice."""
     found: dict[str, Principal] = {}
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -184,7 +184,13 @@ def parse_keys_file(text: str, source: str = "ANTING_API_KEYS_FILE") -> dict[str
                                  "`anting keys new` prints a line")
             if digest in found:
                 raise ValueError("this key hash is on an earlier line too")
-            found[digest] = Principal(check_tenant(tenant), check_scopes(scopes), digest)
+            granted = check_scopes(scopes)
+            # the admin tenant owns ANTING_API_KEYS' subscriptions and those stored before
+            # tenants existed: a key of that name without the admin scope would get them
+            if check_tenant(tenant) == ADMIN_TENANT and ADMIN not in granted:
+                raise ValueError(f"the tenant {ADMIN_TENANT!r} is the admin keys' own: give "
+                                 f"the key the {ADMIN!r} scope or another tenant name")
+            found[digest] = Principal(tenant, granted, digest)
         except ValueError as exc:
             raise KeyFileError(f"{source} line {n}: {exc}") from None
     return found

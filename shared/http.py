@@ -47,11 +47,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.access import ApiKeys, Principal, RateLimit, StreamTokens, TokenError
+from shared.access import ApiKeys, KeyFileError, Principal, RateLimit, StreamTokens, TokenError
 from shared.asyncapi import build as build_asyncapi
 from shared.events import media_type
 from shared.metrics import HTTP_REQUEST_SECONDS, render
-from shared.settings import AntingSettings
+from shared.settings import AntingSettings, SettingsError
 
 __all__ = [
     "BEARER",
@@ -274,9 +274,12 @@ def use_api_keys(app: FastAPI, keys: str | None, *, keys_file: str | None = None
     ``rate_limit`` (``ANTING_RATE_LIMIT``, e.g. ``100/second``) limits each key on the
     routes that ask for it. Both are kept in ``app.state``; a :class:`Problem` raised by a
     route or dependency is answered as problem+json (the 401, 403 and 429 among them).
-    Returns the keys; raises :class:`shared.access.KeyFileError` or ``OSError`` for a bad
+    Returns the keys; raises :class:`shared.settings.SettingsError` (one message) for a bad
     or unreadable key file."""
-    app.state.api_keys = api_keys = ApiKeys.load(keys, keys_file)
+    try:
+        app.state.api_keys = api_keys = ApiKeys.load(keys, keys_file)
+    except (KeyFileError, OSError) as exc:  # a start-up message, not a traceback
+        raise SettingsError(f"bad setting:\n  ANTING_API_KEYS_FILE: {exc}") from None
     app.state.rate_limit = RateLimit(rate_limit)
     app.add_exception_handler(Problem, _answer_problem)
     return api_keys

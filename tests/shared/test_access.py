@@ -271,3 +271,46 @@ def test_a_traced_request_keeps_no_token_in_its_span() -> None:
     _redact_span_url(span, {"query_string": b"access_token=SECRET&x=1"})
     assert not any("SECRET" in str(v) for v in (span.attributes or {}).values())
     assert span.attributes is not None and span.attributes["url.query"] == "access_token=[redacted]&x=1"
+
+
+def test_the_admin_tenant_needs_the_admin_scope() -> None:
+    """A key file line naming the tenant 'admin' without the admin scope would own the admin keys' subscriptions."""
+    with pytest.raises(KeyFileError, match=r"line 1: the tenant 'admin'"):
+        parse_keys_file(f"{hash_key('k' * 32)} admin subscriptions:manage\n")
+    assert parse_keys_file(f"{hash_key('k' * 32)} admin admin\n")
+
+
+def test_an_unknown_scope_lists_the_scopes() -> None:
+    with pytest.raises(KeyFileError, match=r"unknown scope 'foo'; scopes are .*stream:read"):
+        parse_keys_file(f"{hash_key('k' * 32)} acme foo\n")
+
+
+def test_a_bad_key_file_is_one_settings_message(tmp_path: Path) -> None:
+    """A malformed or missing ANTING_API_KEYS_FILE stops the service with one message, not a traceback."""
+    from shared.settings import SettingsError
+
+    bad = tmp_path / "keys.txt"
+    bad.write_text("not a line\n")
+    for path in (bad, tmp_path / "missing.txt"):
+        with pytest.raises(SettingsError, match="ANTING_API_KEYS_FILE"):
+            use_api_keys(FastAPI(), None, keys_file=str(path))
+
+
+def test_keys_new_appends_a_line_the_services_read(tmp_path: Path) -> None:
+    """`anting keys new --append` prints the key once and adds its line, even to a file whose
+    last line has no newline; the services then know the key, tenant and scopes."""
+    import subprocess
+    import sys
+
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text(f"{hash_key('o' * 32)} other stream:read")  # no newline at the end
+    got = subprocess.run([str(Path(sys.executable).parent / "anting"), "keys", "new", "--tenant", "acme",
+                          "--scopes", "subscriptions:manage,stream:read", "--append", str(keys_file)],
+                         capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    key = got.stdout.strip().splitlines()[-1].split()[-1]
+    assert key not in keys_file.read_text()
+    keys = ApiKeys.load(None, str(keys_file))
+    who = keys.principal(f"Bearer {key}")
+    assert who is not None and who.tenant == "acme" and who.may("stream:read") and not who.may("events:publish")
+    assert keys.principal(f"Bearer {'o' * 32}") is not None
