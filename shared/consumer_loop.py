@@ -88,6 +88,9 @@ class OffsetTracker:
         self.next: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
         self.generation = 0  # moves on whenever partitions are forgotten (handed over)
+        # per partition, how many times it was forgotten: work begun before a handover
+        # tells by it that the partition changed hands meanwhile
+        self.handovers: dict[TopicPartition, int] = {}
 
     def add(self, tp: TopicPartition, offset: int) -> None:
         pending = self.pending.get(tp)
@@ -104,6 +107,7 @@ class OffsetTracker:
     def forget(self, tps: Collection[TopicPartition]) -> None:
         self.generation += 1
         for tp in tps:
+            self.handovers[tp] = self.handovers.get(tp, 0) + 1
             self.pending.pop(tp, None)
             self.next.pop(tp, None)
             self.committed.pop(tp, None)
@@ -262,9 +266,16 @@ class ConsumerLoop:
 
     def _again(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         """Run the handler on ``record`` again after the backoff (its writes were refused);
-        the record stays pending meanwhile, so no commit passes it."""
+        the record stays pending meanwhile, so no commit passes it. If its partition
+        changes hands meanwhile the retry is dropped: its new owner reads the record again
+        from the committed offset, and a late ``done`` here must not clear that owner's
+        pending offset."""
+        handovers = self.tracker.handovers.get(tp, 0)
+
         async def later() -> None:
             await asyncio.sleep(self.backoff.delay())
+            if self.tracker.handovers.get(tp, 0) != handovers:
+                return
             await self._run_one(tp, record)
 
         task = asyncio.create_task(later())

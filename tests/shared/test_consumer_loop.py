@@ -198,3 +198,34 @@ def test_a_failure_that_hits_every_record_is_one_line_per_window(caplog: Any) ->
     with caplog.at_level(logging.ERROR, logger="shared.consumer_loop"):
         failures.failed("writes not acknowledged", TimeoutError("no broker"))
     assert "(499 more records failed the same way" in caplog.records[-1].getMessage()
+
+
+async def test_a_refused_retry_is_dropped_when_its_partition_changed_hands() -> None:
+    """A record whose writes were refused runs again after the backoff, unless its partition
+    was handed over meanwhile: then its new owner reads it again, and a late run here would
+    deliver it twice and clear the new owner's pending offset."""
+    from aiokafka.structs import ConsumerRecord
+
+    runs: list[int] = []
+
+    async def handler(record: ConsumerRecord[bytes, bytes]) -> None:
+        runs.append(record.offset)
+
+    loop = ConsumerLoop(None, "t", handler, max_in_flight=10)  # type: ignore[arg-type]
+    loop.backoff.delay = lambda: 0.01  # type: ignore[method-assign]
+    tp, other = TopicPartition("t", 0), TopicPartition("t", 1)
+
+    def record(offset: int) -> ConsumerRecord[bytes, bytes]:
+        return ConsumerRecord("t", 0, offset, 0, 0, None, b"v", None, 0, 1, [])
+
+    loop.tracker.add(tp, 1)
+    loop._again(tp, record(1))
+    loop.tracker.forget([other])  # another partition moved: this retry still runs
+    await asyncio.sleep(0.1)
+    loop.tracker.add(tp, 2)
+    loop._again(tp, record(2))
+    loop.tracker.forget([tp])  # this one moved: its retry is dropped
+    loop.tracker.add(tp, 2)  # ... and the new assignment takes the record again
+    await asyncio.sleep(0.1)
+    assert runs == [1]
+    assert loop.tracker.pending[tp] == {2}
