@@ -112,7 +112,10 @@ def test_tenant_b_never_finds_tenant_a(settings: AntingSettings, tmp_path: Path)
             for op, sub_id, grace in steps:
                 got = _request(client, b, op, sub_id, grace)
                 # a 404 names the id asked about, which the asker knew: nothing else
-                assert not reveals(got.text.replace(sub_id, "")), (op, sub_id, got.text)
+                # the answer may echo the id asked for; only an id of acme's is taken out
+                # (a made-up one such as "sub_" would take an acme id's text out with it)
+                echoed = got.text.replace(sub_id, "") if sub_id in a_ids else got.text
+                assert not reveals(echoed), (op, sub_id, got.text)
                 if sub_id in a_ids:
                     # exactly the answer to an id that does not exist, but for the id itself
                     unknown = "sub_" + uuid.uuid4().hex[:20]
