@@ -145,8 +145,8 @@ class SecureMaterial:
                                   serialization.NoEncryption()).decode()
         _write_private(self.dir / "ca-key.pem", ca.private_key_pem.bytes().decode())
         _write_private(self.broker_key, pkcs8)
-        self.broker_cert.write_text("".join(b.bytes().decode() for b in leaf.cert_chain_pems))
-        self.ca_file.write_text(ca.cert_pem.bytes().decode())
+        _write_private(self.broker_cert, "".join(b.bytes().decode() for b in leaf.cert_chain_pems))
+        _write_private(self.ca_file, ca.cert_pem.bytes().decode())
 
     # ------------------------------------------------------------------ the broker
 
