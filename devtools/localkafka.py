@@ -196,6 +196,17 @@ def cluster_replication(brokers: int) -> tuple[int, int]:
     return rf, (2 if rf == 3 else 1)
 
 
+def _write_argfile(path: Path, args: list[str]) -> None:
+    """A java launcher argument file (``java @path``) of ``args``, one quoted argument a
+    line, created readable by its owner only."""
+    def quoted(arg: str) -> str:
+        return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("".join(quoted(a) + "\n" for a in args))
+
+
 class LocalKafka:
     """One KRaft broker+controller on 127.0.0.1; start() blocks until it answers.
 
@@ -401,13 +412,20 @@ class LocalKafka:
                     "dir to start afresh, or restore that credentials file")
         if not formatted:
             cluster_id = self.cluster_id or new_cluster_id()
-            fmt = subprocess.run(
-                # "=" form: a urlsafe id may start with "-", which argparse would take for an option
-                [*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-                 "-c", str(props), "--ignore-formatted",
-                 *(self.secure.scram_format_args() if self.secure is not None else [])],
-                capture_output=True, text=True,
-            )
+            # "=" form: a urlsafe id may start with "-", which argparse would take for an option
+            tool = ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+                    "-c", str(props), "--ignore-formatted"]
+            if self.secure is None:
+                fmt = subprocess.run([*jvm, *tool], capture_output=True, text=True)
+            else:
+                # the SCRAM passwords go in a java launcher argument file (0600, removed
+                # after), not on the command line, where any user of the machine reads them
+                argfile = self.data_dir / "format.args"
+                _write_argfile(argfile, [*tool, *self.secure.scram_format_args()])
+                try:
+                    fmt = subprocess.run([*jvm, f"@{argfile}"], capture_output=True, text=True)
+                finally:
+                    argfile.unlink(missing_ok=True)
             if fmt.returncode != 0:
                 raise LocalKafkaError(f"formatting the KRaft storage failed:\n{fmt.stderr[-2000:]}")
             if self.secure is not None:
