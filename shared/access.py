@@ -50,6 +50,10 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from limits.storage import MemoryStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
+# a tenant is part of the contract (a subscription's owner): defined there, where readers of
+# the topics find it without this module's HTTP-side libraries
+from shared.subscriptions import ADMIN_TENANT, TENANT_PATTERN
+
 __all__ = [
     "ADMIN",
     "ADMIN_TENANT",
@@ -82,12 +86,6 @@ INSIGHTS_READ = "insights:read"
 ADMIN = "admin"
 SCOPES = (EVENTS_PUBLISH, SUBSCRIPTIONS_MANAGE, STREAM_READ, INSIGHTS_READ, ADMIN)
 
-#: The tenant of the plain ``ANTING_API_KEYS``, of every request when no key is set, and
-#: of subscriptions stored before subscriptions had a tenant.
-ADMIN_TENANT = "admin"
-
-# a tenant names a customer in URLs, logs and Kafka headers: short, lower-case, no spaces
-TENANT_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _TENANT = re.compile(TENANT_PATTERN)
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 

@@ -22,8 +22,14 @@ from pydantic import (
     model_validator,
 )
 
-from shared.access import ADMIN_TENANT, TENANT_PATTERN
 from shared.events import EVENT_TYPES, AnnouncementKind, NonEmpty, json_integer
+
+#: The tenant of the plain ``ANTING_API_KEYS``, of every request when no key is set, and
+#: of subscriptions stored before subscriptions had a tenant (shared/access.py).
+ADMIN_TENANT = "admin"
+
+# a tenant names a customer in URLs, logs and Kafka headers: short, lower-case, no spaces
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
 
 class Strict(BaseModel):
