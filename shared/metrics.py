@@ -81,6 +81,10 @@ INSIGHTS_RECOVERY_SECONDS = Gauge(
     "anting_insights_recovery_seconds",
     "How long this instance's last table recovery from the changelog took (from start to ready).",
 )
+INSIGHTS_RECOVERY_RESTARTS = Counter(
+    "anting_insights_recovery_restarts_total",
+    "Table recoveries started over because they made no progress (see RecoveryWatchdog).",
+)
 HTTP_REQUEST_SECONDS = Histogram(
     "anting_http_request_duration_seconds", "HTTP request latency by route and status.",
     ["service", "method", "route", "status"], buckets=LATENCY_BUCKETS,
@@ -101,5 +105,5 @@ def render(registry: CollectorRegistry = REGISTRY, accept: str | None = None) ->
 
 __all__ = ["CONSUMER_LAG", "DEAD_LETTERS", "DEAD_LETTERS_IN_TOPIC", "DEAD_LETTERS_LAST_TIMESTAMP",
            "END_TO_END_SECONDS", "ENRICH_EVENTS", "ENRICH_ORGANIZATIONS", "HTTP_REQUEST_SECONDS",
-           "INGEST_EVENTS", "INSIGHTS_ENTITIES", "INSIGHTS_FACTS", "INSIGHTS_RECOVERY_SECONDS",
-           "LATENCY_BUCKETS", "NOTIFY_DELIVERIES", "STAGE_SECONDS", "WORKER_RESTARTS", "render"]
+           "INGEST_EVENTS", "INSIGHTS_ENTITIES", "INSIGHTS_FACTS", "INSIGHTS_RECOVERY_RESTARTS",
+           "INSIGHTS_RECOVERY_SECONDS", "LATENCY_BUCKETS", "NOTIFY_DELIVERIES", "STAGE_SECONDS", "WORKER_RESTARTS", "render"]

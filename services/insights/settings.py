@@ -34,6 +34,9 @@ class InsightsSettings(AntingSettings):
     batch_seconds: float = Field(0.5, gt=0, le=60)
     commit_interval_seconds: float = Field(1.0, gt=0, le=60)
     session_timeout_ms: int = Field(10000, ge=6000, le=300000)
+    # a table recovery whose remaining changelog offsets stand still this long is started
+    # over (faust's recovery can wait for ever: see RecoveryWatchdog in streams.py)
+    recovery_stall_seconds: float = Field(20.0, gt=0, le=3600)
     # faust's working directory (nothing durable lives there: state is in the changelog)
     data_dir: str = ""
     # how long a query forwarded to the owning instance may take

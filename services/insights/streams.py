@@ -27,6 +27,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -35,10 +36,15 @@ from services.insights.route import Route
 from services.insights.settings import InsightsSettings
 from services.insights.state import Entity, Fact
 from shared.kafka_access import AccessStatus
-from shared.metrics import INSIGHTS_ENTITIES, INSIGHTS_FACTS, INSIGHTS_RECOVERY_SECONDS
+from shared.metrics import (
+    INSIGHTS_ENTITIES,
+    INSIGHTS_FACTS,
+    INSIGHTS_RECOVERY_RESTARTS,
+    INSIGHTS_RECOVERY_SECONDS,
+)
 from shared.topics import INSIGHTS_FACTS as FACTS_TOPIC
 
-__all__ = ["TABLE", "Insights"]
+__all__ = ["TABLE", "Insights", "RecoveryWatchdog"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,67 @@ def _credentials(settings: InsightsSettings) -> Any:
         return faust.SASLCredentials(username=k.sasl_username, password=k.sasl_password,
                                      mechanism=k.sasl_mechanism or "PLAIN", ssl_context=ssl)
     return faust.SSLCredentials(ssl)
+
+
+class RecoveryWatchdog:
+    """Starts faust's table recovery over when it stops making progress.
+
+    faust-streaming's recovery (``faust.tables.recovery.Recovery``) reads each active
+    changelog partition up to the high watermark it took when it started, and waits for
+    that. Its users report the wait lasting for ever, the remaining offsets standing still
+    (faust-streaming#74, robinhood/faust#218); faust only logs it ("No event received for
+    active tp … since recovery start"). Here it happened, rarely and on a loaded machine,
+    to an instance that joined the group while another held every partition and was
+    writing the changelog: the new instance never became ready.
+
+    :meth:`check`, called every ``interval`` seconds by :meth:`run`, reads how many
+    changelog offsets recovery still needs (``active_remaining_total()``). When recovery
+    is in progress and that number has not moved for ``stall_seconds`` (seconds, on
+    ``clock``), it logs one line, counts ``anting_insights_recovery_restarts_total`` and
+    sets ``signal_recovery_start``, the event faust's own rebalance handler sets: recovery
+    starts over, reads the high watermarks and the table's offsets again, seeks the
+    changelog partitions there and resumes fetching them. Starting over is safe at any
+    point: changelog records are whole entities, applied again they give the same table.
+
+    ``recovery`` is faust's ``app.tables.recovery`` (or anything with ``in_recovery``,
+    ``active_remaining_total()`` and ``signal_recovery_start``)."""
+
+    def __init__(self, recovery: Any, stall_seconds: float,  # Any: faust's Recovery is untyped
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.recovery = recovery
+        self.stall_seconds = stall_seconds
+        self.clock = clock
+        self.restarts = 0
+        # the remaining count last seen and since when it has not moved (None: not recovering)
+        self._seen: tuple[int, float] | None = None
+
+    def check(self) -> bool:
+        """Look at recovery once; returns whether it was started over."""
+        if not self.recovery.in_recovery:
+            self._seen = None
+            return False
+        now = self.clock()
+        remaining = int(self.recovery.active_remaining_total())
+        if self._seen is None or self._seen[0] != remaining:
+            self._seen = (remaining, now)
+            return False
+        if now - self._seen[1] < self.stall_seconds:
+            return False
+        log.warning("insights table recovery made no progress; starting it over",
+                    extra={"remaining_offsets": remaining, "stalled_seconds": round(now - self._seen[1], 1)})
+        self.restarts += 1
+        INSIGHTS_RECOVERY_RESTARTS.inc()
+        self._seen = None
+        self.recovery.signal_recovery_start.set()
+        return True
+
+    async def run(self, stop: asyncio.Event, interval: float = 1.0) -> None:
+        """:meth:`check` every ``interval`` seconds until ``stop`` is set."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if not stop.is_set():
+                self.check()
 
 
 class Insights:
@@ -98,8 +165,10 @@ class Insights:
                                     partitions=settings.partitions, use_partitioner=True)
         self.app.agent(self.facts, name="fold")(self._fold)
         self.route = Route(settings, self.access)
-        self._stop_routing = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._routing: asyncio.Task[None] | None = None
+        self.watchdog: RecoveryWatchdog | None = None  # made on start, beside faust's recovery
+        self._watching: asyncio.Task[None] | None = None
         self.started_at = 0.0
         self.recovered_after: float | None = None
 
@@ -132,19 +201,28 @@ class Insights:
     # --- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Join the groups (the faust app's and the route's); the table recovers in the
-        background (see :meth:`recovered`)."""
+        """Join the groups (the faust app's and the route's). Returns once faust's first
+        table recovery completed (faust's ``App.on_started`` waits for it); later ones, on a
+        rebalance, run in the background (see :meth:`recovered`)."""
         self.started_at = time.monotonic()
         self.app.finalize()
+        # watched from before the start: faust's app.start() returns only once the first
+        # recovery completed, and that is the wait that can last for ever
+        tables: Any = self.app.tables  # TableManagerT does not declare recovery
+        self.watchdog = RecoveryWatchdog(tables.recovery, self.settings.recovery_stall_seconds)
+        self._watching = asyncio.create_task(self.watchdog.run(self._stopping), name="insights recovery watchdog")
         await self.app.start()
-        self._routing = asyncio.create_task(self.route.run(self._stop_routing), name="insights route")
+        self._routing = asyncio.create_task(self.route.run(self._stopping), name="insights route")
 
     async def stop(self) -> None:
         """Leave the groups (the route and faust commit what they processed)."""
-        self._stop_routing.set()
+        self._stopping.set()
         if self._routing is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._routing, 15)
+        if self._watching is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._watching, 5)
         await self.app.stop()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
