@@ -119,8 +119,13 @@ class RecoveryWatchdog:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
-            if not stop.is_set():
+            if stop.is_set():
+                break
+            try:
                 self.check()
+            except Exception:  # faust's internals moved under it: say so, keep watching
+                log.exception("insights recovery watchdog could not read faust's recovery")
+                await asyncio.sleep(60)  # not every second
 
 
 class Insights:

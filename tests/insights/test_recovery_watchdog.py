@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import pytest
 from faust.types import TP
 
 from devtools.testing import produce, wait_until
@@ -99,6 +100,33 @@ async def test_run_checks_until_stopped() -> None:
     await wait_until(recovery.signal_recovery_start.is_set, 5, "the watchdog's restart")
     stop.set()
     await asyncio.wait_for(task, 5)
+
+
+async def test_run_survives_a_recovery_it_cannot_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    recovery, _, dog = watched(0.5)
+    recovery.in_recovery = True
+    calls = 0
+
+    def unreadable() -> int:
+        nonlocal calls
+        calls += 1
+        raise KeyError("moved")
+
+    recovery.active_remaining_total = unreadable  # type: ignore[method-assign]
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def short_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", short_sleep)
+    stop = asyncio.Event()
+    task = asyncio.create_task(dog.run(stop, interval=0.01))
+    await wait_until(lambda: calls >= 3, 5, "the watchdog going on after an error")
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert 60 in slept and not task.exception()
 
 
 def _losing_the_first_changelog_resume(resume: Callable[[Iterable[TP]], None],
