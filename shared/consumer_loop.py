@@ -30,10 +30,10 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import GroupAuthorizationFailedError
+from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
 from aiokafka.structs import OffsetAndMetadata
 
-from shared.kafka_access import AccessStatus, Backoff, Doing, denial, refusal
+from shared.kafka_access import AccessStatus, Backoff, Doing, check_subscription, denial, refusal
 from shared.settings import KafkaSettings
 
 __all__ = ["Abandoned", "ConsumerLoop", "FailureLog", "Handler", "OffsetTracker"]
@@ -436,6 +436,7 @@ class ConsumerLoop:
             while not stop.is_set():
                 try:
                     batch = await self._poll()
+                    check_subscription(self.consumer)
                 except Exception as exc:
                     line = (await refusal(exc, self.kafka, self.reading)
                             if self.access is not None and self.kafka is not None else None)
@@ -447,6 +448,11 @@ class ConsumerLoop:
                         # poll, even once allowed, until the member rejoins the group: a new
                         # subscription makes it rejoin (refused, then retried, until allowed)
                         self._resubscribed = True
+                        self.consumer.unsubscribe()
+                        self.subscribe()
+                    elif isinstance(exc, TopicAuthorizationFailedError) and not self.consumer.assignment():
+                        # refused in the metadata, so given no partition: a new subscription
+                        # asks for the metadata again and, once allowed, rejoins with them
                         self.consumer.unsubscribe()
                         self.subscribe()
                     with contextlib.suppress(TimeoutError):

@@ -37,9 +37,10 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeAlias, TypeVar
+from typing import Any, ClassVar, TypeAlias, TypeVar, cast
 
 import aiokafka.errors as Errors
+from aiokafka import AIOKafkaConsumer
 from aiokafka.conn import create_conn
 from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
 from aiokafka.protocol.api import Request, RequestStruct, Response
@@ -55,6 +56,7 @@ __all__ = [
     "Doing",
     "MetadataRequest_v8",
     "TopicOperationsRequest",
+    "check_subscription",
     "denial",
     "diagnose_connection",
     "is_access_error",
@@ -82,13 +84,27 @@ ACCESS_ERRORS: tuple[type[KafkaError], ...] = (
 
 _AUTHORIZATION = ACCESS_ERRORS[:4]
 
+# aiokafka (0.14) passes some errors of a response on as ``KafkaError(repr(error))``: an
+# OffsetFetch that a topic ACL refuses reaches poll as "KafkaError: TopicAuthorizationFailedError()"
+_WRAPPED = re.compile(r"(\w+)\(.*\)")
+
+
+def _unwrapped(exc: BaseException) -> BaseException:
+    """``exc``, or the access error a plain ``KafkaError`` carries as the repr of one."""
+    if type(exc) is KafkaError and exc.args and isinstance(exc.args[0], str):
+        match = _WRAPPED.fullmatch(exc.args[0])
+        kind = getattr(Errors, match.group(1), None) if match else None
+        if isinstance(kind, type) and issubclass(kind, ACCESS_ERRORS):
+            return cast(BaseException, kind())  # aiokafka is untyped: its errors are Any
+    return exc
+
 
 def is_access_error(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it was raised from) is the broker refusing access."""
     seen = 0
     current: BaseException | None = exc
     while current is not None and seen < 5:
-        if isinstance(current, (*ACCESS_ERRORS, AccessRefused)):
+        if isinstance(_unwrapped(current), (*ACCESS_ERRORS, AccessRefused)):
             return True
         current = current.__cause__ or current.__context__
         seen += 1
@@ -145,8 +161,9 @@ def _authorization_error(exc: BaseException) -> KafkaError | None:
     seen = 0
     current: BaseException | None = exc
     while current is not None and seen < 5:
-        if isinstance(current, _AUTHORIZATION):
-            return current
+        found = _unwrapped(current)
+        if isinstance(found, _AUTHORIZATION):
+            return found
         current = current.__cause__ or current.__context__
         seen += 1
     return None
@@ -179,6 +196,21 @@ def denial(exc: BaseException, settings: KafkaSettings, doing: Doing) -> str | N
     else:  # ClusterAuthorizationFailedError
         what = f"{doing.cluster_operation} Cluster:kafka-cluster"
     return f"kafka: {who} may not {what} ({error.message})"
+
+
+def check_subscription(consumer: AIOKafkaConsumer) -> None:
+    """Raise ``TopicAuthorizationFailedError`` naming the topics ``consumer`` subscribes to
+    that its cluster metadata marks unauthorized; call it after each poll.
+
+    aiokafka (0.14) raises nothing when the broker refuses a subscribed topic in the
+    metadata (no Describe, so no Read either): the topic has no partitions for this
+    member, the group assigns it none, and every poll returns empty, as if there were
+    nothing to read. Raised here, that refusal takes the path a refused fetch takes: one
+    line, readiness 503, retries until allowed. aiokafka keeps the topics only on its
+    private ``_client.cluster``."""
+    refused = consumer.subscription() & consumer._client.cluster.unauthorized_topics
+    if refused:
+        raise Errors.TopicAuthorizationFailedError(sorted(refused))
 
 
 class AccessRefused(KafkaError):  # type: ignore[misc]

@@ -68,7 +68,7 @@ from shared.kafka import (
     max_message_bytes,
     record_size,
 )
-from shared.kafka_access import AccessStatus, Backoff, Doing, refusal
+from shared.kafka_access import AccessStatus, Backoff, Doing, check_subscription, refusal
 from shared.metrics import (
     ENRICH_EVENTS,
     ENRICH_ORGANIZATIONS,
@@ -447,6 +447,7 @@ class Worker:
             wait_ms = int(max(0.0, min(s.commit_linger_ms, left_ms)))
             room = max(1, min(s.batch_max_records, s.commit_max_records - txn.records))
         batch = await self._consumer().getmany(timeout_ms=wait_ms, max_records=room)
+        check_subscription(self._consumer())  # an empty poll may be a refused topic
         async with self.lock:
             if self.broken is not None:
                 raise self.broken
@@ -543,6 +544,7 @@ class Worker:
     async def _at_least_once_step(self) -> None:
         batch = await self._consumer().getmany(
             timeout_ms=self.settings.batch_wait_ms, max_records=self.settings.batch_max_records)
+        check_subscription(self._consumer())  # an empty poll may be a refused topic
         if not batch:
             self._allowed()
             return

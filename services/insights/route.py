@@ -37,7 +37,7 @@ from services.insights.state import facts_of
 from shared.deadletters import DeadLetterWriter, from_record
 from shared.events import NotACloudEvent, parse_enriched, record_event_bytes
 from shared.kafka import make_consumer, make_producer
-from shared.kafka_access import AccessStatus, Backoff, Doing, refusal
+from shared.kafka_access import AccessStatus, Backoff, Doing, check_subscription, refusal
 from shared.metrics import INSIGHTS_FACTS
 from shared.topics import DEAD_LETTERS, ENRICHED_EVENTS
 from shared.topics import INSIGHTS_FACTS as FACTS_TOPIC
@@ -103,6 +103,7 @@ class Route:
             self.running = True
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
+                check_subscription(consumer)  # an empty poll may be a refused topic
                 if not batch:
                     self._allowed()
                     continue

@@ -16,11 +16,15 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from aiokafka import ConsumerRecord
 
 from devtools.acls import ADMIN, Acl
 from devtools.localkafka import free_port
 from devtools.secure import SecureMaterial
-from devtools.testing import ServiceProcess, produce, read_topic
+from devtools.testing import ServiceProcess, produce, read_topic, wait_until
+from shared.consumer_loop import ConsumerLoop
+from shared.kafka import make_consumer
+from shared.kafka_access import AccessStatus
 from tests.notify.helpers import Receiver
 from tests.security.conftest import SecuredKafka
 
@@ -333,3 +337,47 @@ async def test_insights_route_without_read_on_enriched_events_waits_and_routes_a
     log = insights.log()
     assert 1 <= len(refusal_lines(log, line)) <= 2, log[-4000:]
     _no_traceback(insights)
+
+
+async def test_a_topic_refused_before_the_member_joins_is_a_refusal_not_an_idle_loop(
+        secure_kafka: SecuredKafka) -> None:
+    """Read on the topic taken away before the consumer joins its group: aiokafka marks the
+    topic unauthorized in its metadata, the group assigns the member no partition and every
+    poll comes back empty, raising nothing. The loop calls that a refusal (the line, the
+    readiness reason) and, the ACL back, joins again with the partitions and reads."""
+    prefix = await fresh_prefix(secure_kafka)
+    admin = secure_kafka.settings(ADMIN, prefix)
+    notify = secure_kafka.settings("anting-notify", prefix)
+    topic = f"{prefix}enriched-events"
+    marker = uuid.uuid4().hex.encode()
+    await produce(admin, topic, [marker])
+    acl = secure_kafka.acl("anting-notify", "topic", topic, "READ")
+    await asyncio.to_thread(secure_kafka.remove_acl, acl)
+    line = f"kafka: User:anting-notify may not Read Topic:{topic} (TOPIC_AUTHORIZATION_FAILED)"
+    got: list[bytes] = []
+
+    async def handler(record: ConsumerRecord[bytes, bytes]) -> None:
+        got.append(record.value or b"")
+
+    group = f"anting-notify-join-{uuid.uuid4().hex[:6]}"
+    consumer = make_consumer(notify, group_id=group)
+    access = AccessStatus()
+    stop = asyncio.Event()
+    task: asyncio.Task[None] | None = None
+    try:
+        await consumer.start()
+        loop = ConsumerLoop(consumer, topic, handler, max_in_flight=10, name="events",
+                            group=group, access=access, kafka=notify.kafka)
+        loop.subscribe()
+        task = asyncio.create_task(loop.run(stop, grace=1.0))
+        try:
+            await wait_until(lambda: access.reason == line, 60, f"the refusal {line!r}")
+            assert got == [] and not consumer.assignment()
+        finally:
+            await asyncio.to_thread(secure_kafka.restore_acl, acl)
+        await wait_until(lambda: got == [marker] and access.reason is None, 90, "the record read once allowed")
+    finally:
+        stop.set()
+        if task is not None:
+            await asyncio.wait_for(task, 30)
+        await consumer.stop()

@@ -4,9 +4,11 @@ broker (the secured broker's own tests are tests/security/test_refusals.py)."""
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import aiokafka.errors as Errors
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from shared.kafka import TransientKafkaLogs
 from shared.kafka_access import (
@@ -14,6 +16,7 @@ from shared.kafka_access import (
     AccessStatus,
     Backoff,
     Doing,
+    check_subscription,
     denial,
     is_access_error,
     principal,
@@ -67,6 +70,45 @@ def test_other_errors_are_no_denial() -> None:
         assert denial(error, KAFKA, ENRICH) is None
         assert not is_access_error(error)
     assert denial(AccessRefused("kafka: said"), KAFKA, ENRICH) == "kafka: said"
+
+
+def test_an_access_error_aiokafka_passes_on_as_its_repr_is_a_denial() -> None:
+    # aiokafka's OffsetFetch answer refused by a topic ACL reaches poll this way
+    wrapped = Errors.KafkaError(repr(Errors.TopicAuthorizationFailedError()))
+    assert denial(wrapped, KAFKA, Doing(reads=("enriched-events",))) == \
+        "kafka: User:anting-enrich may not Read Topic:enriched-events (TOPIC_AUTHORIZATION_FAILED)"
+    assert is_access_error(wrapped)
+    for other in (Errors.KafkaError(repr(Errors.NotLeaderForPartitionError())),
+                  Errors.KafkaError("Unexpected error during coordination ValueError('x')"),
+                  Errors.KafkaError(repr(ValueError("TopicAuthorizationFailedError()")))):
+        assert denial(other, KAFKA, ENRICH) is None
+        assert not is_access_error(other)
+
+
+class _Cluster:
+    unauthorized_topics: set[str] = {"b", "z"}
+
+
+class _Client:
+    cluster = _Cluster()
+
+
+class _Consumer:
+    _client = _Client()
+
+    def __init__(self, *topics: str) -> None:
+        self.topics = frozenset(topics)
+
+    def subscription(self) -> frozenset[str]:
+        return self.topics
+
+
+def test_a_subscribed_topic_the_metadata_refuses_is_raised_named() -> None:
+    check_subscription(cast(AIOKafkaConsumer, _Consumer("a", "c")))  # none refused: nothing
+    with pytest.raises(Errors.TopicAuthorizationFailedError) as raised:
+        check_subscription(cast(AIOKafkaConsumer, _Consumer("a", "b")))
+    assert denial(raised.value, KAFKA, Doing(reads=("a", "b"))) == \
+        "kafka: User:anting-enrich may not Read Topic:b (TOPIC_AUTHORIZATION_FAILED)"
 
 
 def test_the_principal_without_sasl_is_anonymous() -> None:
