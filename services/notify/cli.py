@@ -291,10 +291,20 @@ def subscribe(
     except ValueError as exc:
         _fail(str(exc))
         return
+    from aiokafka.errors import TopicAuthorizationFailedError
+
     try:
         asyncio.run(_tail(flt, fmt, from_beginning, limit, idle_exit))
     except KeyboardInterrupt:
         pass
+    except TopicAuthorizationFailedError as exc:  # the broker refuses this user the topic
+        from services.notify.settings import NotifySettings
+        from shared.kafka_access import Doing, denial
+        from shared.settings import load
+        from shared.topics import ENRICHED_EVENTS
+
+        settings = load(NotifySettings)
+        _fail(denial(exc, settings.kafka, Doing(reads=(settings.topic(ENRICHED_EVENTS),))) or str(exc))
 
 
 async def _tail(flt: Filter, fmt: Format, from_beginning: bool, limit: int | None, idle_exit: float | None) -> None:
@@ -307,6 +317,7 @@ async def _tail(flt: Filter, fmt: Format, from_beginning: bool, limit: int | Non
     from services.notify.settings import NotifySettings
     from shared.events import parse_enriched, record_event_bytes
     from shared.kafka import make_consumer
+    from shared.kafka_access import check_subscription
     from shared.settings import load
     from shared.topics import ENRICHED_EVENTS
 
@@ -321,6 +332,7 @@ async def _tail(flt: Filter, fmt: Format, from_beginning: bool, limit: int | Non
     try:
         while limit is None or seen < limit:
             batch = await consumer.getmany(timeout_ms=500)
+            check_subscription(consumer)  # a refused topic reads as empty otherwise
             if not batch and idle_exit is not None and time.monotonic() - last > idle_exit:
                 return
             for records in batch.values():

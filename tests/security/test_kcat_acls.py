@@ -3,6 +3,9 @@ example principals stay on their side, a wrong password and an unknown CA fail."
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -113,3 +116,15 @@ def test_no_password_in_the_brokers_logs_and_the_material_is_private(secure_kafk
                *(secure_kafka.kcat_config(p) for p in ("publisher", "reader", "anting-admin"))]
     for path in private:
         assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+
+
+def test_the_cli_tail_as_a_user_refused_the_topic_says_so_and_exits(secure_kafka: SecuredKafka) -> None:
+    """``anting subscribe`` tails enriched-events: as ``publisher``, who may not read it, the
+    refusal is one line and exit code 2, not a terminal waiting for ever."""
+    env = {**os.environ, **secure_kafka.env("publisher"), "ANTING_TOPIC_PREFIX": ""}
+    got = subprocess.run([str(Path(sys.executable).parent / "anting"), "subscribe", "--from-beginning"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert got.returncode == 2, (got.returncode, got.stderr[-2000:])
+    assert ("error: kafka: User:publisher may not Read Topic:enriched-events (TOPIC_AUTHORIZATION_FAILED)"
+            in got.stderr), got.stderr[-2000:]
+    assert "Traceback" not in got.stderr, got.stderr[-2000:]
