@@ -33,6 +33,7 @@ __all__ = [
     "docker_answers",
     "env_for",
     "produce",
+    "produce_raw_header",
     "read_topic",
     "settings_for",
     "wait_until",
@@ -174,6 +175,50 @@ async def produce(
         for i, value in enumerate(values):
             await producer.send(topic, value=value, key=keys[i] if keys else None)
         await producer.flush()
+    finally:
+        await producer.stop()
+
+
+class _WireName(str):
+    """A header name whose bytes on the wire are ``raw``, not the UTF-8 of the text: aiokafka's
+    Python batch builder asks the name for its bytes with ``encode``."""
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes) -> _WireName:
+        name = super().__new__(cls, raw.decode("latin-1"))
+        name.raw = raw
+        return name
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self.raw
+
+
+async def produce_raw_header(
+    settings: AntingSettings, topic: str, value: bytes, *, key: bytes | None = None,
+    header_name: bytes = b"x-\xff\xfe", header_value: bytes = b"v", partition: int | None = None,
+) -> int:
+    """Write one record whose header *name* is ``header_name`` as bytes, not UTF-8 (what
+    ``kcat -H $'x-\\xff\\xfe=v'`` writes; no client library writes one); returns the
+    partition it went to. Built with aiokafka's Python batch builder (the C one takes only
+    text) on a plain producer (not idempotent: the batch carries no producer id)."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    from shared.kafka import partition_by_key
+
+    producer = AIOKafkaProducer(**settings.kafka.client_options(), acks="all")
+    await producer.start()
+    try:
+        parts = sorted(await producer.partitions_for(topic))
+        if partition is None:
+            partition = partition_by_key(key, parts, parts) if key is not None else parts[0]
+        batch = producer.create_batch()
+        batch._builder = _DefaultRecordBatchBuilderPy(2, 0, 0, -1, -1, 0, 1 << 20)
+        batch.append(key=key, value=value, timestamp=None, headers=[(_WireName(header_name), header_value)])
+        batch.close()
+        await (await producer.send_batch(batch, topic, partition=partition))
+        return partition
     finally:
         await producer.stop()
 

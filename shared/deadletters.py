@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.structs import RecordMetadata
 from pydantic import ValidationError
 
-from shared.events import error_paths
+from shared.events import error_paths, readable_header_name
 from shared.kafka import PRODUCER_MAX_REQUEST_BYTES, record_size
 from shared.metrics import DEAD_LETTERS
 from shared.settings import AntingSettings
@@ -108,7 +108,9 @@ def dead_letter(
     }
     for name, val in (extra or {}).items():
         dlq[f"dlq.{name}"] = val
-    original: Headers = [(k, v) for k, v in headers if not k.startswith("dlq.")]
+    # a header name that was not UTF-8 goes out as Java's client reads it (U+FFFD for each
+    # such byte): a producer cannot write a lone surrogate; the reason names the bytes
+    original: Headers = [(readable_header_name(k), v) for k, v in headers if not k.startswith("dlq.")]
     return DeadLetter(key, value, original + [(k, v.encode()) for k, v in dlq.items()])
 
 

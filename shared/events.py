@@ -567,6 +567,31 @@ def _header_text(name: str, value: bytes | None) -> str:
         raise NotACloudEvent(f"header {name!r} is not UTF-8") from None
 
 
+#: how a consumer decodes a header name that is not UTF-8 (:mod:`shared.kafka_records`):
+#: each such byte becomes a lone surrogate, so the bytes can be had again
+UNDECODABLE = "surrogateescape"
+
+
+def has_undecodable_header(headers: Any) -> bool:
+    """Whether any header name of a consumed record held bytes that are not UTF-8 (decoded
+    as lone surrogates by :mod:`shared.kafka_records`). ``headers``: the record's ``[(name, value), ...]`` or None."""
+    for name, _ in headers or ():
+        if not name.isascii() and any("\udc80" <= ch <= "\udcff" for ch in name):
+            return True
+    return False
+
+
+def raw_header_name(name: str) -> bytes:
+    """The header name's bytes as they were on the wire."""
+    return name.encode("utf-8", UNDECODABLE)
+
+
+def readable_header_name(name: str) -> str:
+    """The name as Java's client reads it: each byte that is not UTF-8 becomes U+FFFD, so a
+    producer can write it again (a lone surrogate cannot be encoded)."""
+    return raw_header_name(name).decode("utf-8", "replace") if has_undecodable_header([(name, None)]) else name
+
+
 def record_event_bytes(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None) -> bytes:
     """A Kafka record of a CloudEvent → the event's structured-mode JSON bytes.
 
@@ -579,9 +604,13 @@ def record_event_bytes(value: bytes | None, headers: Sequence[tuple[str, bytes |
     (kcat writes no headers). Returns ``value`` itself for structured records, so the
     common case costs one header scan.
 
-    Raises :class:`NotACloudEvent` for a null value, a header that is not UTF-8, or
-    binary-mode data that is not JSON.
+    Raises :class:`NotACloudEvent` for a null value, a header (name or value) that is
+    not UTF-8, or binary-mode data that is not JSON.
     """
+    if has_undecodable_header(headers):
+        names = [raw_header_name(n) for n, _ in headers or () if has_undecodable_header([(n, None)])]
+        raise NotACloudEvent(f"a header name is not UTF-8: {names[0]!r}"
+                             + (f" (and {len(names) - 1} more)" if len(names) > 1 else ""))
     content_type: str | None = None
     binary = False
     for name, hval in headers or ():
@@ -635,7 +664,7 @@ def paths_of(errors: Iterable[ErrorDetails]) -> list[dict[str, str]]:
 
 
 __all__ = ["AGREEMENT", "ANNOUNCEMENT", "ENRICHED_ADAPTER", "EVENT_ADAPTER", "EVENT_TYPES",
-           "LIMITS", "MAX_EVENT_BYTES", "MAX_SAFE_INTEGER", "STRUCTURED_CONTENT_TYPE",
+           "LIMITS", "MAX_EVENT_BYTES", "MAX_SAFE_INTEGER", "STRUCTURED_CONTENT_TYPE", "UNDECODABLE",
            "AgreementData", "AgreementEvent", "AnnouncementData", "AnnouncementEvent",
            "AnnouncementKind", "AnyEnrichedEvent", "AnyEvent", "CloudEventBase", "Count",
            "EnrichedAgreementData", "EnrichedAgreementEvent", "EnrichedAnnouncementData",
@@ -643,6 +672,6 @@ __all__ = ["AGREEMENT", "ANNOUNCEMENT", "ENRICHED_ADAPTER", "EVENT_ADAPTER", "EV
            "ExtensionName", "ExtensionValue", "Headline", "JsonValue", "Line", "Location", "Match",
            "MatchMethod", "Model", "Money", "Name", "NonEmpty", "NonEmptyText", "NotACloudEvent",
            "Number", "OrganizationMention", "Person", "Prose", "ResolvedMention", "Text",
-           "Timestamp", "Uri", "check_size", "dump_event", "encode_json", "error_paths", "json_integer",
+           "Timestamp", "Uri", "check_size", "dump_event", "encode_json", "error_paths", "has_undecodable_header", "json_integer",
            "media_type", "parse_enriched", "parse_event", "parse_event_obj", "paths_of",
-           "read_json", "record_event_bytes"]
+           "raw_header_name", "read_json", "readable_header_name", "record_event_bytes"]

@@ -23,10 +23,15 @@ from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
+from shared import kafka_records
 from shared.settings import AntingSettings
 from shared.topics import ALL_TOPICS, Topic
 
 log = logging.getLogger(__name__)
+
+# every consumer in a process that imports this module (faust's too) reads a header name
+# that is not UTF-8 instead of stopping its partition for good (shared/kafka_records.py)
+kafka_records.install()
 
 # What aiokafka logs at warning or error while a cluster starts, a broker restarts, a
 # leader or coordinator moves: conditions its clients retry by themselves (Kafka's

@@ -16,7 +16,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from cloudevents.v1.http import CloudEvent
 from cloudevents.v1.kafka import to_binary
 
-from devtools.testing import read_topic
+from devtools.testing import produce, produce_raw_header, read_topic
 from services.enrich import pipeline
 from services.enrich.catalog import Catalog
 from services.enrich.settings import EnrichSettings
@@ -227,3 +227,36 @@ async def test_a_session_failing_before_it_starts_closes_its_consumer(monkeypatc
         await worker._session(asyncio.Event())
     assert len(made) == 1 and made[0]._closed
     assert worker.consumer is None and not worker.running
+
+
+async def test_a_record_whose_header_name_is_not_utf8_is_dead_lettered_and_the_partition_goes_on(
+    topics: AntingSettings, tmp_path: Path
+) -> None:
+    """A record whose header name is not UTF-8 (as kcat writes one), with events after it
+    on the same partition: it goes to dead-letters saying so, the events after it are
+    enriched within seconds, and the session never restarts."""
+    await load_catalog(topics)
+    odd = event(1, ["SAIC Motor"], kind="agreement")
+    partition = await produce_raw_header(
+        topics, topics.topic(AGREEMENTS), orjson.dumps(odd), key=b"same-key", header_name=b"x-\xff\xfe")
+    after = [event(2 + i, ["Tongji University"], kind="agreement") for i in range(5)]
+    await produce(topics, topics.topic(AGREEMENTS), [orjson.dumps(e) for e in after],
+                  keys=[b"same-key"] * len(after))  # the same partition, behind the odd record
+    worker = Worker(topics, tmp_path, "w").start()
+    try:
+        await worker.wait_ready()
+        out = await read_topic(topics, topics.topic(ENRICHED_EVENTS), expect=len(after), timeout=30)
+        assert [orjson.loads(r.value)["id"] for r in out] == [e["id"] for e in after]
+        letters = await _letters(topics, 1)
+        assert len(letters) == 1
+        letter = letters[0]
+        assert orjson.loads(letter.value)["id"] == odd["id"]
+        assert letter.header("dlq.original.partition") == str(partition)
+        assert letter.header("dlq.original.offset") == "0"
+        assert letter.header("dlq.error.class") == "NotACloudEvent"
+        assert "header name is not UTF-8" in (letter.header("dlq.error.message") or "")
+        # the name as Java's client reads it: each byte that is not UTF-8 is U+FFFD
+        assert ("x-\ufffd\ufffd", b"v") in letter.headers
+        assert "session failed" not in worker.proc.log()
+    finally:
+        worker.stop()
