@@ -52,6 +52,12 @@ WORKER_RESTARTS = Counter(
     "Times a stage's consumer session failed and was started again from the committed offsets.",
     ["stage"],
 )
+WRITE_FAILURES = Counter(
+    "anting_write_failures",
+    "Writes the broker or client refused: kind=record (the record goes to dead-letters) or "
+    "producer (the work is written again on a new producer).",
+    ["stage", "kind"],
+)
 DEAD_LETTERS = Counter(
     "anting_dead_letters", "Records sent to dead-letters.", ["stage", "topic"]
 )
@@ -106,4 +112,4 @@ def render(registry: CollectorRegistry = REGISTRY, accept: str | None = None) ->
 __all__ = ["CONSUMER_LAG", "DEAD_LETTERS", "DEAD_LETTERS_IN_TOPIC", "DEAD_LETTERS_LAST_TIMESTAMP",
            "END_TO_END_SECONDS", "ENRICH_EVENTS", "ENRICH_ORGANIZATIONS", "HTTP_REQUEST_SECONDS",
            "INGEST_EVENTS", "INSIGHTS_ENTITIES", "INSIGHTS_FACTS", "INSIGHTS_RECOVERY_RESTARTS",
-           "INSIGHTS_RECOVERY_SECONDS", "LATENCY_BUCKETS", "NOTIFY_DELIVERIES", "STAGE_SECONDS", "WORKER_RESTARTS", "render"]
+           "INSIGHTS_RECOVERY_SECONDS", "LATENCY_BUCKETS", "NOTIFY_DELIVERIES", "STAGE_SECONDS", "WORKER_RESTARTS", "WRITE_FAILURES", "render"]

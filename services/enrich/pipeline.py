@@ -23,13 +23,22 @@ At least once (``ANTING_ENRICH_GUARANTEE=at_least_once``): one idempotent
 producer; offsets are committed after the broker acknowledged the batch.
 
 A record that cannot be read (not a CloudEvent of the contract, in either content
-mode of the Kafka binding) or cannot be *written* (its enriched form is over the
-output topic's ``max.message.bytes``, read from the broker at start, or the producer
+mode of the Kafka binding, a header name that is not UTF-8) or cannot be *written*
+(its enriched form is over the output topic's ``max.message.bytes``, or the producer
 refuses it) goes to ``dead-letters`` inside the same transaction, and the stream
-goes on. Any other failure in a transaction tears the session down (consumer and
-producers) and starts it again from the committed offsets: nothing is half-done. A
-session that fails again and again at the same offsets says so in the log, with
-the offsets, and counts ``anting_worker_restarts_total``.
+goes on.
+
+Every send is awaited before its offsets commit (aiokafka leaves a transaction
+committable after the broker refused one of its batches). A transaction with a failed
+send is aborted, never committed; the producer is replaced (its sequence numbers are
+spent: ``shared/write_failures.py``), the topics' limits are read again (they change
+at run time), and every partition starts again from its committed offset. The records
+the broker refused for themselves are dead-lettered on that second pass, with the
+broker's reason. The same holds at least once, from the batch's first offsets. Any
+other failure tears the session down (consumer and producers) and starts it again
+from the committed offsets: nothing is half-done. A session that fails again and again
+at the same offsets says so in the log, with the offsets, and counts
+``anting_worker_restarts_total``.
 """
 
 from __future__ import annotations
@@ -58,11 +67,13 @@ from services.enrich.catalog import Catalog
 from services.enrich.enrich import enrich_bytes
 from services.enrich.settings import EnrichSettings
 from shared import tracing
-from shared.deadletters import DeadLetterWriter, from_record
+from shared.deadletters import DeadLetterWriter, fit, from_record
 from shared.events import record_event_bytes
 from shared.kafka import (
     PRODUCER_MAX_REQUEST_BYTES,
+    RECORD_OVERHEAD_BYTES,
     SAFE_PRODUCER,
+    abandon_producer,
     make_consumer,
     make_producer,
     max_message_bytes,
@@ -74,6 +85,7 @@ from shared.metrics import (
     ENRICH_ORGANIZATIONS,
     STAGE_SECONDS,
     WORKER_RESTARTS,
+    WRITE_FAILURES,
 )
 from shared.topics import AGREEMENTS, ANNOUNCEMENTS, DEAD_LETTERS, ENRICHED_EVENTS
 from shared.transactions import (
@@ -83,6 +95,7 @@ from shared.transactions import (
     group_metadata,
     is_fenced,
 )
+from shared.write_failures import Coordinates, SendFailures, settle
 
 log = logging.getLogger(__name__)
 STAGE = "enrich"
@@ -130,6 +143,34 @@ Ack: TypeAlias = asyncio.Future[RecordMetadata]  # a send's broker acknowledgeme
 
 # what a produce refuses for one record alone: treated like a poison input
 _UNWRITABLE = (RecordTooLarge, MessageSizeTooLargeError, TypeError, ValueError)
+# a dead letter the broker refused once already goes again with its value cut to this
+BARE_LETTER_BYTES = 2048
+
+
+class Sends:
+    """The sends of a unit of work (a transaction, an at-least-once batch): each send's
+    acknowledgement, and the input record it was written for, in the same order."""
+
+    def __init__(self) -> None:
+        self.acks: list[Ack] = []
+        self.origins: list[Coordinates] = []
+
+    def add(self, ack: Ack, r: Record) -> None:
+        self.acks.append(ack)
+        self.origins.append((r.topic, r.partition, r.offset))
+
+    async def settle(self) -> SendFailures:
+        """Wait for every send; the failures, by input record (none retrieved twice)."""
+        acks, origins = self.acks, self.origins
+        self.acks, self.origins = [], []
+        return await settle(acks, origins)
+
+    def forget(self) -> None:
+        """Retrieve the outcome of every send once it settles (an aborted unit's), so that
+        asyncio does not log each failure as never retrieved."""
+        for ack in self.acks:
+            ack.add_done_callback(_retrieve)
+        self.acks, self.origins = [], []
 
 
 def _structured(headers: Sequence[tuple[str, bytes]] | None) -> list[tuple[str, bytes]]:
@@ -150,6 +191,19 @@ class Enricher:
         self.dlq = DeadLetterWriter(None, settings)
         # the largest record enriched-events takes; read from the broker by read_limits()
         self.max_out_bytes = PRODUCER_MAX_REQUEST_BYTES
+        # input records whose output the broker refused for itself, and how often. Once
+        # is not yet the record's fault: the broker refuses a whole *batch* over the
+        # topic's limit, neighbours included (Java's producer splits such a batch, KIP-126;
+        # aiokafka does not), so the record is written again, on a producer whose batches
+        # fit the limit read again. Refused twice, it is dead-lettered with the reason.
+        self.refused: dict[Coordinates, BaseException] = {}
+        self.refusals: Counter[Coordinates] = Counter()
+
+    def note_refused(self, failures: SendFailures) -> None:
+        """Remember the records the broker refused for themselves (see :attr:`refused`)."""
+        for origin, exc in failures.records.items():
+            self.refused[origin] = exc
+            self.refusals[origin] += 1
 
     async def read_limits(self) -> None:
         """Read ``max.message.bytes`` of ``enriched-events`` and ``dead-letters`` from the
@@ -160,19 +214,25 @@ class Enricher:
         self.dlq.max_bytes = limits[self.dlq.topic]
 
     async def _dead_letter(self, producer: AIOKafkaProducer, r: Record, exc: BaseException,
-                           outcome: Outcome, futures: list[Ack]) -> None:
+                           outcome: Outcome, sends: Sends) -> None:
         letter = from_record(r, stage=STAGE, error=exc)
-        futures.append(await self.dlq.send(letter, producer))
+        if self.refusals.get((r.topic, r.partition, r.offset), 0) > 2:
+            # its dead letter was refused too (dead-letters' limit lowered as well): the
+            # coordinates and the reason go, the value is cut (dlq.value.truncated says so)
+            letter = fit(letter, BARE_LETTER_BYTES)
+        sends.add(await self.dlq.send(letter, producer), r)
         outcome.events[(_type_of(r.value), "dead_lettered")] += 1
         log.warning("record dead-lettered", extra={
             "topic": r.topic, "partition": r.partition, "offset": r.offset,
             "error": type(exc).__name__, "reason": str(exc)[:200]})
 
-    async def process(self, producer: AIOKafkaProducer, records: list[Record], outcome: Outcome) -> list[Ack]:
-        """Queue one output per record; returns the delivery futures. With tracing on, each
-        record gets a ``process <topic>`` span (a child of its ``traceparent``) and its
-        output a ``send enriched-events`` span under it, whose context the output carries."""
-        futures: list[Ack] = []
+    async def process(self, producer: AIOKafkaProducer, records: list[Record], outcome: Outcome,
+                      sends: Sends) -> None:
+        """Queue one output per record (its acknowledgement into ``sends``). A record the
+        broker refused before (:attr:`refused`) is dead-lettered with that reason. With
+        tracing on, each record gets a ``process <topic>`` span (a child of its
+        ``traceparent``) and its output a ``send enriched-events`` span under it, whose
+        context the output carries."""
         index, version = self.catalog.index, self.catalog.version
         tracer = tracing.tracer(STAGE)  # None when off: then no span, no header rewritten
         span: tracing.Span | None = None
@@ -183,6 +243,13 @@ class Enricher:
                     span.end()
                 span = tracing.start_process(tracer, r.topic, r.partition, r.offset, r.headers,
                                              self.settings.group)
+            if self.refused:
+                refused = self.refused.pop((r.topic, r.partition, r.offset), None)
+                if refused is not None and self.refusals[(r.topic, r.partition, r.offset)] > 1:
+                    if span is not None:
+                        tracing.fail(span, refused)
+                    await self._dead_letter(producer, r, refused, outcome, sends)
+                    continue
             try:
                 # either content mode of the CloudEvents Kafka binding; structured out
                 raw = record_event_bytes(r.value, r.headers)
@@ -191,7 +258,7 @@ class Enricher:
             except (ValidationError, ValueError) as exc:
                 if span is not None:
                     tracing.fail(span, exc)
-                await self._dead_letter(producer, r, exc, outcome, futures)
+                await self._dead_letter(producer, r, exc, outcome, sends)
                 continue
             headers = _structured(r.headers)
             sent: tracing.Span | None = None
@@ -205,9 +272,9 @@ class Enricher:
                     sent = tracing.start_send(tracer, self.out_topic, headers, parent=span)
                 # the output keeps the input's timestamp (as Kafka Streams does), so that
                 # notify can measure accepted → delivered
-                futures.append(await producer.send(
+                sends.add(await producer.send(
                     self.out_topic, value=value, key=r.key, headers=headers,
-                    timestamp_ms=r.timestamp))
+                    timestamp_ms=r.timestamp), r)
             except _UNWRITABLE as exc:
                 # refused before it was queued: the transaction is untouched
                 if span is not None:
@@ -215,7 +282,7 @@ class Enricher:
                 if sent is not None:
                     tracing.fail(sent, exc)
                     sent.end()
-                await self._dead_letter(producer, r, exc, outcome, futures)
+                await self._dead_letter(producer, r, exc, outcome, sends)
                 continue
             outcome.events[(etype, "enriched")] += 1
             outcome.resolved += enriched.resolved
@@ -223,11 +290,10 @@ class Enricher:
             if sent is None:
                 _STAGE_SECONDS.observe(time.perf_counter() - t0)
             else:
-                tracing.end_on_ack(sent, futures[-1])
+                tracing.end_on_ack(sent, sends.acks[-1])
                 _STAGE_SECONDS.observe(time.perf_counter() - t0, tracing.exemplar(span))
         if span is not None:
             span.end()
-        return futures
 
 
 class _WorkerRebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -252,15 +318,8 @@ class Transaction:
         self.records = 0
         self.offsets: dict[TopicPartition, int] = {}
         self.outcome = Outcome()
-        # its sends' acknowledgements: the commit answers for them all; an abort reads
-        # their errors so that asyncio does not log each as never retrieved
-        self.acks: list[Ack] = []
-
-    def forget_acks(self) -> None:
-        """Retrieve the outcome of every send once it settles (an aborted transaction's)."""
-        for ack in self.acks:
-            ack.add_done_callback(_retrieve)
-        self.acks = []
+        # its sends: every one is acknowledged before the transaction commits
+        self.sends = Sends()
 
 
 def _retrieve(fut: asyncio.Future[RecordMetadata]) -> None:
@@ -382,15 +441,7 @@ class Worker:
         self.consumer.subscribe(self.inputs, listener=_WorkerRebalanceListener(self))
         try:  # a set-up failing while a broker is away closes what it made, as a session does
             await self.enricher.read_limits()
-            if self.exactly_once:
-                # InitProducerId: a predecessor with the same transactional id is fenced and
-                # its open transaction aborted
-                self.producer = TransactionalProducer(
-                    **self.settings.kafka.client_options(), **SAFE_PRODUCER,
-                    transactional_id=self.transactional_id,
-                    transaction_timeout_ms=self.settings.transaction_timeout_ms)
-            else:
-                self.producer = make_producer(self.settings)
+            self.producer = self._new_producer()
             await self.producer.start()
             await self.consumer.start()
             self.running = True
@@ -408,7 +459,7 @@ class Worker:
 
     async def _close(self) -> None:
         if self.txn is not None:
-            self.txn.forget_acks()
+            self.txn.sends.forget()
         if self.txn is not None and self.producer is not None:
             with contextlib.suppress(Exception):
                 await self.producer.abort_transaction()
@@ -459,11 +510,12 @@ class Worker:
                     not batch or txn.records >= s.commit_max_records
                     or (time.monotonic() - txn.started) * 1000 >= s.commit_interval_ms):
                 try:
-                    await self._commit()
+                    committed = await self._commit()
                 except FencedByGroupError:
                     self._fenced_by_group()
                 else:
-                    self._allowed()
+                    if committed:
+                        self._allowed()
             elif txn is None and not batch:
                 self._allowed()
 
@@ -506,20 +558,26 @@ class Worker:
             self.attempt.setdefault(tp, records[0].offset)
         for tp, records in batch.items():
             try:
-                txn.acks += await self.enricher.process(producer, records, txn.outcome)
+                await self.enricher.process(producer, records, txn.outcome, txn.sends)
             except BaseException:
                 await self._abort()
                 raise
             txn.offsets[tp] = records[-1].offset + 1
             txn.records += len(records)
 
-    async def _commit(self) -> None:
-        """Commit the open transaction with its offsets, fenced by the group generation;
-        on any failure it is aborted and the error raised."""
+    async def _commit(self) -> bool:
+        """Commit the open transaction with its offsets, fenced by the group generation,
+        once every send in it is acknowledged. A failed send aborts it instead and the
+        worker starts over from the committed offsets (:meth:`_written_again`): False.
+        On any other failure it is aborted and the error raised."""
         txn = self.txn
         assert txn is not None
         producer = self._producer()
         try:
+            failures = await txn.sends.settle()
+            if failures:
+                await self._written_again(failures)
+                return False
             if txn.offsets:
                 await producer.send_offsets_to_transaction(
                     txn.offsets, group_metadata(self._consumer()))
@@ -530,14 +588,87 @@ class Worker:
         self.txn = None
         self.attempt = {}
         self.failures = 0
+        self.enricher.refusals.clear()
         txn.outcome.publish()
+        return True
+
+    async def _written_again(self, failures: SendFailures) -> None:
+        """Sends of the open transaction failed: abort it (nothing of it commits), replace
+        the producer, read the topics' limits again, and start every partition again from
+        its committed offset; the records the broker refused for themselves are
+        dead-lettered when they come round (``shared/write_failures.py``)."""
+        self._refused_writes(failures)
+        await self._abort()
+        await self._replace_producer()
+        await self._rewind()
+
+    async def _rewind(self) -> None:
+        """Every held partition back to its committed offset, once no transaction holds
+        it (the aborted one's markers written): the consumer's position is past what
+        the aborted transaction read."""
+        consumer = self._consumer()
+        held = list(consumer.assignment())
+        committed = await fetch_stable_offsets(
+            consumer, held, timeout=self.settings.transaction_timeout_ms / 1000 + 30)
+        for tp in held:
+            start = committed.get(tp)
+            if start is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, start)
+            self.fresh.discard(tp)
+
+    def _refused_writes(self, failures: SendFailures) -> None:
+        """Log and count a unit of work's failed sends; remember the records refused."""
+        self.enricher.note_refused(failures)
+        if failures.records:
+            WRITE_FAILURES.labels(STAGE, "record").inc(len(failures.records))
+        if failures.producer:
+            WRITE_FAILURES.labels(STAGE, "producer").inc(len(failures.producer))
+        log.warning(f"enrich: writes refused ({failures.kinds()}); nothing of that work is "
+                    "committed, it is written again on a new producer from the committed offsets"
+                    + ("; a record refused for itself goes again in a batch within the limit read "
+                       "again, and to dead-letters if refused twice" if failures.records else ""),
+                    extra={"refused": failures.kinds()})
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        """A producer whose batches fit the output topics' limits as last read (the broker
+        refuses a batch larger than ``max.message.bytes`` whole; a record larger than the
+        limit is dead-lettered before it is sent)."""
+        limit = min(self.enricher.max_out_bytes, self.enricher.dlq.max_bytes) - RECORD_OVERHEAD_BYTES
+        options = {**SAFE_PRODUCER, "max_batch_size": max(1024, min(SAFE_PRODUCER["max_batch_size"], limit))}
+        if self.exactly_once:
+            # InitProducerId: a predecessor with the same transactional id is fenced and
+            # its open transaction aborted
+            producer: AIOKafkaProducer = TransactionalProducer(
+                **self.settings.kafka.client_options(), **options,
+                transactional_id=self.transactional_id,
+                transaction_timeout_ms=self.settings.transaction_timeout_ms)
+            return producer
+        return make_producer(self.settings, max_batch_size=options["max_batch_size"])
+
+    async def _replace_producer(self) -> None:
+        """A new producer in place of one whose writes failed (a new producer id or epoch:
+        its sequence numbers start again), and the topics' limits read again."""
+        old = self.producer
+        self.producer = None
+        if old is not None:
+            try:
+                await asyncio.wait_for(old.stop(), 5.0)
+            except Exception:
+                await abandon_producer(old)
+        with contextlib.suppress(Exception):  # the last limits stand until the next refusal
+            await self.enricher.read_limits()
+        self.producer = self._new_producer()
+        await self.producer.start()
 
     async def _abort(self) -> None:
         if self.txn is not None:
-            self.txn.forget_acks()
+            self.txn.sends.forget()
         self.txn = None
         with contextlib.suppress(Exception):
-            await self._producer().abort_transaction()
+            # bounded: a producer whose broker does not answer is replaced or closed next
+            await asyncio.wait_for(self._producer().abort_transaction(), 10.0)
 
     # --- at least once ----------------------------------------------------------
 
@@ -557,19 +688,29 @@ class Worker:
             self._allowed()
 
     async def _at_least_once(self, batch: dict[TopicPartition, list[Record]]) -> None:
+        """Write the batch's outputs and commit its offsets once all are acknowledged; a
+        failed send commits nothing: the producer is replaced and the batch read again
+        from its first offsets (its refused records then dead-lettered)."""
         producer = self._producer()
         outcome = Outcome()
-        futures = []
+        sends = Sends()
         offsets = {}
         for tp, records in batch.items():
             if not records:
                 continue
-            futures += await self.enricher.process(producer, records, outcome)
+            await self.enricher.process(producer, records, outcome, sends)
             offsets[tp] = records[-1].offset + 1
-        for result in await asyncio.gather(*futures, return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise result  # every other error is read: none is logged as never retrieved
+        failures = await sends.settle()
+        if failures:
+            self._refused_writes(failures)
+            await self._replace_producer()
+            consumer = self._consumer()
+            for tp, records in batch.items():
+                if records:
+                    consumer.seek(tp, records[0].offset)
+            return
         await self._consumer().commit(offsets)
+        self.enricher.refusals.clear()
         outcome.publish()
 
 

@@ -260,3 +260,45 @@ async def test_a_record_whose_header_name_is_not_utf8_is_dead_lettered_and_the_p
         assert "session failed" not in worker.proc.log()
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+async def test_a_write_refused_after_the_limit_was_lowered_at_run_time_loses_nothing(
+    topics: AntingSettings, tmp_path: Path, guarantee: str
+) -> None:
+    """enriched-events' max.message.bytes lowered while enrich runs (it read 1 MB at start):
+    the event whose enriched form is over the new limit goes to dead-letters with the
+    reason; the small event beside it on the same output partition, and every event after
+    the limit is restored, are enriched once (no OutOfOrderSequenceNumber, no loss)."""
+    await load_catalog(topics)
+    worker = Worker(topics, tmp_path, "w", ANTING_ENRICH_GUARANTEE=guarantee).start()
+    try:
+        await worker.wait_ready()
+        await publish(topics, [event(100, ["SAIC Motor"])])  # the session is running
+        await read_topic(topics, topics.topic(ENRICHED_EVENTS), expect=1, timeout=30)
+        await _set_max_message_bytes(topics, ENRICHED_EVENTS, 20_000)
+        big = {**event(1, RESOLVED * 25, kind="agreement"), "id": "big"}  # ~50 KB out
+        neighbour = {**event(2, ["SAIC Motor"]), "id": "neighbour"}  # a few hundred bytes
+        # one key: the same output partition, so one producer batch would hold both
+        await produce(topics, topics.topic(AGREEMENTS), [orjson.dumps(big)], keys=[b"k"])
+        await produce(topics, topics.topic(ANNOUNCEMENTS), [orjson.dumps(neighbour)], keys=[b"k"])
+        letters = await _letters(topics, 1)
+        await _set_max_message_bytes(topics, ENRICHED_EVENTS, 1_000_000)
+        later = [{**event(10 + i, ["Tongji University"]), "id": f"later-{i}"} for i in range(5)]
+        await produce(topics, topics.topic(ANNOUNCEMENTS), [orjson.dumps(e) for e in later],
+                      keys=[b"k"] * len(later))
+        want = ["ev-000100", "neighbour", *(e["id"] for e in later)]
+        out = await read_topic(topics, topics.topic(ENRICHED_EVENTS), expect=len(want), timeout=60)
+        ids = [orjson.loads(r.value)["id"] for r in out]
+        if guarantee == "exactly_once":
+            assert sorted(ids) == sorted(want)
+        else:
+            assert set(ids) == set(want)
+        assert [orjson.loads(dl.value)["id"] for dl in letters] == ["big"]
+        assert letters[0].header("dlq.error.class") in ("RecordTooLarge", "MessageSizeTooLargeError")
+        assert letters[0].header("dlq.original.topic") == topics.topic(AGREEMENTS)
+        metrics = await worker.metrics()
+        assert 'anting_enrich_events_total{outcome="enriched",type="agreement.signed"}' not in metrics
+        assert "enrich is stuck" not in worker.proc.log()
+    finally:
+        worker.stop()
