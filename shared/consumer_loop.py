@@ -11,8 +11,16 @@ for the next record frees up as soon as the outbound call is done, not a produce
 linger and a broker round trip later), and the record counts as done only once
 that awaitable resolves — offsets still never pass unacknowledged work.
 
-At least once: a record whose handler fails, or gives it up (:class:`Abandoned`), is not
-committed and is read again after a restart or rebalance. Records finish out of order;
+At least once: a record whose handler fails, or whose writes fail, is not committed; it
+is tried again in this process after a backoff (1 s doubling to 5 s), never left waiting
+for a restart, because a commit never passes it. What the failure means decides how
+often (``shared/write_failures.py``): a failure of the producer or the broker (a timeout,
+a broker away, ``OutOfOrderSequenceNumber``) is tried again for as long as it lasts; a
+write refused for the record itself, or a handler that raises anything but a Kafka
+error, is tried :data:`RECORD_ATTEMPTS` times and then the input record goes to
+``dead-letters`` (``dead_letter``) with the reason, and the stream goes on. A record a
+handler gives up (:class:`Abandoned`: shutting down) is read again after a restart or
+rebalance. Records finish out of order;
 a commit never passes the first unfinished one of a partition — Spring Kafka's
 out-of-order acknowledgements (``asyncAcks``) defer commits the same way, until the gaps
 are filled.
@@ -30,13 +38,15 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
+from aiokafka.errors import GroupAuthorizationFailedError, KafkaError, TopicAuthorizationFailedError
 from aiokafka.structs import OffsetAndMetadata
 
 from shared.kafka_access import AccessStatus, Backoff, Doing, check_subscription, denial, refusal
 from shared.settings import KafkaSettings
+from shared.write_failures import refuses_the_record
 
-__all__ = ["Abandoned", "ConsumerLoop", "FailureLog", "Handler", "OffsetTracker"]
+__all__ = ["RECORD_ATTEMPTS", "Abandoned", "ConsumerLoop", "DeadLetterer", "FailureLog", "Handler",
+           "OffsetTracker"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,12 @@ log = logging.getLogger(__name__)
 #: record counts as done
 Acks = Awaitable[Any] | list[asyncio.Future[Any]] | None
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[Acks]]
+#: writes the input record to ``dead-letters`` with the reason; returns the write's ack
+DeadLetterer = Callable[[ConsumerRecord[bytes, bytes], BaseException], Awaitable[Any]]
+
+#: how often a record is tried when the failure is its own (see the module) before it is
+#: dead-lettered: the second try is on a renewed producer, after the limits were read again
+RECORD_ATTEMPTS = 3
 
 
 class FailureLog:
@@ -71,8 +87,8 @@ class FailureLog:
         more = self.since.pop(kind, 0)
         self.reported[kind] = now
         tail = f" ({more} more records failed the same way since the last such line)" if more else ""
-        log.error("%s: %s; record left uncommitted, it is read again after a restart or "
-                  "rebalance%s", self.name, what, tail, exc_info=exc)
+        log.error("%s: %s; the record stays uncommitted and is tried again%s",
+                  self.name, what, tail, exc_info=exc)
 
 
 class Abandoned(Exception):
@@ -105,6 +121,7 @@ class OffsetTracker:
             self.pending[tp].discard(offset)
 
     def forget(self, tps: Collection[TopicPartition]) -> None:
+        """The partitions changed hands: nothing of them is pending or committed here."""
         self.generation += 1
         for tp in tps:
             self.handovers[tp] = self.handovers.get(tp, 0) + 1
@@ -159,6 +176,8 @@ class _LoopRebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.loop.drain(revoked, self.loop.revoke_grace)
         await self.loop.commit()
         self.loop.tracker.forget(revoked)
+        for key in [k for k in self.loop.attempts if k[0] in revoked]:
+            del self.loop.attempts[key]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if self.loop.on_assigned is not None:
@@ -199,6 +218,7 @@ class ConsumerLoop:
         kafka: KafkaSettings | None = None,
         group: str | None = None,
         writes: tuple[str, ...] = (),
+        dead_letter: DeadLetterer | None = None,
     ) -> None:
         self.consumer = consumer
         self.topic = topic
@@ -226,6 +246,10 @@ class ConsumerLoop:
         self.backoff = Backoff(cap=access.cap if access is not None else 5.0)
         self._refused: set[str] = set()  # which of poll, commit, writes is refused now
         self._resubscribed = False  # since the group refused this member (see run)
+        self.dead_letter = dead_letter
+        # per record tried again: how many times it failed for a reason of its own
+        self.attempts: dict[tuple[TopicPartition, int], int] = {}
+        self.retry_backoff = Backoff(cap=5.0)  # failures that are not refusals
 
     def subscribe(self) -> None:
         """Subscribe the consumer to the topic, with this loop's rebalance listener."""
@@ -264,16 +288,18 @@ class ConsumerLoop:
             return None
         return denial(exc, self.kafka, self.writing)
 
-    def _again(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
-        """Run the handler on ``record`` again after the backoff (its writes were refused);
-        the record stays pending meanwhile, so no commit passes it. If its partition
-        changes hands meanwhile the retry is dropped: its new owner reads the record again
-        from the committed offset, and a late ``done`` here must not clear that owner's
-        pending offset."""
+    def _again(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes],
+               backoff: Backoff | None = None) -> None:
+        """Run the handler on ``record`` again after the backoff (its writes were refused
+        or failed); the record stays pending meanwhile, so no commit passes it. If its
+        partition changes hands meanwhile the retry is dropped: its new owner reads the
+        record again from the committed offset, and a late ``done`` here must not clear
+        that owner's pending offset."""
         handovers = self.tracker.handovers.get(tp, 0)
+        delay = (backoff or self.backoff).delay()
 
         async def later() -> None:
-            await asyncio.sleep(self.backoff.delay())
+            await asyncio.sleep(delay)
             if self.tracker.handovers.get(tp, 0) != handovers:
                 return
             await self._run_one(tp, record)
@@ -312,6 +338,8 @@ class ConsumerLoop:
     def _finished(self, tp: TopicPartition, offset: int) -> None:
         self.tracker.done(tp, offset)
         self._settled.set()
+        if self.attempts and self.attempts.pop((tp, offset), None) is not None and not self.attempts:
+            self.retry_backoff.reset()
         if self._refused:
             self._allow("writes")
 
@@ -346,14 +374,56 @@ class ConsumerLoop:
 
     def _failed(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], what: str,
                 exc: BaseException | None) -> None:
-        """A record's work failed: refused writes are retried (see the class), any other
-        failure is logged and the record left uncommitted."""
+        """A record's work failed: refused writes are retried (see the class); any other
+        failure is logged once per kind and the record tried again after a backoff, or,
+        when the failure is the record's own and it has had :data:`RECORD_ATTEMPTS`
+        tries, dead-lettered (see the module)."""
         line = self._writes_refused(exc)
-        if line is None:
-            self.failures.failed(what, exc)
+        if line is not None:
+            self._refuse("writes", line)
+            self._again(tp, record)
             return
-        self._refuse("writes", line)
-        self._again(tp, record)
+        self.failures.failed(what, exc)
+        own = exc is not None and (refuses_the_record(exc) or not isinstance(exc, KafkaError))
+        if own:
+            n = self.attempts[(tp, record.offset)] = self.attempts.get((tp, record.offset), 0) + 1
+            if n >= RECORD_ATTEMPTS and self.dead_letter is not None and exc is not None:
+                self._give_up(tp, record, exc)
+                return
+        else:
+            self.attempts.setdefault((tp, record.offset), 0)
+        self._again(tp, record, self.retry_backoff)
+
+    def _give_up(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], exc: BaseException) -> None:
+        """Write ``record`` to ``dead-letters`` with ``exc`` as the reason; done once the
+        letter is acknowledged (a letter that cannot be written is tried again, after the
+        backoff, as long as the partition is this loop's)."""
+        assert self.dead_letter is not None
+        dead_letter = self.dead_letter
+        handovers = self.tracker.handovers.get(tp, 0)
+
+        async def write() -> None:
+            while self.tracker.handovers.get(tp, 0) == handovers:
+                try:
+                    ack = await dead_letter(record, exc)
+                    if ack is not None:
+                        await ack
+                except asyncio.CancelledError:
+                    return
+                except Exception as failed:
+                    self.failures.failed("dead letter not written", failed)
+                    await asyncio.sleep(self.retry_backoff.delay())
+                    continue
+                log.warning("%s: record dead-lettered after %d tries", self.name, RECORD_ATTEMPTS,
+                            extra={"topic": record.topic, "partition": record.partition,
+                                   "offset": record.offset, "error": type(exc).__name__,
+                                   "reason": str(exc)[:200]})
+                self._finished(tp, record.offset)
+                return
+
+        task = asyncio.create_task(write())
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
 
     def _count_down(self, futures: list[asyncio.Future[Any]], tp: TopicPartition,
                     record: ConsumerRecord[bytes, bytes]) -> None:

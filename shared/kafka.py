@@ -13,7 +13,7 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -139,6 +139,91 @@ def make_producer(settings: AntingSettings, **overrides: object) -> AIOKafkaProd
     """An idempotent ``acks=all`` producer; pass ``transactional_id`` for transactions."""
     quiet_transient_kafka_logs()
     return AIOKafkaProducer(**settings.kafka.client_options(), **{**SAFE_PRODUCER, **overrides})
+
+
+class RenewingProducer:
+    """An idempotent producer that replaces itself after any write of it failed: every
+    method and attribute is the current ``AIOKafkaProducer``'s, made by ``factory``.
+
+    Why: an idempotent producer numbers each partition's batches; when one batch fails (the
+    broker refused it, or it timed out) its numbers are spent and every later batch to that
+    partition fails ``OutOfOrderSequenceNumber``, for as long as the producer lives (aiokafka
+    0.14 neither resets them nor bumps the epoch, as Java's producer does). A new producer
+    has a new producer id, so its numbers start again. The failed writes themselves are the
+    caller's to write again (a stage's records stay uncommitted until they are).
+    ``renewals`` counts the replacements. Sends made while the new producer starts go to
+    the old one; the old one is stopped in the background, bounded."""
+
+    def __init__(self, factory: Callable[[], AIOKafkaProducer]) -> None:
+        self._factory = factory
+        self._producer = factory()
+        self._renewing: asyncio.Task[None] | None = None
+        self._retired: set[asyncio.Task[None]] = set()
+        self._started = False
+        self.renewals = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    async def start(self) -> None:
+        await self._producer.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        self._started = False
+        if self._renewing is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._renewing
+        await self._producer.stop()
+        if self._retired:
+            await asyncio.gather(*self._retired, return_exceptions=True)
+
+    async def send(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """``AIOKafkaProducer.send``; a failed write renews the producer."""
+        producer = self._producer
+        fut: asyncio.Future[Any] = await producer.send(*args, **kwargs)
+        fut.add_done_callback(lambda f: self._settled(f, producer))
+        return fut
+
+    async def send_batch(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """``AIOKafkaProducer.send_batch``; a failed write renews the producer."""
+        producer = self._producer
+        fut: asyncio.Future[Any] = await producer.send_batch(*args, **kwargs)
+        fut.add_done_callback(lambda f: self._settled(f, producer))
+        return fut
+
+    def _settled(self, fut: asyncio.Future[Any], producer: AIOKafkaProducer) -> None:
+        if fut.cancelled() or fut.exception() is None:
+            return
+        if producer is self._producer and self._started and self._renewing is None:
+            self._renewing = asyncio.get_running_loop().create_task(self._renew(fut.exception()))
+
+    async def _renew(self, cause: BaseException | None) -> None:
+        old = self._producer
+        try:
+            new = self._factory()
+            await new.start()
+        except Exception:
+            # the broker away: the writes are retried by their stages, and the next failure
+            # tries the replacement again
+            log.info("could not replace the producer after a failed write yet", exc_info=True)
+            self._renewing = None
+            return
+        self._producer = new
+        self.renewals += 1
+        self._renewing = None
+        log.info("producer replaced after a failed write (a new producer id: the old one's "
+                 "sequence numbers were spent)", extra={"error": type(cause).__name__})
+
+        async def retire() -> None:
+            try:
+                await asyncio.wait_for(old.stop(), 10.0)
+            except Exception:  # TimeoutError included: no broker takes the flush
+                await abandon_producer(old)
+
+        task = asyncio.get_running_loop().create_task(retire())
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
 
 
 def make_consumer(
@@ -597,6 +682,6 @@ async def max_message_bytes(settings: AntingSettings, topics: Iterable[str]) -> 
 
 
 __all__ = ["INTERNAL_TOPICS", "PRODUCER_MAX_REQUEST_BYTES", "RECORD_OVERHEAD_BYTES", "SAFE_CONSUMER", "SAFE_PRODUCER",
-           "RecordBatches", "TopicMismatchError", "TransientKafkaLogs", "abandon_producer", "cluster_answers", "cluster_replication", "contract_replication", "ensure_topics", "ensure_topics_once", "make_admin",
+           "RecordBatches", "RenewingProducer", "TopicMismatchError", "TransientKafkaLogs", "abandon_producer", "cluster_answers", "cluster_replication", "contract_replication", "ensure_topics", "ensure_topics_once", "make_admin",
            "make_consumer", "make_producer", "max_message_bytes", "partition_by_key", "quiet_transient_kafka_logs",
            "record_size", "wait_for_partitions"]

@@ -13,8 +13,9 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from services.notify.channels import Sender
 from services.notify.channels.chat import AppriseSender
@@ -30,8 +31,15 @@ from services.notify.settings import NotifySettings
 from services.notify.ssrf import Resolver, system_resolver
 from services.notify.store import SubscriptionStore
 from shared.consumer_loop import ConsumerLoop
-from shared.deadletters import DeadLetterWriter
-from shared.kafka import RecordBatches, cluster_answers, ensure_topics, make_consumer, make_producer
+from shared.deadletters import DeadLetterWriter, from_record
+from shared.kafka import (
+    RecordBatches,
+    RenewingProducer,
+    cluster_answers,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
 from shared.kafka_access import AccessStatus, Doing, until_allowed
 from shared.topics import (
     DEAD_LETTERS,
@@ -69,7 +77,9 @@ class Notifier:
 
     def __init__(self, settings: NotifySettings, channels: Mapping[str, Sender] | None = None) -> None:
         self.settings = settings
-        self.producer = make_producer(settings, linger_ms=20)
+        # one producer for every part of notify, replaced after a failed write (its
+        # sequence numbers spent: shared/kafka.py); the parts hold this one object
+        self.producer = RenewingProducer(lambda: make_producer(settings, linger_ms=20))
         self.store = SubscriptionStore(settings, self.producer)
         self.batches = RecordBatches(self.producer)  # the notifications lines (the ledger's log)
         self.ledger = Ledger(settings, self.producer, self.batches)
@@ -149,19 +159,21 @@ class Notifier:
             # its session timeout to rejoin, so wait at most half of that
             revoke_grace=min(self.settings.timeout_seconds, self.settings.session_timeout_ms / 2000),
             on_assigned=functools.partial(self.ledger.assigned, "events"),
-            group=group, access=access, kafka=kafka, writes=writes,
+            group=group, access=access, kafka=kafka, writes=writes, dead_letter=self._dead_letter,
         )
         sched = ConsumerLoop(
             retries, self.settings.topic(NOTIFY_RETRIES), self.retry_schedule.handle,
             max_in_flight=50_000, commit_interval=self.settings.commit_interval_seconds, name="retries",
             on_assigned=functools.partial(self.ledger.assigned, "retries"),
             group=f"{group}-retries", access=access, kafka=kafka, writes=writes,
+            dead_letter=self._dead_letter,
         )
         windows = ConsumerLoop(
             digests, self.settings.topic(NOTIFY_DIGESTS), self.digests.handle,
             max_in_flight=50_000, commit_interval=self.settings.commit_interval_seconds, name="digests",
             on_assigned=functools.partial(self.ledger.assigned, "digests"),
             group=f"{group}-digests", access=access, kafka=kafka, writes=writes,
+            dead_letter=self._dead_letter,
         )
         for loop in (main, sched, windows):
             loop.subscribe()
@@ -180,6 +192,11 @@ class Notifier:
             for c in self._consumers:
                 with contextlib.suppress(Exception):
                     await c.stop()
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], exc: BaseException) -> Any:
+        """A record whose work failed for a reason of its own, again and again, to
+        ``dead-letters`` (the consumer loops' ``dead_letter``); returns the write's ack."""
+        return await self.dlq.send(from_record(record, stage="notify", error=exc))
 
     async def close(self) -> None:
         """Close the channels, stop the state's readers, flush the ledger's lines, stop the producer."""

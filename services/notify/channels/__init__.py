@@ -14,15 +14,27 @@ from ..notification import Delivery
 Verdict = Literal["ok", "retry", "permanent", "gone"]
 
 
+#: the most characters of an attempt's ``error`` kept: the text often quotes the receiver
+#: (a ``Location``, a reason phrase, an SMTP reply), which a receiver can make as large as
+#: it likes, and it is written into the ``notifications``, retry and dead-letter records
+MAX_ERROR_CHARS = 1000
+
+
 @dataclass(frozen=True)
 class Result:
     """How an attempt went: ``ok``; ``retry`` (transient: timeout, 5xx, 429, ...);
-    ``permanent`` (another 4xx, a refused address); ``gone`` (410: stop sending)."""
+    ``permanent`` (another 4xx, a refused address); ``gone`` (410: stop sending).
+    ``error`` is cut to :data:`MAX_ERROR_CHARS` (an ellipsis and the length say so)."""
 
     verdict: Verdict
     status_code: int | None = None
     error: str | None = None
     retry_after: float | None = None  # seconds the receiver asked us to wait
+
+    def __post_init__(self) -> None:
+        if self.error is not None and len(self.error) > MAX_ERROR_CHARS:
+            cut = f"{self.error[:MAX_ERROR_CHARS]}… ({len(self.error)} characters)"
+            object.__setattr__(self, "error", cut)
 
 
 class Sender(Protocol):
@@ -35,4 +47,4 @@ class Sender(Protocol):
     async def aclose(self) -> None: ...
 
 
-__all__ = ["Result", "Sender", "Verdict"]
+__all__ = ["MAX_ERROR_CHARS", "Result", "Sender", "Verdict"]

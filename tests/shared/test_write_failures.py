@@ -1,0 +1,134 @@
+"""Writes that fail, on the real broker: the consumer loop tries a record again in this
+process instead of leaving it uncommitted until a restart, dead-letters a record whose
+write the broker refuses for itself, and a renewed producer writes on where the old one's
+sequence numbers were spent."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, OutOfOrderSequenceNumber
+
+from devtools.testing import produce, read_topic, wait_until
+from services.notify.channels import MAX_ERROR_CHARS, Result
+from shared.consumer_loop import RECORD_ATTEMPTS, ConsumerLoop
+from shared.deadletters import DeadLetterWriter, from_record, read_dead_letters
+from shared.kafka import RenewingProducer, make_admin, make_consumer, make_producer
+from shared.settings import AntingSettings
+from shared.topics import NOTIFICATIONS, NOTIFY_RETRIES
+from shared.write_failures import refuses_the_record
+
+
+def test_a_failure_is_the_records_own_only_when_sending_it_again_cannot_succeed() -> None:
+    """Too large, corrupt or not serialisable: the record's; a timeout or a broken
+    sequence: the producer's."""
+    assert refuses_the_record(MessageSizeTooLargeError())
+    assert refuses_the_record(TypeError("value must be bytes"))
+    assert not refuses_the_record(KafkaTimeoutError())
+    assert not refuses_the_record(OutOfOrderSequenceNumber())
+
+
+def test_an_attempts_error_text_is_bounded_whatever_the_receiver_sent() -> None:
+    """A 1.2 MB Location quoted in an error is cut, saying how long it was."""
+    result = Result("permanent", 302, "HTTP 302 redirect to " + "x" * 1_200_000 + " not followed")
+    assert result.error is not None and len(result.error) < MAX_ERROR_CHARS + 40
+    assert result.error.endswith("(1200034 characters)")
+
+
+async def _loop(topics: AntingSettings, handler: Any, name: str, **kw: Any) -> tuple[ConsumerLoop, Any]:
+    consumer = make_consumer(topics, group_id=f"{topics.topic_prefix}{name}")
+    await consumer.start()
+    cl = ConsumerLoop(consumer, topics.topic(NOTIFY_RETRIES), handler, max_in_flight=10,
+                      commit_interval=0.1, **kw)
+    cl.subscribe()
+    return cl, consumer
+
+
+async def test_a_record_whose_write_timed_out_is_tried_again_and_committed(topics: AntingSettings) -> None:
+    """A write that fails with a producer timeout once: the record is handled again a
+    moment later (not after a restart), and the partition's commit reaches the end."""
+    topic = topics.topic(NOTIFY_RETRIES)
+    await produce(topics, topic, [b"a", b"b", b"c"], [b"k"] * 3)
+    loop = asyncio.get_running_loop()
+    seen: list[bytes] = []
+
+    async def handler(record: Any) -> list[asyncio.Future[None]]:
+        seen.append(record.value)
+        ack: asyncio.Future[None] = loop.create_future()
+        if record.value == b"b" and seen.count(b"b") == 1:
+            ack.set_exception(KafkaTimeoutError())
+        else:
+            ack.set_result(None)
+        return [ack]
+
+    cl, consumer = await _loop(topics, handler, "timeout")
+    stop = asyncio.Event()
+    task = asyncio.create_task(cl.run(stop, grace=1.0))
+    try:
+        await wait_until(lambda: seen.count(b"b") == 2, 30, "b handled again")
+        tp = next(iter(cl.tracker.next))
+        await wait_until(lambda: cl.tracker.committed.get(tp, 0) >= 3, 30, "committed to the end")
+        assert sorted(seen) == [b"a", b"b", b"b", b"c"]
+    finally:
+        stop.set()
+        await task
+        await consumer.stop()
+
+
+async def test_a_write_the_broker_refuses_for_the_record_dead_letters_it_and_the_stream_goes_on(
+    topics: AntingSettings,
+) -> None:
+    """Each input makes one output record; the output topic takes 2 KB and one input makes
+    8 KB: that input is tried RECORD_ATTEMPTS times, then dead-lettered with the broker's
+    reason; every other input is written, the producer was renewed (later writes to the
+    same partition are not refused as out of sequence) and the commit reaches the end."""
+    out_topic = topics.topic(NOTIFICATIONS)
+    admin = make_admin(topics)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(
+            ConfigResourceType.TOPIC, out_topic, {"max.message.bytes": "2000"})])
+    finally:
+        await admin.close()
+    values = [b"small-1", b"BIG", b"small-2", b"small-3", b"small-4"]
+    await produce(topics, topics.topic(NOTIFY_RETRIES), values, [b"k"] * len(values))
+    producer = RenewingProducer(lambda: make_producer(topics, linger_ms=0))
+    await producer.start()
+    dlq = DeadLetterWriter(producer, topics)
+    tries: dict[bytes, int] = {}
+
+    async def handler(record: Any) -> list[asyncio.Future[Any]]:
+        tries[record.value] = tries.get(record.value, 0) + 1
+        value = record.value * 1000 if record.value == b"BIG" else record.value
+        return [await producer.send(out_topic, value=value, key=b"same-partition")]
+
+    async def dead_letter(record: Any, exc: BaseException) -> Any:
+        return await dlq.send(from_record(record, stage="test", error=exc))
+
+    cl, consumer = await _loop(topics, handler, "refused", dead_letter=dead_letter)
+    stop = asyncio.Event()
+    task = asyncio.create_task(cl.run(stop, grace=1.0))
+    try:
+        tp = TopicPartition(topics.topic(NOTIFY_RETRIES), 0)
+        await wait_until(lambda: any(v >= len(values) for v in cl.tracker.committed.values()), 60,
+                         "committed to the end")
+        tp = next(iter(cl.tracker.committed))
+        assert cl.tracker.committed[tp] == len(values)
+        assert tries[b"BIG"] == RECORD_ATTEMPTS
+        assert producer.renewals >= 1
+        written = sorted(r.value for r in await read_topic(topics, out_topic, expect=4, timeout=30))
+        assert written == [b"small-1", b"small-2", b"small-3", b"small-4"]
+        letters = [dl for _, dl in await read_dead_letters(topics, limit=10, idle_ms=500)]
+        assert [dl.value for dl in letters] == [b"BIG"]
+        assert letters[0].header("dlq.error.class") == "MessageSizeTooLargeError"
+        assert letters[0].header("dlq.original.offset") == "1"
+    finally:
+        stop.set()
+        await task
+        await consumer.stop()
+        await producer.stop()
+
+
