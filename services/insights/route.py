@@ -38,9 +38,10 @@ from shared.deadletters import DeadLetterWriter, from_record
 from shared.events import NotACloudEvent, parse_enriched, record_event_bytes
 from shared.kafka import make_consumer, make_producer
 from shared.kafka_access import AccessStatus, Backoff, Doing, check_subscription, refusal
-from shared.metrics import INSIGHTS_FACTS
+from shared.metrics import INSIGHTS_FACTS, WRITE_FAILURES
 from shared.topics import DEAD_LETTERS, ENRICHED_EVENTS
 from shared.topics import INSIGHTS_FACTS as FACTS_TOPIC
+from shared.write_failures import Coordinates, WritesFailed, settle
 
 __all__ = ["Route"]
 
@@ -64,6 +65,8 @@ class Route:
         self.source = settings.topic(ENRICHED_EVENTS)
         self.target = settings.topic(FACTS_TOPIC)
         self.running = False
+        # records whose facts the broker refused for themselves: the error, how often
+        self.refused: dict[Coordinates, tuple[BaseException, int]] = {}
         # the broker refusing the route (an ACL missing): one line per 30 s naming it, the
         # reason readiness gives, sessions retried with backoff up to 5 s until allowed
         self.access = access or AccessStatus()
@@ -108,12 +111,21 @@ class Route:
                     self._allowed()
                     continue
                 acks: list[asyncio.Future[Any]] = []
+                origins: list[Coordinates] = []
                 for records in batch.values():
                     for record in records:
-                        acks += await self._route(producer, dead_letters, record)
-                for result in await asyncio.gather(*acks, return_exceptions=True):
-                    if isinstance(result, BaseException):
-                        raise result  # the others read: none logged as never retrieved
+                        sent = await self._route(producer, dead_letters, record)
+                        acks += sent
+                        origins += [(record.topic, record.partition, record.offset)] * len(sent)
+                failures = await settle(acks, origins)
+                if failures:
+                    # nothing of the batch is committed; the next session (a new producer:
+                    # this one's sequence numbers are spent) reads it again
+                    for origin, exc in failures.records.items():
+                        self.refused[origin] = (exc, self.refused.get(origin, (exc, 0))[1] + 1)
+                    WRITE_FAILURES.labels("insights", "record").inc(len(failures.records))
+                    WRITE_FAILURES.labels("insights", "producer").inc(len(failures.producer))
+                    raise WritesFailed(failures.kinds())
                 try:
                     await consumer.commit()  # the positions: past every record of the batch
                     self._allowed()
@@ -130,7 +142,13 @@ class Route:
 
     async def _route(self, producer: AIOKafkaProducer, dead_letters: DeadLetterWriter,
                      record: ConsumerRecord[bytes, bytes]) -> list[asyncio.Future[Any]]:
-        """Send the facts of one record (or its dead letter); the delivery futures."""
+        """Send the facts of one record (or its dead letter); the delivery futures. A record
+        whose facts the broker refused twice for themselves is dead-lettered with the reason."""
+        refused = self.refused.get((record.topic, record.partition, record.offset))
+        if refused is not None and refused[1] >= 2:
+            del self.refused[(record.topic, record.partition, record.offset)]
+            INSIGHTS_FACTS.labels("unwritable").inc()
+            return [await dead_letters.send(from_record(record, stage="insights", error=refused[0]))]
         try:
             event = parse_enriched(record_event_bytes(record.value, list(record.headers or ())))
         except (ValidationError, NotACloudEvent) as exc:

@@ -30,9 +30,11 @@ from shared.events import (
     Location,
     Match,
     MatchMethod,
+    NotACloudEvent,
     ResolvedMention,
     dump_event,
     parse_enriched,
+    record_event_bytes,
 )
 from shared.organizations import Organization
 from shared.settings import AntingSettings
@@ -103,8 +105,8 @@ def recompute(records: list[Record]) -> Expected:
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
         assert r.value is not None
         try:
-            ev = parse_enriched(r.value)
-        except ValidationError:
+            ev = parse_enriched(record_event_bytes(r.value, r.headers))
+        except (ValidationError, NotACloudEvent):
             continue
         if (ev.source, ev.id) in seen:
             continue

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from devtools.testing import env_for, produce, read_topic, wait_until
+from devtools.testing import env_for, produce, produce_raw_header, read_topic, wait_until
 from shared.settings import AntingSettings
 from shared.topics import DEAD_LETTERS, ENRICHED_EVENTS
 from tests.insights.helpers import (
@@ -98,12 +98,16 @@ def check_routing_errors_and_cli(topics: AntingSettings, expected: Expected, bas
 
 
 async def test_a_record_insights_cannot_read_is_dead_lettered(topics: AntingSettings, tmp_path: Path) -> None:
-    """A record on enriched-events that is not an enriched event goes to dead-letters
-    (stage insights, the reason, the original bytes) and the events after it are counted."""
+    """A record on enriched-events that is not an enriched event, and one whose header name
+    is not UTF-8 (as kcat writes one), go to dead-letters (stage insights, the reason, the
+    original bytes) and the events after them are counted."""
     events = random_events(40, seed=5)
     poison = b'{"specversion": "1.0", "id": "bad"'
-    await produce(topics, topics.topic(ENRICHED_EVENTS), [poison, *events])
-    expected = await expected_from_topic(topics, len(events) + 1)
+    await produce(topics, topics.topic(ENRICHED_EVENTS), [poison, *events[:20]])
+    # a copy of an event (counted once whatever happens) whose header name is not UTF-8
+    await produce_raw_header(topics, topics.topic(ENRICHED_EVENTS), events[0], partition=0)
+    await produce(topics, topics.topic(ENRICHED_EVENTS), events[20:])
+    expected = await expected_from_topic(topics, len(events) + 2)
     proc, base = instance(topics, tmp_path, "poison")
     proc.start()
     try:
@@ -113,9 +117,13 @@ async def test_a_record_insights_cannot_read_is_dead_lettered(topics: AntingSett
                 break
             await asyncio.sleep(1)
         assert not await asyncio.to_thread(differences, base, expected)
-        letters = await read_topic(topics, topics.topic(DEAD_LETTERS), expect=1, timeout=30)
+        letters = await read_topic(topics, topics.topic(DEAD_LETTERS), expect=2, timeout=30)
     finally:
         proc.terminate()
-    assert len(letters) == 1 and letters[0].value == poison
-    headers = dict(letters[0].headers)
-    assert headers["dlq.stage"] == b"insights" and headers["dlq.original.topic"] == topics.topic(ENRICHED_EVENTS).encode()
+    assert sorted(r.value or b"" for r in letters) == sorted([poison, events[0]])
+    for letter in letters:
+        headers = dict(letter.headers)
+        assert headers["dlq.stage"] == b"insights"
+        assert headers["dlq.original.topic"] == topics.topic(ENRICHED_EVENTS).encode()
+    odd = next(dict(r.headers) for r in letters if r.value == events[0])
+    assert b"header name is not UTF-8" in odd["dlq.error.message"]
