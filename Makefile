@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help setup run test test-fast lint bench bench-quick chaos chaos-cluster up down schema asyncapi-parser clean
+.PHONY: help setup run test test-fast lint bench bench-quick chaos chaos-cluster chaos-faults up down schema asyncapi-parser clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -56,6 +56,13 @@ chaos: setup  ## the kill tests at full size
 # order, unseen and undelivered notifications, and the run the 503s ingest answered
 chaos-cluster: setup  ## the replicated-cluster chaos run at full size (tests/cluster/chaos.py)
 	$(BIN)/python -m tests.cluster.chaos
+
+# Each fault while events flow through enrich (exactly once, at least once) and notify on
+# a broker of its own: the broker SIGSTOPped past the request timeout, the services paused
+# past their session timeout, enriched-events' max.message.bytes lowered and restored, a
+# record no client can decode; prints the matrix (docs/RELIABILITY.md has a full run)
+chaos-faults: setup  ## the fault matrix at full size (tests/faults/matrix.py)
+	$(BIN)/python -m tests.faults.matrix
 
 schema: setup  ## regenerate docs/schemas/ from the models
 	$(BIN)/anting schema

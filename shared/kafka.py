@@ -138,7 +138,8 @@ SAFE_CONSUMER: dict[str, Any] = {
 def make_producer(settings: AntingSettings, **overrides: object) -> AIOKafkaProducer:
     """An idempotent ``acks=all`` producer; pass ``transactional_id`` for transactions."""
     quiet_transient_kafka_logs()
-    return AIOKafkaProducer(**settings.kafka.client_options(), **{**SAFE_PRODUCER, **overrides})
+    return AIOKafkaProducer(**settings.kafka.client_options(), **{
+        **SAFE_PRODUCER, "request_timeout_ms": settings.kafka.request_timeout_ms, **overrides})
 
 
 class RenewingProducer:

@@ -36,6 +36,9 @@ class KafkaSettings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: str | None = None
     ssl_cafile: str | None = None
+    # Kafka's request.timeout.ms for producers: how long a write waits for the broker's
+    # answer before it fails (and the stage writes it again on a new producer)
+    request_timeout_ms: int = Field(30000, ge=1000, le=900000)
     # PLAIN over an unencrypted connection sends the password as it is: refused unless
     # someone says, for a broker on a network they trust, that it is what they want
     allow_insecure_sasl: bool = Field(

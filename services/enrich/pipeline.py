@@ -636,7 +636,8 @@ class Worker:
         refuses a batch larger than ``max.message.bytes`` whole; a record larger than the
         limit is dead-lettered before it is sent)."""
         limit = min(self.enricher.max_out_bytes, self.enricher.dlq.max_bytes) - RECORD_OVERHEAD_BYTES
-        options = {**SAFE_PRODUCER, "max_batch_size": max(1024, min(SAFE_PRODUCER["max_batch_size"], limit))}
+        options = {**SAFE_PRODUCER, "request_timeout_ms": self.settings.kafka.request_timeout_ms,
+                   "max_batch_size": max(1024, min(SAFE_PRODUCER["max_batch_size"], limit))}
         if self.exactly_once:
             # InitProducerId: a predecessor with the same transactional id is fenced and
             # its open transaction aborted
