@@ -1,8 +1,16 @@
-"""Running a service process: an event loop, SIGTERM/SIGINT as a graceful stop.
+"""Running a service process: an event loop, SIGTERM/SIGINT as a graceful stop, bounded.
 
 ``anting serve X`` calls :func:`run_service` with the service's async main; the
 main receives a stop event and must return once it is set (stop fetching, finish
 in-flight work, commit, flush).
+
+A graceful stop may hang in a library (faust's recovery and its consumer thread wait for
+a broker for ever; a flush waits for a broker that is gone), and a supervisor or an
+operator sending SIGTERM expects the process gone. So the stop is bounded: a thread
+(it runs even when the event loop is blocked) ends the process
+``ANTING_STOP_TIMEOUT_SECONDS`` (default 9) after the first signal, and a second signal
+ends it at once. Ending it so is a crash as far as Kafka is concerned, which every
+stage survives by design: what was not committed is read again by the next owner.
 """
 
 from __future__ import annotations
@@ -11,7 +19,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import sys
+import threading
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self
@@ -19,8 +30,24 @@ from typing import Self
 log = logging.getLogger(__name__)
 
 
+#: seconds from the first SIGTERM/SIGINT to the end of the process, however the stop goes
+STOP_TIMEOUT_SECONDS = 9.0
+EXIT_FORCED = 3  # the exit status of a process ended by the stop's bound
+
+
+def stop_timeout() -> float:
+    """``ANTING_STOP_TIMEOUT_SECONDS`` (default :data:`STOP_TIMEOUT_SECONDS`); a value that
+    is not a positive number is the default (the bound must never be off by accident)."""
+    try:
+        value = float(os.environ.get("ANTING_STOP_TIMEOUT_SECONDS", STOP_TIMEOUT_SECONDS))
+    except ValueError:
+        return STOP_TIMEOUT_SECONDS
+    return value if value > 0 else STOP_TIMEOUT_SECONDS
+
+
 def run_service(name: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run ``main(stop)`` until it returns; SIGTERM or SIGINT sets ``stop``."""
+    """Run ``main(stop)`` until it returns; SIGTERM or SIGINT sets ``stop``, and the
+    process ends at most :func:`stop_timeout` seconds later (see the module)."""
     import uvloop
 
     async def _outer() -> None:
@@ -28,7 +55,7 @@ def run_service(name: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, _on_signal, stop, sig)
+                loop.add_signal_handler(sig, _on_signal, stop, sig, name)
         log.info("starting", extra={"service": name})
         await main(stop)
         log.info("stopped", extra={"service": name})
@@ -36,11 +63,26 @@ def run_service(name: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> 
     uvloop.run(_outer())
 
 
-def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+def _on_signal(stop: asyncio.Event, sig: signal.Signals, name: str) -> None:
     if stop.is_set():
+        _exit_now(name, f"a second {sig.name}")
         return
     log.info("shutting down", extra={"signal": sig.name})
     stop.set()
+    timeout = stop_timeout()
+    timer = threading.Timer(timeout, _exit_now, (name, f"no clean stop within {timeout:g} s of {sig.name}"))
+    timer.daemon = True
+    timer.start()
+
+
+def _exit_now(name: str, why: str) -> None:
+    """End the process at once (from any thread), saying why on stderr and in the log."""
+    with contextlib.suppress(Exception):
+        log.warning(f"{name}: stopping now ({why}); what was not committed is read again")
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stderr.flush()
+    os._exit(EXIT_FORCED)
 
 
 def quiet_gc() -> None:
@@ -102,4 +144,4 @@ class BackgroundTask:
         await self.stop()
 
 
-__all__ = ["BackgroundTask", "quiet_gc", "run_service"]
+__all__ = ["EXIT_FORCED", "STOP_TIMEOUT_SECONDS", "BackgroundTask", "quiet_gc", "run_service", "stop_timeout"]

@@ -369,7 +369,7 @@ class Worker:
                 try:
                     await self._commit()
                 except FencedByGroupError:
-                    self._fenced_by_group()
+                    await self._fenced_by_group()
                 except Exception as exc:
                     self.broken = exc
             self.fresh -= tps
@@ -512,19 +512,24 @@ class Worker:
                 try:
                     committed = await self._commit()
                 except FencedByGroupError:
-                    self._fenced_by_group()
+                    await self._fenced_by_group()
                 else:
                     if committed:
                         self._allowed()
             elif txn is None and not batch:
                 self._allowed()
 
-    def _fenced_by_group(self) -> None:
+    async def _fenced_by_group(self) -> None:
         """A zombie's transaction was refused and aborted: the partitions are someone
         else's now. Each starts again from its committed offset (a rebalance reassigns
-        them anyway)."""
+        them anyway), on a new producer: a batch of the aborted transaction that was
+        waiting to be sent again (a produce timed out while the broker did not answer)
+        is not flushed by aiokafka's abort, and sent later it joined the *next*
+        transaction, which then committed that record a second time (seen under a broker
+        paused past the session timeout). The new producer's epoch fences it."""
         log.warning("enrich lost its partitions while a transaction was open: the group "
                     "refused its offsets (KIP-447); the transaction is aborted, the worker rejoins")
+        await self._replace_producer()
         self.fresh |= self._consumer().assignment()
 
     async def _add(self, batch: dict[TopicPartition, list[Record]]) -> None:
@@ -649,19 +654,26 @@ class Worker:
         return make_producer(self.settings, max_batch_size=options["max_batch_size"])
 
     async def _replace_producer(self) -> None:
-        """A new producer in place of one whose writes failed (a new producer id or epoch:
-        its sequence numbers start again), and the topics' limits read again."""
+        """A new producer in place of one whose writes failed or whose transaction was
+        aborted (a new producer id or epoch: its sequence numbers start again, and a
+        late batch of the old one is fenced), and the topics' limits read again."""
         old = self.producer
         self.producer = None
-        if old is not None:
-            try:
-                await asyncio.wait_for(old.stop(), 5.0)
-            except Exception:
-                await abandon_producer(old)
         with contextlib.suppress(Exception):  # the last limits stand until the next refusal
             await self.enricher.read_limits()
-        self.producer = self._new_producer()
-        await self.producer.start()
+        # the new one first: its InitProducerId bumps the transactional id's epoch, so what
+        # the old one still sends while it stops (a batch of an aborted transaction waiting
+        # to be sent again) is refused as fenced, never written into a later transaction
+        new = self._new_producer()
+        try:
+            await new.start()
+        finally:
+            if old is not None:
+                try:
+                    await asyncio.wait_for(old.stop(), 5.0)
+                except Exception:
+                    await abandon_producer(old)
+        self.producer = new
 
     async def _abort(self) -> None:
         if self.txn is not None:

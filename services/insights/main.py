@@ -55,15 +55,27 @@ async def serve(settings: InsightsSettings, stop: asyncio.Event) -> None:
     server = EmbeddedServer(config)
     api = asyncio.create_task(server.serve())
     try:
-        await insights.start()
-        log.info("insights started", extra={"port": settings.port, "url": insights.url})
-        await stop.wait()
+        # faust's start returns once its tables are recovered, which can take long (or, with
+        # the broker gone, for ever): a stop meanwhile must not wait for it
+        starting = asyncio.create_task(insights.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()
+            log.info("insights started", extra={"port": settings.port, "url": insights.url})
+            await stopping
+        else:
+            starting.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(starting, 1)
+        stopping.cancel()
     finally:
         server.should_exit = True
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(api, 10)
+            await asyncio.wait_for(api, 2)
+        # within the process's stop bound (shared/runtime.py), which ends it if this hangs
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(insights.stop(), 30)
+            await asyncio.wait_for(insights.stop(), 5)
         await lag.stop()
 
 
