@@ -178,6 +178,8 @@ class _LoopRebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.loop.tracker.forget(revoked)
         for key in [k for k in self.loop.attempts if k[0] in revoked]:
             del self.loop.attempts[key]
+        for key in [k for k in self.loop.failing if k[0] in revoked]:
+            del self.loop.failing[key]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if self.loop.on_assigned is not None:
@@ -250,6 +252,8 @@ class ConsumerLoop:
         # per record tried again: how many times it failed for a reason of its own
         self.attempts: dict[tuple[TopicPartition, int], int] = {}
         self.retry_backoff = Backoff(cap=5.0)  # failures that are not refusals
+        # per record failing now: since when (monotonic) and the last failure's kind
+        self.failing: dict[tuple[TopicPartition, int], tuple[float, str]] = {}
 
     def subscribe(self) -> None:
         """Subscribe the consumer to the topic, with this loop's rebalance listener."""
@@ -340,6 +344,8 @@ class ConsumerLoop:
         self._settled.set()
         if self.attempts and self.attempts.pop((tp, offset), None) is not None and not self.attempts:
             self.retry_backoff.reset()
+        if self.failing:
+            self.failing.pop((tp, offset), None)
         if self._refused:
             self._allow("writes")
 
@@ -384,6 +390,8 @@ class ConsumerLoop:
             self._again(tp, record)
             return
         self.failures.failed(what, exc)
+        since = self.failing.get((tp, record.offset), (time.monotonic(), ""))[0]
+        self.failing[(tp, record.offset)] = (since, f"{what}: {type(exc).__name__ if exc else 'cancelled'}")
         own = exc is not None and (refuses_the_record(exc) or not isinstance(exc, KafkaError))
         if own:
             n = self.attempts[(tp, record.offset)] = self.attempts.get((tp, record.offset), 0) + 1
@@ -393,6 +401,18 @@ class ConsumerLoop:
         else:
             self.attempts.setdefault((tp, record.offset), 0)
         self._again(tp, record, self.retry_backoff)
+
+    def trouble(self, after: float = 30.0) -> str | None:
+        """What ``/readyz`` says while a record has kept failing for ``after`` seconds or
+        more (``None`` otherwise): the loop, the record's coordinates, how long, and why."""
+        if not self.failing:
+            return None
+        (tp, offset), (since, why) = min(self.failing.items(), key=lambda kv: kv[1][0])
+        age = time.monotonic() - since
+        if age < after:
+            return None
+        return (f"{self.name}: {tp.topic}[{tp.partition}]@{offset} has been failing for {age:.0f} s "
+                f"({why}); it is tried again, and nothing after it on that partition is committed")
 
     def _give_up(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], exc: BaseException) -> None:
         """Write ``record`` to ``dead-letters`` with ``exc`` as the reason; done once the

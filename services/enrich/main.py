@@ -38,6 +38,8 @@ def create_app(worker: Worker) -> FastAPI:
             return False, "loading the organization catalog"
         if not worker.running:
             return False, "not connected to the input topics"
+        if worker.trouble is not None:  # nothing is committed while it lasts
+            return False, f"enrich is stuck: {worker.trouble}"
         return True, f"catalog {worker.catalog.version}, {len(worker.catalog.organizations)} organizations"
 
     app = FastAPI(title="Anting enrich", version="0.1.0")

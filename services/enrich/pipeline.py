@@ -350,6 +350,10 @@ class Worker:
         self.attempt: dict[TopicPartition, int] = {}
         self.failed_at: dict[TopicPartition, int] = {}
         self.failures = 0
+        # units of work whose writes failed since the last commit, and what /readyz says
+        # while that or a session failing at the same offsets lasts
+        self.write_failures = 0
+        self.trouble: str | None = None
         # the broker refusing this worker (an ACL missing, a wrong password): readiness says
         # it, one line per 30 s says it, and sessions are retried with backoff meanwhile
         self.access = AccessStatus()
@@ -422,6 +426,7 @@ class Worker:
         where = ", ".join(f"{tp.topic}[{tp.partition}]@{off}" for tp, off in sorted(
             at.items(), key=lambda kv: (kv[0].topic, kv[0].partition))) or "(no batch)"
         if self.failures >= STUCK_AFTER:
+            self.trouble = f"the session failed {self.failures} times in a row at {where}"
             log.error(f"enrich is stuck: the session failed {self.failures} times in a row at "
                       f"{where}; restarting from the committed offsets", exc_info=True,
                       extra={"offsets": where, "failures": self.failures})
@@ -593,7 +598,7 @@ class Worker:
         self.txn = None
         self.attempt = {}
         self.failures = 0
-        self.enricher.refusals.clear()
+        self._went_on()
         txn.outcome.publish()
         return True
 
@@ -623,9 +628,18 @@ class Worker:
                 consumer.seek(tp, start)
             self.fresh.discard(tp)
 
+    def _went_on(self) -> None:
+        """A unit of work committed: whatever kept failing before is over."""
+        self.enricher.refusals.clear()
+        self.write_failures = 0
+        self.trouble = None
+
     def _refused_writes(self, failures: SendFailures) -> None:
         """Log and count a unit of work's failed sends; remember the records refused."""
         self.enricher.note_refused(failures)
+        self.write_failures += 1
+        if self.write_failures >= STUCK_AFTER:
+            self.trouble = f"writes failed {self.write_failures} times in a row ({failures.kinds()})"
         if failures.records:
             WRITE_FAILURES.labels(STAGE, "record").inc(len(failures.records))
         if failures.producer:
@@ -723,7 +737,7 @@ class Worker:
                     consumer.seek(tp, records[0].offset)
             return
         await self._consumer().commit(offsets)
-        self.enricher.refusals.clear()
+        self._went_on()
         outcome.publish()
 
 

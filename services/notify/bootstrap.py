@@ -97,6 +97,7 @@ class Notifier:
                         "for tests and demos only", settings.retry_time_scale)
         self.started = False
         self._consumers: list[AIOKafkaConsumer] = []
+        self.loops: list[ConsumerLoop] = []  # the consumer loops, once running
         # the broker refusing notify (credentials, certificate, an ACL): readiness says it,
         # one line per 30 s says it, each part retries with backoff until allowed
         self.access = AccessStatus()
@@ -129,6 +130,10 @@ class Notifier:
             return False, self.access.reason
         if not (self.started and self.store.view.ready.is_set() and self.ledger.view.ready.is_set()):
             return False, "loading subscriptions and ledger"
+        for loop in self.loops:
+            trouble = loop.trouble()
+            if trouble is not None:  # a record that keeps failing holds its partition's commits
+                return False, trouble
         try:
             await asyncio.wait_for(cluster_answers(self.producer), 3.0)
         except Exception as exc:
@@ -175,7 +180,8 @@ class Notifier:
             group=f"{group}-digests", access=access, kafka=kafka, writes=writes,
             dead_letter=self._dead_letter,
         )
-        for loop in (main, sched, windows):
+        self.loops = [main, sched, windows]
+        for loop in self.loops:
             loop.subscribe()
 
         async def relay() -> None:

@@ -132,3 +132,36 @@ async def test_a_write_the_broker_refuses_for_the_record_dead_letters_it_and_the
         await producer.stop()
 
 
+
+
+async def test_a_record_that_keeps_failing_is_named_until_it_goes_through(topics: AntingSettings) -> None:
+    """While a record's writes keep timing out, ``trouble()`` (notify's /readyz) names its
+    coordinates and why; once they go through, it is None and the commit moves on."""
+    topic = topics.topic(NOTIFY_RETRIES)
+    await produce(topics, topic, [b"a"], [b"k"])
+    loop = asyncio.get_running_loop()
+    healthy = asyncio.Event()
+
+    async def handler(record: Any) -> list[asyncio.Future[None]]:
+        ack: asyncio.Future[None] = loop.create_future()
+        if healthy.is_set():
+            ack.set_result(None)
+        else:
+            ack.set_exception(KafkaTimeoutError())
+        return [ack]
+
+    cl, consumer = await _loop(topics, handler, "trouble")
+    stop = asyncio.Event()
+    task = asyncio.create_task(cl.run(stop, grace=1.0))
+    try:
+        await wait_until(lambda: cl.trouble(after=0.5) is not None, 30, "the failing record named")
+        trouble = cl.trouble(after=0.5) or ""
+        assert f"{topic}[" in trouble and "@0" in trouble and "KafkaTimeoutError" in trouble
+        healthy.set()
+        await wait_until(lambda: cl.trouble(after=0.0) is None, 30, "the record through")
+        tp = next(iter(cl.tracker.next))
+        await wait_until(lambda: cl.tracker.committed.get(tp, 0) >= 1, 30, "committed")
+    finally:
+        stop.set()
+        await task
+        await consumer.stop()
