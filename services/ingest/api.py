@@ -32,7 +32,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import request_response
 
 from services.ingest.codec import Rejection, decode_data, decode_events, to_records
-from services.ingest.publisher import BrokerUnavailable, Publisher
+from services.ingest.publisher import BrokerUnavailable, Publisher, RecordRefused
 from services.ingest.settings import IngestSettings
 from shared import tracing
 from shared.access import EVENTS_PUBLISH
@@ -309,6 +309,10 @@ async def _accept(state: IngestState, events: list[Any], traceparent: str | None
                        f"retry later ({exc})",
                        [ErrorItem("$", "broker unavailable", "unavailable")],
                        headers={"Retry-After": "1"}).response()
+    except RecordRefused as exc:
+        where = f"[{exc.index}]" if len(events) > 1 else "$"
+        return Problem(413, f"{exc}; sending it again will not help",
+                       [ErrorItem(where, "refused by the broker", "too_large")]).response()
     elapsed = time.perf_counter() - started
     stage = STAGE_SECONDS.labels("ingest")
     # the request's trace, when traced: a slow bucket links to it

@@ -41,6 +41,7 @@ from shared.kafka_access import (
 )
 from shared.settings import AntingSettings
 from shared.topics import INPUT_TOPICS_BY_TYPE
+from shared.write_failures import refuses_the_record
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,17 @@ RETRY_AFTER_FAILED_START = 0.5
 
 class BrokerUnavailable(RuntimeError):
     """The broker did not acknowledge in time (or could not be reached)."""
+
+
+class RecordRefused(RuntimeError):
+    """The broker refused a record for what it is (larger than its topic takes *now*: a
+    topic's ``max.message.bytes`` can be lowered at run time; or invalid): sending it
+    again cannot succeed, so the client is told so (413), not asked to retry (503).
+    ``index`` is the record's place in the request."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class Publisher:
@@ -195,7 +207,15 @@ class Publisher:
                 f"{len(pending)} of {len(futures)} records not acknowledged in time")
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
+            # a failed batch spent the producer's sequence numbers: a new one for what follows
             self._discard(producer)
+            for index, fut in enumerate(futures):
+                refusal = fut.exception()
+                if refusal is not None and refuses_the_record(refusal):
+                    raise RecordRefused(
+                        f"the broker refused record {index} ({type(refusal).__name__}: the topic "
+                        f"{records[index].topic} takes smaller records now, or it is invalid); "
+                        f"{len(futures) - len(errors)} of {len(futures)} were written", index) from refusal
             raise self._refused(errors[0]) or BrokerUnavailable(
                 f"the broker did not acknowledge: {errors[0]!r}")
         return [f.result() for f in futures]
