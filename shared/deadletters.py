@@ -317,6 +317,7 @@ class _Reader:
     async def __aenter__(self) -> _Reader:
         await self.consumer.start()
         try:
+            await self._may_read()
             every = await topic_partitions(self.settings)
             self.all_topics = set(every)
             self.partitions = [TopicPartition(self.topic, p) for p in every.get(self.topic, ())]
@@ -324,6 +325,32 @@ class _Reader:
             await self.consumer.stop()
             raise
         return self
+
+    async def _may_read(self) -> None:
+        """Raise ``TopicAuthorizationFailedError`` unless this principal may Read the topic.
+
+        A topic the principal may not Describe is simply absent from the metadata of all
+        topics, exactly like one that does not exist: without asking, a refusal would
+        read as "no letters". A topic that does not exist is no refusal (it holds none)."""
+        from aiokafka.errors import (
+            IncompatibleBrokerVersion,
+            KafkaError,
+            TopicAuthorizationFailedError,
+            UnknownTopicOrPartitionError,
+        )
+
+        from shared.kafka_access import topic_operations
+
+        try:
+            allowed = (await topic_operations(self.consumer._client, [self.topic]))[self.topic]
+        except IncompatibleBrokerVersion:  # before Kafka 2.3 it cannot say; a fetch will
+            return
+        if isinstance(allowed, UnknownTopicOrPartitionError):
+            return
+        if isinstance(allowed, KafkaError):
+            raise allowed
+        if "Read" not in allowed:
+            raise TopicAuthorizationFailedError(self.topic)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.consumer.stop()
