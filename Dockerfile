@@ -12,7 +12,7 @@ WORKDIR /app
 # The pinned dependencies first, in a layer that changes only with the lock file:
 # install the project's runtime dependencies (constrained by requirements.lock)
 # from its metadata alone, with empty packages standing in for the code.
-COPY pyproject.toml requirements.lock README.md ./
+COPY pyproject.toml requirements.lock README.md LICENSE ./
 RUN mkdir -p shared services \
  && touch shared/__init__.py services/__init__.py \
  && pip install -c requirements.lock . \

@@ -153,11 +153,17 @@ app.add_typer(topics_app, name="topics")
 @topics_app.command("create")
 def topics_create() -> None:
     """Create every registered topic that does not exist yet (idempotent)."""
+    from aiokafka.errors import KafkaError
+
     from shared.kafka import ensure_topics
     from shared.settings import AntingSettings
 
     settings = settings_mod.load(AntingSettings)
-    created = asyncio.run(ensure_topics(settings))
+    _on_broker(settings, "creating topics")
+    try:
+        created = asyncio.run(ensure_topics(settings))
+    except (KafkaError, OSError, TimeoutError) as exc:
+        _kafka_failed(exc, settings)
     console.print(f"created {len(created)} topic(s): {', '.join(created) or '(all existed)'}")
 
 
@@ -321,6 +327,30 @@ def _cell(text: str | None) -> Any:
                 if any(not c.isprintable() for c in text) else text)
 
 
+def _on_broker(settings: Any, what: str) -> None:  # Any: AntingSettings, imported late
+    """Say on stderr which broker an operator command uses, and as whom: Kafka knows no
+    tenants, so these commands are the cluster principal's, not an API key's."""
+    from shared.kafka_access import principal
+
+    console.print(f"{what} on broker {settings.kafka.bootstrap_servers} as "
+                  f"{principal(settings.kafka)}", highlight=False)
+
+
+def _kafka_failed(exc: BaseException, settings: Any, reads: tuple[str, ...] = (),
+                  writes: tuple[str, ...] = (), after: str = "") -> NoReturn:
+    """``error:`` naming who was refused what on which broker (or that none answered), then
+    exit 2: a refusal is never printed as an empty answer."""
+    from rich.text import Text
+
+    from shared.kafka_access import Doing, refusal
+
+    line = asyncio.run(refusal(exc, settings.kafka, Doing(reads=reads, writes=writes)))
+    said = line or f"{type(exc).__name__}: {exc}"
+    console.print(Text.assemble(("error: ", "red"),
+                                f"{said} (broker {settings.kafka.bootstrap_servers}){after}"))
+    raise typer.Exit(2)
+
+
 def _when(ms: int) -> str:
     from datetime import UTC, datetime
 
@@ -347,13 +377,19 @@ def dlq_list(
     why it failed. Examples: `anting dlq list --since 2h --stage enrich`,
     `anting dlq list --topic announcements --limit 20`, `anting dlq list --reverse`."""
     import orjson
+    from aiokafka.errors import KafkaError
 
     from shared.deadletters import read_letters, show_bytes
     from shared.settings import AntingSettings
+    from shared.topics import DEAD_LETTERS
 
     selection = _dlq_selection(stage, topic, since, until, partition, from_offset, to_offset)
     settings = settings_mod.load(AntingSettings)
-    letters = asyncio.run(read_letters(settings, selection, limit=limit, newest_first=not reverse))
+    _on_broker(settings, f"reading {settings.topic(DEAD_LETTERS)}")
+    try:
+        letters = asyncio.run(read_letters(settings, selection, limit=limit, newest_first=not reverse))
+    except (KafkaError, OSError, TimeoutError) as exc:
+        _kafka_failed(exc, settings, reads=(settings.topic(DEAD_LETTERS),))
     if as_json:
         for stored in letters:
             letter = stored.letter
@@ -411,6 +447,7 @@ def dlq_replay(
 
     from shared.deadletters import ReplayFailed, ReplayReport, offset_ranges, replay
     from shared.settings import AntingSettings
+    from shared.topics import DEAD_LETTERS, DEAD_LETTERS_REPLAYED
 
     selection = _dlq_selection(stage, topic, since, until, partition, from_offset, to_offset)
     if not selection.narrows() and not all_letters:
@@ -418,6 +455,7 @@ def dlq_replay(
                       "--since/--until or --from-offset/--to-offset; or --all for every one")
         raise typer.Exit(2)
     settings = settings_mod.load(AntingSettings)
+    _on_broker(settings, "replaying " + settings.topic(DEAD_LETTERS))
 
     def run_replay(progress: Callable[[str, int, int], None] | None = None) -> ReplayReport:
         return asyncio.run(replay(settings, selection, limit=limit, again=again, dry_run=dry_run,
@@ -441,9 +479,8 @@ def dlq_replay(
     except ReplayFailed as exc:
         failed, report = exc, exc.report
     except (KafkaError, OSError, TimeoutError) as exc:
-        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc} "
-                      f"(broker {settings.kafka.bootstrap_servers}); nothing was sent")
-        raise typer.Exit(2) from None
+        _kafka_failed(exc, settings, reads=(settings.topic(DEAD_LETTERS), settings.topic(DEAD_LETTERS_REPLAYED)),
+                      writes=(settings.topic(DEAD_LETTERS_REPLAYED),), after="; nothing was sent")
 
     done = "would replay" if report.dry_run else "replayed"
     rows = sorted([(e, done) for e in report.replayed] + [(e, "skipped") for e in report.skipped],

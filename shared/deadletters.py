@@ -317,6 +317,7 @@ class _Reader:
     async def __aenter__(self) -> _Reader:
         await self.consumer.start()
         try:
+            await self._may_read()
             every = await topic_partitions(self.settings)
             self.all_topics = set(every)
             self.partitions = [TopicPartition(self.topic, p) for p in every.get(self.topic, ())]
@@ -324,6 +325,32 @@ class _Reader:
             await self.consumer.stop()
             raise
         return self
+
+    async def _may_read(self) -> None:
+        """Raise ``TopicAuthorizationFailedError`` unless this principal may Read the topic.
+
+        A topic the principal may not Describe is simply absent from the metadata of all
+        topics, exactly like one that does not exist: without asking, a refusal would
+        read as "no letters". A topic that does not exist is no refusal (it holds none)."""
+        from aiokafka.errors import (
+            IncompatibleBrokerVersion,
+            KafkaError,
+            TopicAuthorizationFailedError,
+            UnknownTopicOrPartitionError,
+        )
+
+        from shared.kafka_access import topic_operations
+
+        try:
+            allowed = (await topic_operations(self.consumer._client, [self.topic]))[self.topic]
+        except IncompatibleBrokerVersion:  # before Kafka 2.3 it cannot say; a fetch will
+            return
+        if isinstance(allowed, UnknownTopicOrPartitionError):
+            return
+        if isinstance(allowed, KafkaError):
+            raise allowed
+        if "Read" not in allowed:
+            raise TopicAuthorizationFailedError(self.topic)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.consumer.stop()
@@ -454,6 +481,12 @@ async def read_dead_letters(
 
 REPLAY_CHUNK = 100  # letters per transaction: what a crash can leave unsent, to send again
 
+#: The header replay puts on each record it sends back: ``<stage> <partition>@<offset>`` of
+#: the letter it came from. Not a ``dlq.*`` name, so a stage that fails on the record again
+#: keeps it on the new letter (:func:`dead_letter` leaves out only ``dlq.*`` headers), and
+#: the next replay knows that letter as one a replay already sent round.
+REPLAYED_HEADER = "anting.replayed"
+
 
 @dataclass(frozen=True)
 class ReplayEntry:
@@ -521,8 +554,10 @@ async def replayed_letters(settings: AntingSettings) -> dict[tuple[int, int], di
     return out
 
 
-def _why_not(stored: StoredLetter, topics: set[str], own: str) -> str:
-    """Why ``stored`` cannot be sent back ("" when it can)."""
+def _why_not(stored: StoredLetter, topics: set[str], own: str, again: bool = False) -> str:
+    """Why ``stored`` cannot be sent back ("" when it can); unless ``again``, a letter the
+    same stage wrote for a record a replay had sent (it failed again: sending it round once
+    more would only make another letter)."""
     topic = stored.original_topic
     if not topic:
         if stored.letter.header("dlq.file") is not None:
@@ -536,6 +571,10 @@ def _why_not(stored: StoredLetter, topics: set[str], own: str) -> str:
         return "its original topic is dead-letters itself"
     if topic not in topics:
         return f"original topic {topic} does not exist"
+    came = (stored.letter.header(REPLAYED_HEADER) or "").split(" ")
+    if not again and len(came) == 2 and came[0] == stored.stage:
+        return (f"failed again after a replay: its record was sent round from letter {came[1]}; "
+                "fix the cause, then --again sends it once more")
     return ""
 
 
@@ -569,7 +608,7 @@ async def _select(
                 before = done.get((stored.partition, stored.offset))
                 if before is not None and before.get("timestamp") == stored.timestamp and not again:
                     report.replayed_before.append(_entry(stored, replayed_at=str(before.get("replayed_at", ""))))
-                elif reason := _why_not(stored, reader.all_topics, reader.topic):
+                elif reason := _why_not(stored, reader.all_topics, reader.topic, again):
                     report.skipped.append(_entry(stored, reason))
                 else:
                     report.replayed.append(_entry(stored))
@@ -632,7 +671,9 @@ async def _send(
                     continue
                 if not pending:
                     await producer.begin_transaction()
-                headers = [(k, v) for k, v in (r.headers or ()) if not k.startswith("dlq.")]
+                headers = [(k, v) for k, v in (r.headers or ())
+                           if not k.startswith("dlq.") and k != REPLAYED_HEADER]
+                headers.append((REPLAYED_HEADER, f"{entry.stage} {entry.partition}@{entry.offset}".encode()))
                 await producer.send(entry.topic, value=r.value, key=r.key, headers=headers)
                 await producer.send(markers, key=_marker_key(entry.partition, entry.offset), value=orjson.dumps({
                     "partition": entry.partition, "offset": entry.offset, "timestamp": entry.timestamp,
@@ -669,8 +710,10 @@ async def replay(
 ) -> ReplayReport:
     """Send the oldest ``limit`` dead letters ``selection`` keeps back to their original
     topic (original key, value and headers, ``dlq.*`` left out), each recorded on
-    ``dead-letters-replayed`` in the same transaction; letters an earlier replay sent are
-    skipped unless ``again``. Letters that cannot be sent are skipped with the reason:
+    ``dead-letters-replayed`` in the same transaction, and carrying :data:`REPLAYED_HEADER`;
+    letters an earlier replay sent, and letters a stage wrote for a record a replay sent
+    (it failed again), are skipped unless ``again``. Letters that cannot be sent are
+    skipped with the reason:
     no original topic (a bad line of a file), a value cut to fit, an original topic
     that does not exist. ``dry_run`` sends and records nothing. ``progress(phase, done,
     total)`` is called while reading (offsets) and sending (letters).
@@ -733,7 +776,7 @@ def offset_ranges(entries: Iterable[ReplayEntry]) -> str:
     return " ".join(parts)
 
 
-__all__ = ["MAX_MESSAGE", "REPLAY_CHUNK", "DeadLetter", "DeadLetterWriter", "Headers", "Keep",
+__all__ = ["MAX_MESSAGE", "REPLAYED_HEADER", "REPLAY_CHUNK", "DeadLetter", "DeadLetterWriter", "Headers", "Keep",
            "Progress", "ReplayEntry", "ReplayFailed", "ReplayReport", "Selection", "StoredLetter",
            "dead_letter", "fit", "from_record", "offset_ranges", "origin", "parse_when",
            "read_dead_letters", "read_letters", "replay", "replay_dead_letters",

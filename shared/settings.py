@@ -124,6 +124,10 @@ def _check_cafile(path: str) -> None:
         raise ValueError(f"{where}: not a file of PEM CA certificates ({exc})") from None
 
 
+#: the values ANTING_LOG_LEVEL takes (any case): Python's logging levels, most verbose first
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 class AntingSettings(BaseSettings):
     """What every service shares: the broker and the topic prefix."""
 
@@ -133,6 +137,15 @@ class AntingSettings(BaseSettings):
     # read under their own names whatever a service's env_prefix is
     topic_prefix: str = Field("", validation_alias=AliasChoices("ANTING_TOPIC_PREFIX", "topic_prefix"))
     log_level: str = Field("INFO", validation_alias=AliasChoices("ANTING_LOG_LEVEL", "log_level"))
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        # refused here, by name, rather than by logging's setLevel as a traceback at start
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not a log level: one of {', '.join(LOG_LEVELS)}")
+        return level
 
     def topic(self, topic: Topic) -> str:
         """The full name of a registered topic under this prefix."""
@@ -146,19 +159,43 @@ class SettingsError(SystemExit):
 S = TypeVar("S", bound=BaseSettings)
 
 
+def variable_names(cls: type[BaseSettings]) -> dict[str, str]:
+    """``{name: environment variable}`` for every field of ``cls`` and every alias of one:
+    a field is read from ``<env_prefix><NAME>``, or, when it has a validation alias, from
+    its first choice alone (``ANTING_RATE_LIMIT`` whatever the service's prefix)."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    names: dict[str, str] = {}
+    for name, field in cls.model_fields.items():
+        alias = field.validation_alias
+        choices = [c for c in alias.choices if isinstance(c, str)] if isinstance(alias, AliasChoices) \
+            else [alias] if isinstance(alias, str) else []
+        env = choices[0].upper() if choices else (prefix + name).upper()
+        names[name] = env
+        for choice in choices:
+            names[choice] = env
+    return names
+
+
 def _build(cls: type[S], **kwargs: Any) -> S:  # Any: pydantic-settings' own init arguments
     try:
         return cls(**kwargs)
     except ValidationError as exc:
-        prefix = str(cls.model_config.get("env_prefix", ""))
+        names = variable_names(cls)
         lines = []
         for e in exc.errors(include_url=False):
             # a check across fields (no loc) names its variables itself, without pydantic's
             # "Value error, " in front
             error = (e.get("ctx") or {}).get("error")
             msg = str(error) if e["type"] == "value_error" and error is not None else e["msg"]
-            variable = (prefix + "_".join(str(p) for p in e["loc"])).upper()
-            lines.append(f"  {variable}: {msg}" if e["loc"] else f"  {msg}")
+            if not e["loc"]:
+                lines.append(f"  {msg}")
+                continue
+            # the error's loc is the field's name, or the alias it was read by: either way
+            # the variable a user typed (never the prefix glued to an alias)
+            first, *rest = (str(p) for p in e["loc"])
+            variable = "_".join([names.get(first, first.upper()), *(p.upper() for p in rest)])
+            # the value is not echoed: the variable may hold a password or a key
+            lines.append(f"  {variable}: {msg}")
         raise SettingsError("bad setting:\n" + "\n".join(lines)) from None
 
 
@@ -169,4 +206,4 @@ def load(cls: type[S], **overrides: Any) -> S:  # Any: field values of any type
     return _build(cls, **overrides)
 
 
-__all__ = ["AntingSettings", "KafkaSettings", "SettingsError", "load"]
+__all__ = ["LOG_LEVELS", "AntingSettings", "KafkaSettings", "SettingsError", "load", "variable_names"]

@@ -1,8 +1,9 @@
 """The HTTP surface of notify (FastAPI): subscriptions CRUD (each with its delivery
-health: failing since when, deliveries waiting, the next attempt), enabling a disabled
-subscription again, secret rotation, the enriched stream as Server-Sent Events and the
+health: failing since when, deliveries waiting, the next attempt), disabling one and
+enabling it again, secret rotation, the enriched stream as Server-Sent Events and the
 short-lived tokens a browser opens it with, health and metrics. Errors are RFC 9457
-problem+json.
+problem+json. The ``anting`` CLI's subscription commands and ``anting subscribe`` are
+clients of these routes (``services/notify/client.py``).
 
 Who may do what (keys: ``ANTING_API_KEYS``, ``ANTING_API_KEYS_FILE``; see
 ``shared/access.py``): the subscription routes need ``subscriptions:manage`` and act on the
@@ -10,8 +11,8 @@ key's tenant's subscriptions only — another tenant's id is answered exactly as
 one (404, the same body), and the list holds the tenant's own; an ``admin`` key acts on
 every tenant's. ``/v1/stream`` needs ``stream:read``, from a key or from a stream token in
 ``?access_token=`` (``POST /v1/stream-tokens``); a stream opened with a token ends when the
-token expires. Creating, deleting, rotating, enabling and issuing tokens count against the
-key's rate (``ANTING_RATE_LIMIT``, 429 beyond it).
+token expires. Creating, deleting, rotating, enabling, disabling and issuing tokens count
+against the key's rate (``ANTING_RATE_LIMIT``, 429 beyond it).
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ MAX_STREAM_TOKEN_TTL_SECONDS = 3600
 
 #: The longest grace period a rotation may give the previous secret: a year.
 MAX_GRACE_SECONDS = 366 * 24 * 3600
+
+#: ``disabled_reason`` of a subscription a person disabled (``POST .../disable``).
+DISABLED_BY_REQUEST = "disabled on request"
 
 
 def _request_schema() -> dict[str, Any]:
@@ -238,6 +242,25 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
         if out is None:
             return problem(404, f"no subscription {sub_id}")
         return JSONResponse(store.view_of(out[0]))
+
+    @app.post("/v1/subscriptions/{sub_id}/disable", tags=["subscriptions"],
+              summary="Disable a subscription: nothing more is sent until it is enabled again",
+              description="New events no longer match it and its retries wait (they are kept, "
+                          "and resume when it is enabled). `disabled_reason` says it was "
+                          "disabled through the API. Disabling one that is disabled already "
+                          "changes nothing.",
+              responses=problem_responses(401, 403, 404, 429, 503))
+    async def disable(sub_id: str, who: LimitedManager) -> Response:
+        if store.owned(sub_id, _tenant(who)) is None:
+            return problem(404, f"no subscription {sub_id}")
+        try:
+            await store.disable(sub_id, DISABLED_BY_REQUEST)
+        except Exception as exc:
+            return problem(503, f"could not store the subscription: {type(exc).__name__}")
+        sub = store.get(sub_id)
+        if sub is None:  # deleted meanwhile
+            return problem(404, f"no subscription {sub_id}")
+        return JSONResponse(store.view_of(sub))
 
     @app.delete("/v1/subscriptions/{sub_id}", status_code=204, tags=["subscriptions"],
                 summary="Delete a subscription", responses=problem_responses(401, 403, 404, 429, 503))
@@ -393,5 +416,5 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
             await asyncio.shield(consumer.stop())
 
 
-__all__ = ["MAX_GRACE_SECONDS", "MAX_STREAM_TOKEN_TTL_SECONDS", "SSE_HEARTBEAT_SECONDS", "SSE_RESUME_POINTS", "ResumePoints", "create_app",
+__all__ = ["DISABLED_BY_REQUEST", "MAX_GRACE_SECONDS", "MAX_STREAM_TOKEN_TTL_SECONDS", "SSE_HEARTBEAT_SECONDS", "SSE_RESUME_POINTS", "ResumePoints", "create_app",
            "filter_from_query", "sse_events"]

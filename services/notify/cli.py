@@ -1,26 +1,29 @@
 """Commands of the notify service, merged into `anting` (keep imports here light):
-``anting subscriptions add|list|enable|rm`` and ``anting subscribe`` (tail the enriched stream)."""
+``anting subscriptions add|list|enable|disable|rm`` and ``anting subscribe`` (tail the
+enriched stream).
+
+Each is a client of the running notify's HTTP API (``services/notify/client.py``) with
+``ANTING_API_KEY``: it sees and changes only what that key's tenant may, and when notify
+does not answer it fails naming the URL it tried. None reads or writes Kafka itself."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 if TYPE_CHECKING:  # imported where used: `anting --help` stays quick
-    from services.notify.settings import NotifySettings
-    from services.notify.store import SubscriptionStore
-    from shared.subscriptions import Filter, Subscription, SubscriptionRequest
+    from services.notify.client import NotifyClient
 
 T = TypeVar("T")
 
 app = typer.Typer()
-subs_app = typer.Typer(help="Subscriptions (kept on the compacted subscriptions topic).", no_args_is_help=True)
+subs_app = typer.Typer(help="Subscriptions of the key's tenant, through the notify API "
+                       "(ANTING_NOTIFY_URL, ANTING_API_KEY).", no_args_is_help=True)
 app.add_typer(subs_app, name="subscriptions")
 
 
@@ -42,40 +45,31 @@ def _filter(types: list[str] | None, kinds: list[str] | None, orgs: list[str] | 
             "sectors": sectors or [], "cities": cities or []}
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     sys.stderr.write(f"error: {message}\n")
     raise typer.Exit(2)
 
 
-async def _with_store(fn: Callable[[SubscriptionStore, NotifySettings], Awaitable[T]], *,
-                      health: bool = False) -> T:
-    """Run ``fn(store, settings)`` on the subscriptions read from Kafka; with ``health``, the
-    store also knows each subscription's delivery health, from the ledger folded from the
-    last 7 days of ``notifications`` (the same fold a running notify keeps in memory)."""
-    from services.notify.ledger import Ledger
-    from services.notify.settings import NotifySettings
-    from services.notify.store import SubscriptionStore
-    from shared.kafka import ensure_topics, make_producer
-    from shared.settings import load
-    from shared.topics import NOTIFICATIONS, SUBSCRIPTIONS
+def _notify() -> NotifyClient:
+    from services.notify.client import NotifyClient
 
-    settings = load(NotifySettings)
-    await ensure_topics(settings, [SUBSCRIPTIONS, NOTIFICATIONS] if health else [SUBSCRIPTIONS])
-    producer = make_producer(settings)
-    await producer.start()
-    store = SubscriptionStore(settings, producer)
-    ledger = Ledger(settings, producer) if health else None
+    return NotifyClient.from_env()
+
+
+def _through_api(call: Callable[[NotifyClient], T]) -> T:
+    """``call(client)`` on notify's API; exit 2 naming the URL when notify does not answer
+    or refuses (a 404 says ``no subscription <id>``, whether the id is unknown or another
+    tenant's)."""
+    from services.notify.client import NotifyRefused, NotifyUnreachable
+
     try:
-        await store.start()
-        if ledger is not None:
-            await ledger.view.start()
-            store.health = ledger.health
-        return await fn(store, settings)
-    finally:
-        if ledger is not None:
-            await ledger.view.stop()
-        await store.stop()
-        await producer.stop()
+        return call(_notify())
+    except NotifyRefused as exc:
+        if exc.status == 404:
+            _fail(f"{exc.detail} (notify at {exc.url})")
+        _fail(str(exc))
+    except NotifyUnreachable as exc:
+        _fail(f"{exc}; nothing was read or changed")
 
 
 @subs_app.command("add")
@@ -98,8 +92,6 @@ def subscriptions_add(
     from pydantic import ValidationError
 
     from services.notify.settings import parse_schedule
-    from services.notify.ssrf import literal_refusal
-    from services.notify.store import public_view
     from shared.events import error_paths
     from shared.subscriptions import SubscriptionRequest
 
@@ -129,63 +121,9 @@ def subscriptions_add(
         return
 
     # The running notify service decides (its ANTING_NOTIFY_ALLOW_NETWORKS, not this
-    # shell's): the CLI goes through its API when it answers.
-    created = _create_through_api(request)
-    if created is not None:
-        sys.stdout.write(orjson.dumps(created, option=orjson.OPT_INDENT_2).decode() + "\n")
-        return
-
-    async def create(store: SubscriptionStore, settings: NotifySettings) -> dict[str, Any]:
-        if request.channel.type == "webhook":
-            why = literal_refusal(request.channel.url, settings.networks())
-            if why:
-                _fail(f"webhook URL refused: {why} (checked here: notify did not answer at "
-                      f"{_api_url(settings)})")
-        sub, secret = await store.create(request)
-        out = public_view(sub)
-        if secret:
-            out["secret"] = secret
-        return out
-
-    out = asyncio.run(_with_store(create))
-    sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
-def _api_url(settings: NotifySettings) -> str:
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    return f"http://{host}:{settings.port}/v1/subscriptions"
-
-
-def _create_through_api(request: SubscriptionRequest) -> dict[str, Any] | None:
-    """POST the subscription to the running notify service (``ANTING_NOTIFY_HOST``/``_PORT``,
-    ``ANTING_API_KEY``, else the first of ``ANTING_API_KEYS``): its answer (201, with the secret), or exit 2 with
-    its problem's field paths; ``None`` when nothing answers there, and the caller writes the
-    subscriptions topic itself."""
-    import httpx
-
-    from services.notify.settings import NotifySettings
-    from shared.access import client_key
-    from shared.settings import load
-
-    settings = load(NotifySettings)
-    url = _api_url(settings)
-    key = client_key(os.environ)
-    headers = {"authorization": f"Bearer {key}"} if key else {}
-    try:
-        resp = httpx.post(url, content=request.model_dump_json(exclude_unset=True),
-                          headers={"content-type": "application/json", **headers}, timeout=10)
-    except httpx.TransportError:
-        return None
-    if resp.status_code == 201:
-        return resp.json()  # type: ignore[no-any-return]
-    try:
-        problem = resp.json()
-        errors = problem.get("errors") or []
-        detail = "; ".join(f"{e.get('path')}: {e.get('message')}" for e in errors) or problem.get("detail")
-    except ValueError:
-        detail = resp.text[:300]
-    _fail(f"notify at {url} refused the subscription ({resp.status_code}): {detail}")
-    return None
+    # shell's) and the subscription is the key's tenant's: only its API writes the topic.
+    created = _through_api(lambda notify: notify.create(request.model_dump_json(exclude_unset=True).encode()))
+    sys.stdout.write(orjson.dumps(created, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 def _delay(seconds: int) -> str:
@@ -217,14 +155,12 @@ def describe_state(sub: dict[str, Any]) -> str:
 
 @subs_app.command("list")
 def subscriptions_list(fmt: Annotated[Format, typer.Option("--format")] = Format.table) -> None:
-    """Show every subscription (never its secrets), with its delivery health: failing since
-    when, deliveries waiting for a retry and the next attempt (from the notifications log)."""
+    """Show the key's tenant's subscriptions (an admin key's: every tenant's; never their
+    secrets), with their delivery health: failing since when, deliveries waiting for a
+    retry and the next attempt (from the running notify)."""
     import orjson
 
-    async def all_subs(store: SubscriptionStore, _: NotifySettings) -> list[dict[str, Any]]:
-        return list(store.views())
-
-    subs = asyncio.run(_with_store(all_subs, health=True))
+    subs = _through_api(lambda notify: notify.subscriptions())
     if fmt is Format.json:
         for s in subs:
             sys.stdout.write(orjson.dumps(s).decode() + "\n")
@@ -244,32 +180,41 @@ def subscriptions_list(fmt: Annotated[Format, typer.Option("--format")] = Format
     Console().print(table)
 
 
-@subs_app.command("enable")
-def subscriptions_enable(sub_id: Annotated[str, typer.Argument(help="subscription id")]) -> None:
-    """Enable a disabled subscription again (disabled by a 410 or by failing for days): its
-    retries still scheduled resume at once and new events match it again."""
-    async def enable(store: SubscriptionStore, _: NotifySettings) -> tuple[Subscription, str | None] | None:
-        return await store.enable(sub_id)
+SubId = Annotated[str, typer.Argument(help="subscription id")]
 
-    out = asyncio.run(_with_store(enable))
-    if out is None:
-        _fail(f"no subscription {sub_id}")
-        return
-    _, was = out
-    if was is None:
+
+@subs_app.command("enable")
+def subscriptions_enable(sub_id: SubId) -> None:
+    """Enable a disabled subscription again (disabled by hand, by a 410 or by failing for
+    days): its retries still scheduled resume at once and new events match it again."""
+    def enable(notify: NotifyClient) -> tuple[dict[str, Any], dict[str, Any]]:
+        return notify.subscription(sub_id), notify.enable(sub_id)
+
+    before, _ = _through_api(enable)
+    if not before["disabled"]:
         sys.stderr.write(f"{sub_id} is not disabled; nothing changed\n")
     else:
-        sys.stderr.write(f"enabled {sub_id} (it was disabled: {was})\n")
+        sys.stderr.write(f"enabled {sub_id} (it was disabled: {before['disabled_reason'] or 'disabled'})\n")
+
+
+@subs_app.command("disable")
+def subscriptions_disable(sub_id: SubId) -> None:
+    """Disable a subscription: nothing is sent for it until `anting subscriptions enable`;
+    its waiting retries are kept and resume then."""
+    def disable(notify: NotifyClient) -> tuple[dict[str, Any], dict[str, Any]]:
+        return notify.subscription(sub_id), notify.disable(sub_id)
+
+    before, _ = _through_api(disable)
+    if before["disabled"]:
+        sys.stderr.write(f"{sub_id} is disabled already ({before['disabled_reason']}); nothing changed\n")
+    else:
+        sys.stderr.write(f"disabled {sub_id}\n")
 
 
 @subs_app.command("rm")
-def subscriptions_rm(sub_id: Annotated[str, typer.Argument(help="subscription id")]) -> None:
+def subscriptions_rm(sub_id: SubId) -> None:
     """Delete a subscription."""
-    async def delete(store: SubscriptionStore, _: NotifySettings) -> bool:
-        return bool(await store.delete(sub_id))
-
-    if not asyncio.run(_with_store(delete)):
-        _fail(f"no subscription {sub_id}")
+    _through_api(lambda notify: notify.delete(sub_id))
     sys.stderr.write(f"deleted {sub_id}\n")
 
 
@@ -281,87 +226,62 @@ def subscribe(
     limit: Annotated[int | None, typer.Option(help="stop after this many matching events")] = None,
     idle_exit: Annotated[float | None, typer.Option(help="stop after this many seconds without events")] = None,
 ) -> None:
-    """Tail enriched-events in the terminal, filtered like a subscription, until Ctrl-C."""
+    """Tail the enriched stream in the terminal, filtered like a subscription, until Ctrl-C:
+    notify's /v1/stream with ANTING_API_KEY (a key with stream:read). With --idle-exit,
+    stop after that many seconds without a matching event."""
     import orjson
 
     from shared.subscriptions import Filter
 
-    try:
-        flt = Filter.model_validate_json(orjson.dumps(_filter(types, kinds, orgs, sectors, cities)))
+    flt = _filter(types, kinds, orgs, sectors, cities)
+    try:  # refused here, before asking notify, with the same paths it would name
+        Filter.model_validate_json(orjson.dumps(flt))
     except ValueError as exc:
         _fail(str(exc))
-        return
-    from aiokafka.errors import TopicAuthorizationFailedError
+    from services.notify.client import NotifyRefused, NotifyUnreachable
 
     try:
-        asyncio.run(_tail(flt, fmt, from_beginning, limit, idle_exit))
+        asyncio.run(_tail(_notify(), flt, fmt, from_beginning, limit, idle_exit))
     except KeyboardInterrupt:
         pass
-    except TopicAuthorizationFailedError as exc:  # the broker refuses this user the topic
-        from services.notify.settings import NotifySettings
-        from shared.kafka_access import Doing, denial
-        from shared.settings import load
-        from shared.topics import ENRICHED_EVENTS
-
-        settings = load(NotifySettings)
-        _fail(denial(exc, settings.kafka, Doing(reads=(settings.topic(ENRICHED_EVENTS),))) or str(exc))
+    except NotifyRefused as exc:
+        _fail(str(exc))
+    except NotifyUnreachable as exc:
+        _fail(str(exc))
 
 
-async def _tail(flt: Filter, fmt: Format, from_beginning: bool, limit: int | None, idle_exit: float | None) -> None:
-    import time
-
+async def _tail(notify: NotifyClient, flt: dict[str, list[str]], fmt: Format, from_beginning: bool,
+                limit: int | None, idle_exit: float | None) -> None:
+    """Print the events of notify's stream that match ``flt`` (notify filters them) until
+    ``limit`` of them, ``idle_exit`` seconds without one, or the stream's end."""
     import orjson
 
-    from services.notify.matching import decode, match
     from services.notify.rendering import describe, headline
-    from services.notify.settings import NotifySettings
-    from shared.events import parse_enriched, record_event_bytes
-    from shared.kafka import make_consumer
-    from shared.kafka_access import check_subscription
-    from shared.settings import load
-    from shared.topics import ENRICHED_EVENTS
+    from shared.events import parse_enriched
 
-    settings = load(NotifySettings)
-    consumer = make_consumer(settings, settings.topic(ENRICHED_EVENTS), group_id=None,
-                             auto_offset_reset="earliest" if from_beginning else "latest")
-    await consumer.start()
     seen = 0
-    last = time.monotonic()
     if fmt is Format.table:
         sys.stdout.write(f"{'time':<20} {'type':<24} {'organizations':<40} headline / why\n")
+    stream = notify.stream(flt, "earliest" if from_beginning else "latest", idle_exit)
     try:
-        while limit is None or seen < limit:
-            batch = await consumer.getmany(timeout_ms=500)
-            check_subscription(consumer)  # a refused topic reads as empty otherwise
-            if not batch and idle_exit is not None and time.monotonic() - last > idle_exit:
+        async for doc in stream:
+            seen += 1
+            if fmt is Format.json:
+                sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+            else:
+                reasons = doc.pop("reason")
+                event = parse_enriched(orjson.dumps(doc))
+                orgs = ", ".join(m.resolved.id if m.resolved else f"?{m.name}" for m in event.data.organizations)
+                when = event.time.strftime("%Y-%m-%d %H:%M:%S") if event.time else "-"
+                sys.stdout.write(f"{when:<20} {event.type:<24} {orgs[:40]:<40} "
+                                 f"{headline(doc)}\n{'':<86}why: {describe(reasons)}\n")
+            sys.stdout.flush()
+            if limit is not None and seen >= limit:
                 return
-            for records in batch.values():
-                for r in records:
-                    last = time.monotonic()
-                    try:
-                        raw = record_event_bytes(r.value, r.headers)
-                        event = parse_enriched(raw)
-                        doc = decode(raw)
-                    except ValueError:
-                        continue
-                    reasons = match(doc, flt)
-                    if reasons is None:
-                        continue
-                    seen += 1
-                    if fmt is Format.json:
-                        sys.stdout.write(orjson.dumps({**orjson.loads(raw), "reason": reasons}).decode() + "\n")
-                    else:
-                        orgs = ", ".join(m.resolved.id if m.resolved else f"?{m.name}" for m in event.data.organizations)
-                        when = event.time.strftime("%Y-%m-%d %H:%M:%S") if event.time else "-"
-                        sys.stdout.write(f"{when:<20} {event.type:<24} {orgs[:40]:<40} "
-                                         f"{headline(doc)}\n{'':<86}why: {describe(reasons)}\n")
-                    sys.stdout.flush()
-                    if limit is not None and seen >= limit:
-                        return
     finally:
-        await consumer.stop()
+        await stream.aclose()
 
 
 __all__ = ["Cities", "Format", "Kinds", "Orgs", "Sectors", "Types", "app", "describe_state",
-           "subs_app", "subscribe", "subscriptions_add", "subscriptions_enable",
+           "subs_app", "subscribe", "subscriptions_add", "subscriptions_disable", "subscriptions_enable",
            "subscriptions_list", "subscriptions_rm"]

@@ -13,6 +13,7 @@ one :class:`Delivery` per matching subscription (holding the record's bytes) →
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -35,6 +36,17 @@ from shared.metrics import STAGE_SECONDS
 __all__ = ["EventPipeline", "ingested_ms"]
 
 _STAGE = STAGE_SECONDS.labels("notify")
+
+log = logging.getLogger(__name__)
+
+
+def _trace(record: ConsumerRecord[bytes, bytes], event_id: str, outcome: str, *args: object) -> None:
+    """One DEBUG line of a record's way through notify: the event's id, where the record
+    sits (``topic[partition]@offset``) and what this step did. Callers check
+    ``log.isEnabledFor(logging.DEBUG)`` first, so that with DEBUG off a record costs no
+    formatting."""
+    log.debug("notify %s %s[%d]@%d: " + outcome, event_id, record.topic, record.partition,
+              record.offset, *args)
 
 
 def _consume_exception(fut: asyncio.Future[Any]) -> None:
@@ -79,6 +91,7 @@ class EventPipeline:
 
     async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> list[asyncio.Future[Any]] | None:
         t0 = time.perf_counter()
+        debug = log.isEnabledFor(logging.DEBUG)
         try:
             # either content mode of the CloudEvents Kafka binding: a record written
             # straight to enriched-events may be binary (ce_* headers, the value is data)
@@ -86,7 +99,11 @@ class EventPipeline:
             event = decode(raw)
         except Exception as exc:
             await self.dlq.send_and_wait(from_record(record, stage="notify", error=exc))
+            if debug:
+                _trace(record, "-", "dead-lettered (%s: %s)", type(exc).__name__, str(exc)[:200])
             return None
+        if debug:
+            _trace(record, event["id"], "decoded %s from %s", event["type"], event["source"])
         at = ingested_ms(record)
         # the webhook body splices two attributes into the record's bytes (see Delivery.source),
         # unless the event has members of those names already
@@ -97,6 +114,10 @@ class EventPipeline:
         for sub, reasons in self.store.matching(event):
             key = idempotency_key(event["source"], event["id"], sub.id)
             why = self.ledger.suppresses(key)
+            if debug:
+                _trace(record, event["id"], "matched %s (%s)%s", sub.id, sub.channel.type,
+                       f", suppressed: {why}" if why is not None else
+                       ", into its digest" if sub.digest is not None else ", delivering")
             if why is not None:
                 # delivered, digested, dead, or owned by the retry schedule: told once per event below
                 (suppressed := suppressed or []).append((sub.channel.type, sub.id, why))
@@ -110,6 +131,9 @@ class EventPipeline:
             jobs.append(self.deliverer.run(delivery, acks=acks))
         if suppressed:
             self.deliverer.suppressed(event["source"], event["id"], suppressed)
+        event_id = str(event["id"]) if debug else ""
+        if debug and not jobs and not acks and not suppressed:
+            _trace(record, event_id, "matched no subscription")
         del event  # freed now, while still in the CPU's caches (see Delivery.of_record)
         if len(jobs) == 1:
             await jobs[0]
@@ -122,4 +146,7 @@ class EventPipeline:
                 raise errors[0]  # left uncommitted: read again after a restart
         _STAGE.observe(time.perf_counter() - t0,
                        None if tracing.tracer("notify") is None else tracing.exemplar())
+        if debug:
+            _trace(record, event_id, "done: %d attempt(s) made, %d write(s) for the commit to await",
+                   len(jobs), len(acks))
         return acks or None

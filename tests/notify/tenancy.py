@@ -16,6 +16,7 @@ import uvicorn
 
 from devtools.localkafka import free_port
 from services.notify.api import create_app
+from services.notify.ledger import Ledger
 from services.notify.settings import NotifySettings
 from services.notify.store import SubscriptionStore
 from shared.access import hash_key, new_key
@@ -52,10 +53,12 @@ def write_keys(path: Path) -> Keys:
 
 
 @contextlib.contextmanager
-def notify_in_thread(base: Any, keys_file: Path, admin_key: str, **overrides: Any,
-                     ) -> Iterator[tuple[str, NotifySettings]]:
+def notify_in_thread(base: Any, keys_file: Path, admin_key: str, *, health: bool = False,
+                     **overrides: Any) -> Iterator[tuple[str, NotifySettings]]:
     """notify's API on a free port of 127.0.0.1, on the real broker, in a thread with its
-    own event loop; yields its base URL and settings, then stops it."""
+    own event loop; yields its base URL and settings, then stops it. With ``health``, each
+    subscription shows its delivery health from a ledger following ``notifications``, as
+    in a running notify."""
     settings = notify_settings(base, port=free_port(), api_keys=admin_key,
                                api_keys_file=str(keys_file), **overrides)
     started = threading.Event()
@@ -68,6 +71,10 @@ def notify_in_thread(base: Any, keys_file: Path, admin_key: str, **overrides: An
         await producer.start()
         store = SubscriptionStore(settings, producer)
         await store.start()
+        ledger = Ledger(settings, producer) if health else None
+        if ledger is not None:
+            await ledger.view.start()
+            store.health = ledger.health
         server = EmbeddedServer(uvicorn.Config(create_app(settings, store), host="127.0.0.1",
                                                port=settings.port, log_config=None, lifespan="off"))
         task = asyncio.create_task(server.serve())
@@ -79,6 +86,8 @@ def notify_in_thread(base: Any, keys_file: Path, admin_key: str, **overrides: An
         finally:
             server.should_exit = True
             await task
+            if ledger is not None:
+                await ledger.view.stop()
             await store.stop()
             await producer.stop()
 

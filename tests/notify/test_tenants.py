@@ -26,7 +26,7 @@ from .tenancy import Keys, notify_in_thread, write_keys
 pytestmark = pytest.mark.kafka
 
 # the operations tenant B may try on an id
-OPERATIONS = ("get", "delete", "rotate", "enable")
+OPERATIONS = ("get", "delete", "rotate", "enable", "disable")
 
 
 def _request(client: httpx.Client, key: dict[str, str], op: str, sub_id: str,
@@ -39,7 +39,7 @@ def _request(client: httpx.Client, key: dict[str, str], op: str, sub_id: str,
     if op == "rotate":
         params = {"grace_seconds": grace} if grace is not None else {}
         return client.post(path + "/rotate-secret", headers=key, params=params)
-    return client.post(path + "/enable", headers=key)
+    return client.post(path + ("/enable" if op == "enable" else "/disable"), headers=key)
 
 
 def _tenant_a_on_the_topic(base: AntingSettings) -> list[dict[str, Any]]:
@@ -57,8 +57,8 @@ def _tenant_a_on_the_topic(base: AntingSettings) -> list[dict[str, Any]]:
 
 
 def test_tenant_b_never_finds_tenant_a(settings: AntingSettings, tmp_path: Path) -> None:
-    """Whatever tenant globex asks — list, get, delete, rotate, enable — with acme's ids or
-    made-up ones, no answer names acme's ids, URLs or secrets; acme's id is answered exactly
+    """Whatever tenant globex asks — list, get, delete, rotate, enable, disable — with acme's
+    ids or made-up ones, no answer names acme's ids, URLs or secrets; acme's id is answered exactly
     as an unknown id (404, the same body); acme's subscriptions are unchanged afterwards, on
     the topic too. An admin key sees both tenants."""
     asyncio.run(create_topics(settings))

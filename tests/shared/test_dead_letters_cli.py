@@ -18,6 +18,7 @@ from aiokafka.admin import NewTopic
 
 from devtools.testing import env_for, read_topic
 from shared.deadletters import (
+    REPLAYED_HEADER,
     DeadLetter,
     ReplayEntry,
     Selection,
@@ -292,3 +293,32 @@ def test_selection_and_offset_ranges() -> None:
     assert not Selection(partition=0).narrows() and Selection(stage="x").narrows()
     entries = [ReplayEntry(0, o, 0, "", "", "") for o in (1, 2, 3, 7, 9, 10)] + [ReplayEntry(1, 4, 0, "", "", "")]
     assert offset_ranges(entries) == "0@1-3,7,9-10 1@4"
+
+
+@pytest.mark.kafka
+async def test_a_letter_that_failed_again_after_a_replay_is_not_sent_round_again(topics: AntingSettings) -> None:
+    """A replayed record carries anting.replayed (stage, letter); when the stage dead-letters
+    it again, the new letter keeps that header and the next replay skips it, saying why and
+    sending nothing, until --again; the record --again sends names the newer letter, once."""
+    await _write(topics, [(_letter(topics, 0), None)])
+    first = await _cli(topics, "dlq", "replay", "--stage", "enrich")
+    assert first.returncode == 0 and "replayed 1" in first.stderr, first.stderr
+    [sent] = await read_topic(topics, topics.topic(ANNOUNCEMENTS), expect=1, timeout=20)
+    assert (REPLAYED_HEADER, b"enrich 0@0") in sent.headers
+
+    # enrich fails on it again: its letter keeps the record's headers but the dlq.* ones
+    failed = dead_letter(stage="enrich", error="still bad", key=sent.key, value=sent.value,
+                         headers=sent.headers, topic=sent.topic, partition=sent.partition, offset=sent.offset)
+    await _write(topics, [(failed, None)])
+    second = await _cli(topics, "dlq", "replay", "--stage", "enrich")
+    assert second.returncode == 0, second.stderr
+    said = " ".join(second.stderr.split())
+    assert "replayed 0, skipped 1 (1 failed again after a replay)" in said, said
+    assert "1 replayed before, not sent again" in said
+    assert "sent round from letter 0@0" in " ".join(second.stdout.split())
+    assert len(await read_topic(topics, topics.topic(ANNOUNCEMENTS), idle=1.0)) == 1  # nothing sent
+
+    again = await replay(topics, Selection(stage="enrich", from_offset=1), again=True)
+    assert [(e.offset, e.reason) for e in again.replayed] == [(1, "")]
+    records = await read_topic(topics, topics.topic(ANNOUNCEMENTS), expect=2, timeout=20)
+    assert [v for k, v in records[-1].headers if k == REPLAYED_HEADER] == [b"enrich 0@1"]
