@@ -29,9 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka.errors import KafkaError
-
-__all__ = ["RECORD_ERROR_CODES", "Coordinates", "SendFailures", "WritesFailed", "refuses_the_record", "settle"]
+__all__ = ["RECORD_ERROR_CODES", "Coordinates", "SendFailures", "refuses_the_record", "settle"]
 
 #: Kafka error codes that refuse one record (or its batch) for what it is:
 #: CORRUPT_MESSAGE 2, MESSAGE_TOO_LARGE 10, RECORD_LIST_TOO_LARGE 18, INVALID_RECORD 87
@@ -49,11 +47,6 @@ def refuses_the_record(exc: BaseException) -> bool:
     if getattr(exc, "errno", None) in RECORD_ERROR_CODES:
         return True
     return isinstance(exc, (TypeError, ValueError))
-
-
-class WritesFailed(KafkaError):  # type: ignore[misc]
-    """Sends of a unit of work failed and nothing of it was committed: the session that
-    raises it starts again, on a new producer, from the committed offsets."""
 
 
 @dataclass

@@ -20,6 +20,7 @@ from devtools.testing import produce, produce_raw_header, read_topic
 from services.enrich import pipeline
 from services.enrich.catalog import Catalog
 from services.enrich.settings import EnrichSettings
+from shared import stage
 from shared.deadletters import read_dead_letters
 from shared.kafka import make_admin, make_producer
 from shared.lag import LagMonitor
@@ -164,14 +165,14 @@ async def test_lag_rises_while_enrich_is_held_failing(
     async def fail(self: Any, *args: Any) -> Any:
         raise RuntimeError("held failing by the test")
 
-    monkeypatch.setattr(pipeline.Enricher, "process", fail)
+    monkeypatch.setattr(pipeline.Enricher, "handle", fail)
     catalog = Catalog(settings)
     worker = pipeline.Worker(settings, catalog)
     await catalog.start()
     stop = asyncio.Event()
     restarts = WORKER_RESTARTS.labels("enrich")
     before = restarts._value.get()
-    caplog.set_level(logging.ERROR, logger="services.enrich.pipeline")
+    caplog.set_level(logging.ERROR, logger="shared.stage")
 
     def lag() -> float:
         return sum(CONSUMER_LAG.labels(settings.group, settings.topic(t), str(p))._value.get()
@@ -219,14 +220,14 @@ async def test_a_session_failing_before_it_starts_closes_its_consumer(monkeypatc
     async def unreadable(self: Any) -> None:
         raise RuntimeError("no broker answered the describe")
 
-    pipeline_make_consumer = pipeline.make_consumer
-    monkeypatch.setattr(pipeline, "make_consumer", consumer)
-    monkeypatch.setattr(pipeline.Enricher, "read_limits", unreadable)
+    pipeline_make_consumer = stage.make_consumer
+    monkeypatch.setattr(stage, "make_consumer", consumer)
+    monkeypatch.setattr(stage.StageRunner, "read_limits", unreadable)
     worker = pipeline.Worker(settings, Catalog(settings))
     with pytest.raises(RuntimeError, match="no broker answered"):
-        await worker._session(asyncio.Event())
+        await worker.runner._session(asyncio.Event())
     assert len(made) == 1 and made[0]._closed
-    assert worker.consumer is None and not worker.running
+    assert worker.runner.consumer is None and not worker.running
 
 
 async def test_a_record_whose_header_name_is_not_utf8_is_dead_lettered_and_the_partition_goes_on(
