@@ -97,8 +97,8 @@ def subscriptions_add(
     import orjson
     from pydantic import ValidationError
 
+    from services.notify.egress import channel_refusal
     from services.notify.settings import parse_schedule
-    from services.notify.ssrf import literal_refusal
     from services.notify.store import public_view
     from shared.events import error_paths
     from shared.subscriptions import SubscriptionRequest
@@ -136,11 +136,10 @@ def subscriptions_add(
         return
 
     async def create(store: SubscriptionStore, settings: NotifySettings) -> dict[str, Any]:
-        if request.channel.type == "webhook":
-            why = literal_refusal(request.channel.url, settings.networks())
-            if why:
-                _fail(f"webhook URL refused: {why} (checked here: notify did not answer at "
-                      f"{_api_url(settings)})")
+        why = channel_refusal(request.channel, settings.egress())
+        if why:
+            _fail(f"{request.channel.type} URL refused: {why} (checked here: notify did not answer at "
+                  f"{_api_url(settings)})")
         sub, secret = await store.create(request)
         out = public_view(sub)
         if secret:

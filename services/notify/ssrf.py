@@ -1,4 +1,5 @@
-"""SSRF guard for outbound webhooks: one rule, used when a subscription is created
+"""SSRF guard for outbound deliveries (webhooks here; apprise through :mod:`.egress`,
+which applies the same :func:`vet`): one rule, used when a subscription is created
 (the API's POST /v1/subscriptions and ``anting subscriptions add``, through
 :func:`literal_refusal`) and when a delivery connects (the webhook client's
 resolver, :class:`GuardedResolver`), so a URL refused at delivery is refused at
