@@ -156,9 +156,9 @@ class WebhookSender:
             return Result("permanent", None, f"refused: {exc}")
         except (InvalidURL, ValueError) as exc:
             return Result("permanent", None, str(exc))
-        except TimeoutError as exc:
-            return Result("retry", None, f"timeout: {type(exc).__name__}")
-        except OSError as exc:  # connection refused/reset, TLS, DNS, a garbled or missing answer
+        except TimeoutError as exc:  # the whole exchange, or a head that came too slowly
+            return Result("retry", None, f"timeout: {exc or type(exc).__name__}")
+        except OSError as exc:  # connection refused/reset, TLS, DNS, a garbled, missing or too large answer
             return Result("retry", None, f"{type(exc).__name__}: {exc}")
         return classify(response.status, response.headers)
 
