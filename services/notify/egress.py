@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from .ssrf import Network, RefusedAddress, fixed_addresses, literal_refusal, vet
@@ -145,7 +145,14 @@ def apprise_loaded() -> bool:
     return _apprise is not None
 
 
-def apprise_service(url: str, policy: EgressPolicy) -> Any:
+class AppriseService(NamedTuple):
+    """An apprise URL as apprise reads it: its scheme (``discord``) and its plugin."""
+
+    schema: str
+    plugin: Any
+
+
+def apprise_service(url: str, policy: EgressPolicy) -> AppriseService:
     """The apprise plugin that would deliver to ``url``, if the policy allows it: an
     allowed scheme, no parameter shaping the request, and every host the plugin will
     contact passing :func:`~services.notify.ssrf.vet` where that is known without DNS
@@ -177,7 +184,7 @@ def apprise_service(url: str, policy: EgressPolicy) -> Any:
                 vet(host, fixed, policy.networks, resolved=False)
         except RefusedAddress as exc:
             raise Refused(str(exc)) from None
-    return plugin
+    return AppriseService(schema, plugin)
 
 
 def apprise_refusal(url: str, policy: EgressPolicy) -> str | None:
@@ -272,6 +279,7 @@ def guarded_sockets(networks: Sequence[Network]) -> Iterator[SocketGuard]:
         _guarded.guard = outer
 
 
-__all__ = ["APPRISE_SETTING", "APPRISE_TARGETS", "DEFAULT_APPRISE_SCHEMES", "EgressPolicy", "Refused",
+__all__ = ["APPRISE_SETTING", "APPRISE_TARGETS", "DEFAULT_APPRISE_SCHEMES", "AppriseService", "EgressPolicy",
+           "Refused",
            "SocketGuard", "apprise_loaded", "apprise_refusal", "apprise_service", "channel_refusal",
            "guarded_sockets", "load_apprise", "parse_schemes", "socket_refusal"]

@@ -67,12 +67,15 @@ def ntfy_cloud(url: str) -> bool:
 
 
 class Listener:
-    """A raw HTTP server on 127.0.0.1 that answers 200 to anything and counts every
-    connection and request that reaches it."""
+    """A raw HTTP server on 127.0.0.1 that answers 200 with ``answer`` to anything and
+    counts every connection and request that reaches it. The default answer is what
+    Telegram's API says, which its plugin checks (Slack's webhooks say ``ok``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: bytes = b'{"ok":true}') -> None:
+        self.answer = answer
         self.connections = 0
         self.requests: list[bytes] = []  # request heads
+        self.bodies: list[bytes] = []
 
     async def __aenter__(self) -> Listener:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -89,9 +92,9 @@ class Listener:
             self.requests.append(head)
             length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
                            if line.lower().startswith(b"content-length:")), 0)
-            await reader.readexactly(length)
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n"
-                         b"connection: close\r\n\r\n{}")
+            self.bodies.append(await reader.readexactly(length))
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+                         % (len(self.answer), self.answer))
             await writer.drain()
         writer.close()
 

@@ -2,12 +2,23 @@
 egress policy (:mod:`..egress`): the URL is checked again before each attempt, and the
 attempt runs in a thread whose every socket is checked on the address it reaches.
 
+The message is plain text, and a publisher's text must not become markup in a chat. It
+is escaped here for the format the plugin sends in (``resolve_format``: HTML for
+Telegram, Markdown when a URL asks for ``format=markdown``) and handed over declared as
+that format, so apprise converts nothing; sent as text, Slack's plugin escapes ``&<>``
+itself, and for Discord and Mattermost, which render Markdown in any message, the text
+is Markdown-escaped. In every chat, mass mentions (``@everyone``, ``@channel``,
+``@here``, ``@all``) are broken so that they notify no one. (Called on the plugin
+directly, apprise 2.2 does not escape declared text for an HTML service: Telegram
+would render a publisher's ``<a href>``.)
+
 apprise and its plugins (about 20 MB of memory) are loaded on the first apprise
 delivery, not at start: most notify instances never make one."""
 
 from __future__ import annotations
 
 import asyncio
+import html
 
 from shared.subscriptions import Subscription
 
@@ -22,6 +33,30 @@ from ..egress import (
 )
 from ..notification import Delivery
 from . import Result
+
+# services that render Markdown in every message, plain text included
+_RENDER_MARKDOWN = frozenset({"discord", "mmost", "mmosts"})
+# services where @everyone, @channel, @here or @all notify a whole room
+_MASS_MENTIONS = frozenset({"slack", "discord", "mmost", "mmosts"})
+# apprise's Discord plugin makes a ping of every "@word" and "@<digits>" in a body it
+# sends as an embed (format=markdown): there, every "@" of the text is broken
+_EVERY_AT = frozenset({"discord"})
+
+
+def chat_text(text: str, schema: str, sent_as: str) -> str:
+    """``text`` (plain) as handed to apprise for the service ``schema``, whose plugin sends
+    it as ``sent_as`` (``"text"``, ``"html"`` or ``"markdown"``: apprise's
+    ``NotifyFormat`` value): escaped for that format, or for Markdown where the service
+    renders it in plain text too, with mass mentions broken in chats (see the module)."""
+    if schema in _EVERY_AT:
+        text = text.replace("@", "@" + rendering.ZERO_WIDTH_SPACE)
+    elif schema in _MASS_MENTIONS:
+        text = rendering.no_mass_mentions(text)
+    if sent_as == "html":
+        return html.escape(text, quote=False)
+    if sent_as == "markdown" or schema in _RENDER_MARKDOWN:
+        return rendering.markdown_escaped(text)
+    return text
 
 
 class AppriseSender:
@@ -40,22 +75,25 @@ class AppriseSender:
         try:
             # the creation rule again: the policy may have changed since, and a subscription
             # stored before the rule existed was never checked
-            plugin = apprise_service(sub.channel.url, self.policy)
+            schema, plugin = apprise_service(sub.channel.url, self.policy)
         except Refused as exc:
             return Result("permanent", None, f"refused: {exc}")
         plugin.socket_connect_timeout = min(float(plugin.socket_connect_timeout), self.timeout)
         plugin.socket_read_timeout = min(float(plugin.socket_read_timeout), self.timeout)
-        body = rendering.text(delivery)
+        # the format the plugin sends in (its own, or the URL's format=), which the text is
+        # escaped for and declared as
+        sent_as = plugin.resolve_format(load_apprise().common.NotifyFormat.TEXT)
         # one line, whatever the headline held (a title becomes a subject or a header
         # line in several of apprise's services); the text's lines are one line each too
-        title = rendering.title(delivery)
+        body = chat_text(rendering.text(delivery), schema, sent_as.value)
+        title = chat_text(rendering.title(delivery), schema, sent_as.value)
         networks = self.policy.networks
 
         def attempt() -> tuple[bool, str | None]:
             # the plugin itself, not Apprise.notify, which may hand it to a thread pool
             # of its own, where the guard (per thread) would not watch it
             with guarded_sockets(networks) as guard:
-                ok = bool(plugin.notify(body=body, title=title))
+                ok = bool(plugin.notify(body=body, title=title, body_format=sent_as))
             return ok, guard.refused
 
         try:
@@ -72,4 +110,4 @@ class AppriseSender:
         return None
 
 
-__all__ = ["AppriseSender"]
+__all__ = ["AppriseSender", "chat_text"]
