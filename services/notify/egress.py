@@ -33,7 +33,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
-from .ssrf import Network, RefusedAddress, fixed_addresses, literal_refusal, vet
+from .ssrf import Network, RefusedAddress, ascii_host, fixed_addresses, literal_refusal, vet
 
 if TYPE_CHECKING:
     from shared.subscriptions import Channel
@@ -179,10 +179,11 @@ def apprise_service(url: str, policy: EgressPolicy) -> AppriseService:
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]  # apprise keeps an IPv6 literal's brackets
         try:
+            host = ascii_host(host)  # as apprise's HTTP library sends it (urllib3 uses idna too)
             fixed = fixed_addresses(host)
             if fixed is not None:
                 vet(host, fixed, policy.networks, resolved=False)
-        except RefusedAddress as exc:
+        except (RefusedAddress, ValueError) as exc:
             raise Refused(str(exc)) from None
     return AppriseService(schema, plugin)
 

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from ..ssrf import GuardedResolver
+from ..ssrf import GuardedResolver, url_host
 
 IDLE_SECONDS = 30.0  # an idle pooled connection older than this is closed, not reused
 SWEEP_SECONDS = 0.05  # how often requests past their deadline are failed (at most)
@@ -75,7 +75,7 @@ class Target:
     """The parts of a URL a request needs, split once per URL."""
 
     tls: bool
-    host: str  # as resolved and checked (no brackets)
+    host: str  # as resolved and checked (no brackets; an IDN host in A-labels)
     port: int
     head: bytes  # "POST <path> HTTP/1.1\r\nhost: ...\r\n"
 
@@ -89,7 +89,10 @@ def target(url: str) -> Target:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise InvalidURL(f"not an http(s) URL: {url!r}")
-    host = parts.hostname
+    try:
+        host = url_host(url)  # the form the guard checks: an IDN host as its A-labels
+    except ValueError as exc:
+        raise InvalidURL(str(exc)) from None
     if not host:
         raise InvalidURL(f"no host in {url!r}")
     tls = parts.scheme == "https"
