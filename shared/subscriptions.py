@@ -119,7 +119,7 @@ class RetryPolicy(Strict):
     themselves (exactly one). ``delays_seconds[n]`` is the wait, in seconds, before attempt
     n + 2 after attempt n + 1 failed; an empty list means a single attempt. Bounds: at most
     20 retries, each 1 s to 24 h, all together at most 4 days. notify adds jitter to every
-    delay; a receiver's ``Retry-After`` replaces the delay of that one step."""
+    delay; a receiver's ``Retry-After`` may postpone that one step (capped), never hasten it."""
 
     preset: RetryPreset | None = Field(
         default=None, description="standard-webhooks (10 attempts, ~3 days) or svix (8 attempts, ~27 h)")

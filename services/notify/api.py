@@ -32,9 +32,9 @@ from pydantic import ValidationError
 
 from services.notify import sse
 from services.notify.channels.log import log_file_refusal, tenant_log_dir
+from services.notify.egress import apprise_loaded, channel_refusal
 from services.notify.matching import decode, match
 from services.notify.settings import NotifySettings
-from services.notify.ssrf import literal_refusal
 from services.notify.store import SubscriptionStore
 from shared.access import STREAM_READ, SUBSCRIPTIONS_MANAGE, Principal, StreamTokens
 from shared.events import error_paths, record_event_bytes
@@ -189,10 +189,17 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
             req = SubscriptionRequest.model_validate_json(body)
         except ValidationError as exc:
             return problem(422, "the subscription is not valid", errors=error_paths(exc))
-        if req.channel.type == "webhook":
-            why = literal_refusal(req.channel.url, settings.networks())
+        if req.channel.type in ("webhook", "apprise"):
+            # the egress policy delivery applies (egress.py); the first apprise URL loads
+            # apprise's plugins, off the event loop
+            policy = settings.egress()
+            if req.channel.type == "apprise" and not apprise_loaded():
+                why = await asyncio.to_thread(channel_refusal, req.channel, policy)
+            else:
+                why = channel_refusal(req.channel, policy)
             if why:
-                return problem(422, "webhook URL refused", errors=[{"path": "channel.url", "message": why}])
+                return problem(422, f"{req.channel.type} URL refused",
+                               errors=[{"path": "channel.url", "message": why}])
         elif req.channel.type == "log":
             why = log_file_refusal(tenant_log_dir(settings.log_dir, who.tenant), req.channel.path)
             if why:

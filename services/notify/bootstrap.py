@@ -65,7 +65,7 @@ def default_channels(settings: NotifySettings, resolver: Resolver = system_resol
             username=settings.smtp_username, password=settings.smtp_password,
             starttls=settings.smtp_starttls, timeout=settings.timeout_seconds,
         ),
-        "apprise": AppriseSender(),
+        "apprise": AppriseSender(settings.egress(), settings.timeout_seconds),
         "log": LogSender(settings.log_dir, settings.log_path),
     }
 

@@ -2,10 +2,11 @@
 
 - 2xx / sent → ``delivered`` (the ledger has it at once, so no resend).
 - timeout, connection error, 5xx, 408, 429, 503 → ``retried``: a retry record on
-  ``notify-retries`` due after ``Retry-After`` (when given) or the subscription's retry
+  ``notify-retries`` due after the subscription's retry
   schedule (``retry`` on the subscription, else ``ANTING_NOTIFY_RETRY_SCHEDULE``: by
   default Standard Webhooks' example, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h,
-  24 h), with jitter; the ledger notes the next attempt so older records stand down.
+  24 h), with jitter, or after ``Retry-After`` when that is later (it postpones, never
+  hastens); the ledger notes the next attempt so older records stand down.
 - 3xx (never followed), other 4xx, a refused address, or the schedule used up → ``dead``:
   the record on ``notifications`` and the delivery in ``dead-letters``.
 - 410 → ``dead`` as well, and the subscription is disabled.
@@ -228,15 +229,16 @@ class Deliverer:
             acks.extend(futures)
 
     def retry_delay(self, sub: Subscription, attempt: int, retry_after: float | None) -> float | None:
-        """Seconds until the attempt after ``attempt``: the receiver's ``Retry-After`` (capped),
-        else the subscription's schedule (or notify's) with jitter; ``None`` when the schedule
-        is used up."""
+        """Seconds until the attempt after ``attempt``: the subscription's schedule (or
+        notify's) with jitter, or the receiver's ``Retry-After`` (capped at
+        ``retry_after_max_seconds``) when that is longer — it may postpone an attempt, never
+        hasten it (``Retry-After: 0`` would spend the schedule at once); ``None`` when the
+        schedule is used up."""
         delays = sub.retry.delays() if sub.retry is not None else self.default_delays
-        if attempt > len(delays):
-            return None
-        if retry_after is not None:
-            return min(retry_after, self.settings.retry_after_max_seconds)
-        return next_delay(delays, attempt, self.settings.retry_jitter, self.settings.retry_time_scale)
+        delay = next_delay(delays, attempt, self.settings.retry_jitter, self.settings.retry_time_scale)
+        if delay is not None and retry_after is not None:
+            delay = max(delay, min(retry_after, self.settings.retry_after_max_seconds))
+        return delay
 
     def disable_reason(self, sub: Subscription, result: Result) -> str | None:
         """Why this failure disables the subscription, or ``None``: a 410, or no delivery of it

@@ -25,6 +25,14 @@ from services.notify.notification import SOURCE, Delivery
 DIGEST_TYPE = "anting.digest"
 
 _LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# "@all", "@channel", "@here", "@everyone" as a word: what Slack, Discord and Mattermost
+# turn into a notification of everyone in the room
+_MASS_MENTION = re.compile(r"(?<!\w)@(?=(?:all|channel|here|everyone)\b)", re.IGNORECASE)
+# what starts Markdown (CommonMark, Discord's, Mattermost's) inside a line: emphasis, code,
+# strike-through, spoilers and tables, links and images, autolinks, HTML and mentions
+# (<@id>, <!channel>), headings; and the backslash itself
+_MARKDOWN = re.compile(r"([\\`*_~|<>\[\]()#])")
+ZERO_WIDTH_SPACE = "\u200b"
 
 
 def describe(reasons: list[Reason]) -> str:
@@ -125,6 +133,20 @@ def text(delivery: Delivery) -> str:
     return "\n".join(lines)
 
 
+def no_mass_mentions(text: str) -> str:
+    """``text`` with every ``@all``, ``@channel``, ``@here`` and ``@everyone`` broken by a
+    zero-width space after the ``@`` (how Discord's own bots quote them): it reads the
+    same and notifies no one."""
+    return _MASS_MENTION.sub("@" + ZERO_WIDTH_SPACE, text)
+
+
+def markdown_escaped(text: str) -> str:
+    """``text`` with every character that could start Markdown backslash-escaped, so a
+    service that renders Markdown in any message (Discord, Mattermost) shows it as
+    written: no bold, links, mentions (``<@id>``) or HTML from a publisher."""
+    return _MARKDOWN.sub(r"\\\1", text)
+
+
 def html(delivery: Delivery) -> str:
     """An HTML document of the same content as :func:`text`, every value escaped."""
     items = []
@@ -139,5 +161,5 @@ def html(delivery: Delivery) -> str:
     return f"<html><body><h3>{_html.escape(title(delivery))}</h3><ul>{''.join(items)}</ul></body></html>"
 
 
-__all__ = ["DIGEST_TYPE", "body", "cloudevent", "describe", "headline", "html", "one_line", "text",
-           "title", "with_attributes"]
+__all__ = ["DIGEST_TYPE", "ZERO_WIDTH_SPACE", "body", "cloudevent", "describe", "headline", "html",
+           "markdown_escaped", "no_mass_mentions", "one_line", "text", "title", "with_attributes"]

@@ -9,6 +9,7 @@ import re
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.notify.egress import DEFAULT_APPRISE_SCHEMES, EgressPolicy, parse_schemes
 from shared.access import RateLimit
 from shared.settings import AntingSettings
 from shared.subscriptions import RETRY_PRESETS, RetryPolicy
@@ -62,6 +63,9 @@ class NotifySettings(AntingSettings):
     group: str = "anting-notify"
     # CIDR ranges outbound webhooks may reach although private/loopback/link-local
     allow_networks: str = ""
+    # apprise schemes subscriptions may use (egress.py: only schemes whose every target
+    # host can be checked; "none": no apprise deliveries)
+    apprise_schemes: str = ",".join(DEFAULT_APPRISE_SCHEMES)
     # deliveries in flight at once (outbound HTTP/SMTP calls)
     concurrency: int = Field(64, ge=1, le=10000)
     timeout_seconds: float = Field(15.0, gt=0, le=600)
@@ -148,6 +152,16 @@ class NotifySettings(AntingSettings):
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(p.strip(), strict=False) for p in self.allow_networks.split(",") if p.strip()]
+
+    @field_validator("apprise_schemes")
+    @classmethod
+    def _schemes(cls, v: str) -> str:
+        parse_schemes(v)  # ValueError names a scheme that cannot be checked
+        return v
+
+    def egress(self) -> EgressPolicy:
+        """Where deliveries may go: the allowed networks and apprise schemes."""
+        return EgressPolicy(self.networks(), parse_schemes(self.apprise_schemes))
 
 
 __all__ = ["NotifySettings", "parse_schedule"]

@@ -1,4 +1,5 @@
-"""SSRF guard for outbound webhooks: one rule, used when a subscription is created
+"""SSRF guard for outbound deliveries (webhooks here; apprise through :mod:`.egress`,
+which applies the same :func:`vet`): one rule, used when a subscription is created
 (the API's POST /v1/subscriptions and ``anting subscriptions add``, through
 :func:`literal_refusal`) and when a delivery connects (the webhook client's
 resolver, :class:`GuardedResolver`), so a URL refused at delivery is refused at
@@ -9,6 +10,11 @@ not private, loopback, link-local, site-local, multicast, reserved,
 unspecified, shared (CGNAT, 100.64.0.0/10) or otherwise not globally reachable,
 nor an IPv6 form (IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo) of such an
 IPv4 address — unless it lies in ``ANTING_NOTIFY_ALLOW_NETWORKS``.
+
+A host is checked, looked up and sent (``Host``, TLS SNI) in one form,
+:func:`url_host`'s: an internationalised name as its A-labels (IDNA 2008 with UTS 46
+mapping, as browsers send it: ``bücher.example`` is ``xn--bcher-kva.example``, and
+``①②⑦.⓪.⓪.①`` is ``127.0.0.1``); one IDNA cannot write is refused.
 
 Which addresses a host stands for is decided here, not by whatever parses the
 URL next. :func:`fixed_addresses` knows every host whose addresses need no DNS:
@@ -35,6 +41,8 @@ import re
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from urllib.parse import unquote, urlsplit
+
+import idna
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -231,11 +239,26 @@ def vet(host: str, addresses: Iterable[IPAddress], networks: Sequence[Network], 
     return ok
 
 
+def ascii_host(host: str) -> str:
+    """``host`` as it goes on the wire: an ASCII host unchanged, an internationalised one
+    as its A-labels (IDNA 2008 with UTS 46 mapping: ``Bücher.example`` is
+    ``xn--bcher-kva.example``, fullwidth ``ＬＯＣＡＬＨＯＳＴ`` is ``localhost``). Raises
+    ValueError for a host IDNA cannot write (an emoji, a joiner out of place, an empty
+    or too long label)."""
+    if host.isascii():
+        return host
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise ValueError(f"{host} cannot be written in IDNA: {exc}") from None
+
+
 def url_host(url: str) -> str:
     """The host of ``url`` exactly as the webhook client takes it (``urlsplit``'s
-    hostname: lower-cased, without brackets, userinfo or port), ``""`` if none.
-    Raises ValueError for a URL that cannot be split (e.g. a bad IPv6 literal)."""
-    return urlsplit(url).hostname or ""
+    hostname: lower-cased, without brackets, userinfo or port; in A-labels, see
+    :func:`ascii_host`), ``""`` if none. Raises ValueError for a URL that cannot be
+    split (e.g. a bad IPv6 literal) or a host IDNA cannot write."""
+    return ascii_host(urlsplit(url).hostname or "")
 
 
 def literal_refusal(url: str, networks: Sequence[Network]) -> str | None:
@@ -294,6 +317,6 @@ class GuardedResolver:
 
 
 __all__ = ["ALLOW_SETTING", "LOOPBACK_NAME_ADDRESSES", "GuardedResolver", "IPAddress", "Network",
-           "RefusedAddress", "Resolver", "allowed", "check_url", "fixed_addresses",
+           "RefusedAddress", "Resolver", "allowed", "ascii_host", "check_url", "fixed_addresses",
            "is_localhost_name", "is_public", "literal_refusal", "non_public_reason",
            "system_resolver", "unmapped", "url_host", "vet"]

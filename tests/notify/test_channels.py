@@ -39,8 +39,9 @@ async def test_email_apprise_and_log_channels(topics: AntingSettings, tmp_path: 
     receiver = await Receiver().start()
     log_path = tmp_path / "out.jsonl"
     with smtp_server() as (port, mailbox):
+        # json:// is not among the default apprise schemes; loopback is allowed by notify_settings
         settings = notify_settings(topics, smtp_host="127.0.0.1", smtp_port=port, smtp_from="anting@example.com",
-                                   log_dir=str(tmp_path))
+                                   log_dir=str(tmp_path), apprise_schemes="json")
         async with running(settings) as notifier:
             only_anting = {"organizations": ["Anting Town"]}
             mail, _ = await notifier.store.create(req({"name": "m", "filter": only_anting,

@@ -71,8 +71,9 @@ async def test_a_record_whose_header_name_is_not_utf8_is_dead_lettered_and_the_n
 
 
 async def test_a_redirect_with_a_huge_location_is_dead_once_and_blocks_nothing(topics: AntingSettings) -> None:
-    """A receiver answering 302 with a 1.2 MB Location: the delivery is dead once (its
-    notifications line and dead letter carry the error cut short), the next event on the
+    """A receiver answering 302 with a 1.2 MB Location (over the client's head limit: a failed
+    attempt, and its subscription retries none): the delivery is dead once (its
+    notifications line and dead letter carry a short error), the next event on the
     same partition is delivered, and the events group commits to the end."""
     huge = "http://example.invalid/" + "x" * 1_200_000
     receiver = Receiver(script={"/bad": [(302, {"Location": huge}, 0.0)]})
@@ -81,7 +82,8 @@ async def test_a_redirect_with_a_huge_location_is_dead_once_and_blocks_nothing(t
         async with running(notify_settings(topics)) as notifier:
             for name, path in (("bad", "/bad"), ("good", "/good")):
                 await notifier.store.create(SubscriptionRequest.model_validate_json(orjson.dumps({
-                    "name": name, "channel": {"type": "webhook", "url": receiver.url(path)}})))
+                    "name": name, "channel": {"type": "webhook", "url": receiver.url(path)},
+                    "retry": {"delays_seconds": []}})))
             first, second = agreement([ANTING_TOWN]), agreement([ANTING_TOWN])
             await produce(topics, topics.topic(ENRICHED_EVENTS), [encode(first), encode(second)],
                           [b"same", b"same"])

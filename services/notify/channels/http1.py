@@ -10,6 +10,14 @@ baseline.http_lean). It does no more than webhooks need: POST with a body,
 HTTP/1.1 over TCP or TLS, keep-alive, a total timeout, redirects never followed
 (the 3xx is the answer), the body of the answer read and dropped.
 
+A receiver controls the answer, so the answer has limits (:class:`Limits`, each
+as aiohttp, h11 or llhttp-based servers bound it): its status line, each header
+field, the number of headers, the head's total bytes, the time from its first byte
+to the end of its head, the body's bytes, and the whole exchange (``timeout``).
+A breach fails the request with :class:`ResponseTooLarge` (or ``TimeoutError``) as
+soon as it is seen, and the connection is closed: nothing a receiver sends makes
+notify hold more than the limits.
+
 Connections are opened by :func:`open_connection` (one place, so tests can watch
 every socket the client opens) to the IPs :meth:`GuardedResolver.checked`
 returned, with the URL's host kept for the ``Host`` header, SNI and certificate
@@ -28,7 +36,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from ..ssrf import GuardedResolver
+from ..ssrf import GuardedResolver, url_host
 
 IDLE_SECONDS = 30.0  # an idle pooled connection older than this is closed, not reused
 SWEEP_SECONDS = 0.05  # how often requests past their deadline are failed (at most)
@@ -42,12 +50,32 @@ class BadResponse(ConnectionError):
     """The peer answered something that is not HTTP/1.x, or closed before answering."""
 
 
+class ResponseTooLarge(BadResponse):
+    """The answer broke one of the :class:`Limits`; the message says which."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an answer may be. Defaults: aiohttp's ``max_line_size``/``max_field_size``
+    (8190 bytes), at most 100 headers, a 64 KiB head (h11's
+    ``max_incomplete_event_size`` is 16 KiB), the head complete within 5 s of its first
+    byte (a receiver that takes its time before answering is bounded by the total timeout
+    only), and 1 MiB of body (read and dropped: a webhook's answer is its status)."""
+
+    status_line_bytes: int = 8190  # the reason phrase, the one part of it that can be long
+    field_bytes: int = 8190  # one header's name and value
+    headers: int = 100
+    head_bytes: int = 64 * 1024  # every byte before the body, informational answers included
+    head_seconds: float = 5.0  # from the answer's first byte to the end of its head
+    body_bytes: int = 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Target:
     """The parts of a URL a request needs, split once per URL."""
 
     tls: bool
-    host: str  # as resolved and checked (no brackets)
+    host: str  # as resolved and checked (no brackets; an IDN host in A-labels)
     port: int
     head: bytes  # "POST <path> HTTP/1.1\r\nhost: ...\r\n"
 
@@ -61,7 +89,10 @@ def target(url: str) -> Target:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise InvalidURL(f"not an http(s) URL: {url!r}")
-    host = parts.hostname
+    try:
+        host = url_host(url)  # the form the guard checks: an IDN host as its A-labels
+    except ValueError as exc:
+        raise InvalidURL(str(exc)) from None
     if not host:
         raise InvalidURL(f"no host in {url!r}")
     tls = parts.scheme == "https"
@@ -90,7 +121,8 @@ class Response:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; at most one request on it at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits = Limits()) -> None:
+        self.limits = limits
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[Response] | None = None
@@ -99,6 +131,13 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = False  # any byte of an answer to the current request
         self.idle_since = time.monotonic()
         self.deadline = 0.0  # loop time after which the request in flight has timed out
+        # the answer measured against the limits (reset per request)
+        self.head_done = False
+        self.head_len = 0
+        self.head_by = 0.0  # loop time by which its head must be complete (0: no byte yet)
+        self.status_len = 0
+        self.header_count = 0
+        self.body_len = 0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,13 +147,36 @@ class _Connection(asyncio.Protocol):
         if self.waiter is None or self.waiter.done():
             self.close()  # bytes nobody asked for: the connection cannot be trusted again
             return
-        self.got_bytes = True
+        if not self.got_bytes:
+            self.got_bytes = True
+            self.head_by = asyncio.get_running_loop().time() + self.limits.head_seconds
         try:
-            self.parser.feed_data(data)
+            if self.head_done:
+                self.parser.feed_data(data)
+            else:
+                self._feed_head(data)
+        except ResponseTooLarge as exc:
+            self._fail(exc)
         except httptools.HttpParserUpgrade:
             self._fail(BadResponse("unexpected protocol upgrade"))
+        except httptools.HttpParserCallbackError as exc:  # a limit raised in a callback
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, ResponseTooLarge) else BadResponse(f"invalid HTTP response: {exc}"))
         except httptools.HttpParserError as exc:
             self._fail(BadResponse(f"invalid HTTP response: {exc}"))
+
+    def _feed_head(self, data: bytes) -> None:
+        """Feed ``data`` while the head is incomplete: no more of it than the head may
+        still take, so llhttp never buffers a head (a header's name and value) past
+        ``head_bytes``; the rest once the head has ended."""
+        room = self.limits.head_bytes - self.head_len
+        piece = data if len(data) <= room else data[:room]
+        self.head_len += len(piece)
+        self.parser.feed_data(piece)
+        if len(piece) < len(data):
+            if not self.head_done:
+                raise ResponseTooLarge(f"response head over {self.limits.head_bytes} bytes")
+            self.parser.feed_data(data[len(piece):])
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -130,18 +192,38 @@ class _Connection(asyncio.Protocol):
         if self.waiter is None or self.waiter.done():
             self.close()  # a second answer to one request
         self.response = Response(0)
+        self.header_count = 0
+        self.status_len = 0
+
+    def on_status(self, reason: bytes) -> None:  # the reason phrase, perhaps in pieces
+        self.status_len += len(reason)
+        if self.status_len > self.limits.status_line_bytes:
+            raise ResponseTooLarge(f"status line over {self.limits.status_line_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        if self.header_count > self.limits.headers:
+            raise ResponseTooLarge(f"more than {self.limits.headers} response headers")
+        if len(name) + len(value) > self.limits.field_bytes:
+            raise ResponseTooLarge(f"response header {name[:64].decode('latin-1')!r} over "
+                                   f"{self.limits.field_bytes} bytes")
         if self.response is not None:
             self.response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        self.head_done = True
         if self.response is not None:
             self.response.status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self.body_len += len(body)
+        if self.body_len > self.limits.body_bytes:
+            raise ResponseTooLarge(f"response body over {self.limits.body_bytes} bytes")
 
     def on_message_complete(self) -> None:
         if self.response is not None and 100 <= self.response.status < 200:
             self.response = None  # informational (103 Early Hints, ...): the answer follows
+            self.head_done = False  # its head counts towards the answer's head_bytes
             return
         if not self.parser.should_keep_alive():
             self.close()
@@ -166,32 +248,44 @@ class _Connection(asyncio.Protocol):
         self.response = None
         self.got_bytes = False
         self.deadline = deadline
+        self.head_done = False
+        self.head_len = self.status_len = self.header_count = self.body_len = 0
+        self.head_by = 0.0
         waiter = self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(data)
         return waiter
 
     def expire(self, now: float) -> None:
-        """Fail the request in flight if its deadline has passed."""
-        if now >= self.deadline and self.waiter is not None and not self.waiter.done():
+        """Fail the request in flight if its deadline has passed, or if its answer began
+        more than ``head_seconds`` ago and its head has not ended."""
+        if self.waiter is None or self.waiter.done():
+            return
+        if now >= self.deadline:
             self._fail(TimeoutError())
+        elif self.head_by and not self.head_done and now >= self.head_by:
+            self._fail(TimeoutError(f"response head not complete {self.limits.head_seconds:g} s "
+                                    f"after its first byte"))
 
 
 async def open_connection(ip: str, port: int, server_hostname: str | None,
-                          ssl_context: ssl.SSLContext | None) -> _Connection:
+                          ssl_context: ssl.SSLContext | None, limits: Limits = Limits()) -> _Connection:
     """Every socket the client opens is opened here, to an already checked ``ip``."""
     loop = asyncio.get_running_loop()
     _, conn = await loop.create_connection(
-        _Connection, ip, port, ssl=ssl_context, server_hostname=server_hostname)
+        lambda: _Connection(limits), ip, port, ssl=ssl_context, server_hostname=server_hostname)
     return conn
 
 
 class WebhookClient:
-    """POST bodies to URLs; pooled connections per (scheme, host, port)."""
+    """POST bodies to URLs; pooled connections per (scheme, host, port); answers within
+    ``limits``."""
 
     def __init__(self, resolver: GuardedResolver, timeout: float, *, max_idle_per_origin: int = 64,
-                 ssl_context: ssl.SSLContext | None = None, user_agent: str = "") -> None:
+                 ssl_context: ssl.SSLContext | None = None, user_agent: str = "",
+                 limits: Limits = Limits()) -> None:
         self.resolver = resolver
         self.timeout = timeout
+        self.limits = limits
         self.max_idle = max_idle_per_origin
         self._ssl = ssl_context
         self._idle: dict[tuple[bool, str, int], list[_Connection]] = {}
@@ -213,7 +307,7 @@ class WebhookClient:
         for ip in await self.resolver.checked(t.host, t.port):  # raises RefusedAddress
             try:
                 return await open_connection(str(ip), t.port, t.host if t.tls else None,
-                                             self._ssl_context() if t.tls else None)
+                                             self._ssl_context() if t.tls else None, self.limits)
             except OSError as exc:
                 last = exc
         raise last or ConnectionError(f"cannot connect to {t.host}:{t.port}")
@@ -242,7 +336,9 @@ class WebhookClient:
     async def post(self, url: str, body: bytes, headers: Iterable[tuple[str, str]]) -> Response:
         """POST ``body``; the answer's status and headers. Raises :class:`RefusedAddress`
         (a guarded address), :class:`InvalidURL`, ``TimeoutError`` (``timeout`` for the
-        whole exchange, connecting included) or ``OSError``/``ConnectionError``."""
+        whole exchange, connecting included; or a head still incomplete ``head_seconds``
+        after its first byte), :class:`ResponseTooLarge` (an answer over :class:`Limits`)
+        or ``OSError``/``ConnectionError``."""
         t = target(url)
         head = [t.head, self._ua]
         for name, value in headers:
@@ -304,5 +400,6 @@ class WebhookClient:
         await asyncio.sleep(0)
 
 
-__all__ = ["IDLE_SECONDS", "SWEEP_SECONDS", "BadResponse", "InvalidURL", "Response", "Target",
+__all__ = ["IDLE_SECONDS", "SWEEP_SECONDS", "BadResponse", "InvalidURL", "Limits", "Response", "ResponseTooLarge",
+           "Target",
            "WebhookClient", "open_connection", "target"]

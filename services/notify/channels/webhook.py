@@ -60,19 +60,23 @@ def sign(secrets: list[str], msg_id: str, timestamp: datetime, body: bytes) -> s
 
 
 def retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds: delta-seconds or an HTTP date."""
+    """``Retry-After`` as seconds (RFC 9110 §10.2.3): delta-seconds (ASCII digits only, so
+    not ``²``; a value too large for a float is ``inf``) or an HTTP date (a past one is
+    0). None for anything else (negative numbers, fractions, garbage): never raises. How
+    far it may move the next attempt is the retry schedule's business
+    (:meth:`~services.notify.delivery.Deliverer.retry_delay`)."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():
+        return float(value)  # a str of digits never overflows: a huge one is inf
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):  # what odd dates raise inside email.utils
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - time.time())
 
 
 def classify(code: int, headers: Mapping[str, str]) -> Result:
@@ -156,9 +160,9 @@ class WebhookSender:
             return Result("permanent", None, f"refused: {exc}")
         except (InvalidURL, ValueError) as exc:
             return Result("permanent", None, str(exc))
-        except TimeoutError as exc:
-            return Result("retry", None, f"timeout: {type(exc).__name__}")
-        except OSError as exc:  # connection refused/reset, TLS, DNS, a garbled or missing answer
+        except TimeoutError as exc:  # the whole exchange, or a head that came too slowly
+            return Result("retry", None, f"timeout: {exc or type(exc).__name__}")
+        except OSError as exc:  # connection refused/reset, TLS, DNS, a garbled, missing or too large answer
             return Result("retry", None, f"{type(exc).__name__}: {exc}")
         return classify(response.status, response.headers)
 
