@@ -306,6 +306,82 @@ def _chinese_candidates(folded: str, start: int, end: int) -> Iterable[tuple[int
             yield s, e
 
 
+# --- names in an actor's place ---------------------------------------------------------
+#
+# A company is often named without any word of its kind ("Stellantis and Leapmotor
+# signed", "奥迪"): where the sentence puts a name — the parties of a signing, a list
+# after "founded by", the members a list "包括" names — a capitalised name (English) or a
+# run of characters (Chinese) is taken as an organization.
+
+_CAP = r"(?:[A-Z][\w.\-]*|[0-9]+[A-Za-z][\w.\-]*)(?:[ \t]+(?:[A-Z][\w.\-]*))*"
+_EN_ACTOR_SLOTS = [re.compile(p) for p in (
+    rf"^\s*(?:The\s+)?({_CAP})\s+(?:and|&)\s+(?:the\s+)?({_CAP})\s+(?:have\s+|has\s+|jointly\s+)?(?:signed|inked|agreed)\b",
+    rf"^\s*(?:The\s+)?({_CAP})\s+(?:signed|inked)\b",
+    rf"\bbetween\s+(?:the\s+)?({_CAP})\s+and\s+(?:the\s+)?({_CAP})",
+    rf"\b(?:signed|inked)\b[^.;]*?\bwith\s+(?:the\s+)?({_CAP})",
+)]
+_EN_BY_LIST = re.compile(
+    rf"\b(?:founded|launched|initiated|formed|established|hosted|organi[sz]ed|set\s+up)\s+"
+    rf"(?:[\w,]+\s+){{0,5}}?by\s+((?:the\s+)?{_CAP}(?:\s*,\s*(?:and\s+)?(?:the\s+)?{_CAP})*(?:,?\s+and\s+(?:the\s+)?{_CAP})?)")
+_EN_MEMBERS = re.compile(
+    rf"\b(?:members|partners|exhibitors|participants)\s+(?:include|including|are)\s+"
+    rf"((?:the\s+)?{_CAP}(?:\s*,\s*(?:and\s+)?{_CAP})*(?:,?\s+and\s+{_CAP})?)")
+_MONTHS = frozenset("""January February March April May June July August September October
+November December Monday Tuesday Wednesday Thursday Friday Saturday Sunday""".split())
+_ZH_RUN = r"[\u3400-\u9fffA-Za-z0-9·]{2,30}?"
+_ZH_SIGN_SLOT = re.compile(
+    rf"(?:^|[，,。；;：:\s]|日)({_ZH_RUN})(?:与|和|同)({_ZH_RUN})(?:在[\u3400-\u9fff]{{1,8}})?(?:正式|共同|联合|已)?(?:签署|签订|签约)")
+_ZH_MEMBERS = re.compile(r"(?:包括|包含)([^。；;]*?)等")
+
+
+def _en_slot_names(sentence: str, offset: int) -> Iterable[tuple[int, int]]:
+    for pattern in _EN_ACTOR_SLOTS:
+        m = pattern.search(sentence)
+        if m is None:
+            continue
+        for g in range(1, (m.lastindex or 0) + 1):
+            yield from _en_name_at(sentence, m.start(g), m.end(g), offset)
+    for pattern in (_EN_BY_LIST, _EN_MEMBERS):
+        for m in pattern.finditer(sentence):
+            for item in re.finditer(rf"(?:the\s+)?({_CAP})", m.group(1)):
+                yield from _en_name_at(sentence, m.start(1) + item.start(1),
+                                       m.start(1) + item.end(1), offset)
+
+
+def _en_name_at(sentence: str, a: int, b: int, offset: int) -> Iterable[tuple[int, int]]:
+    """A capitalised name at ``sentence[a:b]``, without trailing words that are not its
+    own (a month, "The"), as text offsets."""
+    words = sentence[a:b].split()
+    while words and (words[-1] in _MONTHS or words[-1].lower() in _LEADING
+                     or words[-1].lower() in _CONNECTORS):
+        words.pop()
+    while words and (words[0].lower() in _LEADING or words[0] in _MONTHS):
+        a = sentence.index(words[0], a) + len(words[0])
+        words.pop(0)
+        a = sentence.index(words[0], a) if words else a
+    if not words:
+        return
+    end = sentence.index(words[-1], a) + len(words[-1])
+    start = sentence.index(words[0], a)
+    name = sentence[start:end].rstrip(".,")
+    if len(name) >= 2 and not is_generic(normalise(name)):
+        yield offset + start, offset + start + len(name)
+
+
+def _zh_slot_names(folded: str, start: int, end: int) -> Iterable[tuple[int, int]]:
+    sentence = folded[start:end]
+    for m in _ZH_SIGN_SLOT.finditer(sentence):
+        for g in (1, 2):
+            yield start + m.start(g), start + m.end(g)
+    for m in _ZH_MEMBERS.finditer(sentence):
+        pos = m.start(1)
+        for item in re.split(r"[、,，和及与]", m.group(1)):
+            if 2 <= len(item.strip()) <= 30:
+                i = sentence.index(item, pos)
+                yield start + i, start + i + len(item)
+            pos += len(item) + 1
+
+
 # --- short forms and descriptions ---------------------------------------------------
 
 _DEFINED = re.compile(
@@ -521,6 +597,12 @@ def find_organizations(text: str, gazetteer: Gazetteer) -> list[Found]:
     for s_start, s_end in sentences(text):
         candidates.extend(_english_candidates(text, s_start, s_end))
         candidates.extend(_chinese_candidates(folded, s_start, s_end))
+    # names in an actor's place, where neither the catalog nor a suffix found one
+    for s_start, s_end in sentences(text):
+        if SIGNING.search(folded[s_start:s_end]) or _EN_BY_LIST.search(text[s_start:s_end]) \
+                or _EN_MEMBERS.search(text[s_start:s_end]):
+            candidates.extend(_en_slot_names(text[s_start:s_end], s_start))
+        candidates.extend(_zh_slot_names(folded, s_start, s_end))
     for a, b in sorted(candidates, key=lambda c: (c[0], -(c[1] - c[0]))):
         if not free(a, b):
             # a longer name around a catalog name ("上海汽车集团股份有限公司" is the
@@ -600,6 +682,11 @@ def _head_of(name: str) -> str:
 
 
 _ZH_LEGAL = ("股份有限公司", "有限责任公司", "有限公司")
+# where Chinese companies are registered, as their names begin
+_ZH_REGISTERED_IN = ("北京", "上海", "天津", "重庆", "浙江", "江苏", "广东", "深圳", "杭州", "广州",
+                     "安徽", "山东", "湖北", "四川", "福建", "河北", "河南", "湖南", "江西", "辽宁",
+                     "吉林", "黑龙江", "陕西", "山西", "云南", "贵州", "广西", "海南", "甘肃",
+                     "宁夏", "青海", "新疆", "西藏", "内蒙古", "苏州", "南京", "武汉", "成都", "合肥")
 
 
 def _without_legal_suffix(name: str) -> str | None:
@@ -610,7 +697,12 @@ def _without_legal_suffix(name: str) -> str | None:
         simple = fold(name)
         for s in _ZH_LEGAL:
             if simple.endswith(s) and len(simple) - len(s) >= 4:
-                return name[: len(name) - len(s)]
+                core = name[: len(name) - len(s)]
+                # "重庆长安汽车" is written "长安汽车": the place it is registered in goes too
+                place = next((p for p in _ZH_REGISTERED_IN if fold(core).startswith(p)), None)
+                if place is not None and len(core) - len(place) >= 4:
+                    core = core[len(place):]
+                return core
         return None
     m = re.search(r",?\s+(Co\.,?\s*Ltd\.?|Ltd\.?|Inc\.?|Corp\.?|Corporation|Limited|LLC|GmbH|AG|PLC)$", name)
     if m and len(name[:m.start()]) >= 3 and not is_generic(_key_of(name[:m.start()])):

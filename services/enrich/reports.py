@@ -33,7 +33,7 @@ __all__ = ["TRIGGERS", "Report", "event_id", "read_document"]
 #: (lower case, Simplified Chinese).
 TRIGGERS: tuple[tuple[str, str], ...] = (
     ("agreement", SIGNING.pattern + r"|\bmemorandum of understanding\b|\bmou\b|\bagreements?\b.{0,40}\b(?:reached|concluded)\b|达成.{0,10}协议"),
-    ("alliance_established", r"\b(?:alliance|consortium|coalition|federation|association|league)\b.{0,80}\b(?:established|founded|launched|formed|set up|inaugurated|unveiled)\b|\b(?:established|founded|launched|formed|set up|inaugurated)\b.{0,60}\b(?:alliance|consortium|coalition|league)\b|(?:联盟|联合体|协会|共同体|产业联合会).{0,20}(?:成立|组建|揭牌|启动|发起)|(?:成立|组建|发起|启动).{0,40}(?:联盟|联合体|共同体)"),
+    ("alliance_established", r"\b(?:alliance|consortium|coalition|federation|association|league)\b.{0,80}\b(?:established|founded|launched|formed|set up|inaugurated|unveiled)\b|\b(?:established|founded|launched|formed|set up|inaugurated)\b.{0,60}\b(?:alliance|consortium|coalition|league)\b|(?:联盟|联合体|协会|共同体|产业联合会|委员会).{0,20}(?:成立|组建|揭牌|启动|发起)|(?:成立|组建|发起|启动).{0,40}(?:联盟|联合体|共同体)"),
     ("whitepaper_released", r"\b(?:white ?paper|whitepapar|blue ?book)s?\b|白皮书|蓝皮书"),
     ("industry_base_unveiled", r"\b(?:base|park|zone|hub)\b.{0,60}\b(?:unveiled|inaugurated|opened|launched|plaque)\b|\b(?:unveiled|inaugurated)\b.{0,60}\b(?:base|park|zone|hub)\b|(?:基地|园区|产业园|示范区|先导区).{0,20}(?:揭牌|启用|开园|授牌|落成|启动)|(?:揭牌|授牌).{0,30}(?:基地|园区|产业园|示范区)"),
     ("conference_closed", r"\b(?:closed|concluded|wrapped up|came to a close|came to an end)\b|闭幕|落下帷幕|圆满结束|胜利闭幕"),
