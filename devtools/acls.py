@@ -33,6 +33,7 @@ from shared.topics import (
     ALL_TOPICS,
     ANNOUNCEMENTS,
     DEAD_LETTERS,
+    DOCUMENTS,
     ENRICHED_EVENTS,
     INSIGHTS_CHANGELOG,
     INSIGHTS_FACTS,
@@ -115,6 +116,7 @@ def service_groups(topic_prefix: str = "") -> dict[str, str]:
 
     return {
         "anting-enrich": str(EnrichSettings.model_fields["group"].default),
+        "anting-enrich-documents": str(EnrichSettings.model_fields["documents_group"].default),
         "anting-notify": str(NotifySettings.model_fields["group"].default),
         "anting-insights": topic_prefix + str(InsightsSettings.model_fields["group"].default),
     }
@@ -151,6 +153,7 @@ def acl_table(topic_prefix: str = "") -> list[Acl]:
     ingest = "anting-ingest"
     rows += _topic_rows(ingest, p, (ANNOUNCEMENTS, AGREEMENTS), ("WRITE",), "publishes the events it accepts")
     rows += _topic_rows(ingest, p, (DEAD_LETTERS,), ("WRITE",), "lines of a file it cannot parse")
+    rows += _topic_rows(ingest, p, (DOCUMENTS,), ("WRITE",), "publishes the documents it accepts")
 
     enrich, g = "anting-enrich", groups["anting-enrich"]
     rows += _topic_rows(enrich, p, (ANNOUNCEMENTS, AGREEMENTS), ("READ",), "its input")
@@ -162,6 +165,12 @@ def acl_table(topic_prefix: str = "") -> list[Acl]:
         Acl(enrich, "transactional_id", f"{g}-", "PREFIXED", "WRITE",
             "transactional ids <group>-<instance> (exactly once)"),
     ]
+    docs_group = groups["anting-enrich-documents"]
+    rows += _topic_rows(enrich, p, (DOCUMENTS,), ("READ",), "the documents stage's input")
+    rows += _topic_rows(enrich, p, (ANNOUNCEMENTS, AGREEMENTS), ("WRITE",),
+                        "the documents stage writes the events a document reports")
+    rows.append(Acl(enrich, "group", docs_group, "LITERAL", "READ",
+                    "the documents stage's consumer group; offsets committed after its writes"))
 
     notify, g = "anting-notify", groups["anting-notify"]
     rows += _topic_rows(notify, p, (ENRICHED_EVENTS,), ("READ",), "its input, and the SSE stream")
@@ -183,8 +192,8 @@ def acl_table(topic_prefix: str = "") -> list[Acl]:
     ]
     rows.append(Acl(insights, "group", g, "PREFIXED", "READ", "the faust app's group and <app id>-route"))
 
-    rows += _topic_rows(PUBLISHER, p, (ANNOUNCEMENTS, AGREEMENTS), ("WRITE",),
-                        "an outside producer of input events")
+    rows += _topic_rows(PUBLISHER, p, (ANNOUNCEMENTS, AGREEMENTS, DOCUMENTS), ("WRITE",),
+                        "an outside producer of input events and documents")
     rows += _topic_rows(READER, p, (ENRICHED_EVENTS,), ("READ",), "an outside consumer of the output")
     rows.append(Acl(READER, "group", READER_GROUP_PREFIX, "PREFIXED", "READ", "its consumer groups"))
     # Describe where Read or Write on the same resource grants it already is left out

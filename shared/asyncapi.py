@@ -29,6 +29,7 @@ from shared.topics import (
     ANNOUNCEMENTS,
     DEAD_LETTERS,
     DEAD_LETTERS_REPLAYED,
+    DOCUMENTS,
     ENRICHED_EVENTS,
     INSIGHTS_CHANGELOG,
     INSIGHTS_FACTS,
@@ -42,6 +43,7 @@ from shared.topics import (
 
 __all__ = [
     "ASYNCAPI_PATH",
+    "DOCUMENTS_GROUP",
     "FLOWS",
     "GROUPS",
     "Flow",
@@ -60,6 +62,8 @@ KAFKA_BINDING = "0.5.0"
 #: The consumer groups' default names (``ANTING_<SERVICE>_GROUP``); a test holds them
 #: equal to the services' settings, which this layer does not import.
 GROUPS = {"enrich": "anting-enrich", "notify": "anting-notify", "insights": "anting-insights"}
+#: enrich's documents stage reads in a group of its own (``ANTING_ENRICH_DOCUMENTS_GROUP``)
+DOCUMENTS_GROUP = f"{GROUPS['enrich']}-documents"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,10 @@ FLOWS: tuple[Flow, ...] = (
     Flow("enrich", "receive", ANNOUNCEMENTS, "enriches each announcement", GROUPS["enrich"]),
     Flow("enrich", "receive", AGREEMENTS, "enriches each agreement signing", GROUPS["enrich"]),
     Flow("enrich", "receive", ORGANIZATIONS, "keeps the organization catalog in memory"),
+    Flow("ingest", "send", DOCUMENTS, "publishes the documents posted to it, HTML reduced to text"),
+    Flow("enrich", "receive", DOCUMENTS, "reads the events each document reports", DOCUMENTS_GROUP),
+    Flow("enrich", "send", ANNOUNCEMENTS, "writes the announcements a document reports"),
+    Flow("enrich", "send", AGREEMENTS, "writes the agreement signings a document reports"),
     Flow("cli", "send", ORGANIZATIONS, "anting loads and edits the organization catalog"),
     Flow("enrich", "send", ENRICHED_EVENTS, "writes every event with its organizations resolved"),
     Flow("enrich", "send", DEAD_LETTERS, "writes the records it cannot process"),
@@ -144,6 +152,7 @@ _PAYLOADS: dict[str, str] = {
     ORGANIZATIONS.name: "organization",
     SUBSCRIPTIONS.name: "subscription",
     NOTIFICATIONS.name: "delivery-record",
+    DOCUMENTS.name: "document",
 }
 _BINARY_DATA = {ANNOUNCEMENTS.name: "AnnouncementData", AGREEMENTS.name: "AgreementData"}
 

@@ -74,6 +74,7 @@ LIMITS: dict[str, int] = {
     "headline": 1000,  # characters of a headline or title
     "summary": 20000,  # characters of a summary
     "uri": 2048,  # characters of source and dataschema
+    "mentions": 100,  # places one organization is named in the document an event was read from
 }
 
 #: Integers every JSON reader holds exactly (I-JSON, RFC 7493 §2.2).
@@ -227,11 +228,23 @@ class Location(Model):
     country: Text | None = None
 
 
+class TextSpan(Model):
+    """Where a document names something: ``text[start:end] == text`` in the document's
+    text, counted in Unicode code points (Python's ``str`` indices, not UTF-8 or UTF-16
+    units), ``end`` exclusive."""
+
+    start: Count
+    end: Count
+    text: Name
+
+
 class OrganizationMention(Model):
-    """An organization as the publisher named it, English or Chinese."""
+    """An organization as the publisher named it, English or Chinese; ``mentions``, in an
+    event read from a document (``documentid``), every place its text names it."""
 
     name: Name
     role: Text | None = None
+    mentions: list[TextSpan] = Field(default_factory=list, max_length=LIMITS["mentions"])
 
 
 class Person(Model):
@@ -291,6 +304,11 @@ class CloudEventBase(Model):
     subject: Annotated[str, StringConstraints(max_length=LIMITS["name"], pattern=_NAME)] | None = None
     datacontenttype: Line | None = None
     dataschema: Uri | None = None
+    # an extension attribute (CloudEvents 1.0 §3.1.3), declared so that it is documented:
+    # the document (shared.documents) the event was read from, with the same source
+    documentid: Annotated[str, StringConstraints(max_length=LIMITS["name"], pattern=_NAME)] | None = Field(
+        None, description="extension: the id of the document (same source) this event was read from; "
+        "data.organizations[].mentions count code points of its text")
 
     @property
     def key(self) -> bytes:
@@ -672,6 +690,6 @@ __all__ = ["AGREEMENT", "ANNOUNCEMENT", "ENRICHED_ADAPTER", "EVENT_ADAPTER", "EV
            "ExtensionName", "ExtensionValue", "Headline", "JsonValue", "Line", "Location", "Match",
            "MatchMethod", "Model", "Money", "Name", "NonEmpty", "NonEmptyText", "NotACloudEvent",
            "Number", "OrganizationMention", "Person", "Prose", "ResolvedMention", "Text",
-           "Timestamp", "Uri", "check_size", "dump_event", "encode_json", "error_paths", "has_undecodable_header", "json_integer",
+           "TextSpan", "Timestamp", "Uri", "check_size", "dump_event", "encode_json", "error_paths", "has_undecodable_header", "json_integer",
            "media_type", "parse_enriched", "parse_event", "parse_event_obj", "paths_of",
            "raw_header_name", "read_json", "readable_header_name", "record_event_bytes"]

@@ -29,6 +29,11 @@ INGEST_EVENTS = Counter(
 ENRICH_EVENTS = Counter(
     "anting_enrich_events", "Events enrich processed.", ["type", "outcome"]
 )
+DOCUMENTS_READ = Counter(
+    "anting_documents", "Documents enrich's documents stage read, by outcome: read "
+    "(its events written), no_event (it reports none), dead_lettered", ["outcome"])
+DOCUMENT_EVENTS = Counter(
+    "anting_document_events", "Events the documents stage read out of documents", ["type"])
 ENRICH_ORGANIZATIONS = Counter(
     "anting_enrich_organizations", "Organization mentions resolved or not.", ["outcome"]
 )
@@ -110,6 +115,7 @@ def render(registry: CollectorRegistry = REGISTRY, accept: str | None = None) ->
 
 
 __all__ = ["CONSUMER_LAG", "DEAD_LETTERS", "DEAD_LETTERS_IN_TOPIC", "DEAD_LETTERS_LAST_TIMESTAMP",
+           "DOCUMENTS_READ", "DOCUMENT_EVENTS",
            "END_TO_END_SECONDS", "ENRICH_EVENTS", "ENRICH_ORGANIZATIONS", "HTTP_REQUEST_SECONDS",
            "INGEST_EVENTS", "INSIGHTS_ENTITIES", "INSIGHTS_FACTS", "INSIGHTS_RECOVERY_RESTARTS",
            "INSIGHTS_RECOVERY_SECONDS", "LATENCY_BUCKETS", "NOTIFY_DELIVERIES", "STAGE_SECONDS", "WORKER_RESTARTS", "WRITE_FAILURES", "render"]

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter
 
+from shared.documents import Document
 from shared.events import ENRICHED_ADAPTER, EVENT_ADAPTER
 from shared.organizations import Organization
 from shared.subscriptions import DeliveryRecord, Subscription, SubscriptionRequest
@@ -21,6 +22,7 @@ MODELS: dict[str, TypeAdapter[Any]] = {
     "subscription-request": TypeAdapter(SubscriptionRequest),
     "subscription": TypeAdapter(Subscription),
     "delivery-record": TypeAdapter(DeliveryRecord),
+    "document": TypeAdapter(Document),
 }
 
 

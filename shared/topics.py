@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter
 
+from shared.documents import MAX_DOCUMENT_TEXT_BYTES, Document
 from shared.events import ENRICHED_ADAPTER, EVENT_ADAPTER
 from shared.organizations import Organization
 from shared.subscriptions import DeliveryRecord, Subscription
@@ -40,11 +41,21 @@ class Topic:
 
 ANNOUNCEMENTS = Topic(
     "announcements", EVENT_ADAPTER, 3, "delete", "CloudEvent subject, else id",
-    doc="conference.announcement CloudEvents from ingest or any producer",
+    doc="conference.announcement CloudEvents from ingest, enrich's documents stage or any producer",
 )
 AGREEMENTS = Topic(
     "agreements", EVENT_ADAPTER, 3, "delete", "CloudEvent subject, else id",
-    doc="agreement.signed CloudEvents from ingest or any producer",
+    doc="agreement.signed CloudEvents from ingest, enrich's documents stage or any producer",
+)
+# Articles whole, before events are read out of them (services/enrich/documents.py). A
+# document's record is far larger than an event's, so it is compressed (text compresses
+# well: about a third) and bounded: the broker refuses more than a document may be
+# (shared.documents.MAX_DOCUMENT_TEXT_BYTES, JSON-escaped, with room for the envelope).
+DOCUMENT_MAX_MESSAGE_BYTES = 2 * MAX_DOCUMENT_TEXT_BYTES + 64 * 1024
+DOCUMENTS = Topic(
+    "documents", TypeAdapter(Document), 3, "delete", "document id",
+    config={"compression.type": "gzip", "max.message.bytes": str(DOCUMENT_MAX_MESSAGE_BYTES)},
+    doc="articles (text, Markdown, HTML reduced to text) from ingest, whole; enrich reads events out of them",
 )
 ORGANIZATIONS = Topic(
     "organizations", TypeAdapter(Organization), 1, "compact", "organization id",
@@ -121,7 +132,7 @@ INSIGHTS_CHANGELOG = Topic(
 )
 
 ALL_TOPICS: tuple[Topic, ...] = (
-    ANNOUNCEMENTS, AGREEMENTS, ORGANIZATIONS, ENRICHED_EVENTS,
+    ANNOUNCEMENTS, AGREEMENTS, DOCUMENTS, ORGANIZATIONS, ENRICHED_EVENTS,
     SUBSCRIPTIONS, NOTIFICATIONS, DEAD_LETTERS, DEAD_LETTERS_REPLAYED, NOTIFY_RETRIES, NOTIFY_DIGESTS,
     INSIGHTS_FACTS, INSIGHTS_CHANGELOG,
 )
@@ -136,6 +147,6 @@ def by_name(name: str, prefix: str = "") -> Topic:
 
 
 __all__ = ["AGREEMENTS", "ALL_TOPICS", "ANNOUNCEMENTS", "DAY_MS", "DEAD_LETTERS",
-           "DEAD_LETTERS_REPLAYED", "ENRICHED_EVENTS", "INPUT_TOPICS_BY_TYPE",
+           "DEAD_LETTERS_REPLAYED", "DOCUMENTS", "DOCUMENT_MAX_MESSAGE_BYTES", "ENRICHED_EVENTS", "INPUT_TOPICS_BY_TYPE",
            "INSIGHTS_CHANGELOG", "INSIGHTS_FACTS", "LEDGER_RETENTION_MS", "NOTIFICATIONS",
            "NOTIFY_DIGESTS", "NOTIFY_RETRIES", "ORGANIZATIONS", "SUBSCRIPTIONS", "Topic", "by_name"]

@@ -1,4 +1,5 @@
-"""``anting serve enrich``: the catalog, the enrich worker, and /metrics,
+"""``anting serve enrich``: the catalog, the enrich worker, the documents stage (documents
+→ the events they report; ``ANTING_ENRICH_DOCUMENTS=false`` leaves it out), and /metrics,
 /healthz, /readyz on uvicorn, all in one event loop.
 
 SIGTERM/SIGINT (via :func:`shared.runtime.run_service`) stop fetching; the batch
@@ -15,6 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from services.enrich.catalog import Catalog
+from services.enrich.documents import DocumentStage
 from services.enrich.pipeline import Worker
 from services.enrich.settings import EnrichSettings
 from shared import logs
@@ -61,7 +63,11 @@ async def serve(settings: EnrichSettings, stop: asyncio.Event, *, tune_gc: bool 
     http = asyncio.create_task(server.serve())
     # lag from the committed offsets, for the whole life of the process: it keeps
     # growing while the worker's consumer session fails and starts again, committing nothing
-    lag = LagMonitor(settings, {worker.group: worker.inputs}, interval=2.0)
+    documents = DocumentStage(settings, catalog) if settings.documents else None
+    groups = {worker.group: worker.inputs}
+    if documents is not None:
+        groups[documents.group] = [documents.topic]
+    lag = LagMonitor(settings, groups, interval=2.0)
     lag.start()
     try:
         # a broker refusing the credentials, the certificate or an ACL: said once per 30 s and
@@ -77,7 +83,10 @@ async def serve(settings: EnrichSettings, stop: asyncio.Event, *, tune_gc: bool 
             "organizations": len(catalog.organizations), "version": catalog.version})
         if tune_gc:
             quiet_gc()
-        await worker.run(stop)
+        if documents is None:
+            await worker.run(stop)
+        else:  # the stage shares the catalog; each stops with stop
+            await asyncio.gather(worker.run(stop), documents.run(stop))
     finally:
         server.should_exit = True
         with contextlib.suppress(Exception):

@@ -38,6 +38,11 @@ class EnrichSettings(AntingSettings):
     instance_id: str | None = Field(None, min_length=1)
     # how long the group waits for a silent worker before giving its partitions away
     session_timeout_ms: int = Field(10000, ge=1000)
+    # the documents stage (services/enrich/documents.py): documents → the events they
+    # report, at least once, in a consumer group of its own; off: this process runs
+    # only the enrich worker (run the stage in another one)
+    documents: bool = True
+    documents_group: str = Field("anting-enrich-documents", min_length=1)
 
     @model_validator(mode="after")
     def _transaction_outlasts_commit_interval(self) -> EnrichSettings:

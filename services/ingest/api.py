@@ -32,6 +32,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import request_response
 
 from services.ingest.codec import Rejection, decode_data, decode_events, to_records
+from services.ingest.documents import decode_document, document_record
 from services.ingest.publisher import BrokerUnavailable, Publisher, RecordRefused
 from services.ingest.settings import IngestSettings
 from shared import tracing
@@ -69,6 +70,7 @@ __all__ = [
     "openapi_schema",
     "post_agreement",
     "post_announcement",
+    "post_document",
     "post_events",
     "read_body",
     "router",
@@ -284,10 +286,12 @@ async def _read_encoded(request: Request, coding: str, limit: int) -> bytes:
 @dataclass(frozen=True, slots=True)
 class IngestState:
     """What the endpoints work with, kept as ``app.state.ingest`` by :func:`create_app`:
-    the settings and the publisher (which the caller of ``create_app`` starts and stops)."""
+    the settings, the publisher of events and the one of documents (which the caller of
+    ``create_app`` starts and stops; documents go through ``publisher`` when it has none)."""
 
     settings: IngestSettings
     publisher: Publisher
+    documents: Publisher | None = None
 
 
 def _state(request: Request) -> IngestState:
@@ -435,6 +439,114 @@ async def post_agreement(request: Request) -> Response:
     return await _post_data(request, AGREEMENT)
 
 
+DOCUMENT_ACCEPTED: dict[int | str, dict[str, Any]] = {
+    202: {
+        "description": "Accepted: the broker acknowledged the document",
+        "content": {"application/json": {"schema": {
+            "type": "object",
+            "required": ["accepted", "ids", "id", "source", "characters"],
+            "properties": {
+                "accepted": {"type": "integer", "const": 1},
+                "ids": {"type": "array", "items": {"type": "string"}},
+                "id": {"type": "string", "description": "the document id"},
+                "source": {"type": "string", "description": "the document's source"},
+                "characters": {"type": "integer",
+                               "description": "code points of the text published (what "
+                               "mention offsets count in)"},
+                "title": {"type": "string", "description": "an HTML page's title"},
+                "dropped": {"type": "object", "additionalProperties": {"type": "integer"},
+                            "description": "HTML elements removed with their content, "
+                            "by name (script, style...)"},
+            },
+        }}},
+    },
+    **problem_responses(*ERROR_STATUSES),
+}
+
+
+# a name or URI of the contract: a visible character, no control character (or empty: the default)
+_VISIBLE_LINE = "^([^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*)?$"
+
+
+def _default_source(request: Request, settings: IngestSettings) -> str:
+    """The source of a document posted without ``?source=``: ``ANTING_INGEST_SOURCE``
+    (``/anting/ingest``), under the tenant's name for a tenant's key
+    (``/anting/ingest/acme``), so that two tenants' documents never share an identity."""
+    keys = getattr(request.app.state, "api_keys", None)
+    if keys is None or not keys.enabled:
+        return settings.source
+    principal = keys.principal(request.headers.get("authorization"))
+    if principal is None or principal.admin:
+        return settings.source
+    return f"{settings.source.rstrip('/')}/{principal.tenant}"
+
+
+@router.post(
+    "/v1/documents",
+    status_code=202,
+    summary="Publish an article: plain text, Markdown or HTML (reduced to its text)",
+    response_class=Response,
+    responses=DOCUMENT_ACCEPTED,
+    dependencies=AUTH,
+    openapi_extra={
+        "parameters": [
+            {"name": "id", "in": "query", "required": False,
+             "schema": {"type": "string", "maxLength": 256, "pattern": _VISIBLE_LINE},
+             "description": "the document id (default: doc- and a SHA-256 of its text)"},
+            {"name": "source", "in": "query", "required": False,
+             "schema": {"type": "string", "maxLength": 2048, "pattern": _VISIBLE_LINE},
+             "description": "the document's source, a URI reference (default: ingest's "
+             "source, under the tenant's name for a tenant's key)"},
+        ],
+        "requestBody": {"required": True, "content": {
+            # no "type": any bytes in the charset are text, so nothing is of a wrong type
+            media: {"schema": {"minLength": 1, "description": desc}}
+            for media, desc in (
+                ("text/plain", "the article's text; charset= in Content-Type, UTF-8 by default"),
+                ("text/markdown", "the article in Markdown, kept as written"),
+                ("text/html", "an HTML page; scripts, styles and hidden content are dropped, "
+                 "each block a paragraph"),
+            )}},
+    },
+)
+async def post_document(request: Request) -> Response:
+    """``POST /v1/documents[?id=&source=]``: one article, published whole to
+    ``documents`` (:func:`~services.ingest.documents.decode_document`): 202 with its id,
+    source and length once the broker has it, else the problem (400, 413, 415, 422, 503)."""
+    started = time.perf_counter()
+    state = _state(request)
+    settings = state.settings
+    try:
+        query = request.query_params
+        doc, reduced = decode_document(
+            await read_body(request, settings.max_document_body_bytes),
+            request.headers.get("content-type"),
+            source=query.get("source") or _default_source(request, settings),
+            doc_id=query.get("id") or None)
+    except Problem as exc:
+        INGEST_EVENTS.labels("document", "rejected").inc()
+        return exc.response()
+    try:
+        await (state.documents or state.publisher).publish([document_record(doc, settings)])
+    except BrokerUnavailable as exc:
+        return Problem(503, f"the broker is unavailable; the document is not known to be "
+                       f"published, retry later ({exc})",
+                       [ErrorItem("$", "broker unavailable", "unavailable")],
+                       headers={"Retry-After": "1"}).response()
+    except RecordRefused as exc:
+        return Problem(413, f"{exc}; sending it again will not help",
+                       [ErrorItem("$", "refused by the broker", "too_large")]).response()
+    STAGE_SECONDS.labels("ingest").observe(time.perf_counter() - started)
+    INGEST_EVENTS.labels("document", "accepted").inc()
+    answer: dict[str, Any] = {"accepted": 1, "ids": [doc.id], "id": doc.id, "source": doc.source,
+                              "characters": len(doc.text)}
+    if doc.title:
+        answer["title"] = doc.title
+    if reduced.dropped:
+        answer["dropped"] = reduced.dropped
+    return Response(orjson.dumps(answer), status_code=202, media_type="application/json")
+
+
 _SAFE_NUMBER: dict[str, Any] = {"anyOf": [
     {"type": "integer", "minimum": -MAX_SAFE_INTEGER, "maximum": MAX_SAFE_INTEGER},
     {"type": "number", "not": {"type": "integer"}},
@@ -506,9 +618,11 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
-    """The ingest HTTP app: :data:`router`'s endpoints on ``publisher`` (which the caller
-    starts and stops) and ``settings``, API keys with ``events:publish`` guarding them
+def create_app(settings: IngestSettings, publisher: Publisher,
+               documents: Publisher | None = None) -> FastAPI:
+    """The ingest HTTP app: :data:`router`'s endpoints on ``publisher`` (and ``documents``
+    for ``POST /v1/documents``, else ``publisher``; the caller starts and stops both) and
+    ``settings``, API keys with ``events:publish`` guarding them
 (``ANTING_API_KEYS``, ``ANTING_API_KEYS_FILE``; ``ANTING_RATE_LIMIT`` per tenant key), plus health,
     readiness (``publisher.ready``), metrics and the API docs."""
     app = FastAPI(
@@ -516,7 +630,8 @@ def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
         version="1.0.0",
         description=(
             "Publish conference announcements and agreement signings (CloudEvents 1.0) "
-            "into Kafka. A 202 means the broker acknowledged every event. A rejected "
+            "into Kafka, or whole articles (POST /v1/documents) for enrich to read events "
+            "out of. A 202 means the broker acknowledged every event. A rejected "
             "request publishes nothing: in a batch, one invalid item rejects the whole "
             "request and the problem lists every rejected item with its index. Bodies "
             "may be sent with Content-Encoding gzip or deflate (415 for other codings); "
@@ -527,7 +642,7 @@ def create_app(settings: IngestSettings, publisher: Publisher) -> FastAPI:
         # every request, which costs a single-event POST about 15% more CPU
         routes=list(router.routes),
     )
-    app.state.ingest = IngestState(settings, publisher)
+    app.state.ingest = IngestState(settings, publisher, documents)
     use_api_keys(app, settings.api_keys, keys_file=settings.api_keys_file or None,
                  rate_limit=settings.rate_limit)
     install_request_metrics(app, "ingest")

@@ -18,6 +18,7 @@ from shared import logs
 from shared import settings as settings_mod
 from shared.http import EmbeddedServer
 from shared.runtime import quiet_gc, run_service
+from shared.topics import DOCUMENT_MAX_MESSAGE_BYTES, DOCUMENTS
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,24 @@ def make_publisher(settings: IngestSettings) -> Publisher:
     )
 
 
+def make_document_publisher(settings: IngestSettings) -> Publisher:
+    """The producer of ``documents``: its records are up to a thousand times an event's,
+    so it compresses (gzip, which aiokafka has built in) and may send a request as large
+    as the topic takes; events keep their own uncompressed, low-latency producer."""
+    return Publisher(
+        settings, timeout=max(settings.publish_timeout_seconds, 10.0),
+        max_batch_bytes=DOCUMENT_MAX_MESSAGE_BYTES, compression_type="gzip",
+        max_request_size=DOCUMENT_MAX_MESSAGE_BYTES, topics=(DOCUMENTS,),
+    )
+
+
 async def serve(settings: IngestSettings, stop: asyncio.Event, *, tune_gc: bool = False) -> None:
     """Run the API until ``stop`` is set (usable from Python, e.g. benchmarks);
     ``tune_gc`` applies :func:`quiet_gc` to the whole process (``anting serve`` does)."""
     publisher = make_publisher(settings)
     await publisher.start()
-    app = create_app(settings, publisher)
+    documents = make_document_publisher(settings)
+    app = create_app(settings, publisher, documents)
     if tune_gc:
         quiet_gc()
     config = uvicorn.Config(
@@ -52,6 +65,7 @@ async def serve(settings: IngestSettings, stop: asyncio.Event, *, tune_gc: bool 
         await task
         stopped.cancel()
         await publisher.stop()
+        await documents.stop()
 
 
 def run() -> None:
@@ -65,4 +79,4 @@ def run() -> None:
     run_service("ingest", main)
 
 
-__all__ = ["make_publisher", "run", "serve"]
+__all__ = ["make_document_publisher", "make_publisher", "run", "serve"]

@@ -40,7 +40,7 @@ from shared.kafka_access import (
     topic_operations,
 )
 from shared.settings import AntingSettings
-from shared.topics import INPUT_TOPICS_BY_TYPE
+from shared.topics import INPUT_TOPICS_BY_TYPE, Topic
 from shared.write_failures import refuses_the_record
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class Publisher:
         timeout: float = 4.0,
         linger_ms: int = 0,
         max_batch_bytes: int = 512 * 1024,
+        topics: Sequence[Topic] = tuple(INPUT_TOPICS_BY_TYPE.values()),
         **overrides: object,
     ) -> None:
         self.settings = settings
@@ -97,7 +98,8 @@ class Publisher:
         self._closing: set[asyncio.Task[None]] = set()
         self._failed_at = 0.0
         self._retry_after = RETRY_AFTER_FAILED_START  # longer while the broker refuses us
-        self.topics = [settings.topic(t) for t in INPUT_TOPICS_BY_TYPE.values()]
+        # the topics it writes: what a refusal names and readiness asks the broker about
+        self.topics = [settings.topic(t) for t in topics]
         self.doing = Doing(writes=tuple(self.topics))
         self.access = AccessStatus(then="publishing answers 503 until it is allowed (readiness re-checks)")
         self.backoff = Backoff(cap=self.access.cap)

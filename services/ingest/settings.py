@@ -15,6 +15,9 @@ class IngestSettings(AntingSettings):
     host: str = "127.0.0.1"
     port: int = Field(8001, ge=1, le=65535)
     max_body_bytes: int = Field(1024 * 1024, ge=1)
+    # POST /v1/documents: an HTML page is several times its text (the text itself is
+    # bounded by shared.documents.MAX_DOCUMENT_TEXT_BYTES)
+    max_document_body_bytes: int = Field(4 * 1024 * 1024, ge=1)
     # the `source` of events posted as bare data to /v1/announcements and /v1/agreements
     source: str = "/anting/ingest"
     # the whole budget of one publish (sends + broker acks) before answering 503

@@ -67,9 +67,9 @@ async def publisher(topics: AntingSettings) -> AsyncIterator[Publisher]:
 
 
 async def make_client(
-    settings: IngestSettings, publisher: Publisher
+    settings: IngestSettings, publisher: Publisher, documents: Publisher | None = None
 ) -> httpx.AsyncClient:
-    app = create_app(settings, publisher)
+    app = create_app(settings, publisher, documents)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest")
 
 

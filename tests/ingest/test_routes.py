@@ -24,7 +24,8 @@ def test_one_route_per_endpoint_and_docs_from_the_declaration() -> None:
     (with the security its configured keys call for)."""
     app = create_app(IngestSettings(api_keys="k1"), SimpleNamespace(ready=_ready))  # type: ignore[arg-type]
     v1 = [r for r in app.routes if getattr(r, "path", "").startswith("/v1/")]
-    assert sorted(r.path for r in v1) == ["/v1/agreements", "/v1/announcements", "/v1/events"]
+    assert sorted(r.path for r in v1) == ["/v1/agreements", "/v1/announcements", "/v1/documents",
+                                          "/v1/events"]
     assert all(isinstance(r, RequestRoute) for r in v1)
     assert {r.path for r in router.routes} == {r.path for r in v1}
     doc = app.openapi()

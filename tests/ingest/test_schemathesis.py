@@ -74,7 +74,18 @@ EXCLUDED_CHECKS = ""
 @schemathesis.hook
 def filter_body(ctx: Any, body: Any) -> bool:
     """Keep the bodies the rules without a JSON Schema accept: a webhook URL whose host
-    the webhook client can parse, a retry schedule within its total bound."""
+    the webhook client can parse, a retry schedule within its total bound, a document
+    that is text (no control characters) once its markup is removed."""
+    if isinstance(body, str):
+        from services.ingest.documents import decode_document
+        from shared.http import Problem
+
+        try:
+            for media in ("text/plain", "text/markdown", "text/html"):
+                decode_document(body.encode(), media, source="/s")
+        except Problem:
+            return False
+        return True
     if not isinstance(body, dict):
         return True
     channel = body.get("channel")

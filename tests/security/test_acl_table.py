@@ -18,7 +18,8 @@ def test_readme_shows_the_table_the_code_applies() -> None:
 def test_the_example_users_stay_on_their_side() -> None:
     rows = acl_table()
     assert {(a.resource, a.name, a.operation) for a in rows if a.principal == PUBLISHER} == {
-        ("topic", "announcements", "WRITE"), ("topic", "agreements", "WRITE")}
+        ("topic", "announcements", "WRITE"), ("topic", "agreements", "WRITE"),
+        ("topic", "documents", "WRITE")}
     assert {(a.resource, a.name, a.pattern, a.operation) for a in rows if a.principal == READER} == {
         ("topic", "enriched-events", "LITERAL", "READ"), ("group", "reader-", "PREFIXED", "READ")}
 
@@ -35,8 +36,9 @@ def test_every_service_has_rows_and_writes_only_what_it_produces() -> None:
     rows = acl_table()
     writes = {p: {a.name for a in rows if a.principal == p and a.operation == "WRITE" and a.resource == "topic"}
               for p in SERVICE_PRINCIPALS}
-    assert writes["anting-ingest"] == {"announcements", "agreements", "dead-letters"}
-    assert writes["anting-enrich"] == {"enriched-events", "dead-letters"}
+    assert writes["anting-ingest"] == {"announcements", "agreements", "documents", "dead-letters"}
+    # enrich's documents stage writes the events documents report into the input topics
+    assert writes["anting-enrich"] == {"enriched-events", "dead-letters", "announcements", "agreements"}
     assert writes["anting-notify"] == {"subscriptions", "notifications", "notify-retries", "notify-digests", "dead-letters"}
     assert writes["anting-insights"] == {"insights-facts", "dead-letters", "anting-insights-"}
     enrich_txn = [a for a in rows if a.resource == "transactional_id" and a.operation == "WRITE"]
