@@ -339,10 +339,11 @@ class _Reader:
             UnknownTopicOrPartitionError,
         )
 
+        from shared.aiokafka_ext import client_of
         from shared.kafka_access import topic_operations
 
         try:
-            allowed = (await topic_operations(self.consumer._client, [self.topic]))[self.topic]
+            allowed = (await topic_operations(client_of(self.consumer), [self.topic]))[self.topic]
         except IncompatibleBrokerVersion:  # before Kafka 2.3 it cannot say; a fetch will
             return
         if isinstance(allowed, UnknownTopicOrPartitionError):

@@ -585,14 +585,14 @@ def _header_text(name: str, value: bytes | None) -> str:
         raise NotACloudEvent(f"header {name!r} is not UTF-8") from None
 
 
-#: how a consumer decodes a header name that is not UTF-8 (:mod:`shared.kafka_records`):
+#: how a consumer decodes a header name that is not UTF-8 (:mod:`shared.aiokafka_ext`):
 #: each such byte becomes a lone surrogate, so the bytes can be had again
 UNDECODABLE = "surrogateescape"
 
 
 def has_undecodable_header(headers: Any) -> bool:
     """Whether any header name of a consumed record held bytes that are not UTF-8 (decoded
-    as lone surrogates by :mod:`shared.kafka_records`). ``headers``: the record's ``[(name, value), ...]`` or None."""
+    as lone surrogates by :mod:`shared.aiokafka_ext`). ``headers``: the record's ``[(name, value), ...]`` or None."""
     for name, _ in headers or ():
         if not name.isascii() and any("\udc80" <= ch <= "\udcff" for ch in name):
             return True

@@ -23,15 +23,15 @@ from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from shared import kafka_records
+from shared.aiokafka_ext import close_unflushed, install_lenient_records, refresh_metadata
 from shared.settings import AntingSettings
 from shared.topics import ALL_TOPICS, Topic
 
 log = logging.getLogger(__name__)
 
 # every consumer in a process that imports this module (faust's too) reads a header name
-# that is not UTF-8 instead of stopping its partition for good (shared/kafka_records.py)
-kafka_records.install()
+# that is not UTF-8 instead of stopping its partition for good (shared/aiokafka_ext.py)
+install_lenient_records()
 
 # What aiokafka logs at warning or error while a cluster starts, a broker restarts, a
 # leader or coordinator moves: conditions its clients retry by themselves (Kafka's
@@ -240,21 +240,6 @@ def make_consumer(
     )
 
 
-async def _refresh_metadata(consumer: AIOKafkaConsumer) -> None:
-    """Fetch the metadata of every topic into ``consumer``'s cache now.
-
-    The one use of a private aiokafka attribute in Anting, because aiokafka (0.14) has no
-    public call that does this: ``partitions_for_topic`` reads the cache only (``None`` for
-    a topic created after the consumer started, until the next periodic refresh,
-    ``metadata_max_age_ms``: 5 minutes), ``topics()`` fetches every topic's metadata into a
-    new object the cache never sees, and ``assign``/``subscribe`` refresh by naming their
-    topics in the request, which a broker with ``auto.create.topics.enable`` (Kafka's
-    default) answers by creating a missing topic with the broker's defaults (a compacted
-    topic would come up uncompacted). ``force_metadata_update`` is what aiokafka's own
-    ``start()`` calls; asking for all topics creates none."""
-    await consumer._client.force_metadata_update()
-
-
 async def cluster_answers(producer: AIOKafkaProducer) -> None:
     """Ask the cluster for its metadata on ``producer``'s connections (readiness: a broker
     answers). Raises ``KafkaError`` or ``OSError`` when none does; the caller bounds the
@@ -265,25 +250,10 @@ async def cluster_answers(producer: AIOKafkaProducer) -> None:
 
 
 async def abandon_producer(producer: AIOKafkaProducer, timeout: float = 2.0) -> None:
-    """End a producer whose ``stop()`` timed out because no broker answers: ``stop()``
-    waits for a flush that cannot happen, and once interrupted it leaves aiokafka's
-    (0.14) sender task reconnecting for ever, so that task and the client's connections
-    are closed directly (``_sender`` is private; no public call does this). The task the
-    interrupted ``stop()`` began to flush the accumulator (private too) waits for batches
-    no sender will deliver: it is cancelled, or once collected asyncio logs it as an error
-    ("Task was destroyed but it is pending!"). Never raises."""
-    with contextlib.suppress(Exception, asyncio.CancelledError):
-        sender = getattr(producer, "_sender", None)
-        if sender is not None:
-            await asyncio.wait_for(sender.close(), timeout)
-        accumulator = getattr(producer, "_message_accumulator", None)
-        for task in asyncio.all_tasks():
-            coro = task.get_coro()
-            frame = getattr(coro, "cr_frame", None)
-            if (not task.done() and getattr(coro, "__qualname__", "") == "MessageAccumulator.close"
-                    and frame is not None and frame.f_locals.get("self") is accumulator):
-                task.cancel()
-        await asyncio.wait_for(producer.client.close(), timeout)
+    """End a producer whose ``stop()`` timed out because no broker answers: its sender and
+    connections are closed without the flush that cannot happen
+    (:func:`shared.aiokafka_ext.close_unflushed`). Never raises."""
+    await close_unflushed(producer, timeout)
 
 
 async def wait_for_partitions(
@@ -302,7 +272,7 @@ async def wait_for_partitions(
         if loop.time() >= deadline:
             return []
         await asyncio.sleep(0.1)
-        await _refresh_metadata(consumer)
+        await refresh_metadata(consumer)
 
 
 def make_admin(settings: AntingSettings, **overrides: object) -> AIOKafkaAdminClient:

@@ -46,6 +46,7 @@ from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Schema, String
 
+from shared.aiokafka_ext import unauthorized_topics
 from shared.settings import KafkaSettings
 
 __all__ = [
@@ -206,9 +207,8 @@ def check_subscription(consumer: AIOKafkaConsumer) -> None:
     metadata (no Describe, so no Read either): the topic has no partitions for this
     member, the group assigns it none, and every poll returns empty, as if there were
     nothing to read. Raised here, that refusal takes the path a refused fetch takes: one
-    line, readiness 503, retries until allowed. aiokafka keeps the topics only on its
-    private ``_client.cluster``."""
-    refused = consumer.subscription() & consumer._client.cluster.unauthorized_topics
+    line, readiness 503, retries until allowed."""
+    refused = consumer.subscription() & unauthorized_topics(consumer)
     if refused:
         raise Errors.TopicAuthorizationFailedError(sorted(refused))
 

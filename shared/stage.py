@@ -19,7 +19,7 @@ letters, and the next offset of each partition read (``send_offsets_to_transacti
 with the consumer's group metadata), and commits when it is ``commit_interval_ms`` old,
 holds ``commit_max_records`` records, or the consumer had nothing more for
 ``commit_linger_ms``. Consumers read ``read_committed``. Fencing is the group
-coordinator's (KIP-447, :mod:`shared.transactions`): a runner that lost its partitions
+coordinator's (KIP-447, :mod:`shared.aiokafka_ext`): a runner that lost its partitions
 in a rebalance without knowing it (a zombie) has its offsets refused and aborts; the new
 owner reads the committed offsets with ``require_stable``. On a rebalance the open
 transaction commits before the partitions go.
@@ -70,6 +70,13 @@ from aiokafka import (
 from aiokafka.errors import CommitFailedError
 from aiokafka.structs import RecordMetadata
 
+from shared.aiokafka_ext import (
+    FencedByGroupError,
+    TransactionalProducer,
+    fetch_stable_offsets,
+    group_metadata,
+    is_fenced,
+)
 from shared.deadletters import DeadLetterWriter, fit, from_record
 from shared.kafka import (
     PRODUCER_MAX_REQUEST_BYTES,
@@ -84,13 +91,6 @@ from shared.kafka import (
 from shared.kafka_access import AccessStatus, Backoff, Doing, check_subscription, refusal
 from shared.metrics import WORKER_RESTARTS, WRITE_FAILURES
 from shared.settings import AntingSettings
-from shared.transactions import (
-    FencedByGroupError,
-    TransactionalProducer,
-    fetch_stable_offsets,
-    group_metadata,
-    is_fenced,
-)
 from shared.write_failures import Coordinates, SendFailures, settle
 
 __all__ = ["BARE_LETTER_BYTES", "STUCK_AFTER", "Ack", "Guarantee", "Handler", "Outputs", "Record",

@@ -1,4 +1,4 @@
-"""KIP-447 on aiokafka (shared/transactions.py), at the protocol level against the real
+"""KIP-447 on aiokafka (shared/aiokafka_ext.py), at the protocol level against the real
 broker: TxnOffsetCommit v3 with the consumer's group metadata, the group coordinator
 fencing an old generation, OffsetFetch v7 ``require_stable`` waiting for an open
 transaction."""
@@ -16,10 +16,7 @@ from aiokafka.errors import KafkaTimeoutError
 from aiokafka.protocol.types import Int32
 
 from devtools.testing import read_topic
-from shared.kafka import make_consumer
-from shared.settings import AntingSettings
-from shared.topics import ANNOUNCEMENTS, ENRICHED_EVENTS
-from shared.transactions import (
+from shared.aiokafka_ext import (
     ConsumerGroupMetadata,
     FencedByGroupError,
     OffsetFetchRequest_v7,
@@ -28,6 +25,9 @@ from shared.transactions import (
     fetch_stable_offsets,
     group_metadata,
 )
+from shared.kafka import make_consumer
+from shared.settings import AntingSettings
+from shared.topics import ANNOUNCEMENTS, ENRICHED_EVENTS
 
 
 def test_v3_and_v7_encode_as_the_flexible_schema() -> None:

