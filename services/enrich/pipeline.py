@@ -91,6 +91,14 @@ def _type_of(raw: bytes | None) -> str:
     return "unknown"
 
 
+def _trace(r: Record, outcome: str, *args: object) -> None:
+    """One DEBUG line of a record's way through enrich: where it sits
+    (``topic[partition]@offset``) and what became of it. Callers check
+    ``log.isEnabledFor(logging.DEBUG)`` first, so that with DEBUG off a record costs no
+    formatting."""
+    log.debug("enrich %s[%d]@%d: " + outcome, r.topic, r.partition, r.offset, *args)
+
+
 def _structured(headers: Sequence[tuple[str, bytes | None]] | None) -> list[tuple[str, bytes]]:
     """The input's headers (ce_*, traceparent ...), and always the CloudEvents Kafka
     binding's structured-mode content type: an input written by kcat without headers
@@ -114,6 +122,7 @@ class Enricher:
         outcome = Outcome()
         out.after_commit(outcome.publish)
         index, version = self.catalog.index, self.catalog.version
+        debug = log.isEnabledFor(logging.DEBUG)
         tracer = tracing.tracer(STAGE)  # None when off: then no span, no header rewritten
         span: tracing.Span | None = None
         for r in records:
@@ -132,6 +141,8 @@ class Enricher:
                 if span is not None:
                     tracing.fail(span, exc)
                 await self._dead_letter(out, r, exc, outcome)
+                if debug:
+                    _trace(r, "dead-lettered, unreadable (%s: %s)", type(exc).__name__, str(exc)[:200])
                 continue
             headers = _structured(r.headers)
             sent: tracing.Span | None = None
@@ -150,7 +161,12 @@ class Enricher:
                     tracing.fail(sent, exc)
                     sent.end()
                 await self._dead_letter(out, r, exc, outcome)
+                if debug:
+                    _trace(r, "dead-lettered, unwritable (%s: %s)", type(exc).__name__, str(exc)[:200])
                 continue
+            if debug:
+                _trace(r, "%s %s enriched: %d organizations resolved, %d not; catalog %s",
+                       etype, enriched.value.get("id"), enriched.resolved, enriched.unresolved, version)
             outcome.events[(etype, "enriched")] += 1
             outcome.resolved += enriched.resolved
             outcome.unresolved += enriched.unresolved
