@@ -35,6 +35,7 @@ __all__ = [
     "produce",
     "produce_raw_header",
     "read_topic",
+    "set_topic_config",
     "settings_for",
     "wait_until",
 ]
@@ -177,6 +178,34 @@ async def produce(
         await producer.flush()
     finally:
         await producer.stop()
+
+
+async def set_topic_config(settings: AntingSettings, topic: str, config: dict[str, str],
+                           timeout: float = 30.0) -> None:
+    """Change ``topic``'s configuration (``IncrementalAlterConfigs``-like: the given keys
+    only, via AlterConfigs with the topic's other overrides kept) and wait until the broker
+    reports the new values: a broker applies a change from the metadata log a moment
+    later, and a write made before then is judged by the old value."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from shared.kafka import make_admin
+
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, config)])
+        deadline = time.monotonic() + timeout
+        while True:
+            [response] = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, dict.fromkeys(config))])
+            entries = {e[0]: e[1] for res in response.resources for e in res[4]}
+            if all(entries.get(k) == v for k, v in config.items()):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic}: {config} not applied in {timeout}s (have {entries})")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
 
 
 class _WireName(str):

@@ -327,7 +327,7 @@ def _cell(text: str | None) -> Any:
                 if any(not c.isprintable() for c in text) else text)
 
 
-def _on_broker(settings: Any, what: str) -> None:  # Any: AntingSettings, imported late
+def _on_broker(settings: settings_mod.AntingSettings, what: str) -> None:
     """Say on stderr which broker an operator command uses, and as whom: Kafka knows no
     tenants, so these commands are the cluster principal's, not an API key's."""
     from shared.kafka_access import principal
@@ -336,7 +336,7 @@ def _on_broker(settings: Any, what: str) -> None:  # Any: AntingSettings, import
                   f"{principal(settings.kafka)}", highlight=False)
 
 
-def _kafka_failed(exc: BaseException, settings: Any, reads: tuple[str, ...] = (),
+def _kafka_failed(exc: BaseException, settings: settings_mod.AntingSettings, reads: tuple[str, ...] = (),
                   writes: tuple[str, ...] = (), after: str = "") -> NoReturn:
     """``error:`` naming who was refused what on which broker (or that none answered), then
     exit 2: a refusal is never printed as an empty answer."""

@@ -91,6 +91,13 @@ from shared.events import UNDECODABLE
 
 log = logging.getLogger(__name__)
 
+
+def _private(obj: object) -> Any:
+    """``obj`` as the untyped thing its private state is: aiokafka's stubs (``typings/``)
+    type its public API only, and every private name is reached through here, in this
+    module."""
+    return obj
+
 __all__ = [
     "FENCED_INSTANCE_ID",
     "ILLEGAL_GENERATION",
@@ -165,7 +172,7 @@ def group_metadata(consumer: AIOKafkaConsumer) -> ConsumerGroupMetadata:
     """The group metadata of a started, subscribed ``consumer`` now (Java's
     ``KafkaConsumer.groupMetadata()``). Raises ``ValueError`` for a consumer without a
     group (``group_id=None`` or not started)."""
-    coordinator = consumer._coordinator
+    coordinator = _private(consumer)._coordinator
     group_id = getattr(coordinator, "group_id", None)
     if not isinstance(group_id, str):
         raise ValueError("the consumer has no group (group_id=None, or not started)")
@@ -352,8 +359,8 @@ async def fetch_stable_offsets(consumer: AIOKafkaConsumer, partitions: list[Topi
     Raises ``KafkaTimeoutError`` when a partition stays unstable ``timeout`` seconds (a
     transaction stays open at most its ``transaction.timeout.ms``), a ``KafkaError`` for
     any other error of the group or a partition."""
-    coordinator = consumer._coordinator
-    client = consumer._client
+    coordinator = _private(consumer)._coordinator
+    client = _private(consumer)._client
     group_id = getattr(coordinator, "group_id", None)
     if not isinstance(group_id, str):
         raise ValueError("the consumer has no group (group_id=None, or not started)")
@@ -507,7 +514,7 @@ class _GroupAwareSender(Sender):  # type: ignore[misc]
         return await _TxnOffsetCommitHandler(self, offsets, group_id.metadata).do(node_id)
 
 
-class TransactionalProducer(AIOKafkaProducer):  # type: ignore[misc]
+class TransactionalProducer(AIOKafkaProducer):
     """An ``AIOKafkaProducer`` (same arguments; give it a ``transactional_id``) whose
     :meth:`send_offsets_to_transaction` takes the consumer's group metadata, as Java's
     ``sendOffsetsToTransaction(offsets, ConsumerGroupMetadata)`` does (KIP-447)."""
@@ -515,13 +522,13 @@ class TransactionalProducer(AIOKafkaProducer):  # type: ignore[misc]
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
         # the one change to aiokafka's sender: TxnOffsetCommit v3 for offsets with metadata
-        self._sender.__class__ = _GroupAwareSender
+        _private(self)._sender.__class__ = _GroupAwareSender
 
     def _read_transaction_error(self) -> None:
         """Read the error aiokafka set on the transaction's waiter (a fenced producer, a
         refused ``AddPartitionsToTxn``): an abort or a stop replaces the waiter without
         reading it, and asyncio would log it as never retrieved."""
-        waiter = self._txn_manager._transaction_waiter
+        waiter = _private(self)._txn_manager._transaction_waiter
         if waiter is not None and waiter.done() and not waiter.cancelled():
             waiter.exception()
 
@@ -680,7 +687,7 @@ class LenientMemoryRecords(_MemoryRecordsPy):  # type: ignore[misc]
     """A fetch response's record set: aiokafka's batch slicing, each v2 batch wrapped in
     :class:`_Batch`."""
 
-    def next_batch(self, *args: Any) -> Any:
+    def next_batch(self, *args: int) -> Any:
         data = self._next_slice
         batch = super().next_batch(*args)
         if data is not None and isinstance(batch, DefaultRecordBatch):
@@ -703,7 +710,7 @@ def client_of(consumer: AIOKafkaConsumer) -> Any:
     """The ``AIOKafkaClient`` a started consumer talks through (its private ``_client``; a
     producer's is public as ``producer.client``), for requests aiokafka has no call for
     (``Metadata`` v8's authorized operations, a metadata refresh)."""
-    return consumer._client
+    return _private(consumer)._client
 
 
 async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
@@ -717,13 +724,13 @@ async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
     ``auto.create.topics.enable`` (Kafka's default) answers by creating a missing topic
     with the broker's defaults. ``force_metadata_update`` is what aiokafka's own
     ``start()`` calls; asking for all topics creates none."""
-    await consumer._client.force_metadata_update()
+    await _private(consumer)._client.force_metadata_update()
 
 
 def unauthorized_topics(consumer: AIOKafkaConsumer) -> set[str]:
     """The topics the consumer's last metadata marked unauthorized (aiokafka keeps them
     only on its private ``_client.cluster`` and raises nothing for them)."""
-    return set(consumer._client.cluster.unauthorized_topics)
+    return set(_private(consumer)._client.cluster.unauthorized_topics)
 
 
 async def close_unflushed(producer: AIOKafkaProducer, timeout: float = 2.0) -> None:

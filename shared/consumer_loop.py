@@ -165,11 +165,11 @@ class OffsetTracker:
         return sum(len(p) for p in self.pending.values())
 
 
-class _LoopRebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _LoopRebalanceListener(ConsumerRebalanceListener):
     def __init__(self, loop: ConsumerLoop) -> None:
         self.loop = loop
 
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
         # Finish what is in flight for these partitions and commit it before the group
         # hands them over, so the next owner starts after it instead of sending it again
         # (bounded: the group waits for this member only so long).
@@ -181,7 +181,7 @@ class _LoopRebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
         for key in [k for k in self.loop.failing if k[0] in revoked]:
             del self.loop.failing[key]
 
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         if self.loop.on_assigned is not None:
             total = self.loop.consumer.partitions_for_topic(self.loop.topic) or ()
             await self.loop.on_assigned(len(self.loop.consumer.assignment()), len(total))

@@ -590,7 +590,7 @@ def _header_text(name: str, value: bytes | None) -> str:
 UNDECODABLE = "surrogateescape"
 
 
-def has_undecodable_header(headers: Any) -> bool:
+def has_undecodable_header(headers: Iterable[tuple[str, object]] | None) -> bool:
     """Whether any header name of a consumed record held bytes that are not UTF-8 (decoded
     as lone surrogates by :mod:`shared.aiokafka_ext`). ``headers``: the record's ``[(name, value), ...]`` or None."""
     for name, _ in headers or ():

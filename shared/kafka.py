@@ -179,17 +179,19 @@ class RenewingProducer:
         if self._retired:
             await asyncio.gather(*self._retired, return_exceptions=True)
 
-    async def send(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                   partition: int | None = None, timestamp_ms: int | None = None,
+                   headers: Iterable[tuple[str, bytes | None]] | None = None) -> asyncio.Future[Any]:
         """``AIOKafkaProducer.send``; a failed write renews the producer."""
         producer = self._producer
-        fut: asyncio.Future[Any] = await producer.send(*args, **kwargs)
+        fut: asyncio.Future[Any] = await producer.send(topic, value, key, partition, timestamp_ms, headers)
         fut.add_done_callback(lambda f: self._settled(f, producer))
         return fut
 
-    async def send_batch(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+    async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
         """``AIOKafkaProducer.send_batch``; a failed write renews the producer."""
         producer = self._producer
-        fut: asyncio.Future[Any] = await producer.send_batch(*args, **kwargs)
+        fut: asyncio.Future[Any] = await producer.send_batch(batch, topic, partition=partition)
         fut.add_done_callback(lambda f: self._settled(f, producer))
         return fut
 

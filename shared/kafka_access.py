@@ -37,10 +37,10 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeAlias, TypeVar, cast
+from typing import ClassVar, TypeAlias, TypeVar, cast
 
 import aiokafka.errors as Errors
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer
 from aiokafka.conn import create_conn
 from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
 from aiokafka.protocol.api import Request, RequestStruct, Response
@@ -460,7 +460,7 @@ class TopicOperationsRequest(Request[MetadataRequest_v8]):  # type: ignore[misc]
 TopicOperations: TypeAlias = dict[str, set[str] | KafkaError]
 
 
-async def topic_operations(client: Any, topics: list[str]) -> TopicOperations:  # Any: AIOKafkaClient
+async def topic_operations(client: AIOKafkaClient, topics: list[str]) -> TopicOperations:
     """Which operations (``Read``, ``Write``, ``Describe``, ...) the principal may perform on
     each of ``topics``, asked of any broker with one ``Metadata`` v8 request on ``client``
     (an aiokafka client: ``producer.client``). A topic the principal may not even describe

@@ -234,7 +234,7 @@ class Outputs:
         self._unit.committed.append(callback)
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(ConsumerRebalanceListener):
     """Hands the group's partition changes to the runner (its transaction follows them)."""
 
     def __init__(self, runner: StageRunner) -> None:

@@ -13,9 +13,9 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from services.notify.channels import Sender
 from services.notify.channels.chat import AppriseSender
@@ -79,7 +79,8 @@ class Notifier:
         self.settings = settings
         # one producer for every part of notify, replaced after a failed write (its
         # sequence numbers spent: shared/kafka.py); the parts hold this one object
-        self.producer = RenewingProducer(lambda: make_producer(settings, linger_ms=20))
+        # (typed as the producer it stands for: every call is the current producer's)
+        self.producer = cast(AIOKafkaProducer, RenewingProducer(lambda: make_producer(settings, linger_ms=20)))
         self.store = SubscriptionStore(settings, self.producer)
         self.batches = RecordBatches(self.producer)  # the notifications lines (the ledger's log)
         self.ledger = Ledger(settings, self.producer, self.batches)

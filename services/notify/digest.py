@@ -104,7 +104,7 @@ class Digests:
         subscription no longer collects: then it is delivered on its own now). A record
         that is not a delivery goes to ``dead-letters``."""
         try:
-            one = Delivery.from_json(record.value)
+            one = Delivery.from_json(record.value or b"")
         except Exception as exc:
             await self.dlq.send_and_wait(from_record(record, stage="notify", error=exc))
             return None

@@ -77,7 +77,7 @@ class RetrySchedule:
         goes to ``dead-letters``); raises :class:`~shared.consumer_loop.Abandoned` when notify
         stops before then, so the record is read again."""
         try:
-            delivery = Delivery.from_json(record.value)
+            delivery = Delivery.from_json(record.value or b"")
             due = due_ms(record)
         except Exception as exc:
             await self.dlq.send_and_wait(from_record(record, stage="notify", error=exc))
@@ -92,7 +92,7 @@ class RetrySchedule:
                 await asyncio.wait_for(self.stop.wait(), wait)
         while True:
             await self._until_enabled(sub_id)
-            delivery = Delivery.from_json(record.value)
+            delivery = Delivery.from_json(record.value or b"")
             if await self.deliverer.run(delivery, retry=True) is not None:  # None: parked
                 return
 

@@ -12,17 +12,16 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from cloudevents.v1.http import CloudEvent
 from cloudevents.v1.kafka import to_binary
 
-from devtools.testing import produce, produce_raw_header, read_topic
+from devtools.testing import produce, produce_raw_header, read_topic, set_topic_config
 from services.enrich import pipeline
 from services.enrich.catalog import Catalog
 from services.enrich.settings import EnrichSettings
 from shared import stage
 from shared.deadletters import read_dead_letters
-from shared.kafka import make_admin, make_producer
+from shared.kafka import make_producer
 from shared.lag import LagMonitor
 from shared.metrics import CONSUMER_LAG, WORKER_RESTARTS
 from shared.settings import AntingSettings
@@ -36,13 +35,7 @@ RESOLVED = ["Anting Town Government", "SAIC Motor", "Tongji University", "China 
 
 
 async def _set_max_message_bytes(settings: AntingSettings, topic: str, limit: int) -> None:
-    admin = make_admin(settings)
-    await admin.start()
-    try:
-        await admin.alter_configs([ConfigResource(
-            ConfigResourceType.TOPIC, settings.topic(topic), {"max.message.bytes": str(limit)})])
-    finally:
-        await admin.close()
+    await set_topic_config(settings, settings.topic(topic), {"max.message.bytes": str(limit)})
 
 
 async def _letters(settings: AntingSettings, n: int, timeout: float = 60.0) -> list[Any]:

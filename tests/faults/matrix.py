@@ -36,15 +36,14 @@ from pathlib import Path
 
 import orjson
 from aiokafka import TopicPartition
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from devtools.checker import Input, Report, check, check_deliveries
 from devtools.localkafka import LocalKafka, free_port
-from devtools.testing import ServiceProcess, produce_raw_header, settings_for
+from devtools.testing import ServiceProcess, produce_raw_header, set_topic_config, settings_for
 from services.notify.notification import idempotency_key
 from shared.deadletters import read_dead_letters
-from shared.kafka import ensure_topics, make_admin, make_consumer, make_producer
+from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.settings import AntingSettings
 from shared.topics import AGREEMENTS, ANNOUNCEMENTS, ENRICHED_EVENTS
 from tests.cluster.chaos import _delivery, _event, _final, _read_inputs
@@ -102,13 +101,7 @@ HEADER = ("| fault | enrich | inputs | lost | duplicated | undelivered | dead le
 
 
 async def _set_limit(settings: AntingSettings, topic: str, limit: int) -> None:
-    admin = make_admin(settings)
-    await admin.start()
-    try:
-        await admin.alter_configs([ConfigResource(
-            ConfigResourceType.TOPIC, settings.topic(topic), {"max.message.bytes": str(limit)})])
-    finally:
-        await admin.close()
+    await set_topic_config(settings, settings.topic(topic), {"max.message.bytes": str(limit)})
 
 
 async def _uncommitted(settings: AntingSettings, group: str, topics: list[str]) -> dict[str, int]:

@@ -5,10 +5,7 @@ replaced)."""
 
 from __future__ import annotations
 
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
-from devtools.testing import read_topic
-from shared.kafka import make_admin
+from devtools.testing import read_topic, set_topic_config
 from shared.settings import AntingSettings
 from shared.topics import ANNOUNCEMENTS
 from tests.ingest.conftest import announcement, ingest_settings, make_client
@@ -19,13 +16,7 @@ async def test_a_record_the_topic_no_longer_takes_is_413_and_the_next_goes_throu
 ) -> None:
     """announcements lowered to 800 bytes: a 1.3 KB event → 413 naming the refusal; a small event
     with the same key right after → 202, and it is on the topic."""
-    admin = make_admin(topics)
-    await admin.start()
-    try:
-        await admin.alter_configs([ConfigResource(
-            ConfigResourceType.TOPIC, topics.topic(ANNOUNCEMENTS), {"max.message.bytes": "800"})])
-    finally:
-        await admin.close()
+    await set_topic_config(topics, topics.topic(ANNOUNCEMENTS), {"max.message.bytes": "800"})
     settings = ingest_settings(topics)
     big = {**announcement("big", headline="x" * 900), "subject": "same"}
     small = {**announcement("small"), "subject": "same"}

@@ -9,14 +9,13 @@ import asyncio
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, OutOfOrderSequenceNumber
 
-from devtools.testing import produce, read_topic, wait_until
+from devtools.testing import produce, read_topic, set_topic_config, wait_until
 from services.notify.channels import MAX_ERROR_CHARS, Result
 from shared.consumer_loop import RECORD_ATTEMPTS, ConsumerLoop
 from shared.deadletters import DeadLetterWriter, from_record, read_dead_letters
-from shared.kafka import RenewingProducer, make_admin, make_consumer, make_producer
+from shared.kafka import RenewingProducer, make_consumer, make_producer
 from shared.settings import AntingSettings
 from shared.topics import NOTIFICATIONS, NOTIFY_RETRIES
 from shared.write_failures import refuses_the_record
@@ -86,13 +85,7 @@ async def test_a_write_the_broker_refuses_for_the_record_dead_letters_it_and_the
     reason; every other input is written, the producer was renewed (later writes to the
     same partition are not refused as out of sequence) and the commit reaches the end."""
     out_topic = topics.topic(NOTIFICATIONS)
-    admin = make_admin(topics)
-    await admin.start()
-    try:
-        await admin.alter_configs([ConfigResource(
-            ConfigResourceType.TOPIC, out_topic, {"max.message.bytes": "2000"})])
-    finally:
-        await admin.close()
+    await set_topic_config(topics, out_topic, {"max.message.bytes": "2000"})
     values = [b"small-1", b"BIG", b"small-2", b"small-3", b"small-4"]
     await produce(topics, topics.topic(NOTIFY_RETRIES), values, [b"k"] * len(values))
     producer = RenewingProducer(lambda: make_producer(topics, linger_ms=0))
