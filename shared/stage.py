@@ -55,7 +55,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, TypeAlias
@@ -196,21 +196,21 @@ class Outputs:
         self._unit = unit
 
     async def send(self, origin: Record, topic: str, value: bytes, *, key: bytes | None = None,
-                   headers: Sequence[tuple[str, bytes]] = (), timestamp_ms: int | None = None) -> Ack:
+                   headers: list[tuple[str, bytes]] | None = None, timestamp_ms: int | None = None) -> Ack:
         """Queue one record on ``topic``, written for the input record ``origin``; returns
         its acknowledgement (the unit commits only once it resolves). Raises
         :class:`RecordTooLarge` when it is larger than the topic takes now, and what the
         producer raises for a record it refuses before queueing it (``TypeError``,
         ``ValueError``, ``MessageSizeTooLargeError``): the handler dead-letters ``origin``."""
         limit = self._runner.limits.get(topic, PRODUCER_MAX_REQUEST_BYTES)
-        size = record_size(key, value, headers)
+        size = record_size(key, value, headers or ())
         if size > limit:
             raise RecordTooLarge(f"the record is {size} bytes; {topic} takes at most {limit} "
                                  "(max.message.bytes)")
-        ack: Ack = await self._producer.send(topic, value=value, key=key, headers=list(headers),
-                                             timestamp_ms=timestamp_ms)
-        self._unit.acks.append(ack)
-        self._unit.origins.append((origin.topic, origin.partition, origin.offset))
+        ack: Ack = await self._producer.send(topic, value, key, None, timestamp_ms, headers)
+        unit = self._unit
+        unit.acks.append(ack)
+        unit.origins.append((origin.topic, origin.partition, origin.offset))
         return ack
 
     async def dead_letter(self, origin: Record, error: BaseException | str) -> Ack:
