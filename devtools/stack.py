@@ -3,7 +3,8 @@
 A local Kafka broker (unless ``KAFKA_BOOTSTRAP_SERVERS`` names one), the topics,
 the catalog, ``anting serve ingest|enrich|notify|insights`` as child processes (output
 interleaved and labelled), Prometheus when its binary is installed, a demo
-subscription, the seed's events published through the ingest API, and the
+subscription, the seed article published through the ingest API (enrich's documents
+stage reads its events out of it), and the
 enriched events and notifications printed as they arrive. A child that dies is
 restarted with backoff; Ctrl-C, SIGTERM or SIGHUP stops every child, then the broker.
 So does the death of whatever started ``anting run`` (a ``kill -9`` of ``make run``):
@@ -70,7 +71,9 @@ __all__ = [
     "start_broker",
 ]
 
-SEED = REPO_ROOT / "services" / "ingest" / "samples" / "world-metaverse-conference.ndjson"
+# the seed story as it was published: the demo reads it as any article is read. The same
+# story as structured events (services/ingest/samples/*.ndjson) is ANTING_RUN_SEED's other form
+SEED = REPO_ROOT / "docs" / "seed" / "world-metaverse-conference.txt"
 DEMO_PREFIX = "make-run"  # names of the demo subscriptions, replaced on every run
 
 
@@ -104,7 +107,8 @@ SERVICES = (ServiceSpec("ingest", 8001), ServiceSpec("enrich", 8002), ServiceSpe
 @dataclass
 class Options:
     """What ``anting run`` is given (its command-line options): ports on 127.0.0.1,
-    Prometheus' scrape interval in seconds, the NDJSON seed to publish, where the broker
+    Prometheus' scrape interval in seconds, the seed to publish (an article — ``.txt``,
+    ``.md``, ``.html`` — or NDJSON events), where the broker
     and Prometheus keep data, how long to wait for the services to be ready and the
     longest restart backoff, both in seconds. ``brokers`` above 1 runs a local cluster
     of that many nodes, listening on ``kafka_port``, ``kafka_port + 1``, ...
@@ -509,29 +513,46 @@ class Stack:
             await asyncio.sleep(0.2)
 
     async def publish_seed(self) -> None:
-        """POST the seed's events to ingest as one NDJSON batch, in up to ten attempts
-        while ingest is unreachable or answers 5xx; a failure is said, not raised."""
+        """POST the seed to ingest — an article to ``/v1/documents``, NDJSON events to
+        ``/v1/events`` as one batch — in up to ten attempts while ingest is unreachable or
+        answers 5xx; a failure is said, not raised."""
         import httpx
+
+        from services.ingest.document_files import document_media_type
 
         if not self.opts.seed.is_file():
             self.out.say("run", f"no seed file at {self.opts.seed}: publish your own "
                          "(see README, 'Publish')", "yellow")
             return
-        lines = [ln for ln in self.opts.seed.read_bytes().splitlines() if ln.strip()]
         ingest = next(s for s in SERVICES if s.name == "ingest").url
-        headers = {"content-type": "application/x-ndjson", **_api_headers()}
-        self.out.say("run", f"publishing {len(lines)} seed events from {self.opts.seed.name} "
-                     f"to POST {ingest}/v1/events")
+        media = document_media_type(self.opts.seed)
+        if media is not None:
+            body = self.opts.seed.read_bytes()
+            url, content_type = f"{ingest}/v1/documents", media
+            self.out.say("run", f"publishing the article {self.opts.seed.name} to POST {url}")
+        else:
+            lines = [ln for ln in self.opts.seed.read_bytes().splitlines() if ln.strip()]
+            body = b"\n".join(lines) + b"\n"
+            url, content_type = f"{ingest}/v1/events", "application/x-ndjson"
+            self.out.say("run", f"publishing {len(lines)} seed events from {self.opts.seed.name} "
+                         f"to POST {url}")
+        headers = {"content-type": content_type, **_api_headers()}
         async with httpx.AsyncClient(timeout=30, headers=headers) as client:
             for attempt in range(10):
                 resp: httpx.Response | None = None
                 try:
-                    resp = await client.post(f"{ingest}/v1/events", content=b"\n".join(lines) + b"\n")
+                    resp = await client.post(url, content=body)
                     detail = f"HTTP {resp.status_code} {resp.text[:500]}"
                 except httpx.HTTPError as exc:
                     detail = str(exc)
                 if resp is not None and resp.status_code == 202:
                     doc = resp.json()
+                    if media is not None:
+                        self.counts["published"] = 1
+                        self.out.say("run", f"ingest accepted the article as document {doc['id']} "
+                                     f"({doc['characters']} characters); enrich reads its events "
+                                     "out of it", "bold green")
+                        return
                     ids = doc.get("accepted", doc.get("ids", [])) if isinstance(doc, dict) else doc
                     self.counts["published"] = len(ids) if isinstance(ids, list) else len(lines)
                     self.out.say("run", f"ingest accepted {self.counts['published']} events", "bold green")

@@ -121,7 +121,8 @@ def run(
     scrape_interval: Annotated[float, typer.Option(
         envvar="ANTING_RUN_SCRAPE_INTERVAL", help="Prometheus scrape interval, seconds")] = 5.0,
     seed: Annotated[Path | None, typer.Option(
-        envvar="ANTING_RUN_SEED", help="NDJSON CloudEvents to publish once the stack is up")] = None,
+        envvar="ANTING_RUN_SEED", help="what to publish once the stack is up: an article (.txt, .md, .html; "
+        "default: the seed story) or NDJSON CloudEvents")] = None,
     state_dir: Annotated[Path | None, typer.Option(
         envvar="ANTING_RUN_STATE_DIR", help="where the broker and Prometheus keep data (.local)")] = None,
     security: Annotated[KafkaSecurity, typer.Option(

@@ -14,6 +14,12 @@ Three sources of names, in this order of trust:
    Technology (BIT)``), the name without its legal suffix (``Pony.ai Inc.`` … ``Pony.ai``),
    and a definite description of its kind after it (``the federation``, ``该联盟``).
 
+A name found twice is one organization: a short form written before the full name
+(``长安汽车`` in a headline, ``重庆长安汽车股份有限公司`` after) joins it; a body named
+after a catalog organization (``中国移动元宇宙产业联盟``) is not a mention of the latter.
+What a signing sets up ("signed … to form a joint venture, X", ``签署…成立合资公司X``) is
+found, with the role ``venture``, not ``party``.
+
 What is not an organization: a person, an event (``World Metaverse Conference``,
 ``论坛``), a vague group (``相关企业``, ``about 20 companies``), and a place named as a
 place: a town's or district's name after ``in``, ``at``, ``of``, ``在``, ``位于``… is where
@@ -105,6 +111,9 @@ Motor Automotive Technologies Airlines Media Network Networks Systems Electronic
 Capital Ventures Union League Chamber Organization Organisation Secretariat Hospital Press
 Studios Zone Park Base Center Centre Daily Times Post Agency Industries Robotics Software
 Semiconductor Pharmaceuticals Telecom Communications Mobility Energy Auto
+Automobile Automobiles Airways Pharma Biotech Solutions Services Logistics Insurance
+Securities Enterprises Conglomerate Cooperative Trust Broadcasting Institution Institutes
+Universities Commissions Ministries Councils Federations Associations Alliances
 """.split())
 # heads that name an organization only with one of these words before them
 _QUALIFIED_HEADS = {
@@ -228,7 +237,7 @@ _ZH_PROPER_POS = ("ns", "nt", "nz", "nr", "j", "eng", "x")
 # what starts a Chinese name only in the middle of a phrase: these end the name on its left
 _ZH_STOP_POS = ("v", "p", "c", "u", "d", "r", "w", "y", "e", "o", "q", "m", "t", "f", "x", "ul",
                 "uj", "uz", "ug", "ud", "ad", "an", "vn", "ag", "dg")
-_ZH_GENERIC_PREFIX = ("该", "本", "这", "此", "各", "多家", "相关", "其他", "一家", "两家", "多个",
+_ZH_GENERIC_PREFIX = ("该", "本", "这", "此", "各", "其", "多家", "相关", "其他", "一家", "两家", "多个",
                       "有关", "所属", "旗下", "合作", "参与", "知名", "龙头", "领军", "重点")
 _ZH_BAD_START = ("的", "和", "与", "及", "、", "在", "于", "由", "等", "是", "将", "已", "为")
 _ZH_NAME_VN = ("研究", "发展", "改革", "创新", "管理", "服务", "投资", "控股", "建设", "交流",
@@ -291,6 +300,16 @@ def _chinese_candidates(folded: str, start: int, end: int) -> Iterable[tuple[int
                 if pflag.startswith(_ZH_STOP_POS) and pw not in _ZH_NAME_VN:
                     break
                 j -= 1
+            # "电动车公司鸿华先进科技股份有限公司": a kind of company ("an EV company") and
+            # then its name: the name starts after the kind's suffix
+            for k in range(i - 1, j - 1, -1):
+                if offsets[k][2] in ("公司", "集团", "企业") and not any(
+                        flag.startswith(_ZH_PROPER_POS) for _, _, _, flag in offsets[j:k + 1]):
+                    j = k + 1
+                    break
+            # a word that cannot start a name, glued to the next one by the segmenter ("由其")
+            while j < i and offsets[j][2][:1] in _ZH_BAD_START:
+                j += 1
             s = offsets[j][0]
             name = folded[s:e]
             if not any(flag.startswith(_ZH_PROPER_POS) for _, _, _, flag in offsets[j:i + 1]
@@ -326,6 +345,12 @@ _EN_BY_LIST = re.compile(
 _EN_MEMBERS = re.compile(
     rf"\b(?:members|partners|exhibitors|participants)\s+(?:include|including|are)\s+"
     rf"((?:the\s+)?{_CAP}(?:\s*,\s*(?:and\s+)?{_CAP})*(?:,?\s+and\s+{_CAP})?)")
+# a company named as what was created: "a joint venture, Leapmotor International,", "合资公司零跑国际，"
+_EN_NEW_BODY = re.compile(
+    rf"\b(?:joint\s+venture|subsidiary|affiliate|spin-?off|start-?up|new\s+company)\s*,?\s+"
+    rf"(?:called\s+|named\s+)?({_CAP})")
+_ZH_NEW_BODY = re.compile(
+    r"(?:成立|设立|组建|创立|创办)(?:了|一家|一个)?(?:合资公司|合资企业|子公司|新公司)([\u3400-\u9fffA-Za-z0-9·]{2,12})(?=[，,。；;、（(])")
 _MONTHS = frozenset("""January February March April May June July August September October
 November December Monday Tuesday Wednesday Thursday Friday Saturday Sunday""".split())
 _ZH_RUN = r"[\u3400-\u9fffA-Za-z0-9·]{2,30}?"
@@ -341,6 +366,8 @@ def _en_slot_names(sentence: str, offset: int) -> Iterable[tuple[int, int]]:
             continue
         for g in range(1, (m.lastindex or 0) + 1):
             yield from _en_name_at(sentence, m.start(g), m.end(g), offset)
+    for m in _EN_NEW_BODY.finditer(sentence):
+        yield from _en_name_at(sentence, m.start(1), m.end(1), offset)
     for pattern in (_EN_BY_LIST, _EN_MEMBERS):
         for m in pattern.finditer(sentence):
             for item in re.finditer(rf"(?:the\s+)?({_CAP})", m.group(1)):
@@ -373,6 +400,8 @@ def _zh_slot_names(folded: str, start: int, end: int) -> Iterable[tuple[int, int
     for m in _ZH_SIGN_SLOT.finditer(sentence):
         for g in (1, 2):
             yield start + m.start(g), start + m.end(g)
+    for m in _ZH_NEW_BODY.finditer(sentence):
+        yield start + m.start(1), start + m.end(1)
     for m in _ZH_MEMBERS.finditer(sentence):
         pos = m.start(1)
         for item in re.split(r"[、,，和及与]", m.group(1)):
@@ -474,6 +503,9 @@ _EN_SUBJECT_ROLE = {"founded": "founder", "launched": "founder", "initiated": "f
                     "released": "publisher", "published": "publisher", "issued": "publisher",
                     "unveiled": "publisher", "hosted": "host", "organized": "organizer",
                     "organised": "organizer"}
+_CREATES = re.compile(
+    r"成立|设立|组建|创立|创办|\b(?:to\s+)?(?:form(?:s|ed|ing)?|set(?:s|ting)?\s+up|"
+    r"establish(?:es|ed|ing)?|creat(?:e|es|ed|ing)|launch(?:es|ed|ing)?)\b", re.IGNORECASE)
 SIGNING = re.compile(
     r"\b(?:sign(?:s|ed|ing)?|inked|inks|ink)\b|签约|签署|签订|签下|签订了|签署了", re.IGNORECASE)
 
@@ -532,9 +564,14 @@ def roles(text: str, found: list[Found]) -> None:
             for ma, _mb, _f in inside:
                 if c_start <= ma < verb.start() + c_start:
                     given.setdefault(ma, said)
-        if SIGNING.search(sentence):
+        signing = SIGNING.search(sentence)
+        if signing is not None:
+            # "signed … to form a joint venture, X": what the signing sets up is no party
+            # of it, but the venture it creates
+            created = _CREATES.search(sentence, signing.end())
+            until = s_start + created.start() if created is not None else s_end
             for ma, _mb, _f in inside:
-                given.setdefault(ma, "party")
+                given.setdefault(ma, "party" if ma < until else "venture")
         for ma, _mb, f in inside:
             if ma in given:
                 f.roles[ma] = given[ma]
@@ -600,10 +637,16 @@ def find_organizations(text: str, gazetteer: Gazetteer) -> list[Found]:
     # names in an actor's place, where neither the catalog nor a suffix found one
     for s_start, s_end in sentences(text):
         if SIGNING.search(folded[s_start:s_end]) or _EN_BY_LIST.search(text[s_start:s_end]) \
-                or _EN_MEMBERS.search(text[s_start:s_end]):
+                or _EN_MEMBERS.search(text[s_start:s_end]) or _EN_NEW_BODY.search(text[s_start:s_end]):
             candidates.extend(_en_slot_names(text[s_start:s_end], s_start))
         candidates.extend(_zh_slot_names(folded, s_start, s_end))
     for a, b in sorted(candidates, key=lambda c: (c[0], -(c[1] - c[0]))):
+        if not free(a, b) and _named_after(text[a:b], [
+                (f, m) for f in found.values() if f.org_id for m in f.mentions
+                if m.start == a and m.end < b]):
+            # "中国移动元宇宙产业联盟", "China Mobile Metaverse Industry Alliance": a body named
+            # after its founder is another organization than the founder
+            _release(found, taken, a, b)
         if not free(a, b):
             # a longer name around a catalog name ("上海汽车集团股份有限公司" is the
             # catalog's; "SAIC Motor Passenger Vehicle Company" is not): keep the catalog's
@@ -630,6 +673,15 @@ def find_organizations(text: str, gazetteer: Gazetteer) -> list[Found]:
         core = _without_legal_suffix(f.name)
         if core and core != f.name:
             _all_of(text, folded, core, f, add, free)
+            # the short form found on its own first ("长安汽车与华为签署" in a headline, then
+            # "重庆长安汽车股份有限公司"): one company, not two
+            for g in list(found.values()):
+                if g is f or f.key not in found or (f.org_id and g.org_id) \
+                        or not _same_company(core, g.name):
+                    continue
+                keep, drop = (g, f) if g.org_id else (f, g)  # the catalog's record stays
+                keep.mentions.extend(drop.mentions)
+                del found[drop.key]
     # 4. descriptions after a name: "the federation", "该联盟"
     ordered = sorted(found.values(), key=lambda f: f.first)
     for pattern, kinds in ((_EN_DESCRIPTION, _KIND_WORDS), (_ZH_DESCRIPTION, _ZH_KIND)):
@@ -657,6 +709,51 @@ def find_organizations(text: str, gazetteer: Gazetteer) -> list[Found]:
             f.name = (named_officially or [max(named, key=len)])[0]
     roles(text, out)
     return out
+
+
+# kinds of body often named after whoever set them up ("中国移动元宇宙产业联盟")
+_NAMED_AFTER_HEADS = frozenset({
+    "联盟", "联合会", "委员会", "协会", "学会", "商会", "基金会", "研究院", "研究所", "实验室",
+    "联合体", "Alliance", "Association", "Federation", "Committee", "Commission", "Council",
+    "Consortium", "Foundation", "Society", "League", "Union", "Chamber", "Institute",
+    "Laboratory", "Lab"})
+
+
+def _named_after(name: str, inside: list[tuple[Found, Span]]) -> bool:
+    """Whether ``name``, which starts with a catalog organization's name (``inside``), is
+    rather a body of its own named after it: an alliance, a committee, an institute…"""
+    return bool(inside) and _head_of(name) in _NAMED_AFTER_HEADS and all(
+        _head_of(f.name) not in _NAMED_AFTER_HEADS for f, _ in inside)
+
+
+def _release(found: dict[str, Found], taken: list[tuple[int, int]], a: int, b: int) -> None:
+    """Forget the catalog mentions inside ``[a, b)`` (a longer name is there instead)."""
+    for key, f in list(found.items()):
+        kept = [m for m in f.mentions if not (a <= m.start and m.end <= b)]
+        if len(kept) != len(f.mentions):
+            f.mentions = kept
+            if not kept:
+                del found[key]
+    taken[:] = [(s, e) for s, e in taken if not (a <= s and e <= b)]
+
+
+# the words a Chinese company's short name may end with after its brand ("零跑汽车", "零跑科技")
+_ZH_TRADE = ("汽车", "科技", "集团", "控股", "股份", "电子", "网络", "动力", "能源", "智能", "")
+
+
+def _same_company(core: str, other: str) -> bool:
+    """Whether ``other`` is a short form of the company whose name without its legal form
+    is ``core``: the same, or the same brand (its first two characters, not a place) with
+    another trade word ("浙江零跑科技股份有限公司": "零跑科技", "零跑汽车")."""
+    a, b = fold(core), fold(other)
+    if a == b:
+        return True
+    if not (has_cjk(a) and has_cjk(b)) or len(a) < 4 or len(b) < 3:
+        return False
+    brand = a[:2]
+    if brand in _ZH_REGISTERED_IN or brand in ("中国", "中华", "国家", "全国"):
+        return False
+    return b.startswith(brand) and a[2:] in _ZH_TRADE and b[2:] in _ZH_TRADE
 
 
 def _is_kind(name: str, heads: tuple[str, ...]) -> bool:

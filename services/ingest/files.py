@@ -90,6 +90,10 @@ class Summary:
     bytes_read: int = 0
     # byte offset just past the last acknowledged line, for lines from read_lines (else 0)
     offset: int = 0
+    # an article file: its document id once published, or why it was refused (nothing
+    # published; services/ingest/document_files.py)
+    document_id: str | None = None
+    refused: str | None = None
 
     def add(self, other: Summary) -> None:
         """Count ``other`` (a later pass over the same file) into this summary."""
@@ -100,6 +104,8 @@ class Summary:
         self.by_type.update(other.by_type)
         self.bytes_read += other.bytes_read
         self.offset = max(self.offset, other.offset)
+        self.document_id = other.document_id or self.document_id
+        self.refused = other.refused or self.refused
 
     @property
     def total(self) -> int:

@@ -1,5 +1,7 @@
-"""What ``anting publish`` runs: files or stdin with a progress bar and a summary, or
-watch mode until Ctrl-C. Returns the exit code (0 all accepted, 1 some rejected, 2 error).
+"""What ``anting publish`` runs: files, folders or stdin with a progress bar and a
+summary, or watch mode until Ctrl-C; event files go to their topics, article files
+(``.txt``, ``.md``, ``.html``) to ``documents``. Returns the exit code (0 all accepted,
+1 some rejected or refused, 2 error).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import signal
 from pathlib import Path
 
 import uvloop
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
@@ -27,6 +30,13 @@ from rich.progress import (
 from rich.table import Column, Table
 from rich.text import Text
 
+from services.ingest.document_files import (
+    DOCUMENT_PRODUCER,
+    DocumentOptions,
+    document_media_type,
+    expand,
+    publish_document_file,
+)
 from services.ingest.files import FILE_PRODUCER, Summary, publish_file
 from services.ingest.settings import IngestSettings
 from shared import logs
@@ -88,8 +98,9 @@ def _size(name: str) -> int | None:
     return path.stat().st_size if name != "-" and path.is_file() else None
 
 
-async def _publish(settings: IngestSettings, files: list[str], quiet: bool) -> int:
-    producer = make_producer(settings, **FILE_PRODUCER)
+async def _started(settings: IngestSettings, options: dict[str, object]) -> AIOKafkaProducer | None:
+    """A started producer, or None once the error is printed (the broker unreachable)."""
+    producer = make_producer(settings, **options)
     try:
         await asyncio.wait_for(producer.start(), 15)
     except (KafkaError, OSError, TimeoutError) as exc:
@@ -97,9 +108,31 @@ async def _publish(settings: IngestSettings, files: list[str], quiet: bool) -> i
                       f"{settings.kafka.bootstrap_servers}: {exc or type(exc).__name__}")
         with contextlib.suppress(Exception):
             await producer.stop()
+        return None
+    return producer
+
+
+async def _publish(settings: IngestSettings, names: list[str], quiet: bool,
+                   documents: DocumentOptions) -> int:
+    files, empty = expand(names)
+    for folder in empty:
+        console.print(f"[red]error:[/red] {folder}: no event (.json, .ndjson) or article "
+                      "(.txt, .md, .html) files in this folder")
+    if not files:
         return 2
+    # articles go through a producer of their own (compressed, larger requests), as
+    # POST /v1/documents' do; events keep the bulk producer
+    producers: dict[bool, AIOKafkaProducer] = {}
+    for is_document in sorted({document_media_type(f) is not None for f in files}):
+        producer = await _started(settings, DOCUMENT_PRODUCER if is_document else FILE_PRODUCER)
+        if producer is None:
+            for p in producers.values():
+                with contextlib.suppress(Exception):
+                    await p.stop()
+            return 2
+        producers[is_document] = producer
     summaries: list[Summary] = []
-    errors = 0
+    errors = len(empty)
     try:
         with _progress(quiet) as progress:
             for name in files:
@@ -110,49 +143,74 @@ async def _publish(settings: IngestSettings, files: list[str], quiet: bool) -> i
                     progress.update(task, completed=s.bytes_read, counts=_counts(s))
 
                 try:
-                    summary = await publish_file(settings, name, producer=producer,
-                                                 on_acked=update)
+                    if document_media_type(name) is not None:
+                        summary = await publish_document_file(
+                            settings, name, producer=producers[True], options=documents)
+                    else:
+                        summary = await publish_file(settings, name, producer=producers[False],
+                                                     on_acked=update)
                 except OSError as exc:
                     console.print(f"[red]error:[/red] {name}: {exc.strerror or exc}")
                     errors += 1
                     continue
-                progress.update(task, completed=total or summary.bytes_read)
+                if summary.refused:
+                    progress.console.print(f"[red]refused:[/red] {name}: ", Text(
+                        f"{summary.refused}; nothing was published"), highlight=False)
+                progress.update(task, completed=total or summary.bytes_read,
+                                counts=_counts(summary))
                 summaries.append(summary)
     except KafkaError as exc:
         console.print(f"[red]error:[/red] the broker did not acknowledge: {exc!r}")
         return 2
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(producer.stop(), 30)
+        for p in producers.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(p.stop(), 30)
     if not quiet or errors:
         console.print(_summary_table(summaries))
     accepted = sum(s.accepted for s in summaries)
     rejected = sum(s.rejected for s in summaries)
+    refused = sum(1 for s in summaries if s.refused)
     console.print(f"{accepted} accepted, {rejected} rejected"
-                  + (" (see `anting dlq list`)" if rejected else "")
+                  + (" (see `anting dlq list`)" if rejected > refused else "")
+                  + (f", {refused} document(s) refused" if refused else "")
                   + (f", {errors} file(s) unreadable" if errors else ""))
     if errors:
         return 2
     return 1 if rejected else 0
 
 
-def run_publish(files: list[str], *, quiet: bool = False) -> int:
+def run_publish(files: list[str], *, quiet: bool = False, source: str | None = None,
+                charset: str | None = None) -> int:
+    """``anting publish FILE|DIR…``: the exit code. ``source`` and ``charset`` are those
+    of article files (``ANTING_INGEST_SOURCE`` and UTF-8 by default)."""
     settings = settings_mod.load(IngestSettings)
     logs.configure("ingest", "WARNING")
     quiet_gc()
-    return uvloop.run(_publish(settings, files, quiet))
+    documents = DocumentOptions.of(settings, source=source, charset=charset)
+    return uvloop.run(_publish(settings, files, quiet, documents))
 
 
-def run_watch(folder: Path, *, once: bool = False) -> int:
+def run_watch(folder: Path, *, once: bool = False, source: str | None = None,
+              charset: str | None = None) -> int:
+    """``anting publish --watch DIR``: the exit code once stopped (or, with ``once``, done)."""
     from services.ingest.watch import watch
 
     settings = settings_mod.load(IngestSettings)
     logs.configure("ingest", settings.log_level)
+    documents = DocumentOptions.of(settings, source=source, charset=charset)
     rejected = 0
 
     def on_file(file: Path, summary: Summary | None, where: Path) -> None:
         nonlocal rejected
-        if summary is not None:
+        if summary is not None and summary.refused:
+            rejected += 1
+            console.print(f"{file.name}: refused, nothing published: {summary.refused} "
+                          f"→ {where.parent.name}/", markup=False, highlight=False)
+        elif summary is not None and summary.document_id:
+            console.print(f"{file.name}: document {summary.document_id} → "
+                          f"{where.parent.name}/", markup=False, highlight=False)
+        elif summary is not None:
             rejected += summary.rejected
             console.print(f"{file.name}: {summary.accepted} accepted, {summary.rejected} "
                           f"rejected → {where.parent.name}/")
@@ -166,6 +224,7 @@ def run_watch(folder: Path, *, once: bool = False) -> int:
             loop.add_signal_handler(sig, stop.set)
         try:
             await watch(settings, folder, stop=stop, once=once, on_file=on_file,
+                        documents=documents,
                         on_start=lambda text: console.print(text, markup=False,
                                                             highlight=False,
                                                             soft_wrap=True))

@@ -20,6 +20,12 @@ last-modified filter take a file only once it stopped changing):
   checked again just before the move; if it grew, reading goes on from the journal.
 - A file that stays quiet with an incomplete last line (or a document that does not
   parse) is left where it is, with a warning; nothing of it is dead-lettered.
+- An article (``.txt``, ``.md``, ``.html``: services/ingest/document_files.py) has no
+  line that says it is whole: it is published once it has been unchanged for the
+  settle time, as one document on ``documents``, then moved to ``.done/`` — or, refused
+  (empty, binary, not UTF-8, too large), to ``.failed/`` with nothing published and
+  the reason logged. A crash between the broker's acknowledgement and the move
+  publishes it again at the next start, under the same id (a hash of its text).
 
 What the rule cannot see: a writer that keeps the file open and pauses for longer than
 the settle time between two lines may have the file moved under it, and what it writes
@@ -61,6 +67,12 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.ingest.codec import BOM
+from services.ingest.document_files import (
+    DOCUMENT_PRODUCER,
+    DocumentOptions,
+    document_media_type,
+    publish_document_file,
+)
 from services.ingest.files import (
     FILE_PRODUCER,
     Position,
@@ -121,7 +133,8 @@ def start_message(folder: Path, settle: float, once: bool = False) -> str:
     reads, the settle time and where files go."""
     until = "until each file is moved or waits for its end" if once else "until Ctrl-C"
     return (f"watching {folder}/ {until}: every file but .* and *{', *'.join(PARTIAL_SUFFIXES)}"
-            f"\nlines are published as they end; a file moves to {folder / DONE}/ (or "
+            "\nlines are published as they end, articles (.txt, .md, .html) whole; "
+            f"a file moves to {folder / DONE}/ (or "
             f"{FAILED}/) once unchanged for {settle:g} s (ANTING_INGEST_WATCH_SETTLE_SECONDS)")
 
 
@@ -274,10 +287,44 @@ MOVED, WAITING, BUSY = "moved", "waiting", "busy"
 class _Watcher:
     def __init__(self, settings: AntingSettings, producer: AIOKafkaProducer, folder: Path,
                  settle: float, stop: asyncio.Event,
-                 on_file: Callable[[Path, Summary | None, Path], Any] | None) -> None:
+                 on_file: Callable[[Path, Summary | None, Path], Any] | None,
+                 documents: DocumentOptions) -> None:
         self.settings, self.producer, self.folder = settings, producer, folder
         self.settle, self.stop, self.on_file = settle, stop, on_file
+        self.documents = documents
+        # the producer of articles, made when the first one arrives (see files' DOCUMENT_PRODUCER)
+        self.document_producer: AIOKafkaProducer | None = None
         self.tracked: dict[Path, _Tracked] = {}
+
+    async def close(self) -> None:
+        """Stop the producer of articles, if one was made."""
+        if self.document_producer is not None:
+            await self.document_producer.stop()
+            self.document_producer = None
+
+    async def publish_document(self, file: Path, t: _Tracked) -> str:
+        """Publish an article that has been quiet for the settle time, then move it aside."""
+        if self.document_producer is None:
+            producer = make_producer(self.settings, **DOCUMENT_PRODUCER)
+            await producer.start()
+            self.document_producer = producer
+        try:
+            summary = await publish_document_file(self.settings, file, options=self.documents,
+                                                  producer=self.document_producer)
+        except TimeoutError:
+            raise  # an OSError too, but the broker's, not the file's
+        except OSError as exc:
+            log.error("cannot read file", extra={"file": str(file), "error": str(exc)})
+            self.tracked.pop(file, None)
+            self._done(file, None, _move_aside(self.folder, file, FAILED))
+            return MOVED
+        if summary.refused:
+            log.error("document refused, nothing published",
+                      extra={"file": str(file), "reason": summary.refused})
+        self.tracked.pop(file, None)
+        self._done(file, summary, _move_aside(self.folder, file,
+                                              FAILED if summary.refused else DONE))
+        return MOVED
 
     async def poll(self) -> bool:
         """Visit every file once; True while some file is still changing (or new)."""
@@ -318,6 +365,10 @@ class _Watcher:
                 t.read_sig = None
             t.sig, t.quiet_since, t.warned = sig, now, False
         settled = now - t.quiet_since >= self.settle
+        if document_media_type(file) is not None:
+            if self.stop.is_set() or not settled:
+                return BUSY
+            return await self.publish_document(file, t)
         if sig != t.read_sig or (settled and not t.read_settled):
             t.read_sig, t.read_settled = sig, settled
             try:
@@ -426,6 +477,7 @@ async def watch(
     once: bool = False,
     on_file: Callable[[Path, Summary | None, Path], Any] | None = None,
     on_start: Callable[[str], Any] | None = None,
+    documents: DocumentOptions | None = None,
 ) -> None:
     """Poll ``folder`` every ``interval`` seconds until ``stop`` is set (or, with ``once``,
     until every file has been moved aside or waits for its incomplete end).
@@ -434,7 +486,8 @@ async def watch(
     ``settle`` seconds (None: ``ANTING_INGEST_WATCH_SETTLE_SECONDS``) and all of it was
     published (see the module's docstring for the whole rule). ``on_file(file, summary,
     moved_to)`` runs after each move (``summary`` None for an unreadable file);
-    ``on_start(message)`` once the broker connection is up. Raises the producer's
+    ``on_start(message)`` once the broker connection is up. Article files are published
+    as documents with ``documents`` (None: the defaults of ``POST /v1/documents``). Raises the producer's
     ``KafkaError`` when the broker fails, ``OSError`` for a folder it cannot use.
     """
     settle = settle_seconds() if settle is None else settle
@@ -445,12 +498,16 @@ async def watch(
     try:
         if on_start is not None:
             on_start(start_message(folder, settle, once))
-        watcher = _Watcher(settings, producer, folder, settle, stop, on_file)
-        while not stop.is_set():
-            busy = await watcher.poll()
-            if once and not busy:
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), poll)
+        watcher = _Watcher(settings, producer, folder, settle, stop, on_file,
+                           documents or DocumentOptions())
+        try:
+            while not stop.is_set():
+                busy = await watcher.poll()
+                if once and not busy:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), poll)
+        finally:
+            await watcher.close()
     finally:
         await producer.stop()

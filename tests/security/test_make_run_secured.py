@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from devtools.localkafka import free_port
-from tests.stack.test_make_run import SEED_IDS, Stack, _pump
+from tests.stack.test_make_run import SEED_ACCEPTED, SEED_IDS, Stack, _pump
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -44,7 +44,7 @@ def test_secured_stack_runs_the_seed_each_service_as_its_own_user(tmp_path: Path
     st = Stack(proc, env, None, ports, tmp_path / "anting-run.log")  # type: ignore[arg-type]
     threading.Thread(target=_pump, args=(st,), daemon=True).start()
     try:
-        out = st.wait_for(rf"ingest accepted {len(SEED_IDS)} events", timeout=300)
+        out = st.wait_for(SEED_ACCEPTED, timeout=300)
         secure = state / "secure"
         assert f"SASL_SSL (SCRAM-SHA-512; PLAIN for kcat) on 127.0.0.1:{kafka_port}" in out
 

@@ -29,7 +29,14 @@ from devtools.localkafka import free_port
 from devtools.testing import read_topic, settings_for
 from shared.topics import AGREEMENTS, ENRICHED_EVENTS, NOTIFICATIONS
 from tests.cluster.conftest import consecutive_free_ports
-from tests.stack.test_make_run import SEED_AGREEMENTS, SEED_IDS, Stack, _pump, _records
+from tests.stack.test_make_run import (
+    SEED_ACCEPTED,
+    SEED_AGREEMENTS,
+    SEED_IDS,
+    Stack,
+    _pump,
+    _records,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -88,7 +95,7 @@ async def _delivered(stack: Stack, want: int) -> list[dict[str, Any]]:
 async def test_the_seed_is_delivered_on_three_brokers(cluster_stack: Stack) -> None:
     """The bootstrap list names three brokers; the seed's events come out enriched and are
     delivered to the demo log subscription (every event) and the webhook (agreements)."""
-    out = cluster_stack.wait_for(rf"ingest accepted {len(SEED_IDS)} events", timeout=240)
+    out = cluster_stack.wait_for(SEED_ACCEPTED, timeout=240)
     assert cluster_stack.settings.kafka.bootstrap_servers in out
     enriched = _records(await read_topic(cluster_stack.settings, cluster_stack.settings.topic(ENRICHED_EVENTS),
                                          expect=len(SEED_IDS), timeout=90))
