@@ -225,7 +225,7 @@ class LocalKafka:
     table, created when the storage is formatted), the StandardAuthorizer denies what no
     ACL allows, and the controller listener takes the brokers' own PLAIN login only
     (``SecureMaterial.broker_properties`` says why). The ACLs themselves are applied
-    once the broker answers, by whoever started it (``devtools.acls.apply_acls``).
+    once the broker answers, by whoever started it (``services.acls.apply_acls``).
     ``server.properties`` then holds passwords and is written 0600. Without it nothing
     differs from a plain local broker.
     """
@@ -740,7 +740,7 @@ def _secured_ready(material: SecureMaterial, bootstrap: str) -> None:
 def secured_lines(material: SecureMaterial, bootstrap: str, created: list[str] | None = None) -> list[str]:
     """What to tell a user of a secured local broker: the listener, where the client
     configs are, an example kcat line. Paths only, never a password."""
-    from devtools.acls import CLIENT_PRINCIPALS
+    from services.acls import CLIENT_PRINCIPALS
 
     def rel(p: Path) -> str:
         with contextlib.suppress(ValueError):

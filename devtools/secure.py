@@ -4,7 +4,7 @@
 run`` and ``anting kafka``; a temporary one in the tests):
 
 * ``credentials.json`` (mode 0600): a random password per principal of
-  ``devtools.acls.CLIENT_PRINCIPALS`` and the brokers' own, made once and reused, because
+  ``services.acls.CLIENT_PRINCIPALS`` and the brokers' own, made once and reused, because
   the SCRAM users are written into the KRaft metadata when the storage is formatted and
   the configs handed out must stay valid across restarts;
 * ``ca.pem`` / ``ca-key.pem`` and ``broker.pem`` / ``broker-key.pem``: a throwaway CA
@@ -29,7 +29,7 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from devtools.acls import BROKER, CLIENT_PRINCIPALS
+from services.acls import BROKER, CLIENT_PRINCIPALS
 
 if TYPE_CHECKING:
     from shared.settings import AntingSettings
@@ -302,7 +302,7 @@ async def provision(material: SecureMaterial, bootstrap: str, topic_prefix: str 
     ``shared.kafka.ensure_topics`` raises."""
     import asyncio
 
-    from devtools.acls import ADMIN, acl_table, apply_acls
+    from services.acls import ADMIN, acl_table, apply_acls
     from shared.kafka import ensure_topics
 
     material.write_client_configs(bootstrap)

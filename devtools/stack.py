@@ -113,7 +113,7 @@ class Options:
     longest restart backoff, both in seconds. ``brokers`` above 1 runs a local cluster
     of that many nodes, listening on ``kafka_port``, ``kafka_port + 1``, ...
     ``security`` "sasl_ssl" secures the local broker or cluster (devtools.secure): each
-    service then signs in as its own SCRAM user under the ACL table (devtools.acls)."""
+    service then signs in as its own SCRAM user under the ACL table (services.acls)."""
 
     kafka_port: int = 9092
     brokers: int = 1
@@ -306,7 +306,7 @@ class Stack:
         from shared.settings import AntingSettings, KafkaSettings, load
 
         if self.material is not None:
-            from devtools.acls import ADMIN
+            from services.acls import ADMIN
 
             prefix = load(AntingSettings).topic_prefix
             return self.material.settings(ADMIN, self.bootstrap, prefix)

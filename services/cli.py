@@ -268,6 +268,72 @@ def kafka(
         raise typer.Exit(2) from None
 
 
+acls_app = typer.Typer(
+    help="Kafka ACLs: the least-privilege table each principal needs on a secured cluster "
+         "(services/acls.py), printed or applied. Examples: `anting acls print`, "
+         "`anting acls print --format kafka-acls --prefix prod.`, "
+         "`anting acls apply --admin-config admin.properties`.",
+    no_args_is_help=True)
+app.add_typer(acls_app, name="acls")
+
+
+class AclFormat(StrEnum):
+    markdown = "markdown"
+    kafka_acls = "kafka-acls"
+
+
+@acls_app.command("print")
+def acls_print(
+    fmt: Annotated[AclFormat, typer.Option("--format", help="markdown (the README's table) or "
+                                           "kafka-acls (one kafka-acls.sh command per ACL)")] = AclFormat.markdown,
+    prefix: Annotated[str, typer.Option("--prefix", help="ANTING_TOPIC_PREFIX of the deployment "
+                                        "(default: the variable, else none)")] = "",
+) -> None:
+    """Print the ACL table: who may do what on which topic, group and transactional id."""
+    import os
+
+    from services.acls import kafka_acls_commands, markdown_table
+
+    prefix = prefix or os.environ.get("ANTING_TOPIC_PREFIX", "")
+    out = markdown_table(topic_prefix=prefix) if fmt is AclFormat.markdown else kafka_acls_commands(
+        topic_prefix=prefix) + "\n"
+    sys.stdout.write(out)
+
+
+@acls_app.command("apply")
+def acls_apply(
+    admin_config: Annotated[Path, typer.Option(
+        "--admin-config", help="librdkafka properties of a super user (bootstrap.servers, "
+        "security.protocol, sasl.*, ssl.ca.location), as kcat's -F file", exists=True,
+        dir_okay=False, readable=True)],
+    prefix: Annotated[str, typer.Option("--prefix", help="ANTING_TOPIC_PREFIX of the deployment")] = "",
+) -> None:
+    """Create every ACL of the table on the cluster the admin config reaches (an ACL that
+    exists already is left as it is); exit 2 naming the refusal when the cluster refuses."""
+    import os
+
+    from services.acls import acl_table, apply_acls
+
+    config: dict[str, str | int | float | bool] = {}
+    for line in admin_config.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            config[key.strip()] = value.strip()
+    prefix = prefix or os.environ.get("ANTING_TOPIC_PREFIX", "")
+    try:
+        n = apply_acls(config, acl_table(prefix))
+    except ImportError:
+        console.print("[red]error:[/] applying ACLs needs confluent-kafka (`pip install confluent-kafka`); "
+                      "or run the commands of `anting acls print --format kafka-acls`", highlight=False)
+        raise typer.Exit(2) from None
+    except Exception as exc:
+        console.print(f"[red]error:[/] the cluster at {config.get('bootstrap.servers', '?')} refused "
+                      f"the ACLs: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"{n} ACL(s) applied at {config.get('bootstrap.servers', '?')}", highlight=False)
+
+
 dlq_app = typer.Typer(
     help="Dead letters: records a stage could not process, newest first; replay sends chosen "
     "ones back to their original topic, once.",

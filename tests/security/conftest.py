@@ -2,7 +2,7 @@
 
 The session fixture ``secure_kafka`` starts ONE local KRaft broker on a free port (data
 and material in temporary directories: the repository's ``.local/secure`` is never
-read or written), applies Anting's ACL table (devtools/acls.py) for the topic prefix
+read or written), applies Anting's ACL table (services/acls.py) for the topic prefix
 ``""`` and creates every contract topic as ``anting-admin``. It yields a
 ``SecuredKafka``:
 
@@ -14,7 +14,7 @@ read or written), applies Anting's ACL table (devtools/acls.py) for the topic pr
   ``.kcat(principal, *args, input=None, timeout=30)`` runs the system's ``kcat -F <that>
   *args`` (as a user would: PLAIN inside TLS, see ``devtools.secure.KCAT_MECHANISM``) and
   returns the ``CompletedProcess`` (text, stdout and stderr captured);
-* ``.acls`` the table applied (``devtools.acls.Acl`` rows); ``.acl(principal, resource,
+* ``.acls`` the table applied (``services.acls.Acl`` rows); ``.acl(principal, resource,
   name, operation)`` finds one row; ``.remove_acl(acl)`` / ``.restore_acl(acl)`` and
   the context manager ``.without_acl(acl)`` take one away and give it back (the brokers
   apply a change within a moment: retry an assertion on the refusal briefly);
@@ -41,10 +41,10 @@ from pathlib import Path
 
 import pytest
 
-from devtools import acls
-from devtools.acls import ADMIN, Acl
 from devtools.localkafka import LocalKafka
 from devtools.secure import SecureMaterial
+from services import acls
+from services.acls import ADMIN, Acl
 from shared.kafka import ensure_topics
 from shared.settings import AntingSettings, KafkaSettings
 

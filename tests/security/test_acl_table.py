@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from devtools.acls import ADMIN, PUBLISHER, READER, SERVICE_PRINCIPALS, acl_table, markdown_table
+from services.acls import ADMIN, PUBLISHER, READER, SERVICE_PRINCIPALS, acl_table, markdown_table
 from services.enrich.settings import EnrichSettings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_readme_shows_the_table_the_code_applies() -> None:
-    assert markdown_table() in README.read_text(), "README's 'Kafka ACLs' table differs: paste `python -m devtools.acls`"
+    assert markdown_table() in README.read_text(), "README's 'Kafka ACLs' table differs: paste `anting acls print`"
 
 
 def test_the_example_users_stay_on_their_side() -> None:

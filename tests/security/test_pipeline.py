@@ -13,9 +13,9 @@ import httpx
 import orjson
 import pytest
 
-from devtools.acls import ADMIN
 from devtools.localkafka import free_port
 from devtools.testing import ServiceProcess
+from services.acls import ADMIN
 from services.enrich import catalog
 from shared.access import key_line, new_key
 from shared.topics import INPUT_TOPICS_BY_TYPE

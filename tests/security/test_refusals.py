@@ -18,10 +18,10 @@ import orjson
 import pytest
 from aiokafka import ConsumerRecord
 
-from devtools.acls import ADMIN, Acl
 from devtools.localkafka import free_port
 from devtools.secure import SecureMaterial
 from devtools.testing import ServiceProcess, produce, read_topic, wait_until
+from services.acls import ADMIN, Acl
 from shared.consumer_loop import ConsumerLoop
 from shared.kafka import make_consumer
 from shared.kafka_access import AccessStatus

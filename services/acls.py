@@ -10,10 +10,11 @@ contract topic and reads their configurations). ``anting-admin`` (topics, catalo
 ``anting dlq replay``) and the brokers' own principal are super users and have no rows.
 
 The services never import this module: a secured cluster's operator applies the table
-(``apply_acls``, or ``kafka-acls`` from ``markdown_table``), the services only present
-their credentials (``KAFKA_SASL_*``). The local broker (devtools.localkafka) and the
-tests apply it with confluent-kafka's admin client, the maintained Python client with
-an ACL API (aiokafka 0.14 has none).
+(``anting acls apply`` with a super user's credentials, or Kafka's own ``kafka-acls.sh``
+with the commands ``anting acls print --format kafka-acls`` writes), the services only
+present their credentials (``KAFKA_SASL_*``). The local broker (devtools.localkafka) and
+the tests apply it too. Applying uses confluent-kafka's admin client, the maintained
+Python client with an ACL API (aiokafka 0.14 has none).
 
 Sources: Kafka's authorization docs (operations and the APIs that need them,
 https://kafka.apache.org/documentation/#operations_resources_and_protocols), KIP-679
@@ -62,6 +63,7 @@ __all__ = [
     "acl_table",
     "apply_acls",
     "binding",
+    "kafka_acls_commands",
     "markdown_table",
     "remove_acl",
     "restore_acl",
@@ -280,8 +282,8 @@ _RES = {"topic": "Topic", "group": "Group", "transactional_id": "TransactionalId
 
 def markdown_table(acls: Iterable[Acl] | None = None, topic_prefix: str = "") -> str:
     """The table as Markdown (``acls``, else ``acl_table(topic_prefix)``), one line per
-    (principal, resource, pattern) with its operations, for the README (``python -m
-    devtools.acls`` prints it). A principal's Describe and DescribeConfigs on every
+    (principal, resource, pattern) with its operations, for the README (``anting acls
+    print`` prints it). A principal's Describe and DescribeConfigs on every
     contract topic (under ``topic_prefix``) is one line."""
     rows = list(acl_table(topic_prefix) if acls is None else acls)
     lines = ["| principal | resource | name | pattern | operations |",
@@ -312,5 +314,17 @@ def markdown_table(acls: Iterable[Acl] | None = None, topic_prefix: str = "") ->
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
-    print(markdown_table(), end="")
+def kafka_acls_commands(acls: Iterable[Acl] | None = None, topic_prefix: str = "",
+                        bootstrap: str = "<broker:port>", config: str = "<admin.properties>") -> str:
+    """The table as ``kafka-acls.sh`` commands (one per ACL, Kafka's own tool), for an
+    operator who applies ACLs with Kafka's tools rather than ``anting acls apply``."""
+    rows = list(acl_table(topic_prefix) if acls is None else acls)
+    out = []
+    for a in rows:
+        resource = ("--cluster" if a.resource == "cluster" else
+                    f"--{a.resource.replace('_', '-')} '{a.name}'")
+        pattern = " --resource-pattern-type prefixed" if a.pattern == "PREFIXED" else ""
+        out.append(f"kafka-acls.sh --bootstrap-server {bootstrap} --command-config {config} --add "
+                   f"--allow-principal 'User:{a.principal}' --operation {_OP[a.operation]} "
+                   f"{resource}{pattern}")
+    return "\n".join(out)
