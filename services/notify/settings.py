@@ -68,6 +68,12 @@ class NotifySettings(AntingSettings):
     apprise_schemes: str = ",".join(DEFAULT_APPRISE_SCHEMES)
     # deliveries in flight at once (outbound HTTP/SMTP calls)
     concurrency: int = Field(64, ge=1, le=10000)
+    # of those, at most this many for one subscription: its further deliveries wait for its
+    # own, so a slow endpoint delays only itself (slots.py)
+    max_in_flight_per_subscription: int = Field(4, ge=1, le=10000)
+    # and at most this many for one tenant (unset: three quarters of concurrency), so that
+    # other tenants find slots free when all of one tenant's calls hang at once
+    max_in_flight_per_tenant: int | None = Field(None, ge=1, le=10000)
     timeout_seconds: float = Field(15.0, gt=0, le=600)
     # the retry schedule of subscriptions that set none (see parse_schedule): Standard
     # Webhooks' example, 10 attempts over ~3 days, so that a receiver down for hours or a
