@@ -116,6 +116,11 @@ class NotifySettings(AntingSettings):
     rate_limit: str = Field("100/second", validation_alias=_alias("ANTING_RATE_LIMIT", "rate_limit"))
     # web pages allowed to call the API from a browser (comma-separated origins; "*": any)
     cors_origins: str = Field("", validation_alias=_alias("ANTING_CORS_ORIGINS", "cors_origins"))
+    # concurrent SSE streams (GET /v1/stream) one API key, and one tenant (its keys and stream
+    # tokens together), may hold open on this instance: each holds a Kafka consumer and its
+    # buffers, so without a cap one key's 500 streams slowed every tenant's deliveries
+    max_streams_per_key: int = Field(10, ge=1, le=100000)
+    max_streams_per_tenant: int = Field(50, ge=1, le=100000)
     # signs stream tokens; unset: random per process (a token works only where it was issued)
     stream_token_secret: str = Field(
         "", validation_alias=_alias("ANTING_STREAM_TOKEN_SECRET", "stream_token_secret"))
