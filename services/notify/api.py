@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from services.notify import sse
 from services.notify.channels.log import log_file_refusal, tenant_log_dir
+from services.notify.channels.smtp import smtp_address
 from services.notify.egress import apprise_loaded, channel_refusal
 from services.notify.matching import decode, match
 from services.notify.settings import NotifySettings
@@ -255,6 +256,13 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
             if why:
                 return problem(422, f"{req.channel.type} URL refused",
                                errors=[{"path": "channel.url", "message": why}])
+        elif req.channel.type == "email":
+            # stored as they are sent: domains in A-labels (a relay without SMTPUTF8 takes them)
+            try:
+                to = [smtp_address(a) for a in req.channel.to]
+            except ValueError as exc:
+                return problem(422, "email address refused", errors=[{"path": "channel.to", "message": str(exc)}])
+            req = req.model_copy(update={"channel": req.channel.model_copy(update={"to": to})})
         elif req.channel.type == "log":
             why = log_file_refusal(tenant_log_dir(settings.log_dir, who.tenant), req.channel.path)
             if why:
