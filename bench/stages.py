@@ -254,8 +254,12 @@ def subscribe(notify_url: str, hook_url: str) -> dict[str, Any]:
 
 
 def notify_env(settings: AntingSettings, concurrency: int) -> dict[str, str]:
+    """notify's environment for a bench run: one subscription gets every slot (its own cap,
+    4 by default, would measure the cap rather than notify), as in the earlier runs."""
     return {"ANTING_NOTIFY_ALLOW_NETWORKS": "127.0.0.0/8",
             "ANTING_NOTIFY_CONCURRENCY": str(concurrency),
+            "ANTING_NOTIFY_MAX_IN_FLIGHT_PER_SUBSCRIPTION": str(concurrency),
+            "ANTING_NOTIFY_MAX_IN_FLIGHT_PER_TENANT": str(concurrency),
             "ANTING_NOTIFY_GROUP": f"bench-notify-{settings.topic_prefix}"}
 
 

@@ -12,7 +12,9 @@ one (404, the same body), and the list holds the tenant's own; an ``admin`` key 
 every tenant's. ``/v1/stream`` needs ``stream:read``, from a key or from a stream token in
 ``?access_token=`` (``POST /v1/stream-tokens``); a stream opened with a token ends when the
 token expires. Creating, deleting, rotating, enabling, disabling and issuing tokens count
-against the key's rate (``ANTING_RATE_LIMIT``, 429 beyond it).
+against the key's rate (``ANTING_RATE_LIMIT``, 429 beyond it). Open streams are capped
+per key and per tenant (``ANTING_NOTIFY_MAX_STREAMS_PER_KEY``, ``_PER_TENANT``; 429 with
+``Retry-After`` beyond them): see :class:`StreamCaps`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
+import weakref
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
@@ -32,6 +35,7 @@ from pydantic import ValidationError
 
 from services.notify import sse
 from services.notify.channels.log import log_file_refusal, tenant_log_dir
+from services.notify.channels.smtp import smtp_address
 from services.notify.egress import apprise_loaded, channel_refusal
 from services.notify.matching import decode, match
 from services.notify.settings import NotifySettings
@@ -95,6 +99,58 @@ def filter_from_query(
     doc = {"types": split(types), "kinds": split(kinds), "organizations": split(organizations),
            "sectors": split(sectors), "cities": split(cities)}
     return Filter.model_validate_json(orjson.dumps(doc))
+
+
+#: ``Retry-After`` (seconds) of a stream refused for a cap: streams close at no set time.
+STREAM_RETRY_AFTER_SECONDS = 10
+
+
+class StreamCaps:
+    """How many SSE streams each API key and each tenant holds open here, and the caps on
+    both. A stream opened with a stream token counts for its tenant only (a token names no
+    key), as does every stream when keys are off (all are the ``admin`` tenant's then)."""
+
+    def __init__(self, per_key: int, per_tenant: int) -> None:
+        self.per_key = per_key
+        self.per_tenant = per_tenant
+        self.keys: Counter[str] = Counter()
+        self.tenants: Counter[str] = Counter()
+
+    def open(self, who: Principal) -> Callable[[], None] | str:
+        """Count a new stream of ``who``: returns its release (call it once the stream ends;
+        a second call does nothing), or, when a cap is reached, why it is refused."""
+        if who.key_id is not None and self.keys[who.key_id] >= self.per_key:
+            return f"this key has {self.per_key} streams open, the most it may"
+        if self.tenants[who.tenant] >= self.per_tenant:
+            return f"tenant {who.tenant} has {self.per_tenant} streams open, the most it may"
+        if who.key_id is not None:
+            self.keys[who.key_id] += 1
+        self.tenants[who.tenant] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            for counter, name in ((self.keys, who.key_id), (self.tenants, who.tenant)):
+                if name is None:
+                    continue
+                counter[name] -= 1
+                if counter[name] <= 0:
+                    del counter[name]  # no entry left behind per key that ever streamed
+
+        return release
+
+
+async def _released(events: AsyncIterator[bytes], release: Callable[[], None]) -> AsyncIterator[bytes]:
+    """``events``, with ``release`` called once the stream ends (finished, failed, or the
+    client gone)."""
+    try:
+        async for chunk in events:
+            yield chunk
+    finally:
+        release()
 
 
 #: The longest a stream token may live (``ANTING_STREAM_TOKEN_TTL_SECONDS`` is at most this).
@@ -200,6 +256,13 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
             if why:
                 return problem(422, f"{req.channel.type} URL refused",
                                errors=[{"path": "channel.url", "message": why}])
+        elif req.channel.type == "email":
+            # stored as they are sent: domains in A-labels (a relay without SMTPUTF8 takes them)
+            try:
+                to = [smtp_address(a) for a in req.channel.to]
+            except ValueError as exc:
+                return problem(422, "email address refused", errors=[{"path": "channel.to", "message": str(exc)}])
+            req = req.model_copy(update={"channel": req.channel.model_copy(update={"to": to})})
         elif req.channel.type == "log":
             why = log_file_refusal(tenant_log_dir(settings.log_dir, who.tenant), req.channel.path)
             if why:
@@ -296,6 +359,7 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
                              if sub.previous_secrets_expire_at else None})
 
     resume_points = ResumePoints()
+    app.state.stream_caps = caps = StreamCaps(settings.max_streams_per_key, settings.max_streams_per_tenant)
     longest = settings.stream_token_ttl_seconds
 
     @app.post("/v1/stream-tokens", tags=["stream"],
@@ -326,8 +390,10 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
                          "reconnecting with `Last-Event-ID` resumes right after that event when this "
                          "server sent it lately, else from `from`. Needs `stream:read`: a key, or "
                          "`access_token` from `POST /v1/stream-tokens` (the stream ends when the "
-                         "token expires; a browser's EventSource then gets 401 and stops).",
-             responses={200: {"content": {"text/event-stream": {}}}, **problem_responses(401, 403, 422)},
+                         "token expires; a browser's EventSource then gets 401 and stops). A key, "
+                         "and a tenant, may hold a limited number of streams open at once "
+                         "(429 with `Retry-After` beyond it).",
+             responses={200: {"content": {"text/event-stream": {}}}, **problem_responses(401, 403, 422, 429)},
              openapi_extra={"parameters": [{
                  "name": "access_token", "in": "query", "required": False,
                  "schema": {"type": "string"},
@@ -347,8 +413,16 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
         except ValidationError as exc:
             return problem(422, "invalid filter", errors=error_paths(exc))
         last_id = request.headers.get("last-event-id")
+        release = caps.open(who)
+        if isinstance(release, str):
+            return problem(429, release, headers={"Retry-After": str(STREAM_RETRY_AFTER_SECONDS)})
+        events = _released(sse_events(settings, flt, from_, request, resume_points, last_id,
+                                      until=who.expires_at), release)
+        # a response dropped before its body was started never runs the generator's
+        # finally: released when the generator is collected then
+        weakref.finalize(events, release)
         return StreamingResponse(
-            sse_events(settings, flt, from_, request, resume_points, last_id, until=who.expires_at),
+            events,
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
@@ -423,5 +497,6 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
             await asyncio.shield(consumer.stop())
 
 
-__all__ = ["DISABLED_BY_REQUEST", "MAX_GRACE_SECONDS", "MAX_STREAM_TOKEN_TTL_SECONDS", "SSE_HEARTBEAT_SECONDS", "SSE_RESUME_POINTS", "ResumePoints", "create_app",
+__all__ = ["DISABLED_BY_REQUEST", "MAX_GRACE_SECONDS", "MAX_STREAM_TOKEN_TTL_SECONDS", "SSE_HEARTBEAT_SECONDS", "SSE_RESUME_POINTS",
+           "STREAM_RETRY_AFTER_SECONDS", "ResumePoints", "StreamCaps", "create_app",
            "filter_from_query", "sse_events"]

@@ -68,6 +68,12 @@ class NotifySettings(AntingSettings):
     apprise_schemes: str = ",".join(DEFAULT_APPRISE_SCHEMES)
     # deliveries in flight at once (outbound HTTP/SMTP calls)
     concurrency: int = Field(64, ge=1, le=10000)
+    # of those, at most this many for one subscription: its further deliveries wait for its
+    # own, so a slow endpoint delays only itself (slots.py)
+    max_in_flight_per_subscription: int = Field(4, ge=1, le=10000)
+    # and at most this many for one tenant (unset: three quarters of concurrency), so that
+    # other tenants find slots free when all of one tenant's calls hang at once
+    max_in_flight_per_tenant: int | None = Field(None, ge=1, le=10000)
     timeout_seconds: float = Field(15.0, gt=0, le=600)
     # the retry schedule of subscriptions that set none (see parse_schedule): Standard
     # Webhooks' example, 10 attempts over ~3 days, so that a receiver down for hours or a
@@ -110,6 +116,11 @@ class NotifySettings(AntingSettings):
     rate_limit: str = Field("100/second", validation_alias=_alias("ANTING_RATE_LIMIT", "rate_limit"))
     # web pages allowed to call the API from a browser (comma-separated origins; "*": any)
     cors_origins: str = Field("", validation_alias=_alias("ANTING_CORS_ORIGINS", "cors_origins"))
+    # concurrent SSE streams (GET /v1/stream) one API key, and one tenant (its keys and stream
+    # tokens together), may hold open on this instance: each holds a Kafka consumer and its
+    # buffers, so without a cap one key's 500 streams slowed every tenant's deliveries
+    max_streams_per_key: int = Field(10, ge=1, le=100000)
+    max_streams_per_tenant: int = Field(50, ge=1, le=100000)
     # signs stream tokens; unset: random per process (a token works only where it was issued)
     stream_token_secret: str = Field(
         "", validation_alias=_alias("ANTING_STREAM_TOKEN_SECRET", "stream_token_secret"))

@@ -155,18 +155,23 @@ class Receiver:
 class _Mailbox:
     def __init__(self) -> None:
         self.messages: list[Any] = []
+        self.envelopes: list[tuple[str, list[str]]] = []  # (MAIL FROM, RCPT TO) of each message
+        self.raw: list[bytes] = []  # each message's bytes as the relay got them
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(message_from_bytes(envelope.original_content or envelope.content))
+        raw = envelope.original_content or envelope.content
+        self.messages.append(message_from_bytes(raw))
+        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        self.raw.append(raw)
         return "250 OK"
 
 
 @contextlib.contextmanager
-def smtp_server() -> Any:
-    """aiosmtpd on a free port; yields (port, mailbox)."""
+def smtp_server(*, smtputf8: bool = False) -> Any:
+    """aiosmtpd on a free port (offering SMTPUTF8 only when ``smtputf8``); yields (port, mailbox)."""
     box = _Mailbox()
     port = free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller = Controller(box, hostname="127.0.0.1", port=port, enable_SMTPUTF8=smtputf8)
     controller.start()
     try:
         yield port, box

@@ -11,6 +11,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,6 +30,7 @@ from shared.settings import AntingSettings
 from shared.topics import ENRICHED_EVENTS
 
 from .helpers import ANTING_TOWN, agreement, notify_settings
+from .tenancy import write_keys
 
 INJECTED = 'x\nevent: agreement.signed\ndata: {"id":"FORGED"}\n\nid: y'
 BREAKS = ["\n", "\r", "\r\n"]
@@ -134,8 +136,8 @@ def test_resume_points_keep_two_publishers_apart() -> None:
 
 
 @contextlib.asynccontextmanager
-async def serving(topics: AntingSettings) -> AsyncIterator[httpx.AsyncClient]:
-    settings = notify_settings(topics, port=free_port())
+async def serving(topics: AntingSettings, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    settings = notify_settings(topics, port=free_port(), **overrides)
     store = SubscriptionStore(settings, producer=None)
     await store.start()
     server = EmbeddedServer(uvicorn.Config(create_app(settings, store), host="127.0.0.1", port=settings.port,
@@ -213,3 +215,49 @@ async def test_stream_cannot_be_injected_and_resumes_per_source(topics: AntingSe
     assert [orjson.loads(m.data)["source"] for m in after_a] == ["/district/b", "/press/a"]
     assert [orjson.loads(m.data)["id"] for m in after_a] == ["same-1", "tail"]
     assert [orjson.loads(m.data)["id"] for m in after_b] == ["tail"]
+
+
+@pytest.mark.kafka
+async def test_streams_are_capped_per_key_and_per_tenant(topics: AntingSettings, tmp_path: Path) -> None:
+    """A key holds at most ANTING_NOTIFY_MAX_STREAMS_PER_KEY streams and a tenant (all its keys)
+    at most _PER_TENANT: one more is a 429 problem+json with Retry-After, another tenant is not
+    affected, and a stream that ends gives its place back."""
+    keys = write_keys(tmp_path / "keys")
+    async with contextlib.AsyncExitStack() as stack, serving(
+            topics, api_keys_file=str(tmp_path / "keys"), max_streams_per_key=2,
+            max_streams_per_tenant=3) as client:
+
+        readers = []  # held: a reader dropped half-way closes its connection
+
+        async def open_stream(key: str) -> httpx.Response:
+            resp = await stack.enter_async_context(
+                client.stream("GET", "/v1/stream", headers=keys.header(key)))
+            if resp.status_code == 200:
+                readers.append(reader := resp.aiter_raw())
+                async with asyncio.timeout(10):
+                    while b"connected" not in await anext(reader):  # open once it says so
+                        pass
+            else:
+                await resp.aread()
+            return resp
+
+        first = await open_stream(keys.a)
+        assert first.status_code == 200
+        assert (await open_stream(keys.a)).status_code == 200
+        over_key = await open_stream(keys.a)
+        assert over_key.status_code == 429
+        assert over_key.headers["content-type"] == "application/problem+json"
+        assert int(over_key.headers["retry-after"]) > 0
+        assert "2 streams" in orjson.loads(over_key.content)["detail"]
+        # another key of the same tenant: its own first stream, the tenant's third
+        assert (await open_stream(keys.stream_only)).status_code == 200
+        over_tenant = await open_stream(keys.stream_only)
+        assert over_tenant.status_code == 429 and "tenant acme" in orjson.loads(over_tenant.content)["detail"]
+        # another tenant is not affected
+        assert (await open_stream(keys.b)).status_code == 200
+        # a stream that ends gives its place back (the server sees the hang-up on its next turn)
+        await first.aclose()
+        async with asyncio.timeout(10):
+            while (again := await open_stream(keys.a)).status_code != 200:  # noqa: ASYNC110 (polls the server)
+                await asyncio.sleep(0.2)
+        assert again.status_code == 200

@@ -16,10 +16,11 @@ from services.notify.channels import Result
 from services.notify.channels.log import json_line
 from services.notify.channels.smtp import build_message, header_value, message_id
 from services.notify.channels.webhook import retry_after_seconds, sign
-from services.notify.delivery import Slots, notification_record
+from services.notify.delivery import notification_record
 from services.notify.matching import InvalidEvent, decode, match, norm
 from services.notify.notification import SOURCE, Delivery, digest_key, idempotency_key
 from services.notify.rendering import one_line, with_attributes
+from services.notify.slots import FairSlots
 from services.notify.store import new_secret, signing_secrets
 from shared.events import dump_event, parse_enriched
 from shared.subscriptions import (
@@ -247,9 +248,9 @@ def test_signature_is_the_standard_webhooks_one() -> None:
 
 
 async def test_slots_bound_order_and_cancellation() -> None:
-    """Delivery slots: never more than n holders, first come first served, and a waiter
-    cancelled before or just after being handed a slot loses no slot."""
-    slots = Slots(2)
+    """Delivery slots: never more than n holders, one subscription's deliveries in the order
+    they came, and a waiter cancelled before or just after being handed a slot loses no slot."""
+    slots = FairSlots(2, max_per_subscription=10, max_per_tenant=10)
     holding = 0
     most = 0
     order: list[int] = []
@@ -257,22 +258,25 @@ async def test_slots_bound_order_and_cancellation() -> None:
 
     async def use(i: int) -> None:
         nonlocal holding, most
-        async with slots:
+        await slots.acquire("t", "s")
+        try:
             order.append(i)
             holding += 1
             most = max(most, holding)
             await gate.wait()
             holding -= 1
+        finally:
+            slots.release("t", "s")
 
     tasks = [asyncio.create_task(use(i)) for i in range(6)]
     await asyncio.sleep(0.01)
-    assert order == [0, 1] and len(slots.waiters) == 4
+    assert order == [0, 1] and len(slots.waiters["s"]) == 4
     tasks[2].cancel()  # waiting: cancelled in the queue
     await asyncio.sleep(0.01)
     gate.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     assert most == 2 and order == [0, 1, 3, 4, 5]
-    assert slots.free == 2
+    assert slots.free == 2 and not slots.held and not slots.waiters and not slots.tenants
 
     # handed a slot, then cancelled before it ran: the slot passes on
     gate.clear()
@@ -280,14 +284,64 @@ async def test_slots_bound_order_and_cancellation() -> None:
     second = asyncio.create_task(use(11))
     third = asyncio.create_task(use(12))
     await asyncio.sleep(0.01)  # 10 and 11 hold, 12 waits
-    slots.release()  # as if 10 finished: 12 is handed the slot ...
+    slots.release("t", "s")  # as if 10 finished: 12 is handed the slot ...
     third.cancel()  # ... and cancelled before it resumes
     await asyncio.gather(third, return_exceptions=True)
     assert slots.free == 1  # the slot came back
     slots.free -= 1  # undo the pretend release
+    slots.held["s"] = slots.held.get("s", 0) + 1
+    slots.tenants["t"].held += 1
     gate.set()
     await asyncio.gather(first, second)
-    assert slots.free == 2
+    assert slots.free == 2 and not slots.held
+
+
+async def test_slots_are_shared_in_turn_across_tenants_and_subscriptions() -> None:
+    """A subscription holds at most its cap, a tenant at most its own, and freed slots go to
+    the waiting tenants in turn, then to their subscriptions in turn: a tenant with a deep
+    backlog on many subscriptions does not keep another tenant's one delivery waiting."""
+    slots = FairSlots(4, max_per_subscription=2, max_per_tenant=3)
+    order: list[str] = []
+    gates: dict[str, asyncio.Event] = {}
+
+    async def use(tenant: str, sub: str, i: int) -> None:
+        await slots.acquire(tenant, sub)
+        try:
+            name = f"{sub}.{i}"
+            order.append(name)
+            gate = gates[name] = asyncio.Event()
+            await gate.wait()
+        finally:
+            slots.release(tenant, sub)
+
+    tasks = [asyncio.create_task(use("a", s, i)) for i in range(3) for s in ("a1", "a2", "a3")]
+    await asyncio.sleep(0.01)
+    assert order == ["a1.0", "a2.0", "a3.0"]  # tenant a's cap (3) leaves one slot for others
+    tasks.append(asyncio.create_task(use("b", "b1", 0)))
+    await asyncio.sleep(0.01)
+    assert order[-1] == "b1.0"  # at once, on the slot tenant a could not take
+    tasks += [asyncio.create_task(use("b", "b1", i)) for i in (1, 2)]
+    await asyncio.sleep(0.01)
+    assert len(order) == 4
+    gates["a1.0"].set()  # a slot frees: the tenants take turns, b's first ...
+    await asyncio.sleep(0.01)
+    assert order[4] == "b1.1"
+    gates["b1.0"].set()  # ... then a's, its first subscription
+    await asyncio.sleep(0.01)
+    assert order[5] == "a1.1"
+    gates["a2.0"].set()
+    await asyncio.sleep(0.01)
+    assert order[6] == "b1.2"
+    gates["a3.0"].set()  # b has nothing waiting: a's next subscription in turn
+    await asyncio.sleep(0.01)
+    assert order[7] == "a2.1"
+    assert slots.held == {"a1": 1, "a2": 1, "b1": 2} and slots.free == 0
+    for _ in range(20):
+        for gate in list(gates.values()):
+            gate.set()
+        await asyncio.sleep(0.005)
+    await asyncio.gather(*tasks)
+    assert len(order) == 12 and slots.free == 4 and not slots.tenants and not slots.waiters
 
 
 def test_delivery_record_written_before_sources_is_still_read() -> None:
