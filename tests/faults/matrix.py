@@ -13,7 +13,10 @@ run's own, a raw producer writing events at a steady rate, and one fault in the 
   refused batch spends the idempotent producer's sequence numbers, later sends to that
   partition would fail ``OutOfOrderSequenceNumber`` on it;
 - ``undecodable``: a record whose header name is not UTF-8 written into ``agreements`` and
-  one into ``enriched-events``.
+  one into ``enriched-events``;
+- ``coordinator-stop`` (on a 3-node cluster of the run's own): the broker that leads
+  enrich's transaction coordinator stopped cleanly (SIGTERM) while transactions are open,
+  then started again.
 
 Result per cell: lost 0, duplicated 0 (exactly once), undelivered 0, aborted reads 0, the
 records a fault makes unwritable or unreadable in ``dead-letters`` (and nothing else
@@ -39,20 +42,21 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from devtools.checker import Input, Report, check, check_deliveries
-from devtools.localkafka import LocalKafka, free_port
+from devtools.localkafka import LocalCluster, LocalKafka, free_port
 from devtools.testing import ServiceProcess, produce_raw_header, set_topic_config, settings_for
 from services.notify.notification import idempotency_key
 from shared.deadletters import read_dead_letters
-from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from shared.settings import AntingSettings
-from shared.topics import AGREEMENTS, ANNOUNCEMENTS, ENRICHED_EVENTS
+from shared.topics import AGREEMENTS, ANNOUNCEMENTS, ENRICHED_EVENTS, Topic
 from tests.cluster.chaos import _delivery, _event, _final, _read_inputs
 from tests.notify.helpers import Receiver
 from tests.notify.test_kill import _subscribe
 
 __all__ = ["FAULTS", "GUARANTEES", "Cell", "run_cell", "run_matrix"]
 
-FAULTS = ("broker-pause", "service-pause", "limit-lowered", "undecodable")
+FAULTS = ("broker-pause", "service-pause", "limit-lowered", "undecodable", "coordinator-stop")
+CLUSTER_FAULTS = ("coordinator-stop",)  # run on a 3-node cluster
 GUARANTEES = ("exactly_once", "at_least_once")
 SESSION_MS = 6000  # the services' session timeout here: paused longer, they are zombies
 REQUEST_TIMEOUT_MS = 5000  # the services' request timeout here: the broker paused longer
@@ -100,7 +104,7 @@ HEADER = ("| fault | enrich | inputs | lost | duplicated | undelivered | dead le
           "| uncommitted | restart loop | result | time |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
-async def _set_limit(settings: AntingSettings, topic: str, limit: int) -> None:
+async def _set_limit(settings: AntingSettings, topic: Topic, limit: int) -> None:
     await set_topic_config(settings, settings.topic(topic), {"max.message.bytes": str(limit)})
 
 
@@ -120,7 +124,7 @@ async def _uncommitted(settings: AntingSettings, group: str, topics: list[str]) 
         await consumer.stop()
 
 
-async def run_cell(bootstrap: str, broker: LocalKafka, tmp: Path, fault: str, guarantee: str, *,
+async def run_cell(bootstrap: str, broker: LocalKafka | LocalCluster, tmp: Path, fault: str, guarantee: str, *,
                    events: int = 1000, rate: float = 100.0, log: bool = False) -> Cell:
     """Run one cell on ``broker`` (``bootstrap``) with its own topics; returns its :class:`Cell`."""
     cell = Cell(fault, guarantee)
@@ -183,9 +187,22 @@ async def run_cell(bootstrap: str, broker: LocalKafka, tmp: Path, fault: str, gu
 
     async def nemesis() -> None:
         await injected.wait()
-        if fault == "broker-pause":
+        if fault == "coordinator-stop":
+            assert isinstance(broker, LocalCluster)
+            admin = make_admin(settings)
+            await admin.start()
+            try:  # enrich's transactional id is <group>-<instance id>
+                node = int(await admin.find_coordinator(f"{enrich_group}-faults-1", 1))
+            finally:
+                await admin.close()
+            await asyncio.to_thread(broker.terminate, node)
+            say(f"SIGTERM kafka-{node} (enrich's transaction coordinator), stopped cleanly")
+            await asyncio.sleep(5)
+            broker.restart(node)
+            say(f"restarted kafka-{node}")
+        elif fault == "broker-pause":
             pause = REQUEST_TIMEOUT_MS / 1000 + 4
-            assert broker.proc is not None
+            assert isinstance(broker, LocalKafka) and broker.proc is not None
             broker.proc.send_signal(signal.SIGSTOP)
             say(f"SIGSTOP the broker for {pause:.0f}s (request timeout {REQUEST_TIMEOUT_MS} ms)")
             await asyncio.sleep(pause)
@@ -273,20 +290,33 @@ async def run_cell(bootstrap: str, broker: LocalKafka, tmp: Path, fault: str, gu
 
 async def run_matrix(tmp: Path, faults: tuple[str, ...] = FAULTS, guarantees: tuple[str, ...] = GUARANTEES,
                      *, events: int = 1000, rate: float = 100.0, log: bool = False) -> list[Cell]:
-    """Every (fault, guarantee) cell in turn on one broker of the run's own."""
-    broker = LocalKafka(port=free_port(), data_dir=tmp / "kafka", heap="512m")
-    await asyncio.to_thread(broker.start)
+    """Every (fault, guarantee) cell in turn: on one broker of the run's own, and the
+    cluster faults on a 3-node cluster of its own."""
     cells = []
-    try:
-        for fault in faults:
-            for guarantee in guarantees:
-                cells.append(await run_cell(broker.bootstrap, broker, tmp, fault, guarantee,
-                                            events=events, rate=rate, log=log))
-    finally:
-        if broker.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                broker.proc.send_signal(signal.SIGCONT)
-        await asyncio.to_thread(broker.stop)
+    single = [f for f in faults if f not in CLUSTER_FAULTS]
+    if single:
+        broker = LocalKafka(port=free_port(), data_dir=tmp / "kafka", heap="512m")
+        await asyncio.to_thread(broker.start)
+        try:
+            for fault in single:
+                for guarantee in guarantees:
+                    cells.append(await run_cell(broker.bootstrap, broker, tmp, fault, guarantee,
+                                                events=events, rate=rate, log=log))
+        finally:
+            if broker.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    broker.proc.send_signal(signal.SIGCONT)
+            await asyncio.to_thread(broker.stop)
+    clustered = [f for f in faults if f in CLUSTER_FAULTS]
+    if clustered:
+        cluster = await asyncio.to_thread(LocalCluster(3, data_dir=tmp / "cluster", heap="384m").start)
+        try:
+            for fault in clustered:
+                for guarantee in guarantees:
+                    cells.append(await run_cell(cluster.bootstrap, cluster, tmp, fault, guarantee,
+                                                events=events, rate=rate, log=log))
+        finally:
+            await asyncio.to_thread(cluster.stop)
     return cells
 
 
