@@ -6,12 +6,13 @@ catalog used for the next document)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
-from devtools.testing import read_topic
+from devtools.testing import read_topic, wait_until
 from services.enrich import catalog as catalog_mod
 from services.enrich.catalog import Catalog, shipped
 from services.enrich.documents import DocumentStage, events_of
@@ -135,7 +136,11 @@ async def test_the_stage_writes_events_and_dead_letters_on_the_broker(topics: An
         # a new alias, then a document naming it
         lab = Organization(id="anting-metaverse-lab", name="Anting Metaverse Laboratory",
                            aliases=["AML"], kind=OrganizationKind.academic)
+        t0 = time.monotonic()
         await catalog_mod.write(settings, upserts=[lab])
+        # the catalog is live: the next document sees the alias within 2 s of the write
+        await wait_until(lambda: "anting-metaverse-lab" in catalog.organizations, 10, "the alias")
+        assert time.monotonic() - t0 < 2.0
         await _produce(topics, [(b"aml", dump_document(doc("AML signed with SAIC Motor.", "aml")))])
         more = await read_topic(topics, topics.topic(AGREEMENTS), expect=2, timeout=30)
         last = parse_event(next(r.value for r in more if r.key == b"aml") or b"")
