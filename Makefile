@@ -60,7 +60,8 @@ chaos-cluster: setup  ## the replicated-cluster chaos run at full size (tests/cl
 # Each fault while events flow through enrich (exactly once, at least once) and notify on
 # a broker of its own: the broker SIGSTOPped past the request timeout, the services paused
 # past their session timeout, enriched-events' max.message.bytes lowered and restored, a
-# record no client can decode; prints the matrix (docs/RELIABILITY.md has a full run)
+# record no client can decode, and on a 3-node cluster the transaction coordinator's broker
+# stopped; prints the matrix (docs/RELIABILITY.md has a full run)
 chaos-faults: setup  ## the fault matrix at full size (tests/faults/matrix.py)
 	$(BIN)/python -m tests.faults.matrix
 
