@@ -366,8 +366,13 @@ class Insights:
 
     def owner(self, key: str) -> str:
         """The URL of the instance that owns ``key`` (faust's router); raises ``KeyError``
-        when no member owns its partition yet (a rebalance is in progress)."""
-        return str(self.app.router.key_store(TABLE, key.encode())).rstrip("/")
+        when no member owns its partition yet (a rebalance is in progress) or the app has
+        not started (its producer has no metadata yet, and faust's partitioner raises
+        ``TypeError``)."""
+        try:
+            return str(self.app.router.key_store(TABLE, key.encode())).rstrip("/")
+        except TypeError:
+            raise KeyError(key) from None
 
     def members(self) -> set[str]:
         """The URLs of every instance with partitions of the table, this one included."""
