@@ -11,6 +11,15 @@ is answered by the instance that owns the key's table partition: another instanc
 forwards it there (faust's ``@app.table_route``, Kafka Streams' interactive queries),
 marking it ``X-Anting-Routed`` so that it is forwarded at most once. A ranking asks every
 instance for its own top entries (``/v1/_local/...``) and merges them.
+
+Truth or 503: an instance answers from a partition only when it is *servable* there (it
+holds the partition in the current assignment, the partition's recovery has completed and
+its table is folded in full up to the offset it reports: see ``services.insights.streams``);
+otherwise it forwards the query to the owner or answers 503 with ``Retry-After`` and the
+reason. Every answer names the position it reflects, ``X-Anting-Position``:
+``<partition>=<offset>`` pairs, the ``insights-facts`` offset below which every fact of
+that partition is folded (one pair for a key, every partition for a ranking, whose body
+also lists ``partitions``). Two answers with the same position are the same answer.
 """
 
 from __future__ import annotations
@@ -41,10 +50,11 @@ from shared.http import (
     use_api_keys,
 )
 
-__all__ = ["ROUTED", "SERVED_BY", "create_app", "rank"]
+__all__ = ["POSITION", "ROUTED", "SERVED_BY", "create_app", "format_position", "parse_position", "rank"]
 
 ROUTED = "x-anting-routed"
 SERVED_BY = "x-anting-served-by"
+POSITION = "x-anting-position"
 
 Namespace = Literal["org", "unresolved", "sector", "city"]
 WindowQuery = Annotated[Literal["day", "week", "all"], Query(
@@ -65,8 +75,20 @@ def _row(entity: Entity, window: Window, now_ms: int) -> dict[str, Any]:
             "by_type": act["by_type"], "by_kind": act["by_kind"]}
 
 
-def _json(body: object, served_by: str) -> Response:
-    return Response(orjson.dumps(body), media_type="application/json", headers={SERVED_BY: served_by})
+def format_position(position: dict[int, int]) -> str:
+    """``{0: 120, 2: 7}`` → ``"0=120,2=7"`` (the ``X-Anting-Position`` header)."""
+    return ",".join(f"{p}={o}" for p, o in sorted(position.items()))
+
+
+def parse_position(header: str) -> dict[int, int]:
+    """The ``X-Anting-Position`` header as ``{partition: offset}``; raises ``ValueError``."""
+    pairs = (item.split("=", 1) for item in header.split(",") if item)
+    return {int(p): int(o) for p, o in pairs}
+
+
+def _json(body: object, served_by: str, position: dict[int, int]) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json",
+                    headers={SERVED_BY: served_by, POSITION: format_position(position)})
 
 
 def create_app(settings: InsightsSettings, insights: Insights) -> FastAPI:
@@ -96,7 +118,7 @@ def create_app(settings: InsightsSettings, insights: Insights) -> FastAPI:
     errors = problem_responses(401, 403, 404, 422, 503)
 
     def unavailable(detail: str) -> Problem:
-        return Problem(503, detail, headers={"Retry-After": "1"})
+        return Problem(503, detail, headers={"Retry-After": "1", SERVED_BY: insights.url})
 
     async def forward(url: str, request: Request) -> Response:
         headers = {ROUTED: insights.url}
@@ -108,7 +130,7 @@ def create_app(settings: InsightsSettings, insights: Insights) -> FastAPI:
         except httpx.HTTPError as exc:
             raise unavailable(f"the instance owning the key ({url}) did not answer: "
                               f"{type(exc).__name__}") from None
-        keep = {k: v for k, v in resp.headers.items() if k in (SERVED_BY, "retry-after")}
+        keep = {k: v for k, v in resp.headers.items() if k in (SERVED_BY, POSITION, "retry-after")}
         return Response(resp.content, status_code=resp.status_code,
                         media_type=resp.headers.get("content-type"), headers=keep)
 
@@ -122,9 +144,17 @@ def create_app(settings: InsightsSettings, insights: Insights) -> FastAPI:
             if request.headers.get(ROUTED):
                 raise unavailable("the key moved while the query was forwarded (rebalancing)")
             return await forward(owner, request)
-        if not insights.recovered():
-            raise unavailable("recovering the table from the changelog")
-        return _json(answer(), insights.url)
+        partition = insights.partition_of(key)
+        at = insights.servable(partition)
+        if isinstance(at, str):
+            raise unavailable(at)
+        position = {partition: at}
+        try:
+            body = answer()  # no await between the position and the answer: one state
+        except Problem as exc:  # a 404 is an answer too, true at that position
+            exc.headers = {**exc.headers, SERVED_BY: insights.url, POSITION: format_position(position)}
+            raise
+        return _json(body, insights.url, position)
 
     def found(key: str, what: str) -> Entity:
         entity = insights.entity(key)
@@ -183,32 +213,55 @@ def create_app(settings: InsightsSettings, insights: Insights) -> FastAPI:
 
         return await by_owner(key, request, answer)
 
-    async def ranking(namespace: Namespace, window: Window, limit: int, request: Request) -> Response:
-        """Every instance's top ``limit`` merged: the top ``limit`` of all."""
-        now_ms = int(time.time() * 1000)
+    def local_rows(namespace: Namespace, window: Window, limit: int, now_ms: int
+                   ) -> tuple[list[dict[str, Any]], dict[int, int]]:
+        """This instance's top ``limit`` over the partitions it holds, and their positions;
+        503 when any of them is not servable."""
         if not insights.recovered():
             raise unavailable("recovering the table from the changelog")
-        rows = [_row(e, window, now_ms) for e in insights.local_entities(namespace)]
+        position: dict[int, int] = {}
+        for partition in sorted(insights.held_partitions()):
+            at = insights.servable(partition)
+            if isinstance(at, str):
+                raise unavailable(at)
+            position[partition] = at
+        rows = [_row(e, window, now_ms) for e in insights.local_entities(namespace, set(position))]
+        return rank(rows, limit), position
+
+    async def ranking(namespace: Namespace, window: Window, limit: int, request: Request) -> Response:
+        """Every instance's top ``limit`` merged: the top ``limit`` of all, when together
+        they cover every partition once (else 503)."""
+        now_ms = int(time.time() * 1000)
+        rows, position = local_rows(namespace, window, limit, now_ms)
         others = sorted(insights.members() - {insights.url})
         params = {"namespace": namespace, "window": window, "limit": str(limit), "now": str(now_ms)}
         headers = {ROUTED: insights.url}
         if auth_header := request.headers.get("authorization"):
             headers["authorization"] = auth_header
 
-        async def ask(url: str) -> list[dict[str, Any]]:
+        async def ask(url: str) -> tuple[list[dict[str, Any]], dict[int, int]]:
             try:
                 resp = await client.get(f"{url}/v1/_local/entities", params=params, headers=headers)
             except httpx.HTTPError as exc:
                 raise unavailable(f"instance {url} did not answer: {type(exc).__name__}") from None
             if resp.status_code != 200:
-                raise unavailable(f"instance {url} answered {resp.status_code}")
-            return list(resp.json()["rows"])
+                detail = resp.json().get("detail", "") if resp.headers.get("content-type", "").endswith(
+                    "json") else ""
+                raise unavailable(f"instance {url} answered {resp.status_code} {detail}".rstrip())
+            return list(resp.json()["rows"]), parse_position(resp.headers.get(POSITION, ""))
 
-        for part in await asyncio.gather(*(ask(u) for u in others)):
-            rows.extend(part)
+        for part_rows, part_position in await asyncio.gather(*(ask(u) for u in others)):
+            twice = set(part_position) & set(position)
+            if twice:  # two instances each believe they hold it: ownership is moving
+                raise unavailable(f"partitions {sorted(twice)} answered by two instances (rebalancing)")
+            rows.extend(part_rows)
+            position.update(part_position)
+        missing = sorted(set(range(settings.partitions)) - set(position))
+        if missing:
+            raise unavailable(f"partitions {missing} are held by no instance that answered (rebalancing)")
         start = None if window == "all" else _row_window(window, now_ms)
         return _json({"window": window, **(start or {"start": None, "end": None}),
-                      "rows": rank(rows, limit)}, insights.url)
+                      "partitions": sorted(position), "rows": rank(rows, limit)}, insights.url, position)
 
     @app.get("/v1/organizations", dependencies=auth, tags=["organizations"],
              summary="The most active organizations in a window, across all instances", responses=errors)
@@ -226,10 +279,8 @@ def create_app(settings: InsightsSettings, insights: Insights) -> FastAPI:
     @app.get("/v1/_local/entities", dependencies=auth, tags=["internal"], include_in_schema=False)
     async def local(namespace: Namespace, window: WindowQuery, limit: Limit,
                     now: Annotated[int, Query(ge=0)]) -> Response:
-        if not insights.recovered():
-            raise unavailable("recovering the table from the changelog")
-        rows = [_row(e, window, now) for e in insights.local_entities(namespace)]
-        return _json({"rows": rank(rows, limit)}, insights.url)
+        rows, position = local_rows(namespace, window, limit, now)
+        return _json({"rows": rows}, insights.url, position)
 
     openapi_as_served(app)
     return app
@@ -244,4 +295,4 @@ def _renamed(resp: Response, name: str) -> Response:
     body = orjson.loads(resp.body)
     body[name] = body.pop("rows")
     return Response(orjson.dumps(body), media_type="application/json",
-                    headers={SERVED_BY: resp.headers.get(SERVED_BY, "")})
+                    headers={SERVED_BY: resp.headers.get(SERVED_BY, ""), POSITION: resp.headers.get(POSITION, "")})

@@ -1,5 +1,7 @@
 """insights' first step: ``enriched-events`` → ``insights-facts``, one fact per entity an
-event names, keyed by the entity (:func:`services.insights.state.facts_of`). It is the
+event names, keyed by the entity (:func:`services.insights.state.facts_of`), the facts of
+one entity in a batch sent together in one record (:func:`services.insights.state.encode_facts`:
+a batch names the same sectors, cities and busy organizations again and again). It is the
 repartition faust's ``group_by`` or Kafka Streams' ``selectKey`` + ``repartition`` does,
 so that the table (:mod:`services.insights.streams`) sees every fact of an entity on one
 partition; each fact carries its event's position, which makes the fold idempotent.
@@ -30,7 +32,7 @@ import logging
 from pydantic import ValidationError
 
 from services.insights.settings import InsightsSettings
-from services.insights.state import facts_of
+from services.insights.state import FACTS_PER_RECORD, Fact, encode_facts, facts_of
 from shared.events import NotACloudEvent, parse_enriched, record_event_bytes
 from shared.kafka_access import AccessStatus
 from shared.metrics import INSIGHTS_FACTS
@@ -74,7 +76,11 @@ class Route:
         await self.runner.run(stop)
 
     async def handle(self, records: list[Record], out: Outputs) -> None:
-        """The facts of each record, or its dead letter (not an enriched event)."""
+        """The facts of the batch's records, one record per entity (in the order the
+        events came, at most :data:`FACTS_PER_RECORD` each), or a record's dead letter
+        (not an enriched event)."""
+        by_key: dict[str, list[Fact]] = {}
+        origin: dict[str, Record] = {}  # the last input record an entity's facts came from
         for record in records:
             try:
                 event = parse_enriched(record_event_bytes(record.value, list(record.headers or ())))
@@ -83,4 +89,9 @@ class Route:
                 await out.dead_letter(record, exc)
                 continue
             for fact in facts_of(event, record.partition, record.offset, record.timestamp):
-                await out.send(record, self.target, fact.to_json(), key=fact.key.encode())
+                by_key.setdefault(fact.key, []).append(fact)
+                origin[fact.key] = record
+        for key, facts in by_key.items():
+            for at in range(0, len(facts), FACTS_PER_RECORD):
+                await out.send(origin[key], self.target, encode_facts(facts[at:at + FACTS_PER_RECORD]),
+                               key=key.encode())

@@ -26,7 +26,7 @@ entity, and the producer keeps per-partition order. An event published twice (on
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,6 +37,7 @@ from shared.events import AGREEMENT, AnyEnrichedEvent, EnrichedAgreementEvent
 __all__ = [
     "DAY_BUCKETS",
     "DAY_MS",
+    "FACTS_PER_RECORD",
     "RECENT",
     "TITLE_CHARS",
     "WEEK_BUCKETS",
@@ -44,6 +45,8 @@ __all__ = [
     "Entity",
     "Fact",
     "Window",
+    "decode_facts",
+    "encode_facts",
     "entity_key",
     "facts_of",
     "window_start",
@@ -59,6 +62,10 @@ DAY_BUCKETS = 14
 WEEK_BUCKETS = 8
 #: characters of a headline or title kept in an entity's latest events
 TITLE_CHARS = 200
+#: facts of one entity carried by one ``insights-facts`` record at most: a busy entity (a
+#: city named by most events) gets a few records per batch, each far below the topic's
+#: size limit (a fact is a few hundred bytes)
+FACTS_PER_RECORD = 64
 
 Window = Literal["day", "week", "all"]
 Namespace = Literal["org", "unresolved", "sector", "city"]
@@ -115,6 +122,32 @@ class Fact:
         d = orjson.loads(raw)
         return cls(d["key"], d["name"], d["p"], d["o"], d["ts"], d["source"], d["id"], d["type"],
                    d["kind"], d["title"], d["time"], d.get("partners"))
+
+
+def encode_facts(facts: Sequence[Fact]) -> bytes:
+    """Facts of one entity (one key), in the order they were taught, as one
+    ``insights-facts`` record value: ``{"key", "name", "facts": [[partition, offset, ts,
+    source, id, type, kind, title, time, partners], ...]}``. One record per entity per
+    batch instead of one per fact: the fold's cost is per record, and a batch of
+    events names the same few sectors, cities and busy organizations again and again."""
+    first = facts[0]
+    return orjson.dumps({
+        "key": first.key, "name": facts[-1].name,
+        "facts": [[f.partition, f.offset, f.ts, f.source, f.id, f.type, f.kind, f.title, f.time, f.partners]
+                  for f in facts],
+    })
+
+
+def decode_facts(raw: bytes) -> list[Fact]:
+    """The facts of an ``insights-facts`` record: :func:`encode_facts`' many, or the one
+    fact of :meth:`Fact.to_json` (what the topic held before facts were grouped). Raises
+    ``orjson.JSONDecodeError``, ``KeyError``, ``ValueError`` or ``TypeError``."""
+    d = orjson.loads(raw)
+    if "facts" not in d:
+        return [Fact.from_json(raw)]
+    key, name = d["key"], d["name"]
+    return [Fact(key, name, p, o, ts, source, id_, type_, kind, title, time, partners)
+            for p, o, ts, source, id_, type_, kind, title, time, partners in d["facts"]]
 
 
 def _unique(items: Iterable[str]) -> list[str]:
@@ -186,10 +219,13 @@ class Entity:
     events, newest first).
     """
 
-    __slots__ = ("doc",)
+    __slots__ = ("_ids", "doc")
 
     def __init__(self, doc: dict[str, Any]) -> None:
         self.doc = doc
+        # (source, id) of the latest events, built on the first fold: a batch folds many
+        # facts into one entity, and scanning the list for each was most of the fold's time
+        self._ids: set[tuple[str, str]] | None = None
 
     @classmethod
     def new(cls, key: str, name: str) -> Entity:
@@ -215,7 +251,11 @@ class Entity:
         if fact.offset <= doc["pos"].get(part, -1):
             return False
         doc["pos"][part] = fact.offset
-        if any(e["id"] == fact.id and e["source"] == fact.source for e in doc["recent"]):
+        recent: list[dict[str, Any]] = doc["recent"]
+        ids = self._ids
+        if ids is None:
+            ids = self._ids = {(e["source"], e["id"]) for e in recent}
+        if (fact.source, fact.id) in ids:
             return False
         doc["name"] = fact.name
         _count(doc["all"], fact)
@@ -231,10 +271,15 @@ class Entity:
                 _count(buckets[start], fact)
         item = {"id": fact.id, "source": fact.source, "type": fact.type, "kind": fact.kind,
                 "title": fact.title, "time": fact.time, "ts": fact.ts, "p": fact.partition, "o": fact.offset}
-        recent: list[dict[str, Any]] = doc["recent"]
-        recent.append(item)
-        recent.sort(key=_order, reverse=True)
-        del recent[RECENT:]
+        order = _order(item)
+        # newest first; a new event is nearly always the newest, so look from the front
+        at = next((i for i, e in enumerate(recent) if _order(e) < order), len(recent))
+        if at < RECENT:
+            recent.insert(at, item)
+            ids.add((fact.source, fact.id))
+            if len(recent) > RECENT:
+                gone = recent.pop()
+                ids.discard((gone["source"], gone["id"]))
         if fact.partners is not None:
             for pid, pname in fact.partners.items():
                 entry = doc["partners"].setdefault(pid, {"name": pname, "count": 0})

@@ -17,6 +17,20 @@ Who answers a key: the instance whose partition of ``insights-facts`` the key ha
 (the table is co-partitioned with it), found with faust's router
 (``app.router.key_store``: the group assignment carries each member's ``canonical_url``),
 as ``@app.table_route`` does; Kafka Streams calls these *interactive queries*.
+
+What an answer reflects: the fold writes, per partition of ``insights-facts``, a *position
+marker* into the table beside the entities (a key of its own that hashes to that
+partition, so that it travels in the same changelog partition, in order with them):
+``{"next": N, "dirty": D}``. Before a batch's entities it raises ``dirty`` to the batch's
+end, after them ``next``: every entity of the partition then reflects exactly the facts
+below ``next``. A crash between the two leaves ``dirty > next`` in the changelog: some
+entities carry facts the others do not yet, and whoever recovers the partition answers
+nothing from it until its fold has passed ``dirty`` again (the replay guard makes the
+facts already applied change nothing). A partition is *servable* (:meth:`Insights.servable`)
+only when this instance holds it in the group's current assignment, its recovery for that
+assignment has completed, no rebalance is in progress, and its marker is clean; the
+position reported is then ``next`` (Kafka Streams refuses queries against restoring or
+standby state the same way, unless asked with ``enableStaleStores``).
 """
 
 from __future__ import annotations
@@ -31,10 +45,12 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
+import orjson
+from aiokafka.partitioner import murmur2
 
 from services.insights.route import Route
 from services.insights.settings import InsightsSettings
-from services.insights.state import Entity, Fact
+from services.insights.state import Entity, decode_facts
 from shared.kafka_access import AccessStatus
 from shared.metrics import (
     INSIGHTS_ENTITIES,
@@ -44,11 +60,32 @@ from shared.metrics import (
 )
 from shared.topics import INSIGHTS_FACTS as FACTS_TOPIC
 
-__all__ = ["TABLE", "Insights", "RecoveryWatchdog"]
+__all__ = ["MARKER_PREFIX", "TABLE", "Insights", "RecoveryWatchdog", "key_partition", "marker_keys"]
 
 log = logging.getLogger(__name__)
 
 TABLE = "entities"
+#: the table keys of the position markers start with this (no entity key does: entity
+#: keys start with their namespace, ``org:`` …)
+MARKER_PREFIX = b"~position:"
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition the producers' default partitioner (murmur2, as Java's) gives ``key``:
+    the route's for facts, faust's for the table's changelog (``use_partitioner``)."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def marker_keys(partitions: int) -> dict[int, bytes]:
+    """For each partition, the first key ``~position:<i>`` that hashes to it: where the
+    fold keeps that partition's position marker."""
+    keys: dict[int, bytes] = {}
+    i = 0
+    while len(keys) < partitions:
+        key = MARKER_PREFIX + str(i).encode()
+        keys.setdefault(key_partition(key, partitions), key)
+        i += 1
+    return keys
 
 
 def _credentials(settings: InsightsSettings) -> Any:
@@ -169,6 +206,15 @@ class Insights:
         self.table = self.app.Table(TABLE, default=None, key_type=bytes, value_type=bytes,
                                     partitions=settings.partitions, use_partitioner=True)
         self.app.agent(self.facts, name="fold")(self._fold)
+        self.facts_topic = settings.topic(FACTS_TOPIC)
+        self.markers = marker_keys(settings.partitions)
+        self._partitions: dict[bytes, int] = {}
+        # partitions whose recovery completed for the current assignment; None from a
+        # revocation or an assignment until faust says the table is recovered
+        self._recovered_for: frozenset[int] | None = None
+        self.app.on_partitions_revoked.connect(self._on_assignment_change)
+        self.app.on_partitions_assigned.connect(self._on_assignment_change)
+        self.table.on_recover(self._on_table_recovered)
         self.route = Route(settings, self.access)
         self._stopping = asyncio.Event()
         self._routing: asyncio.Task[None] | None = None
@@ -181,27 +227,96 @@ class Insights:
 
     async def _fold(self, stream: Any) -> None:  # Any: faust.StreamT does not declare take_events
         """insights-facts → the table, a batch at a time: each entity touched is read
-        once, folded, and written once (one changelog record per entity per batch)."""
+        once, folded, and written once (one changelog record per entity per batch),
+        between the two writes of each partition's position marker (see the module)."""
         async for events in stream.take_events(self.settings.batch_size, within=self.settings.batch_seconds):
+            held = self.held_partitions()
             touched: dict[bytes, Entity] = {}
             changed: set[bytes] = set()
+            ends: dict[int, int] = {}
+            applied = replays = stale = 0
             for event in events:
+                partition, offset = event.message.partition, event.message.offset
+                if partition not in held:
+                    # taken before a revocation: the partition's new owner folds it from the
+                    # committed offset, and a write here would reach the changelog behind its own
+                    stale += 1
+                    continue
+                ends[partition] = max(ends.get(partition, 0), offset + 1)
                 key: bytes = event.key
-                fact = Fact.from_json(event.value)
                 entity = touched.get(key)
-                if entity is None:
-                    stored = self.table.get(key)
-                    entity = Entity.load(stored) if stored is not None else Entity.new(fact.key, fact.name)
-                    if stored is None:
-                        INSIGHTS_ENTITIES.labels(fact.key.split(":", 1)[0]).inc()
-                    touched[key] = entity
-                if entity.apply(fact):
-                    changed.add(key)
-                    INSIGHTS_FACTS.labels("applied").inc()
-                else:
-                    INSIGHTS_FACTS.labels("replay").inc()
+                for fact in decode_facts(event.value):
+                    if entity is None:
+                        stored = self.table.get(key)
+                        entity = Entity.load(stored) if stored is not None else Entity.new(fact.key, fact.name)
+                        if stored is None:
+                            INSIGHTS_ENTITIES.labels(fact.key.split(":", 1)[0]).inc()
+                        touched[key] = entity
+                    if entity.apply(fact):
+                        changed.add(key)
+                        applied += 1
+                    else:
+                        replays += 1
+            # no await from here to the end of the batch: a query sees a partition before
+            # its batch or after it, never half-way
+            marks = {p: self._marker(p) for p in ends}
+            for p, end in ends.items():
+                if marks[p]["dirty"] < end:
+                    marks[p]["dirty"] = end
+                    self.table[self.markers[p]] = orjson.dumps(marks[p])
             for key in changed:
                 self.table[key] = touched[key].dump()
+            for p, end in ends.items():
+                marks[p]["next"] = max(marks[p]["next"], end)
+                self.table[self.markers[p]] = orjson.dumps(marks[p])
+            INSIGHTS_FACTS.labels("applied").inc(applied)
+            INSIGHTS_FACTS.labels("replay").inc(replays)
+            if stale:
+                INSIGHTS_FACTS.labels("revoked").inc(stale)
+
+    def _marker(self, partition: int) -> dict[str, int]:
+        stored = self.table.get(self.markers[partition])
+        return dict(orjson.loads(stored)) if stored is not None else {"next": 0, "dirty": 0}
+
+    # --- the assignment and recovery -------------------------------------------------
+
+    def _on_assignment_change(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """faust's revocation and assignment signals: nothing is servable until the
+        table's recovery for the new assignment has completed."""
+        self._recovered_for = None
+
+    async def _on_table_recovered(self) -> None:
+        """faust's table recovery completed (called before it resumes the streams and ends
+        the rebalance): the partitions held now are restored."""
+        self._recovered_for = frozenset(self.held_partitions())
+
+    def held_partitions(self) -> set[int]:
+        """The partitions of ``insights-facts`` (and of the table) that the group's
+        current assignment gives this instance, as faust's assignor last heard it."""
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.facts_topic}
+
+    def partition_of(self, key: str | bytes) -> int:
+        """The table (and ``insights-facts``) partition of ``key``."""
+        raw = key.encode() if isinstance(key, str) else key
+        partition = self._partitions.get(raw)
+        if partition is None:
+            partition = self._partitions[raw] = key_partition(raw, self.settings.partitions)
+        return partition
+
+    def servable(self, partition: int) -> int | str:
+        """The position of ``partition`` (the ``insights-facts`` offset below which every
+        fact is folded, and none above) when this instance may answer from it, else why
+        not (a sentence for a 503)."""
+        tables: Any = self.app.tables
+        if self.app.rebalancing or tables.recovery.in_recovery or self._recovered_for is None:
+            return "the group is rebalancing or the table is recovering from the changelog"
+        if partition not in self._recovered_for or partition not in self.held_partitions():
+            return f"partition {partition} is not held by this instance"
+        marker = self._marker(partition)
+        if marker["dirty"] > marker["next"]:
+            return (f"partition {partition} is catching up: the changelog holds facts up to offset "
+                    f"{marker['dirty']}, folded in full up to {marker['next']}")
+        return marker["next"]
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -238,6 +353,7 @@ class Insights:
         consumer started."""
         tables: Any = self.app.tables
         done = (bool(tables.recovery.completed.is_set()) and not self.app.rebalancing
+                and not tables.recovery.in_recovery and self._recovered_for is not None
                 and self.route.running)
         if done and self.recovered_after is None:
             self.recovered_after = time.monotonic() - self.started_at
@@ -250,8 +366,13 @@ class Insights:
 
     def owner(self, key: str) -> str:
         """The URL of the instance that owns ``key`` (faust's router); raises ``KeyError``
-        when no member owns its partition yet (a rebalance is in progress)."""
-        return str(self.app.router.key_store(TABLE, key.encode())).rstrip("/")
+        when no member owns its partition yet (a rebalance is in progress) or the app has
+        not started (its producer has no metadata yet, and faust's partitioner raises
+        ``TypeError``)."""
+        try:
+            return str(self.app.router.key_store(TABLE, key.encode())).rstrip("/")
+        except TypeError:
+            raise KeyError(key) from None
 
     def members(self) -> set[str]:
         """The URLs of every instance with partitions of the table, this one included."""
@@ -263,17 +384,10 @@ class Insights:
         stored = self.table.get(key.encode())
         return Entity.load(stored) if stored is not None else None
 
-    def local_entities(self, namespace: str) -> list[Entity]:
-        """Entities of a namespace (``org``, ``unresolved``, ``sector``, ``city``) in the
-        partitions this instance owns."""
+    def local_entities(self, namespace: str, partitions: set[int]) -> list[Entity]:
+        """Entities of a namespace (``org``, ``unresolved``, ``sector``, ``city``) in
+        ``partitions`` (the servable ones this instance holds: the table keeps what it
+        recovered of partitions it no longer holds)."""
         prefix = f"{namespace}:".encode()
-        out = []
-        for key, value in list(self.table.items()):
-            if key.startswith(prefix):
-                try:
-                    if self.owner(key.decode()) != self.url:
-                        continue
-                except KeyError:
-                    continue
-                out.append(Entity.load(value))
-        return out
+        return [Entity.load(value) for key, value in list(self.table.items())
+                if key.startswith(prefix) and self.partition_of(key) in partitions]

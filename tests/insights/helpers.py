@@ -1,10 +1,13 @@
 """Test helpers for insights: enriched events naming catalog organizations, a plain
 reader's recomputation of every answer from ``enriched-events`` (written apart from
-``services.insights.state``: counts from the events themselves), insights instances as
-child processes, and the comparison of every answer of an instance with the recomputation."""
+``services.insights.state``: counts from the events themselves), the same at the position
+an answer reports (:class:`AtPosition`: which events the ``insights-facts`` records below
+it carry), insights instances as child processes, and the comparison of every answer of an
+instance with the recomputation."""
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 import uuid
@@ -20,6 +23,8 @@ from pydantic import ValidationError
 
 from devtools.localkafka import free_port
 from devtools.testing import Record, ServiceProcess, read_topic
+from services.insights.api import parse_position
+from services.insights.state import decode_facts
 from shared.events import (
     AnnouncementKind,
     EnrichedAgreementData,
@@ -104,9 +109,8 @@ def recompute(records: list[Record]) -> Expected:
     seen: set[tuple[str, str]] = set()
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
         assert r.value is not None
-        try:
-            ev = parse_enriched(record_event_bytes(r.value, r.headers))
-        except (ValidationError, NotACloudEvent):
+        ev = _parsed(r.value, tuple(r.headers))
+        if ev is None:
             continue
         if (ev.source, ev.id) in seen:
             continue
@@ -136,6 +140,93 @@ def recompute(records: list[Record]) -> Expected:
                 if order > exp.latest_agreement.get(f"org:{oid}", (-1, -1, -1, ""))[:3]:
                     exp.latest_agreement[f"org:{oid}"] = (*order, ev.id)
     return exp
+
+
+@functools.lru_cache(maxsize=100_000)
+def _parsed(value: bytes, headers: tuple[tuple[str, bytes], ...]) -> Any:
+    try:
+        return parse_enriched(record_event_bytes(value, list(headers)))
+    except (ValidationError, NotACloudEvent):
+        return None
+
+
+class AtPosition:
+    """The recomputation at the position an answer reports (``X-Anting-Position``): for a
+    key on ``insights-facts`` partition *p* at offset *X*, the events whose facts for that
+    key sit below *X* on *p* (``facts``: the topic read whole). The counts still come from
+    the events themselves (:func:`recompute`)."""
+
+    def __init__(self, events: list[Record], facts: list[Record]) -> None:
+        self.events = {(r.partition, r.offset): r for r in events}
+        # key → [(facts offset, enriched position)], the key's partition
+        self.taught: dict[str, list[tuple[int, tuple[int, int]]]] = defaultdict(list)
+        self.partition: dict[str, int] = {}
+        for r in facts:
+            assert r.value is not None
+            for fact in decode_facts(r.value):
+                self.taught[fact.key].append((r.offset, (fact.partition, fact.offset)))
+                self.partition[fact.key] = r.partition
+
+    @functools.lru_cache(maxsize=100_000)  # noqa: B019 (one per test, dropped with it)
+    def expected(self, key: str, below: int) -> Expected:
+        """The recomputation for ``key`` from the events its facts below ``below`` carry."""
+        chosen = {pos for offset, pos in self.taught.get(key, []) if offset < below}
+        return recompute([self.events[pos] for pos in sorted(chosen)])
+
+    def of(self, key: str, position: dict[int, int]) -> Expected | None:
+        """``key``'s recomputation at ``position``; None when the position lacks its partition
+        (a key that has no facts is answered at any position: nothing)."""
+        partition = self.partition.get(key)
+        if partition is None:
+            return Expected()
+        if partition not in position:
+            return None
+        return self.expected(key, position[partition])
+
+    def check(self, path: str, status: int, headers: dict[str, str], doc: Any) -> str | None:
+        """Why the answer to ``path`` (an organization's activity in all time, partners or
+        events, a sector's activity, ``/v1/organizations`` over all time) differs from the
+        recomputation at the position it reports; None when it equals it."""
+        try:
+            position = parse_position(headers.get("x-anting-position", ""))
+        except ValueError:
+            return f"{path}: position {headers.get('x-anting-position')!r}"
+        if not position:
+            return f"{path}: no position ({status} {str(doc)[:200]})"
+        parts = path.strip("/").split("/")
+        if parts == ["v1", "organizations"]:
+            if status != 200 or sorted(position) != doc["partitions"]:
+                return f"{path}: {status} {str(doc)[:200]} at {position}"
+            want = []
+            for key, partition in self.partition.items():
+                if key.startswith("org:") and partition in position:
+                    total = self.expected(key, position[partition]).all[key]["total"]
+                    if total:
+                        want.append((key[4:], total))
+            want.sort(key=lambda r: (-r[1], r[0]))
+            got = [(r["id"], r["total"]) for r in doc["organizations"]]
+            return None if got == want else f"{path} at {position}: {got[:5]} != {want[:5]}"
+        key = ("org:" if parts[1] == "organizations" else "sector:") + parts[2]
+        exp = self.of(key, position)
+        if exp is None:
+            return f"{path}: position {position} lacks the key's partition"
+        if status == 404:
+            return None if not exp.all[key]["total"] else f"{path}: 404 at {position}, expected {exp.all[key]}"
+        if status != 200:
+            return f"{path}: {status} {str(doc)[:200]}"
+        what = parts[3] if parts[1] == "organizations" else "activity"
+        if what == "activity":
+            return (None if _counts(doc) == +exp.all[key]
+                    else f"{path} at {position}: {dict(_counts(doc))} != {dict(+exp.all[key])}")
+        if what == "partners":
+            got = {p["id"]: p["count"] for p in doc["partners"]}
+            latest = exp.latest_agreement.get(key)
+            if got != dict(exp.partners.get(key, {})) or \
+                    (doc["latest_agreement"] or {}).get("id") != (latest[3] if latest else None):
+                return f"{path} at {position}: {got} != {dict(exp.partners.get(key, {}))}"
+            return None
+        want_ids = [e[3] for e in sorted(exp.events[key], reverse=True)[:50]]
+        return None if [e["id"] for e in doc["events"]] == want_ids else f"{path} at {position}: events differ"
 
 
 async def expected_from_topic(settings: AntingSettings, expect: int) -> Expected:
