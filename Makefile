@@ -4,7 +4,10 @@
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# two stamps: `make run` needs the runtime dependencies and the `run` extra only; the
+# suite, lint and the benchmarks add the `dev` extra (pytest, mypy, ruff, profilers, ...)
+STAMP     := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: help setup run test test-fast lint bench bench-quick chaos chaos-cluster chaos-faults up down schema asyncapi-parser clean
 
@@ -14,10 +17,14 @@ help:  ## list the targets
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "Anting needs Python 3.11 ($(PYTHON) not found)"; exit 2; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[run]'
 	@touch $(STAMP)
 
-setup: $(STAMP)  ## virtualenv with the pinned dependencies, and the Kafka jars
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	@touch $(DEV_STAMP)
+
+setup: $(STAMP)  ## virtualenv with the pinned runtime dependencies, and the Kafka jars
 	@# without a broker of one's own, resolve the local broker's jars now; without Java
 	@# or Maven this stops with one message saying what to install or set instead
 	@test -n "$$KAFKA_BOOTSTRAP_SERVERS" || $(BIN)/anting kafka --fetch-only
@@ -29,24 +36,24 @@ run: setup  ## the whole stack on this machine: Kafka, topics, catalog, the thre
 
 # The suite and lint need no jars of `setup`: the tests' broker is KAFKA_BOOTSTRAP_SERVERS,
 # testcontainers or the local one (whose jars the suite resolves itself when it needs them).
-test: $(STAMP) lint  ## lint, then the whole suite against a real Kafka broker
+test: $(DEV_STAMP) lint  ## lint, then the whole suite against a real Kafka broker
 	$(BIN)/pytest
 
-test-fast: $(STAMP)  ## the suite without lint
+test-fast: $(DEV_STAMP)  ## the suite without lint
 	$(BIN)/pytest
 
-lint: $(STAMP)  ## ruff, mypy (strict) and the import layers (import-linter, see docs/ARCHITECTURE.md)
+lint: $(DEV_STAMP)  ## ruff, mypy (strict) and the import layers (import-linter, see docs/ARCHITECTURE.md)
 	$(BIN)/ruff check shared services devtools tests bench
 	$(BIN)/mypy shared services devtools
 	$(BIN)/lint-imports
 
-bench: setup  ## the performance suite; writes bench/results.json and BENCHMARKS.md
+bench: setup $(DEV_STAMP)  ## the performance suite; writes bench/results.json and BENCHMARKS.md
 	$(BIN)/python -m bench
 
-bench-quick: setup  ## the benchmark harness at tiny sizes (the suite runs this too)
+bench-quick: setup $(DEV_STAMP)  ## the benchmark harness at tiny sizes (the suite runs this too)
 	$(BIN)/python -m bench --quick
 
-chaos: setup  ## the kill tests at full size
+chaos: setup $(DEV_STAMP)  ## the kill tests at full size
 	ANTING_CHAOS_FULL=1 $(BIN)/pytest -m slow
 
 # 20,000 events (a quarter through ingest's HTTP API) through 2 enrich and 2 notify
@@ -54,7 +61,7 @@ chaos: setup  ## the kill tests at full size
 # stopped cleanly), enrich and notify instances are killed, one enrich paused past its
 # session; the checker (devtools/checker.py) prints lost, duplicated, aborted reads,
 # order, unseen and undelivered notifications, and the run the 503s ingest answered
-chaos-cluster: setup  ## the replicated-cluster chaos run at full size (tests/cluster/chaos.py)
+chaos-cluster: setup $(DEV_STAMP)  ## the replicated-cluster chaos run at full size (tests/cluster/chaos.py)
 	$(BIN)/python -m tests.cluster.chaos
 
 # Each fault while events flow through enrich (exactly once, at least once) and notify on
@@ -62,7 +69,7 @@ chaos-cluster: setup  ## the replicated-cluster chaos run at full size (tests/cl
 # past their session timeout, enriched-events' max.message.bytes lowered and restored, a
 # record no client can decode, and on a 3-node cluster the transaction coordinator's broker
 # stopped; prints the matrix (docs/RELIABILITY.md has a full run)
-chaos-faults: setup  ## the fault matrix at full size (tests/faults/matrix.py)
+chaos-faults: setup $(DEV_STAMP)  ## the fault matrix at full size (tests/faults/matrix.py)
 	$(BIN)/python -m tests.faults.matrix
 
 schema: setup  ## regenerate docs/schemas/ from the models

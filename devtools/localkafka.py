@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devtools import REPO_ROOT, STATE_DIR
-from devtools.supervisor import parent_death_signal
+from devtools.supervisor import last_lines, parent_death_signal
 
 if TYPE_CHECKING:
     from devtools.secure import SecureMaterial
@@ -168,13 +168,21 @@ def new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+# Kafka's lines at INFO into server.log (a broker's start, its listeners, why it stopped),
+# rolled at 20 MB with two old files kept, so a long-lived data dir (make run's) stays small
 LOG4J2 = """\
 status = warn
-appender.file.type = File
+appender.file.type = RollingFile
 appender.file.name = file
 appender.file.fileName = {log}
+appender.file.filePattern = {log}.%i
 appender.file.layout.type = PatternLayout
 appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 20MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 2
 rootLogger.level = {level}
 rootLogger.appenderRef.file.ref = file
 logger.kafka.name = kafka
@@ -275,6 +283,22 @@ class LocalKafka:
         """The broker's own log (log4j2), where a failed start is explained."""
         return self.data_dir / "server.log"
 
+    @property
+    def stdout_file(self) -> Path:
+        """The JVM's own output: what it says before log4j2 runs (a bad option, a
+        missing class, an out-of-memory error)."""
+        return self.data_dir / "stdout.log"
+
+    def last_lines(self, n: int = 20) -> str:
+        """The last ``n`` lines of ``server.log`` and of ``stdout.log``, each under its
+        path, for a message saying why the broker died; ``""`` when both are empty."""
+        parts = []
+        for path in (self.log_file, self.stdout_file):
+            lines = last_lines(path, n)
+            if lines:
+                parts.append(f"last {len(lines)} lines of {path}:\n" + "\n".join(lines))
+        return "\n".join(parts)
+
     def client_options(self, principal: str = "anting-admin") -> dict[str, Any]:
         """aiokafka keyword arguments reaching this broker (as ``principal`` when it is
         secured), for the readiness checks and the tools that start it."""
@@ -357,7 +381,7 @@ class LocalKafka:
         Linux sends the parent-death signal when the *thread* that forked the child ends
         (prctl(2), PR_SET_PDEATHSIG), so a broker started from a worker thread of
         ``asyncio.to_thread`` is SIGTERMed when that worker exits."""
-        with open(self.data_dir / "stdout.log", "ab") as out:
+        with open(self.stdout_file, "ab") as out:
             self.proc = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
@@ -439,9 +463,8 @@ class LocalKafka:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                tail = self.log_file.read_text()[-3000:] if self.log_file.exists() else ""
                 raise LocalKafkaError(
-                    f"the Kafka broker exited with code {self.proc.returncode}:\n{tail}"
+                    f"the Kafka broker exited with code {self.proc.returncode}:\n{self.last_lines(30)}"
                 )
             if port_open(self.port) and asyncio.run(broker_answers(self.bootstrap, self.client_options())):
                 return
@@ -596,9 +619,8 @@ class LocalCluster:
         while time.monotonic() < deadline:
             for n in self.nodes:
                 if n.proc is not None and n.proc.poll() is not None:
-                    tail = n.log_file.read_text()[-3000:] if n.log_file.exists() else ""
                     raise LocalKafkaError(
-                        f"Kafka node {n.node_id} exited with code {n.proc.returncode}:\n{tail}")
+                        f"Kafka node {n.node_id} exited with code {n.proc.returncode}:\n{n.last_lines(30)}")
             # ask only listeners that accept connections: the client logs every refused one
             if all(port_open(n.port) for n in self.nodes) and want <= asyncio.run(
                     cluster_brokers(self.bootstrap, self.client_options())):

@@ -69,6 +69,7 @@ __all__ = [
     "run",
     "scrape_targets",
     "start_broker",
+    "watch_broker",
 ]
 
 # the seed story as it was published: the demo reads it as any article is read. The same
@@ -371,7 +372,7 @@ class Stack:
         for node, argv in zip(cluster.nodes, argvs, strict=True):
             await self.sup.start(Child(f"kafka-{node.node_id}", argv, dict(os.environ),
                                        on_spawn=_pid_writer(node.pid_file),
-                                       output=node.data_dir / "stdout.log"))
+                                       output=node.stdout_file, logs=(node.log_file,)))
         want = {n.node_id for n in cluster.nodes}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -691,7 +692,7 @@ def run(opts: Options) -> int:
             bootstrap, cluster = prepare_cluster(opts, printer, material)
         else:
             bootstrap, broker = start_broker(opts, printer, material)
-        code = asyncio.run(_main(opts, printer, bootstrap, cluster, material))
+        code = asyncio.run(_main(opts, printer, bootstrap, cluster, material, broker))
     except (Stop, KeyboardInterrupt):
         printer.say("run", "interrupted during start-up")
         code = 130
@@ -709,6 +710,32 @@ def run(opts: Options) -> int:
     return code
 
 
+async def watch_broker(broker: LocalKafka, printer: Printer, stopping: asyncio.Event,
+                       interval: float = 0.5) -> int | None:
+    """Wait for the local broker ``broker`` (started by ``start_broker``, not supervised:
+    it holds data other runs use) to exit, checking every ``interval`` seconds. When it
+    exits before a stop begins, print how and the last lines of its ``server.log`` and
+    ``stdout.log`` (why it died is there, not in anything the services say), set
+    ``stopping`` (nothing of the stack works without it) and return its exit code;
+    return ``None`` once ``stopping`` is set otherwise."""
+    while not stopping.is_set():
+        proc = broker.proc
+        if proc is None:
+            return None
+        rc = proc.poll()
+        if rc is not None:
+            how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with code {rc}"
+            printer.say("kafka", f"the broker (pid {proc.pid}) {how}; stopping the stack, "
+                        "which cannot run without it", "bold red")
+            for line in broker.last_lines(20).splitlines():
+                printer.say("kafka", line)
+            stopping.set()
+            return rc
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), interval)
+    return None
+
+
 def _pid_writer(path: Path) -> Callable[[int], None]:
     """Write each PID of a supervised broker to its PID file, so that a later start on its
     data dir stops one a SIGKILLed run left (``LocalKafka.prepare``)."""
@@ -719,7 +746,7 @@ def _pid_writer(path: Path) -> Callable[[int], None]:
 
 
 async def _main(opts: Options, printer: Printer, bootstrap: str, cluster: LocalCluster | None,
-                material: SecureMaterial | None = None) -> int:
+                material: SecureMaterial | None = None, broker: LocalKafka | None = None) -> int:
     stack = Stack(opts, printer, bootstrap, cluster, material)
     loop = asyncio.get_running_loop()
 
@@ -737,6 +764,8 @@ async def _main(opts: Options, printer: Printer, bootstrap: str, cluster: LocalC
         loop.add_signal_handler(sig, _on_signal, sig)
     main: asyncio.Task[None] = asyncio.create_task(stack.run())
     stopper = asyncio.create_task(stack.sup.stopping.wait())
+    watcher = (asyncio.create_task(watch_broker(broker, printer, stack.sup.stopping))
+               if broker is not None else None)
     code = 0
     try:
         await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -751,8 +780,13 @@ async def _main(opts: Options, printer: Printer, bootstrap: str, cluster: LocalC
             main.cancel()
             with contextlib.suppress(asyncio.CancelledError, Stop, Exception):
                 await main
+        if watcher is not None and watcher.done() and not watcher.cancelled() \
+                and watcher.result() is not None:
+            code = code or 1  # the broker died under the stack
     finally:
         stopper.cancel()
+        if watcher is not None:
+            watcher.cancel()
         await stack.sup.stop_all()
         if stack.receiver is not None:
             stack.receiver.stop()

@@ -30,11 +30,31 @@ __all__ = [
     "Child",
     "Supervisor",
     "child_setup",
+    "last_lines",
     "parent_death_signal",
     "stop_with_parent",
 ]
 
 PR_SET_PDEATHSIG = 1  # prctl(2), Linux
+
+
+def last_lines(path: Path, n: int = 20) -> list[str]:
+    """The last ``n`` lines of the text file ``path`` (read from its last 64 KiB, so a
+    log of any size costs the same), without line ends; ``[]`` when it is missing or
+    empty. Undecodable bytes are replaced; it never raises for a file that cannot be
+    read."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read()
+    except OSError:
+        return []
+    lines = data.decode(errors="replace").splitlines()
+    if size > 64 * 1024 and lines:
+        lines = lines[1:]  # the first line read is likely cut
+    return lines[-n:]
 
 
 def parent_death_signal(sig: signal.Signals) -> None:
@@ -78,6 +98,9 @@ class Child:
     """called with the PID of each process it becomes (a broker's PID file, say)"""
     output: Path | None = None
     """a file its output is appended to instead of printed (a JVM's start-up chatter)"""
+    logs: tuple[Path, ...] = ()
+    """files whose last lines are printed when it dies (a broker's ``server.log``): why it
+    died is there, and ``output`` is shown too when set"""
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
     pids: list[int] = field(default_factory=list)
@@ -153,12 +176,14 @@ class Supervisor:
             if self.stopping.is_set() or not child.restart:
                 if not self.stopping.is_set():
                     self.out.say("run", f"{child.label} exited with code {rc}", "yellow")
+                    self.show_last_lines(child)
                 return
             if time.monotonic() - started > 60:
                 backoff = 1.0  # it ran for a while: a fresh failure, not a crash loop
             how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with code {rc}"
             self.out.say("run", f"{child.label} (pid {proc.pid}) {how}; restarting in {backoff:.0f}s",
                          "bold red")
+            self.show_last_lines(child)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), backoff)
             if self.stopping.is_set():
@@ -172,6 +197,17 @@ class Supervisor:
             child.restarts += 1
             self.out.say("run", f"restarted {child.label} (pid {child.pid}, restart #{child.restarts})",
                          "bold yellow")
+
+    def show_last_lines(self, child: Child, n: int = 20) -> None:
+        """Print the last ``n`` lines of each of ``child``'s log files and of its output
+        file, under its label; files that are missing or empty are skipped."""
+        files = [*child.logs, *([child.output] if child.output else [])]
+        for path in files:
+            lines = last_lines(path, n)
+            if lines:
+                self.out.say(child.label, f"last {len(lines)} lines of {path}:", "yellow")
+                for line in lines:
+                    self.out.say(child.label, line)
 
     def kill_all(self) -> None:
         """SIGKILL every child's session now (a second Ctrl-C)."""

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
+from services import kafka_cli
 from services.enrich import cli as enrich_cli
 from services.ingest import cli as ingest_cli
 from services.insights import cli as insights_cli
@@ -179,6 +180,10 @@ def topics_list() -> None:
     for t in ALL_TOPICS:
         table.add_row(settings.topic(t), str(t.partitions), t.cleanup, t.key, t.doc)
     Console().print(table)
+
+
+topics_app.command("describe")(kafka_cli.topics_describe)
+app.add_typer(kafka_cli.groups_app, name="groups")
 
 
 @app.command()

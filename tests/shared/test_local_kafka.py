@@ -110,3 +110,19 @@ def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(localkafka, "_HANDED_OUT", set())
     monkeypatch.setattr(localkafka.socket, "socket", FakeSocket)
     assert [localkafka.free_port(), localkafka.free_port()] == [41001, 41002]
+
+
+def test_server_log_says_what_the_broker_does(tmp_path: Path) -> None:
+    """The local broker's server.log holds Kafka's own INFO lines (its start, its
+    listeners): the jars bind SLF4J to log4j2, so the log that ``make run`` points to
+    explains a failure instead of being empty."""
+    from devtools.localkafka import LocalKafka
+
+    with LocalKafka(data_dir=tmp_path / "kafka") as kafka:
+        log = kafka.log_file
+        deadline = time.monotonic() + 30
+        while "Kafka Server started" not in (text := log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, f"server.log lacks the start line:\n{text[-2000:]}"
+            time.sleep(0.2)
+    assert " INFO " in text
+    assert "SLF4J" not in (tmp_path / "kafka" / "stdout.log").read_text()
