@@ -655,7 +655,7 @@ class _Batch:
 
     __slots__ = ("_batch", "_data")
 
-    def __init__(self, batch: Any, data: memoryview) -> None:
+    def __init__(self, batch: DefaultRecordBatch, data: memoryview) -> None:
         self._batch = batch
         self._data = data
 

@@ -280,7 +280,7 @@ class Insights:
 
     # --- the assignment and recovery -------------------------------------------------
 
-    def _on_assignment_change(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    def _on_assignment_change(self, sender: object, /, *args: object, signal: object, **kwargs: object) -> None:
         """faust's revocation and assignment signals: nothing is servable until the
         table's recovery for the new assignment has completed."""
         self._recovered_for = None

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 APPRISE_SETTING = "ANTING_NOTIFY_APPRISE_SCHEMES"
 
 
-def _own_host(plugin: Any) -> list[str]:
+def _own_host(plugin: Any) -> list[str]:  # Any: an apprise plugin (apprise is untyped)
     """The host written in the URL (a self-hosted server)."""
     return [str(plugin.host or "")]
 
@@ -49,12 +49,12 @@ def _own_host(plugin: Any) -> list[str]:
 def _class_hosts(*attributes: str) -> Callable[[Any], list[str]]:
     """The hosts of the plugin's own fixed endpoints (class attributes holding URLs), read
     from the plugin rather than copied here, so a new apprise release is followed."""
-    def hosts(plugin: Any) -> list[str]:
+    def hosts(plugin: Any) -> list[str]:  # Any: an apprise plugin
         return [urlsplit(str(getattr(type(plugin), a))).hostname or "" for a in attributes]
     return hosts
 
 
-def _ntfy(plugin: Any) -> list[str]:
+def _ntfy(plugin: Any) -> list[str]:  # Any: apprise's ntfy plugin
     # ntfy://topic is the public ntfy.sh ("cloud" mode); ntfy://host/topic a server of one's own
     if plugin.mode == "cloud":
         return [urlsplit(str(type(plugin).cloud_notify_url)).hostname or ""]
