@@ -8,8 +8,9 @@ A graceful stop may hang in a library (faust's recovery and its consumer thread 
 a broker for ever; a flush waits for a broker that is gone), and a supervisor or an
 operator sending SIGTERM expects the process gone. So the stop is bounded: a thread
 (it runs even when the event loop is blocked) ends the process
-``ANTING_STOP_TIMEOUT_SECONDS`` (default 9) after the first signal, and a second signal
-ends it at once. Ending it so is a crash as far as Kafka is concerned, which every
+``ANTING_STOP_TIMEOUT_SECONDS`` after the first signal (by default the service's own
+bound: 30 s, time for notify to finish the deliveries in flight; insights 9 s), and a
+second signal ends it at once. Ending it so is a crash as far as Kafka is concerned, which every
 stage survives by design: what was not committed is read again by the next owner.
 """
 
@@ -31,23 +32,25 @@ log = logging.getLogger(__name__)
 
 
 #: seconds from the first SIGTERM/SIGINT to the end of the process, however the stop goes
-STOP_TIMEOUT_SECONDS = 9.0
+STOP_TIMEOUT_SECONDS = 30.0
 EXIT_FORCED = 3  # the exit status of a process ended by the stop's bound
 
 
-def stop_timeout() -> float:
-    """``ANTING_STOP_TIMEOUT_SECONDS`` (default :data:`STOP_TIMEOUT_SECONDS`); a value that
-    is not a positive number is the default (the bound must never be off by accident)."""
+def stop_timeout(default: float = STOP_TIMEOUT_SECONDS) -> float:
+    """``ANTING_STOP_TIMEOUT_SECONDS``, else ``default``; a value that is not a positive
+    number is the default (the bound must never be off by accident)."""
     try:
-        value = float(os.environ.get("ANTING_STOP_TIMEOUT_SECONDS", STOP_TIMEOUT_SECONDS))
+        value = float(os.environ.get("ANTING_STOP_TIMEOUT_SECONDS", default))
     except ValueError:
-        return STOP_TIMEOUT_SECONDS
-    return value if value > 0 else STOP_TIMEOUT_SECONDS
+        return default
+    return value if value > 0 else default
 
 
-def run_service(name: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+def run_service(name: str, main: Callable[[asyncio.Event], Awaitable[None]], *,
+                stop_within: float = STOP_TIMEOUT_SECONDS) -> None:
     """Run ``main(stop)`` until it returns; SIGTERM or SIGINT sets ``stop``, and the
-    process ends at most :func:`stop_timeout` seconds later (see the module)."""
+    process ends at most ``stop_within`` seconds later (``ANTING_STOP_TIMEOUT_SECONDS``
+    overrides it; see the module)."""
     import uvloop
 
     async def _outer() -> None:
@@ -55,7 +58,7 @@ def run_service(name: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, _on_signal, stop, sig, name)
+                loop.add_signal_handler(sig, _on_signal, stop, sig, name, stop_timeout(stop_within))
         log.info("starting", extra={"service": name})
         await main(stop)
         log.info("stopped", extra={"service": name})
@@ -63,13 +66,12 @@ def run_service(name: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> 
     uvloop.run(_outer())
 
 
-def _on_signal(stop: asyncio.Event, sig: signal.Signals, name: str) -> None:
+def _on_signal(stop: asyncio.Event, sig: signal.Signals, name: str, timeout: float) -> None:
     if stop.is_set():
         _exit_now(name, f"a second {sig.name}")
         return
     log.info("shutting down", extra={"signal": sig.name})
     stop.set()
-    timeout = stop_timeout()
     timer = threading.Timer(timeout, _exit_now, (name, f"no clean stop within {timeout:g} s of {sig.name}"))
     timer.daemon = True
     timer.start()

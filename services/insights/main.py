@@ -86,4 +86,6 @@ def run() -> None:
     # faust and mode log every rebalance step at INFO
     for noisy in ("faust", "mode", "aiokafka", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    run_service("insights", lambda stop: serve(settings, stop))
+    # faust's shutdown can hang (its recovery, its consumer thread): insights is gone within
+    # 10 s of SIGTERM in every state, its graceful steps bounded below that
+    run_service("insights", lambda stop: serve(settings, stop), stop_within=9.0)
