@@ -65,17 +65,30 @@ def ingest_api(ingest_url: str) -> Any:
 
 
 # Every check runs, positive_data_acceptance included: what a document says is valid is
-# accepted. Two rules have no JSON Schema and are taught to the generator by the hooks
-# below: which hosts a webhook may reach (the address policy; notify runs here with every
-# network allowed) and the bound on a retry schedule's total.
+# accepted. Rules that have no JSON Schema are taught to the generator by the hooks
+# below: notify's egress policy (which hosts a webhook may reach — notify runs here with
+# every network allowed — and which apprise URLs it can check: a URL apprise cannot read,
+# or a scheme the deployment does not allow, is refused by configuration, not schema) and
+# the bound on a retry schedule's total.
 EXCLUDED_CHECKS = ""
 
 
 @schemathesis.hook
-def filter_body(ctx: Any, body: Any) -> bool:
-    """Keep the bodies the rules without a JSON Schema accept: a webhook URL whose host
-    the webhook client can parse, a retry schedule within its total bound, a document
-    that is text (no control characters) once its markup is removed."""
+def filter_case(ctx: Any, case: Any) -> bool:
+    """Keep the cases whose body the rules without a JSON Schema accept (see
+    :func:`acceptable_body`), in every phase (the coverage phase applies case hooks, not
+    body hooks); a negative case is kept as it is."""
+    meta = getattr(case, "meta", None)
+    if meta is not None and str(getattr(getattr(meta, "generation", None), "mode", "")).lower().endswith("negative"):
+        return True
+    return acceptable_body(getattr(case, "body", None))
+
+
+def acceptable_body(body: Any) -> bool:
+    """Whether the rules without a JSON Schema accept ``body``: a webhook URL whose host
+    the webhook client can parse, an apprise URL the egress policy can check, email
+    addresses whose domains IDNA can write, a retry schedule within its total bound, a document that is text (no control characters)
+    once its markup is removed."""
     if isinstance(body, str):
         from services.ingest.documents import decode_document
         from shared.http import Problem
@@ -92,8 +105,21 @@ def filter_body(ctx: Any, body: Any) -> bool:
     if isinstance(channel, dict) and isinstance(channel.get("url"), str):
         from services.notify.ssrf import literal_refusal
 
-        if literal_refusal(channel["url"], [ipaddress.ip_network("0.0.0.0/0"),
-                                            ipaddress.ip_network("::/0")]):
+        everywhere = [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
+        if literal_refusal(channel["url"], everywhere):
+            return False
+        if channel.get("type") == "apprise":
+            from services.notify.egress import EgressPolicy, apprise_refusal
+
+            if apprise_refusal(channel["url"], EgressPolicy(everywhere)):
+                return False
+    if isinstance(channel, dict) and channel.get("type") == "email" and isinstance(channel.get("to"), list):
+        from services.notify.channels.smtp import smtp_address
+
+        try:  # an address is sent with its domain in IDNA: one IDNA cannot write is refused
+            for address in channel["to"]:
+                smtp_address(address)
+        except (ValueError, TypeError):
             return False
     retry = body.get("retry")
     if isinstance(retry, dict):
