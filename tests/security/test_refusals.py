@@ -22,6 +22,7 @@ from devtools.localkafka import free_port
 from devtools.secure import SecureMaterial
 from devtools.testing import ServiceProcess, produce, read_topic, wait_until
 from services.acls import ADMIN, Acl
+from services.insights.state import decode_facts
 from shared.consumer_loop import ConsumerLoop
 from shared.kafka import make_consumer
 from shared.kafka_access import AccessStatus
@@ -333,7 +334,7 @@ async def test_insights_route_without_read_on_enriched_events_waits_and_routes_a
             await asyncio.to_thread(secure_kafka.restore_acl, acl)
         await readyz_is(client, insights, 200, timeout=90)
     facts = await read_topic(admin, f"{prefix}insights-facts", timeout=60, idle=3.0)
-    assert facts and {orjson.loads(f.value or b"{}")["id"] for f in facts} == {before}, facts
+    assert facts and {fact.id for f in facts for fact in decode_facts(f.value or b"{}")} == {before}, facts
     log = insights.log()
     assert 1 <= len(refusal_lines(log, line)) <= 2, log[-4000:]
     _no_traceback(insights)
