@@ -214,13 +214,31 @@ async def test_allowed_and_public_accepted_at_creation(topics: AntingSettings) -
 
 
 @pytest.mark.kafka
-async def test_cli_refuses_an_internal_address(topics: AntingSettings) -> None:
-    """`anting subscriptions add --webhook http://0x7f000001/` is refused with the address named."""
-    anting = str(Path(sys.executable).parent / "anting")
-    done = await asyncio.to_thread(
-        subprocess.run, [anting, "subscriptions", "add", "--name", "x", "--webhook", "http://0x7f000001/"],
-        env=env_for(topics, ANTING_NOTIFY_ALLOW_NETWORKS=""), cwd=REPO_ROOT,
-        capture_output=True, text=True, timeout=60)
+async def test_cli_refuses_an_internal_address(topics: AntingSettings, tmp_path: Path) -> None:
+    """`anting subscriptions add --webhook http://0x7f000001/` is refused by the running
+    notify's rule (its ANTING_NOTIFY_ALLOW_NETWORKS, not the shell's) with the address named."""
+    from devtools.localkafka import free_port
+    from devtools.testing import ServiceProcess
+
+    port = free_port()
+    service = ServiceProcess("notify", topics, tmp_path / "notify.log", ANTING_NOTIFY_PORT=str(port),
+                             ANTING_NOTIFY_ALLOW_NETWORKS="")
+    service.start()
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(300):
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"http://127.0.0.1:{port}/readyz", timeout=2)).status_code == 200:
+                        break
+                await asyncio.sleep(0.2)
+        anting = str(Path(sys.executable).parent / "anting")
+        done = await asyncio.to_thread(
+            subprocess.run, [anting, "subscriptions", "add", "--name", "x", "--webhook", "http://0x7f000001/"],
+            env=env_for(topics, ANTING_NOTIFY_ALLOW_NETWORKS="0.0.0.0/0",  # the shell's: not the rule
+                        ANTING_NOTIFY_URL=f"http://127.0.0.1:{port}"),
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    finally:
+        service.terminate()
     assert done.returncode == 2 and "0x7f000001" in done.stderr and "127.0.0.1" in done.stderr, done.stderr
 
 
