@@ -221,8 +221,12 @@ class ConsumerLoop:
         group: str | None = None,
         writes: tuple[str, ...] = (),
         dead_letter: DeadLetterer | None = None,
+        new_consumer: Callable[[], AIOKafkaConsumer] | None = None,
     ) -> None:
         self.consumer = consumer
+        # makes a consumer like ``consumer`` (not started) to replace one whose group
+        # coordination died (see run); without it such a consumer's error ends the loop
+        self.new_consumer = new_consumer
         self.topic = topic
         self.handler = handler
         self.max_in_flight = max_in_flight
@@ -258,6 +262,23 @@ class ConsumerLoop:
     def subscribe(self) -> None:
         """Subscribe the consumer to the topic, with this loop's rebalance listener."""
         self.consumer.subscribe([self.topic], listener=_LoopRebalanceListener(self))
+
+    async def _replace_consumer(self) -> None:
+        """A new consumer in the group in place of one whose coordination died: what the
+        old one held is forgotten (the group reassigns it; uncommitted records are read
+        again), in-flight work finishes on its own and commits nothing for it."""
+        assert self.new_consumer is not None
+        log.warning("%s: the consumer's group coordination ended; joining again with a new consumer",
+                    self.name)
+        self.tracker.forget(list(self.tracker.next))
+        self.attempts.clear()
+        self.failing.clear()
+        old = self.consumer
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(old.stop(), 10.0)
+        self.consumer = self.new_consumer()
+        await self.consumer.start()
+        self.subscribe()
 
     async def positions(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """The consumer's position on each of ``tps`` it still holds; one it cannot tell
@@ -527,6 +548,15 @@ class ConsumerLoop:
                 try:
                     batch = await self._poll()
                     check_subscription(self.consumer)
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if self.new_consumer is None or (current is not None and current.cancelling()):
+                        raise
+                    # not this task's cancellation: aiokafka's group coordination task ended
+                    # cancelled (its heartbeat stopped mid-rejoin, seen while the broker
+                    # refused the group), and the consumer raises that on every poll for good
+                    await self._replace_consumer()
+                    continue
                 except Exception as exc:
                     line = (await refusal(exc, self.kafka, self.reading)
                             if self.access is not None and self.kafka is not None else None)

@@ -156,7 +156,8 @@ class Notifier:
                 return
         # each loop: the broker refusing it (fetch, commit, its handler's writes) is a wait, not an exit
         kafka, access, writes = self.settings.kafka, self.access, self.writes
-        self.digests.holds = lambda tp: tp in digests.assignment()
+        # the loop's consumer, whichever it is now (a loop may replace it: consumer_loop.py)
+        self.digests.holds = lambda tp: tp in windows.consumer.assignment()
         main = ConsumerLoop(
             events, self.settings.topic(ENRICHED_EVENTS), self.pipeline.handle_event,
             max_in_flight=max(4 * self.settings.concurrency, 256),
@@ -166,6 +167,7 @@ class Notifier:
             revoke_grace=min(self.settings.timeout_seconds, self.settings.session_timeout_ms / 2000),
             on_assigned=functools.partial(self.ledger.assigned, "events"),
             group=group, access=access, kafka=kafka, writes=writes, dead_letter=self._dead_letter,
+            new_consumer=lambda: make_consumer(self.settings, group_id=group, **opts),
         )
         sched = ConsumerLoop(
             retries, self.settings.topic(NOTIFY_RETRIES), self.retry_schedule.handle,
@@ -173,6 +175,7 @@ class Notifier:
             on_assigned=functools.partial(self.ledger.assigned, "retries"),
             group=f"{group}-retries", access=access, kafka=kafka, writes=writes,
             dead_letter=self._dead_letter,
+            new_consumer=lambda: make_consumer(self.settings, group_id=f"{group}-retries", **opts),
         )
         windows = ConsumerLoop(
             digests, self.settings.topic(NOTIFY_DIGESTS), self.digests.handle,
@@ -180,6 +183,7 @@ class Notifier:
             on_assigned=functools.partial(self.ledger.assigned, "digests"),
             group=f"{group}-digests", access=access, kafka=kafka, writes=writes,
             dead_letter=self._dead_letter,
+            new_consumer=lambda: make_consumer(self.settings, group_id=f"{group}-digests", **opts),
         )
         self.loops = [main, sched, windows]
         for loop in self.loops:
@@ -196,7 +200,7 @@ class Notifier:
                                  windows.run(self.stop_event, grace=2.0))
         finally:
             relay_task.cancel()
-            for c in self._consumers:
+            for c in {*self._consumers, *(loop.consumer for loop in self.loops)}:
                 with contextlib.suppress(Exception):
                     await c.stop()
 

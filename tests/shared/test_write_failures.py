@@ -160,3 +160,36 @@ async def test_a_record_that_keeps_failing_is_named_until_it_goes_through(topics
         stop.set()
         await task
         await consumer.stop()
+
+
+async def test_a_consumer_whose_group_coordination_died_is_replaced(topics: AntingSettings) -> None:
+    """aiokafka's coordination task ending cancelled (its heartbeat stopped mid-rejoin) makes
+    every poll raise CancelledError: the loop joins again with a new consumer, and the
+    records after it are handled."""
+    topic = topics.topic(NOTIFY_RETRIES)
+    await produce(topics, topic, [b"a"], [b"k"])
+    seen: list[bytes] = []
+
+    async def handler(record: Any) -> None:
+        seen.append(record.value)
+
+    group = f"{topics.topic_prefix}replaced"
+    consumer = make_consumer(topics, group_id=group)
+    await consumer.start()
+    cl = ConsumerLoop(consumer, topic, handler, max_in_flight=10, commit_interval=0.1,
+                      new_consumer=lambda: make_consumer(topics, group_id=group))
+    cl.subscribe()
+    stop = asyncio.Event()
+    task = asyncio.create_task(cl.run(stop, grace=1.0))
+    try:
+        await wait_until(lambda: seen == [b"a"], 60, "the first record")
+        consumer._coordinator._coordination_task.cancel()  # what aiokafka's own bug leaves
+        await wait_until(lambda: cl.consumer is not consumer, 30, "a new consumer")
+        await produce(topics, topic, [b"b"], [b"k"])
+        await wait_until(lambda: b"b" in seen, 60, "the record after it")
+        assert not task.done()
+    finally:
+        stop.set()
+        await task
+        await cl.consumer.stop()
+        await consumer.stop()
