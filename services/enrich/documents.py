@@ -71,6 +71,7 @@ class DocumentStage:
         self.outputs = {t: settings.topic(topic) for t, topic in INPUT_TOPICS_BY_TYPE.items()}
         self._index: object = None
         self._gazetteer = Gazetteer([])
+        self._warm = False
         self.stage = Stage(
             name=STAGE, inputs=(self.topic,), outputs=tuple(self.outputs.values()),
             dead_letters=settings.topic(DEAD_LETTERS), group=self.group,
@@ -92,12 +93,16 @@ class DocumentStage:
         return self._gazetteer
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run the stage until ``stop`` is set (the extractor's data loaded first)."""
-        await asyncio.to_thread(extract.warm_up)
+        """Run the stage until ``stop`` is set."""
         await self.runner.run(stop)
 
     async def handle(self, records: list[Record], out: Outputs) -> None:
         """The events of every document (or its dead letter); its metrics once committed."""
+        if not self._warm:
+            # the extractor's data (jieba's dictionary: seconds of CPU) loads with the first
+            # document, not at start: enrich's events share this process and its GIL
+            await asyncio.to_thread(extract.warm_up)
+            self._warm = True
         gazetteer = self.gazetteer()
         outcomes: list[tuple[str, list[str]]] = []
         for r in records:
