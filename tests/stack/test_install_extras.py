@@ -63,7 +63,7 @@ class Block:
         if name.split(".")[0] in {blocked!r}:
             raise ImportError("dev-only package imported: " + name)
 sys.meta_path.insert(0, Block())
-import devtools.stack, devtools.localkafka, devtools.secure, devtools.acls
+import devtools.stack, devtools.localkafka, devtools.secure, services.acls
 import devtools.prometheus, devtools.demo_receiver, devtools.console, devtools.supervisor
 import services.cli, services.ingest.main, services.enrich.main, services.notify.main
 import services.insights.main
