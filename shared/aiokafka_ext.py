@@ -118,6 +118,7 @@ __all__ = [
     "install_lenient_records",
     "is_fenced",
     "refresh_metadata",
+    "restart_offset_fetch",
     "unauthorized_topics",
 ]
 
@@ -725,6 +726,30 @@ async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
     with the broker's defaults. ``force_metadata_update`` is what aiokafka's own
     ``start()`` calls; asking for all topics creates none."""
     await _private(consumer)._client.force_metadata_update()
+
+
+def restart_offset_fetch(consumer: AIOKafkaConsumer) -> bool:
+    """Start again the group coordinator's committed-offset fetch for the current
+    assignment when it has ended with an error; ``True`` when it did.
+
+    aiokafka (0.14) fetches a new assignment's committed offsets in one background task
+    (``_commit_refresh_routine``). An error it does not count as retriable ends that task
+    for good — among them the broker refusing ``OffsetFetch`` for a topic (a Read ACL
+    taken away; aiokafka wraps ``TOPIC_AUTHORIZATION_FAILED`` in a plain ``KafkaError``)
+    — and the coordinator then raises the task's error on every poll until the member
+    is given another assignment, even once the ACL is back. The Java client tries the
+    fetch again on the next poll; so does this, called on each retry of a refused poll.
+    Private: ``_coordinator``, ``_commit_refresh_task``, ``_subscription``."""
+    coordinator: Any = getattr(_private(consumer), "_coordinator", None)
+    task = getattr(coordinator, "_commit_refresh_task", None)
+    if task is None or not task.done() or task.cancelled() or task.exception() is None:
+        return False
+    assignment = _private(consumer)._subscription.subscription
+    assignment = getattr(assignment, "assignment", None)
+    if assignment is None or not assignment.active:
+        return False
+    coordinator.start_commit_offsets_refresh_task(assignment)
+    return True
 
 
 def unauthorized_topics(consumer: AIOKafkaConsumer) -> set[str]:

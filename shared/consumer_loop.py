@@ -41,6 +41,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import GroupAuthorizationFailedError, KafkaError, TopicAuthorizationFailedError
 from aiokafka.structs import OffsetAndMetadata
 
+from shared.aiokafka_ext import restart_offset_fetch
 from shared.kafka_access import AccessStatus, Backoff, Doing, check_subscription, denial, refusal
 from shared.settings import KafkaSettings
 from shared.write_failures import refuses_the_record
@@ -577,6 +578,9 @@ class ConsumerLoop:
                         self.subscribe()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), self.backoff.delay())
+                    # a refused committed-offset fetch ends aiokafka's task for it, and
+                    # its error comes back on every poll, even once allowed: fetch again
+                    restart_offset_fetch(self.consumer)
                     continue
                 if self._refused:
                     self._allow("poll")
