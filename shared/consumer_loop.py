@@ -346,6 +346,10 @@ class ConsumerLoop:
             positions = {}
         offsets = self.tracker.committable(positions)
         if not offsets:
+            if "commit" in self._refused:
+                # nothing left to commit (e.g. the partitions went elsewhere): polls go on,
+                # and a group that still refuses this member says so there
+                self._allow("commit")
             return
         try:
             await self.consumer.commit(offsets)
@@ -355,6 +359,8 @@ class ConsumerLoop:
                 self._refuse("commit", line)
             else:
                 log.warning("%s: commit failed", self.name, exc_info=True)
+                if "commit" in self._refused:
+                    self._allow("commit")  # not refused now: polls go on (and rejoin, if it was that)
             return
         if self._refused:
             self._allow("commit")
@@ -546,6 +552,16 @@ class ConsumerLoop:
         committing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
+                if "commit" in self._refused:
+                    # the group refuses this member's commits: records handed on now could
+                    # not be committed either (each would be handled again after a restart),
+                    # so none are taken until a commit goes through
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), self.backoff.delay())
+                    if committing is None or committing.done():
+                        committing = asyncio.create_task(self.commit())
+                        await asyncio.wait({committing}, timeout=self.backoff.cap)
+                    continue
                 try:
                     batch = await self._poll()
                     check_subscription(self.consumer)
