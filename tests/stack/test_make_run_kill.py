@@ -51,13 +51,21 @@ def _hang_up(make: subprocess.Popen[bytes]) -> None:
     os.killpg(make.pid, signal.SIGHUP)  # what a closed terminal sends its foreground group
 
 
-@pytest.mark.parametrize("stop", [_kill_9_make, _hang_up], ids=["kill -9 of make", "closed terminal"])
+def _kill_9_anting_run(make: subprocess.Popen[bytes]) -> None:
+    # the supervisor itself, with no chance to stop anything: every service and the broker
+    # it started exit on their parent-death signal (make then ends, its child gone)
+    run = next(p for p in psutil.Process(make.pid).children() if " ".join(p.cmdline()).endswith("anting run"))
+    os.kill(run.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("stop", [_kill_9_make, _hang_up, _kill_9_anting_run],
+                         ids=["kill -9 of make", "closed terminal", "kill -9 of anting run"])
 def test_make_run_stopped_from_outside_leaves_no_process_and_frees_every_port(
     stop: Callable[[subprocess.Popen[bytes]], None], tmp_path: Path,
 ) -> None:
     """`make run` on ports of its own with its own broker; after `kill -9` of the make process
     (or a hang-up) every process it had started is gone within seconds, every port free."""
-    ports = {name: free_port() for name in ("kafka", "ingest", "enrich", "notify", "prometheus")}
+    ports = {name: free_port() for name in ("kafka", "ingest", "enrich", "notify", "insights", "prometheus")}
     env = dict(os.environ)
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "ANTING_NOTIFY_ALLOW_NETWORKS", "ANTING_TOPIC_PREFIX",
                  "MAKEFLAGS", "MAKELEVEL"):
@@ -67,6 +75,7 @@ def test_make_run_stopped_from_outside_leaves_no_process_and_frees_every_port(
         "ANTING_INGEST_PORT": str(ports["ingest"]),
         "ANTING_ENRICH_PORT": str(ports["enrich"]),
         "ANTING_NOTIFY_PORT": str(ports["notify"]),
+        "ANTING_INSIGHTS_PORT": str(ports["insights"]),
         "ANTING_RUN_PROMETHEUS_PORT": str(ports["prometheus"]),
         "ANTING_RUN_STATE_DIR": str(tmp_path / "state"),
         "ANTING_RUN_SEED": str(tmp_path / "no-seed.ndjson"),  # up is enough; no need to publish
@@ -97,20 +106,22 @@ def test_make_run_stopped_from_outside_leaves_no_process_and_frees_every_port(
         started = psutil.Process(make.pid).children(recursive=True)
         commands = [" ".join(p.cmdline()) for p in started]
         for wanted in (r"anting run$", r"serve ingest$", r"serve enrich$", r"serve notify$",
-                       r"prometheus .*--web\.listen-address", r"java .*kafka\.Kafka "):
+                       r"serve insights$", r"prometheus .*--web\.listen-address", r"java .*kafka\.Kafka "):
             assert any(re.search(wanted, c) for c in commands), (wanted, commands)
 
         stop(make)
         make.wait(30)
         t0 = time.monotonic()
-        while (left := [p for p in started if _running(p)]) and time.monotonic() - t0 < 30:
+        bound = 15 if stop is _kill_9_anting_run else 30  # a parent-death signal needs no stop of anting run's
+        while (left := [p for p in started if _running(p)]) and time.monotonic() - t0 < bound:
             time.sleep(0.2)
         took = time.monotonic() - t0
         assert not left, f"still running {took:.0f}s after it: {left}\n" + "\n".join(lines[-30:])
         busy = {name: port for name, port in ports.items() if _port_open(port)}
         assert not busy, f"ports still answering: {busy}"
         reader.join(10)
-        assert any("stopped; nothing left running" in ln for ln in lines), "\n".join(lines[-30:])
+        if stop is not _kill_9_anting_run:  # a supervisor killed by -9 says nothing
+            assert any("stopped; nothing left running" in ln for ln in lines), "\n".join(lines[-30:])
     finally:
         if make.poll() is None:
             make.kill()
