@@ -36,11 +36,17 @@ run: setup  ## the whole stack on this machine: Kafka, topics, catalog, the thre
 
 # The suite and lint need no jars of `setup`: the tests' broker is KAFKA_BOOTSTRAP_SERVERS,
 # testcontainers or the local one (whose jars the suite resolves itself when it needs them).
+# Two workers (pytest-xdist), a file each at a time, each with a broker of its own: most of
+# the suite's time is spent waiting on brokers and services, not computing.
+# PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
+PYTEST_ARGS := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+
 test: $(DEV_STAMP) lint  ## lint, then the whole suite against a real Kafka broker
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: $(DEV_STAMP)  ## the suite without lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)  ## ruff, mypy (strict) and the import layers (import-linter, see docs/ARCHITECTURE.md)
 	$(BIN)/ruff check shared services devtools tests bench

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -111,6 +112,17 @@ def fetch_jars(*, quiet: bool = True) -> Path:
     digest = _pom_digest()
     if LIBS_DIR.is_dir() and STAMP.is_file() and STAMP.read_text().strip() == digest:
         return LIBS_DIR
+    # one resolution at a time: the suite's workers (pytest-xdist) each start a broker of
+    # their own, and on a fresh clone each would empty and fill the same folder at once
+    KAFKA_DIR.mkdir(parents=True, exist_ok=True)
+    with open(KAFKA_DIR / ".fetch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if LIBS_DIR.is_dir() and STAMP.is_file() and STAMP.read_text().strip() == digest:
+            return LIBS_DIR  # another process resolved them while this one waited
+        return _resolve(digest, quiet=quiet)
+
+
+def _resolve(digest: str, *, quiet: bool) -> Path:
     shutil.rmtree(LIBS_DIR, ignore_errors=True)
     cmd = [
         "mvn", "-B", "dependency:copy-dependencies",
