@@ -84,7 +84,9 @@ def broker_for_tests() -> Iterator[tuple[str, str, Any]]:
     try:
         yield broker.bootstrap, "local", broker
     finally:
-        broker.stop()
+        # a test run's broker holds thousands of throwaway partitions: its controlled
+        # shutdown took most of a minute at the end of each run, for data deleted next
+        broker.stop(timeout=2.0)
 
 
 def settings_for(bootstrap: str, prefix: str | None = None) -> AntingSettings:

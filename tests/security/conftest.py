@@ -147,7 +147,7 @@ def secure_kafka() -> Iterator[SecuredKafka]:
         kafka.use_prefix("")
         yield kafka
     finally:
-        broker.stop()
+        broker.stop(timeout=2.0)  # throwaway data: no controlled shutdown to wait for
         shutil.rmtree(secure_dir, ignore_errors=True)
 
 
