@@ -51,6 +51,7 @@ from devtools.localkafka import (
 )
 from devtools.prometheus import alerts_page, prometheus_argv, prometheus_config
 from devtools.supervisor import Child, Supervisor, child_setup, stop_with_parent
+from shared.where import port_offset, remove_profile, write_profile
 
 if TYPE_CHECKING:
     from devtools.secure import SecureMaterial
@@ -89,8 +90,9 @@ class ServiceSpec:
 
     @property
     def port(self) -> int:
-        """ANTING_<NAME>_PORT, else ``default_port``."""
-        return int(os.environ.get(f"ANTING_{self.name.upper()}_PORT", self.default_port))
+        """ANTING_<NAME>_PORT, else ``default_port`` moved by ANTING_PORT_OFFSET."""
+        own = os.environ.get(f"ANTING_{self.name.upper()}_PORT", "").strip()
+        return int(own) if own else self.default_port + port_offset()
 
     @property
     def url(self) -> str:
@@ -343,6 +345,7 @@ class Stack:
             await self.sup.start(Child(spec.name, [anting_command(), "serve", spec.name],
                                        self.child_env(f"anting-{spec.name}")))
         await self.start_prometheus(env)
+        self.write_profile(settings)
         ready = await self.wait_ready()
         await self.subscribe(ready)
         tail = asyncio.create_task(self.tail(settings), name="tail")
@@ -386,6 +389,23 @@ class Stack:
             await asyncio.sleep(0.3)
         raise LocalKafkaError(f"the {len(want)}-node Kafka cluster was not ready within "
                               f"{timeout:.0f}s (logs: {cluster.data_dir}/node-*/server.log)")
+
+    @property
+    def profile(self) -> Path:
+        """Where this run says where its stack is, for every other ``anting`` command."""
+        return self.opts.state_dir / "stack.env"
+
+    def write_profile(self, settings: AntingSettings) -> None:
+        """Write the profile (shared/where.py): the broker, the topic prefix, the port
+        offset and every URL, so that a command in another terminal finds this stack."""
+        values = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "ANTING_TOPIC_PREFIX": settings.topic_prefix,
+                  "ANTING_PORT_OFFSET": os.environ.get("ANTING_PORT_OFFSET", "").strip()}
+        values.update({f"ANTING_{s.name.upper()}_URL": s.url for s in SERVICES})
+        if self.prometheus_url:
+            values["ANTING_PROMETHEUS_URL"] = self.prometheus_url
+        write_profile(self.profile, values, os.getpid())
+        self.out.say("run", f"where this stack is: {self.profile} (read by every `anting` command; "
+                     "`anting where` shows it)")
 
     def _tail_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -788,6 +808,7 @@ async def _main(opts: Options, printer: Printer, bootstrap: str, cluster: LocalC
         if watcher is not None:
             watcher.cancel()
         await stack.sup.stop_all()
+        remove_profile(stack.profile, os.getpid())
         if stack.receiver is not None:
             stack.receiver.stop()
         c = stack.counts
