@@ -174,7 +174,8 @@ def start_broker(opts: Options, printer: Printer,
     if port_open(opts.kafka_port) and material is not None:
         raise StartupError(
             f"127.0.0.1:{opts.kafka_port} is in use: a secured run starts a broker of its own. "
-            "Stop what listens there, or set ANTING_RUN_KAFKA_PORT to a free port.")
+            "Stop what listens there, or move the stack: ANTING_PORT_OFFSET=10000 (every port), "
+            "or ANTING_RUN_KAFKA_PORT to a free port.")
     if port_open(opts.kafka_port):
         if asyncio.run(broker_answers(bootstrap)):
             printer.say("kafka", f"a Kafka broker already answers on {bootstrap}: using it "
@@ -182,8 +183,8 @@ def start_broker(opts: Options, printer: Printer,
             return bootstrap, None
         raise StartupError(
             f"127.0.0.1:{opts.kafka_port} is in use by something that is not a Kafka broker. "
-            "Free it, or set ANTING_RUN_KAFKA_PORT to another port, or KAFKA_BOOTSTRAP_SERVERS "
-            "to a broker of your own."
+            "Free it, or move the stack: ANTING_PORT_OFFSET=10000 (every port), or "
+            "ANTING_RUN_KAFKA_PORT to another port, or KAFKA_BOOTSTRAP_SERVERS to a broker of your own."
         )
     check_tools()  # without Java or Maven: what to install, before "starting"
     data_dir = opts.state_dir / (f"kafka-{opts.kafka_port}" if material is None
@@ -322,8 +323,9 @@ class Stack:
         for spec in SERVICES:
             if port_open(spec.port):
                 raise StartupError(
-                    f"{spec.url} is already in use: another {spec.name}? Stop it, or set "
-                    f"ANTING_{spec.name.upper()}_PORT to a free port."
+                    f"{spec.url} is already in use: another {spec.name}? Stop it, or move the "
+                    f"stack: ANTING_PORT_OFFSET=10000 (every port), or ANTING_{spec.name.upper()}_PORT "
+                    "to a free port."
                 )
         from shared.kafka import ensure_topics
 
@@ -445,7 +447,7 @@ class Stack:
         port = self.opts.prometheus_port
         if port_open(port):
             self.out.say("prometheus", f"127.0.0.1:{port} is in use: not started "
-                         "(set ANTING_RUN_PROMETHEUS_PORT to another port)", "yellow")
+                         "(set ANTING_PORT_OFFSET, or ANTING_RUN_PROMETHEUS_PORT, to move it)", "yellow")
             return
         data = self.opts.state_dir / f"prometheus-{port}"
         config = prometheus_config(data, scrape_targets(self.opts), self.opts.scrape_interval)
