@@ -293,6 +293,10 @@ class Stack:
             if principal is not None:
                 env.update(self.material.env(principal, self.bootstrap))
         env["KAFKA_BOOTSTRAP_SERVERS"] = self.bootstrap
+        # said here, so that no child takes them from a profile (another run's in this
+        # checkout, say): the children are where this run put them
+        env["ANTING_PORT_OFFSET"] = str(port_offset())
+        env.setdefault("ANTING_TOPIC_PREFIX", "")
         env["PYTHONUNBUFFERED"] = "1"
         # the demo webhook receiver listens on loopback, which notify refuses by default
         env.setdefault("ANTING_NOTIFY_ALLOW_NETWORKS", "127.0.0.0/8")

@@ -123,10 +123,11 @@ def read_profile(path: Path) -> dict[str, str]:
 
 def apply_profile(environ: MutableMapping[str, str], path: Path | None = None) -> dict[str, str]:
     """Set in ``environ`` each profile variable the environment does not say (neither it
-    nor what it is made of is set); returns what was set."""
+    nor what it is made of is in it, even empty: ``ANTING_TOPIC_PREFIX=`` says "no
+    prefix"); returns what was set."""
     profile = read_profile(path or profile_path(environ))
     taken = {key: value for key, value in profile.items()
-             if not any(environ.get(var, "").strip() for var in PROFILE_KEYS[key])}
+             if not any(var in environ for var in PROFILE_KEYS[key])}
     environ.update(taken)
     return taken
 

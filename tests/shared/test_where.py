@@ -86,6 +86,10 @@ def test_the_environment_wins_over_the_profile(profile: Path) -> None:
     assert "ANTING_NOTIFY_URL" not in taken  # what the URL is made of was said
     assert service_url("notify", env) == "http://127.0.0.1:18003"
     assert env["ANTING_INSIGHTS_URL"] == "http://127.0.0.1:28004"
+    # a variable said empty is said: no prefix
+    env = {"ANTING_TOPIC_PREFIX": ""}
+    assert "ANTING_TOPIC_PREFIX" not in apply_profile(env, profile)
+    assert env["ANTING_TOPIC_PREFIX"] == ""
     # the offset says where everything is: the profile's addresses give way to it
     env = {"ANTING_PORT_OFFSET": "500"}
     assert set(apply_profile(env, profile)) == {"ANTING_TOPIC_PREFIX"}
