@@ -1,7 +1,7 @@
 """Tools for working on Anting on one's own machine: never part of a running service.
 
 ``anting run`` (what ``make run`` runs: a local broker, the topics, the catalog, the
-three services supervised, Prometheus, a demo subscription and receiver), the local
+four services supervised, Prometheus, a demo subscription and receiver), the local
 KRaft broker launcher behind ``anting kafka`` and the test suite, and the helpers the
 tests and benchmarks share.
 

@@ -51,6 +51,7 @@ from devtools.localkafka import (
 )
 from devtools.prometheus import alerts_page, prometheus_argv, prometheus_config
 from devtools.supervisor import Child, Supervisor, child_setup, stop_with_parent
+from shared.where import port_offset, remove_profile, write_profile
 
 if TYPE_CHECKING:
     from devtools.secure import SecureMaterial
@@ -89,8 +90,9 @@ class ServiceSpec:
 
     @property
     def port(self) -> int:
-        """ANTING_<NAME>_PORT, else ``default_port``."""
-        return int(os.environ.get(f"ANTING_{self.name.upper()}_PORT", self.default_port))
+        """ANTING_<NAME>_PORT, else ``default_port`` moved by ANTING_PORT_OFFSET."""
+        own = os.environ.get(f"ANTING_{self.name.upper()}_PORT", "").strip()
+        return int(own) if own else self.default_port + port_offset()
 
     @property
     def url(self) -> str:
@@ -172,7 +174,8 @@ def start_broker(opts: Options, printer: Printer,
     if port_open(opts.kafka_port) and material is not None:
         raise StartupError(
             f"127.0.0.1:{opts.kafka_port} is in use: a secured run starts a broker of its own. "
-            "Stop what listens there, or set ANTING_RUN_KAFKA_PORT to a free port.")
+            "Stop what listens there, or move the stack: ANTING_PORT_OFFSET=10000 (every port), "
+            "or ANTING_RUN_KAFKA_PORT to a free port.")
     if port_open(opts.kafka_port):
         if asyncio.run(broker_answers(bootstrap)):
             printer.say("kafka", f"a Kafka broker already answers on {bootstrap}: using it "
@@ -180,8 +183,8 @@ def start_broker(opts: Options, printer: Printer,
             return bootstrap, None
         raise StartupError(
             f"127.0.0.1:{opts.kafka_port} is in use by something that is not a Kafka broker. "
-            "Free it, or set ANTING_RUN_KAFKA_PORT to another port, or KAFKA_BOOTSTRAP_SERVERS "
-            "to a broker of your own."
+            "Free it, or move the stack: ANTING_PORT_OFFSET=10000 (every port), or "
+            "ANTING_RUN_KAFKA_PORT to another port, or KAFKA_BOOTSTRAP_SERVERS to a broker of your own."
         )
     check_tools()  # without Java or Maven: what to install, before "starting"
     data_dir = opts.state_dir / (f"kafka-{opts.kafka_port}" if material is None
@@ -290,6 +293,10 @@ class Stack:
             if principal is not None:
                 env.update(self.material.env(principal, self.bootstrap))
         env["KAFKA_BOOTSTRAP_SERVERS"] = self.bootstrap
+        # said here, so that no child takes them from a profile (another run's in this
+        # checkout, say): the children are where this run put them
+        env["ANTING_PORT_OFFSET"] = str(port_offset())
+        env.setdefault("ANTING_TOPIC_PREFIX", "")
         env["PYTHONUNBUFFERED"] = "1"
         # the demo webhook receiver listens on loopback, which notify refuses by default
         env.setdefault("ANTING_NOTIFY_ALLOW_NETWORKS", "127.0.0.0/8")
@@ -320,8 +327,9 @@ class Stack:
         for spec in SERVICES:
             if port_open(spec.port):
                 raise StartupError(
-                    f"{spec.url} is already in use: another {spec.name}? Stop it, or set "
-                    f"ANTING_{spec.name.upper()}_PORT to a free port."
+                    f"{spec.url} is already in use: another {spec.name}? Stop it, or move the "
+                    f"stack: ANTING_PORT_OFFSET=10000 (every port), or ANTING_{spec.name.upper()}_PORT "
+                    "to a free port."
                 )
         from shared.kafka import ensure_topics
 
@@ -343,6 +351,7 @@ class Stack:
             await self.sup.start(Child(spec.name, [anting_command(), "serve", spec.name],
                                        self.child_env(f"anting-{spec.name}")))
         await self.start_prometheus(env)
+        self.write_profile(settings)
         ready = await self.wait_ready()
         await self.subscribe(ready)
         tail = asyncio.create_task(self.tail(settings), name="tail")
@@ -387,6 +396,23 @@ class Stack:
         raise LocalKafkaError(f"the {len(want)}-node Kafka cluster was not ready within "
                               f"{timeout:.0f}s (logs: {cluster.data_dir}/node-*/server.log)")
 
+    @property
+    def profile(self) -> Path:
+        """Where this run says where its stack is, for every other ``anting`` command."""
+        return self.opts.state_dir / "stack.env"
+
+    def write_profile(self, settings: AntingSettings) -> None:
+        """Write the profile (shared/where.py): the broker, the topic prefix, the port
+        offset and every URL, so that a command in another terminal finds this stack."""
+        values = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "ANTING_TOPIC_PREFIX": settings.topic_prefix,
+                  "ANTING_PORT_OFFSET": os.environ.get("ANTING_PORT_OFFSET", "").strip()}
+        values.update({f"ANTING_{s.name.upper()}_URL": s.url for s in SERVICES})
+        if self.prometheus_url:
+            values["ANTING_PROMETHEUS_URL"] = self.prometheus_url
+        write_profile(self.profile, values, os.getpid())
+        self.out.say("run", f"where this stack is: {self.profile} (read by every `anting` command; "
+                     "`anting where` shows it)")
+
     def _tail_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             self.out.say("run", f"cannot show enriched events and deliveries: {task.exception()!r}",
@@ -425,7 +451,7 @@ class Stack:
         port = self.opts.prometheus_port
         if port_open(port):
             self.out.say("prometheus", f"127.0.0.1:{port} is in use: not started "
-                         "(set ANTING_RUN_PROMETHEUS_PORT to another port)", "yellow")
+                         "(set ANTING_PORT_OFFSET, or ANTING_RUN_PROMETHEUS_PORT, to move it)", "yellow")
             return
         data = self.opts.state_dir / f"prometheus-{port}"
         config = prometheus_config(data, scrape_targets(self.opts), self.opts.scrape_interval)
@@ -788,6 +814,7 @@ async def _main(opts: Options, printer: Printer, bootstrap: str, cluster: LocalC
         if watcher is not None:
             watcher.cancel()
         await stack.sup.stop_all()
+        remove_profile(stack.profile, os.getpid())
         if stack.receiver is not None:
             stack.receiver.stop()
         c = stack.counts

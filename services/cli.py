@@ -110,15 +110,19 @@ def serve(service: Annotated[Service, typer.Argument(help="which service to run"
 
 @app.command()
 def run(
-    kafka_port: Annotated[int, typer.Option(
-        envvar="ANTING_RUN_KAFKA_PORT", help="port of the local broker (when KAFKA_BOOTSTRAP_SERVERS is unset)")] = 9092,
+    kafka_port: Annotated[int | None, typer.Option(
+        envvar="ANTING_RUN_KAFKA_PORT", show_default=False,
+        help="port of the local broker (when KAFKA_BOOTSTRAP_SERVERS is unset)  [default: 9092 + "
+             "ANTING_PORT_OFFSET]")] = None,
     brokers: Annotated[int, typer.Option(
         min=1, envvar="ANTING_RUN_BROKERS",
         help="local Kafka nodes; above 1 a replicated cluster on the port and the next ones")] = 1,
     prometheus: Annotated[bool, typer.Option(
         "--prometheus/--no-prometheus", envvar="ANTING_RUN_PROMETHEUS",
         help="start Prometheus when its binary is on PATH")] = True,
-    prometheus_port: Annotated[int, typer.Option(envvar="ANTING_RUN_PROMETHEUS_PORT")] = 9090,
+    prometheus_port: Annotated[int | None, typer.Option(
+        envvar="ANTING_RUN_PROMETHEUS_PORT", show_default=False,
+        help="[default: 9090 + ANTING_PORT_OFFSET]")] = None,
     scrape_interval: Annotated[float, typer.Option(
         envvar="ANTING_RUN_SCRAPE_INTERVAL", help="Prometheus scrape interval, seconds")] = 5.0,
     seed: Annotated[Path | None, typer.Option(
@@ -137,8 +141,12 @@ def run(
     except ModuleNotFoundError as exc:
         _without_devtools(exc, "run")
 
+    from shared.where import default_port
+
     opts = stack.Options(
-        kafka_port=kafka_port, brokers=brokers, prometheus=prometheus, prometheus_port=prometheus_port,
+        kafka_port=default_port("kafka") if kafka_port is None else kafka_port, brokers=brokers,
+        prometheus=prometheus,
+        prometheus_port=default_port("prometheus") if prometheus_port is None else prometheus_port,
         scrape_interval=scrape_interval, security=security.value,
     )
     if seed is not None:
@@ -237,7 +245,8 @@ def _without_devtools(exc: ModuleNotFoundError, command: str) -> NoReturn:
 
 @app.command()
 def kafka(
-    port: Annotated[int, typer.Option(help="listener port on 127.0.0.1")] = 9092,
+    port: Annotated[int | None, typer.Option(
+        show_default=False, help="listener port on 127.0.0.1  [default: 9092 + ANTING_PORT_OFFSET]")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="log and metadata directory")] = None,
     fetch_only: Annotated[
         bool, typer.Option("--fetch-only", help="resolve the broker's jars with Maven, then exit")
@@ -260,6 +269,9 @@ def kafka(
     except ModuleNotFoundError as exc:
         _without_devtools(exc, "kafka")
 
+    from shared.where import default_port
+
+    port = default_port("kafka") if port is None else port
     try:
         if fetch_only:
             console.print(f"Kafka jars ready in {fetch_jars()}")
@@ -617,11 +629,73 @@ def keys_new(
     sys.stdout.write(key + "\n")
 
 
+@app.command()
+def where(
+    what: Annotated[str | None, typer.Argument(
+        help="one of kafka, ingest, enrich, notify, insights, prometheus: print its address alone")] = None,
+) -> None:
+    """Where this command's stack is: the broker and every service's URL, each with where it
+    came from (the environment, the profile `anting run` wrote, or the defaults moved by
+    ANTING_PORT_OFFSET). Example: `curl "$(anting where ingest)/readyz"`."""
+    import os
+
+    from shared.where import SERVICES, default_port, profile_path, service_url
+
+    env = os.environ
+    taken = set(_FROM_PROFILE)
+    rows: list[tuple[str, str, str]] = []
+
+    def source(variables: tuple[str, ...], key: str) -> str:
+        if key in taken:
+            return f"profile {profile_path()}"
+        given = [v for v in variables if env.get(v, "").strip()]
+        return ", ".join(given) if given else "default"
+
+    settings = settings_mod.load(settings_mod.AntingSettings)
+    rows.append(("kafka", settings.kafka.bootstrap_servers,
+                 source(("KAFKA_BOOTSTRAP_SERVERS", "ANTING_PORT_OFFSET"), "KAFKA_BOOTSTRAP_SERVERS")))
+    for name in SERVICES:
+        key = f"ANTING_{name.upper()}_URL"
+        rows.append((name, service_url(name), source(
+            (key, f"ANTING_{name.upper()}_HOST", f"ANTING_{name.upper()}_PORT", "ANTING_PORT_OFFSET"), key)))
+    prometheus = env.get("ANTING_PROMETHEUS_URL", "").strip() or (
+        f"http://127.0.0.1:{env.get('ANTING_RUN_PROMETHEUS_PORT', '').strip() or default_port('prometheus')}")
+    rows.append(("prometheus", prometheus.rstrip("/"), source(
+        ("ANTING_PROMETHEUS_URL", "ANTING_RUN_PROMETHEUS_PORT", "ANTING_PORT_OFFSET"), "ANTING_PROMETHEUS_URL")))
+    if what is not None:
+        found = [address for name, address, _ in rows if name == what]
+        if not found:
+            raise typer.BadParameter(f"{what!r} is not one of {', '.join(n for n, _, _ in rows)}",
+                                     param_hint="WHAT")
+        sys.stdout.write(found[0] + "\n")
+        return
+    width = max(len(a) for _, a, _ in rows)
+    for name, address, came in rows:
+        sys.stdout.write(f"{name:<11}{address:<{width}}  ({came})\n")
+    if settings.topic_prefix:
+        came = f"profile {profile_path()}" if "ANTING_TOPIC_PREFIX" in taken else "ANTING_TOPIC_PREFIX"
+        sys.stdout.write(f"{'prefix':<11}{settings.topic_prefix:<{width}}  ({came})\n")
+
+
+#: the variables this process took from the profile of `anting run` (main() fills it)
+_FROM_PROFILE: dict[str, str] = {}
+
+
 def main() -> None:
     """The ``anting`` command: a bad setting is one message and exit code 2, not a
     traceback (so is a local broker that cannot run: ``anting kafka`` and ``anting run``,
-    the only commands that start one, say so themselves)."""
+    the only commands that start one, say so themselves).
+
+    Every command but ``anting run`` (which writes it) first takes what its environment
+    does not say about where the stack is from the profile ``anting run`` wrote
+    (shared/where.py): the environment wins over the profile, the profile over defaults."""
+    import os
+
+    from shared.where import apply_profile
+
     try:
+        if sys.argv[1:2] != ["run"]:
+            _FROM_PROFILE.update(apply_profile(os.environ))
         app()
     except settings_mod.SettingsError as exc:
         console.print(f"[red]{exc}[/red]")
@@ -631,4 +705,4 @@ def main() -> None:
 __all__ = ["ClickStyleHelp", "FromOffsetOpt", "PartitionOpt", "Service", "SinceOpt", "StageOpt",
            "ToOffsetOpt", "TopicOpt", "UntilOpt", "app", "asyncapi", "console", "dlq_app", "dlq_list",
            "dlq_replay", "kafka", "main", "run", "schema", "serve", "topics_app", "topics_create",
-           "topics_list"]
+           "topics_list", "where"]

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.where import default_port
+
 if TYPE_CHECKING:  # topics import the contract, which needs no settings
     from shared.topics import Topic
 
@@ -30,7 +32,8 @@ class KafkaSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
 
-    bootstrap_servers: str = "localhost:9092"
+    # the local broker's port, moved by ANTING_PORT_OFFSET (shared/where.py)
+    bootstrap_servers: str = Field(default_factory=lambda: f"localhost:{default_port('kafka')}")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None

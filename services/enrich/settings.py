@@ -9,13 +9,14 @@ from pydantic_settings import SettingsConfigDict
 
 from services.enrich.resolve import DEFAULT_THRESHOLD
 from shared.settings import AntingSettings
+from shared.where import default_port
 
 
 class EnrichSettings(AntingSettings):
     model_config = SettingsConfigDict(env_prefix="ANTING_ENRICH_", extra="ignore")
 
     host: str = "127.0.0.1"
-    port: int = Field(8002, ge=0, le=65535)
+    port: int = Field(default_factory=lambda: default_port("enrich"), ge=0, le=65535)
     guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     group: str = Field("anting-enrich", min_length=1)
     fuzzy_threshold: float = Field(DEFAULT_THRESHOLD, ge=50, le=100)

@@ -7,13 +7,14 @@ from pydantic_settings import SettingsConfigDict
 
 from shared.access import RateLimit
 from shared.settings import AntingSettings
+from shared.where import default_port
 
 
 class IngestSettings(AntingSettings):
     model_config = SettingsConfigDict(env_prefix="ANTING_INGEST_", extra="ignore")
 
     host: str = "127.0.0.1"
-    port: int = Field(8001, ge=1, le=65535)
+    port: int = Field(default_factory=lambda: default_port("ingest"), ge=1, le=65535)
     max_body_bytes: int = Field(1024 * 1024, ge=1)
     # POST /v1/documents: an HTML page is several times its text (the text itself is
     # bounded by shared.documents.MAX_DOCUMENT_TEXT_BYTES)

@@ -1,7 +1,7 @@
 """Commands of the insights service, merged into `anting` (imports kept light):
 ``anting insights partners ORG``, ``anting insights top``, ``anting insights activity ORG``,
 ``anting insights events ORG``. Each asks a running insights instance over HTTP
-(``ANTING_INSIGHTS_URL``, default ``http://127.0.0.1:<ANTING_INSIGHTS_PORT>``) with the
+(``ANTING_INSIGHTS_URL``, default ``http://127.0.0.1:<ANTING_INSIGHTS_PORT>``, see shared/where.py) with the
 ``ANTING_API_KEY`` or else the first of ``ANTING_API_KEYS``, and prints a table (``--json``: the API's JSON)."""
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ def _get(path: str, **params: str | int | None) -> Any:  # Any: the API's JSON a
     """GET ``path`` of the insights API; exits 2 with the problem's detail on an error."""
     import httpx
 
-    base = os.environ.get("ANTING_INSIGHTS_URL") or (
-        f"http://127.0.0.1:{os.environ.get('ANTING_INSIGHTS_PORT', '8004')}")
+    from shared.where import service_url
+
+    base = service_url("insights")
     from shared.access import client_key
 
     key = client_key(os.environ)

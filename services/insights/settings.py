@@ -6,6 +6,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import AntingSettings
+from shared.where import default_port
 
 __all__ = ["InsightsSettings"]
 
@@ -22,7 +23,7 @@ class InsightsSettings(AntingSettings):
     model_config = SettingsConfigDict(env_prefix="ANTING_INSIGHTS_", extra="ignore")
 
     host: str = "127.0.0.1"
-    port: int = Field(8004, ge=1, le=65535)
+    port: int = Field(default_factory=lambda: default_port("insights"), ge=1, le=65535)
     advertised_url: str = ""
     group: str = "anting-insights"
     # partitions of insights-facts and of the changelog (they must be equal: co-partitioned)

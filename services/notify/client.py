@@ -31,7 +31,7 @@ class NotifyUnreachable(Exception):
     def __init__(self, url: str, why: str) -> None:
         super().__init__(f"notify did not answer at {url} ({why}); is it running "
                          "(`anting serve notify`)? Set ANTING_NOTIFY_URL, or "
-                         "ANTING_NOTIFY_HOST/ANTING_NOTIFY_PORT, to where it runs")
+                         "ANTING_NOTIFY_HOST/ANTING_NOTIFY_PORT or ANTING_PORT_OFFSET, to where it runs")
         self.url = url
 
 

@@ -14,6 +14,7 @@ from shared.access import RateLimit
 from shared.settings import AntingSettings
 from shared.subscriptions import RETRY_PRESETS, RetryPolicy
 from shared.topics import LEDGER_RETENTION_MS
+from shared.where import default_port
 
 # Settings that the retry schedule replaced: set, they stop notify at start-up with a
 # message naming the replacement, instead of being ignored without a word.
@@ -59,7 +60,7 @@ class NotifySettings(AntingSettings):
     model_config = SettingsConfigDict(env_prefix="ANTING_NOTIFY_", extra="ignore")
 
     host: str = "127.0.0.1"
-    port: int = Field(8003, ge=0, le=65535)
+    port: int = Field(default_factory=lambda: default_port("notify"), ge=0, le=65535)
     group: str = "anting-notify"
     # CIDR ranges outbound webhooks may reach although private/loopback/link-local
     allow_networks: str = ""

@@ -51,3 +51,19 @@ def test_every_variable_a_service_reads_is_documented(cls: type[AntingSettings],
         (REPO_ROOT / "services" / service / "README.md").read_text())
     missing = [v for field, v in variable_names(cls).items() if field != "kafka" and v not in docs]
     assert not missing, f"not in README.md's Configuration table nor services/{service}/README.md: {missing}"
+
+
+def test_every_variable_of_make_run_and_of_where_the_stack_is_is_documented() -> None:
+    """`anting run`'s options read from the environment, and every variable of the profile
+    (shared/where.py), are in the README's Configuration table."""
+    import typer.main
+
+    from services.cli import app
+    from shared.where import OFFSET_VARIABLE, PROFILE_KEYS
+
+    run = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
+    envvars = {str(p.envvar) for p in run.params if getattr(p, "envvar", None)}
+    assert "ANTING_RUN_KAFKA_PORT" in envvars
+    wanted = envvars | set(PROFILE_KEYS) | {OFFSET_VARIABLE}
+    missing = sorted(wanted - documented(_configuration_section()))
+    assert not missing, f"not in README.md's Configuration table: {missing}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import signal
 import subprocess
@@ -29,7 +30,7 @@ import psutil
 import pytest
 
 from devtools.console import readable
-from devtools.localkafka import free_port
+from devtools.localkafka import free_port, port_open
 from devtools.stack import SEED
 from devtools.testing import produce, read_topic, settings_for
 from services.enrich.catalog import shipped
@@ -39,6 +40,7 @@ from services.ingest.documents import content_id
 from shared.documents import Document
 from shared.settings import AntingSettings
 from shared.topics import ANNOUNCEMENTS, DEAD_LETTERS, ENRICHED_EVENTS, NOTIFICATIONS
+from shared.where import DEFAULT_PORTS
 from tests.stack.promql import BUILT_IN, queried_names, sample_names
 
 pytestmark = pytest.mark.kafka
@@ -101,6 +103,16 @@ class Stack:
         raise AssertionError(f"no `anting serve {name}` child of `anting run`")
 
 
+def _free_offset() -> int:
+    """An ANTING_PORT_OFFSET whose service and Prometheus ports are all free now."""
+    rng = random.Random()
+    while True:
+        offset = rng.randrange(20000, 40000)
+        if not any(port_open(DEFAULT_PORTS[n] + offset)
+                   for n in ("ingest", "enrich", "notify", "insights", "prometheus")):
+            return offset
+
+
 def _pump(stack: Stack) -> None:
     assert stack.proc.stdout is not None
     with open(stack.log_path, "ab") as log:
@@ -113,11 +125,12 @@ def _pump(stack: Stack) -> None:
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """`anting run` on the session broker with a topic prefix, groups and ports of its own."""
+    """`anting run` on the session broker with a topic prefix, groups and ports of its own:
+    the ports moved together by the one knob, ANTING_PORT_OFFSET."""
     tmp = tmp_path_factory.mktemp("stack")
     prefix = f"stack{uuid.uuid4().hex[:8]}."
-    ports = {"ingest": free_port(), "enrich": free_port(), "notify": free_port(), "insights": free_port(),
-             "prometheus": free_port()}
+    offset = _free_offset()
+    ports = {name: DEFAULT_PORTS[name] + offset for name in ("ingest", "enrich", "notify", "insights", "prometheus")}
     env = dict(os.environ)
     env.pop("ANTING_NOTIFY_ALLOW_NETWORKS", None)  # `anting run` allows loopback itself
     env.update({
@@ -125,11 +138,7 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "ANTING_TOPIC_PREFIX": prefix,
         "ANTING_ENRICH_GROUP": f"{prefix}enrich",
         "ANTING_NOTIFY_GROUP": f"{prefix}notify",
-        "ANTING_INGEST_PORT": str(ports["ingest"]),
-        "ANTING_ENRICH_PORT": str(ports["enrich"]),
-        "ANTING_NOTIFY_PORT": str(ports["notify"]),
-        "ANTING_INSIGHTS_PORT": str(ports["insights"]),
-        "ANTING_RUN_PROMETHEUS_PORT": str(ports["prometheus"]),
+        "ANTING_PORT_OFFSET": str(offset),
         "ANTING_RUN_SCRAPE_INTERVAL": "1",
         "ANTING_RUN_STATE_DIR": str(tmp / "state"),
         "ANTING_API_KEYS": API_KEY,
@@ -210,6 +219,33 @@ def test_insights_prints_anting_towns_partners_after_the_seed(stack: Stack) -> N
     doc = httpx.get(f"http://127.0.0.1:{stack.ports['insights']}/v1/organizations/anting-town-government/partners",
                     headers={"authorization": f"Bearer {API_KEY}"}, timeout=10).json()
     assert doc["latest_agreement"]["id"] in SEED_AGREEMENTS
+
+
+def test_a_command_in_another_terminal_finds_the_stack_through_its_profile(stack: Stack) -> None:
+    """With none of the stack's variables (no offset, no broker, no prefix), `anting` finds
+    the running stack through the profile `anting run` wrote: notify's and insights' APIs,
+    and the broker with the topic prefix."""
+    stack.wait_for(r"where this stack is: ", timeout=150)
+    stack.wait_for(SEED_ACCEPTED, timeout=150)
+    state = stack.env["ANTING_RUN_STATE_DIR"]
+    profile = Path(state).resolve() / "stack.env"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTING_", "KAFKA_"))}
+    env.update({"ANTING_RUN_STATE_DIR": state, "ANTING_API_KEY": API_KEY, "COLUMNS": "200"})
+    anting = str(Path(sys.executable).parent / "anting")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([anting, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"anting {' '.join(args)}: {done.stdout}{done.stderr}"
+        return done
+
+    where = run("where").stdout
+    assert f"{stack.url('notify')}  " in where and f"(profile {profile})" in where
+    assert stack.settings.kafka.bootstrap_servers in where
+    assert run("where", "ingest").stdout == stack.url("ingest") + "\n"
+    assert "make-run" in run("subscriptions", "list").stdout
+    run("insights", "partners", "anting-town-government")
+    described = run("topics", "describe", stack.settings.topic(ENRICHED_EVENTS))
+    assert f"on broker {stack.settings.kafka.bootstrap_servers}" in described.stderr
 
 
 def _query(stack: Stack, expr: str) -> list[dict[str, Any]]:
@@ -336,6 +372,8 @@ def test_ctrl_c_stops_everything_it_started(stack: Stack) -> None:
     for port in stack.ports.values():
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+    # and the profile saying where the stack was is gone with it
+    assert not (Path(stack.env["ANTING_RUN_STATE_DIR"]) / "stack.env").exists()
 
 
 def test_sigkill_of_make_run_takes_every_child_along(
