@@ -158,7 +158,8 @@ class SharedTail:
         reason = "the server is stopping"
         try:
             while True:
-                batch = await consumer.getmany(timeout_ms=500, max_records=500)
+                # a batch never fills a queue alone: a stream that keeps up is never ended
+                batch = await consumer.getmany(timeout_ms=500, max_records=min(500, self.queue_size))
                 for tp, records in batch.items():
                     for r in records:
                         self._fan_out(r)
