@@ -113,7 +113,8 @@ class SharedTail:
     @property
     def running(self) -> bool:
         """Whether the reader is reading now."""
-        return self._task is not None and not self._task.done()
+        # no consumer once it failed, even while that consumer is still closing
+        return self._consumer is not None and self._task is not None and not self._task.done()
 
     async def join(self) -> Follower:
         """A new follower, queued every record from the reader's position now on (started
@@ -140,10 +141,10 @@ class SharedTail:
             consumer.assign(tps)
             await consumer.seek_to_end(*tps)
             self.positions = {tp.partition: await consumer.position(tp) for tp in tps}
-        except Exception as exc:
+        except BaseException as exc:  # the joining client gone (cancelled) too: no consumer left open
             with contextlib.suppress(Exception):
                 await asyncio.shield(consumer.stop())
-            if isinstance(exc, TailUnavailable):
+            if isinstance(exc, TailUnavailable) or not isinstance(exc, Exception):
                 raise
             raise TailUnavailable(self._why(exc)) from exc
         self.consumers_started += 1
@@ -171,10 +172,10 @@ class SharedTail:
             reason = self._why(exc)
             log.warning("the shared stream reader stopped", extra={"reason": reason})
         finally:
+            self._consumer = None
             for follower in list(self.followers):
                 follower.end(reason)
             self.followers.clear()
-            self._consumer = None
             with contextlib.suppress(Exception):
                 await asyncio.shield(consumer.stop())
 
@@ -198,6 +199,14 @@ class SharedTail:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            # a task cancelled before its first step never ran its own clean-up
+            consumer, self._consumer = self._consumer, None
+            for follower in list(self.followers):
+                follower.end("the server is stopping")
+            self.followers.clear()
+            if consumer is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(consumer.stop())
 
 
 __all__ = ["SSE_FOLLOWER_QUEUE", "Follower", "SharedTail", "TailUnavailable"]

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from aiokafka.errors import TopicAuthorizationFailedError
 from fastapi import FastAPI
 
 from devtools.localkafka import free_port
@@ -216,3 +217,51 @@ async def test_each_stream_keeps_its_filter(topics: AntingSettings) -> None:
         await asyncio.sleep(1)
         assert smiia.ids == _ids(events[1:2])
         assert app.state.stream_tail.consumers_started == 1
+
+
+async def test_a_failing_reader_ends_its_streams_and_the_next_stream_starts_another(
+        topics: AntingSettings) -> None:
+    """The shared reader failing (a fetch error) ends every live stream with a comment saying
+    why — none is left waiting — and the next stream starts a new reader; stopping it (notify
+    stopping) ends the streams too."""
+    settings = notify_settings(topics)
+    shared = SharedTail(settings)
+    first = sse_events(settings, Filter(), "latest", _Connected(), tail=shared)  # type: ignore[arg-type]
+    try:
+        assert await anext(first) == sse.comment("connected")
+        consumer = shared._consumer
+        assert consumer is not None
+
+        async def refused(*_: Any, **__: Any) -> Any:
+            raise TopicAuthorizationFailedError(settings.topic(ENRICHED_EVENTS))
+
+        consumer.getmany = refused  # type: ignore[method-assign]
+        async with asyncio.timeout(10):
+            rest = [chunk async for chunk in first]
+        assert len(rest) == 1 and b"may not Read" in rest[0], rest
+        assert not shared.running and not shared.followers
+
+        second = sse_events(settings, Filter(), "latest", _Connected(), tail=shared)  # type: ignore[arg-type]
+        assert await anext(second) == sse.comment("connected")
+        assert shared.running and shared.consumers_started == 2
+        await shared.stop()
+        async with asyncio.timeout(10):
+            assert [chunk async for chunk in second] == [sse.comment("the server is stopping")]
+    finally:
+        await first.aclose()
+        await shared.stop()
+
+
+async def test_no_broker_ends_the_stream_saying_so(topics: AntingSettings) -> None:
+    """No broker answering the shared reader: the stream says it cannot read and ends, at once."""
+    settings = notify_settings(topics, kafka=topics.kafka.model_copy(
+        update={"bootstrap_servers": f"127.0.0.1:{free_port()}"}))
+    shared = SharedTail(settings)
+    try:
+        async with asyncio.timeout(30):
+            out = [chunk async for chunk in sse_events(settings, Filter(), "latest", _Connected(),  # type: ignore[arg-type]
+                                                       tail=shared)]
+        assert len(out) == 1 and out[0].startswith(b": the stream cannot read events now"), out
+        assert not shared.running
+    finally:
+        await shared.stop()
