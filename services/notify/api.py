@@ -473,8 +473,14 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
         # every partition's position (the next offset this stream sends from), so a resume
         # point names all of them; the shared reader's where nothing earlier is asked for
         positions = dict(follower.start)
+        if resume is not None:
+            # a resume point past the reader's (never made by this process's reader):
+            # nothing before it is sent again
+            positions = {p: max(pos, resume.get(p, pos)) for p, pos in positions.items()}
         idle = 0.0
-        if start == "earliest" or (resume and any(resume.get(p, pos) < pos for p, pos in positions.items())):
+        behind = [p for p, pos in follower.start.items()
+                  if (resume[p] < pos if resume is not None and p in resume else start == "earliest")]
+        if behind:
             async with contextlib.aclosing(
                     _backlog(settings, flt, start, resume, follower, positions, points)) as backlog:
                 async for out in backlog:
@@ -483,18 +489,18 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
                     if until is not None and time.time() >= until:
                         yield sse.comment("the stream token expired")
                         return
-                    if follower.ended.is_set():
-                        # the queue is no longer whole: taking from it would skip events
-                        yield sse.comment(follower.reason)
-                        return
                     if out is None:
                         idle += 0.5
                         if idle >= SSE_HEARTBEAT_SECONDS:
                             idle = 0.0
                             yield sse.comment("keep-alive")
-                        continue
-                    idle = 0.0
-                    yield out
+                    else:
+                        idle = 0.0
+                        yield out
+                    if follower.ended.is_set():
+                        # the queue is no longer whole: taking from it would skip events
+                        yield sse.comment(follower.reason)
+                        return
         while not await request.is_disconnected():
             if until is not None and time.time() >= until:
                 yield sse.comment("the stream token expired")

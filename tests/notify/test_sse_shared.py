@@ -181,7 +181,8 @@ async def test_resume_hands_over_to_the_shared_reader_without_loss_or_repeat(
         topics: AntingSettings, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stream resumed by Last-Event-ID from well behind the shared reader reads its backlog
     on its own while events keep coming, then joins the shared reader: every event after
-    the one it named arrives exactly once, in order; a live stream meanwhile gets them all."""
+    the one it named arrives exactly once, in order; a live stream meanwhile gets them all.
+    A stream resumed after the newest event needs no consumer of its own."""
     consumers = Consumers(monkeypatch)
     first = [agreement([ACME], event_id=f"hand-a{i}") for i in range(30)]
     during = [agreement([ACME], event_id=f"hand-b{i}") for i in range(40)]
@@ -198,6 +199,12 @@ async def test_resume_hands_over_to_the_shared_reader_without_loss_or_repeat(
         await asyncio.sleep(1)  # nothing more, nothing twice
         assert resumed.ids == _ids(first[5:] + during)
         assert any(c.startswith(": resuming after") for c in resumed.comments)
+        # resuming after the newest event: caught up already, no consumer of its own
+        latest = await Stream(stack, client).open(headers={"last-event-id": _ids(during)[-1]})
+        assert any(c.startswith(": resuming after") for c in latest.comments)
+        one_more = agreement([ACME], event_id="hand-c")
+        await _publish(topics, [one_more])
+        assert await latest.read(1) == _ids([one_more])
     assert got == _ids(first[5:] + during)
     assert consumers.made == {"tail": 1, "backlog": 1}
 
