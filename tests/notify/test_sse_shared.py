@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import uvicorn
 from aiokafka.errors import TopicAuthorizationFailedError
@@ -105,6 +106,13 @@ class Stream:
         return self.ids
 
 
+def _broker_connections(settings: AntingSettings) -> int:
+    """This process's open TCP connections to the bootstrap brokers' ports."""
+    ports = {int(address.rsplit(":", 1)[1]) for address in settings.kafka.bootstrap_servers.split(",")}
+    return sum(1 for c in psutil.Process().net_connections("tcp")
+               if c.raddr and c.raddr.port in ports and c.status == psutil.CONN_ESTABLISHED)
+
+
 def _ids(events: list[Any]) -> list[str]:
     return [sse.event_id(e.source, e.id) for e in events]
 
@@ -121,9 +129,12 @@ async def test_fifty_streams_share_one_consumer(topics: AntingSettings, monkeypa
     events = [agreement([ACME], event_id=f"many-{i}") for i in range(10)]
     async with contextlib.AsyncExitStack() as stack, serving(
             topics, max_streams_per_key=100, max_streams_per_tenant=100) as (client, app):
+        before = _broker_connections(topics)
         streams = await asyncio.gather(*(Stream(stack, client).open() for _ in range(50)))
         shared: SharedTail = app.state.stream_tail
         assert len(shared.followers) == 50
+        # one consumer's connections (bootstrap, then a broker or a few), not 50 consumers'
+        assert _broker_connections(topics) - before <= 4
         await _publish(topics, events)
         got = await asyncio.gather(*(s.read(len(events)) for s in streams))
         assert shared.consumers_started == 1
