@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +20,7 @@ from aiokafka.errors import TopicAuthorizationFailedError
 from fastapi import FastAPI
 
 from devtools.localkafka import free_port
-from devtools.testing import produce
+from devtools.testing import ServiceProcess, create_topics, produce
 from services.notify import api, sse, tail
 from services.notify.api import ResumePoints, create_app, sse_events
 from services.notify.store import SubscriptionStore
@@ -283,3 +285,35 @@ async def test_no_broker_ends_the_stream_saying_so(topics: AntingSettings) -> No
         assert not shared.running
     finally:
         await shared.stop()
+
+
+def test_stopping_notify_ends_its_streams(settings: AntingSettings, tmp_path: Path) -> None:
+    """SIGTERM to `anting serve notify` with a stream open: the stream ends with a comment
+    saying the server is stopping (its client reconnects elsewhere or later, resuming), and
+    the process exits 0 without waiting on the stream."""
+    asyncio.run(create_topics(settings))
+    port = free_port()
+    service = ServiceProcess("notify", settings, tmp_path / "notify.log", ANTING_NOTIFY_PORT=str(port))
+    service.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, service.log()[-3000:]
+            time.sleep(0.2)
+        with httpx.Client(base_url=url, timeout=20) as client, client.stream("GET", "/v1/stream") as resp:
+            lines = resp.iter_lines()
+            while next(lines) != ": connected":
+                pass
+            t0 = time.monotonic()
+            code = service.terminate()
+            took = time.monotonic() - t0
+            rest = list(lines)
+    finally:
+        code = service.terminate()
+    assert code == 0, service.log()[-3000:]
+    assert ": the server is stopping" in rest, rest
+    assert took < 8, took  # the server's own wait for open requests is 10 s
