@@ -24,10 +24,11 @@ import contextlib
 import time
 import weakref
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
+from aiokafka import ConsumerRecord, TopicPartition
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -40,6 +41,7 @@ from services.notify.egress import apprise_loaded, channel_refusal
 from services.notify.matching import decode, match
 from services.notify.settings import NotifySettings
 from services.notify.store import SubscriptionStore
+from services.notify.tail import Follower, SharedTail, TailUnavailable
 from shared.access import STREAM_READ, SUBSCRIPTIONS_MANAGE, Principal, StreamTokens
 from shared.events import error_paths, record_event_bytes
 from shared.http import (
@@ -55,7 +57,7 @@ from shared.http import (
     use_cors,
     use_stream_tokens,
 )
-from shared.kafka import make_consumer, wait_for_partitions
+from shared.kafka import make_consumer
 from shared.subscriptions import Filter, SubscriptionRequest
 from shared.topics import ENRICHED_EVENTS
 
@@ -359,6 +361,8 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
                              if sub.previous_secrets_expire_at else None})
 
     resume_points = ResumePoints()
+    # one Kafka reader for every stream of this process; the caller stops it
+    app.state.stream_tail = tail = SharedTail(settings)
     app.state.stream_caps = caps = StreamCaps(settings.max_streams_per_key, settings.max_streams_per_tenant)
     longest = settings.stream_token_ttl_seconds
 
@@ -417,7 +421,7 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
         if isinstance(release, str):
             return problem(429, release, headers={"Retry-After": str(STREAM_RETRY_AFTER_SECONDS)})
         events = _released(sse_events(settings, flt, from_, request, resume_points, last_id,
-                                      until=who.expires_at), release)
+                                      until=who.expires_at, tail=tail), release)
         # a response dropped before its body was started never runs the generator's
         # finally: released when the generator is collected then
         weakref.finalize(events, release)
@@ -433,7 +437,7 @@ def create_app(settings: NotifySettings, store: SubscriptionStore,
 
 async def sse_events(settings: NotifySettings, flt: Filter, start: str, request: Request,
                      resume_points: ResumePoints | None = None, last_id: str | None = None,
-                     until: float | None = None) -> AsyncIterator[bytes]:
+                     until: float | None = None, tail: SharedTail | None = None) -> AsyncIterator[bytes]:
     """Each matching enriched event as one SSE message (``id`` = the event's source and id,
     see :func:`services.notify.sse.event_id`; ``event`` = type; ``data`` = the event and
     its ``reason`` as one line of JSON), from ``start`` (latest or earliest) — or, when
@@ -441,60 +445,154 @@ async def sse_events(settings: NotifySettings, flt: Filter, start: str, request:
     written by :mod:`services.notify.sse`, so no value in an event can add one. With
     ``until`` (Unix seconds: a stream token's expiry) the stream ends then, so a token
     opens a stream no longer than it lives; a browser reconnecting gets the 401 of the
-    expired token."""
-    topic = settings.topic(ENRICHED_EVENTS)
+    expired token.
+
+    Live events come from ``tail``, the reader shared by this process's streams (one of
+    its own, stopped at the end, when ``None``); events before the reader's position (a
+    resume, ``earliest``) are read first by a consumer of this stream's own, which is
+    closed at the hand-over (:mod:`services.notify.tail`). The stream ends with a comment
+    saying why when it falls too far behind or the shared reader stops or cannot start."""
+    own_tail = tail is None
+    shared = tail if tail is not None else SharedTail(settings)
     points = resume_points or ResumePoints(0)
     resume = points.get(last_id)
-    consumer = make_consumer(settings, group_id=None, auto_offset_reset=start)
-    await consumer.start()
     try:
-        tps = await wait_for_partitions(consumer, topic, timeout=5.0)  # maybe created a moment ago
-        consumer.assign(tps)
-        if resume is not None:
-            for tp in tps:
-                if tp.partition in resume:
-                    consumer.seek(tp, resume[tp.partition])
-        # every partition's starting point, so a resume point names all of them
-        positions = {tp.partition: await consumer.position(tp) for tp in tps}
+        follower = await shared.join()
+    except TailUnavailable as exc:
+        yield sse.comment(f"the stream cannot read events now: {exc}")
+        if own_tail:
+            await shared.stop()
+        return
+    try:
         shown = "".join(c for c in (last_id or "") if c.isprintable())[:200]  # one comment line
         if resume is not None:
             yield sse.comment(f"resuming after {shown}")
         elif last_id:
             yield sse.comment(f"{shown} is not an event this server sent lately; from {start}")
         yield sse.comment("connected")
+        # every partition's position (the next offset this stream sends from), so a resume
+        # point names all of them; the shared reader's where nothing earlier is asked for
+        positions = dict(follower.start)
+        if resume is not None:
+            # a resume point past the reader's (never made by this process's reader):
+            # nothing before it is sent again
+            positions = {p: max(pos, resume.get(p, pos)) for p, pos in positions.items()}
         idle = 0.0
+        behind = [p for p, pos in follower.start.items()
+                  if (resume[p] < pos if resume is not None and p in resume else start == "earliest")]
+        if behind:
+            async with contextlib.aclosing(
+                    _backlog(settings, flt, start, resume, follower, positions, points)) as backlog:
+                async for out in backlog:
+                    if await request.is_disconnected():
+                        return
+                    if until is not None and time.time() >= until:
+                        yield sse.comment("the stream token expired")
+                        return
+                    if out is None:
+                        idle += 0.5
+                        if idle >= SSE_HEARTBEAT_SECONDS:
+                            idle = 0.0
+                            yield sse.comment("keep-alive")
+                    else:
+                        idle = 0.0
+                        yield out
+                    if follower.ended.is_set():
+                        # the queue is no longer whole: taking from it would skip events
+                        yield sse.comment(follower.reason)
+                        return
         while not await request.is_disconnected():
             if until is not None and time.time() >= until:
                 yield sse.comment("the stream token expired")
                 return
-            batch = await consumer.getmany(timeout_ms=500, max_records=500)
-            if not batch:
+            record = await follower.next(timeout=0.5)
+            if record is None:
+                if follower.ended.is_set():
+                    yield sse.comment(follower.reason)
+                    return
                 idle += 0.5
                 if idle >= SSE_HEARTBEAT_SECONDS:
                     idle = 0.0
                     yield sse.comment("keep-alive")
                 continue
             idle = 0.0
+            if record.offset < positions.get(record.partition, 0):
+                continue  # sent already, from the backlog
+            positions[record.partition] = record.offset + 1
+            out = _as_message(record, flt, positions, points)
+            if out is not None:
+                yield out
+    finally:
+        shared.leave(follower)
+        if own_tail:
+            await shared.stop()
+
+
+async def _backlog(settings: NotifySettings, flt: Filter, start: str, resume: dict[int, int] | None,
+                   follower: Follower, positions: dict[int, int], points: ResumePoints,
+                   ) -> AsyncGenerator[bytes | None]:
+    """The messages before ``follower.start`` (the shared reader's position when this
+    stream joined), read by a consumer of the stream's own from ``resume`` (else from
+    ``start``), updating ``positions``; ``None`` every 0.5 s without one, so the caller
+    can check on its client. Ends once every partition reached ``follower.start``."""
+    topic = settings.topic(ENRICHED_EVENTS)
+    target = follower.start
+    consumer = make_consumer(settings, group_id=None, auto_offset_reset=start)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(target)]
+        consumer.assign(tps)
+        for tp in tps:
+            if resume is not None and tp.partition in resume:
+                consumer.seek(tp, resume[tp.partition])
+            elif start == "earliest":
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, target[tp.partition])
+        for tp in tps:
+            positions[tp.partition] = await consumer.position(tp)
+        while True:
+            behind = [tp for tp in tps if positions[tp.partition] < target[tp.partition]]
+            if not behind:
+                return
+            consumer.pause(*[tp for tp in tps if tp not in behind])  # no read past the hand-over
+            batch = await consumer.getmany(*behind, timeout_ms=500, max_records=500)
+            sent = False
             for records in batch.values():
                 for r in records:
                     positions[r.partition] = r.offset + 1
-                    try:
-                        raw = record_event_bytes(r.value, r.headers)
-                        event = decode(raw)
-                    except ValueError:
-                        continue
-                    reasons = match(event, flt)
-                    if reasons is None:
-                        continue
-                    doc = {**orjson.loads(raw), "reason": reasons}  # the event as sent
-                    # compact JSON: one line, its CR and LF escaped by JSON
-                    out = sse.message(orjson.dumps(doc), id=sse.event_id(event["source"], event["id"]),
-                                      event=event["type"])
-                    points.note(event["source"], event["id"], positions)
-                    yield out
+                    out = _as_message(r, flt, positions, points)
+                    if out is not None:
+                        sent = True
+                        yield out
+            for tp in behind:
+                # past control and aborted records too (read_committed)
+                positions[tp.partition] = max(positions[tp.partition], await consumer.position(tp))
+            if not sent:
+                yield None
     finally:
         with contextlib.suppress(Exception):
             await asyncio.shield(consumer.stop())
+
+
+def _as_message(r: ConsumerRecord[Any, Any], flt: Filter, positions: dict[int, int],
+                points: ResumePoints) -> bytes | None:
+    """The SSE message of record ``r`` when its event matches ``flt`` (noting ``positions``
+    as the resume point after it), else ``None`` (no match, or not an event)."""
+    try:
+        raw = record_event_bytes(r.value, r.headers)
+        event = decode(raw)
+    except ValueError:
+        return None
+    reasons = match(event, flt)
+    if reasons is None:
+        return None
+    doc = {**orjson.loads(raw), "reason": reasons}  # the event as sent
+    # compact JSON: one line, its CR and LF escaped by JSON
+    out = sse.message(orjson.dumps(doc), id=sse.event_id(event["source"], event["id"]),
+                      event=event["type"])
+    points.note(event["source"], event["id"], positions)
+    return out
 
 
 __all__ = ["DISABLED_BY_REQUEST", "MAX_GRACE_SECONDS", "MAX_STREAM_TOKEN_TTL_SECONDS", "SSE_HEARTBEAT_SECONDS", "SSE_RESUME_POINTS",

@@ -58,8 +58,12 @@ async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
             await notifier.run(stop)
     finally:
         server.should_exit = True
+        # the SSE streams' shared reader, if one started: its streams end now (saying so)
+        # rather than hold the server's shutdown; again after, for one opened meanwhile
+        await app.state.stream_tail.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(api, 10)
+        await app.state.stream_tail.stop()
         await notifier.close()
         await lag.stop()
         await dead_letters.stop()

@@ -75,7 +75,7 @@ def notify_in_thread(base: Any, keys_file: Path, admin_key: str, *, health: bool
         if ledger is not None:
             await ledger.view.start()
             store.health = ledger.health
-        server = EmbeddedServer(uvicorn.Config(create_app(settings, store), host="127.0.0.1",
+        server = EmbeddedServer(uvicorn.Config(app := create_app(settings, store), host="127.0.0.1",
                                                port=settings.port, log_config=None, lifespan="off"))
         task = asyncio.create_task(server.serve())
         try:
@@ -86,6 +86,7 @@ def notify_in_thread(base: Any, keys_file: Path, admin_key: str, *, health: bool
         finally:
             server.should_exit = True
             await task
+            await app.state.stream_tail.stop()
             if ledger is not None:
                 await ledger.view.stop()
             await store.stop()

@@ -115,7 +115,7 @@ async def test_sse_stream_filters_like_subscriptions(topics: AntingSettings) -> 
     settings = notify_settings(topics, port=free_port())
     store = SubscriptionStore(settings, producer=None)
     await store.start()
-    server = EmbeddedServer(uvicorn.Config(create_app(settings, store), host="127.0.0.1", port=settings.port,
+    server = EmbeddedServer(uvicorn.Config(app := create_app(settings, store), host="127.0.0.1", port=settings.port,
                                     log_config=None, lifespan="off"))
     task = asyncio.create_task(server.serve())
     events = [agreement([ACME]), announcement([ALLIANCE], kind="alliance_established"), agreement([ACME])]
@@ -140,6 +140,7 @@ async def test_sse_stream_filters_like_subscriptions(topics: AntingSettings) -> 
     finally:
         server.should_exit = True
         await task
+        await app.state.stream_tail.stop()
         await store.stop()
     assert f"id: {sse.event_id(events[1].source, events[1].id)}" in lines
     assert "event: conference.announcement" in lines
@@ -172,7 +173,7 @@ async def test_sse_reconnect_with_last_event_id_misses_nothing(topics: AntingSet
     settings = notify_settings(topics, port=free_port())
     store = SubscriptionStore(settings, producer=None)
     await store.start()
-    server = EmbeddedServer(uvicorn.Config(create_app(settings, store), host="127.0.0.1", port=settings.port,
+    server = EmbeddedServer(uvicorn.Config(app := create_app(settings, store), host="127.0.0.1", port=settings.port,
                                            log_config=None, lifespan="off"))
     task = asyncio.create_task(server.serve())
     first = [agreement([ACME], event_id=f"sse-a{i}") for i in range(12)]
@@ -194,6 +195,7 @@ async def test_sse_reconnect_with_last_event_id_misses_nothing(topics: AntingSet
     finally:
         server.should_exit = True
         await task
+        await app.state.stream_tail.stop()
         await store.stop()
     everything = {sse.event_id(e.source, e.id) for e in first + later}  # (source, id), encoded
     assert len(seen) + len(rest) == len(everything) and set(seen) | set(rest) == everything

@@ -140,7 +140,7 @@ async def serving(topics: AntingSettings, **overrides: Any) -> AsyncIterator[htt
     settings = notify_settings(topics, port=free_port(), **overrides)
     store = SubscriptionStore(settings, producer=None)
     await store.start()
-    server = EmbeddedServer(uvicorn.Config(create_app(settings, store), host="127.0.0.1", port=settings.port,
+    server = EmbeddedServer(uvicorn.Config(app := create_app(settings, store), host="127.0.0.1", port=settings.port,
                                            log_config=None, lifespan="off"))
     task = asyncio.create_task(server.serve())
     try:
@@ -152,6 +152,7 @@ async def serving(topics: AntingSettings, **overrides: Any) -> AsyncIterator[htt
     finally:
         server.should_exit = True
         await task
+        await app.state.stream_tail.stop()
         await store.stop()
 
 
