@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -10,6 +14,14 @@ import pytest
 
 from devtools.testing import broker_for_tests, create_topics, settings_for
 from shared.settings import AntingSettings
+
+# Every `anting run` a test starts and every `anting` command it runs keep their state (a
+# broker's data, the stack profile `.local/stack.env`) in this test process's own folder:
+# never the checkout's `.local`, where a developer's running stack or another worker's
+# would be found (and written over). A test that needs a folder of its own still sets it.
+_STATE = tempfile.mkdtemp(prefix="anting-test-state-")
+os.environ["ANTING_RUN_STATE_DIR"] = _STATE
+atexit.register(shutil.rmtree, _STATE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
