@@ -242,6 +242,7 @@ _ZH_GENERIC_PREFIX = ("该", "本", "这", "此", "各", "其", "多家", "相�
 _ZH_BAD_START = ("的", "和", "与", "及", "、", "在", "于", "由", "等", "是", "将", "已", "为")
 _ZH_NAME_VN = ("研究", "发展", "改革", "创新", "管理", "服务", "投资", "控股", "建设", "交流",
                "发展和改革", "信息化", "仿真", "指挥", "控制", "制造", "通信", "出版", "运营", "科技")
+_ZH_SUFFIX = re.compile("|".join(map(re.escape, ZH_SUFFIXES)))
 _CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff（）()A-Za-z0-9·]+")
 
 _jieba_ready = False
@@ -275,7 +276,7 @@ def _chinese_candidates(folded: str, start: int, end: int) -> Iterable[tuple[int
     """Spans of Chinese organization names in ``folded[start:end]`` (Simplified) by the
     suffix rule: the words before a suffix, back to the first that cannot be in a name."""
     for run in _CJK_RUN.finditer(folded, start, end):
-        if not any(s in run.group() for s in ZH_SUFFIXES):
+        if _ZH_SUFFIX.search(run.group()) is None:
             continue
         words = _pseg(run.group())
         offsets = []
@@ -284,9 +285,9 @@ def _chinese_candidates(folded: str, start: int, end: int) -> Iterable[tuple[int
             offsets.append((pos, pos + len(w), w, flag))
             pos += len(w)
         for i, (_, e, w, _flag) in enumerate(offsets):
-            suffix = next((s for s in ZH_SUFFIXES if w.endswith(s)), None)
-            if suffix is None:
+            if not w.endswith(ZH_SUFFIXES):
                 continue
+            suffix = next(s for s in ZH_SUFFIXES if w.endswith(s))
             # a longer suffix ahead ("有限" + "公司"): the name ends there
             if i + 1 < len(offsets) and any(
                     (w + offsets[i + 1][2]).endswith(s) and len(s) > len(suffix)

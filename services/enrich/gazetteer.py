@@ -65,10 +65,27 @@ def fold_char(ch: str) -> str:
     return out
 
 
+class _FoldTable(dict[int, str]):
+    """Code point → its folded character, for ``str.translate``, filled as characters
+    are first seen."""
+
+    def __missing__(self, code: int) -> str:
+        if len(self) > 65536:  # bounded, whatever the texts
+            self.clear()
+        out = self[code] = fold_char(chr(code))
+        return out
+
+
+_FOLD_TABLE = _FoldTable()
+
+
 def fold(text: str) -> str:
     """``text`` folded character by character: ``len(fold(t)) == len(t)`` always, so an
-    offset in the folded text is the same offset in ``text``."""
-    return "".join(fold_char(ch) for ch in text)
+    offset in the folded text is the same offset in ``text``. ASCII folds to its lower
+    case (width and script leave it as it is)."""
+    if text.isascii():
+        return text.lower()
+    return text.translate(_FOLD_TABLE)
 
 
 def _latin_word(ch: str) -> bool:
