@@ -199,7 +199,7 @@ def corpus(golds: list[Gold], size: int = DOCUMENT_BYTES) -> list[Document]:
         lines: list[str] = []
         k, used = n, 0
         while used < size:
-            for line in cycle[k % len(cycle)].text.strip().splitlines() + [""]:
+            for line in [*cycle[k % len(cycle)].text.strip().splitlines(), ""]:
                 lines.append(line)
                 used += len(line.encode()) + 1
                 if used >= size:
