@@ -252,7 +252,10 @@ _ZH_WORDS = ("元宇宙", "智能网联", "新能源", "数字人", "算力", "�
 
 def _pseg(text: str) -> list[tuple[str, str]]:
     """jieba's words with parts of speech (loaded on first use; its dictionary is
-    shipped in the wheel)."""
+    shipped in the wheel). The dictionary's words only, without jieba's hidden Markov
+    model for words it lacks: that model was most of the time of reading a Chinese text,
+    and it glues a name to the words around it ("小鹏汽车和赛力斯集团" as one) as often as
+    it finds one; a character the dictionary lacks stays a word of its own."""
     global _jieba_ready
     import jieba
     import jieba.posseg
@@ -264,7 +267,7 @@ def _pseg(text: str) -> list[tuple[str, str]]:
         for word in _ZH_WORDS:
             jieba.add_word(word, freq=2000, tag="n")
         _jieba_ready = True
-    return [(w.word, w.flag) for w in jieba.posseg.cut(text, HMM=True)]
+    return [(w.word, w.flag) for w in jieba.posseg.cut(text, HMM=False)]
 
 
 def warm_up() -> None:

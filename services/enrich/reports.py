@@ -22,7 +22,6 @@ from typing import Any
 
 from services.enrich.extract import SIGNING, Found, find_organizations, sentences
 from services.enrich.gazetteer import Gazetteer, fold
-from services.enrich.resolve import has_cjk
 from shared.documents import Document
 from shared.events import AGREEMENT, ANNOUNCEMENT, LIMITS
 
@@ -42,6 +41,8 @@ TRIGGERS: tuple[tuple[str, str], ...] = (
     ("forum", r"\bforums?\b|论坛"),
 )
 _TRIGGERS = [(kind, re.compile(p, re.IGNORECASE)) for kind, p in TRIGGERS]
+# a CJK ideograph (the ranges of :func:`~services.enrich.resolve.has_cjk`)
+_CJK_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 
 def event_id(doc_id: str, n: int) -> str:
@@ -145,7 +146,7 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
                 events.append(event)
             event.sentences.append((s, e))
             break
-    language = "zh" if sum(map(has_cjk, text[:2000])) > 0.2 * min(len(text), 2000) else "en"
+    language = "zh" if len(_CJK_CHAR.findall(text, 0, 2000)) > 0.2 * min(len(text), 2000) else "en"
     lines = [ln for ln in text.splitlines() if ln.strip()]
     headline = _clip(doc.title or (lines[0] if lines else text), LIMITS["headline"])
     out: list[dict[str, Any]] = []
