@@ -140,6 +140,9 @@ its their our his her chinese china's shanghai's beijing's""".split())
 _LEGAL = ("Co., Ltd.", "Co. Ltd.", "Co., Ltd", "Co.,Ltd.", "Ltd.", "Inc.", "Corp.",
           "Limited", "Ltd", "Inc", "LLC", "GmbH", "AG", "PLC", "S.A.", "SE")
 _EN_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’.&\-]*[A-Za-z0-9]|[A-Za-z0-9]|&")
+# a head word as a word of its own (what any name the head-noun rule finds has)
+_EN_HEAD = re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(sorted(EN_HEADS, key=len, reverse=True))
+                      + r")(?![A-Za-z0-9])")
 _EN_LEGAL_TAIL = re.compile(r"^,?\s*(Co\.,?\s*Ltd\.?|Ltd\.?|Inc\.?|Corp\.?|LLC|GmbH|AG|PLC|S\.A\.|Limited)")
 
 
@@ -149,8 +152,9 @@ def _capitalised(word: str) -> bool:
 
 def _english_candidates(text: str, start: int, end: int) -> Iterable[tuple[int, int]]:
     """Spans of English organization names in ``text[start:end]`` by the head-noun rule."""
-    words = [(m.start(), m.end(), m.group())
-             for m in _EN_WORD.finditer(text, start, end) if not has_cjk(m.group())]
+    if _EN_HEAD.search(text, start, end) is None:
+        return  # no head word, no name (most sentences, and every Chinese one)
+    words = [(m.start(), m.end(), m.group()) for m in _EN_WORD.finditer(text, start, end)]
     words = [(s, e, w.rstrip(".") if w.endswith(".") and w not in ("Co.", "Inc.", "Ltd.") else w)
              for s, e, w in words]
     runs: list[list[tuple[int, int, str]]] = []
@@ -278,6 +282,8 @@ def warm_up() -> None:
 def _chinese_candidates(folded: str, start: int, end: int) -> Iterable[tuple[int, int]]:
     """Spans of Chinese organization names in ``folded[start:end]`` (Simplified) by the
     suffix rule: the words before a suffix, back to the first that cannot be in a name."""
+    if _ZH_SUFFIX.search(folded, start, end) is None:
+        return  # no suffix, no name
     for run in _CJK_RUN.finditer(folded, start, end):
         if _ZH_SUFFIX.search(run.group()) is None:
             continue
@@ -635,11 +641,12 @@ def find_organizations(text: str, gazetteer: Gazetteer) -> list[Found]:
         add(hit.start, hit.end, "id:" + hit.org_id, written, hit.org_id)
     # 2. the rules, where the catalog found nothing
     candidates: list[tuple[int, int]] = []
-    for s_start, s_end in sentences(text):
+    cut = sentences(text)
+    for s_start, s_end in cut:
         candidates.extend(_english_candidates(text, s_start, s_end))
         candidates.extend(_chinese_candidates(folded, s_start, s_end))
     # names in an actor's place, where neither the catalog nor a suffix found one
-    for s_start, s_end in sentences(text):
+    for s_start, s_end in cut:
         if SIGNING.search(folded[s_start:s_end]) or _EN_BY_LIST.search(text[s_start:s_end]) \
                 or _EN_MEMBERS.search(text[s_start:s_end]) or _EN_NEW_BODY.search(text[s_start:s_end]):
             candidates.extend(_en_slot_names(text[s_start:s_end], s_start))
