@@ -298,9 +298,8 @@ def _chinese_candidates(folded: str, start: int, end: int) -> Iterable[tuple[int
                 continue
             suffix = next(s for s in ZH_SUFFIXES if w.endswith(s))
             # a longer suffix ahead ("有限" + "公司"): the name ends there
-            if i + 1 < len(offsets) and any(
-                    (w + offsets[i + 1][2]).endswith(s) and len(s) > len(suffix)
-                    for s in ZH_SUFFIXES):
+            if i + 1 < len(offsets) and (joined := w + offsets[i + 1][2]).endswith(ZH_SUFFIXES) \
+                    and len(next(s for s in ZH_SUFFIXES if joined.endswith(s))) > len(suffix):
                 continue
             j = i
             while j > 0:
@@ -496,6 +495,7 @@ ROLES: tuple[tuple[str, str], ...] = (
     (r"支持单位", "supporter"),
 )
 _ROLE_PATTERNS = [(re.compile(p, re.IGNORECASE), role) for p, role in ROLES]
+_ANY_ROLE = re.compile("|".join(f"(?:{p})" for p, _ in ROLES), re.IGNORECASE)
 _ZH_BY = re.compile(r"由([^。；;！!？?]*?)(联合主办|共同主办|主办|承办|协办|指导|支持|发起|牵头|发布)")
 _ZH_BY_ROLE = {"联合主办": "host", "共同主办": "host", "主办": "host", "承办": "organizer",
                "协办": "co-organizer", "指导": "guide", "支持": "supporter", "发起": "founder",
@@ -536,7 +536,7 @@ def roles(text: str, found: list[Found]) -> None:
             continue
         given: dict[int, str] = {}  # mention start → role
         marks: list[tuple[int, int, str]] = []
-        for pattern, role in _ROLE_PATTERNS:
+        for pattern, role in _ROLE_PATTERNS if _ANY_ROLE.search(sentence) else ():
             for m in pattern.finditer(sentence):
                 a, b = m.start() + s_start, m.end() + s_start
                 if any(a < mb and ma < b for ma, mb, _ in marks):
