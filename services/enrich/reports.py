@@ -41,8 +41,6 @@ TRIGGERS: tuple[tuple[str, str], ...] = (
     ("forum", r"\bforums?\b|论坛"),
 )
 _TRIGGERS = [(kind, re.compile(p, re.IGNORECASE)) for kind, p in TRIGGERS]
-# any of them: most sentences report nothing, and are searched once
-_ANY_TRIGGER = re.compile("|".join(f"(?:{p})" for _, p in TRIGGERS), re.IGNORECASE)
 # a CJK ideograph (the ranges of :func:`~services.enrich.resolve.has_cjk`)
 _CJK_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
@@ -121,7 +119,7 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
     signings: list[tuple[_Event, set[str]]] = []
     for s, e in sentences(text):
         sentence = folded[s:e]
-        for kind, pattern in _TRIGGERS if _ANY_TRIGGER.search(sentence) else ():
+        for kind, pattern in _TRIGGERS:
             if not pattern.search(sentence):
                 continue
             if kind == "agreement":
