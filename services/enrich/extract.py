@@ -82,7 +82,7 @@ class Found:
 
 # --- sentences ---------------------------------------------------------------------
 
-_SENTENCE_END = re.compile(r"(?<=[。！？!?；;])|(?<=[.])(?=\s+[A-Z\"“(\u4e00-\u9fff])|\n+")
+_SENTENCE_END = re.compile(r"[。！？!?；;]|\.(?=\s+[A-Z\"“(\u4e00-\u9fff])|\n+")
 
 
 def sentences(text: str) -> list[tuple[int, int]]:
@@ -90,7 +90,7 @@ def sentences(text: str) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     start = 0
     for m in _SENTENCE_END.finditer(text):
-        end = m.start() if m.group().startswith("\n") else m.end()
+        end = m.start() if m.group()[0] == "\n" else m.end()
         if text[start:end].strip():
             out.append((start, end))
         start = m.end()
