@@ -556,6 +556,8 @@ def roles(text: str, found: list[Found]) -> None:
                     given.setdefault(ma, role)
         # subject and verb, clause by clause: "A、B联合发起", "X released a whitepaper"
         for c_start, c_end in _clauses(sentence, s_start):
+            if not any(c_start <= ma < c_end for ma, _mb, _f in inside):
+                continue  # no one named here to give a role to
             if any(a < c_end and c_start < b for a, b in by_spans) or any(
                     c_start <= a < c_end for a, _b, _r in marks):
                 continue
@@ -566,8 +568,7 @@ def roles(text: str, found: list[Found]) -> None:
             word = re.sub(r"\s+", " ", verb.group().lower()).replace("jointly ", "")
             said = _ZH_SUBJECT_ROLE.get(verb.group()) or _EN_SUBJECT_ROLE.get(word)
             # passive English ("was established") names no subject before the verb
-            passive = re.search(r"\b(?:was|were|is|are|been|be)\s+(?:\w+\s+)?$",
-                                clause[:verb.start()])
+            passive = _PASSIVE.search(clause, 0, verb.start())
             if said is None or passive:
                 continue
             for ma, _mb, _f in inside:
@@ -588,6 +589,7 @@ def roles(text: str, found: list[Found]) -> None:
                     f.role = given[ma]
 
 
+_PASSIVE = re.compile(r"\b(?:was|were|is|are|been|be)\s+(?:\w+\s+)?$")
 _CLAUSE_END = re.compile(r"[，,；;：:]")
 
 
