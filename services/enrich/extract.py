@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import re
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -527,12 +528,15 @@ def roles(text: str, found: list[Found]) -> None:
     gives an organization is kept."""
     spans = sorted(((m.start, m.end, f) for f in found for m in f.mentions),
                    key=lambda t: t[0])
+    if not spans:
+        return
+    starts = [a for a, _b, _f in spans]
     text = fold(text)  # Traditional read as Simplified, offsets unchanged
     for s_start, s_end in sentences(text):
-        sentence = text[s_start:s_end]
-        inside = [(a, b, f) for a, b, f in spans if s_start <= a < s_end]
+        inside = spans[bisect_left(starts, s_start):bisect_left(starts, s_end)]
         if not inside:
             continue
+        sentence = text[s_start:s_end]
         given: dict[int, str] = {}  # mention start → role
         marks: list[tuple[int, int, str]] = []
         for pattern, role in _ROLE_PATTERNS:

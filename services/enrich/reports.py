@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,18 +82,18 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def _role(f: Found, spans: list[tuple[int, int]], party: bool) -> str | None:
+def _role(f: Found, spans: _Within, party: bool) -> str | None:
     """The role ``f`` has in an event told in ``spans``: what the text says there; in a
     signing, ``party`` when it says nothing else; in an announcement, the first role the
     text gives it that is not a signing's."""
-    here = [r for at, r in sorted(f.roles.items()) if _in(at, spans)]
+    here = [r for at, r in sorted(f.roles.items()) if at in spans]
     if party:
         return next((r for r in here if r != "party"), "party")
     return next((r for r in here if r != "party"), None) or next(
         (r for _, r in sorted(f.roles.items()) if r != "party"), None)
 
 
-def _organizations(found: list[Found], spans: list[tuple[int, int]], *,
+def _organizations(found: list[Found], spans: _Within, *,
                    party: bool) -> list[dict[str, Any]]:
     out = []
     for f in found[: LIMITS["organizations"]]:
@@ -154,18 +155,20 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
     signed = [span for ev in agreements for span in ev.sentences]
     # named only where signings are told: placed in those; named elsewhere too: also in
     # the first announcement
-    placed = {f.key for f in found if all(_in(m.start, signed) for m in f.mentions)}
+    in_signings = _Within(signed)
+    placed = {f.key for f in found if all(m.start in in_signings for m in f.mentions)}
     first_announcement = next((ev for ev in events if ev.kind != "agreement"), None)
     if first_announcement is None and any(f.key not in placed for f in found):
         first_announcement = _Event("other", [])
         events.append(first_announcement)
     for n, ev in enumerate(events, 1):
-        where = [f for f in found if any(_in(m.start, ev.sentences) for m in f.mentions)]
+        told = _Within(ev.sentences)
+        where = [f for f in found if any(m.start in told for m in f.mentions)]
         said = " ".join(text[s:e].strip() for s, e in ev.sentences)
         if ev.kind == "agreement":
             data: dict[str, Any] = {
                 "title": _clip(said or headline, LIMITS["headline"]),
-                "organizations": _organizations(where, ev.sentences, party=True),
+                "organizations": _organizations(where, told, party=True),
                 "summary": _clip(said, LIMITS["summary"]), "language": language}
             etype = AGREEMENT
         else:
@@ -174,7 +177,7 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
                 members = [f for f in found if f in where or f.key not in placed]
             data = {
                 "headline": headline if ev is first_announcement else _clip(said, LIMITS["headline"]),
-                "kind": ev.kind, "organizations": _organizations(members, ev.sentences, party=False),
+                "kind": ev.kind, "organizations": _organizations(members, told, party=False),
                 "language": language}
             if said:
                 data["summary"] = _clip(said, LIMITS["summary"])
@@ -186,8 +189,20 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
     return Report(out, found)
 
 
-def _in(offset: int, spans: list[tuple[int, int]]) -> bool:
-    return any(s <= offset < e for s, e in spans)
+class _Within:
+    """Spans of a text that do not overlap (sentences), to ask whether an offset is in
+    one of them."""
+
+    __slots__ = ("ends", "starts")
+
+    def __init__(self, spans: list[tuple[int, int]]) -> None:
+        ordered = sorted(spans)
+        self.starts = [s for s, _ in ordered]
+        self.ends = [e for _, e in ordered]
+
+    def __contains__(self, offset: int) -> bool:
+        i = bisect_right(self.starts, offset) - 1
+        return i >= 0 and offset < self.ends[i]
 
 
 def _names_in(found: list[Found], start: int, end: int) -> set[str]:
