@@ -618,11 +618,9 @@ def find_organizations(text: str, gazetteer: Gazetteer) -> list[Found]:
     """Every organization ``text`` names, in the order it first names them, each with every
     mention (code points of ``text``) and its role where the text says. Never raises."""
     folded = fold(text)
-    taken: list[tuple[int, int]] = []
+    taken = _Taken(len(text))
     found: dict[str, Found] = {}
-
-    def free(a: int, b: int) -> bool:
-        return all(b <= s or a >= e for s, e in taken)
+    free = taken.free
 
     def add(a: int, b: int, key: str, name: str, org_id: str | None = None) -> Found:
         f = found.get(key)
@@ -742,7 +740,40 @@ def _named_after(name: str, inside: list[tuple[Found, Span]]) -> bool:
         _head_of(f.name) not in _NAMED_AFTER_HEADS for f, _ in inside)
 
 
-def _release(found: dict[str, Found], taken: list[tuple[int, int]], a: int, b: int) -> None:
+class _Taken:
+    """The spans of a text already taken (a mention, a place), which never overlap, and a
+    mask of their code points, so that whether a span is free is one search."""
+
+    __slots__ = ("mask", "spans")
+
+    def __init__(self, length: int) -> None:
+        self.mask = bytearray(length)
+        self.spans: list[tuple[int, int]] = []
+
+    def append(self, span: tuple[int, int]) -> None:
+        a, b = span
+        self.spans.append(span)
+        self.mask[a:b] = b"\x01" * (b - a)
+
+    def free(self, a: int, b: int) -> bool:
+        """Whether no taken span overlaps ``[a, b)`` (``a < b``)."""
+        return self.mask.find(1, a, b) < 0
+
+    def release(self, a: int, b: int) -> None:
+        """Forget the spans inside ``[a, b)``."""
+        kept = []
+        for s, e in self.spans:
+            if a <= s and e <= b:
+                self.mask[s:e] = bytes(e - s)
+            else:
+                kept.append((s, e))
+        self.spans = kept
+        for s, e in kept:  # spans never overlap; if ever one did, it stays taken
+            if s < b and a < e:
+                self.mask[s:e] = b"\x01" * (e - s)
+
+
+def _release(found: dict[str, Found], taken: _Taken, a: int, b: int) -> None:
     """Forget the catalog mentions inside ``[a, b)`` (a longer name is there instead)."""
     for key, f in list(found.items()):
         kept = [m for m in f.mentions if not (a <= m.start and m.end <= b)]
@@ -750,7 +781,7 @@ def _release(found: dict[str, Found], taken: list[tuple[int, int]], a: int, b: i
             f.mentions = kept
             if not kept:
                 del found[key]
-    taken[:] = [(s, e) for s, e in taken if not (a <= s and e <= b)]
+    taken.release(a, b)
 
 
 # the words a Chinese company's short name may end with after its brand ("零跑汽车", "零跑科技")
