@@ -496,6 +496,8 @@ ROLES: tuple[tuple[str, str], ...] = (
     (r"支持单位", "supporter"),
 )
 _ROLE_PATTERNS = [(re.compile(p, re.IGNORECASE), role) for p, role in ROLES]
+# one of these is in every match of :data:`ROLES` (in a folded, so lower-case, text)
+_ROLE_WORDS = ("by", "under", "单位", "主办方", "承办方")
 _ZH_BY = re.compile(r"由([^。；;！!？?]*?)(联合主办|共同主办|主办|承办|协办|指导|支持|发起|牵头|发布)")
 _ZH_BY_ROLE = {"联合主办": "host", "共同主办": "host", "主办": "host", "承办": "organizer",
                "协办": "co-organizer", "指导": "guide", "支持": "supporter", "发起": "founder",
@@ -539,7 +541,7 @@ def roles(text: str, found: list[Found]) -> None:
         sentence = text[s_start:s_end]
         given: dict[int, str] = {}  # mention start → role
         marks: list[tuple[int, int, str]] = []
-        for pattern, role in _ROLE_PATTERNS:
+        for pattern, role in _ROLE_PATTERNS if any(w in sentence for w in _ROLE_WORDS) else ():
             for m in pattern.finditer(sentence):
                 a, b = m.start() + s_start, m.end() + s_start
                 if any(a < mb and ma < b for ma, mb, _ in marks):
