@@ -144,6 +144,7 @@ _EN_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’.&\-]*[A-Za-z0-9]|[A-Za-z0-9]|&
 # a head word as a word of its own (what any name the head-noun rule finds has)
 _EN_HEAD = re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(sorted(EN_HEADS, key=len, reverse=True))
                       + r")(?![A-Za-z0-9])")
+_EN_GAP = re.compile(r"[ \t]*|[ \t]*-[ \t]*")  # between two words of a name
 _EN_LEGAL_TAIL = re.compile(r"^,?\s*(Co\.,?\s*Ltd\.?|Ltd\.?|Inc\.?|Corp\.?|LLC|GmbH|AG|PLC|S\.A\.|Limited)")
 
 
@@ -161,9 +162,8 @@ def _english_candidates(text: str, start: int, end: int) -> Iterable[tuple[int, 
     runs: list[list[tuple[int, int, str]]] = []
     run: list[tuple[int, int, str]] = []
     for i, (s, e, w) in enumerate(words):
-        gap = text[run[-1][1]:s] if run else ""
         # a comma, a full stop or a line break between two words ends the run
-        joined = bool(run) and re.fullmatch(r"[ \t]*|[ \t]*-[ \t]*", gap) is not None
+        joined = bool(run) and _EN_GAP.fullmatch(text, run[-1][1], s) is not None
         if run and not joined:
             runs.append(run)
             run = []
