@@ -522,7 +522,7 @@ SIGNING = re.compile(
     r"\b(?:sign(?:s|ed|ing)?|inked|inks|ink)\b|签约|签署|签订|签下|签订了|签署了", re.IGNORECASE)
 
 
-def roles(text: str, found: list[Found]) -> None:
+def roles(text: str, found: list[Found], folded: str | None = None) -> None:
     """Set each organization's ``role`` where the text says it, sentence by sentence:
     the names after "hosted by", "organized by"…, listed after "主办单位："…, between
     "由" and "主办"…, or before "founded", "发起"…; in a sentence that reports a
@@ -533,7 +533,9 @@ def roles(text: str, found: list[Found]) -> None:
     if not spans:
         return
     starts = [a for a, _b, _f in spans]
-    text = fold(text)  # Traditional read as Simplified, offsets unchanged
+    # Traditional read as Simplified, offsets unchanged (``folded``: ``fold(text)``, when
+    # the caller has it already)
+    text = fold(text) if folded is None else folded
     for s_start, s_end in sentences(text):
         inside = spans[bisect_left(starts, s_start):bisect_left(starts, s_end)]
         if not inside:
@@ -616,10 +618,11 @@ def _key_of(name: str) -> str:
     return normalise(name) or fold(name)
 
 
-def find_organizations(text: str, gazetteer: Gazetteer) -> list[Found]:
+def find_organizations(text: str, gazetteer: Gazetteer, folded: str | None = None) -> list[Found]:
     """Every organization ``text`` names, in the order it first names them, each with every
-    mention (code points of ``text``) and its role where the text says. Never raises."""
-    folded = fold(text)
+    mention (code points of ``text``) and its role where the text says (``folded``:
+    ``fold(text)``, when the caller has it already). Never raises."""
+    folded = fold(text) if folded is None else folded
     taken = _Taken(len(text))
     found: dict[str, Found] = {}
     free = taken.free
@@ -706,7 +709,7 @@ def find_organizations(text: str, gazetteer: Gazetteer) -> list[Found]:
                 continue
             word = d.group(1).lower()
             heads = kinds.get(word, (word,))
-            before = [f for f in ordered for s in f.mentions if s.end <= d.start()
+            before = [f for f in ordered if any(s.end <= d.start() for s in f.mentions)
                       and _is_kind(f.name, heads)]
             if before:
                 target = max(before, key=lambda f: max(s.end for s in f.mentions if s.end <= d.start()))
@@ -723,7 +726,7 @@ def find_organizations(text: str, gazetteer: Gazetteer) -> list[Found]:
         named_officially = [n for n in named if fold(n) in official]
         if named_officially or named:
             f.name = (named_officially or [max(named, key=len)])[0]
-    roles(text, out)
+    roles(text, out, folded)
     return out
 
 

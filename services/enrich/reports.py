@@ -114,7 +114,7 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
     its size. Never raises."""
     text = doc.text
     folded = fold(text)
-    found = find_organizations(text, gazetteer)
+    found = find_organizations(text, gazetteer, folded)
     events: list[_Event] = []
     by_kind: dict[str, _Event] = {}
     signings: list[tuple[_Event, set[str]]] = []
