@@ -110,6 +110,7 @@ class _Entry:
     acronym: bool
     one_word: bool
     length: int
+    follow: tuple[str, ...] | None  # what must follow a name that is an ordinary word
 
 
 class Gazetteer:
@@ -132,7 +133,7 @@ class Gazetteer:
                 latin = not has_cjk(name)
                 acronym = latin and name.isupper() and len(name.replace(" ", "")) <= 5
                 entry = _Entry(org.id, name, acronym, latin and " " not in name.strip(),
-                               len(key))
+                               len(key), AMBIGUOUS_CJK.get(fold(name)))
                 keys.setdefault(key, []).append(entry)
         for key, entries in keys.items():
             self.automaton.add_word(key, (key, entries[0]))
@@ -152,7 +153,7 @@ class Gazetteer:
             if entry.one_word:
                 return written[:1].isupper()
             return True
-        follow = AMBIGUOUS_CJK.get(fold(entry.name))
+        follow = entry.follow
         if follow is not None:
             after = fold(text[end:end + 4])
             return after.startswith(follow)
@@ -177,7 +178,9 @@ def _longest(hits: list[Hit]) -> Iterator[Hit]:
     """The hits that no longer hit overlaps, in text order (the longer wins; at equal
     length the earlier)."""
     taken: list[Hit] = []
+    mask = bytearray(max((h.end for h in hits), default=0))  # the code points taken
     for hit in sorted(hits, key=lambda h: (-(h.end - h.start), h.start)):
-        if all(hit.end <= t.start or hit.start >= t.end for t in taken):
+        if mask.find(1, hit.start, hit.end) < 0:
             taken.append(hit)
+            mask[hit.start:hit.end] = b"\x01" * (hit.end - hit.start)
     yield from sorted(taken, key=lambda h: h.start)
