@@ -42,6 +42,7 @@ TRIGGERS: tuple[tuple[str, str], ...] = (
     ("forum", r"\bforums?\b|论坛"),
 )
 _TRIGGERS = [(kind, re.compile(p, re.IGNORECASE)) for kind, p in TRIGGERS]
+_SPACES = re.compile(r"\s+")
 # a CJK ideograph (the ranges of :func:`~services.enrich.resolve.has_cjk`)
 _CJK_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
@@ -78,7 +79,7 @@ class Report:
 
 
 def _clip(text: str, limit: int) -> str:
-    text = re.sub(r"\s+", " ", text).strip()
+    text = _SPACES.sub(" ", text).strip()
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
