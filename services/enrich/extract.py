@@ -361,6 +361,8 @@ _EN_NEW_BODY = re.compile(
     rf"(?:called\s+|named\s+)?({_CAP})")
 _ZH_NEW_BODY = re.compile(
     r"(?:成立|设立|组建|创立|创办)(?:了|一家|一个)?(?:合资公司|合资企业|子公司|新公司)([\u3400-\u9fffA-Za-z0-9·]{2,12})(?=[，,。；;、（(])")
+_EN_LIST_ITEM = re.compile(rf"(?:the\s+)?({_CAP})")
+_ZH_LIST_SEP = re.compile(r"[、,，和及与]")
 _MONTHS = frozenset("""January February March April May June July August September October
 November December Monday Tuesday Wednesday Thursday Friday Saturday Sunday""".split())
 _ZH_RUN = r"[\u3400-\u9fffA-Za-z0-9·]{2,30}?"
@@ -380,7 +382,7 @@ def _en_slot_names(sentence: str, offset: int) -> Iterable[tuple[int, int]]:
         yield from _en_name_at(sentence, m.start(1), m.end(1), offset)
     for pattern in (_EN_BY_LIST, _EN_MEMBERS):
         for m in pattern.finditer(sentence):
-            for item in re.finditer(rf"(?:the\s+)?({_CAP})", m.group(1)):
+            for item in _EN_LIST_ITEM.finditer(m.group(1)):
                 yield from _en_name_at(sentence, m.start(1) + item.start(1),
                                        m.start(1) + item.end(1), offset)
 
@@ -414,7 +416,7 @@ def _zh_slot_names(folded: str, start: int, end: int) -> Iterable[tuple[int, int
         yield start + m.start(1), start + m.end(1)
     for m in _ZH_MEMBERS.finditer(sentence):
         pos = m.start(1)
-        for item in re.split(r"[、,，和及与]", m.group(1)):
+        for item in _ZH_LIST_SEP.split(m.group(1)):
             if 2 <= len(item.strip()) <= 30:
                 i = sentence.index(item, pos)
                 yield start + i, start + i + len(item)
@@ -573,7 +575,7 @@ def roles(text: str, found: list[Found], folded: str | None = None) -> None:
             verb = _ZH_SUBJECT_VERB.search(clause) or _EN_SUBJECT_VERB.search(clause)
             if verb is None or SIGNING.search(clause[:verb.start()]):
                 continue
-            word = re.sub(r"\s+", " ", verb.group().lower()).replace("jointly ", "")
+            word = _SPACES.sub(" ", verb.group().lower()).replace("jointly ", "")
             said = _ZH_SUBJECT_ROLE.get(verb.group()) or _EN_SUBJECT_ROLE.get(word)
             # passive English ("was established") names no subject before the verb
             passive = _PASSIVE.search(clause, 0, verb.start())
@@ -597,6 +599,7 @@ def roles(text: str, found: list[Found], folded: str | None = None) -> None:
                     f.role = given[ma]
 
 
+_SPACES = re.compile(r"\s+")
 _PASSIVE = re.compile(r"\b(?:was|were|is|are|been|be)\s+(?:\w+\s+)?$")
 _CLAUSE_END = re.compile(r"[，,；;：:]")
 
@@ -838,6 +841,10 @@ _ZH_REGISTERED_IN = ("北京", "上海", "天津", "重庆", "浙江", "江苏",
                      "宁夏", "青海", "新疆", "西藏", "内蒙古", "苏州", "南京", "武汉", "成都", "合肥")
 
 
+_EN_LEGAL_END = re.compile(
+    r",?\s+(Co\.,?\s*Ltd\.?|Ltd\.?|Inc\.?|Corp\.?|Corporation|Limited|LLC|GmbH|AG|PLC)$")
+
+
 def _without_legal_suffix(name: str) -> str | None:
     """A company's name without its legal form, when what is left still names it:
     ``Pony.ai Inc.`` → ``Pony.ai``, ``宁德时代新能源科技股份有限公司`` →
@@ -853,7 +860,7 @@ def _without_legal_suffix(name: str) -> str | None:
                     core = core[len(place):]
                 return core
         return None
-    m = re.search(r",?\s+(Co\.,?\s*Ltd\.?|Ltd\.?|Inc\.?|Corp\.?|Corporation|Limited|LLC|GmbH|AG|PLC)$", name)
+    m = _EN_LEGAL_END.search(name)
     if m and len(name[:m.start()]) >= 3 and not is_generic(_key_of(name[:m.start()])):
         return name[:m.start()]
     return None
