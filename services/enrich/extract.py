@@ -37,7 +37,7 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from services.enrich.gazetteer import Gazetteer, fold
+from services.enrich.gazetteer import Gazetteer, fold, unfolded_case
 from services.enrich.resolve import has_cjk, is_generic, normalise
 
 __all__ = [
@@ -498,6 +498,8 @@ ROLES: tuple[tuple[str, str], ...] = (
     (r"支持单位", "supporter"),
 )
 _ROLE_PATTERNS = [(re.compile(p, re.IGNORECASE), role) for p, role in ROLES]
+# the same without IGNORECASE, for a folded text (see :func:`gazetteer.unfolded_case`)
+_FOLDED_ROLE_PATTERNS = [(re.compile(p), role) for p, role in ROLES]
 # one of these is in every match of :data:`ROLES` (in a folded, so lower-case, text)
 _ROLE_WORDS = ("by", "under", "单位", "主办方", "承办方")
 _ZH_BY = re.compile(r"由([^。；;！!？?]*?)(联合主办|共同主办|主办|承办|协办|指导|支持|发起|牵头|发布)")
@@ -538,6 +540,7 @@ def roles(text: str, found: list[Found], folded: str | None = None) -> None:
     # Traditional read as Simplified, offsets unchanged (``folded``: ``fold(text)``, when
     # the caller has it already)
     text = fold(text) if folded is None else folded
+    role_patterns = _ROLE_PATTERNS if unfolded_case(text) else _FOLDED_ROLE_PATTERNS
     for s_start, s_end in sentences(text):
         inside = spans[bisect_left(starts, s_start):bisect_left(starts, s_end)]
         if not inside:
@@ -545,7 +548,7 @@ def roles(text: str, found: list[Found], folded: str | None = None) -> None:
         sentence = text[s_start:s_end]
         given: dict[int, str] = {}  # mention start → role
         marks: list[tuple[int, int, str]] = []
-        for pattern, role in _ROLE_PATTERNS if any(w in sentence for w in _ROLE_WORDS) else ():
+        for pattern, role in role_patterns if any(w in sentence for w in _ROLE_WORDS) else ():
             for m in pattern.finditer(sentence):
                 a, b = m.start() + s_start, m.end() + s_start
                 if any(a < mb and ma < b for ma, mb, _ in marks):

@@ -32,7 +32,7 @@ import ahocorasick
 from services.enrich.resolve import has_cjk, to_simplified
 from shared.organizations import Organization, OrganizationKind
 
-__all__ = ["AMBIGUOUS_CJK", "Gazetteer", "Hit", "fold", "fold_char"]
+__all__ = ["AMBIGUOUS_CJK", "Gazetteer", "Hit", "fold", "fold_char", "unfolded_case"]
 
 # Chinese names of catalog organizations that are ordinary words, and what must follow
 # them for them to name the organization
@@ -86,6 +86,14 @@ def fold(text: str) -> str:
     if text.isascii():
         return text.lower()
     return text.translate(_FOLD_TABLE)
+
+
+def unfolded_case(folded: str) -> bool:
+    """Whether a folded text has a letter that a case-insensitive pattern matches to an
+    ASCII letter other than itself: "ı" and "İ" (both read as "i"), which folding leaves
+    as they are. Without one, a pattern of lower-case letters finds the same in the
+    folded text with IGNORECASE as without it (checked over every code point)."""
+    return "ı" in folded or "İ" in folded
 
 
 def _latin_word(ch: str) -> bool:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.enrich.extract import SIGNING, Found, find_organizations, sentences
-from services.enrich.gazetteer import Gazetteer, fold
+from services.enrich.gazetteer import Gazetteer, fold, unfolded_case
 from shared.documents import Document
 from shared.events import AGREEMENT, ANNOUNCEMENT, LIMITS
 
@@ -42,6 +42,9 @@ TRIGGERS: tuple[tuple[str, str], ...] = (
     ("forum", r"\bforums?\b|论坛"),
 )
 _TRIGGERS = [(kind, re.compile(p, re.IGNORECASE)) for kind, p in TRIGGERS]
+# the same without IGNORECASE, twice as fast, for a folded text (lower case already) that
+# has none of the letters IGNORECASE reads as "i" and folding leaves as they are
+_FOLDED_TRIGGERS = [(kind, re.compile(p)) for kind, p in TRIGGERS]
 _SPACES = re.compile(r"\s+")
 # a CJK ideograph (the ranges of :func:`~services.enrich.resolve.has_cjk`)
 _CJK_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -119,9 +122,10 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
     events: list[_Event] = []
     by_kind: dict[str, _Event] = {}
     signings: list[tuple[_Event, set[str]]] = []
+    triggers = _TRIGGERS if unfolded_case(folded) else _FOLDED_TRIGGERS
     for s, e in sentences(text):
         sentence = folded[s:e]
-        for kind, pattern in _TRIGGERS:
+        for kind, pattern in triggers:
             if not pattern.search(sentence):
                 continue
             if kind == "agreement":
