@@ -524,6 +524,10 @@ _CREATES = re.compile(
     r"establish(?:es|ed|ing)?|creat(?:e|es|ed|ing)|launch(?:es|ed|ing)?)\b", re.IGNORECASE)
 SIGNING = re.compile(
     r"\b(?:sign(?:s|ed|ing)?|inked|inks|ink)\b|签约|签署|签订|签下|签订了|签署了", re.IGNORECASE)
+# the same without IGNORECASE, for a folded text (see :func:`gazetteer.unfolded_case`)
+_FOLDED_SIGNING = re.compile(SIGNING.pattern)
+_FOLDED_CREATES = re.compile(_CREATES.pattern)
+_FOLDED_SUBJECT_VERB = re.compile(_EN_SUBJECT_VERB.pattern)
 
 
 def roles(text: str, found: list[Found], folded: str | None = None) -> None:
@@ -541,6 +545,9 @@ def roles(text: str, found: list[Found], folded: str | None = None) -> None:
     # the caller has it already)
     text = fold(text) if folded is None else folded
     role_patterns = _ROLE_PATTERNS if unfolded_case(text) else _FOLDED_ROLE_PATTERNS
+    subject_verb, signing_re, creates = (
+        (_EN_SUBJECT_VERB, SIGNING, _CREATES) if unfolded_case(text)
+        else (_FOLDED_SUBJECT_VERB, _FOLDED_SIGNING, _FOLDED_CREATES))
     for s_start, s_end in sentences(text):
         inside = spans[bisect_left(starts, s_start):bisect_left(starts, s_end)]
         if not inside:
@@ -575,8 +582,8 @@ def roles(text: str, found: list[Found], folded: str | None = None) -> None:
                     c_start <= a < c_end for a, _b, _r in marks):
                 continue
             clause = text[c_start:c_end]
-            verb = _ZH_SUBJECT_VERB.search(clause) or _EN_SUBJECT_VERB.search(clause)
-            if verb is None or SIGNING.search(clause[:verb.start()]):
+            verb = _ZH_SUBJECT_VERB.search(clause) or subject_verb.search(clause)
+            if verb is None or signing_re.search(clause[:verb.start()]):
                 continue
             word = _SPACES.sub(" ", verb.group().lower()).replace("jointly ", "")
             said = _ZH_SUBJECT_ROLE.get(verb.group()) or _EN_SUBJECT_ROLE.get(word)
@@ -587,11 +594,11 @@ def roles(text: str, found: list[Found], folded: str | None = None) -> None:
             for ma, _mb, _f in inside:
                 if c_start <= ma < verb.start() + c_start:
                     given.setdefault(ma, said)
-        signing = SIGNING.search(sentence)
+        signing = signing_re.search(sentence)
         if signing is not None:
             # "signed … to form a joint venture, X": what the signing sets up is no party
             # of it, but the venture it creates
-            created = _CREATES.search(sentence, signing.end())
+            created = creates.search(sentence, signing.end())
             until = s_start + created.start() if created is not None else s_end
             for ma, _mb, _f in inside:
                 given.setdefault(ma, "party" if ma < until else "venture")
@@ -656,12 +663,13 @@ def find_organizations(text: str, gazetteer: Gazetteer, folded: str | None = Non
     # 2. the rules, where the catalog found nothing
     candidates: list[tuple[int, int]] = []
     cut = sentences(text)
+    signing_re = SIGNING if unfolded_case(folded) else _FOLDED_SIGNING
     for s_start, s_end in cut:
         candidates.extend(_english_candidates(text, s_start, s_end))
         candidates.extend(_chinese_candidates(folded, s_start, s_end))
     # names in an actor's place, where neither the catalog nor a suffix found one
     for s_start, s_end in cut:
-        if SIGNING.search(folded[s_start:s_end]) or _EN_BY_LIST.search(text[s_start:s_end]) \
+        if signing_re.search(folded[s_start:s_end]) or _EN_BY_LIST.search(text[s_start:s_end]) \
                 or _EN_MEMBERS.search(text[s_start:s_end]) or _EN_NEW_BODY.search(text[s_start:s_end]):
             candidates.extend(_en_slot_names(text[s_start:s_end], s_start))
         candidates.extend(_zh_slot_names(folded, s_start, s_end))
