@@ -123,7 +123,8 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
     by_kind: dict[str, _Event] = {}
     signings: list[tuple[_Event, set[str]]] = []
     triggers = _TRIGGERS if unfolded_case(folded) else _FOLDED_TRIGGERS
-    for s, e in sentences(text):
+    cut = sentences(text)
+    for s, e in cut:
         sentence = folded[s:e]
         for kind, pattern in triggers:
             if not pattern.search(sentence):
@@ -166,9 +167,16 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
     if first_announcement is None and any(f.key not in placed for f in found):
         first_announcement = _Event("other", [])
         events.append(first_announcement)
+    # the sentences each organization is named in, by their rank
+    starts = [s for s, _ in cut]
+    rank = {span: i for i, span in enumerate(cut)}
+    named_in = [{i for m in f.mentions
+                 if (i := bisect_right(starts, m.start) - 1) >= 0 and m.start < cut[i][1]}
+                for f in found]
     for n, ev in enumerate(events, 1):
         told = _Within(ev.sentences)
-        where = [f for f in found if any(m.start in told for m in f.mentions)]
+        ranks = {rank[span] for span in ev.sentences}
+        where = [f for f, named in zip(found, named_in, strict=True) if not named.isdisjoint(ranks)]
         said = " ".join(text[s:e].strip() for s, e in ev.sentences)
         if ev.kind == "agreement":
             data: dict[str, Any] = {
