@@ -708,9 +708,10 @@ def find_organizations(text: str, gazetteer: Gazetteer, folded: str | None = Non
             _all_of(text, folded, core, f, add, free)
             # the short form found on its own first ("长安汽车与华为签署" in a headline, then
             # "重庆长安汽车股份有限公司"): one company, not two
+            folded_core = fold(core)
             for g in list(found.values()):
                 if g is f or f.key not in found or (f.org_id and g.org_id) \
-                        or not _same_company(core, g.name):
+                        or not _same_company(core, g.name, folded_core):
                     continue
                 keep, drop = (g, f) if g.org_id else (f, g)  # the catalog's record stays
                 keep.mentions.extend(drop.mentions)
@@ -807,14 +808,15 @@ def _release(found: dict[str, Found], taken: _Taken, a: int, b: int) -> None:
 _ZH_TRADE = ("汽车", "科技", "集团", "控股", "股份", "电子", "网络", "动力", "能源", "智能", "")
 
 
-def _same_company(core: str, other: str) -> bool:
+def _same_company(core: str, other: str, folded_core: str | None = None) -> bool:
     """Whether ``other`` is a short form of the company whose name without its legal form
     is ``core``: the same, or the same brand (its first two characters, not a place) with
-    another trade word ("浙江零跑科技股份有限公司": "零跑科技", "零跑汽车")."""
-    a, b = fold(core), fold(other)
+    another trade word ("浙江零跑科技股份有限公司": "零跑科技", "零跑汽车")
+    (``folded_core``: ``fold(core)``, when the caller has it already)."""
+    a, b = fold(core) if folded_core is None else folded_core, fold(other)
     if a == b:
         return True
-    if not (has_cjk(a) and has_cjk(b)) or len(a) < 4 or len(b) < 3:
+    if len(a) < 4 or len(b) < 3 or not b.startswith(a[:2]) or not (has_cjk(a) and has_cjk(b)):
         return False
     brand = a[:2]
     if brand in _ZH_REGISTERED_IN or brand in ("中国", "中华", "国家", "全国"):
