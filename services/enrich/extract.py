@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import logging
 import re
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from services.enrich.gazetteer import Gazetteer, fold
+from services.enrich.gazetteer import Gazetteer, fold, unfolded_case
 from services.enrich.resolve import has_cjk, is_generic, normalise
 
 __all__ = [
@@ -82,7 +83,7 @@ class Found:
 
 # --- sentences ---------------------------------------------------------------------
 
-_SENTENCE_END = re.compile(r"(?<=[。！？!?；;])|(?<=[.])(?=\s+[A-Z\"“(\u4e00-\u9fff])|\n+")
+_SENTENCE_END = re.compile(r"[。！？!?；;]|\.(?=\s+[A-Z\"“(\u4e00-\u9fff])|\n+")
 
 
 def sentences(text: str) -> list[tuple[int, int]]:
@@ -90,7 +91,7 @@ def sentences(text: str) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     start = 0
     for m in _SENTENCE_END.finditer(text):
-        end = m.start() if m.group().startswith("\n") else m.end()
+        end = m.start() if m.group()[0] == "\n" else m.end()
         if text[start:end].strip():
             out.append((start, end))
         start = m.end()
@@ -140,6 +141,10 @@ its their our his her chinese china's shanghai's beijing's""".split())
 _LEGAL = ("Co., Ltd.", "Co. Ltd.", "Co., Ltd", "Co.,Ltd.", "Ltd.", "Inc.", "Corp.",
           "Limited", "Ltd", "Inc", "LLC", "GmbH", "AG", "PLC", "S.A.", "SE")
 _EN_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’.&\-]*[A-Za-z0-9]|[A-Za-z0-9]|&")
+# a head word as a word of its own (what any name the head-noun rule finds has)
+_EN_HEAD = re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(sorted(EN_HEADS, key=len, reverse=True))
+                      + r")(?![A-Za-z0-9])")
+_EN_GAP = re.compile(r"[ \t]*|[ \t]*-[ \t]*")  # between two words of a name
 _EN_LEGAL_TAIL = re.compile(r"^,?\s*(Co\.,?\s*Ltd\.?|Ltd\.?|Inc\.?|Corp\.?|LLC|GmbH|AG|PLC|S\.A\.|Limited)")
 
 
@@ -149,16 +154,16 @@ def _capitalised(word: str) -> bool:
 
 def _english_candidates(text: str, start: int, end: int) -> Iterable[tuple[int, int]]:
     """Spans of English organization names in ``text[start:end]`` by the head-noun rule."""
-    words = [(m.start(), m.end(), m.group())
-             for m in _EN_WORD.finditer(text, start, end) if not has_cjk(m.group())]
+    if _EN_HEAD.search(text, start, end) is None:
+        return  # no head word, no name (most sentences, and every Chinese one)
+    words = [(m.start(), m.end(), m.group()) for m in _EN_WORD.finditer(text, start, end)]
     words = [(s, e, w.rstrip(".") if w.endswith(".") and w not in ("Co.", "Inc.", "Ltd.") else w)
              for s, e, w in words]
     runs: list[list[tuple[int, int, str]]] = []
     run: list[tuple[int, int, str]] = []
     for i, (s, e, w) in enumerate(words):
-        gap = text[run[-1][1]:s] if run else ""
         # a comma, a full stop or a line break between two words ends the run
-        joined = bool(run) and re.fullmatch(r"[ \t]*|[ \t]*-[ \t]*", gap) is not None
+        joined = bool(run) and _EN_GAP.fullmatch(text, run[-1][1], s) is not None
         if run and not joined:
             runs.append(run)
             run = []
@@ -242,6 +247,7 @@ _ZH_GENERIC_PREFIX = ("该", "本", "这", "此", "各", "其", "多家", "相�
 _ZH_BAD_START = ("的", "和", "与", "及", "、", "在", "于", "由", "等", "是", "将", "已", "为")
 _ZH_NAME_VN = ("研究", "发展", "改革", "创新", "管理", "服务", "投资", "控股", "建设", "交流",
                "发展和改革", "信息化", "仿真", "指挥", "控制", "制造", "通信", "出版", "运营", "科技")
+_ZH_SUFFIX = re.compile("|".join(map(re.escape, ZH_SUFFIXES)))
 _CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff（）()A-Za-z0-9·]+")
 
 _jieba_ready = False
@@ -251,7 +257,10 @@ _ZH_WORDS = ("元宇宙", "智能网联", "新能源", "数字人", "算力", "�
 
 def _pseg(text: str) -> list[tuple[str, str]]:
     """jieba's words with parts of speech (loaded on first use; its dictionary is
-    shipped in the wheel)."""
+    shipped in the wheel). The dictionary's words only, without jieba's hidden Markov
+    model for words it lacks: that model was most of the time of reading a Chinese text,
+    and it glues a name to the words around it ("小鹏汽车和赛力斯集团" as one) as often as
+    it finds one; a character the dictionary lacks stays a word of its own."""
     global _jieba_ready
     import jieba
     import jieba.posseg
@@ -263,7 +272,7 @@ def _pseg(text: str) -> list[tuple[str, str]]:
         for word in _ZH_WORDS:
             jieba.add_word(word, freq=2000, tag="n")
         _jieba_ready = True
-    return [(w.word, w.flag) for w in jieba.posseg.cut(text, HMM=True)]
+    return [(w.word, w.flag) for w in jieba.posseg.cut(text, HMM=False)]
 
 
 def warm_up() -> None:
@@ -274,8 +283,10 @@ def warm_up() -> None:
 def _chinese_candidates(folded: str, start: int, end: int) -> Iterable[tuple[int, int]]:
     """Spans of Chinese organization names in ``folded[start:end]`` (Simplified) by the
     suffix rule: the words before a suffix, back to the first that cannot be in a name."""
+    if _ZH_SUFFIX.search(folded, start, end) is None:
+        return  # no suffix, no name
     for run in _CJK_RUN.finditer(folded, start, end):
-        if not any(s in run.group() for s in ZH_SUFFIXES):
+        if _ZH_SUFFIX.search(run.group()) is None:
             continue
         words = _pseg(run.group())
         offsets = []
@@ -284,13 +295,12 @@ def _chinese_candidates(folded: str, start: int, end: int) -> Iterable[tuple[int
             offsets.append((pos, pos + len(w), w, flag))
             pos += len(w)
         for i, (_, e, w, _flag) in enumerate(offsets):
-            suffix = next((s for s in ZH_SUFFIXES if w.endswith(s)), None)
-            if suffix is None:
+            if not w.endswith(ZH_SUFFIXES):
                 continue
+            suffix = next(s for s in ZH_SUFFIXES if w.endswith(s))
             # a longer suffix ahead ("有限" + "公司"): the name ends there
-            if i + 1 < len(offsets) and any(
-                    (w + offsets[i + 1][2]).endswith(s) and len(s) > len(suffix)
-                    for s in ZH_SUFFIXES):
+            if i + 1 < len(offsets) and (joined := w + offsets[i + 1][2]).endswith(ZH_SUFFIXES) \
+                    and len(next(s for s in ZH_SUFFIXES if joined.endswith(s))) > len(suffix):
                 continue
             j = i
             while j > 0:
@@ -351,6 +361,8 @@ _EN_NEW_BODY = re.compile(
     rf"(?:called\s+|named\s+)?({_CAP})")
 _ZH_NEW_BODY = re.compile(
     r"(?:成立|设立|组建|创立|创办)(?:了|一家|一个)?(?:合资公司|合资企业|子公司|新公司)([\u3400-\u9fffA-Za-z0-9·]{2,12})(?=[，,。；;、（(])")
+_EN_LIST_ITEM = re.compile(rf"(?:the\s+)?({_CAP})")
+_ZH_LIST_SEP = re.compile(r"[、,，和及与]")
 _MONTHS = frozenset("""January February March April May June July August September October
 November December Monday Tuesday Wednesday Thursday Friday Saturday Sunday""".split())
 _ZH_RUN = r"[\u3400-\u9fffA-Za-z0-9·]{2,30}?"
@@ -370,7 +382,7 @@ def _en_slot_names(sentence: str, offset: int) -> Iterable[tuple[int, int]]:
         yield from _en_name_at(sentence, m.start(1), m.end(1), offset)
     for pattern in (_EN_BY_LIST, _EN_MEMBERS):
         for m in pattern.finditer(sentence):
-            for item in re.finditer(rf"(?:the\s+)?({_CAP})", m.group(1)):
+            for item in _EN_LIST_ITEM.finditer(m.group(1)):
                 yield from _en_name_at(sentence, m.start(1) + item.start(1),
                                        m.start(1) + item.end(1), offset)
 
@@ -404,7 +416,7 @@ def _zh_slot_names(folded: str, start: int, end: int) -> Iterable[tuple[int, int
         yield start + m.start(1), start + m.end(1)
     for m in _ZH_MEMBERS.finditer(sentence):
         pos = m.start(1)
-        for item in re.split(r"[、,，和及与]", m.group(1)):
+        for item in _ZH_LIST_SEP.split(m.group(1)):
             if 2 <= len(item.strip()) <= 30:
                 i = sentence.index(item, pos)
                 yield start + i, start + i + len(item)
@@ -486,6 +498,10 @@ ROLES: tuple[tuple[str, str], ...] = (
     (r"支持单位", "supporter"),
 )
 _ROLE_PATTERNS = [(re.compile(p, re.IGNORECASE), role) for p, role in ROLES]
+# the same without IGNORECASE, for a folded text (see :func:`gazetteer.unfolded_case`)
+_FOLDED_ROLE_PATTERNS = [(re.compile(p), role) for p, role in ROLES]
+# one of these is in every match of :data:`ROLES` (in a folded, so lower-case, text)
+_ROLE_WORDS = ("by", "under", "单位", "主办方", "承办方")
 _ZH_BY = re.compile(r"由([^。；;！!？?]*?)(联合主办|共同主办|主办|承办|协办|指导|支持|发起|牵头|发布)")
 _ZH_BY_ROLE = {"联合主办": "host", "共同主办": "host", "主办": "host", "承办": "organizer",
                "协办": "co-organizer", "指导": "guide", "支持": "supporter", "发起": "founder",
@@ -508,9 +524,13 @@ _CREATES = re.compile(
     r"establish(?:es|ed|ing)?|creat(?:e|es|ed|ing)|launch(?:es|ed|ing)?)\b", re.IGNORECASE)
 SIGNING = re.compile(
     r"\b(?:sign(?:s|ed|ing)?|inked|inks|ink)\b|签约|签署|签订|签下|签订了|签署了", re.IGNORECASE)
+# the same without IGNORECASE, for a folded text (see :func:`gazetteer.unfolded_case`)
+_FOLDED_SIGNING = re.compile(SIGNING.pattern)
+_FOLDED_CREATES = re.compile(_CREATES.pattern)
+_FOLDED_SUBJECT_VERB = re.compile(_EN_SUBJECT_VERB.pattern)
 
 
-def roles(text: str, found: list[Found]) -> None:
+def roles(text: str, found: list[Found], folded: str | None = None) -> None:
     """Set each organization's ``role`` where the text says it, sentence by sentence:
     the names after "hosted by", "organized by"…, listed after "主办单位："…, between
     "由" and "主办"…, or before "founded", "发起"…; in a sentence that reports a
@@ -518,15 +538,24 @@ def roles(text: str, found: list[Found]) -> None:
     gives an organization is kept."""
     spans = sorted(((m.start, m.end, f) for f in found for m in f.mentions),
                    key=lambda t: t[0])
-    text = fold(text)  # Traditional read as Simplified, offsets unchanged
+    if not spans:
+        return
+    starts = [a for a, _b, _f in spans]
+    # Traditional read as Simplified, offsets unchanged (``folded``: ``fold(text)``, when
+    # the caller has it already)
+    text = fold(text) if folded is None else folded
+    role_patterns = _ROLE_PATTERNS if unfolded_case(text) else _FOLDED_ROLE_PATTERNS
+    subject_verb, signing_re, creates = (
+        (_EN_SUBJECT_VERB, SIGNING, _CREATES) if unfolded_case(text)
+        else (_FOLDED_SUBJECT_VERB, _FOLDED_SIGNING, _FOLDED_CREATES))
     for s_start, s_end in sentences(text):
-        sentence = text[s_start:s_end]
-        inside = [(a, b, f) for a, b, f in spans if s_start <= a < s_end]
+        inside = spans[bisect_left(starts, s_start):bisect_left(starts, s_end)]
         if not inside:
             continue
+        sentence = text[s_start:s_end]
         given: dict[int, str] = {}  # mention start → role
         marks: list[tuple[int, int, str]] = []
-        for pattern, role in _ROLE_PATTERNS:
+        for pattern, role in role_patterns if any(w in sentence for w in _ROLE_WORDS) else ():
             for m in pattern.finditer(sentence):
                 a, b = m.start() + s_start, m.end() + s_start
                 if any(a < mb and ma < b for ma, mb, _ in marks):
@@ -547,28 +576,29 @@ def roles(text: str, found: list[Found]) -> None:
                     given.setdefault(ma, role)
         # subject and verb, clause by clause: "A、B联合发起", "X released a whitepaper"
         for c_start, c_end in _clauses(sentence, s_start):
+            if not any(c_start <= ma < c_end for ma, _mb, _f in inside):
+                continue  # no one named here to give a role to
             if any(a < c_end and c_start < b for a, b in by_spans) or any(
                     c_start <= a < c_end for a, _b, _r in marks):
                 continue
             clause = text[c_start:c_end]
-            verb = _ZH_SUBJECT_VERB.search(clause) or _EN_SUBJECT_VERB.search(clause)
-            if verb is None or SIGNING.search(clause[:verb.start()]):
+            verb = _ZH_SUBJECT_VERB.search(clause) or subject_verb.search(clause)
+            if verb is None or signing_re.search(clause[:verb.start()]):
                 continue
-            word = re.sub(r"\s+", " ", verb.group().lower()).replace("jointly ", "")
+            word = _SPACES.sub(" ", verb.group().lower()).replace("jointly ", "")
             said = _ZH_SUBJECT_ROLE.get(verb.group()) or _EN_SUBJECT_ROLE.get(word)
             # passive English ("was established") names no subject before the verb
-            passive = re.search(r"\b(?:was|were|is|are|been|be)\s+(?:\w+\s+)?$",
-                                clause[:verb.start()])
+            passive = _PASSIVE.search(clause, 0, verb.start())
             if said is None or passive:
                 continue
             for ma, _mb, _f in inside:
                 if c_start <= ma < verb.start() + c_start:
                     given.setdefault(ma, said)
-        signing = SIGNING.search(sentence)
+        signing = signing_re.search(sentence)
         if signing is not None:
             # "signed … to form a joint venture, X": what the signing sets up is no party
             # of it, but the venture it creates
-            created = _CREATES.search(sentence, signing.end())
+            created = creates.search(sentence, signing.end())
             until = s_start + created.start() if created is not None else s_end
             for ma, _mb, _f in inside:
                 given.setdefault(ma, "party" if ma < until else "venture")
@@ -579,6 +609,8 @@ def roles(text: str, found: list[Found]) -> None:
                     f.role = given[ma]
 
 
+_SPACES = re.compile(r"\s+")
+_PASSIVE = re.compile(r"\b(?:was|were|is|are|been|be)\s+(?:\w+\s+)?$")
 _CLAUSE_END = re.compile(r"[，,；;：:]")
 
 
@@ -599,15 +631,14 @@ def _key_of(name: str) -> str:
     return normalise(name) or fold(name)
 
 
-def find_organizations(text: str, gazetteer: Gazetteer) -> list[Found]:
+def find_organizations(text: str, gazetteer: Gazetteer, folded: str | None = None) -> list[Found]:
     """Every organization ``text`` names, in the order it first names them, each with every
-    mention (code points of ``text``) and its role where the text says. Never raises."""
-    folded = fold(text)
-    taken: list[tuple[int, int]] = []
+    mention (code points of ``text``) and its role where the text says (``folded``:
+    ``fold(text)``, when the caller has it already). Never raises."""
+    folded = fold(text) if folded is None else folded
+    taken = _Taken(len(text))
     found: dict[str, Found] = {}
-
-    def free(a: int, b: int) -> bool:
-        return all(b <= s or a >= e for s, e in taken)
+    free = taken.free
 
     def add(a: int, b: int, key: str, name: str, org_id: str | None = None) -> Found:
         f = found.get(key)
@@ -631,12 +662,14 @@ def find_organizations(text: str, gazetteer: Gazetteer) -> list[Found]:
         add(hit.start, hit.end, "id:" + hit.org_id, written, hit.org_id)
     # 2. the rules, where the catalog found nothing
     candidates: list[tuple[int, int]] = []
-    for s_start, s_end in sentences(text):
+    cut = sentences(text)
+    signing_re = SIGNING if unfolded_case(folded) else _FOLDED_SIGNING
+    for s_start, s_end in cut:
         candidates.extend(_english_candidates(text, s_start, s_end))
         candidates.extend(_chinese_candidates(folded, s_start, s_end))
     # names in an actor's place, where neither the catalog nor a suffix found one
-    for s_start, s_end in sentences(text):
-        if SIGNING.search(folded[s_start:s_end]) or _EN_BY_LIST.search(text[s_start:s_end]) \
+    for s_start, s_end in cut:
+        if signing_re.search(folded[s_start:s_end]) or _EN_BY_LIST.search(text[s_start:s_end]) \
                 or _EN_MEMBERS.search(text[s_start:s_end]) or _EN_NEW_BODY.search(text[s_start:s_end]):
             candidates.extend(_en_slot_names(text[s_start:s_end], s_start))
         candidates.extend(_zh_slot_names(folded, s_start, s_end))
@@ -675,9 +708,10 @@ def find_organizations(text: str, gazetteer: Gazetteer) -> list[Found]:
             _all_of(text, folded, core, f, add, free)
             # the short form found on its own first ("长安汽车与华为签署" in a headline, then
             # "重庆长安汽车股份有限公司"): one company, not two
+            folded_core = fold(core)
             for g in list(found.values()):
                 if g is f or f.key not in found or (f.org_id and g.org_id) \
-                        or not _same_company(core, g.name):
+                        or not _same_company(core, g.name, folded_core):
                     continue
                 keep, drop = (g, f) if g.org_id else (f, g)  # the catalog's record stays
                 keep.mentions.extend(drop.mentions)
@@ -690,7 +724,7 @@ def find_organizations(text: str, gazetteer: Gazetteer) -> list[Found]:
                 continue
             word = d.group(1).lower()
             heads = kinds.get(word, (word,))
-            before = [f for f in ordered for s in f.mentions if s.end <= d.start()
+            before = [f for f in ordered if any(s.end <= d.start() for s in f.mentions)
                       and _is_kind(f.name, heads)]
             if before:
                 target = max(before, key=lambda f: max(s.end for s in f.mentions if s.end <= d.start()))
@@ -707,7 +741,7 @@ def find_organizations(text: str, gazetteer: Gazetteer) -> list[Found]:
         named_officially = [n for n in named if fold(n) in official]
         if named_officially or named:
             f.name = (named_officially or [max(named, key=len)])[0]
-    roles(text, out)
+    roles(text, out, folded)
     return out
 
 
@@ -726,7 +760,40 @@ def _named_after(name: str, inside: list[tuple[Found, Span]]) -> bool:
         _head_of(f.name) not in _NAMED_AFTER_HEADS for f, _ in inside)
 
 
-def _release(found: dict[str, Found], taken: list[tuple[int, int]], a: int, b: int) -> None:
+class _Taken:
+    """The spans of a text already taken (a mention, a place), which never overlap, and a
+    mask of their code points, so that whether a span is free is one search."""
+
+    __slots__ = ("mask", "spans")
+
+    def __init__(self, length: int) -> None:
+        self.mask = bytearray(length)
+        self.spans: list[tuple[int, int]] = []
+
+    def append(self, span: tuple[int, int]) -> None:
+        a, b = span
+        self.spans.append(span)
+        self.mask[a:b] = b"\x01" * (b - a)
+
+    def free(self, a: int, b: int) -> bool:
+        """Whether no taken span overlaps ``[a, b)`` (``a < b``)."""
+        return self.mask.find(1, a, b) < 0
+
+    def release(self, a: int, b: int) -> None:
+        """Forget the spans inside ``[a, b)``."""
+        kept = []
+        for s, e in self.spans:
+            if a <= s and e <= b:
+                self.mask[s:e] = bytes(e - s)
+            else:
+                kept.append((s, e))
+        self.spans = kept
+        for s, e in kept:  # spans never overlap; if ever one did, it stays taken
+            if s < b and a < e:
+                self.mask[s:e] = b"\x01" * (e - s)
+
+
+def _release(found: dict[str, Found], taken: _Taken, a: int, b: int) -> None:
     """Forget the catalog mentions inside ``[a, b)`` (a longer name is there instead)."""
     for key, f in list(found.items()):
         kept = [m for m in f.mentions if not (a <= m.start and m.end <= b)]
@@ -734,21 +801,22 @@ def _release(found: dict[str, Found], taken: list[tuple[int, int]], a: int, b: i
             f.mentions = kept
             if not kept:
                 del found[key]
-    taken[:] = [(s, e) for s, e in taken if not (a <= s and e <= b)]
+    taken.release(a, b)
 
 
 # the words a Chinese company's short name may end with after its brand ("零跑汽车", "零跑科技")
 _ZH_TRADE = ("汽车", "科技", "集团", "控股", "股份", "电子", "网络", "动力", "能源", "智能", "")
 
 
-def _same_company(core: str, other: str) -> bool:
+def _same_company(core: str, other: str, folded_core: str | None = None) -> bool:
     """Whether ``other`` is a short form of the company whose name without its legal form
     is ``core``: the same, or the same brand (its first two characters, not a place) with
-    another trade word ("浙江零跑科技股份有限公司": "零跑科技", "零跑汽车")."""
-    a, b = fold(core), fold(other)
+    another trade word ("浙江零跑科技股份有限公司": "零跑科技", "零跑汽车")
+    (``folded_core``: ``fold(core)``, when the caller has it already)."""
+    a, b = fold(core) if folded_core is None else folded_core, fold(other)
     if a == b:
         return True
-    if not (has_cjk(a) and has_cjk(b)) or len(a) < 4 or len(b) < 3:
+    if len(a) < 4 or len(b) < 3 or not b.startswith(a[:2]) or not (has_cjk(a) and has_cjk(b)):
         return False
     brand = a[:2]
     if brand in _ZH_REGISTERED_IN or brand in ("中国", "中华", "国家", "全国"):
@@ -786,6 +854,10 @@ _ZH_REGISTERED_IN = ("北京", "上海", "天津", "重庆", "浙江", "江苏",
                      "宁夏", "青海", "新疆", "西藏", "内蒙古", "苏州", "南京", "武汉", "成都", "合肥")
 
 
+_EN_LEGAL_END = re.compile(
+    r",?\s+(Co\.,?\s*Ltd\.?|Ltd\.?|Inc\.?|Corp\.?|Corporation|Limited|LLC|GmbH|AG|PLC)$")
+
+
 def _without_legal_suffix(name: str) -> str | None:
     """A company's name without its legal form, when what is left still names it:
     ``Pony.ai Inc.`` → ``Pony.ai``, ``宁德时代新能源科技股份有限公司`` →
@@ -801,7 +873,7 @@ def _without_legal_suffix(name: str) -> str | None:
                     core = core[len(place):]
                 return core
         return None
-    m = re.search(r",?\s+(Co\.,?\s*Ltd\.?|Ltd\.?|Inc\.?|Corp\.?|Corporation|Limited|LLC|GmbH|AG|PLC)$", name)
+    m = _EN_LEGAL_END.search(name)
     if m and len(name[:m.start()]) >= 3 and not is_generic(_key_of(name[:m.start()])):
         return name[:m.start()]
     return None

@@ -32,7 +32,7 @@ import ahocorasick
 from services.enrich.resolve import has_cjk, to_simplified
 from shared.organizations import Organization, OrganizationKind
 
-__all__ = ["AMBIGUOUS_CJK", "Gazetteer", "Hit", "fold", "fold_char"]
+__all__ = ["AMBIGUOUS_CJK", "Gazetteer", "Hit", "fold", "fold_char", "unfolded_case"]
 
 # Chinese names of catalog organizations that are ordinary words, and what must follow
 # them for them to name the organization
@@ -65,10 +65,35 @@ def fold_char(ch: str) -> str:
     return out
 
 
+class _FoldTable(dict[int, str]):
+    """Code point → its folded character, for ``str.translate``, filled as characters
+    are first seen."""
+
+    def __missing__(self, code: int) -> str:
+        if len(self) > 65536:  # bounded, whatever the texts
+            self.clear()
+        out = self[code] = fold_char(chr(code))
+        return out
+
+
+_FOLD_TABLE = _FoldTable()
+
+
 def fold(text: str) -> str:
     """``text`` folded character by character: ``len(fold(t)) == len(t)`` always, so an
-    offset in the folded text is the same offset in ``text``."""
-    return "".join(fold_char(ch) for ch in text)
+    offset in the folded text is the same offset in ``text``. ASCII folds to its lower
+    case (width and script leave it as it is)."""
+    if text.isascii():
+        return text.lower()
+    return text.translate(_FOLD_TABLE)
+
+
+def unfolded_case(folded: str) -> bool:
+    """Whether a folded text has a letter that a case-insensitive pattern matches to an
+    ASCII letter other than itself: "ı" and "İ" (both read as "i"), which folding leaves
+    as they are. Without one, a pattern of lower-case letters finds the same in the
+    folded text with IGNORECASE as without it (checked over every code point)."""
+    return "ı" in folded or "İ" in folded
 
 
 def _latin_word(ch: str) -> bool:
@@ -93,6 +118,7 @@ class _Entry:
     acronym: bool
     one_word: bool
     length: int
+    follow: tuple[str, ...] | None  # what must follow a name that is an ordinary word
 
 
 class Gazetteer:
@@ -115,7 +141,7 @@ class Gazetteer:
                 latin = not has_cjk(name)
                 acronym = latin and name.isupper() and len(name.replace(" ", "")) <= 5
                 entry = _Entry(org.id, name, acronym, latin and " " not in name.strip(),
-                               len(key))
+                               len(key), AMBIGUOUS_CJK.get(fold(name)))
                 keys.setdefault(key, []).append(entry)
         for key, entries in keys.items():
             self.automaton.add_word(key, (key, entries[0]))
@@ -135,7 +161,7 @@ class Gazetteer:
             if entry.one_word:
                 return written[:1].isupper()
             return True
-        follow = AMBIGUOUS_CJK.get(fold(entry.name))
+        follow = entry.follow
         if follow is not None:
             after = fold(text[end:end + 4])
             return after.startswith(follow)
@@ -160,7 +186,9 @@ def _longest(hits: list[Hit]) -> Iterator[Hit]:
     """The hits that no longer hit overlaps, in text order (the longer wins; at equal
     length the earlier)."""
     taken: list[Hit] = []
+    mask = bytearray(max((h.end for h in hits), default=0))  # the code points taken
     for hit in sorted(hits, key=lambda h: (-(h.end - h.start), h.start)):
-        if all(hit.end <= t.start or hit.start >= t.end for t in taken):
+        if mask.find(1, hit.start, hit.end) < 0:
             taken.append(hit)
+            mask[hit.start:hit.end] = b"\x01" * (hit.end - hit.start)
     yield from sorted(taken, key=lambda h: h.start)

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.enrich.extract import SIGNING, Found, find_organizations, sentences
-from services.enrich.gazetteer import Gazetteer, fold
-from services.enrich.resolve import has_cjk
+from services.enrich.gazetteer import Gazetteer, fold, unfolded_case
 from shared.documents import Document
 from shared.events import AGREEMENT, ANNOUNCEMENT, LIMITS
 
@@ -42,6 +42,12 @@ TRIGGERS: tuple[tuple[str, str], ...] = (
     ("forum", r"\bforums?\b|论坛"),
 )
 _TRIGGERS = [(kind, re.compile(p, re.IGNORECASE)) for kind, p in TRIGGERS]
+# the same without IGNORECASE, twice as fast, for a folded text (lower case already) that
+# has none of the letters IGNORECASE reads as "i" and folding leaves as they are
+_FOLDED_TRIGGERS = [(kind, re.compile(p)) for kind, p in TRIGGERS]
+_SPACES = re.compile(r"\s+")
+# a CJK ideograph (the ranges of :func:`~services.enrich.resolve.has_cjk`)
+_CJK_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 
 def event_id(doc_id: str, n: int) -> str:
@@ -76,22 +82,22 @@ class Report:
 
 
 def _clip(text: str, limit: int) -> str:
-    text = re.sub(r"\s+", " ", text).strip()
+    text = _SPACES.sub(" ", text).strip()
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def _role(f: Found, spans: list[tuple[int, int]], party: bool) -> str | None:
+def _role(f: Found, spans: _Within, party: bool) -> str | None:
     """The role ``f`` has in an event told in ``spans``: what the text says there; in a
     signing, ``party`` when it says nothing else; in an announcement, the first role the
     text gives it that is not a signing's."""
-    here = [r for at, r in sorted(f.roles.items()) if _in(at, spans)]
+    here = [r for at, r in sorted(f.roles.items()) if at in spans]
     if party:
         return next((r for r in here if r != "party"), "party")
     return next((r for r in here if r != "party"), None) or next(
         (r for _, r in sorted(f.roles.items()) if r != "party"), None)
 
 
-def _organizations(found: list[Found], spans: list[tuple[int, int]], *,
+def _organizations(found: list[Found], spans: _Within, *,
                    party: bool) -> list[dict[str, Any]]:
     out = []
     for f in found[: LIMITS["organizations"]]:
@@ -112,13 +118,15 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
     its size. Never raises."""
     text = doc.text
     folded = fold(text)
-    found = find_organizations(text, gazetteer)
+    found = find_organizations(text, gazetteer, folded)
     events: list[_Event] = []
     by_kind: dict[str, _Event] = {}
     signings: list[tuple[_Event, set[str]]] = []
-    for s, e in sentences(text):
+    triggers = _TRIGGERS if unfolded_case(folded) else _FOLDED_TRIGGERS
+    cut = sentences(text)
+    for s, e in cut:
         sentence = folded[s:e]
-        for kind, pattern in _TRIGGERS:
+        for kind, pattern in triggers:
             if not pattern.search(sentence):
                 continue
             if kind == "agreement":
@@ -145,7 +153,7 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
                 events.append(event)
             event.sentences.append((s, e))
             break
-    language = "zh" if sum(map(has_cjk, text[:2000])) > 0.2 * min(len(text), 2000) else "en"
+    language = "zh" if len(_CJK_CHAR.findall(text, 0, 2000)) > 0.2 * min(len(text), 2000) else "en"
     lines = [ln for ln in text.splitlines() if ln.strip()]
     headline = _clip(doc.title or (lines[0] if lines else text), LIMITS["headline"])
     out: list[dict[str, Any]] = []
@@ -153,18 +161,27 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
     signed = [span for ev in agreements for span in ev.sentences]
     # named only where signings are told: placed in those; named elsewhere too: also in
     # the first announcement
-    placed = {f.key for f in found if all(_in(m.start, signed) for m in f.mentions)}
+    in_signings = _Within(signed)
+    placed = {f.key for f in found if all(m.start in in_signings for m in f.mentions)}
     first_announcement = next((ev for ev in events if ev.kind != "agreement"), None)
     if first_announcement is None and any(f.key not in placed for f in found):
         first_announcement = _Event("other", [])
         events.append(first_announcement)
+    # the sentences each organization is named in, by their rank
+    starts = [s for s, _ in cut]
+    rank = {span: i for i, span in enumerate(cut)}
+    named_in = [{i for m in f.mentions
+                 if (i := bisect_right(starts, m.start) - 1) >= 0 and m.start < cut[i][1]}
+                for f in found]
     for n, ev in enumerate(events, 1):
-        where = [f for f in found if any(_in(m.start, ev.sentences) for m in f.mentions)]
+        told = _Within(ev.sentences)
+        ranks = {rank[span] for span in ev.sentences}
+        where = [f for f, named in zip(found, named_in, strict=True) if not named.isdisjoint(ranks)]
         said = " ".join(text[s:e].strip() for s, e in ev.sentences)
         if ev.kind == "agreement":
             data: dict[str, Any] = {
                 "title": _clip(said or headline, LIMITS["headline"]),
-                "organizations": _organizations(where, ev.sentences, party=True),
+                "organizations": _organizations(where, told, party=True),
                 "summary": _clip(said, LIMITS["summary"]), "language": language}
             etype = AGREEMENT
         else:
@@ -173,7 +190,7 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
                 members = [f for f in found if f in where or f.key not in placed]
             data = {
                 "headline": headline if ev is first_announcement else _clip(said, LIMITS["headline"]),
-                "kind": ev.kind, "organizations": _organizations(members, ev.sentences, party=False),
+                "kind": ev.kind, "organizations": _organizations(members, told, party=False),
                 "language": language}
             if said:
                 data["summary"] = _clip(said, LIMITS["summary"])
@@ -185,8 +202,20 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
     return Report(out, found)
 
 
-def _in(offset: int, spans: list[tuple[int, int]]) -> bool:
-    return any(s <= offset < e for s, e in spans)
+class _Within:
+    """Spans of a text that do not overlap (sentences), to ask whether an offset is in
+    one of them."""
+
+    __slots__ = ("ends", "starts")
+
+    def __init__(self, spans: list[tuple[int, int]]) -> None:
+        ordered = sorted(spans)
+        self.starts = [s for s, _ in ordered]
+        self.ends = [e for _, e in ordered]
+
+    def __contains__(self, offset: int) -> bool:
+        i = bisect_right(self.starts, offset) - 1
+        return i >= 0 and offset < self.ends[i]
 
 
 def _names_in(found: list[Found], start: int, end: int) -> set[str]:

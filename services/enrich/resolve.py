@@ -62,6 +62,7 @@ _EN_SUFFIXES: tuple[tuple[str, ...], ...] = tuple(
         key=lambda s: -len(s.split()),
     )
 )
+_EN_SUFFIX_LAST = frozenset(suffix[-1] for suffix in _EN_SUFFIXES)
 _ZH_SUFFIXES = (
     "股份有限公司", "有限责任公司", "集团有限公司", "有限公司", "人民政府", "公司", "政府",
 )
@@ -131,7 +132,7 @@ def _strip_suffixes(s: str) -> str:
     tokens = s.split(" ")
     if tokens and tokens[0] == "the" and len(tokens) > 1:
         tokens = tokens[1:]
-    changed = True
+    changed = tokens[-1] in _EN_SUFFIX_LAST  # the usual name has none: no loop
     while changed:
         changed = False
         for suffix in _EN_SUFFIXES:
@@ -141,7 +142,7 @@ def _strip_suffixes(s: str) -> str:
                 changed = True
                 break
     s = " ".join(tokens)
-    changed = True
+    changed = s.endswith(_ZH_SUFFIXES)
     while changed:
         changed = False
         for zh in _ZH_SUFFIXES:
