@@ -81,7 +81,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+# messages are not wrapped at the terminal's width (80 columns in a pipe): a path or a URL
+# in them stays one piece that a script or a search finds
+console = Console(stderr=True, soft_wrap=True)
 
 for sub in (ingest_cli.app, enrich_cli.app, notify_cli.app, insights_cli.app):
     app.add_typer(sub)

@@ -44,7 +44,9 @@ from shared import settings as settings_mod
 from shared.kafka import make_producer
 from shared.runtime import quiet_gc
 
-console = Console(stderr=True)
+# messages are not wrapped at the terminal's width (80 columns in a pipe): a path or a URL
+# in them stays one piece that a script or a search finds
+console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger(__name__)
 
 

@@ -22,7 +22,7 @@ def test_quick_bench_reports_every_required_figure(kafka_bootstrap: str, tmp_pat
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--results", str(results),
          "--markdown", str(markdown)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240,  # a hang guard, not a target
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,  # a hang guard, not a target
     )
     assert results.is_file(), proc.stderr[-3000:]
     doc = orjson.loads(results.read_bytes())
