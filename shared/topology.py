@@ -48,7 +48,8 @@ __all__ = [
     "ENRICH_DOCUMENTS",
     "ENRICH_EVENTS",
     "INGEST",
-    "INGEST_PUBLISHER",
+    "INGEST_DOCUMENTS",
+    "INGEST_EVENTS",
     "INSIGHTS",
     "INSIGHTS_RESTORE",
     "INSIGHTS_ROUTE",
@@ -105,22 +106,29 @@ class Part:
         """The topics it reads, under ``prefix``."""
         return self.topics(self.reads, prefix)
 
+    @property
+    def output_topics(self) -> tuple[Topic, ...]:
+        """The topics it writes other than ``dead-letters`` (a stage's outputs; its dead
+        letters are every stage's)."""
+        return tuple(u.topic for u in self.writes if u.topic != DEAD_LETTERS)
+
     def outputs(self, prefix: str = "") -> tuple[str, ...]:
-        """The topics it writes other than ``dead-letters``, under ``prefix`` (a stage's
-        outputs; its dead letters are every stage's)."""
-        return self.topics((u for u in self.writes if u.topic != DEAD_LETTERS), prefix)
+        """The full names of :attr:`output_topics` under ``prefix``."""
+        return tuple(t.qualified(prefix) for t in self.output_topics)
 
     def input(self, prefix: str = "") -> str:
         """The one topic it reads (a consumer loop's); ``ValueError`` when not one."""
         (topic,) = self.inputs(prefix)
         return topic
 
-    def doing(self, prefix: str = "", *, group: str | None = None,
-              transactional_id: str | None = None) -> Doing:
-        """What it does, for a refusal to name the operation Kafka's error leaves out
-        (``group``: the one it runs in, its setting's value)."""
-        return Doing(reads=self.inputs(prefix), writes=self.topics(self.writes, prefix),
-                     group=group, transactional_id=transactional_id)
+    def reading(self, prefix: str = "", group: str | None = None) -> Doing:
+        """What it does while it reads (in ``group``, its setting's value), for a refusal
+        to name the operation Kafka's error leaves out: a refused topic was refused Read."""
+        return Doing(reads=self.inputs(prefix), group=group)
+
+    def writing(self, prefix: str = "") -> Doing:
+        """What it does while it writes: a refused topic was refused Write."""
+        return Doing(writes=self.topics(self.writes, prefix))
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,16 +157,30 @@ class Service:
             return None
         return prefix + part.group if self.groups_prefixed else part.group
 
+    def writes(self, prefix: str = "") -> tuple[str, ...]:
+        """Every topic its parts write, under ``prefix``, once each."""
+        return tuple(dict.fromkeys(n for p in self.parts for n in p.topics(p.writes, prefix)))
+
+    def group_under(self, part: Part, base: str) -> str:
+        """``part``'s group when the service's group setting is ``base`` (its groups all
+        start with it: ``<base>-retries``...); ``ValueError`` for a part with no group."""
+        if part.group is None or self.group_prefix is None or not part.group.startswith(self.group_prefix):
+            raise ValueError(f"{self.name}'s {part.name} has no group under its group setting")
+        return base + part.group[len(self.group_prefix):]
+
 
 # --------------------------------------------------------------------------- the services
 
-INGEST_PUBLISHER = Part(
-    "publisher", "ingest",
+INGEST_EVENTS = Part(
+    "events", "ingest",
     writes=(Use(ANNOUNCEMENTS, "publishes the announcements posted to it"),
             Use(AGREEMENTS, "publishes the agreement signings posted to it"),
-            Use(DEAD_LETTERS, "writes the lines of a file it cannot parse"),
-            Use(DOCUMENTS, "publishes the documents posted to it, HTML reduced to text")))
-INGEST = Service("ingest", "anting-ingest", (INGEST_PUBLISHER,))
+            Use(DEAD_LETTERS, "writes the lines of a file it cannot parse")))
+# documents have a producer of their own (compressed, large requests)
+INGEST_DOCUMENTS = Part(
+    "documents", "ingest",
+    writes=(Use(DOCUMENTS, "publishes the documents posted to it, HTML reduced to text"),))
+INGEST = Service("ingest", "anting-ingest", (INGEST_EVENTS, INGEST_DOCUMENTS))
 
 #: every stage's dead letters, one use however many parts write them
 _DEAD = Use(DEAD_LETTERS, "writes the records it cannot process")
@@ -207,7 +229,7 @@ NOTIFY_LEDGER = Part(
     "ledger", "notify (its delivered-ledger)",
     reads=(Use(NOTIFICATIONS, "folds its delivered-ledger from the delivery log"),))
 NOTIFY_STREAM = Part(
-    "stream", "notify (SSE stream)",
+    "stream", "notify's SSE stream",
     reads=(Use(ENRICHED_EVENTS, "streams the events to its SSE clients"),))
 NOTIFY_DLQ_MONITOR = Part(
     "dead-letter monitor", "notify (counts them for Prometheus)",
@@ -277,10 +299,16 @@ def parts(services: Iterable[Service] = SERVICES) -> Iterator[tuple[Service, Par
 
 
 def _cleanup(topic: Topic) -> str:
+    """The cleanup policy, how long a deleting topic keeps records, and what else bounds
+    a record (compression, a limit above the broker's default)."""
     text = topic.cleanup.replace(",", ", ")
     retention = topic.config.get("retention.ms")
     if retention is not None and "delete" in topic.cleanup:
         text += f" ({int(retention) // DAY_MS} days)"
+    if "compression.type" in topic.config:
+        text += f"; {topic.config['compression.type']}"
+    if "max.message.bytes" in topic.config:
+        text += f"; a record ≤ {int(topic.config['max.message.bytes']) // 1024:,} KiB"
     return text
 
 
@@ -296,5 +324,6 @@ def markdown_table(services: Iterable[Service] = SERVICES) -> str:
     for topic in ALL_TOPICS:
         writers = _names(p.title for _, p in declared if any(u.topic == topic for u in p.writes))
         readers = _names(p.title for _, p in declared if any(u.topic == topic for u in p.reads))
-        lines.append(f"| `{topic.name}` | {writers} | {readers} | {topic.key} | {_cleanup(topic)} |")
+        key = topic.key.replace("<", "&lt;")  # <id> is text, not an HTML tag
+        lines.append(f"| `{topic.name}` | {writers} | {readers} | {key} | {_cleanup(topic)} |")
     return "\n".join(lines) + "\n"

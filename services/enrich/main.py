@@ -26,7 +26,7 @@ from shared.kafka import ensure_topics
 from shared.kafka_access import Doing, until_allowed
 from shared.lag import LagMonitor
 from shared.runtime import quiet_gc, run_service
-from shared.topics import ORGANIZATIONS
+from shared.topology import ENRICH_CATALOG
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ async def serve(settings: EnrichSettings, stop: asyncio.Event, *, tune_gc: bool 
                                Doing(topic_operation="Create", cluster_operation="Create"), stop) is None:
             return
         await until_allowed(catalog.start, worker.access, settings.kafka,
-                            Doing(reads=(settings.topic(ORGANIZATIONS),)), stop)
+                            ENRICH_CATALOG.reading(settings.topic_prefix), stop)
         if stop.is_set():
             return
         log.info("catalog loaded", extra={

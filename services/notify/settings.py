@@ -14,6 +14,7 @@ from shared.access import RateLimit
 from shared.settings import AntingSettings
 from shared.subscriptions import RETRY_PRESETS, RetryPolicy
 from shared.topics import LEDGER_RETENTION_MS
+from shared.topology import NOTIFY
 
 # Settings that the retry schedule replaced: set, they stop notify at start-up with a
 # message naming the replacement, instead of being ignored without a word.
@@ -60,7 +61,7 @@ class NotifySettings(AntingSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8003, ge=0, le=65535)
-    group: str = "anting-notify"
+    group: str = str(NOTIFY.group_prefix)  # the declared one (shared/topology.py)
     # CIDR ranges outbound webhooks may reach although private/loopback/link-local
     allow_networks: str = ""
     # apprise schemes subscriptions may use (egress.py: only schemes whose every target
