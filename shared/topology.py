@@ -4,12 +4,14 @@ service as data.
 Each service is a :class:`Service` of :class:`Part`\\ s; a part reads and writes
 topics of :mod:`shared.topics` (each use with a summary for people), in a consumer group
 or none. Everything else is derived from these declarations, never written again by
-hand: the stages the services run (:meth:`Part.stage` gives a :class:`shared.stage.Stage`'s
-topics, :meth:`Part.doing` the :class:`shared.kafka_access.Doing` a refusal names), the
-AsyncAPI document's operations (:mod:`shared.asyncapi`), the ACL table
-(``services/acls.py``, ``anting acls print|apply``) and the README's topic table
-(:func:`markdown_table`; a test keeps the README's copy equal, ``anting topology``
-prints it). Changing a topic or a group here changes it everywhere.
+hand: what the services run (a :class:`shared.stage.Stage`'s topics come from
+:meth:`Part.inputs` and :meth:`Part.outputs`, a consumer loop's from :meth:`Part.input`,
+and the :class:`shared.kafka_access.Doing` a refusal names from :meth:`Part.reading`,
+:meth:`Part.writing` or the stage), the AsyncAPI document's operations
+(:mod:`shared.asyncapi`), the ACL table (``services/acls.py``, ``anting acls
+print|apply``) and the README's topic table (:func:`markdown_table`; ``anting topics
+flows`` prints it, a test keeps the README's copy equal). Changing a topic or a group
+here changes it everywhere.
 
 The groups are the defaults of the services' settings (``ANTING_<SERVICE>_GROUP``,
 ``ANTING_ENRICH_DOCUMENTS_GROUP``), which take them from here.

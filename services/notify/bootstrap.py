@@ -112,7 +112,8 @@ class Notifier:
         stop = stop or asyncio.Event()
         kafka = self.settings.kafka
         steps: tuple[tuple[Callable[[], Awaitable[object]], Doing], ...] = (
-            (lambda: ensure_topics(self.settings), Doing(topic_operation="Create", cluster_operation="Create")),
+            (lambda: ensure_topics(self.settings, NOTIFY.checks),
+             Doing(topic_operation="Create", cluster_operation="Create")),
             (self.producer.start, Doing(writes=self.writes)),
             (self.store.start, NOTIFY_STORE.reading(self.settings.topic_prefix)),
             (self.ledger.start, NOTIFY_LEDGER.reading(self.settings.topic_prefix)),
