@@ -2,8 +2,9 @@
 
 Each row is one Kafka ACL (``kafka-acls --add --allow-principal User:<p> --operation <op>
 --<resource> <name> [--resource-pattern-type prefixed]``). The table is derived from what
-each service does (read in its code, checked on a broker with
-``allow.everyone.if.no.acl.found=false``): the topics it reads and writes under
+each service is declared to do in :mod:`shared.topology`, the declarations the services
+run (checked on a broker with ``allow.everyone.if.no.acl.found=false``): the topics it
+reads and writes under
 ``ANTING_TOPIC_PREFIX``, its consumer groups, enrich's transactional ids, and the
 metadata its start-up reads (``shared.kafka.ensure_topics`` lists and describes every
 contract topic and reads their configurations). ``anting-admin`` (topics, catalog,
@@ -29,22 +30,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from shared.topics import (
-    AGREEMENTS,
-    ALL_TOPICS,
-    ANNOUNCEMENTS,
-    DEAD_LETTERS,
-    DOCUMENTS,
-    ENRICHED_EVENTS,
-    INSIGHTS_CHANGELOG,
-    INSIGHTS_FACTS,
-    NOTIFICATIONS,
-    NOTIFY_DIGESTS,
-    NOTIFY_RETRIES,
-    ORGANIZATIONS,
-    SUBSCRIPTIONS,
-    Topic,
-)
+from shared import topology
+from shared.topics import ALL_TOPICS, Topic
 
 if TYPE_CHECKING:
     from confluent_kafka.admin import AclBinding
@@ -76,18 +63,21 @@ ADMIN = "anting-admin"
 BROKER = "anting-broker"
 """The brokers' and controllers' own principal (inter-broker and controller links); a
 super user, as Kafka needs for its own requests (CLUSTER_ACTION)."""
-SERVICE_PRINCIPALS = ("anting-ingest", "anting-enrich", "anting-notify", "anting-insights")
-PUBLISHER = "publisher"
+SERVICE_PRINCIPALS = tuple(s.principal for s in topology.ANTING if s.principal is not None)
+PUBLISHER = str(topology.PUBLISHER.principal)
 """An example producer outside Anting: writes the two input topics, nothing else."""
-READER = "reader"
+READER = str(topology.READER.principal)
 """An example consumer outside Anting: reads ``enriched-events`` in groups ``reader-*``."""
-READER_GROUP_PREFIX = "reader-"
+READER_GROUP_PREFIX = str(topology.READER.group_prefix)
 CLIENT_PRINCIPALS = (ADMIN, *SERVICE_PRINCIPALS, PUBLISHER, READER)
 """Every SCRAM user a secured local broker is formatted with (the broker's own login is
 PLAIN on the loopback controller listener plus SCRAM for inter-broker traffic)."""
 SUPER_USERS = (BROKER, ADMIN)
 READINESS_PROBE = "anting-readiness-probe"
 """The group and transactional id whose coordinators ``shared.kafka.ensure_topics`` asks for."""
+_STARTUP = "start-up: ensure_topics lists and describes its topics and reads their configurations"
+_PROBE = ("start-up: ensure_topics asks for this group's and transactional id's coordinator, "
+          "so that the brokers create their internal topics before the first real request")
 
 Resource = Literal["topic", "group", "transactional_id", "cluster"]
 Pattern = Literal["LITERAL", "PREFIXED"]
@@ -109,19 +99,22 @@ class Acl:
 
 
 def service_groups(topic_prefix: str = "") -> dict[str, str]:
-    """Service principal → the consumer group (or group prefix) it uses, from the
-    services' own setting defaults (``ANTING_<SERVICE>_GROUP``): enrich's and notify's
-    are not under the topic prefix, insights' faust app id and route group are."""
-    from services.enrich.settings import EnrichSettings
-    from services.insights.settings import InsightsSettings
-    from services.notify.settings import NotifySettings
-
-    return {
-        "anting-enrich": str(EnrichSettings.model_fields["group"].default),
-        "anting-enrich-documents": str(EnrichSettings.model_fields["documents_group"].default),
-        "anting-notify": str(NotifySettings.model_fields["group"].default),
-        "anting-insights": topic_prefix + str(InsightsSettings.model_fields["group"].default),
-    }
+    """Service principal → the consumer group (or group prefix) it is granted, from the
+    declarations (:mod:`shared.topology`), which the services' group settings
+    (``ANTING_<SERVICE>_GROUP``) take their defaults from: enrich's and notify's are not
+    under the topic prefix, insights' faust app id and route group are."""
+    out: dict[str, str] = {}
+    for service in topology.ANTING:
+        if service.principal is None:
+            continue
+        if service.group_prefix is not None:
+            out[service.principal] = (topic_prefix if service.groups_prefixed else "") + service.group_prefix
+        for part in service.parts:
+            group = service.group(part, topic_prefix)
+            if group is not None and service.group_prefix is None:
+                key = service.principal if part is service.parts[0] else f"{service.principal}-{part.name}"
+                out[key] = group
+    return out
 
 
 def _topic_rows(principal: str, prefix: str, topics: Iterable[Topic], ops: Sequence[Operation],
@@ -130,77 +123,62 @@ def _topic_rows(principal: str, prefix: str, topics: Iterable[Topic], ops: Seque
             for t in topics for op in ops]
 
 
-def acl_table(topic_prefix: str = "") -> list[Acl]:
-    """Every ACL of a secured Anting cluster whose topics carry ``topic_prefix``, in the
-    order printed (principal, then resource). Read implies Describe on a topic or group
-    and Write implies Describe (Kafka's implied operations), so Describe appears only
-    where nothing else grants it."""
-    p = topic_prefix
-    groups = service_groups(p)
+def _service_rows(service: topology.Service, p: str) -> list[Acl]:
+    """What ``service``'s declared parts read and write, the groups they read in, their
+    transactional ids, and what its start-up checks."""
+    who = service.principal
+    assert who is not None
     rows: list[Acl] = []
-    startup = "start-up: ensure_topics lists and describes its topics and reads their configurations"
-    probe = "start-up: ensure_topics asks for this group's and transactional id's coordinator, " \
-        "so that the brokers create their internal topics before the first real request"
-    # ingest checks no topic at start (it only writes); enrich and notify check every
-    # contract topic, insights the three it uses (services/*/main.py, notify/bootstrap.py)
-    checked: dict[str, Sequence[Topic]] = {
-        "anting-enrich": ALL_TOPICS, "anting-notify": ALL_TOPICS,
-        "anting-insights": (ENRICHED_EVENTS, INSIGHTS_FACTS, INSIGHTS_CHANGELOG),
-    }
-    for svc, topics in checked.items():
-        rows += _topic_rows(svc, p, topics, ("DESCRIBE", "DESCRIBE_CONFIGS"), startup)
-        rows += [Acl(svc, "group", READINESS_PROBE, "LITERAL", "DESCRIBE", probe),
-                 Acl(svc, "transactional_id", READINESS_PROBE, "LITERAL", "DESCRIBE", probe)]
+    if service.checks:
+        rows += _topic_rows(who, p, service.checks, ("DESCRIBE", "DESCRIBE_CONFIGS"), _STARTUP)
+        rows += [Acl(who, "group", READINESS_PROBE, "LITERAL", "DESCRIBE", _PROBE),
+                 Acl(who, "transactional_id", READINESS_PROBE, "LITERAL", "DESCRIBE", _PROBE)]
+    for part in service.parts:
+        rows += [Acl(who, "topic", u.topic.qualified(p), "LITERAL", "READ", f"{part.name}: {u.summary}")
+                 for u in part.reads]
+        rows += [Acl(who, "topic", u.topic.qualified(p), "LITERAL", "WRITE", f"{part.name}: {u.summary}")
+                 for u in part.writes]
+        group = service.group(part, p)
+        if group is not None and service.group_prefix is None:
+            rows.append(Acl(who, "group", group, "LITERAL", "READ", f"{part.name}: its consumer group"))
+        if group is not None and part.transactional:
+            rows.append(Acl(who, "transactional_id", f"{group}-", "PREFIXED", "WRITE",
+                            f"{part.name}: transactional ids <group>-<instance> (exactly once)"))
+    if service.group_prefix is not None:
+        prefix = (p if service.groups_prefixed else "") + service.group_prefix
+        if service.own_topics:
+            rows += [Acl(who, "topic", f"{prefix}-", "PREFIXED", op,
+                         "faust's topics: the table's changelog (<app id>-entities-changelog), "
+                         "<app id>-__assignor-__leader")
+                     for op in ("CREATE", "READ", "WRITE")]
+        rows.append(Acl(who, "group", prefix, "PREFIXED", "READ",
+                        "its consumer groups: " + ", ".join(
+                            str(service.group(part, p)) for part in service.parts if part.group)))
+    return rows
 
-    ingest = "anting-ingest"
-    rows += _topic_rows(ingest, p, (ANNOUNCEMENTS, AGREEMENTS), ("WRITE",), "publishes the events it accepts")
-    rows += _topic_rows(ingest, p, (DEAD_LETTERS,), ("WRITE",), "lines of a file it cannot parse")
-    rows += _topic_rows(ingest, p, (DOCUMENTS,), ("WRITE",), "publishes the documents it accepts")
 
-    enrich, g = "anting-enrich", groups["anting-enrich"]
-    rows += _topic_rows(enrich, p, (ANNOUNCEMENTS, AGREEMENTS), ("READ",), "its input")
-    rows += _topic_rows(enrich, p, (ORGANIZATIONS,), ("READ",), "the catalog (a compacted view, no group)")
-    rows += _topic_rows(enrich, p, (ENRICHED_EVENTS, DEAD_LETTERS), ("WRITE",),
-                        "its output, in transactions with its offsets")
-    rows += [
-        Acl(enrich, "group", g, "LITERAL", "READ", "its consumer group; offsets committed in its transactions"),
-        Acl(enrich, "transactional_id", f"{g}-", "PREFIXED", "WRITE",
-            "transactional ids <group>-<instance> (exactly once)"),
-    ]
-    docs_group = groups["anting-enrich-documents"]
-    rows += _topic_rows(enrich, p, (DOCUMENTS,), ("READ",), "the documents stage's input")
-    rows += _topic_rows(enrich, p, (ANNOUNCEMENTS, AGREEMENTS), ("WRITE",),
-                        "the documents stage writes the events a document reports")
-    rows.append(Acl(enrich, "group", docs_group, "LITERAL", "READ",
-                    "the documents stage's consumer group; offsets committed after its writes"))
-
-    notify, g = "anting-notify", groups["anting-notify"]
-    rows += _topic_rows(notify, p, (ENRICHED_EVENTS,), ("READ",), "its input, and the SSE stream")
-    rows += _topic_rows(notify, p, (SUBSCRIPTIONS, NOTIFICATIONS, NOTIFY_RETRIES, NOTIFY_DIGESTS),
-                        ("READ", "WRITE"), "its own state: subscriptions, delivery log, retries, digests")
-    rows += _topic_rows(notify, p, (DEAD_LETTERS,), ("READ", "WRITE"),
-                        "deliveries that gave up; the dead-letter monitor reads them back")
-    rows.append(Acl(notify, "group", g, "PREFIXED", "READ",
-                    "groups <group>, <group>-retries, <group>-digests"))
-
-    insights, g = "anting-insights", groups["anting-insights"]
-    rows += _topic_rows(insights, p, (ENRICHED_EVENTS,), ("READ",), "its input")
-    rows += _topic_rows(insights, p, (INSIGHTS_FACTS,), ("READ", "WRITE"), "the facts repartition")
-    rows += _topic_rows(insights, p, (DEAD_LETTERS,), ("WRITE",), "events it cannot fold")
-    rows += [
-        Acl(insights, "topic", f"{g}-", "PREFIXED", op,
-            "faust's topics: the table's changelog (<app id>-entities-changelog), <app id>-__assignor-__leader")
-        for op in ("CREATE", "READ", "WRITE")
-    ]
-    rows.append(Acl(insights, "group", g, "PREFIXED", "READ", "the faust app's group and <app id>-route"))
-
-    rows += _topic_rows(PUBLISHER, p, (ANNOUNCEMENTS, AGREEMENTS, DOCUMENTS), ("WRITE",),
-                        "an outside producer of input events and documents")
-    rows += _topic_rows(READER, p, (ENRICHED_EVENTS,), ("READ",), "an outside consumer of the output")
-    rows.append(Acl(READER, "group", READER_GROUP_PREFIX, "PREFIXED", "READ", "its consumer groups"))
-    # Describe where Read or Write on the same resource grants it already is left out
-    implying = {(a.principal, a.resource, a.name, a.pattern) for a in rows if a.operation in ("READ", "WRITE")}
-    return [a for a in rows
+def acl_table(topic_prefix: str = "") -> list[Acl]:
+    """Every ACL of a secured Anting cluster whose topics carry ``topic_prefix``, derived
+    from the declarations of :mod:`shared.topology` (each service's and each outside
+    example client's), in the order printed (principal, then resource). Read implies
+    Describe on a topic or group and Write implies Describe (Kafka's implied operations),
+    so Describe appears only where nothing else grants it; a topic under a prefix granted
+    the same operation has no row of its own."""
+    rows: list[Acl] = []
+    for service in topology.SERVICES:
+        if service.principal is not None:
+            rows += _service_rows(service, topic_prefix)
+    # one row per grant: a topic two parts read is read once
+    first: dict[tuple[str, str, str, str, str], Acl] = {}
+    for a in rows:
+        first.setdefault((a.principal, a.resource, a.name, a.pattern, a.operation), a)
+    unique = list(first.values())
+    prefixed = [a for a in unique if a.pattern == "PREFIXED"]
+    unique = [a for a in unique if a.pattern == "PREFIXED" or not any(
+        (g.principal, g.resource, g.operation) == (a.principal, a.resource, a.operation)
+        and a.name.startswith(g.name) for g in prefixed)]
+    implying = {(a.principal, a.resource, a.name, a.pattern) for a in unique if a.operation in ("READ", "WRITE")}
+    return [a for a in unique
             if not (a.operation == "DESCRIBE" and (a.principal, a.resource, a.name, a.pattern) in implying)]
 
 
@@ -310,7 +288,7 @@ def markdown_table(acls: Iterable[Acl] | None = None, topic_prefix: str = "") ->
             lines.append(f"| `{principal}` | Topic | every contract topic | LITERAL | Describe, DescribeConfigs |")
         for (who, res, name, pattern), ops in grouped.items():
             if who == principal:
-                lines.append(f"| `{who}` | {_RES[res]} | `{name}` | {pattern} | {', '.join(ops)} |")
+                lines.append(f"| `{who}` | {_RES[res]} | `{name}` | {pattern} | {', '.join(sorted(ops))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -192,6 +192,15 @@ def topics_list() -> None:
     Console().print(table)
 
 
+@topics_app.command("flows")
+def topics_flows() -> None:
+    """Print who writes and who reads each topic, as declared in shared/topology.py (the
+    README's topic table)."""
+    from shared.topology import markdown_table
+
+    sys.stdout.write(markdown_table())
+
+
 topics_app.command("describe")(kafka_cli.topics_describe)
 app.add_typer(kafka_cli.groups_app, name="groups")
 
@@ -707,4 +716,4 @@ def main() -> None:
 __all__ = ["ClickStyleHelp", "FromOffsetOpt", "PartitionOpt", "Service", "SinceOpt", "StageOpt",
            "ToOffsetOpt", "TopicOpt", "UntilOpt", "app", "asyncapi", "console", "dlq_app", "dlq_list",
            "dlq_replay", "kafka", "main", "run", "schema", "serve", "topics_app", "topics_create",
-           "topics_list", "where"]
+           "topics_flows", "topics_list", "where"]

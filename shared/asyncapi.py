@@ -3,7 +3,8 @@ topic of :mod:`shared.topics` as a channel (its address under ``ANTING_TOPIC_PRE
 partitions, cleanup policy and key), its messages with the JSON Schemas of
 :mod:`shared.schemas` (the same as ``docs/schemas/``) and the CloudEvents Kafka
 binding's headers (``content-type`` in structured mode, ``ce_*`` in binary mode), which
-service sends and receives it in which consumer group (:data:`FLOWS`), and the SASL
+service sends and receives it in which consumer group (:data:`FLOWS`, derived from the
+declarations of :mod:`shared.topology`), and the SASL
 security scheme when the broker is configured with one (:class:`KafkaSettings`).
 
 ``anting asyncapi`` writes :data:`ASYNCAPI_PATH` (``docs/asyncapi.yaml``); ingest and
@@ -27,19 +28,14 @@ from shared.topics import (
     AGREEMENTS,
     ALL_TOPICS,
     ANNOUNCEMENTS,
-    DEAD_LETTERS,
-    DEAD_LETTERS_REPLAYED,
     DOCUMENTS,
     ENRICHED_EVENTS,
-    INSIGHTS_CHANGELOG,
-    INSIGHTS_FACTS,
     NOTIFICATIONS,
-    NOTIFY_DIGESTS,
-    NOTIFY_RETRIES,
     ORGANIZATIONS,
     SUBSCRIPTIONS,
     Topic,
 )
+from shared.topology import ANTING, ENRICH_DOCUMENTS, Service, Use, parts
 
 __all__ = [
     "ASYNCAPI_PATH",
@@ -49,6 +45,7 @@ __all__ = [
     "Flow",
     "build",
     "default_document",
+    "flows",
     "render_yaml",
     "write",
 ]
@@ -59,62 +56,53 @@ JsonObject = dict[str, Any]
 REF = "#/components/schemas/{model}"
 KAFKA_BINDING = "0.5.0"
 
-#: The consumer groups' default names (``ANTING_<SERVICE>_GROUP``); a test holds them
-#: equal to the services' settings, which this layer does not import.
-GROUPS = {"enrich": "anting-enrich", "notify": "anting-notify", "insights": "anting-insights"}
+#: The consumer groups' default names (``ANTING_<SERVICE>_GROUP``: the prefix of all its
+#: groups, else its first part's), from the declarations the services' settings take them from
+GROUPS = {s.name: str(s.group_prefix or s.group(s.parts[0])) for s in ANTING
+          if any(p.group for p in s.parts)}
 #: enrich's documents stage reads in a group of its own (``ANTING_ENRICH_DOCUMENTS_GROUP``)
-DOCUMENTS_GROUP = f"{GROUPS['enrich']}-documents"
+DOCUMENTS_GROUP = str(ENRICH_DOCUMENTS.group)
 
 
 @dataclass(frozen=True, slots=True)
 class Flow:
     """One service's use of one topic: ``action`` (``send`` or ``receive``), in consumer
     ``group`` (None: it reads with no group, from the start: a compacted view or a
-    ledger), with ``summary`` for people."""
+    ledger), with ``summary`` for people; ``part`` names which of the service's parts
+    when more than one of them uses the topic differently."""
 
     service: str
     action: Literal["send", "receive"]
     topic: Topic
     summary: str
     group: str | None = None
+    part: str | None = None
 
 
-_N = GROUPS["notify"]
+def flows(services: tuple[Service, ...] = ANTING) -> tuple[Flow, ...]:
+    """Who sends and who receives each topic, from the declarations
+    (:mod:`shared.topology`): one flow per service, action and topic, and one more for
+    each further part of the service that uses the topic in another group or for
+    another purpose (a write several parts share is one flow)."""
+    out: dict[tuple[str, str, str, str | None, str], Flow] = {}
+    taken: set[tuple[str, str, str]] = set()
+    for service, part in parts(services):
+        group_of = service.group(part)
+        uses: list[tuple[Literal["send", "receive"], Use, str | None]] = [
+            *(("receive", u, group_of) for u in part.reads), *(("send", u, None) for u in part.writes)]
+        for action, use, group in uses:
+            key = (service.name, action, use.topic.name, group, use.summary)
+            if key in out:
+                continue
+            first = (service.name, action, use.topic.name) not in taken
+            taken.add((service.name, action, use.topic.name))
+            out[key] = Flow(service.name, action, use.topic, use.summary, group,
+                            None if first else part.name)
+    return tuple(out.values())
+
+
 #: Who sends and who receives each topic.
-FLOWS: tuple[Flow, ...] = (
-    Flow("ingest", "send", ANNOUNCEMENTS, "publishes the announcements posted to it"),
-    Flow("ingest", "send", AGREEMENTS, "publishes the agreement signings posted to it"),
-    Flow("enrich", "receive", ANNOUNCEMENTS, "enriches each announcement", GROUPS["enrich"]),
-    Flow("enrich", "receive", AGREEMENTS, "enriches each agreement signing", GROUPS["enrich"]),
-    Flow("enrich", "receive", ORGANIZATIONS, "keeps the organization catalog in memory"),
-    Flow("ingest", "send", DOCUMENTS, "publishes the documents posted to it, HTML reduced to text"),
-    Flow("enrich", "receive", DOCUMENTS, "reads the events each document reports", DOCUMENTS_GROUP),
-    Flow("enrich", "send", ANNOUNCEMENTS, "writes the announcements a document reports"),
-    Flow("enrich", "send", AGREEMENTS, "writes the agreement signings a document reports"),
-    Flow("cli", "send", ORGANIZATIONS, "anting loads and edits the organization catalog"),
-    Flow("enrich", "send", ENRICHED_EVENTS, "writes every event with its organizations resolved"),
-    Flow("enrich", "send", DEAD_LETTERS, "writes the records it cannot process"),
-    Flow("notify", "receive", ENRICHED_EVENTS, "matches each event against the subscriptions", _N),
-    Flow("notify", "send", SUBSCRIPTIONS, "stores the subscriptions its API is given"),
-    Flow("notify", "receive", SUBSCRIPTIONS, "keeps every subscription in memory"),
-    Flow("notify", "send", NOTIFICATIONS, "logs each delivery attempt's outcome"),
-    Flow("notify", "receive", NOTIFICATIONS, "folds its delivered-ledger from the delivery log"),
-    Flow("notify", "send", NOTIFY_RETRIES, "schedules the next attempt of a failed delivery"),
-    Flow("notify", "receive", NOTIFY_RETRIES, "attempts the deliveries that are due", f"{_N}-retries"),
-    Flow("notify", "send", NOTIFY_DIGESTS, "collects an event into an open digest window"),
-    Flow("notify", "receive", NOTIFY_DIGESTS, "sends a digest once its window closes", f"{_N}-digests"),
-    Flow("notify", "send", DEAD_LETTERS, "writes the records it cannot process"),
-    Flow("insights", "receive", ENRICHED_EVENTS, "routes each event's facts to its entities",
-         f"{GROUPS['insights']}-route"),
-    Flow("insights", "send", INSIGHTS_FACTS, "repartitions each event's facts by entity"),
-    Flow("insights", "send", DEAD_LETTERS, "writes the enriched events it cannot read"),
-    Flow("insights", "receive", INSIGHTS_FACTS, "folds the facts into its table", GROUPS["insights"]),
-    Flow("insights", "send", INSIGHTS_CHANGELOG, "writes its table's changes"),
-    Flow("insights", "receive", INSIGHTS_CHANGELOG, "restores its table on start"),
-    Flow("cli", "receive", DEAD_LETTERS, "anting dlq lists and replays dead letters"),
-    Flow("cli", "send", DEAD_LETTERS_REPLAYED, "anting dlq replay remembers what it sent back"),
-    Flow("cli", "receive", DEAD_LETTERS_REPLAYED, "anting dlq replay skips what it sent back"),
-)
+FLOWS: tuple[Flow, ...] = flows()
 
 # the CloudEvents Kafka binding: structured mode is the whole event in the value
 STRUCTURED = "application/cloudevents+json"
@@ -290,7 +278,8 @@ def build(prefix: str, kafka: KafkaSettings) -> JsonObject:
         server["security"] = [{"$ref": "#/components/securitySchemes/sasl"}]
     operations: JsonObject = {}
     for flow in FLOWS:
-        operations[f"{flow.service}-{flow.action}s-{flow.topic.name}"] = _operation(flow)
+        who = flow.service if flow.part is None else f"{flow.service}-{flow.part.replace(' ', '-')}"
+        operations[f"{who}-{flow.action}s-{flow.topic.name}"] = _operation(flow)
     return {
         "asyncapi": "3.0.0",
         "info": {

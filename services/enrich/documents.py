@@ -34,7 +34,8 @@ from shared.documents import parse_document
 from shared.events import STRUCTURED_CONTENT_TYPE, check_size, dump_event, parse_event_obj
 from shared.metrics import DOCUMENT_EVENTS, DOCUMENTS_READ, STAGE_SECONDS
 from shared.stage import Guarantee, Outputs, Record, Stage, StageRunner
-from shared.topics import DEAD_LETTERS, DOCUMENTS, INPUT_TOPICS_BY_TYPE
+from shared.topics import DEAD_LETTERS, INPUT_TOPICS_BY_TYPE
+from shared.topology import ENRICH_DOCUMENTS
 
 __all__ = ["STAGE", "DocumentStage", "events_of"]
 
@@ -67,13 +68,13 @@ class DocumentStage:
         self.settings = settings
         self.catalog = catalog
         self.group = settings.documents_group
-        self.topic = settings.topic(DOCUMENTS)
+        self.topic = ENRICH_DOCUMENTS.input(settings.topic_prefix)
         self.outputs = {t: settings.topic(topic) for t, topic in INPUT_TOPICS_BY_TYPE.items()}
         self._index: object = None
         self._gazetteer = Gazetteer([])
         self._warm = False
         self.stage = Stage(
-            name=STAGE, inputs=(self.topic,), outputs=tuple(self.outputs.values()),
+            name=STAGE, inputs=(self.topic,), outputs=ENRICH_DOCUMENTS.outputs(settings.topic_prefix),
             dead_letters=settings.topic(DEAD_LETTERS), group=self.group,
             guarantee=Guarantee.AT_LEAST_ONCE, batch_max_records=20,
             batch_wait_ms=settings.batch_wait_ms, max_partition_fetch_bytes=4 * 1024 * 1024,

@@ -26,7 +26,7 @@ from shared.kafka import ensure_topics
 from shared.kafka_access import Doing, until_allowed
 from shared.lag import LagMonitor
 from shared.runtime import quiet_gc, run_service
-from shared.topics import ORGANIZATIONS
+from shared.topology import ENRICH, ENRICH_CATALOG
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,11 @@ async def serve(settings: EnrichSettings, stop: asyncio.Event, *, tune_gc: bool 
     try:
         # a broker refusing the credentials, the certificate or an ACL: said once per 30 s and
         # on /readyz, tried again with backoff; never an exit with a traceback
-        if await until_allowed(lambda: ensure_topics(settings), worker.access, settings.kafka,
+        if await until_allowed(lambda: ensure_topics(settings, ENRICH.checks), worker.access, settings.kafka,
                                Doing(topic_operation="Create", cluster_operation="Create"), stop) is None:
             return
         await until_allowed(catalog.start, worker.access, settings.kafka,
-                            Doing(reads=(settings.topic(ORGANIZATIONS),)), stop)
+                            ENRICH_CATALOG.reading(settings.topic_prefix), stop)
         if stop.is_set():
             return
         log.info("catalog loaded", extra={

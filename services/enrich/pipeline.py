@@ -30,7 +30,8 @@ from shared.events import record_event_bytes
 from shared.kafka_access import AccessStatus
 from shared.metrics import ENRICH_EVENTS, ENRICH_ORGANIZATIONS, STAGE_SECONDS
 from shared.stage import STUCK_AFTER, Guarantee, Outputs, Record, RecordTooLarge, Stage, StageRunner
-from shared.topics import AGREEMENTS, ANNOUNCEMENTS, DEAD_LETTERS, ENRICHED_EVENTS
+from shared.topics import DEAD_LETTERS
+from shared.topology import ENRICH_EVENTS as DECLARED
 
 __all__ = ["STAGE", "STRUCTURED", "STUCK_AFTER", "Enricher", "Outcome", "Worker", "stage_of"]
 
@@ -45,11 +46,12 @@ _UNWRITABLE = (RecordTooLarge, MessageSizeTooLargeError, TypeError, ValueError)
 
 
 def stage_of(settings: EnrichSettings) -> Stage:
-    """enrich's declaration: what it reads and writes, its group and guarantee."""
+    """enrich's stage: what it reads and writes (as declared in :mod:`shared.topology`),
+    its group and guarantee."""
     return Stage(
         name=STAGE,
-        inputs=(settings.topic(ANNOUNCEMENTS), settings.topic(AGREEMENTS)),
-        outputs=(settings.topic(ENRICHED_EVENTS),),
+        inputs=DECLARED.inputs(settings.topic_prefix),
+        outputs=DECLARED.outputs(settings.topic_prefix),
         dead_letters=settings.topic(DEAD_LETTERS),
         group=settings.group,
         guarantee=Guarantee(settings.guarantee),
@@ -113,7 +115,7 @@ class Enricher:
     def __init__(self, settings: EnrichSettings, catalog: Catalog) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.out_topic = settings.topic(ENRICHED_EVENTS)
+        (self.out_topic,) = DECLARED.outputs(settings.topic_prefix)
 
     async def handle(self, records: list[Record], out: Outputs) -> None:
         """One output per record. With tracing on, each record gets a ``process <topic>``

@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.enrich.resolve import DEFAULT_THRESHOLD
 from shared.settings import AntingSettings
+from shared.topology import ENRICH_DOCUMENTS, ENRICH_EVENTS
 from shared.where import default_port
 
 
@@ -18,7 +19,8 @@ class EnrichSettings(AntingSettings):
     host: str = "127.0.0.1"
     port: int = Field(default_factory=lambda: default_port("enrich"), ge=0, le=65535)
     guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
-    group: str = Field("anting-enrich", min_length=1)
+    # the groups' defaults are the declared ones (shared/topology.py)
+    group: str = Field(str(ENRICH_EVENTS.group), min_length=1)
     fuzzy_threshold: float = Field(DEFAULT_THRESHOLD, ge=50, le=100)
     # records per poll
     batch_max_records: int = Field(2000, ge=1)
@@ -43,7 +45,7 @@ class EnrichSettings(AntingSettings):
     # report, at least once, in a consumer group of its own; off: this process runs
     # only the enrich worker (run the stage in another one)
     documents: bool = True
-    documents_group: str = Field("anting-enrich-documents", min_length=1)
+    documents_group: str = Field(str(ENRICH_DOCUMENTS.group), min_length=1)
 
     @model_validator(mode="after")
     def _transaction_outlasts_commit_interval(self) -> EnrichSettings:

@@ -18,7 +18,8 @@ from shared import logs
 from shared import settings as settings_mod
 from shared.http import EmbeddedServer
 from shared.runtime import quiet_gc, run_service
-from shared.topics import DOCUMENT_MAX_MESSAGE_BYTES, DOCUMENTS
+from shared.topics import DOCUMENT_MAX_MESSAGE_BYTES
+from shared.topology import INGEST_DOCUMENTS
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def make_document_publisher(settings: IngestSettings) -> Publisher:
     return Publisher(
         settings, timeout=max(settings.publish_timeout_seconds, 10.0),
         max_batch_bytes=DOCUMENT_MAX_MESSAGE_BYTES, compression_type="gzip",
-        max_request_size=DOCUMENT_MAX_MESSAGE_BYTES, topics=(DOCUMENTS,),
+        max_request_size=DOCUMENT_MAX_MESSAGE_BYTES, topics=INGEST_DOCUMENTS.output_topics,
     )
 
 

@@ -40,7 +40,8 @@ from shared.kafka_access import (
     topic_operations,
 )
 from shared.settings import AntingSettings
-from shared.topics import INPUT_TOPICS_BY_TYPE, Topic
+from shared.topics import Topic
+from shared.topology import INGEST_EVENTS
 from shared.write_failures import refuses_the_record
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class Publisher:
         timeout: float = 4.0,
         linger_ms: int = 0,
         max_batch_bytes: int = 512 * 1024,
-        topics: Sequence[Topic] = tuple(INPUT_TOPICS_BY_TYPE.values()),
+        topics: Sequence[Topic] = INGEST_EVENTS.output_topics,
         **overrides: object,
     ) -> None:
         self.settings = settings

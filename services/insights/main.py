@@ -20,7 +20,8 @@ from shared.kafka_access import AccessStatus, Doing, until_allowed
 from shared.lag import LagMonitor
 from shared.runtime import run_service
 from shared.settings import load
-from shared.topics import ENRICHED_EVENTS, INSIGHTS_CHANGELOG, INSIGHTS_FACTS
+from shared.topics import INSIGHTS_CHANGELOG
+from shared.topology import INSIGHTS, INSIGHTS_TABLE
 
 __all__ = ["run", "serve"]
 
@@ -29,9 +30,10 @@ log = logging.getLogger(__name__)
 
 async def serve(settings: InsightsSettings, stop: asyncio.Event) -> None:
     """Topics, the faust app, the API; until ``stop`` is set."""
-    topics = [ENRICHED_EVENTS, INSIGHTS_FACTS]
-    if settings.group == "anting-insights":  # the registered changelog name is the default app id's
-        topics.append(INSIGHTS_CHANGELOG)
+    # what start-up checks, as declared; the registered changelog's name is the default
+    # app id's, so another app id's is faust's to create
+    topics = [t for t in INSIGHTS.checks
+              if t.name != INSIGHTS_CHANGELOG.name or settings.group == INSIGHTS.group_prefix]
     # the broker refusing the credentials, the certificate or an ACL: one line per 30 s, tried
     # again with backoff (no readiness yet: the API starts once the cluster is known)
     access = AccessStatus()
@@ -46,8 +48,8 @@ async def serve(settings: InsightsSettings, stop: asyncio.Event) -> None:
             return
         settings = settings.model_copy(update={"replication_factor": rf})
     insights = Insights(settings, access)
-    lag = LagMonitor(settings, {insights.route.group: [settings.topic(ENRICHED_EVENTS)],
-                                insights.app.conf.id: [settings.topic(INSIGHTS_FACTS)]})
+    lag = LagMonitor(settings, {insights.route.group: [insights.route.source],
+                                insights.app.conf.id: list(INSIGHTS_TABLE.inputs(settings.topic_prefix))})
     lag.start()
     app = create_app(settings, insights)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,

@@ -37,8 +37,8 @@ from shared.events import NotACloudEvent, parse_enriched, record_event_bytes
 from shared.kafka_access import AccessStatus
 from shared.metrics import INSIGHTS_FACTS
 from shared.stage import Guarantee, Outputs, Record, Stage, StageRunner
-from shared.topics import DEAD_LETTERS, ENRICHED_EVENTS
-from shared.topics import INSIGHTS_FACTS as FACTS_TOPIC
+from shared.topics import DEAD_LETTERS
+from shared.topology import INSIGHTS, INSIGHTS_ROUTE
 
 __all__ = ["MAX_RECORDS", "Route"]
 
@@ -56,9 +56,9 @@ class Route:
 
     def __init__(self, settings: InsightsSettings, access: AccessStatus | None = None) -> None:
         self.settings = settings
-        self.group = settings.topic_prefix + settings.group + "-route"
-        self.source = settings.topic(ENRICHED_EVENTS)
-        self.target = settings.topic(FACTS_TOPIC)
+        self.group = settings.topic_prefix + INSIGHTS.group_under(INSIGHTS_ROUTE, settings.group)
+        self.source = INSIGHTS_ROUTE.input(settings.topic_prefix)
+        (self.target,) = INSIGHTS_ROUTE.outputs(settings.topic_prefix)
         self.stage = Stage(
             name="insights", inputs=(self.source,), outputs=(self.target,),
             dead_letters=settings.topic(DEAD_LETTERS), group=self.group,

@@ -6,6 +6,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import AntingSettings
+from shared.topology import INSIGHTS
 from shared.where import default_port
 
 __all__ = ["InsightsSettings"]
@@ -25,7 +26,7 @@ class InsightsSettings(AntingSettings):
     host: str = "127.0.0.1"
     port: int = Field(default_factory=lambda: default_port("insights"), ge=1, le=65535)
     advertised_url: str = ""
-    group: str = "anting-insights"
+    group: str = str(INSIGHTS.group_prefix)  # the declared one (shared/topology.py)
     # partitions of insights-facts and of the changelog (they must be equal: co-partitioned)
     partitions: int = Field(3, ge=1, le=1000)
     # unset: the contract's, min(3, brokers) of the cluster at start (shared/kafka.py)

@@ -58,7 +58,7 @@ from shared.metrics import (
     INSIGHTS_RECOVERY_RESTARTS,
     INSIGHTS_RECOVERY_SECONDS,
 )
-from shared.topics import INSIGHTS_FACTS as FACTS_TOPIC
+from shared.topology import INSIGHTS_TABLE
 
 __all__ = ["MARKER_PREFIX", "TABLE", "Insights", "RecoveryWatchdog", "key_partition", "marker_keys"]
 
@@ -202,11 +202,12 @@ class Insights:
         )
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                                "key_serializer": "raw", "value_serializer": "raw"}
-        self.facts = self.app.topic(settings.topic(FACTS_TOPIC), partitions=settings.partitions, **raw)
+        # the facts topic the table folds, as declared
+        self.facts_topic = INSIGHTS_TABLE.input(settings.topic_prefix)
+        self.facts = self.app.topic(self.facts_topic, partitions=settings.partitions, **raw)
         self.table = self.app.Table(TABLE, default=None, key_type=bytes, value_type=bytes,
                                     partitions=settings.partitions, use_partitioner=True)
         self.app.agent(self.facts, name="fold")(self._fold)
-        self.facts_topic = settings.topic(FACTS_TOPIC)
         self.markers = marker_keys(settings.partitions)
         self._partitions: dict[bytes, int] = {}
         # partitions whose recovery completed for the current assignment; None from a

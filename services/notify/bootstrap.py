@@ -41,13 +41,13 @@ from shared.kafka import (
     make_producer,
 )
 from shared.kafka_access import AccessStatus, Doing, until_allowed
-from shared.topics import (
-    DEAD_LETTERS,
-    ENRICHED_EVENTS,
-    NOTIFICATIONS,
-    NOTIFY_DIGESTS,
-    NOTIFY_RETRIES,
-    SUBSCRIPTIONS,
+from shared.topology import (
+    NOTIFY,
+    NOTIFY_DIGEST_WINDOWS,
+    NOTIFY_EVENTS,
+    NOTIFY_LEDGER,
+    NOTIFY_RETRY_SCHEDULE,
+    NOTIFY_STORE,
 )
 
 __all__ = ["Notifier", "default_channels"]
@@ -88,7 +88,7 @@ class Notifier:
         self.deliverer = Deliverer(settings, self.producer, self.store, self.ledger, self.channels)
         self.dlq = DeadLetterWriter(self.producer, settings)
         self.digests = Digests(self.deliverer, self.ledger, self.store, self.producer,
-                               settings.topic(NOTIFY_DIGESTS), self.dlq, time_scale=settings.retry_time_scale)
+                               NOTIFY_DIGEST_WINDOWS.input(settings.topic_prefix), self.dlq, time_scale=settings.retry_time_scale)
         self.pipeline = EventPipeline(self.store, self.ledger, self.deliverer, self.digests, self.dlq)
         self.stop_event = asyncio.Event()
         self.retry_schedule = RetrySchedule(self.deliverer, self.ledger, self.dlq, self.stop_event, self.store)
@@ -103,8 +103,7 @@ class Notifier:
         # one line per 30 s says it, each part retries with backoff until allowed
         self.access = AccessStatus()
         #: the topics notify's handlers write (a refused one is named as refused Write)
-        self.writes = tuple(settings.topic(t) for t in (
-            NOTIFICATIONS, NOTIFY_RETRIES, NOTIFY_DIGESTS, DEAD_LETTERS, SUBSCRIPTIONS))
+        self.writes = NOTIFY.writes(settings.topic_prefix)
 
     async def start(self, stop: asyncio.Event | None = None) -> None:
         """Topics, producer, and the in-memory state caught up with Kafka. While the broker
@@ -113,10 +112,11 @@ class Notifier:
         stop = stop or asyncio.Event()
         kafka = self.settings.kafka
         steps: tuple[tuple[Callable[[], Awaitable[object]], Doing], ...] = (
-            (lambda: ensure_topics(self.settings), Doing(topic_operation="Create", cluster_operation="Create")),
+            (lambda: ensure_topics(self.settings, NOTIFY.checks),
+             Doing(topic_operation="Create", cluster_operation="Create")),
             (self.producer.start, Doing(writes=self.writes)),
-            (self.store.start, Doing(reads=(self.settings.topic(SUBSCRIPTIONS),))),
-            (self.ledger.start, Doing(reads=(self.settings.topic(NOTIFICATIONS),))),
+            (self.store.start, NOTIFY_STORE.reading(self.settings.topic_prefix)),
+            (self.ledger.start, NOTIFY_LEDGER.reading(self.settings.topic_prefix)),
         )
         for step, doing in steps:
             await until_allowed(step, self.access, kafka, doing, stop)
@@ -143,12 +143,15 @@ class Notifier:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then finish in-flight work, commit and flush."""
-        group = self.settings.group
+        group, prefix = self.settings.group, self.settings.topic_prefix
+        # the loops' groups and topics as declared, under the group setting's value
+        retries_group = NOTIFY.group_under(NOTIFY_RETRY_SCHEDULE, group)
+        digests_group = NOTIFY.group_under(NOTIFY_DIGEST_WINDOWS, group)
         opts = {"max_poll_records": 1000, "session_timeout_ms": self.settings.session_timeout_ms,
                 "heartbeat_interval_ms": min(3000, self.settings.session_timeout_ms // 3)}
         events = make_consumer(self.settings, group_id=group, **opts)
-        retries = make_consumer(self.settings, group_id=f"{group}-retries", **opts)
-        digests = make_consumer(self.settings, group_id=f"{group}-digests", **opts)
+        retries = make_consumer(self.settings, group_id=retries_group, **opts)
+        digests = make_consumer(self.settings, group_id=digests_group, **opts)
         self._consumers = [events, retries, digests]
         for consumer in self._consumers:
             await until_allowed(consumer.start, self.access, self.settings.kafka, Doing(), stop)
@@ -159,7 +162,7 @@ class Notifier:
         # the loop's consumer, whichever it is now (a loop may replace it: consumer_loop.py)
         self.digests.holds = lambda tp: tp in windows.consumer.assignment()
         main = ConsumerLoop(
-            events, self.settings.topic(ENRICHED_EVENTS), self.pipeline.handle_event,
+            events, NOTIFY_EVENTS.input(prefix), self.pipeline.handle_event,
             max_in_flight=max(4 * self.settings.concurrency, 256),
             commit_interval=self.settings.commit_interval_seconds, name="events",
             # first attempts end within the delivery timeout; the group gives a member
@@ -170,20 +173,20 @@ class Notifier:
             new_consumer=lambda: make_consumer(self.settings, group_id=group, **opts),
         )
         sched = ConsumerLoop(
-            retries, self.settings.topic(NOTIFY_RETRIES), self.retry_schedule.handle,
+            retries, NOTIFY_RETRY_SCHEDULE.input(prefix), self.retry_schedule.handle,
             max_in_flight=50_000, commit_interval=self.settings.commit_interval_seconds, name="retries",
             on_assigned=functools.partial(self.ledger.assigned, "retries"),
-            group=f"{group}-retries", access=access, kafka=kafka, writes=writes,
+            group=retries_group, access=access, kafka=kafka, writes=writes,
             dead_letter=self._dead_letter,
-            new_consumer=lambda: make_consumer(self.settings, group_id=f"{group}-retries", **opts),
+            new_consumer=lambda: make_consumer(self.settings, group_id=retries_group, **opts),
         )
         windows = ConsumerLoop(
-            digests, self.settings.topic(NOTIFY_DIGESTS), self.digests.handle,
+            digests, NOTIFY_DIGEST_WINDOWS.input(prefix), self.digests.handle,
             max_in_flight=50_000, commit_interval=self.settings.commit_interval_seconds, name="digests",
             on_assigned=functools.partial(self.ledger.assigned, "digests"),
-            group=f"{group}-digests", access=access, kafka=kafka, writes=writes,
+            group=digests_group, access=access, kafka=kafka, writes=writes,
             dead_letter=self._dead_letter,
-            new_consumer=lambda: make_consumer(self.settings, group_id=f"{group}-digests", **opts),
+            new_consumer=lambda: make_consumer(self.settings, group_id=digests_group, **opts),
         )
         self.loops = [main, sched, windows]
         for loop in self.loops:

@@ -19,7 +19,7 @@ from shared.http import EmbeddedServer
 from shared.lag import LagMonitor
 from shared.runtime import quiet_gc, run_service
 from shared.settings import load
-from shared.topics import ENRICHED_EVENTS, NOTIFY_RETRIES
+from shared.topology import NOTIFY, NOTIFY_EVENTS, NOTIFY_RETRY_SCHEDULE
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 def consumer_groups(settings: NotifySettings) -> dict[str, list[str]]:
     """The consumer groups :meth:`Notifier.run` joins, each with the topic it reads."""
     return {
-        settings.group: [settings.topic(ENRICHED_EVENTS)],
-        f"{settings.group}-retries": [settings.topic(NOTIFY_RETRIES)],
+        settings.group: [NOTIFY_EVENTS.input(settings.topic_prefix)],
+        NOTIFY.group_under(NOTIFY_RETRY_SCHEDULE, settings.group):
+            [NOTIFY_RETRY_SCHEDULE.input(settings.topic_prefix)],
     }
 
 

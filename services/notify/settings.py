@@ -14,6 +14,7 @@ from shared.access import RateLimit
 from shared.settings import AntingSettings
 from shared.subscriptions import RETRY_PRESETS, RetryPolicy
 from shared.topics import LEDGER_RETENTION_MS
+from shared.topology import NOTIFY
 from shared.where import default_port
 
 # Settings that the retry schedule replaced: set, they stop notify at start-up with a
@@ -61,7 +62,7 @@ class NotifySettings(AntingSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default_factory=lambda: default_port("notify"), ge=0, le=65535)
-    group: str = "anting-notify"
+    group: str = str(NOTIFY.group_prefix)  # the declared one (shared/topology.py)
     # CIDR ranges outbound webhooks may reach although private/loopback/link-local
     allow_networks: str = ""
     # apprise schemes subscriptions may use (egress.py: only schemes whose every target
