@@ -88,7 +88,8 @@ def window_start(ts_ms: int, window: Literal["day", "week"]) -> int:
 
 
 # not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__,
-# and making ~8 facts per event was a tenth of the route's time
+# and making ~8 facts per event (in the route, again in the fold) took 6.5% of the
+# service's time in a profile at 20,000 events
 @dataclass(slots=True)
 class Fact:
     """What one event teaches one entity: the event's position on ``enriched-events``
