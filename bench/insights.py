@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import orjson
 
+from bench import procs
 from devtools.localkafka import free_port
 from devtools.testing import ServiceProcess, create_topics, settings_for
 from services.insights.state import facts_of
@@ -131,6 +132,8 @@ def measure(bootstrap: str, n: int, log_dir: Path, timeout: float = 900.0) -> di
     proc = ServiceProcess("insights", settings, log_dir / f"insights-{port}.log", ANTING_INSIGHTS_PORT=str(port))
     t0 = time.monotonic()
     proc.start()
+    if procs.PROFILE_DIR is not None and proc.proc is not None:  # `python -m bench --profile insights`
+        procs._attach_profiler("insights", proc.proc.pid)
     try:
         while applied(base) < facts:
             if time.monotonic() - t0 > timeout:

@@ -133,5 +133,5 @@ async def test_every_answer_is_true_at_its_position_or_503(topics: AntingSetting
     counts["unreachable (connection refused or reset)"] = loop.unreachable
     print(f"\nanswers through the rebalances: {dict(counts)}")
     assert not wrong, (dict(counts), wrong[:10])
-    assert counts["true at its position"] > 100
+    assert counts["true at its position"] > 100, dict(counts)
     assert len({h.get("x-anting-position") for p, s, h, _ in loop.answers if s == 200}) > 3
