@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +21,24 @@ def test_quick_bench_reports_every_required_figure(kafka_bootstrap: str, tmp_pat
     results = tmp_path / "results.json"
     markdown = tmp_path / "BENCHMARKS.md"
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
-    proc = subprocess.run(
+    # its own process group: past the hang guard the whole group is killed, the services
+    # and receivers the bench started with it (a kill of the bench alone left them running)
+    bench = subprocess.Popen(
         [sys.executable, "-m", "bench", "--quick", "--results", str(results),
          "--markdown", str(markdown)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,  # a hang guard, not a target
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
     )
+    try:
+        out, err = bench.communicate(timeout=600)  # a hang guard, not a target
+    except subprocess.TimeoutExpired:
+        os.killpg(bench.pid, signal.SIGKILL)
+        out, err = bench.communicate()
+        raise AssertionError(f"the quick bench ran past 600 s:\n{err[-3000:]}") from None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(bench.pid, signal.SIGKILL)  # anything of the group still alive
+    proc = subprocess.CompletedProcess(bench.args, bench.returncode, out, err)
     assert results.is_file(), proc.stderr[-3000:]
     doc = orjson.loads(results.read_bytes())
     assert {"machine", "versions", "results"} <= doc.keys()
