@@ -884,3 +884,26 @@ def serve_cluster_forever(size: int = 3, port: int = 9092, data_dir: Path | None
             time.sleep(0.2)
     finally:
         cluster.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m devtools.localkafka``: resolve the broker's jars and exit (0), or say
+    what is missing on stderr (2). The standard library is all it needs, so ``make run``
+    resolves the jars while the virtualenv is still being installed."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.localkafka",
+        description="Resolve the local Kafka broker's jars (kafka/libs) with Maven, then exit. "
+                    "`anting kafka` runs the broker.")
+    parser.parse_args(argv)
+    try:
+        print(f"Kafka jars ready in {fetch_jars()}", flush=True)
+    except LocalKafkaError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
