@@ -37,6 +37,7 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from services.enrich.gate import Gate
 from services.enrich.gazetteer import Gazetteer, fold, unfolded_case
 from services.enrich.resolve import has_cjk, is_generic, normalise
 from services.enrich.segment import PosCutter
@@ -409,14 +410,16 @@ def _en_name_at(sentence: str, a: int, b: int, offset: int) -> Iterable[tuple[in
         yield offset + start, offset + start + len(name)
 
 
-def _zh_slot_names(folded: str, start: int, end: int) -> Iterable[tuple[int, int]]:
+def _zh_slot_names(folded: str, start: int, end: int, may: int = -1) -> Iterable[tuple[int, int]]:
+    """Chinese names in an actor's place in ``folded[start:end]`` (``may``: the bits of
+    :data:`_SENTENCE_GATE`, the patterns that may match there)."""
     sentence = folded[start:end]
-    for m in _ZH_SIGN_SLOT.finditer(sentence):
+    for m in _ZH_SIGN_SLOT.finditer(sentence) if may & _MAY_ZH_SIGN_SLOT else ():
         for g in (1, 2):
             yield start + m.start(g), start + m.end(g)
-    for m in _ZH_NEW_BODY.finditer(sentence):
+    for m in _ZH_NEW_BODY.finditer(sentence) if may & _MAY_ZH_NEW_BODY else ():
         yield start + m.start(1), start + m.end(1)
-    for m in _ZH_MEMBERS.finditer(sentence):
+    for m in _ZH_MEMBERS.finditer(sentence) if may & _MAY_ZH_MEMBERS else ():
         pos = m.start(1)
         for item in _ZH_LIST_SEP.split(m.group(1)):
             if 2 <= len(item.strip()) <= 30:
@@ -628,16 +631,27 @@ def _clauses(sentence: str, offset: int) -> list[tuple[int, int]]:
 
 # --- all together -----------------------------------------------------------------------
 
+# the patterns run on each sentence, and which may match in which: one pass over the text
+_SENTENCE_GATE = Gate([
+    (_FOLDED_SIGNING, True), (_EN_BY_LIST, False), (_EN_MEMBERS, False), (_EN_NEW_BODY, False),
+    (_ZH_SIGN_SLOT, True), (_ZH_NEW_BODY, True), (_ZH_MEMBERS, True), (_ZH_SUFFIX, True)])
+_MAY_EN_SLOT = 0b1111  # a signing, "founded by", "members include", "a joint venture"
+_MAY_ZH_SIGN_SLOT, _MAY_ZH_NEW_BODY, _MAY_ZH_MEMBERS, _MAY_ZH_SUFFIX = 1 << 4, 1 << 5, 1 << 6, 1 << 7
+_MAY_ZH_SLOT = _MAY_ZH_SIGN_SLOT | _MAY_ZH_NEW_BODY | _MAY_ZH_MEMBERS
+
 
 def _key_of(name: str) -> str:
     return normalise(name) or fold(name)
 
 
-def find_organizations(text: str, gazetteer: Gazetteer, folded: str | None = None) -> list[Found]:
+def find_organizations(text: str, gazetteer: Gazetteer, folded: str | None = None,
+                       cut: list[tuple[int, int]] | None = None) -> list[Found]:
     """Every organization ``text`` names, in the order it first names them, each with every
     mention (code points of ``text``) and its role where the text says (``folded``:
-    ``fold(text)``, when the caller has it already). Never raises."""
+    ``fold(text)``, and ``cut``: ``sentences(text)``, when the caller has them already).
+    Never raises."""
     folded = fold(text) if folded is None else folded
+    cut = sentences(text) if cut is None else cut
     taken = _Taken(len(text))
     found: dict[str, Found] = {}
     free = taken.free
@@ -664,17 +678,22 @@ def find_organizations(text: str, gazetteer: Gazetteer, folded: str | None = Non
         add(hit.start, hit.end, "id:" + hit.org_id, written, hit.org_id)
     # 2. the rules, where the catalog found nothing
     candidates: list[tuple[int, int]] = []
-    cut = sentences(text)
-    signing_re = SIGNING if unfolded_case(folded) else _FOLDED_SIGNING
-    for s_start, s_end in cut:
+    if unfolded_case(folded):  # SIGNING ignores case: no words to look for first
+        signing_re, may_match = SIGNING, [-1] * len(cut)
+    else:
+        signing_re, may_match = _FOLDED_SIGNING, _SENTENCE_GATE.masks(folded, cut)
+    for (s_start, s_end), may in zip(cut, may_match, strict=True):
         candidates.extend(_english_candidates(text, s_start, s_end))
-        candidates.extend(_chinese_candidates(folded, s_start, s_end))
+        if may & _MAY_ZH_SUFFIX:
+            candidates.extend(_chinese_candidates(folded, s_start, s_end))
     # names in an actor's place, where neither the catalog nor a suffix found one
-    for s_start, s_end in cut:
-        if signing_re.search(folded[s_start:s_end]) or _EN_BY_LIST.search(text[s_start:s_end]) \
-                or _EN_MEMBERS.search(text[s_start:s_end]) or _EN_NEW_BODY.search(text[s_start:s_end]):
+    for (s_start, s_end), may in zip(cut, may_match, strict=True):
+        if may & _MAY_EN_SLOT and (
+                signing_re.search(folded[s_start:s_end]) or _EN_BY_LIST.search(text[s_start:s_end])
+                or _EN_MEMBERS.search(text[s_start:s_end]) or _EN_NEW_BODY.search(text[s_start:s_end])):
             candidates.extend(_en_slot_names(text[s_start:s_end], s_start))
-        candidates.extend(_zh_slot_names(folded, s_start, s_end))
+        if may & _MAY_ZH_SLOT:
+            candidates.extend(_zh_slot_names(folded, s_start, s_end, may))
     for a, b in sorted(candidates, key=lambda c: (c[0], -(c[1] - c[0]))):
         if not free(a, b) and _named_after(text[a:b], [
                 (f, m) for f in found.values() if f.org_id for m in f.mentions

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.enrich.extract import SIGNING, Found, find_organizations, sentences
+from services.enrich.gate import Gate
 from services.enrich.gazetteer import Gazetteer, fold, unfolded_case
 from shared.documents import Document
 from shared.events import AGREEMENT, ANNOUNCEMENT, LIMITS
@@ -45,6 +46,8 @@ _TRIGGERS = [(kind, re.compile(p, re.IGNORECASE)) for kind, p in TRIGGERS]
 # the same without IGNORECASE, twice as fast, for a folded text (lower case already) that
 # has none of the letters IGNORECASE reads as "i" and folding leaves as they are
 _FOLDED_TRIGGERS = [(kind, re.compile(p)) for kind, p in TRIGGERS]
+# which of them may match in which sentence, from one pass over the document
+_TRIGGER_GATE = Gate([(p, True) for _, p in _FOLDED_TRIGGERS])
 _SPACES = re.compile(r"\s+")
 # a CJK ideograph (the ranges of :func:`~services.enrich.resolve.has_cjk`)
 _CJK_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -118,16 +121,21 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
     its size. Never raises."""
     text = doc.text
     folded = fold(text)
-    found = find_organizations(text, gazetteer, folded)
+    cut = sentences(text)
+    found = find_organizations(text, gazetteer, folded, cut)
     events: list[_Event] = []
     by_kind: dict[str, _Event] = {}
     signings: list[tuple[_Event, set[str]]] = []
-    triggers = _TRIGGERS if unfolded_case(folded) else _FOLDED_TRIGGERS
-    cut = sentences(text)
-    for s, e in cut:
+    if unfolded_case(folded):
+        triggers, may_match = _TRIGGERS, [-1] * len(cut)
+    else:
+        triggers, may_match = _FOLDED_TRIGGERS, _TRIGGER_GATE.masks(folded, cut)
+    for (s, e), may in zip(cut, may_match, strict=True):
+        if not may:
+            continue  # none of the triggers' words: it reports nothing
         sentence = folded[s:e]
-        for kind, pattern in triggers:
-            if not pattern.search(sentence):
+        for bit, (kind, pattern) in enumerate(triggers):
+            if not may >> bit & 1 or not pattern.search(sentence):
                 continue
             if kind == "agreement":
                 # one event per signing: a sentence naming some of a signing's parties
