@@ -533,6 +533,13 @@ SIGNING = re.compile(
 _FOLDED_SIGNING = re.compile(SIGNING.pattern)
 _FOLDED_CREATES = re.compile(_CREATES.pattern)
 _FOLDED_SUBJECT_VERB = re.compile(_EN_SUBJECT_VERB.pattern)
+# which of the patterns :func:`roles` runs may match in which sentence of a folded text
+_ROLES_GATE = Gate([*((p, True) for p, _ in _FOLDED_ROLE_PATTERNS), (_ZH_BY, True),
+                    (_ZH_SUBJECT_VERB, True), (_FOLDED_SUBJECT_VERB, True), (_FOLDED_SIGNING, True)])
+_MAY_ROLE = (1 << len(ROLES)) - 1
+_MAY_ZH_BY = 1 << len(ROLES)
+_MAY_SUBJECT_VERB = 0b11 << (len(ROLES) + 1)
+_MAY_SIGNING = 1 << (len(ROLES) + 3)
 
 
 def roles(text: str, found: list[Found], folded: str | None = None) -> None:
@@ -549,18 +556,26 @@ def roles(text: str, found: list[Found], folded: str | None = None) -> None:
     # Traditional read as Simplified, offsets unchanged (``folded``: ``fold(text)``, when
     # the caller has it already)
     text = fold(text) if folded is None else folded
-    role_patterns = _ROLE_PATTERNS if unfolded_case(text) else _FOLDED_ROLE_PATTERNS
-    subject_verb, signing_re, creates = (
-        (_EN_SUBJECT_VERB, SIGNING, _CREATES) if unfolded_case(text)
-        else (_FOLDED_SUBJECT_VERB, _FOLDED_SIGNING, _FOLDED_CREATES))
-    for s_start, s_end in sentences(text):
+    cut = sentences(text)
+    if unfolded_case(text):  # the patterns that ignore case: no words to look for first
+        role_patterns, subject_verb, signing_re, creates = (
+            _ROLE_PATTERNS, _EN_SUBJECT_VERB, SIGNING, _CREATES)
+        may_match = [-1] * len(cut)
+    else:
+        role_patterns, subject_verb, signing_re, creates = (
+            _FOLDED_ROLE_PATTERNS, _FOLDED_SUBJECT_VERB, _FOLDED_SIGNING, _FOLDED_CREATES)
+        may_match = _ROLES_GATE.masks(text, cut)
+    for (s_start, s_end), may in zip(cut, may_match, strict=True):
         inside = spans[bisect_left(starts, s_start):bisect_left(starts, s_end)]
         if not inside:
             continue
         sentence = text[s_start:s_end]
         given: dict[int, str] = {}  # mention start → role
         marks: list[tuple[int, int, str]] = []
-        for pattern, role in role_patterns if any(w in sentence for w in _ROLE_WORDS) else ():
+        for bit, (pattern, role) in enumerate(
+                role_patterns if may & _MAY_ROLE and any(w in sentence for w in _ROLE_WORDS) else ()):
+            if not may >> bit & 1:
+                continue
             for m in pattern.finditer(sentence):
                 a, b = m.start() + s_start, m.end() + s_start
                 if any(a < mb and ma < b for ma, mb, _ in marks):
@@ -573,14 +588,14 @@ def roles(text: str, found: list[Found], folded: str | None = None) -> None:
                 if b <= ma < until:
                     given.setdefault(ma, role)
         by_spans = []
-        for m in _ZH_BY.finditer(sentence):
+        for m in _ZH_BY.finditer(sentence) if may & _MAY_ZH_BY else ():
             role = _ZH_BY_ROLE[m.group(2)]
             by_spans.append((m.start() + s_start, m.end() + s_start))
             for ma, _mb, _f in inside:
                 if m.start(1) + s_start <= ma < m.end(1) + s_start:
                     given.setdefault(ma, role)
         # subject and verb, clause by clause: "A、B联合发起", "X released a whitepaper"
-        for c_start, c_end in _clauses(sentence, s_start):
+        for c_start, c_end in _clauses(sentence, s_start) if may & _MAY_SUBJECT_VERB else ():
             if not any(c_start <= ma < c_end for ma, _mb, _f in inside):
                 continue  # no one named here to give a role to
             if any(a < c_end and c_start < b for a, b in by_spans) or any(
@@ -599,7 +614,7 @@ def roles(text: str, found: list[Found], folded: str | None = None) -> None:
             for ma, _mb, _f in inside:
                 if c_start <= ma < verb.start() + c_start:
                     given.setdefault(ma, said)
-        signing = signing_re.search(sentence)
+        signing = signing_re.search(sentence) if may & _MAY_SIGNING else None
         if signing is not None:
             # "signed … to form a joint venture, X": what the signing sets up is no party
             # of it, but the venture it creates

@@ -19,7 +19,9 @@ TEXTS = [p.read_text(encoding="utf-8") for p in
 GATED = [(p, True) for _, p in reports._FOLDED_TRIGGERS] + [
     (extract._FOLDED_SIGNING, True), (extract._EN_BY_LIST, False), (extract._EN_MEMBERS, False),
     (extract._EN_NEW_BODY, False), (extract._ZH_SIGN_SLOT, True), (extract._ZH_NEW_BODY, True),
-    (extract._ZH_MEMBERS, True), (extract._ZH_SUFFIX, True)]
+    (extract._ZH_MEMBERS, True), (extract._ZH_SUFFIX, True),
+    *((p, True) for p, _ in extract._FOLDED_ROLE_PATTERNS), (extract._ZH_BY, True),
+    (extract._ZH_SUBJECT_VERB, True), (extract._FOLDED_SUBJECT_VERB, True)]
 
 
 def test_required_words_of_simple_patterns() -> None:
@@ -40,7 +42,7 @@ def _sample_texts() -> list[str]:
     pieces = [w for p, _ in GATED for w in required_words(p) or ()] + [
         " ", ", ", "。", "，", "\n", "The ", "Acme Motors", "小鹏汽车", "与", "和", "、", "等",
         "by ", "with ", "A", "签", "于", "正式", "合资公司", "包括", "founded by the ",
-        "Beijing Institute"]
+        "Beijing Institute", "由", "主办", "单位：", "hosted by ", "co-", "released"]
     out = list(TEXTS)
     for _ in range(2000):
         out.append("".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))))
@@ -54,8 +56,10 @@ def test_a_pattern_matches_only_where_the_gate_says_it_may() -> None:
     checked = 0
     for text in _sample_texts():
         folded = fold(text)
-        cut = sentences(text)
-        for (s, e), may in zip(cut, gate.masks(folded, cut), strict=True):
+        # the sentences of the text and those of the folded text (which roles reads)
+        cut = sentences(text) + sentences(folded)
+        for (s, e), may in zip(cut, [m for c in (sentences(text), sentences(folded))
+                                     for m in gate.masks(folded, c)], strict=True):
             for bit, (pattern, on_folded) in enumerate(GATED):
                 if pattern.search(folded[s:e] if on_folded else text[s:e]):
                     assert may >> bit & 1, (pattern.pattern[:40], text[s:e])
