@@ -36,6 +36,7 @@ import re
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.enrich.gate import Gate
 from services.enrich.gazetteer import Gazetteer, fold, unfolded_case
@@ -143,9 +144,31 @@ its their our his her chinese china's shanghai's beijing's""".split())
 _LEGAL = ("Co., Ltd.", "Co. Ltd.", "Co., Ltd", "Co.,Ltd.", "Ltd.", "Inc.", "Corp.",
           "Limited", "Ltd", "Inc", "LLC", "GmbH", "AG", "PLC", "S.A.", "SE")
 _EN_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’.&\-]*[A-Za-z0-9]|[A-Za-z0-9]|&")
+
+
+def _alternation(words: Iterable[str]) -> str:
+    """A pattern matching exactly ``words``, as a tree of their shared beginnings
+    ("C(?:o(?:llege|mpany|…)|…)"): the regex engine then tries a few letters at each
+    place of a text, not every word (three times as fast here as a flat list)."""
+    tree: dict[str, dict[str, Any]] = {}
+    for word in words:
+        node = tree
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}  # a word ends here
+
+    def pattern(node: dict[str, Any]) -> str:
+        branches = [re.escape(ch) + pattern(sub) for ch, sub in sorted(node.items()) if ch]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return "(?:" + body + ")?" if "" in node else body
+
+    return pattern(tree)
+
+
 # a head word as a word of its own (what any name the head-noun rule finds has)
-_EN_HEAD = re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(sorted(EN_HEADS, key=len, reverse=True))
-                      + r")(?![A-Za-z0-9])")
+_EN_HEAD = re.compile(r"(?<![A-Za-z0-9])" + _alternation(EN_HEADS) + r"(?![A-Za-z0-9])")
 _EN_GAP = re.compile(r"[ \t]*|[ \t]*-[ \t]*")  # between two words of a name
 _EN_LEGAL_TAIL = re.compile(r"^,?\s*(Co\.,?\s*Ltd\.?|Ltd\.?|Inc\.?|Corp\.?|LLC|GmbH|AG|PLC|S\.A\.|Limited)")
 

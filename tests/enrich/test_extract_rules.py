@@ -53,3 +53,15 @@ def test_a_body_named_after_a_catalog_organization_is_another_one() -> None:
     """"SAIC Motor Software Alliance" is an alliance, not a mention of SAIC Motor."""
     [(_, orgs)] = _orgs("The SAIC Motor Software Alliance was launched in Shanghai.")
     assert [n for n, _, _ in orgs] == ["SAIC Motor Software Alliance"]
+
+
+def test_the_head_word_pattern_finds_each_head_as_a_word_and_nothing_else() -> None:
+    """The head words' pattern (a tree of their letters) matches every head alone, and no
+    head inside a longer word."""
+    from services.enrich.extract import _EN_HEAD, EN_HEADS
+
+    for head in EN_HEADS:
+        assert _EN_HEAD.fullmatch(head), head
+        assert _EN_HEAD.search(f"the {head}, ") is not None
+        assert _EN_HEAD.search(f"x{head} {head}s {head}1") is None or head + "s" in EN_HEADS
+    assert _EN_HEAD.search("Companyx Groups university") is None
