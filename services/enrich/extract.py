@@ -273,6 +273,19 @@ _ZH_BAD_START = ("的", "和", "与", "及", "、", "在", "于", "由", "等", 
 _ZH_NAME_VN = ("研究", "发展", "改革", "创新", "管理", "服务", "投资", "控股", "建设", "交流",
                "发展和改革", "信息化", "仿真", "指挥", "控制", "制造", "通信", "出版", "运营", "科技")
 _ZH_SUFFIX = re.compile("|".join(map(re.escape, ZH_SUFFIXES)))
+_ZH_SUFFIX_SET = frozenset(ZH_SUFFIXES)
+_ZH_SUFFIX_LENGTHS = sorted({len(s) for s in ZH_SUFFIXES}, reverse=True)
+_ZH_SUFFIX_LAST = frozenset(s[-1] for s in ZH_SUFFIXES)
+
+
+def _zh_suffix_of(word: str) -> str:
+    """The longest of :data:`ZH_SUFFIXES` that ``word`` ends with, or ``""``."""
+    if word[-1:] not in _ZH_SUFFIX_LAST:
+        return ""  # most words
+    for n in _ZH_SUFFIX_LENGTHS:
+        if word[-n:] in _ZH_SUFFIX_SET and len(word) >= n:
+            return word[-n:]
+    return ""
 _CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff（）()A-Za-z0-9·]+")
 
 _cutter: PosCutter | None = None
@@ -321,12 +334,11 @@ def _chinese_candidates(folded: str, start: int, end: int) -> Iterable[tuple[int
             offsets.append((pos, pos + len(w), w, flag))
             pos += len(w)
         for i, (_, e, w, _flag) in enumerate(offsets):
-            if not w.endswith(ZH_SUFFIXES):
+            suffix = _zh_suffix_of(w)
+            if not suffix:
                 continue
-            suffix = next(s for s in ZH_SUFFIXES if w.endswith(s))
             # a longer suffix ahead ("有限" + "公司"): the name ends there
-            if i + 1 < len(offsets) and (joined := w + offsets[i + 1][2]).endswith(ZH_SUFFIXES) \
-                    and len(next(s for s in ZH_SUFFIXES if joined.endswith(s))) > len(suffix):
+            if i + 1 < len(offsets) and len(_zh_suffix_of(w + offsets[i + 1][2])) > len(suffix):
                 continue
             j = i
             while j > 0:
