@@ -939,7 +939,7 @@ def _without_legal_suffix(name: str) -> str | None:
             if simple.endswith(s) and len(simple) - len(s) >= 4:
                 core = name[: len(name) - len(s)]
                 # "重庆长安汽车" is written "长安汽车": the place it is registered in goes too
-                place = next((p for p in _ZH_REGISTERED_IN if fold(core).startswith(p)), None)
+                place = next((p for p in _ZH_REGISTERED_IN if simple.startswith(p)), None)
                 if place is not None and len(core) - len(place) >= 4:
                     core = core[len(place):]
                 return core
