@@ -50,7 +50,7 @@ _FOLDED_TRIGGERS = [(kind, re.compile(p)) for kind, p in TRIGGERS]
 _TRIGGER_GATE = Gate([(p, True) for _, p in _FOLDED_TRIGGERS])
 _SPACES = re.compile(r"\s+")
 # a CJK ideograph (the ranges of :func:`~services.enrich.resolve.has_cjk`)
-_CJK_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_CJK_CHARS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 
 
 def event_id(doc_id: str, n: int) -> str:
@@ -85,7 +85,11 @@ class Report:
 
 
 def _clip(text: str, limit: int) -> str:
-    text = _SPACES.sub(" ", text).strip()
+    return _cut(_SPACES.sub(" ", text).strip(), limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` (its spaces collapsed already) in at most ``limit`` characters."""
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
@@ -161,7 +165,8 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
                 events.append(event)
             event.sentences.append((s, e))
             break
-    language = "zh" if len(_CJK_CHAR.findall(text, 0, 2000)) > 0.2 * min(len(text), 2000) else "en"
+    cjk = sum(m.end() - m.start() for m in _CJK_CHARS.finditer(text, 0, 2000))
+    language = "zh" if cjk > 0.2 * min(len(text), 2000) else "en"
     lines = [ln for ln in text.splitlines() if ln.strip()]
     headline = _clip(doc.title or (lines[0] if lines else text), LIMITS["headline"])
     out: list[dict[str, Any]] = []
@@ -185,23 +190,23 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
         told = _Within(ev.sentences)
         ranks = {rank[span] for span in ev.sentences}
         where = [f for f, named in zip(found, named_in, strict=True) if not named.isdisjoint(ranks)]
-        said = " ".join(text[s:e].strip() for s, e in ev.sentences)
+        said = _SPACES.sub(" ", " ".join(text[s:e].strip() for s, e in ev.sentences)).strip()
         if ev.kind == "agreement":
             data: dict[str, Any] = {
-                "title": _clip(said or headline, LIMITS["headline"]),
+                "title": _cut(said, LIMITS["headline"]) if said else headline,
                 "organizations": _organizations(where, told, party=True),
-                "summary": _clip(said, LIMITS["summary"]), "language": language}
+                "summary": _cut(said, LIMITS["summary"]), "language": language}
             etype = AGREEMENT
         else:
             members = where
             if ev is first_announcement:
                 members = [f for f in found if f in where or f.key not in placed]
             data = {
-                "headline": headline if ev is first_announcement else _clip(said, LIMITS["headline"]),
+                "headline": headline if ev is first_announcement else _cut(said, LIMITS["headline"]),
                 "kind": ev.kind, "organizations": _organizations(members, told, party=False),
                 "language": language}
             if said:
-                data["summary"] = _clip(said, LIMITS["summary"])
+                data["summary"] = _cut(said, LIMITS["summary"])
             etype = ANNOUNCEMENT
         out.append({
             "specversion": "1.0", "id": event_id(doc.id, n), "source": doc.source,
