@@ -2,7 +2,7 @@
 pattern contains (read from the pattern itself), all of them in one Aho–Corasick
 automaton, so that a sentence holding none of a pattern's words is not searched by it.
 
-The documents stage runs some twenty patterns on every sentence (what it reports, who
+The documents stage runs some thirty patterns on every sentence (what it reports, who
 signs, who is listed after "founded by"…), and most sentences hold the words of few of
 them: a pattern is still run wherever it may match, so what it finds is the same.
 """
@@ -12,8 +12,6 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from collections.abc import Sequence
-from re import _constants as _sre  # type: ignore[attr-defined]
-from re import _parser as _sre_parse  # type: ignore[attr-defined]
 from typing import Any
 
 import ahocorasick
@@ -22,13 +20,21 @@ from services.enrich.gazetteer import fold
 
 __all__ = ["Gate", "required_words"]
 
+# the standard library's own reader of patterns (what ``re.compile`` parses with): private,
+# so a Python without it gates nothing, and every pattern runs everywhere as before
+try:
+    from re import _constants as _sre  # type: ignore[attr-defined]
+    from re import _parser as _sre_parse  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover
+    _sre = _sre_parse = None
+
 
 def required_words(pattern: re.Pattern[str]) -> frozenset[str] | None:
     """Strings one of which every match of ``pattern`` contains, read from its syntax:
     the first literal run (or alternation of them) that every match must go through;
     None when nothing can be said (a pattern that ignores case, one whose every part may
     be skipped or is a character class)."""
-    if pattern.flags & re.IGNORECASE:
+    if pattern.flags & re.IGNORECASE or _sre_parse is None:
         return None
     words = _needs(_sre_parse.parse(pattern.pattern, pattern.flags).data)
     return frozenset(words) if words else None
