@@ -502,6 +502,9 @@ _ZH_PLACE_BEFORE = ("在", "于", "位于", "落户", "来自", "赴", "到", "�
                     "坐落于", "扎根")
 _PLACE_WORDS = ("town", "district", "city", "county", "province", "new area", "village",
                 "镇", "区", "市", "县", "省", "新区", "村", "街道")
+# :data:`_PLACE_WORDS` less "区" and "市": a name the rules found that ends in one of these
+# and is used as a place is taken as a place
+_RULE_PLACE_WORDS = tuple(w for w in _PLACE_WORDS if w not in ("区", "市"))
 
 
 def _as_place(text: str, start: int, written: str) -> bool:
@@ -510,7 +513,7 @@ def _as_place(text: str, start: int, written: str) -> bool:
     low = written.lower()
     if "government" in low or "政府" in written or "委员会" in written:
         return False
-    if not any(low.endswith(w) for w in _PLACE_WORDS) and not has_cjk(written):
+    if not low.endswith(_PLACE_WORDS) and not has_cjk(written):
         # "Pudong", "Jiading": a bare place name is a place unless it acts; treat as place
         return True
     before = text[max(0, start - 24):start]
@@ -708,12 +711,19 @@ def find_organizations(text: str, gazetteer: Gazetteer, folded: str | None = Non
     found: dict[str, Found] = {}
     free = taken.free
 
+    # the catalog's mentions by where they start, while the rules' candidates are weighed
+    # against them (None: to be made from ``found`` when next needed)
+    catalog_at: dict[int, list[tuple[Found, Span]]] | None = None
+
     def add(a: int, b: int, key: str, name: str, org_id: str | None = None) -> Found:
         f = found.get(key)
         if f is None:
             f = found[key] = Found(name, key, org_id=org_id)
-        f.mentions.append(Span(a, b, text[a:b]))
+        span = Span(a, b, text[a:b])
+        f.mentions.append(span)
         taken.append((a, b))
+        if catalog_at is not None and f.org_id:
+            catalog_at.setdefault(a, []).append((f, span))
         return f
 
     # 1. the catalog
@@ -747,12 +757,17 @@ def find_organizations(text: str, gazetteer: Gazetteer, folded: str | None = Non
         if may & _MAY_ZH_SLOT:
             candidates.extend(_zh_slot_names(folded, s_start, s_end, may))
     for a, b in sorted(candidates, key=lambda c: (c[0], -(c[1] - c[0]))):
-        if not free(a, b) and _named_after(text[a:b], [
-                (f, m) for f in found.values() if f.org_id for m in f.mentions
-                if m.start == a and m.end < b]):
-            # "中国移动元宇宙产业联盟", "China Mobile Metaverse Industry Alliance": a body named
-            # after its founder is another organization than the founder
-            _release(found, taken, a, b)
+        if not free(a, b):
+            if catalog_at is None:
+                catalog_at = {}
+                for f in found.values():
+                    for m in f.mentions if f.org_id else ():
+                        catalog_at.setdefault(m.start, []).append((f, m))
+            if _named_after(text[a:b], [(f, m) for f, m in catalog_at.get(a, ()) if m.end < b]):
+                # "中国移动元宇宙产业联盟", "China Mobile Metaverse Industry Alliance": a body
+                # named after its founder is another organization than the founder
+                _release(found, taken, a, b)
+                catalog_at = None
         if not free(a, b):
             # a longer name around a catalog name ("上海汽车集团股份有限公司" is the
             # catalog's; "SAIC Motor Passenger Vehicle Company" is not): keep the catalog's
@@ -761,8 +776,7 @@ def find_organizations(text: str, gazetteer: Gazetteer, folded: str | None = Non
         key = _key_of(written)
         if not key or is_generic(key):
             continue
-        if _as_place(text, a, written) and any(
-                written.lower().endswith(w) for w in _PLACE_WORDS if w not in ("区", "市")):
+        if _as_place(text, a, written) and written.lower().endswith(_RULE_PLACE_WORDS):
             taken.append((a, b))
             continue
         add(a, b, key, written)
