@@ -288,6 +288,8 @@ def _zh_suffix_of(word: str) -> str:
         if word[-n:] in _ZH_SUFFIX_SET and len(word) >= n:
             return word[-n:]
     return ""
+
+
 _CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff（）()A-Za-z0-9·]+")
 
 _cutter: PosCutter | None = None

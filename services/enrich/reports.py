@@ -49,7 +49,7 @@ _FOLDED_TRIGGERS = [(kind, re.compile(p)) for kind, p in TRIGGERS]
 # which of them may match in which sentence, from one pass over the document
 _TRIGGER_GATE = Gate([(p, True) for _, p in _FOLDED_TRIGGERS])
 _SPACES = re.compile(r"\s+")
-# a CJK ideograph (the ranges of :func:`~services.enrich.resolve.has_cjk`)
+# CJK ideographs (the ranges of :func:`~services.enrich.resolve.has_cjk`), a run at a time
 _CJK_CHARS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 
 
