@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.enrich.extract import SIGNING, Found, find_organizations, sentences
+from services.enrich.gate import Gate
 from services.enrich.gazetteer import Gazetteer, fold, unfolded_case
 from shared.documents import Document
 from shared.events import AGREEMENT, ANNOUNCEMENT, LIMITS
@@ -45,9 +46,11 @@ _TRIGGERS = [(kind, re.compile(p, re.IGNORECASE)) for kind, p in TRIGGERS]
 # the same without IGNORECASE, twice as fast, for a folded text (lower case already) that
 # has none of the letters IGNORECASE reads as "i" and folding leaves as they are
 _FOLDED_TRIGGERS = [(kind, re.compile(p)) for kind, p in TRIGGERS]
+# which of them may match in which sentence, from one pass over the document
+_TRIGGER_GATE = Gate([(p, True) for _, p in _FOLDED_TRIGGERS])
 _SPACES = re.compile(r"\s+")
-# a CJK ideograph (the ranges of :func:`~services.enrich.resolve.has_cjk`)
-_CJK_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+# CJK ideographs (the ranges of :func:`~services.enrich.resolve.has_cjk`), a run at a time
+_CJK_CHARS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 
 
 def event_id(doc_id: str, n: int) -> str:
@@ -82,7 +85,11 @@ class Report:
 
 
 def _clip(text: str, limit: int) -> str:
-    text = _SPACES.sub(" ", text).strip()
+    return _cut(_SPACES.sub(" ", text).strip(), limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` (its spaces collapsed already) in at most ``limit`` characters."""
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
@@ -118,16 +125,21 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
     its size. Never raises."""
     text = doc.text
     folded = fold(text)
-    found = find_organizations(text, gazetteer, folded)
+    cut = sentences(text)
+    found = find_organizations(text, gazetteer, folded, cut)
     events: list[_Event] = []
     by_kind: dict[str, _Event] = {}
     signings: list[tuple[_Event, set[str]]] = []
-    triggers = _TRIGGERS if unfolded_case(folded) else _FOLDED_TRIGGERS
-    cut = sentences(text)
-    for s, e in cut:
+    if unfolded_case(folded):
+        triggers, may_match = _TRIGGERS, [-1] * len(cut)
+    else:
+        triggers, may_match = _FOLDED_TRIGGERS, _TRIGGER_GATE.masks(folded, cut)
+    for (s, e), may in zip(cut, may_match, strict=True):
+        if not may:
+            continue  # none of the triggers' words: it reports nothing
         sentence = folded[s:e]
-        for kind, pattern in triggers:
-            if not pattern.search(sentence):
+        for bit, (kind, pattern) in enumerate(triggers):
+            if not may >> bit & 1 or not pattern.search(sentence):
                 continue
             if kind == "agreement":
                 # one event per signing: a sentence naming some of a signing's parties
@@ -153,7 +165,8 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
                 events.append(event)
             event.sentences.append((s, e))
             break
-    language = "zh" if len(_CJK_CHAR.findall(text, 0, 2000)) > 0.2 * min(len(text), 2000) else "en"
+    cjk = sum(m.end() - m.start() for m in _CJK_CHARS.finditer(text, 0, 2000))
+    language = "zh" if cjk > 0.2 * min(len(text), 2000) else "en"
     lines = [ln for ln in text.splitlines() if ln.strip()]
     headline = _clip(doc.title or (lines[0] if lines else text), LIMITS["headline"])
     out: list[dict[str, Any]] = []
@@ -177,23 +190,23 @@ def read_document(doc: Document, gazetteer: Gazetteer) -> Report:
         told = _Within(ev.sentences)
         ranks = {rank[span] for span in ev.sentences}
         where = [f for f, named in zip(found, named_in, strict=True) if not named.isdisjoint(ranks)]
-        said = " ".join(text[s:e].strip() for s, e in ev.sentences)
+        said = _SPACES.sub(" ", " ".join(text[s:e].strip() for s, e in ev.sentences)).strip()
         if ev.kind == "agreement":
             data: dict[str, Any] = {
-                "title": _clip(said or headline, LIMITS["headline"]),
+                "title": _cut(said, LIMITS["headline"]) if said else headline,
                 "organizations": _organizations(where, told, party=True),
-                "summary": _clip(said, LIMITS["summary"]), "language": language}
+                "summary": _cut(said, LIMITS["summary"]), "language": language}
             etype = AGREEMENT
         else:
             members = where
             if ev is first_announcement:
                 members = [f for f in found if f in where or f.key not in placed]
             data = {
-                "headline": headline if ev is first_announcement else _clip(said, LIMITS["headline"]),
+                "headline": headline if ev is first_announcement else _cut(said, LIMITS["headline"]),
                 "kind": ev.kind, "organizations": _organizations(members, told, party=False),
                 "language": language}
             if said:
-                data["summary"] = _clip(said, LIMITS["summary"])
+                data["summary"] = _cut(said, LIMITS["summary"])
             etype = ANNOUNCEMENT
         out.append({
             "specversion": "1.0", "id": event_id(doc.id, n), "source": doc.source,

@@ -97,7 +97,7 @@ _TO_SIMPLIFIED = opencc.OpenCC(OPENCC_CONFIG)
 
 def has_cjk(s: str) -> bool:
     """True when the text has a CJK ideograph (the ranges ``_CJK`` covers)."""
-    return _CJK.search(s) is not None
+    return not s.isascii() and _CJK.search(s) is not None
 
 
 def to_simplified(text: str) -> str:

@@ -53,3 +53,32 @@ def test_a_body_named_after_a_catalog_organization_is_another_one() -> None:
     """"SAIC Motor Software Alliance" is an alliance, not a mention of SAIC Motor."""
     [(_, orgs)] = _orgs("The SAIC Motor Software Alliance was launched in Shanghai.")
     assert [n for n, _, _ in orgs] == ["SAIC Motor Software Alliance"]
+
+
+def test_the_head_word_pattern_finds_each_head_as_a_word_and_nothing_else() -> None:
+    """The head words' pattern (a tree of their letters) matches every head alone, and no
+    head inside a longer word."""
+    from services.enrich.extract import _EN_HEAD, EN_HEADS
+
+    for head in EN_HEADS:
+        assert _EN_HEAD.fullmatch(head), head
+        assert _EN_HEAD.search(f"the {head}, ") is not None
+        assert _EN_HEAD.search(f"x{head} {head}s {head}1") is None or head + "s" in EN_HEADS
+    assert _EN_HEAD.search("Companyx Groups university") is None
+
+
+def test_sentence_ends_are_the_punctuation_a_full_stop_before_a_capital_and_line_breaks() -> None:
+    """The sentence-end pattern (written for speed) finds what its plain form finds: one of
+    。！？!?；;, a full stop before spaces and a capital, a quote, a bracket or a CJK
+    character, or a run of line breaks; on random strings of those characters."""
+    import random
+    import re
+
+    from services.enrich.extract import _SENTENCE_END
+
+    plain = re.compile(r"[。！？!?；;]|\.(?=\s+[A-Z\"“(\u4e00-\u9fff])|\n+")
+    rng = random.Random(3)
+    alphabet = list("。！？!?；;. \n\tAa\"“(（中x1")
+    for _ in range(3000):
+        t = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 20)))
+        assert [m.span() for m in _SENTENCE_END.finditer(t)] == [m.span() for m in plain.finditer(t)], t
