@@ -1,26 +1,96 @@
-"""The consumer loop's offsets, on the real broker: a record whose handler handed back
-its writes' acknowledgements is committed only once they resolve, and a partition whose
-records are all done is committed at the consumer's position (past transaction markers)."""
+"""The stage runner's concurrent mode, on the real broker: records of one key are handled
+in order and other keys go on meanwhile; a record whose handler handed back its writes'
+acknowledgements is committed only once they resolve; a partition whose records are all
+done is committed at the consumer's position (past transaction markers)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.structs import OffsetAndMetadata
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from devtools.testing import produce, wait_until
-from shared.consumer_loop import ConsumerLoop, OffsetTracker
-from shared.kafka import make_consumer, make_producer
+from devtools.testing import concurrent_stage, produce, settings_for, wait_until
+from shared.kafka import make_producer
 from shared.lag import LagMonitor
 from shared.settings import AntingSettings
+from shared.stage import ConcurrentSession, FailureLog, OffsetTracker, RecordHandler, StageRunner
 from shared.topics import ENRICHED_EVENTS, NOTIFY_RETRIES
+
+
+def _runner(settings: AntingSettings, topic: str, handler: RecordHandler, group: str,
+            **kw: Any) -> tuple[StageRunner, ConcurrentSession]:
+    runner = StageRunner(concurrent_stage(settings, topic, group, **kw), settings, handler)
+    assert runner.concurrent is not None
+    return runner, runner.concurrent
+
+
+async def test_records_of_one_key_are_handled_in_order_and_other_keys_go_on(topics: AntingSettings) -> None:
+    """Two records of one key, the first slow: the second is not handled before the first's
+    handler returns, while records of other keys are handled meanwhile; then the second
+    runs, and everything is committed."""
+    topic = topics.topic(NOTIFY_RETRIES)
+    await produce(topics, topic, [b"a1", b"b1", b"a2", b"c1", b"b2"], [b"A", b"B", b"A", b"C", b"B"])
+    release = asyncio.Event()
+    started: list[bytes] = []
+    finished: list[bytes] = []
+
+    async def handler(record: Any) -> None:
+        started.append(record.value)
+        if record.value == b"a1":
+            await release.wait()
+        finished.append(record.value)
+
+    runner, session = _runner(topics, topic, handler, "keys")
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await wait_until(lambda: {b"b1", b"b2", b"c1"} <= set(finished), 60, "the other keys handled")
+        await asyncio.sleep(0.5)  # several polls and commits
+        assert b"a2" not in started  # its key's first record is still being handled
+        assert started.index(b"b1") < started.index(b"b2")
+        release.set()
+        await wait_until(lambda: b"a2" in finished, 30, "the second record of the key")
+        assert finished.index(b"a1") < started.index(b"a2")
+        assert sorted(started) == [b"a1", b"a2", b"b1", b"b2", b"c1"]  # each once
+        await wait_until(lambda: session.tracker.in_flight() == 0 and not session.keys, 30, "all done")
+    finally:
+        release.set()
+        stop.set()
+        await task
+
+
+async def test_a_record_whose_handler_fails_holds_its_key_until_it_goes_through(topics: AntingSettings) -> None:
+    """The first record of a key fails once: the second record of that key is handled only
+    after the first was tried again and went through."""
+    topic = topics.topic(NOTIFY_RETRIES)
+    await produce(topics, topic, [b"a1", b"a2"], [b"A", b"A"])
+    runs: list[bytes] = []
+
+    async def handler(record: Any) -> None:
+        runs.append(record.value)
+        if record.value == b"a1" and runs.count(b"a1") == 1:
+            raise ValueError("the first try fails")
+
+    runner, session = _runner(topics, topic, handler, "key-retry")
+    session.retry_backoff.delay = lambda: 0.2  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await wait_until(lambda: b"a2" in runs, 60, "the second record of the key")
+        assert runs == [b"a1", b"a1", b"a2"]
+        tp = next(iter(session.tracker.next))
+        await wait_until(lambda: session.tracker.committed.get(tp, 0) >= 2, 30, "both committed")
+    finally:
+        stop.set()
+        await task
 
 
 async def test_offsets_wait_for_handed_back_acks(topics: AntingSettings) -> None:
     """Offsets pass a record only after the acknowledgements its handler returned have resolved
-    (an awaitable, or a list of futures: every one of them)."""
+    (an awaitable, or a list of futures: every one of them); its key goes on meanwhile."""
     topic = topics.topic(NOTIFY_RETRIES)
     await produce(topics, topic, [b"a", b"b", b"c"], [b"k", b"k", b"k"])  # one key: one partition
     loop = asyncio.get_running_loop()
@@ -36,12 +106,9 @@ async def test_offsets_wait_for_handed_back_acks(topics: AntingSettings) -> None
             return both
         return pending[record.offset]
 
-    consumer = make_consumer(topics, group_id=f"{topics.topic_prefix}loop")
-    await consumer.start()
+    runner, cl = _runner(topics, topic, handler, "loop")
     stop = asyncio.Event()
-    cl = ConsumerLoop(consumer, topic, handler, max_in_flight=10, commit_interval=0.1)
-    cl.subscribe()
-    task = asyncio.create_task(cl.run(stop, grace=1.0))
+    task = asyncio.create_task(runner.run(stop))
     try:
         await wait_until(lambda: len(pending) == 2, 60, "records handled")
         await asyncio.sleep(0.5)  # several commit intervals
@@ -57,38 +124,36 @@ async def test_offsets_wait_for_handed_back_acks(topics: AntingSettings) -> None
         await wait_until(lambda: cl.tracker.committed.get(tp) == first + 2, 30, "c committed")
         stop.set()
         await task
-        assert (await consumer.committed(TopicPartition(topic, tp.partition))) == first + 2
+        assert cl.tracker.committed.get(tp) == first + 2
     finally:
         stop.set()
-        await consumer.stop()
+        await task
 
 
 async def test_flow_control_takes_no_more_than_room_and_drops_nothing(topics: AntingSettings) -> None:
-    """With every slot taken the loop asks for no more records; stalled past
+    """With every slot taken the runner asks for no more records; stalled past
     ``stalled_after`` it pauses (and keeps polling); freed, it takes every remaining
     record exactly once."""
     topic = topics.topic(NOTIFY_RETRIES)
-    await produce(topics, topic, [b"%d" % i for i in range(300)], [b"k"] * 300)
+    values = [b"%d" % i for i in range(300)]
+    await produce(topics, topic, values, values)  # a key each: all may run at once
     release = asyncio.Event()
-    seen: list[int] = []
+    seen: list[bytes] = []
     running = 0
     most = 0
 
     async def handler(record: Any) -> None:
         nonlocal running, most
-        seen.append(record.offset)
+        seen.append(record.value)
         running += 1
         most = max(most, running)
         await release.wait()
         running -= 1
 
-    consumer = make_consumer(topics, group_id=f"{topics.topic_prefix}flow")
-    await consumer.start()
-    stop = asyncio.Event()
-    cl = ConsumerLoop(consumer, topic, handler, max_in_flight=100, commit_interval=0.1)
+    runner, cl = _runner(topics, topic, handler, "flow", max_in_flight=100)
     cl.stalled_after = 1.0
-    cl.subscribe()
-    task = asyncio.create_task(cl.run(stop, grace=1.0))
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
     try:
         await wait_until(lambda: len(seen) == 100, 60, "the first 100 records taken")
         assert not cl.paused  # full, but not for long yet
@@ -99,12 +164,40 @@ async def test_flow_control_takes_no_more_than_room_and_drops_nothing(topics: An
         await wait_until(lambda: len(seen) == 300, 60, "every record taken")
         await wait_until(lambda: not cl.paused, 10, "resumed")
         assert most <= 100
-        assert sorted(seen) == list(range(min(seen), min(seen) + 300))  # each once, none skipped
+        assert sorted(seen) == sorted(values)  # each once, none skipped
     finally:
         stop.set()
         release.set()
         await task
-        await consumer.stop()
+
+
+async def test_records_waiting_for_their_key_count_in_flight(topics: AntingSettings) -> None:
+    """One key's records wait for the one being handled, and count against
+    ``max_in_flight``: the runner takes no more than that, and none is lost."""
+    topic = topics.topic(NOTIFY_RETRIES)
+    values = [b"%d" % i for i in range(30)]
+    await produce(topics, topic, values, [b"k"] * 30)
+    release = asyncio.Event()
+    seen: list[bytes] = []
+
+    async def handler(record: Any) -> None:
+        seen.append(record.value)
+        await release.wait()
+
+    runner, cl = _runner(topics, topic, handler, "waiting", max_in_flight=10)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await wait_until(lambda: cl.in_flight() == 10, 60, "ten records taken")
+        await asyncio.sleep(0.5)
+        assert seen == [b"0"] and cl.waiting == 9 and cl.tracker.in_flight() == 10
+        release.set()
+        await wait_until(lambda: len(seen) == 30, 60, "every record handled")
+        assert seen == values  # in order
+    finally:
+        stop.set()
+        release.set()
+        await task
 
 
 def test_tracker_commits_the_position_once_nothing_is_pending() -> None:
@@ -151,51 +244,42 @@ async def test_commits_reach_the_end_of_a_transactional_topic(topics: AntingSett
     async def handler(record: Any) -> None:
         seen.append((record.partition, record.offset))
 
-    group = f"{topics.topic_prefix}txn-loop"
-    consumer = make_consumer(topics, group_id=group)
-    await consumer.start()
+    runner, cl = _runner(topics, topic, handler, "txn-loop")
+    group = runner.stage.group
     stop = asyncio.Event()
-    cl = ConsumerLoop(consumer, topic, handler, max_in_flight=10, commit_interval=0.1)
-    cl.subscribe()
-    task = asyncio.create_task(cl.run(stop, grace=1.0))
+    task = asyncio.create_task(runner.run(stop))
     tps = [TopicPartition(topic, p) for p in range(3)]
     try:
         await wait_until(lambda: len(seen) == 12, 60, "the committed records processed")
         assert max(o for p, o in seen if p == 1) == 2  # the aborted ones never handed out
-        ends = await consumer.end_offsets(tps)
         # 3 records and a marker per transaction
-        assert ends == {tps[0]: 8, tps[1]: 8, tps[2]: 4}
+        ends = {tps[0]: 8, tps[1]: 8, tps[2]: 4}
         await wait_until(lambda: all(cl.tracker.committed.get(tp) == ends[tp] for tp in tps),
                          30, "commits at the end offsets")
         stop.set()
         await task
-        assert {tp: await consumer.committed(tp) for tp in tps} == ends
         lags = await (monitor := LagMonitor(topics, {group: [topic]})).measure()
         await monitor.close()
         assert lags == {group: dict.fromkeys(tps, 0)}
     finally:
         stop.set()
-        await consumer.stop()
+        await task
 
 
 def test_a_failure_that_hits_every_record_is_one_line_per_window(caplog: Any) -> None:
     """While a broker is away every record in flight fails alike: one error line (with the
     traceback) per kind per window, the next one counting what it left out."""
-    import logging
-
-    from shared.consumer_loop import FailureLog
-
     failures = FailureLog("events", window=3600)
-    with caplog.at_level(logging.ERROR, logger="shared.consumer_loop"):
+    with caplog.at_level(logging.ERROR, logger="shared.stage"):
         for _ in range(500):
             failures.failed("writes not acknowledged", TimeoutError("no broker"))
         failures.failed("handler failed", ValueError("bad"))
-    lines = [r for r in caplog.records if r.name == "shared.consumer_loop"]
+    lines = [r for r in caplog.records if r.name == "shared.stage"]
     assert [r.getMessage().split(";")[0] for r in lines] == [
         "events: writes not acknowledged", "events: handler failed"]
     assert all(r.exc_info is not None for r in lines)
     failures.window = 0.0  # the window is over: the next failure reports the 499 left out
-    with caplog.at_level(logging.ERROR, logger="shared.consumer_loop"):
+    with caplog.at_level(logging.ERROR, logger="shared.stage"):
         failures.failed("writes not acknowledged", TimeoutError("no broker"))
     assert "(499 more records failed the same way" in caplog.records[-1].getMessage()
 
@@ -204,28 +288,30 @@ async def test_a_refused_retry_is_dropped_when_its_partition_changed_hands() -> 
     """A record whose writes were refused runs again after the backoff, unless its partition
     was handed over meanwhile: then its new owner reads it again, and a late run here would
     deliver it twice and clear the new owner's pending offset."""
-    from aiokafka.structs import ConsumerRecord
-
     runs: list[int] = []
 
     async def handler(record: ConsumerRecord[bytes, bytes]) -> None:
         runs.append(record.offset)
 
-    loop = ConsumerLoop(None, "t", handler, max_in_flight=10)  # type: ignore[arg-type]
+    settings = settings_for("localhost:9")  # never connected
+    _, loop = _runner(settings, "t", handler, "g")
     loop.backoff.delay = lambda: 0.01  # type: ignore[method-assign]
     tp, other = TopicPartition("t", 0), TopicPartition("t", 1)
 
     def record(offset: int) -> ConsumerRecord[bytes, bytes]:
         return ConsumerRecord("t", 0, offset, 0, 0, None, b"v", None, 0, 1, [])
 
-    loop.tracker.add(tp, 1)
-    loop._again(tp, record(1))
-    loop.tracker.forget([other])  # another partition moved: this retry still runs
-    await asyncio.sleep(0.1)
-    loop.tracker.add(tp, 2)
-    loop._again(tp, record(2))
-    loop.tracker.forget([tp])  # this one moved: its retry is dropped
-    loop.tracker.add(tp, 2)  # ... and the new assignment takes the record again
-    await asyncio.sleep(0.1)
-    assert runs == [1]
-    assert loop.tracker.pending[tp] == {2}
+    try:
+        loop.tracker.add(tp, 1)
+        loop._again(tp, record(1))
+        loop.forget([other])  # another partition moved: this retry still runs
+        await asyncio.sleep(0.1)
+        loop.tracker.add(tp, 2)
+        loop._again(tp, record(2))
+        loop.forget([tp])  # this one moved: its retry is dropped
+        loop.tracker.add(tp, 2)  # ... and the new assignment takes the record again
+        await asyncio.sleep(0.1)
+        assert runs == [1]
+        assert loop.tracker.pending[tp] == {2}
+    finally:
+        await loop.consumer.stop()
