@@ -77,7 +77,9 @@ wait, not a failure: one line naming who may not do what, the refusal in ``acces
 new records are taken. On a revocation the records in flight of the partitions going
 away are waited for (``revoke_grace_ms``) and committed. A record failing for 30 s or
 more is named by :attr:`StageRunner.trouble`, and one log line per kind of failure per
-30 s says what keeps failing (:class:`FailureLog`).
+30 s says what keeps failing (:class:`FailureLog`); failed writes are counted in
+``anting_write_failures_total``, consumers replaced (their group coordination ended) in
+``anting_worker_restarts_total``.
 """
 
 from __future__ import annotations
@@ -1013,6 +1015,7 @@ class ConcurrentSession:
         again), in-flight work finishes on its own and commits nothing for it."""
         log.warning("%s: the consumer's group coordination ended; joining again with a new consumer",
                     self.name)
+        self.runner._restarts.inc()
         self.forget(list(self.tracker.next) + [k[0] for k in self.keys])
         self.attempts.clear()
         self.failing.clear()
@@ -1148,6 +1151,9 @@ class ConcurrentSession:
             self._again(tp, record, handled=handled)
             return
         self.failures.failed(what, exc)
+        if exc is not None and what == "writes not acknowledged":
+            kind = "record" if refuses_the_record(exc) else "producer"
+            WRITE_FAILURES.labels(self.name, kind).inc()
         since = self.failing.get((tp, record.offset), (time.monotonic(), ""))[0]
         self.failing[(tp, record.offset)] = (since, f"{what}: {type(exc).__name__ if exc else 'cancelled'}")
         own = exc is not None and (refuses_the_record(exc) or not isinstance(exc, KafkaError))

@@ -16,7 +16,14 @@ from devtools.testing import concurrent_stage, produce, settings_for, wait_until
 from shared.kafka import make_producer
 from shared.lag import LagMonitor
 from shared.settings import AntingSettings
-from shared.stage import ConcurrentSession, FailureLog, OffsetTracker, RecordHandler, StageRunner
+from shared.stage import (
+    RECORD_ATTEMPTS,
+    ConcurrentSession,
+    FailureLog,
+    OffsetTracker,
+    RecordHandler,
+    StageRunner,
+)
 from shared.topics import ENRICHED_EVENTS, NOTIFY_RETRIES
 
 
@@ -83,6 +90,35 @@ async def test_a_record_whose_handler_fails_holds_its_key_until_it_goes_through(
         assert runs == [b"a1", b"a1", b"a2"]
         tp = next(iter(session.tracker.next))
         await wait_until(lambda: session.tracker.committed.get(tp, 0) >= 2, 30, "both committed")
+    finally:
+        stop.set()
+        await task
+
+
+async def test_a_record_dead_lettered_lets_its_key_go_on(topics: AntingSettings) -> None:
+    """The first record of a key fails every time: after RECORD_ATTEMPTS tries it is
+    dead-lettered, and only then is the second record of its key handled."""
+    topic = topics.topic(NOTIFY_RETRIES)
+    await produce(topics, topic, [b"a1", b"a2"], [b"A", b"A"])
+    runs: list[bytes] = []
+    letters: list[bytes] = []
+
+    async def handler(record: Any) -> None:
+        runs.append(record.value)
+        if record.value == b"a1":
+            raise ValueError("never readable")
+
+    async def dead_letter(record: Any, exc: BaseException) -> None:
+        letters.append(record.value)
+
+    runner = StageRunner(concurrent_stage(topics, topic, "key-dead"), topics, handler, dead_letter=dead_letter)
+    assert runner.concurrent is not None
+    runner.concurrent.retry_backoff.delay = lambda: 0.1  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await wait_until(lambda: b"a2" in runs, 60, "the second record of the key")
+        assert runs == [b"a1"] * RECORD_ATTEMPTS + [b"a2"] and letters == [b"a1"]
     finally:
         stop.set()
         await task
