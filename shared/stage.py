@@ -1116,18 +1116,21 @@ class ConcurrentSession:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settled.wait(), left)
 
-    async def _run_one(self, tp: TopicPartition, record: Record) -> None:
+    async def _run_one(self, tp: TopicPartition, record: Record, *, holds_key: bool = True) -> None:
+        """The handler on ``record``; with ``holds_key`` (its key's records after it wait
+        for it) the next of its key starts once the handler returned."""
         handovers = self.tracker.handovers.get(tp, 0)
         try:
             acks = await self.handler(record)
         except (Abandoned, asyncio.CancelledError):
             return  # not done, nor its key: read again after a restart or rebalance
         except Exception as exc:
-            self._failed(tp, record, "handler failed", exc, handled=False)
+            self._failed(tp, record, "handler failed", exc, handled=not holds_key)
             return
-        # the handler's work is done: the next record of the key goes on while this one's
-        # writes are acknowledged (their order on a partition is the producer's)
-        self._next_of_key(tp, record, handovers)
+        if holds_key:
+            # the handler's work is done: the next record of the key goes on while this
+            # one's writes are acknowledged (their order on a partition is the producer's)
+            self._next_of_key(tp, record, handovers)
         if acks is None:
             self._finished(tp, record.offset)
             return
@@ -1228,33 +1231,11 @@ class ConcurrentSession:
             await asyncio.sleep(delay)
             if self.tracker.handovers.get(tp, 0) != handovers:
                 return
-            if handled:
-                await self._run_again(tp, record)
-            else:
-                await self._run_one(tp, record)
+            await self._run_one(tp, record, holds_key=not handled)
 
         task = asyncio.create_task(later())
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
-
-    async def _run_again(self, tp: TopicPartition, record: Record) -> None:
-        """The handler on a record whose key went on already: a failure retries it again,
-        and its key's order is not this run's to keep."""
-        try:
-            acks = await self.handler(record)
-        except (Abandoned, asyncio.CancelledError):
-            return
-        except Exception as exc:
-            self._failed(tp, record, "handler failed", exc)
-            return
-        if acks is None:
-            self._finished(tp, record.offset)
-        elif isinstance(acks, list):
-            self._count_down(acks, tp, record)
-        else:
-            fut = asyncio.ensure_future(acks)
-            self.acks.add(fut)
-            fut.add_done_callback(lambda f: self._acked(f, tp, record))
 
     def _count_down(self, futures: list[asyncio.Future[Any]], tp: TopicPartition, record: Record) -> None:
         left = len(futures)
