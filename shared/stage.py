@@ -74,8 +74,9 @@ A record its handler gives up (:class:`Abandoned`: shutting down) is read again 
 restart or rebalance. The broker refusing the stage's fetches, commits or writes is a
 wait, not a failure: one line naming who may not do what, the refusal in ``access``
 (readiness), and a retry with backoff up to 5 s; while the group refuses its commits no
-new records are taken. On a revocation the records in flight of the partitions going
-away are waited for (``revoke_grace_ms``) and committed. A record failing for 30 s or
+new records are taken. On a revocation the records started of the partitions going
+away are waited for (``revoke_grace_ms``) and committed; those waiting for their key
+are not started (:meth:`ConcurrentSession.hold_back`): the next owner reads them. A record failing for 30 s or
 more is named by :attr:`StageRunner.trouble`, and one log line per kind of failure per
 30 s says what keeps failing (:class:`FailureLog`); failed writes are counted in
 ``anting_write_failures_total``, consumers replaced (their group coordination ended) in
@@ -918,6 +919,7 @@ class _ConcurrentListener(ConsumerRebalanceListener):
         # hands them over, so the next owner starts after it instead of sending it again
         # (bounded: the group waits for this member only so long).
         s = self.session
+        s.hold_back(revoked)
         await s.drain(revoked, s.stage.revoke_grace_ms / 1000)
         await s.commit()
         s.forget(revoked)
@@ -963,6 +965,9 @@ class ConcurrentSession:
         # taken since, in offset order, waiting for it (taken records count in flight)
         self.keys: dict[tuple[TopicPartition, bytes], deque[Record]] = {}
         self.waiting = 0
+        # per partition being revoked: the offsets of the records that were waiting for
+        # their key, never started here (pending still: no commit passes them)
+        self.held_back: dict[TopicPartition, set[int]] = {}
         self.stopping = False  # no record waiting for its key starts once set
         self.paused = False  # only after ``stalled_after`` seconds without room (see _poll)
         self.stalled_after = 60.0  # well inside the group's max.poll.interval (300 s)
@@ -1006,8 +1011,21 @@ class ConcurrentSession:
             del self.failing[key]
         for held in [k for k in self.keys if k[0] in tps]:
             self.waiting -= len(self.keys.pop(held))
+        for tp in tps:
+            self.held_back.pop(tp, None)
         if self.in_flight() <= self.max_in_flight * 3 // 4:
             self._room.set()
+
+    def hold_back(self, tps: Collection[TopicPartition]) -> None:
+        """The partitions are being revoked: the records of theirs waiting for their key
+        do not start here (the next owner reads them from the committed offset, which
+        stops at the first of them); only those started are waited for."""
+        tps = set(tps)
+        for (tp, _), queue in self.keys.items():
+            if tp in tps and queue:
+                self.held_back.setdefault(tp, set()).update(r.offset for r in queue)
+                self.waiting -= len(queue)
+                queue.clear()
 
     async def _replace_consumer(self) -> None:
         """A new consumer in the group in place of one whose coordination died: what the
@@ -1106,9 +1124,10 @@ class ConcurrentSession:
             self._allow("writes")
 
     async def drain(self, tps: Collection[TopicPartition], timeout: float) -> None:
-        """Wait (up to ``timeout`` seconds) until every record taken from ``tps`` is done."""
+        """Wait (up to ``timeout`` seconds) until every record taken from ``tps`` is done,
+        but those held back (:meth:`hold_back`)."""
         deadline = time.monotonic() + timeout
-        while any(self.tracker.pending.get(tp) for tp in tps):
+        while any(self.tracker.pending.get(tp, set()) - self.held_back.get(tp, set()) for tp in tps):
             left = deadline - time.monotonic()
             if left <= 0:
                 return

@@ -1,9 +1,10 @@
 """notify's composition root: builds every part once and wires them — the producer, the
 subscriptions and the ledger (compacted views of their topics), the channels, the
 deliverer, digests, the dead-letter writer, the event pipeline and the retry schedule —
-and runs its three stages (events, retries, digest windows) on :mod:`shared.stage`. Tests build a :class:`Notifier` with their own
-channels or resolver through the same door. (The shape is cosmicpython's
-``bootstrap.py``: handlers do not build what they use.)
+and runs its three stages (events, retries, digest windows) on :mod:`shared.stage`.
+Tests build a :class:`Notifier` with their own channels or resolver through the same
+door. (The shape is cosmicpython's ``bootstrap.py``: handlers do not build what they
+use.)
 """
 
 from __future__ import annotations

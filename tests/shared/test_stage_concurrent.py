@@ -351,3 +351,38 @@ async def test_a_refused_retry_is_dropped_when_its_partition_changed_hands() -> 
         assert loop.tracker.pending[tp] == {2}
     finally:
         await loop.consumer.stop()
+
+
+async def test_a_revocation_waits_only_for_records_started() -> None:
+    """Partitions revoked while records of a key wait for the one being handled: the
+    waiting ones are held back (never started here, still uncommitted: the next owner
+    reads them), and the revocation waits only for the one started."""
+    started: list[int] = []
+    release = asyncio.Event()
+
+    async def handler(record: ConsumerRecord[bytes, bytes]) -> None:
+        started.append(record.offset)
+        await release.wait()
+
+    _, session = _runner(settings_for("localhost:9"), "t", handler, "g")  # never connected
+    tp = TopicPartition("t", 0)
+
+    def record(offset: int) -> ConsumerRecord[bytes, bytes]:
+        return ConsumerRecord("t", 0, offset, 0, 0, b"k", b"v", None, 1, 1, [])
+
+    try:
+        for offset in range(5):
+            session._take(tp, record(offset))
+        await asyncio.sleep(0.05)
+        assert started == [0] and session.waiting == 4
+        session.hold_back([tp])
+        drained = asyncio.create_task(session.drain([tp], 5.0))
+        await asyncio.sleep(0.2)
+        assert not drained.done()  # the one started is not done yet
+        release.set()
+        await asyncio.wait_for(drained, 1.0)
+        assert started == [0] and session.waiting == 0
+        assert session.tracker.committable() == {tp: OffsetAndMetadata(1, "")}  # the rest read again
+    finally:
+        release.set()
+        await session.consumer.stop()
