@@ -22,13 +22,15 @@ from devtools import REPO_ROOT
 from devtools.localkafka import LocalKafka, LocalKafkaError, free_port
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.settings import AntingSettings, KafkaSettings
-from shared.topics import ALL_TOPICS
+from shared.stage import Guarantee, Stage
+from shared.topics import ALL_TOPICS, DEAD_LETTERS
 
 __all__ = [
     "NoBrokerError",
     "Record",
     "ServiceProcess",
     "broker_for_tests",
+    "concurrent_stage",
     "create_topics",
     "docker_answers",
     "env_for",
@@ -304,3 +306,15 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def concurrent_stage(settings: AntingSettings, topic: str, group: str, *, name: str = "consumer",
+                     outputs: tuple[str, ...] = (), max_in_flight: int = 10,
+                     commit_interval_ms: int = 100, stop_grace_ms: int = 1000) -> Stage:
+    """A concurrent stage (:attr:`Guarantee.AT_LEAST_ONCE_CONCURRENT`) reading ``topic`` in
+    ``group`` (under the settings' prefix) and writing ``outputs``, tuned for tests:
+    commits every 100 ms, one second's grace on stopping."""
+    return Stage(name=name, inputs=(topic,), outputs=outputs,
+                 dead_letters=settings.topic(DEAD_LETTERS), group=f"{settings.topic_prefix}{group}",
+                 guarantee=Guarantee.AT_LEAST_ONCE_CONCURRENT, max_in_flight=max_in_flight,
+                 commit_interval_ms=commit_interval_ms, stop_grace_ms=stop_grace_ms)

@@ -19,7 +19,7 @@ operation refused. So:
   request: docs "Authorization and ACLs", KIP-11);
 - :class:`AccessStatus` holds the current refusal for ``/readyz``, logs each distinct
   line once per 30 s (with how often it repeated meanwhile, as
-  :class:`shared.consumer_loop.FailureLog` does for records) and says when access is back;
+  :class:`shared.stage.FailureLog` does for records) and says when access is back;
   :class:`Backoff` spaces the retries (1 s doubling to 5 s: an ACL restored is noticed
   within seconds);
 - :func:`topic_operations` asks the broker which operations the principal may perform on
@@ -315,7 +315,7 @@ class Backoff:
 @dataclass
 class AccessStatus:
     """The broker's current refusals of this service, one per part that was refused
-    (``key``: the consumer loop, the producer, the start...), and their log: each
+    (``key``: a stage's fetch or commit, the producer, the start...), and their log: each
     distinct line at error once per ``window`` seconds, the next one counting the repeats
     left out; :meth:`restored` logs once that a part's access is back and forgets it.
     :attr:`reason` (the oldest refusal still current, or ``None``) is what ``/readyz``

@@ -5,7 +5,7 @@ Each service is a :class:`Service` of :class:`Part`\\ s; a part reads and writes
 topics of :mod:`shared.topics` (each use with a summary for people), in a consumer group
 or none. Everything else is derived from these declarations, never written again by
 hand: what the services run (a :class:`shared.stage.Stage`'s topics come from
-:meth:`Part.inputs` and :meth:`Part.outputs`, a consumer loop's from :meth:`Part.input`,
+:meth:`Part.inputs` and :meth:`Part.outputs`, a single reader's from :meth:`Part.input`,
 and the :class:`shared.kafka_access.Doing` a refusal names from :meth:`Part.reading`,
 :meth:`Part.writing` or the stage), the AsyncAPI document's operations
 (:mod:`shared.asyncapi`), the ACL table (``services/acls.py``, ``anting acls
@@ -119,7 +119,7 @@ class Part:
         return tuple(t.qualified(prefix) for t in self.output_topics)
 
     def input(self, prefix: str = "") -> str:
-        """The one topic it reads (a consumer loop's); ``ValueError`` when not one."""
+        """The one topic it reads (a stage or reader of one topic); ``ValueError`` when not one."""
         (topic,) = self.inputs(prefix)
         return topic
 

@@ -1,9 +1,10 @@
 """notify's composition root: builds every part once and wires them — the producer, the
 subscriptions and the ledger (compacted views of their topics), the channels, the
 deliverer, digests, the dead-letter writer, the event pipeline and the retry schedule —
-and runs the two consumer groups. Tests build a :class:`Notifier` with their own
-channels or resolver through the same door. (The shape is cosmicpython's
-``bootstrap.py``: handlers do not build what they use.)
+and runs its three stages (events, retries, digest windows) on :mod:`shared.stage`.
+Tests build a :class:`Notifier` with their own channels or resolver through the same
+door. (The shape is cosmicpython's ``bootstrap.py``: handlers do not build what they
+use.)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from services.notify.channels import Sender
 from services.notify.channels.chat import AppriseSender
@@ -30,17 +31,17 @@ from services.notify.retries import RetrySchedule
 from services.notify.settings import NotifySettings
 from services.notify.ssrf import Resolver, system_resolver
 from services.notify.store import SubscriptionStore
-from shared.consumer_loop import ConsumerLoop
 from shared.deadletters import DeadLetterWriter, from_record
 from shared.kafka import (
     RecordBatches,
     RenewingProducer,
     cluster_answers,
     ensure_topics,
-    make_consumer,
     make_producer,
 )
 from shared.kafka_access import AccessStatus, Doing, until_allowed
+from shared.stage import Guarantee, Stage, StageRunner
+from shared.topics import DEAD_LETTERS
 from shared.topology import (
     NOTIFY,
     NOTIFY_DIGEST_WINDOWS,
@@ -48,6 +49,7 @@ from shared.topology import (
     NOTIFY_LEDGER,
     NOTIFY_RETRY_SCHEDULE,
     NOTIFY_STORE,
+    Part,
 )
 
 __all__ = ["Notifier", "default_channels"]
@@ -97,8 +99,7 @@ class Notifier:
             log.warning("retry schedule and disabling run %g times faster (ANTING_NOTIFY_RETRY_TIME_SCALE): "
                         "for tests and demos only", settings.retry_time_scale)
         self.started = False
-        self._consumers: list[AIOKafkaConsumer] = []
-        self.loops: list[ConsumerLoop] = []  # the consumer loops, once running
+        self.runners: list[StageRunner] = []  # the three stages, once running
         # the broker refusing notify (credentials, certificate, an ACL): readiness says it,
         # one line per 30 s says it, each part retries with backoff until allowed
         self.access = AccessStatus()
@@ -131,8 +132,8 @@ class Notifier:
             return False, self.access.reason
         if not (self.started and self.store.view.ready.is_set() and self.ledger.view.ready.is_set()):
             return False, "loading subscriptions and ledger"
-        for loop in self.loops:
-            trouble = loop.trouble()
+        for runner in self.runners:
+            trouble = runner.trouble
             if trouble is not None:  # a record that keeps failing holds its partition's commits
                 return False, trouble
         try:
@@ -141,56 +142,47 @@ class Notifier:
             return False, f"broker unreachable: {type(exc).__name__}"
         return True, "broker reachable, state loaded"
 
+    def stage(self, part: Part, name: str, group: str, *, max_in_flight: int,
+              revoke_grace_ms: int = 0, stop_grace_ms: int = 2000) -> Stage:
+        """``part`` of notify (its topics as declared in :mod:`shared.topology`) as a
+        concurrent stage in ``group`` (its group setting's value), in order per key."""
+        prefix, s = self.settings.topic_prefix, self.settings
+        return Stage(
+            name=name, inputs=part.inputs(prefix), outputs=part.outputs(prefix),
+            dead_letters=s.topic(DEAD_LETTERS), group=group,
+            guarantee=Guarantee.AT_LEAST_ONCE_CONCURRENT, batch_max_records=1000,
+            commit_interval_ms=max(1, round(s.commit_interval_seconds * 1000)),
+            session_timeout_ms=s.session_timeout_ms, max_in_flight=max_in_flight,
+            revoke_grace_ms=revoke_grace_ms, stop_grace_ms=stop_grace_ms)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then finish in-flight work, commit and flush."""
-        group, prefix = self.settings.group, self.settings.topic_prefix
-        # the loops' groups and topics as declared, under the group setting's value
+        group = self.settings.group
+        # the stages' groups as declared, under the group setting's value
         retries_group = NOTIFY.group_under(NOTIFY_RETRY_SCHEDULE, group)
         digests_group = NOTIFY.group_under(NOTIFY_DIGEST_WINDOWS, group)
-        opts = {"max_poll_records": 1000, "session_timeout_ms": self.settings.session_timeout_ms,
-                "heartbeat_interval_ms": min(3000, self.settings.session_timeout_ms // 3)}
-        events = make_consumer(self.settings, group_id=group, **opts)
-        retries = make_consumer(self.settings, group_id=retries_group, **opts)
-        digests = make_consumer(self.settings, group_id=digests_group, **opts)
-        self._consumers = [events, retries, digests]
-        for consumer in self._consumers:
-            await until_allowed(consumer.start, self.access, self.settings.kafka, Doing(), stop)
-            if stop.is_set():
-                return
-        # each loop: the broker refusing it (fetch, commit, its handler's writes) is a wait, not an exit
-        kafka, access, writes = self.settings.kafka, self.access, self.writes
-        # the loop's consumer, whichever it is now (a loop may replace it: consumer_loop.py)
-        self.digests.holds = lambda tp: tp in windows.consumer.assignment()
-        main = ConsumerLoop(
-            events, NOTIFY_EVENTS.input(prefix), self.pipeline.handle_event,
-            max_in_flight=max(4 * self.settings.concurrency, 256),
-            commit_interval=self.settings.commit_interval_seconds, name="events",
-            # first attempts end within the delivery timeout; the group gives a member
-            # its session timeout to rejoin, so wait at most half of that
-            revoke_grace=min(self.settings.timeout_seconds, self.settings.session_timeout_ms / 2000),
-            on_assigned=functools.partial(self.ledger.assigned, "events"),
-            group=group, access=access, kafka=kafka, writes=writes, dead_letter=self._dead_letter,
-            new_consumer=lambda: make_consumer(self.settings, group_id=group, **opts),
-        )
-        sched = ConsumerLoop(
-            retries, NOTIFY_RETRY_SCHEDULE.input(prefix), self.retry_schedule.handle,
-            max_in_flight=50_000, commit_interval=self.settings.commit_interval_seconds, name="retries",
-            on_assigned=functools.partial(self.ledger.assigned, "retries"),
-            group=retries_group, access=access, kafka=kafka, writes=writes,
-            dead_letter=self._dead_letter,
-            new_consumer=lambda: make_consumer(self.settings, group_id=retries_group, **opts),
-        )
-        windows = ConsumerLoop(
-            digests, NOTIFY_DIGEST_WINDOWS.input(prefix), self.digests.handle,
-            max_in_flight=50_000, commit_interval=self.settings.commit_interval_seconds, name="digests",
-            on_assigned=functools.partial(self.ledger.assigned, "digests"),
-            group=digests_group, access=access, kafka=kafka, writes=writes,
-            dead_letter=self._dead_letter,
-            new_consumer=lambda: make_consumer(self.settings, group_id=digests_group, **opts),
-        )
-        self.loops = [main, sched, windows]
-        for loop in self.loops:
-            loop.subscribe()
+        # the broker refusing a stage (fetch, commit, its handler's writes) is a wait, not an exit
+        settings, access = self.settings, self.access
+        events = StageRunner(
+            self.stage(NOTIFY_EVENTS, "events", group,
+                       max_in_flight=max(4 * settings.concurrency, 256),
+                       # first attempts end within the delivery timeout; the group gives a
+                       # member its session timeout to rejoin, so wait at most half of that
+                       revoke_grace_ms=round(min(settings.timeout_seconds * 1000,
+                                                 settings.session_timeout_ms / 2)),
+                       stop_grace_ms=10_000),
+            settings, self.pipeline.handle_event, access=access,
+            on_assigned=functools.partial(self.ledger.assigned, "events"), dead_letter=self._dead_letter)
+        retries = StageRunner(
+            self.stage(NOTIFY_RETRY_SCHEDULE, "retries", retries_group, max_in_flight=50_000),
+            settings, self.retry_schedule.handle, access=access,
+            on_assigned=functools.partial(self.ledger.assigned, "retries"), dead_letter=self._dead_letter)
+        windows = StageRunner(
+            self.stage(NOTIFY_DIGEST_WINDOWS, "digests", digests_group, max_in_flight=50_000),
+            settings, self.digests.handle, access=access,
+            on_assigned=functools.partial(self.ledger.assigned, "digests"), dead_letter=self._dead_letter)
+        self.digests.holds = lambda tp: tp in windows.assignment()
+        self.runners = [events, retries, windows]
 
         async def relay() -> None:
             await stop.wait()
@@ -198,18 +190,18 @@ class Notifier:
             self.store.wake_all()  # retries waiting for a disabled subscription give up for now
 
         relay_task = asyncio.create_task(relay())
+        runs = [asyncio.create_task(runner.run(self.stop_event)) for runner in self.runners]
         try:
-            await asyncio.gather(main.run(self.stop_event), sched.run(self.stop_event, grace=2.0),
-                                 windows.run(self.stop_event, grace=2.0))
+            await asyncio.gather(*runs)
         finally:
             relay_task.cancel()
-            for c in {*self._consumers, *(loop.consumer for loop in self.loops)}:
-                with contextlib.suppress(Exception):
-                    await c.stop()
+            for run in runs:  # one failed: the others stop with it (each closes its consumer)
+                run.cancel()
+            await asyncio.gather(*runs, return_exceptions=True)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], exc: BaseException) -> Any:
         """A record whose work failed for a reason of its own, again and again, to
-        ``dead-letters`` (the consumer loops' ``dead_letter``); returns the write's ack."""
+        ``dead-letters`` (the stages' ``dead_letter``); returns the write's ack."""
         return await self.dlq.send(from_record(record, stage="notify", error=exc))
 
     async def close(self) -> None:

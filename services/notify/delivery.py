@@ -26,7 +26,7 @@ at info once per event.
 The caller's offset may be committed once :meth:`Deliverer.run` returns: by then
 every record it wrote has been acknowledged by the broker — unless the caller
 passes ``acks``, a list that collects the broker-ack futures instead of waiting on
-them (the event pipeline hands them to its consumer loop, which commits the
+them (the event pipeline hands them to its stage runner, which commits the
 offset once they resolve).
 """
 

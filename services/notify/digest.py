@@ -6,7 +6,7 @@ each event it collects to ``notify-digests`` (:meth:`Digests.collect`: a one-eve
 delivery as JSON, keyed by the subscription) and the event's own offset is committed
 as soon as the broker has that record — so ``enriched-events`` lag stays honest and a
 restart does not re-read hours of traffic. notify's digests group reads
-``notify-digests`` (:meth:`Digests.handle`, on :class:`~shared.consumer_loop.ConsumerLoop`):
+``notify-digests`` (:meth:`Digests.handle`, a stage of :mod:`shared.stage`):
 the first record of a subscription opens its window, which closes ``window_seconds``
 after that record's timestamp (or when it holds :data:`MAX_EVENTS`); then the events go
 out as one ``anting.digest`` delivery, with the usual retries, and only then are their

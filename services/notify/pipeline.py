@@ -62,7 +62,7 @@ def ingested_ms(record: ConsumerRecord[bytes, bytes]) -> int:
 
 
 class EventPipeline:
-    """The handler of ``enriched-events`` records (a :data:`shared.consumer_loop.Handler`)."""
+    """The handler of ``enriched-events`` records (a :data:`shared.stage.RecordHandler`)."""
 
     def __init__(self, store: SubscriptionStore, ledger: Ledger, deliverer: Deliverer,
                  digests: Digests, dlq: DeadLetterWriter) -> None:
@@ -75,7 +75,7 @@ class EventPipeline:
     async def handle_event(self, record: ConsumerRecord[bytes, bytes]) -> list[asyncio.Future[Any]] | None:
         """Match the event and make every first attempt; returns what its offset must wait
         for — the broker acknowledgements of the records those attempts wrote and of its
-        ``notify-digests`` records (the consumer loop commits the offset once they resolve) —
+        ``notify-digests`` records (the stage runner commits the offset once they resolve) —
         or ``None`` when nothing is pending. A record that is not an enriched event of the
         contract is dead-lettered (and nothing is pending).
 

@@ -37,8 +37,8 @@ from services.notify.delivery import DUE_HEADER, Deliverer
 from services.notify.ledger import Ledger
 from services.notify.notification import Delivery
 from services.notify.store import SubscriptionStore
-from shared.consumer_loop import Abandoned
 from shared.deadletters import DeadLetterWriter, from_record
+from shared.stage import Abandoned
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def due_ms(record: ConsumerRecord[bytes, bytes]) -> int:
 
 
 class RetrySchedule:
-    """The handler of the ``notify-retries`` consumer loop: wait until due, then attempt."""
+    """The handler of the ``notify-retries`` stage: wait until due, then attempt."""
 
     def __init__(self, deliverer: Deliverer, ledger: Ledger, dlq: DeadLetterWriter,
                  stop: asyncio.Event, store: SubscriptionStore | None = None) -> None:
@@ -74,7 +74,7 @@ class RetrySchedule:
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Attempt the delivery a retry record holds once it is due (a record that is not one
-        goes to ``dead-letters``); raises :class:`~shared.consumer_loop.Abandoned` when notify
+        goes to ``dead-letters``); raises :class:`~shared.stage.Abandoned` when notify
         stops before then, so the record is read again."""
         try:
             delivery = Delivery.from_json(record.value or b"")

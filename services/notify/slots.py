@@ -14,8 +14,9 @@ a slot. So, as Svix and Convoy queue per endpoint:
   they came — deficit round robin with every delivery costing one slot.
 
 A delivery waiting for its turn is only a pending future: nothing polls, and the task
-that waits is an ordinary in-flight task of the consumer loop. A grant costs O(1): only
-subscriptions and tenants below their caps with someone waiting are in the rings.
+that waits is an ordinary in-flight task of its stage (:mod:`shared.stage`). A grant
+costs O(1): only subscriptions and tenants below their caps with someone waiting are in
+the rings.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -20,12 +21,11 @@ from aiokafka import ConsumerRecord
 
 from devtools.localkafka import free_port
 from devtools.secure import SecureMaterial
-from devtools.testing import ServiceProcess, produce, read_topic, wait_until
+from devtools.testing import ServiceProcess, concurrent_stage, produce, read_topic, wait_until
 from services.acls import ADMIN, Acl
 from services.insights.state import decode_facts
-from shared.consumer_loop import ConsumerLoop
-from shared.kafka import make_consumer
 from shared.kafka_access import AccessStatus
+from shared.stage import StageRunner
 from tests.notify.helpers import Receiver
 from tests.security.conftest import SecuredKafka
 
@@ -350,7 +350,7 @@ async def test_a_topic_refused_before_the_member_joins_is_a_refusal_not_an_idle_
         secure_kafka: SecuredKafka) -> None:
     """Read on the topic taken away before the consumer joins its group: aiokafka marks the
     topic unauthorized in its metadata, the group assigns the member no partition and every
-    poll comes back empty, raising nothing. The loop calls that a refusal (the line, the
+    poll comes back empty, raising nothing. The stage runner calls that a refusal (the line, the
     readiness reason) and, the ACL back, joins again with the partitions and reads."""
     prefix = await fresh_prefix(secure_kafka)
     admin = secure_kafka.settings(ADMIN, prefix)
@@ -366,25 +366,20 @@ async def test_a_topic_refused_before_the_member_joins_is_a_refusal_not_an_idle_
     async def handler(record: ConsumerRecord[bytes, bytes]) -> None:
         got.append(record.value or b"")
 
-    group = f"anting-notify-join-{uuid.uuid4().hex[:6]}"
-    consumer = make_consumer(notify, group_id=group)
+    # the group is anting-notify-join-...: the stage's group under no topic prefix
+    stage = replace(concurrent_stage(notify, topic, "", name="events"),
+                    group=f"anting-notify-join-{uuid.uuid4().hex[:6]}")
     access = AccessStatus()
+    runner = StageRunner(stage, notify, handler, access=access)
     stop = asyncio.Event()
-    task: asyncio.Task[None] | None = None
+    task = asyncio.create_task(runner.run(stop))
     try:
-        await consumer.start()
-        loop = ConsumerLoop(consumer, topic, handler, max_in_flight=10, name="events",
-                            group=group, access=access, kafka=notify.kafka)
-        loop.subscribe()
-        task = asyncio.create_task(loop.run(stop, grace=1.0))
         try:
             await wait_until(lambda: access.reason == line, 60, f"the refusal {line!r}")
-            assert got == [] and not consumer.assignment()
+            assert got == [] and not runner.assignment()
         finally:
             await asyncio.to_thread(secure_kafka.restore_acl, acl)
         await wait_until(lambda: got == [marker] and access.reason is None, 90, "the record read once allowed")
     finally:
         stop.set()
-        if task is not None:
-            await asyncio.wait_for(task, 30)
-        await consumer.stop()
+        await asyncio.wait_for(task, 30)

@@ -1,4 +1,4 @@
-"""Writes that fail, on the real broker: the consumer loop tries a record again in this
+"""Writes that fail, on the real broker: a concurrent stage tries a record again in this
 process instead of leaving it uncommitted until a restart, dead-letters a record whose
 write the broker refuses for itself, and a renewed producer writes on where the old one's
 sequence numbers were spent."""
@@ -11,12 +11,12 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, OutOfOrderSequenceNumber
 
-from devtools.testing import produce, read_topic, set_topic_config, wait_until
+from devtools.testing import concurrent_stage, produce, read_topic, set_topic_config, wait_until
 from services.notify.channels import MAX_ERROR_CHARS, Result
-from shared.consumer_loop import RECORD_ATTEMPTS, ConsumerLoop
 from shared.deadletters import DeadLetterWriter, from_record, read_dead_letters
-from shared.kafka import RenewingProducer, make_consumer, make_producer
+from shared.kafka import RenewingProducer, make_producer
 from shared.settings import AntingSettings
+from shared.stage import RECORD_ATTEMPTS, ConcurrentSession, StageRunner
 from shared.topics import NOTIFICATIONS, NOTIFY_RETRIES
 from shared.write_failures import refuses_the_record
 
@@ -37,13 +37,10 @@ def test_an_attempts_error_text_is_bounded_whatever_the_receiver_sent() -> None:
     assert result.error.endswith("(1200034 characters)")
 
 
-async def _loop(topics: AntingSettings, handler: Any, name: str, **kw: Any) -> tuple[ConsumerLoop, Any]:
-    consumer = make_consumer(topics, group_id=f"{topics.topic_prefix}{name}")
-    await consumer.start()
-    cl = ConsumerLoop(consumer, topics.topic(NOTIFY_RETRIES), handler, max_in_flight=10,
-                      commit_interval=0.1, **kw)
-    cl.subscribe()
-    return cl, consumer
+def _loop(topics: AntingSettings, handler: Any, name: str, **kw: Any) -> tuple[StageRunner, ConcurrentSession]:
+    runner = StageRunner(concurrent_stage(topics, topics.topic(NOTIFY_RETRIES), name), topics, handler, **kw)
+    assert runner.concurrent is not None
+    return runner, runner.concurrent
 
 
 async def test_a_record_whose_write_timed_out_is_tried_again_and_committed(topics: AntingSettings) -> None:
@@ -63,9 +60,9 @@ async def test_a_record_whose_write_timed_out_is_tried_again_and_committed(topic
             ack.set_result(None)
         return [ack]
 
-    cl, consumer = await _loop(topics, handler, "timeout")
+    runner, cl = _loop(topics, handler, "timeout")
     stop = asyncio.Event()
-    task = asyncio.create_task(cl.run(stop, grace=1.0))
+    task = asyncio.create_task(runner.run(stop))
     try:
         await wait_until(lambda: seen.count(b"b") == 2, 30, "b handled again")
         tp = next(iter(cl.tracker.next))
@@ -74,7 +71,6 @@ async def test_a_record_whose_write_timed_out_is_tried_again_and_committed(topic
     finally:
         stop.set()
         await task
-        await consumer.stop()
 
 
 async def test_a_write_the_broker_refuses_for_the_record_dead_letters_it_and_the_stream_goes_on(
@@ -101,9 +97,9 @@ async def test_a_write_the_broker_refuses_for_the_record_dead_letters_it_and_the
     async def dead_letter(record: Any, exc: BaseException) -> Any:
         return await dlq.send(from_record(record, stage="test", error=exc))
 
-    cl, consumer = await _loop(topics, handler, "refused", dead_letter=dead_letter)
+    runner, cl = _loop(topics, handler, "refused", dead_letter=dead_letter)
     stop = asyncio.Event()
-    task = asyncio.create_task(cl.run(stop, grace=1.0))
+    task = asyncio.create_task(runner.run(stop))
     try:
         tp = TopicPartition(topics.topic(NOTIFY_RETRIES), 0)
         await wait_until(lambda: any(v >= len(values) for v in cl.tracker.committed.values()), 60,
@@ -123,7 +119,6 @@ async def test_a_write_the_broker_refuses_for_the_record_dead_letters_it_and_the
     finally:
         stop.set()
         await task
-        await consumer.stop()
         await producer.stop()
 
 
@@ -145,10 +140,11 @@ async def test_a_record_that_keeps_failing_is_named_until_it_goes_through(topics
             ack.set_exception(KafkaTimeoutError())
         return [ack]
 
-    cl, consumer = await _loop(topics, handler, "trouble")
+    runner, cl = _loop(topics, handler, "trouble")
     stop = asyncio.Event()
-    task = asyncio.create_task(cl.run(stop, grace=1.0))
+    task = asyncio.create_task(runner.run(stop))
     try:
+        assert runner.trouble is None  # failing, but not for 30 s
         await wait_until(lambda: cl.trouble(after=0.5) is not None, 30, "the failing record named")
         trouble = cl.trouble(after=0.5) or ""
         assert f"{topic}[" in trouble and "@0" in trouble and "KafkaTimeoutError" in trouble
@@ -159,12 +155,11 @@ async def test_a_record_that_keeps_failing_is_named_until_it_goes_through(topics
     finally:
         stop.set()
         await task
-        await consumer.stop()
 
 
 async def test_a_consumer_whose_group_coordination_died_is_replaced(topics: AntingSettings) -> None:
     """aiokafka's coordination task ending cancelled (its heartbeat stopped mid-rejoin) makes
-    every poll raise CancelledError: the loop joins again with a new consumer, and the
+    every poll raise CancelledError: the stage joins again with a new consumer, and the
     records after it are handled."""
     topic = topics.topic(NOTIFY_RETRIES)
     await produce(topics, topic, [b"a"], [b"k"])
@@ -173,16 +168,12 @@ async def test_a_consumer_whose_group_coordination_died_is_replaced(topics: Anti
     async def handler(record: Any) -> None:
         seen.append(record.value)
 
-    group = f"{topics.topic_prefix}replaced"
-    consumer = make_consumer(topics, group_id=group)
-    await consumer.start()
-    cl = ConsumerLoop(consumer, topic, handler, max_in_flight=10, commit_interval=0.1,
-                      new_consumer=lambda: make_consumer(topics, group_id=group))
-    cl.subscribe()
+    runner, cl = _loop(topics, handler, "replaced")
     stop = asyncio.Event()
-    task = asyncio.create_task(cl.run(stop, grace=1.0))
+    task = asyncio.create_task(runner.run(stop))
     try:
         await wait_until(lambda: seen == [b"a"], 60, "the first record")
+        consumer = cl.consumer
         consumer._coordinator._coordination_task.cancel()  # what aiokafka's own bug leaves
         await wait_until(lambda: cl.consumer is not consumer, 30, "a new consumer")
         await produce(topics, topic, [b"b"], [b"k"])
@@ -191,5 +182,3 @@ async def test_a_consumer_whose_group_coordination_died_is_replaced(topics: Anti
     finally:
         stop.set()
         await task
-        await cl.consumer.stop()
-        await consumer.stop()
