@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import orjson
 
-from shared.events import AGREEMENT, AnyEnrichedEvent, EnrichedAgreementEvent
+from shared.events import AGREEMENT, AnyEnrichedEvent
 
 __all__ = [
     "DAY_BUCKETS",
@@ -45,11 +45,15 @@ __all__ = [
     "WEEK_MS",
     "Entity",
     "Fact",
+    "Row",
     "Window",
     "decode_facts",
+    "decode_rows",
     "encode_facts",
+    "encode_rows",
     "entity_key",
     "facts_of",
+    "rows_of",
     "window_start",
 ]
 
@@ -128,6 +132,12 @@ class Fact:
                    d["kind"], d["title"], d["time"], d.get("partners"))
 
 
+#: one fact as the route sends it and the fold applies it, without a :class:`Fact` around
+#: it: ``[partition, offset, ts, source, id, type, kind, title, time, partners]`` (the
+#: fields of :class:`Fact` after ``key`` and ``name``, which one record carries once)
+Row = list[Any]
+
+
 def encode_facts(facts: Sequence[Fact]) -> bytes:
     """Facts of one entity (one key), in the order they were taught, as one
     ``insights-facts`` record value: ``{"key", "name", "facts": [[partition, offset, ts,
@@ -140,6 +150,28 @@ def encode_facts(facts: Sequence[Fact]) -> bytes:
         "facts": [[f.partition, f.offset, f.ts, f.source, f.id, f.type, f.kind, f.title, f.time, f.partners]
                   for f in facts],
     })
+
+
+def encode_rows(key: str, name: str, rows: Sequence[Row]) -> bytes:
+    """What :func:`encode_facts` writes for the facts ``rows`` of entity ``key`` (display
+    name ``name``: the last fact's), from rows instead of :class:`Fact` objects."""
+    return orjson.dumps({"key": key, "name": name, "facts": rows})
+
+
+def decode_rows(raw: bytes) -> tuple[str, str, list[Row]]:
+    """``(key, name, rows)`` of an ``insights-facts`` record (either form
+    :func:`decode_facts` reads). Raises ``orjson.JSONDecodeError``, ``KeyError``,
+    ``ValueError`` or ``TypeError``."""
+    d = orjson.loads(raw)
+    if "facts" not in d:
+        rows: list[Row] = [[d["p"], d["o"], d["ts"], d["source"], d["id"], d["type"], d["kind"],
+                            d["title"], d["time"], d.get("partners")]]
+        return d["key"], d["name"], rows
+    rows = d["facts"]
+    for row in rows:
+        if len(row) != 10:
+            raise ValueError(f"a fact of {len(row)} fields, not 10")
+    return d["key"], d["name"], rows
 
 
 def decode_facts(raw: bytes) -> list[Fact]:
@@ -162,39 +194,54 @@ def facts_of(event: AnyEnrichedEvent, partition: int, offset: int, ts: int) -> l
     """Every fact an enriched event at ``partition``/``offset`` (record timestamp ``ts``,
     ms) teaches: one per resolved organization (each once, however often named), per
     unresolved name, per sector and per city. An announcement's kind is its ``data.kind``;
-    an agreement's is ``signed``."""
-    data = event.data
-    if isinstance(event, EnrichedAgreementEvent):
-        title, kind, sectors = event.data.title, "signed", list(event.data.sectors)
+    an agreement's is ``signed``. The same as :func:`rows_of` on the event's document."""
+    return [Fact(key, name, *row) for key, name, row in
+            rows_of(event.model_dump(), partition, offset, ts)]
+
+
+def rows_of(doc: Mapping[str, Any], partition: int, offset: int, ts: int) -> list[tuple[str, str, Row]]:
+    """:func:`facts_of` on an enriched event's JSON object as
+    :func:`shared.events.read_enriched` gives it (checked by the contract; fields left
+    out are the models' defaults), as ``(key, name, row)`` triples: what the route sends,
+    without building the models (their construction was most of the route's time)."""
+    data = doc["data"]
+    type_ = doc["type"]
+    if type_ == AGREEMENT:
+        title, kind, sectors = data["title"], "signed", list(data.get("sectors") or ())
     else:
-        title, kind, sectors = event.data.headline, str(event.data.kind), []
+        title, kind, sectors = data["headline"], str(data.get("kind", "other")), []
     title = title[:TITLE_CHARS]
-    time = event.time.isoformat() if event.time is not None else None
+    when = doc.get("time")
+    time = when.isoformat() if when is not None else None
     orgs: dict[str, Any] = {}
-    for mention in data.organizations:
-        if mention.resolved is not None:
-            orgs.setdefault(mention.resolved.id, mention.resolved)
-    cities = [data.location.city] if data.location is not None and data.location.city else []
+    for mention in data.get("organizations") or ():
+        resolved = mention.get("resolved")
+        if resolved is not None:
+            orgs.setdefault(resolved["id"], resolved)
+    location = data.get("location")
+    city = location.get("city") if location is not None else None
+    cities = [city] if city else []
     for org in orgs.values():
-        sectors.extend(org.sectors)
-        if org.city:
-            cities.append(org.city)
-
-    def fact(key: str, name: str, partners: Mapping[str, str] | None = None) -> Fact:
-        return Fact(key, name, partition, offset, ts, event.source, event.id, event.type, kind,
-                    title, time, partners)
-
-    facts = []
+        sectors.extend(org.get("sectors") or ())
+        if org.get("city"):
+            cities.append(org["city"])
+    source, id_ = doc["source"], doc["id"]
+    agreement = type_ == AGREEMENT
+    out: list[tuple[str, str, Row]] = []
     for oid, org in orgs.items():
-        partners = ({p: o.name for p, o in orgs.items() if p != oid} if event.type == AGREEMENT else None)
-        facts.append(fact(entity_key("org", oid), org.name, partners))
-    for name in _unique(data.enrichment.unresolved):
-        facts.append(fact(entity_key("unresolved", name), name))
-    for sector in _unique(sectors):
-        facts.append(fact(entity_key("sector", sector), sector))
-    for city in _unique(cities):
-        facts.append(fact(entity_key("city", city), city))
-    return facts
+        partners = {p: o["name"] for p, o in orgs.items() if p != oid} if agreement else None
+        out.append(("org:" + oid, org["name"],
+                    [partition, offset, ts, source, id_, type_, kind, title, time, partners]))
+    enrichment = data.get("enrichment") or {}
+    for namespace, names in (("unresolved:", enrichment.get("unresolved") or ()), ("sector:", sectors),
+                             ("city:", cities)):
+        for name in _unique(names):
+            out.append((namespace + name, name,
+                        [partition, offset, ts, source, id_, type_, kind, title, time, None]))
+    return out
+
+
+_PARTS = [str(i) for i in range(64)]  # pos's keys: partitions as strings, made once
 
 
 def _counts() -> dict[str, Any]:
@@ -273,52 +320,93 @@ class Entity:
         """Fold ``fact`` in; False (and nothing changed) for a replay or a duplicate:
         its offset is at or below the highest applied on its partition, or its
         ``(source, id)`` is among the latest events."""
+        return self.apply_rows(fact.name, [[fact.partition, fact.offset, fact.ts, fact.source, fact.id,
+                                            fact.type, fact.kind, fact.title, fact.time, fact.partners]])[0] == 1
+
+    def apply_rows(self, name: str, rows: Iterable[Row]) -> tuple[int, int]:
+        """Fold facts of this entity in, in order, as :meth:`apply` does one by one (rows:
+        see :data:`Row`; ``name`` the display name they carry). Returns ``(applied,
+        past_guard)``: how many were applied (the others are replays or duplicates), and
+        how many were above their partition's highest offset (applied, or duplicates whose
+        offset the guard now holds: the document changed when this is not 0). One loop
+        over rows instead of a call and a :class:`Fact` per fact: the fold's time is per
+        fact."""
         doc = self.doc
-        part = str(fact.partition)
-        if fact.offset <= doc["pos"].get(part, -1):
-            return False
-        doc["pos"][part] = fact.offset
+        pos: dict[str, int] = doc["pos"]
         recent: list[dict[str, Any]] = doc["recent"]
         ids = self._ids
         if ids is None:
             ids = self._ids = {(e["source"], e["id"]) for e in recent}
-        if (fact.source, fact.id) in ids:
-            return False
-        doc["name"] = fact.name
-        type_, kind = fact.type, fact.kind
-        for c in (doc["all"], self._bucket("day", fact.ts), self._bucket("week", fact.ts)):
-            if c is not None:
-                c["total"] += 1
-                by_type, by_kind = c["by_type"], c["by_kind"]
-                by_type[type_] = by_type.get(type_, 0) + 1
-                by_kind[kind] = by_kind.get(kind, 0) + 1
-        order = (fact.ts, fact.partition, fact.offset)
-        # newest first. Facts of several partitions interleave with equal timestamps, so a
-        # new one is often not the newest: binary search (keys negated: the list descends)
-        # instead of a scan, and nothing at all for one older than a full list's last
-        if not recent or order > _order(recent[0]):
-            at = 0
-        elif len(recent) < RECENT or order > _order(recent[-1]):
-            at = bisect.bisect_right(recent, (-fact.ts, -fact.partition, -fact.offset), key=_descending)
-        else:
-            at = RECENT
-        item = {"id": fact.id, "source": fact.source, "type": type_, "kind": kind,
-                "title": fact.title, "time": fact.time, "ts": fact.ts, "p": fact.partition, "o": fact.offset}
-        if at < RECENT:
-            recent.insert(at, item)
-            ids.add((fact.source, fact.id))
-            if len(recent) > RECENT:
-                gone = recent.pop()
-                ids.discard((gone["source"], gone["id"]))
-        if fact.partners is not None:
-            for pid, pname in fact.partners.items():
-                entry = doc["partners"].setdefault(pid, {"name": pname, "count": 0})
-                entry["name"] = pname
-                entry["count"] += 1
-            latest = doc["latest_agreement"]
-            if latest is None or order > _order(latest):
-                doc["latest_agreement"] = {**item, "partners": sorted(fact.partners)}
-        return True
+        all_counts = doc["all"]
+        # the day and week buckets of the previous fact, with their bounds: a batch's
+        # facts nearly all fall in the same day and week
+        day_lo = day_hi = week_lo = week_hi = 0
+        day: dict[str, Any] | None = None
+        week: dict[str, Any] | None = None
+        applied = past = 0
+        for row in rows:
+            partition, offset, ts, source, id_, type_, kind, title, time, partners = row
+            part = _PARTS[partition] if partition < len(_PARTS) else str(partition)
+            if offset <= pos.get(part, -1):
+                continue
+            pos[part] = offset
+            past += 1
+            ident = (source, id_)
+            if ident in ids:
+                continue
+            applied += 1
+            if not day_lo <= ts < day_hi:
+                day = self._bucket("day", ts)
+                day_lo, day_hi = self._window["day"][:2] if day is not None else (0, 0)
+            if not week_lo <= ts < week_hi:
+                week = self._bucket("week", ts)
+                week_lo, week_hi = self._window["week"][:2] if week is not None else (0, 0)
+            for c in (all_counts, day, week):
+                if c is not None:
+                    c["total"] += 1
+                    by_type, by_kind = c["by_type"], c["by_kind"]
+                    by_type[type_] = by_type.get(type_, 0) + 1
+                    by_kind[kind] = by_kind.get(kind, 0) + 1
+            # newest first. Facts of several partitions interleave with equal timestamps, so
+            # a new one is often not the newest: binary search (keys negated: the list
+            # descends) instead of a scan, and nothing at all for one older than a full
+            # list's last
+            if not recent:
+                at = 0
+            else:
+                first = recent[0]
+                if ts > first["ts"] or (ts == first["ts"] and (partition, offset) > (first["p"], first["o"])):
+                    at = 0
+                else:
+                    order = (ts, partition, offset)
+                    if len(recent) < RECENT or order > _order(recent[-1]):
+                        at = bisect.bisect_right(recent, (-ts, -partition, -offset), key=_descending)
+                    else:
+                        at = RECENT
+            if at < RECENT or partners is not None:
+                item = {"id": id_, "source": source, "type": type_, "kind": kind,
+                        "title": title, "time": time, "ts": ts, "p": partition, "o": offset}
+                if at < RECENT:
+                    recent.insert(at, item)
+                    ids.add(ident)
+                    if len(recent) > RECENT:
+                        gone = recent.pop()
+                        ids.discard((gone["source"], gone["id"]))
+                if partners is not None:
+                    known = doc["partners"]
+                    for pid, pname in partners.items():
+                        entry = known.get(pid)
+                        if entry is None:
+                            known[pid] = {"name": pname, "count": 1}
+                        else:
+                            entry["name"] = pname
+                            entry["count"] += 1
+                    latest = doc["latest_agreement"]
+                    if latest is None or (ts, partition, offset) > _order(latest):
+                        doc["latest_agreement"] = {**item, "partners": sorted(partners)}
+        if applied:
+            doc["name"] = name
+        return applied, past
 
     # --- views: what the API answers ---------------------------------------------------
 

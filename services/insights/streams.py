@@ -50,7 +50,7 @@ from aiokafka.partitioner import murmur2
 
 from services.insights.route import Route
 from services.insights.settings import InsightsSettings
-from services.insights.state import Entity, decode_facts
+from services.insights.state import Entity, decode_rows
 from shared.kafka_access import AccessStatus
 from shared.metrics import (
     INSIGHTS_ENTITIES,
@@ -210,6 +210,9 @@ class Insights:
         self.app.agent(self.facts, name="fold")(self._fold)
         self.markers = marker_keys(settings.partitions)
         self._partitions: dict[bytes, int] = {}
+        # table key → (the bytes the fold last wrote there, the entity they are the dump of):
+        # reused while the table holds those very bytes (see _load)
+        self._entities: dict[bytes, tuple[bytes, Entity]] = {}
         # partitions whose recovery completed for the current assignment; None from a
         # revocation or an assignment until faust says the table is recovered
         self._recovered_for: frozenset[int] | None = None
@@ -236,28 +239,30 @@ class Insights:
             changed: set[bytes] = set()
             ends: dict[int, int] = {}
             applied = replays = stale = 0
-            for event in events:
-                partition, offset = event.message.partition, event.message.offset
-                if partition not in held:
-                    # taken before a revocation: the partition's new owner folds it from the
-                    # committed offset, and a write here would reach the changelog behind its own
-                    stale += 1
-                    continue
-                ends[partition] = max(ends.get(partition, 0), offset + 1)
-                key: bytes = event.key
-                entity = touched.get(key)
-                for fact in decode_facts(event.value):
+            try:
+                for event in events:
+                    partition, offset = event.message.partition, event.message.offset
+                    if partition not in held:
+                        # taken before a revocation: the partition's new owner folds it from
+                        # the committed offset, and a write here would reach the changelog
+                        # behind its own
+                        stale += 1
+                        continue
+                    ends[partition] = max(ends.get(partition, 0), offset + 1)
+                    key: bytes = event.key
+                    fact_key, name, rows = decode_rows(event.value)
+                    entity = touched.get(key)
                     if entity is None:
-                        stored = self.table.get(key)
-                        entity = Entity.load(stored) if stored is not None else Entity.new(fact.key, fact.name)
-                        if stored is None:
-                            INSIGHTS_ENTITIES.labels(fact.key.split(":", 1)[0]).inc()
-                        touched[key] = entity
-                    if entity.apply(fact):
+                        entity = touched[key] = self._load(key, fact_key, name)
+                    n, past = entity.apply_rows(name, rows)
+                    if past:
                         changed.add(key)
-                        applied += 1
-                    else:
-                        replays += 1
+                    applied += n
+                    replays += len(rows) - n
+            except BaseException:
+                # entities kept between batches may hold facts this batch will not write
+                self._entities.clear()
+                raise
             # no await from here to the end of the batch: a query sees a partition before
             # its batch or after it, never half-way
             marks = {p: self._marker(p) for p in ends}
@@ -266,7 +271,8 @@ class Insights:
                     marks[p]["dirty"] = end
                     self.table[self.markers[p]] = orjson.dumps(marks[p])
             for key in changed:
-                self.table[key] = touched[key].dump()
+                stored = self.table[key] = touched[key].dump()
+                self._entities[key] = (stored, touched[key])
             for p, end in ends.items():
                 marks[p]["next"] = max(marks[p]["next"], end)
                 self.table[self.markers[p]] = orjson.dumps(marks[p])
@@ -274,6 +280,23 @@ class Insights:
             INSIGHTS_FACTS.labels("replay").inc(replays)
             if stale:
                 INSIGHTS_FACTS.labels("revoked").inc(stale)
+
+    def _load(self, key: bytes, fact_key: str, name: str) -> Entity:
+        """The entity of table key ``key`` for the fold: the one the fold wrote last while
+        the table still holds the very bytes it wrote then (no parse of a document a batch
+        left as it was), else parsed from the table (a recovery or a rebalance wrote it),
+        else new."""
+        stored = self.table.get(key)
+        if stored is None:
+            self._entities.pop(key, None)
+            INSIGHTS_ENTITIES.labels(fact_key.split(":", 1)[0]).inc()
+            return Entity.new(fact_key, name)
+        kept = self._entities.get(key)
+        if kept is not None and kept[0] is stored:
+            return kept[1]
+        entity = Entity.load(stored)
+        self._entities[key] = (stored, entity)
+        return entity
 
     def _marker(self, partition: int) -> dict[str, int]:
         stored = self.table.get(self.markers[partition])
