@@ -186,10 +186,6 @@ def decode_facts(raw: bytes) -> list[Fact]:
             for p, o, ts, source, id_, type_, kind, title, time, partners in d["facts"]]
 
 
-def _unique(items: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(i for i in items if i))
-
-
 def facts_of(event: AnyEnrichedEvent, partition: int, offset: int, ts: int) -> list[Fact]:
     """Every fact an enriched event at ``partition``/``offset`` (record timestamp ``ts``,
     ms) teaches: one per resolved organization (each once, however often named), per
@@ -225,19 +221,22 @@ def rows_of(doc: Mapping[str, Any], partition: int, offset: int, ts: int) -> lis
         sectors.extend(org.get("sectors") or ())
         if org.get("city"):
             cities.append(org["city"])
-    source, id_ = doc["source"], doc["id"]
-    agreement = type_ == AGREEMENT
+    head = (partition, offset, ts, doc["source"], doc["id"], type_, kind, title, time)
     out: list[tuple[str, str, Row]] = []
-    for oid, org in orgs.items():
-        partners = {p: o["name"] for p, o in orgs.items() if p != oid} if agreement else None
-        out.append(("org:" + oid, org["name"],
-                    [partition, offset, ts, source, id_, type_, kind, title, time, partners]))
+    if type_ == AGREEMENT:
+        for oid, org in orgs.items():
+            out.append(("org:" + oid, org["name"], [*head, {p: o["name"] for p, o in orgs.items() if p != oid}]))
+    else:
+        for oid, org in orgs.items():
+            out.append(("org:" + oid, org["name"], [*head, None]))
     enrichment = data.get("enrichment") or {}
     for namespace, names in (("unresolved:", enrichment.get("unresolved") or ()), ("sector:", sectors),
                              ("city:", cities)):
-        for name in _unique(names):
-            out.append((namespace + name, name,
-                        [partition, offset, ts, source, id_, type_, kind, title, time, None]))
+        seen: set[str] = set()
+        for name in names:
+            if name and name not in seen:  # each once, in the order first named
+                seen.add(name)
+                out.append((namespace + name, name, [*head, None]))
     return out
 
 

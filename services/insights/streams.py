@@ -345,8 +345,8 @@ class Insights:
     # --- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Join the groups (the faust app's and the route's). Returns once faust's first
-        table recovery completed (faust's ``App.on_started`` waits for it); later ones, on a
+        """Join the groups (the route's, started first, and the faust app's). Returns once
+        faust's first table recovery completed (faust's ``App.on_started`` waits for it); later ones, on a
         rebalance, run in the background (see :meth:`recovered`)."""
         self.started_at = time.monotonic()
         self.app.finalize()
@@ -355,8 +355,10 @@ class Insights:
         tables: Any = self.app.tables  # TableManagerT does not declare recovery
         self.watchdog = RecoveryWatchdog(tables.recovery, self.settings.recovery_stall_seconds)
         self._watching = asyncio.create_task(self.watchdog.run(self._stopping), name="insights recovery watchdog")
-        await self.app.start()
+        # the route needs nothing of the table: it joins its group while faust joins its own
+        # and recovers (each join takes seconds), and its facts wait on the topic for the fold
         self._routing = asyncio.create_task(self.route.run(self._stopping), name="insights route")
+        await self.app.start()
 
     async def stop(self) -> None:
         """Leave the groups (the route and faust commit what they processed)."""
