@@ -257,6 +257,21 @@ def _descending(item: Mapping[str, Any]) -> tuple[int, int, int]:
     return (-item["ts"], -item["p"], -item["o"])
 
 
+def _row_order(row: Row) -> tuple[int, int, int]:
+    """:func:`_order` of a row."""
+    return (row[2], row[0], row[1])
+
+
+def _row_descending(row: Row) -> tuple[int, int, int]:
+    return (-row[2], -row[0], -row[1])
+
+
+def _item(row: Sequence[Any]) -> dict[str, Any]:
+    """The latest-events entry of a row (its first nine fields)."""
+    return {"id": row[4], "source": row[3], "type": row[5], "kind": row[6], "title": row[7],
+            "time": row[8], "ts": row[2], "p": row[0], "o": row[1]}
+
+
 class Entity:
     """One entity's state, a JSON document (what the table holds, as bytes):
 
@@ -327,40 +342,45 @@ class Entity:
         see :data:`Row`; ``name`` the display name they carry). Returns ``(applied,
         past_guard)``: how many were applied (the others are replays or duplicates), and
         how many were above their partition's highest offset (applied, or duplicates whose
-        offset the guard now holds: the document changed when this is not 0). One loop
-        over rows instead of a call and a :class:`Fact` per fact: the fold's time is per
-        fact."""
+        offset the guard now holds: the document changed when this is not 0). The fold's
+        time is per fact, so facts come in rows (no :class:`Fact` each) and, when none of
+        them can be a duplicate, are counted together (:meth:`_apply_distinct`)."""
         doc = self.doc
         pos: dict[str, int] = doc["pos"]
-        recent: list[dict[str, Any]] = doc["recent"]
+        passed: list[Row] = []
+        for row in rows:
+            partition, offset = row[0], row[1]
+            part = _PARTS[partition] if partition < len(_PARTS) else str(partition)
+            if offset > pos.get(part, -1):
+                pos[part] = offset
+                passed.append(row)
+        if not passed:
+            return 0, 0
         ids = self._ids
         if ids is None:
-            ids = self._ids = {(e["source"], e["id"]) for e in recent}
+            ids = self._ids = {(e["source"], e["id"]) for e in doc["recent"]}
+        idents = {(row[3], row[4]) for row in passed}
+        if len(idents) == len(passed) and ids.isdisjoint(idents):
+            applied = self._apply_distinct(passed)
+        else:
+            applied = self._apply_each(passed, ids)
+        if applied:
+            doc["name"] = name
+        return applied, len(passed)
+
+    def _apply_each(self, rows: list[Row], ids: set[tuple[str, str]]) -> int:
+        """Rows past the replay guard, one after the other: a row whose ``(source, id)`` is
+        among the latest events when its turn comes is a duplicate."""
+        doc = self.doc
+        recent: list[dict[str, Any]] = doc["recent"]
         all_counts = doc["all"]
-        # the day and week buckets of the previous fact, with their bounds: a batch's
-        # facts nearly all fall in the same day and week
-        day_lo = day_hi = week_lo = week_hi = 0
-        day: dict[str, Any] | None = None
-        week: dict[str, Any] | None = None
-        applied = past = 0
-        for row in rows:
-            partition, offset, ts, source, id_, type_, kind, title, time, partners = row
-            part = _PARTS[partition] if partition < len(_PARTS) else str(partition)
-            if offset <= pos.get(part, -1):
-                continue
-            pos[part] = offset
-            past += 1
+        applied = 0
+        for partition, offset, ts, source, id_, type_, kind, title, time, partners in rows:
             ident = (source, id_)
             if ident in ids:
                 continue
             applied += 1
-            if not day_lo <= ts < day_hi:
-                day = self._bucket("day", ts)
-                day_lo, day_hi = self._window["day"][:2] if day is not None else (0, 0)
-            if not week_lo <= ts < week_hi:
-                week = self._bucket("week", ts)
-                week_lo, week_hi = self._window["week"][:2] if week is not None else (0, 0)
-            for c in (all_counts, day, week):
+            for c in (all_counts, self._bucket("day", ts), self._bucket("week", ts)):
                 if c is not None:
                     c["total"] += 1
                     by_type, by_kind = c["by_type"], c["by_kind"]
@@ -370,42 +390,79 @@ class Entity:
             # a new one is often not the newest: binary search (keys negated: the list
             # descends) instead of a scan, and nothing at all for one older than a full
             # list's last
-            if not recent:
+            order = (ts, partition, offset)
+            if not recent or order > _order(recent[0]):
                 at = 0
+            elif len(recent) < RECENT or order > _order(recent[-1]):
+                at = bisect.bisect_right(recent, (-ts, -partition, -offset), key=_descending)
             else:
-                first = recent[0]
-                if ts > first["ts"] or (ts == first["ts"] and (partition, offset) > (first["p"], first["o"])):
-                    at = 0
-                else:
-                    order = (ts, partition, offset)
-                    if len(recent) < RECENT or order > _order(recent[-1]):
-                        at = bisect.bisect_right(recent, (-ts, -partition, -offset), key=_descending)
-                    else:
-                        at = RECENT
-            if at < RECENT or partners is not None:
-                item = {"id": id_, "source": source, "type": type_, "kind": kind,
-                        "title": title, "time": time, "ts": ts, "p": partition, "o": offset}
-                if at < RECENT:
-                    recent.insert(at, item)
-                    ids.add(ident)
-                    if len(recent) > RECENT:
-                        gone = recent.pop()
-                        ids.discard((gone["source"], gone["id"]))
-                if partners is not None:
-                    known = doc["partners"]
-                    for pid, pname in partners.items():
-                        entry = known.get(pid)
-                        if entry is None:
-                            known[pid] = {"name": pname, "count": 1}
-                        else:
-                            entry["name"] = pname
-                            entry["count"] += 1
-                    latest = doc["latest_agreement"]
-                    if latest is None or (ts, partition, offset) > _order(latest):
-                        doc["latest_agreement"] = {**item, "partners": sorted(partners)}
-        if applied:
-            doc["name"] = name
-        return applied, past
+                at = RECENT
+            item = _item((partition, offset, ts, source, id_, type_, kind, title, time))
+            if at < RECENT:
+                recent.insert(at, item)
+                ids.add(ident)
+                if len(recent) > RECENT:
+                    gone = recent.pop()
+                    ids.discard((gone["source"], gone["id"]))
+            if partners is not None:
+                self._partnered(item, partners)
+        return applied
+
+    def _apply_distinct(self, rows: list[Row]) -> int:
+        """Rows past the replay guard whose ``(source, id)`` pairs are all different and
+        none among the latest events: every one is applied, as :meth:`_apply_each` would,
+        with the counts added up per window, type and kind first, and the latest events
+        merged once. The same state: a window bucket dropped as too old never comes back
+        (only newer ones are added), so the buckets kept and their counts do not depend on
+        the order; the latest events are the newest :data:`RECENT` of those kept and the
+        new ones, whatever the order."""
+        doc = self.doc
+        sums: dict[tuple[int, int, str, str], int] = {}
+        day_lo = day_hi = week_lo = week_hi = 0
+        for row in rows:
+            ts = row[2]
+            if not day_lo <= ts < day_hi:
+                day_lo = window_start(ts, "day")
+                day_hi = day_lo + DAY_MS
+            if not week_lo <= ts < week_hi:
+                week_lo = window_start(ts, "week")
+                week_hi = week_lo + WEEK_MS
+            key = (day_lo, week_lo, row[5], row[6])
+            sums[key] = sums.get(key, 0) + 1
+        all_counts = doc["all"]
+        # in the order each first came: the same order of keys in the document as one by one
+        for (day, week, type_, kind), n in sums.items():
+            for c in (all_counts, self._bucket("day", day), self._bucket("week", week)):
+                if c is not None:
+                    c["total"] += n
+                    by_type, by_kind = c["by_type"], c["by_kind"]
+                    by_type[type_] = by_type.get(type_, 0) + n
+                    by_kind[kind] = by_kind.get(kind, 0) + n
+        recent: list[dict[str, Any]] = doc["recent"]
+        newest = sorted(rows, key=_row_descending)[:RECENT]
+        if len(recent) < RECENT or _row_order(newest[0]) > _order(recent[-1]):
+            merged = sorted([*recent, *map(_item, newest)], key=_descending)[:RECENT]
+            recent[:] = merged
+            self._ids = {(e["source"], e["id"]) for e in merged}
+        for row in rows:
+            if row[9] is not None:
+                self._partnered(_item(row), row[9])
+        return len(rows)
+
+    def _partnered(self, item: dict[str, Any], partners: Mapping[str, str]) -> None:
+        """An agreement ``item`` (a latest-events entry) naming ``partners`` (id → name)."""
+        doc = self.doc
+        known = doc["partners"]
+        for pid, pname in partners.items():
+            entry = known.get(pid)
+            if entry is None:
+                known[pid] = {"name": pname, "count": 1}
+            else:
+                entry["name"] = pname
+                entry["count"] += 1
+        latest = doc["latest_agreement"]
+        if latest is None or _order(item) > _order(latest):
+            doc["latest_agreement"] = {**item, "partners": sorted(partners)}
 
     # --- views: what the API answers ---------------------------------------------------
 

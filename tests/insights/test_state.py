@@ -5,8 +5,19 @@ from __future__ import annotations
 
 import random
 
-from services.insights.state import DAY_MS, RECENT, WEEK_MS, Entity, Fact, facts_of, window_start
-from shared.events import parse_enriched
+from services.insights.state import (
+    DAY_MS,
+    RECENT,
+    WEEK_MS,
+    Entity,
+    Fact,
+    decode_rows,
+    encode_facts,
+    facts_of,
+    rows_of,
+    window_start,
+)
+from shared.events import parse_enriched, read_enriched
 from tests.insights.helpers import random_events
 
 MONDAY = 1_700_438_400_000  # 2023-11-20T00:00:00Z, a Monday
@@ -103,3 +114,48 @@ def test_facts_of_an_agreement_name_partners_and_sectors() -> None:
     orgs = [f for f in facts if f.key.startswith("org:")]
     assert orgs and all(f.partners is not None and f.key[4:] not in f.partners for f in orgs)
     assert any(f.key.startswith("sector:") for f in facts)
+
+
+def test_rows_folded_as_the_route_groups_them_give_the_state_of_facts_one_by_one() -> None:
+    """Facts grouped per entity in records of any size (as the route sends them, through
+    its encoding) fold to the same documents as the same facts applied one by one, with
+    events published twice, replays, and windows older than the ones kept."""
+    rng = random.Random(4)
+    raws = random_events(400, seed=9)
+    stream = []
+    for i, raw in enumerate(raws):
+        stream.append(raw)
+        if rng.random() < 0.05:
+            stream.append(raws[max(0, i - rng.choice([0, 1, 5, 60]))])  # published again
+    facts: list[Fact] = []
+    for i, raw in enumerate(stream):
+        ts = MONDAY + rng.randint(-30, 30) * DAY_MS // 2 + i  # days beyond DAY_BUCKETS, in any order
+        doc = read_enriched(raw)
+        rows = rows_of(doc, i % 3, i, ts)
+        assert [Fact(k, n, *r) for k, n, r in rows] == facts_of(parse_enriched(raw), i % 3, i, ts)
+        facts += [Fact(k, n, *r) for k, n, r in rows]
+    replayed: list[Fact] = []
+    for j, f in enumerate(facts):
+        replayed.append(f)
+        if rng.random() < 0.01:
+            replayed += facts[max(0, j - rng.randint(1, 40)):j]
+
+    one_by_one: dict[str, Entity] = {}
+    for f in replayed:
+        one_by_one.setdefault(f.key, Entity.new(f.key, f.name)).apply(f)
+    for most in (1, 7, 300, 5000):
+        grouped: dict[str, Entity] = {}
+        at = 0
+        while at < len(replayed):
+            size = rng.randint(1, most)
+            by_key: dict[str, list[Fact]] = {}
+            for f in replayed[at:at + size]:
+                by_key.setdefault(f.key, []).append(f)
+            for group in by_key.values():
+                key, name, rows = decode_rows(encode_facts(group))
+                entity = grouped.setdefault(key, Entity.new(key, name))
+                entity.apply_rows(name, rows)
+                if rng.random() < 0.3:  # sometimes from the table's bytes, as after a recovery
+                    grouped[key] = Entity.load(entity.dump())
+            at += size
+        assert {k: e.dump() for k, e in grouped.items()} == {k: e.dump() for k, e in one_by_one.items()}, most
