@@ -51,6 +51,7 @@ from aiokafka.partitioner import murmur2
 from services.insights.route import Route
 from services.insights.settings import InsightsSettings
 from services.insights.state import Entity, decode_rows
+from shared.kafka import SAFE_PRODUCER
 from shared.kafka_access import AccessStatus
 from shared.metrics import (
     INSIGHTS_ENTITIES,
@@ -65,6 +66,9 @@ __all__ = ["MARKER_PREFIX", "TABLE", "Insights", "RecoveryWatchdog", "key_partit
 log = logging.getLogger(__name__)
 
 TABLE = "entities"
+#: bytes a fetch of faust's consumer takes from one partition (``insights-facts``, the
+#: changelog on recovery) at most
+FETCH_BYTES = 8 * 1024 * 1024
 #: the table keys of the position markers start with this (no entity key does: entity
 #: keys start with their namespace, ``org:`` …)
 MARKER_PREFIX = b"~position:"
@@ -199,6 +203,13 @@ class Insights:
             broker_commit_interval=settings.commit_interval_seconds,
             broker_session_timeout=settings.session_timeout_ms / 1000,
             broker_heartbeat_interval=min(3.0, settings.session_timeout_ms / 3000),
+            # faust's defaults starved the fold: a fetch of 1 MB a partition holds a few dozen
+            # facts records (each up to FACTS_PER_RECORD facts, tens of KB), and a producer
+            # batch of 16 KB holds one entity (~15 KB for a busy one) while aiokafka sends one
+            # batch per partition per request, so a fold batch's changelog writes went out
+            # one round trip each and backed up into faust's producer buffer
+            consumer_max_fetch_size=FETCH_BYTES,
+            producer_max_batch_size=SAFE_PRODUCER["max_batch_size"],
         )
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                                "key_serializer": "raw", "value_serializer": "raw"}
