@@ -439,8 +439,8 @@ class Entity:
                     by_type[type_] = by_type.get(type_, 0) + n
                     by_kind[kind] = by_kind.get(kind, 0) + n
         recent: list[dict[str, Any]] = doc["recent"]
-        newest = sorted(rows, key=_row_descending)[:RECENT]
-        if len(recent) < RECENT or _row_order(newest[0]) > _order(recent[-1]):
+        newest = rows if len(rows) <= RECENT else sorted(rows, key=_row_descending)[:RECENT]
+        if len(recent) < RECENT or max(map(_row_order, newest)) > _order(recent[-1]):
             merged = sorted([*recent, *map(_item, newest)], key=_descending)[:RECENT]
             recent[:] = merged
             self._ids = {(e["source"], e["id"]) for e in merged}
