@@ -4,6 +4,9 @@ latest events, and the same state whatever order the facts come in."""
 from __future__ import annotations
 
 import random
+from typing import Any
+
+import orjson
 
 from services.insights.state import (
     DAY_MS,
@@ -152,10 +155,55 @@ def test_rows_folded_as_the_route_groups_them_give_the_state_of_facts_one_by_one
             for f in replayed[at:at + size]:
                 by_key.setdefault(f.key, []).append(f)
             for group in by_key.values():
-                key, name, rows = decode_rows(encode_facts(group))
+                key, name, decoded = decode_rows(encode_facts(group))
                 entity = grouped.setdefault(key, Entity.new(key, name))
-                entity.apply_rows(name, rows)
+                entity.apply_rows(name, decoded)
                 if rng.random() < 0.3:  # sometimes from the table's bytes, as after a recovery
                     grouped[key] = Entity.load(entity.dump())
             at += size
         assert {k: e.dump() for k, e in grouped.items()} == {k: e.dump() for k, e in one_by_one.items()}, most
+
+
+def _without(doc: dict[str, Any], path: tuple[str | int, ...], value: Any = ...) -> bytes:
+    """``doc`` as JSON with the key at ``path`` left out (or set to ``value``)."""
+    copy = orjson.loads(orjson.dumps(doc))
+    parent = copy
+    for step in path[:-1]:
+        parent = parent[step]
+    if value is ...:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return orjson.dumps(copy)
+
+
+def test_rows_of_the_document_are_the_facts_of_the_models_whatever_is_left_out() -> None:
+    """The route's rows from the contract's document (fields left out, not defaulted) are the
+    facts of the models (defaults filled in), for every optional field left out or null."""
+    org = {"id": "acme", "name": "Acme", "kind": "enterprise", "sectors": ["robotics", "", "robotics"], "city": "Suzhou"}
+    other = {"id": "beta", "name": "Beta", "kind": "enterprise", "sectors": ["ai"], "city": "Shanghai"}
+    mentions = [{"name": "Acme", "resolved": org}, {"name": "Beta", "resolved": other}, {"name": "X Co"}]
+    enrichment = {"resolved": ["acme", "beta"], "unresolved": ["X Co", "X Co"], "catalog_version": "t",
+                  "enriched_at": "2026-12-07T10:00:00Z"}
+    base = {"specversion": "1.0", "id": "e1", "source": "/s", "time": "2026-12-07t10:00:00.5+08:00"}
+    agreement = {**base, "type": "agreement.signed", "data": {
+        "title": "T" * 300, "organizations": mentions, "sectors": ["metaverse"], "enrichment": enrichment}}
+    announcement = {**base, "type": "conference.announcement", "data": {
+        "headline": "H", "kind": "forum", "organizations": mentions, "location": {"city": "Shanghai"},
+        "enrichment": enrichment}}
+    cases = [orjson.dumps(agreement), orjson.dumps(announcement)]
+    for doc in (agreement, announcement):
+        cases += [_without(doc, ("time",)), _without(doc, ("time",), None),
+                  _without(doc, ("data", "organizations")),
+                  _without(doc, ("data", "organizations", 0, "resolved", "sectors")),
+                  _without(doc, ("data", "organizations", 0, "resolved", "city")),
+                  _without(doc, ("data", "organizations", 1, "resolved"), None),
+                  _without(doc, ("data", "enrichment", "unresolved"))]
+    cases += [_without(agreement, ("data", "sectors")), _without(announcement, ("data", "kind")),
+              _without(announcement, ("data", "location")), _without(announcement, ("data", "location"), None),
+              _without(announcement, ("data", "location", "city")),
+              _without(announcement, ("data", "location", "city"), None)]
+    for raw in cases:
+        rows = [Fact(k, n, *r) for k, n, r in rows_of(read_enriched(raw), 1, 7, MONDAY)]
+        assert rows == facts_of(parse_enriched(raw), 1, 7, MONDAY), raw
+        assert rows, raw
