@@ -1,6 +1,10 @@
 """insights' throughput and recovery, on a broker of one's own choosing:
 
-    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 python -m bench.insights [events]
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 python -m bench.insights [events] [--profile]
+
+(``--profile``: py-spy attached to the service of the throughput phase, as ``python -m
+bench --profile insights`` does at the suite's size; the summary on stderr, the raw
+stacks under ``bench/scratch/profile-insights-<events>/``.)
 
 Fills ``enriched-events`` (a fresh topic prefix) with ``events`` enriched events naming
 1-5 catalog organizations each, then measures (1) the raw consume loop: one aiokafka
@@ -164,5 +168,12 @@ def main(n: int) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    result = main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000)
-    print(orjson.dumps(result).decode())
+    args = [a for a in sys.argv[1:] if a != "--profile"]
+    events = int(args[0]) if args else 100_000
+    if "--profile" in sys.argv[1:]:
+        from bench import profile
+        from bench.harness import SCRATCH
+
+        profile.run(f"insights-{events}", lambda: print(orjson.dumps(main(events)).decode()), SCRATCH / "x")
+    else:
+        print(orjson.dumps(main(events)).decode())

@@ -1,6 +1,6 @@
 """insights' first step: ``enriched-events`` → ``insights-facts``, one fact per entity an
-event names, keyed by the entity (:func:`services.insights.state.facts_of`), the facts of
-one entity in a batch sent together in one record (:func:`services.insights.state.encode_facts`:
+event names, keyed by the entity (:func:`services.insights.state.rows_of`), the facts of
+one entity in a batch sent together in one record (:func:`services.insights.state.encode_rows`:
 a batch names the same sectors, cities and busy organizations again and again). It is the
 repartition faust's ``group_by`` or Kafka Streams' ``selectKey`` + ``repartition`` does,
 so that the table (:mod:`services.insights.streams`) sees every fact of an entity on one
@@ -32,8 +32,8 @@ import logging
 from pydantic import ValidationError
 
 from services.insights.settings import InsightsSettings
-from services.insights.state import FACTS_PER_RECORD, Fact, encode_facts, facts_of
-from shared.events import NotACloudEvent, parse_enriched, record_event_bytes
+from services.insights.state import FACTS_PER_RECORD, Row, encode_rows, rows_of
+from shared.events import NotACloudEvent, read_enriched, record_event_bytes
 from shared.kafka_access import AccessStatus
 from shared.metrics import INSIGHTS_FACTS
 from shared.stage import Guarantee, Outputs, Record, Stage, StageRunner
@@ -79,19 +79,27 @@ class Route:
         """The facts of the batch's records, one record per entity (in the order the
         events came, at most :data:`FACTS_PER_RECORD` each), or a record's dead letter
         (not an enriched event)."""
-        by_key: dict[str, list[Fact]] = {}
+        # per entity: its facts' rows and display names, in the order the events came
+        by_key: dict[str, tuple[list[Row], list[str]]] = {}
         origin: dict[str, Record] = {}  # the last input record an entity's facts came from
         for record in records:
             try:
-                event = parse_enriched(record_event_bytes(record.value, list(record.headers or ())))
+                # the contract's verdict without building its models (read_enriched accepts
+                # and refuses what parse_enriched does): the models were a fifth of the time
+                doc = read_enriched(record_event_bytes(record.value, list(record.headers or ())))
             except (ValidationError, NotACloudEvent) as exc:
                 INSIGHTS_FACTS.labels("unreadable").inc()
                 await out.dead_letter(record, exc)
                 continue
-            for fact in facts_of(event, record.partition, record.offset, record.timestamp):
-                by_key.setdefault(fact.key, []).append(fact)
-                origin[fact.key] = record
-        for key, facts in by_key.items():
-            for at in range(0, len(facts), FACTS_PER_RECORD):
-                await out.send(origin[key], self.target, encode_facts(facts[at:at + FACTS_PER_RECORD]),
+            for key, name, row in rows_of(doc, record.partition, record.offset, record.timestamp):
+                entry = by_key.get(key)
+                if entry is None:
+                    entry = by_key[key] = ([], [])
+                entry[0].append(row)
+                entry[1].append(name)
+                origin[key] = record
+        for key, (rows, names) in by_key.items():
+            for at in range(0, len(rows), FACTS_PER_RECORD):
+                chunk = rows[at:at + FACTS_PER_RECORD]
+                await out.send(origin[key], self.target, encode_rows(key, names[at + len(chunk) - 1], chunk),
                                key=key.encode())

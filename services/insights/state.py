@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import orjson
 
-from shared.events import AGREEMENT, AnyEnrichedEvent, EnrichedAgreementEvent
+from shared.events import AGREEMENT, AnyEnrichedEvent
 
 __all__ = [
     "DAY_BUCKETS",
@@ -45,11 +45,15 @@ __all__ = [
     "WEEK_MS",
     "Entity",
     "Fact",
+    "Row",
     "Window",
     "decode_facts",
+    "decode_rows",
     "encode_facts",
+    "encode_rows",
     "entity_key",
     "facts_of",
+    "rows_of",
     "window_start",
 ]
 
@@ -128,6 +132,12 @@ class Fact:
                    d["kind"], d["title"], d["time"], d.get("partners"))
 
 
+#: one fact as the route sends it and the fold applies it, without a :class:`Fact` around
+#: it: ``[partition, offset, ts, source, id, type, kind, title, time, partners]`` (the
+#: fields of :class:`Fact` after ``key`` and ``name``, which one record carries once)
+Row = list[Any]
+
+
 def encode_facts(facts: Sequence[Fact]) -> bytes:
     """Facts of one entity (one key), in the order they were taught, as one
     ``insights-facts`` record value: ``{"key", "name", "facts": [[partition, offset, ts,
@@ -142,6 +152,28 @@ def encode_facts(facts: Sequence[Fact]) -> bytes:
     })
 
 
+def encode_rows(key: str, name: str, rows: Sequence[Row]) -> bytes:
+    """What :func:`encode_facts` writes for the facts ``rows`` of entity ``key`` (display
+    name ``name``: the last fact's), from rows instead of :class:`Fact` objects."""
+    return orjson.dumps({"key": key, "name": name, "facts": rows})
+
+
+def decode_rows(raw: bytes) -> tuple[str, str, list[Row]]:
+    """``(key, name, rows)`` of an ``insights-facts`` record (either form
+    :func:`decode_facts` reads). Raises ``orjson.JSONDecodeError``, ``KeyError``,
+    ``ValueError`` or ``TypeError``."""
+    d = orjson.loads(raw)
+    if "facts" not in d:
+        rows: list[Row] = [[d["p"], d["o"], d["ts"], d["source"], d["id"], d["type"], d["kind"],
+                            d["title"], d["time"], d.get("partners")]]
+        return d["key"], d["name"], rows
+    rows = d["facts"]
+    for row in rows:
+        if len(row) != 10:
+            raise ValueError(f"a fact of {len(row)} fields, not 10")
+    return d["key"], d["name"], rows
+
+
 def decode_facts(raw: bytes) -> list[Fact]:
     """The facts of an ``insights-facts`` record: :func:`encode_facts`' many, or the one
     fact of :meth:`Fact.to_json` (what the topic held before facts were grouped). Raises
@@ -154,47 +186,61 @@ def decode_facts(raw: bytes) -> list[Fact]:
             for p, o, ts, source, id_, type_, kind, title, time, partners in d["facts"]]
 
 
-def _unique(items: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(i for i in items if i))
-
-
 def facts_of(event: AnyEnrichedEvent, partition: int, offset: int, ts: int) -> list[Fact]:
     """Every fact an enriched event at ``partition``/``offset`` (record timestamp ``ts``,
     ms) teaches: one per resolved organization (each once, however often named), per
     unresolved name, per sector and per city. An announcement's kind is its ``data.kind``;
-    an agreement's is ``signed``."""
-    data = event.data
-    if isinstance(event, EnrichedAgreementEvent):
-        title, kind, sectors = event.data.title, "signed", list(event.data.sectors)
+    an agreement's is ``signed``. The same as :func:`rows_of` on the event's document."""
+    return [Fact(key, name, *row) for key, name, row in
+            rows_of(event.model_dump(), partition, offset, ts)]
+
+
+def rows_of(doc: Mapping[str, Any], partition: int, offset: int, ts: int) -> list[tuple[str, str, Row]]:
+    """:func:`facts_of` on an enriched event's JSON object as
+    :func:`shared.events.read_enriched` gives it (checked by the contract; fields left
+    out are the models' defaults), as ``(key, name, row)`` triples: what the route sends,
+    without building the models (their construction was most of the route's time)."""
+    data = doc["data"]
+    type_ = doc["type"]
+    if type_ == AGREEMENT:
+        title, kind, sectors = data["title"], "signed", list(data.get("sectors") or ())
     else:
-        title, kind, sectors = event.data.headline, str(event.data.kind), []
+        title, kind, sectors = data["headline"], str(data.get("kind", "other")), []
     title = title[:TITLE_CHARS]
-    time = event.time.isoformat() if event.time is not None else None
+    when = doc.get("time")
+    time = when.isoformat() if when is not None else None
     orgs: dict[str, Any] = {}
-    for mention in data.organizations:
-        if mention.resolved is not None:
-            orgs.setdefault(mention.resolved.id, mention.resolved)
-    cities = [data.location.city] if data.location is not None and data.location.city else []
+    for mention in data.get("organizations") or ():
+        resolved = mention.get("resolved")
+        if resolved is not None:
+            orgs.setdefault(resolved["id"], resolved)
+    location = data.get("location")
+    city = location.get("city") if location is not None else None
+    cities = [city] if city else []
     for org in orgs.values():
-        sectors.extend(org.sectors)
-        if org.city:
-            cities.append(org.city)
+        sectors.extend(org.get("sectors") or ())
+        if org.get("city"):
+            cities.append(org["city"])
+    head = (partition, offset, ts, doc["source"], doc["id"], type_, kind, title, time)
+    out: list[tuple[str, str, Row]] = []
+    if type_ == AGREEMENT:
+        for oid, org in orgs.items():
+            out.append(("org:" + oid, org["name"], [*head, {p: o["name"] for p, o in orgs.items() if p != oid}]))
+    else:
+        for oid, org in orgs.items():
+            out.append(("org:" + oid, org["name"], [*head, None]))
+    enrichment = data.get("enrichment") or {}
+    for namespace, names in (("unresolved:", enrichment.get("unresolved") or ()), ("sector:", sectors),
+                             ("city:", cities)):
+        seen: set[str] = set()
+        for name in names:
+            if name and name not in seen:  # each once, in the order first named
+                seen.add(name)
+                out.append((namespace + name, name, [*head, None]))
+    return out
 
-    def fact(key: str, name: str, partners: Mapping[str, str] | None = None) -> Fact:
-        return Fact(key, name, partition, offset, ts, event.source, event.id, event.type, kind,
-                    title, time, partners)
 
-    facts = []
-    for oid, org in orgs.items():
-        partners = ({p: o.name for p, o in orgs.items() if p != oid} if event.type == AGREEMENT else None)
-        facts.append(fact(entity_key("org", oid), org.name, partners))
-    for name in _unique(data.enrichment.unresolved):
-        facts.append(fact(entity_key("unresolved", name), name))
-    for sector in _unique(sectors):
-        facts.append(fact(entity_key("sector", sector), sector))
-    for city in _unique(cities):
-        facts.append(fact(entity_key("city", city), city))
-    return facts
+_PARTS = [str(i) for i in range(64)]  # pos's keys: partitions as strings, made once
 
 
 def _counts() -> dict[str, Any]:
@@ -209,6 +255,21 @@ def _order(item: Mapping[str, Any]) -> tuple[int, int, int]:
 def _descending(item: Mapping[str, Any]) -> tuple[int, int, int]:
     """:func:`_order` negated: ascending along a newest-first list, for :mod:`bisect`."""
     return (-item["ts"], -item["p"], -item["o"])
+
+
+def _row_order(row: Row) -> tuple[int, int, int]:
+    """:func:`_order` of a row."""
+    return (row[2], row[0], row[1])
+
+
+def _row_descending(row: Row) -> tuple[int, int, int]:
+    return (-row[2], -row[0], -row[1])
+
+
+def _item(row: Sequence[Any]) -> dict[str, Any]:
+    """The latest-events entry of a row (its first nine fields)."""
+    return {"id": row[4], "source": row[3], "type": row[5], "kind": row[6], "title": row[7],
+            "time": row[8], "ts": row[2], "p": row[0], "o": row[1]}
 
 
 class Entity:
@@ -273,52 +334,135 @@ class Entity:
         """Fold ``fact`` in; False (and nothing changed) for a replay or a duplicate:
         its offset is at or below the highest applied on its partition, or its
         ``(source, id)`` is among the latest events."""
+        return self.apply_rows(fact.name, [[fact.partition, fact.offset, fact.ts, fact.source, fact.id,
+                                            fact.type, fact.kind, fact.title, fact.time, fact.partners]])[0] == 1
+
+    def apply_rows(self, name: str, rows: Iterable[Row]) -> tuple[int, int]:
+        """Fold facts of this entity in, in order, as :meth:`apply` does one by one (rows:
+        see :data:`Row`; ``name`` the display name they carry). Returns ``(applied,
+        past_guard)``: how many were applied (the others are replays or duplicates), and
+        how many were above their partition's highest offset (applied, or duplicates whose
+        offset the guard now holds: the document changed when this is not 0). The fold's
+        time is per fact, so facts come in rows (no :class:`Fact` each) and, when none of
+        them can be a duplicate, are counted together (:meth:`_apply_distinct`)."""
         doc = self.doc
-        part = str(fact.partition)
-        if fact.offset <= doc["pos"].get(part, -1):
-            return False
-        doc["pos"][part] = fact.offset
-        recent: list[dict[str, Any]] = doc["recent"]
+        pos: dict[str, int] = doc["pos"]
+        passed: list[Row] = []
+        for row in rows:
+            partition, offset = row[0], row[1]
+            part = _PARTS[partition] if partition < len(_PARTS) else str(partition)
+            if offset > pos.get(part, -1):
+                pos[part] = offset
+                passed.append(row)
+        if not passed:
+            return 0, 0
         ids = self._ids
         if ids is None:
-            ids = self._ids = {(e["source"], e["id"]) for e in recent}
-        if (fact.source, fact.id) in ids:
-            return False
-        doc["name"] = fact.name
-        type_, kind = fact.type, fact.kind
-        for c in (doc["all"], self._bucket("day", fact.ts), self._bucket("week", fact.ts)):
-            if c is not None:
-                c["total"] += 1
-                by_type, by_kind = c["by_type"], c["by_kind"]
-                by_type[type_] = by_type.get(type_, 0) + 1
-                by_kind[kind] = by_kind.get(kind, 0) + 1
-        order = (fact.ts, fact.partition, fact.offset)
-        # newest first. Facts of several partitions interleave with equal timestamps, so a
-        # new one is often not the newest: binary search (keys negated: the list descends)
-        # instead of a scan, and nothing at all for one older than a full list's last
-        if not recent or order > _order(recent[0]):
-            at = 0
-        elif len(recent) < RECENT or order > _order(recent[-1]):
-            at = bisect.bisect_right(recent, (-fact.ts, -fact.partition, -fact.offset), key=_descending)
+            ids = self._ids = {(e["source"], e["id"]) for e in doc["recent"]}
+        idents = {(row[3], row[4]) for row in passed}
+        if len(idents) == len(passed) and ids.isdisjoint(idents):
+            applied = self._apply_distinct(passed)
         else:
-            at = RECENT
-        item = {"id": fact.id, "source": fact.source, "type": type_, "kind": kind,
-                "title": fact.title, "time": fact.time, "ts": fact.ts, "p": fact.partition, "o": fact.offset}
-        if at < RECENT:
-            recent.insert(at, item)
-            ids.add((fact.source, fact.id))
-            if len(recent) > RECENT:
-                gone = recent.pop()
-                ids.discard((gone["source"], gone["id"]))
-        if fact.partners is not None:
-            for pid, pname in fact.partners.items():
-                entry = doc["partners"].setdefault(pid, {"name": pname, "count": 0})
+            applied = self._apply_each(passed, ids)
+        if applied:
+            doc["name"] = name
+        return applied, len(passed)
+
+    def _apply_each(self, rows: list[Row], ids: set[tuple[str, str]]) -> int:
+        """Rows past the replay guard, one after the other: a row whose ``(source, id)`` is
+        among the latest events when its turn comes is a duplicate."""
+        doc = self.doc
+        recent: list[dict[str, Any]] = doc["recent"]
+        all_counts = doc["all"]
+        applied = 0
+        for partition, offset, ts, source, id_, type_, kind, title, time, partners in rows:
+            ident = (source, id_)
+            if ident in ids:
+                continue
+            applied += 1
+            for c in (all_counts, self._bucket("day", ts), self._bucket("week", ts)):
+                if c is not None:
+                    c["total"] += 1
+                    by_type, by_kind = c["by_type"], c["by_kind"]
+                    by_type[type_] = by_type.get(type_, 0) + 1
+                    by_kind[kind] = by_kind.get(kind, 0) + 1
+            # newest first. Facts of several partitions interleave with equal timestamps, so
+            # a new one is often not the newest: binary search (keys negated: the list
+            # descends) instead of a scan, and nothing at all for one older than a full
+            # list's last
+            order = (ts, partition, offset)
+            if not recent or order > _order(recent[0]):
+                at = 0
+            elif len(recent) < RECENT or order > _order(recent[-1]):
+                at = bisect.bisect_right(recent, (-ts, -partition, -offset), key=_descending)
+            else:
+                at = RECENT
+            item = _item((partition, offset, ts, source, id_, type_, kind, title, time))
+            if at < RECENT:
+                recent.insert(at, item)
+                ids.add(ident)
+                if len(recent) > RECENT:
+                    gone = recent.pop()
+                    ids.discard((gone["source"], gone["id"]))
+            if partners is not None:
+                self._partnered(item, partners)
+        return applied
+
+    def _apply_distinct(self, rows: list[Row]) -> int:
+        """Rows past the replay guard whose ``(source, id)`` pairs are all different and
+        none among the latest events: every one is applied, as :meth:`_apply_each` would,
+        with the counts added up per window, type and kind first, and the latest events
+        merged once. The same state: a window bucket dropped as too old never comes back
+        (only newer ones are added), so the buckets kept and their counts do not depend on
+        the order; the latest events are the newest :data:`RECENT` of those kept and the
+        new ones, whatever the order."""
+        doc = self.doc
+        sums: dict[tuple[int, int, str, str], int] = {}
+        day_lo = day_hi = week_lo = week_hi = 0
+        for row in rows:
+            ts = row[2]
+            if not day_lo <= ts < day_hi:
+                day_lo = window_start(ts, "day")
+                day_hi = day_lo + DAY_MS
+            if not week_lo <= ts < week_hi:
+                week_lo = window_start(ts, "week")
+                week_hi = week_lo + WEEK_MS
+            key = (day_lo, week_lo, row[5], row[6])
+            sums[key] = sums.get(key, 0) + 1
+        all_counts = doc["all"]
+        # in the order each first came: the same order of keys in the document as one by one
+        for (day, week, type_, kind), n in sums.items():
+            for c in (all_counts, self._bucket("day", day), self._bucket("week", week)):
+                if c is not None:
+                    c["total"] += n
+                    by_type, by_kind = c["by_type"], c["by_kind"]
+                    by_type[type_] = by_type.get(type_, 0) + n
+                    by_kind[kind] = by_kind.get(kind, 0) + n
+        recent: list[dict[str, Any]] = doc["recent"]
+        newest = rows if len(rows) <= RECENT else sorted(rows, key=_row_descending)[:RECENT]
+        if len(recent) < RECENT or max(map(_row_order, newest)) > _order(recent[-1]):
+            merged = sorted([*recent, *map(_item, newest)], key=_descending)[:RECENT]
+            recent[:] = merged
+            self._ids = {(e["source"], e["id"]) for e in merged}
+        for row in rows:
+            if row[9] is not None:
+                self._partnered(_item(row), row[9])
+        return len(rows)
+
+    def _partnered(self, item: dict[str, Any], partners: Mapping[str, str]) -> None:
+        """An agreement ``item`` (a latest-events entry) naming ``partners`` (id → name)."""
+        doc = self.doc
+        known = doc["partners"]
+        for pid, pname in partners.items():
+            entry = known.get(pid)
+            if entry is None:
+                known[pid] = {"name": pname, "count": 1}
+            else:
                 entry["name"] = pname
                 entry["count"] += 1
-            latest = doc["latest_agreement"]
-            if latest is None or order > _order(latest):
-                doc["latest_agreement"] = {**item, "partners": sorted(fact.partners)}
-        return True
+        latest = doc["latest_agreement"]
+        if latest is None or _order(item) > _order(latest):
+            doc["latest_agreement"] = {**item, "partners": sorted(partners)}
 
     # --- views: what the API answers ---------------------------------------------------
 

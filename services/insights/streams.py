@@ -50,7 +50,8 @@ from aiokafka.partitioner import murmur2
 
 from services.insights.route import Route
 from services.insights.settings import InsightsSettings
-from services.insights.state import Entity, decode_facts
+from services.insights.state import Entity, decode_rows
+from shared.kafka import SAFE_PRODUCER
 from shared.kafka_access import AccessStatus
 from shared.metrics import (
     INSIGHTS_ENTITIES,
@@ -65,6 +66,9 @@ __all__ = ["MARKER_PREFIX", "TABLE", "Insights", "RecoveryWatchdog", "key_partit
 log = logging.getLogger(__name__)
 
 TABLE = "entities"
+#: bytes a fetch of faust's consumer takes from one partition (``insights-facts``, the
+#: changelog on recovery) at most
+FETCH_BYTES = 8 * 1024 * 1024
 #: the table keys of the position markers start with this (no entity key does: entity
 #: keys start with their namespace, ``org:`` …)
 MARKER_PREFIX = b"~position:"
@@ -199,6 +203,13 @@ class Insights:
             broker_commit_interval=settings.commit_interval_seconds,
             broker_session_timeout=settings.session_timeout_ms / 1000,
             broker_heartbeat_interval=min(3.0, settings.session_timeout_ms / 3000),
+            # faust's defaults starved the fold: a fetch of 1 MB a partition holds a few dozen
+            # facts records (each up to FACTS_PER_RECORD facts, tens of KB), and a producer
+            # batch of 16 KB holds one entity (~15 KB for a busy one) while aiokafka sends one
+            # batch per partition per request, so a fold batch's changelog writes went out
+            # one round trip each and backed up into faust's producer buffer
+            consumer_max_fetch_size=FETCH_BYTES,
+            producer_max_batch_size=SAFE_PRODUCER["max_batch_size"],
         )
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                                "key_serializer": "raw", "value_serializer": "raw"}
@@ -210,6 +221,9 @@ class Insights:
         self.app.agent(self.facts, name="fold")(self._fold)
         self.markers = marker_keys(settings.partitions)
         self._partitions: dict[bytes, int] = {}
+        # table key → (the bytes the fold last wrote there, the entity they are the dump of):
+        # reused while the table holds those very bytes (see _load)
+        self._entities: dict[bytes, tuple[bytes, Entity]] = {}
         # partitions whose recovery completed for the current assignment; None from a
         # revocation or an assignment until faust says the table is recovered
         self._recovered_for: frozenset[int] | None = None
@@ -236,28 +250,30 @@ class Insights:
             changed: set[bytes] = set()
             ends: dict[int, int] = {}
             applied = replays = stale = 0
-            for event in events:
-                partition, offset = event.message.partition, event.message.offset
-                if partition not in held:
-                    # taken before a revocation: the partition's new owner folds it from the
-                    # committed offset, and a write here would reach the changelog behind its own
-                    stale += 1
-                    continue
-                ends[partition] = max(ends.get(partition, 0), offset + 1)
-                key: bytes = event.key
-                entity = touched.get(key)
-                for fact in decode_facts(event.value):
+            try:
+                for event in events:
+                    partition, offset = event.message.partition, event.message.offset
+                    if partition not in held:
+                        # taken before a revocation: the partition's new owner folds it from
+                        # the committed offset, and a write here would reach the changelog
+                        # behind its own
+                        stale += 1
+                        continue
+                    ends[partition] = max(ends.get(partition, 0), offset + 1)
+                    key: bytes = event.key
+                    fact_key, name, rows = decode_rows(event.value)
+                    entity = touched.get(key)
                     if entity is None:
-                        stored = self.table.get(key)
-                        entity = Entity.load(stored) if stored is not None else Entity.new(fact.key, fact.name)
-                        if stored is None:
-                            INSIGHTS_ENTITIES.labels(fact.key.split(":", 1)[0]).inc()
-                        touched[key] = entity
-                    if entity.apply(fact):
+                        entity = touched[key] = self._load(key, fact_key, name)
+                    n, past = entity.apply_rows(name, rows)
+                    if past:
                         changed.add(key)
-                        applied += 1
-                    else:
-                        replays += 1
+                    applied += n
+                    replays += len(rows) - n
+            except BaseException:
+                # entities kept between batches may hold facts this batch will not write
+                self._entities.clear()
+                raise
             # no await from here to the end of the batch: a query sees a partition before
             # its batch or after it, never half-way
             marks = {p: self._marker(p) for p in ends}
@@ -266,7 +282,8 @@ class Insights:
                     marks[p]["dirty"] = end
                     self.table[self.markers[p]] = orjson.dumps(marks[p])
             for key in changed:
-                self.table[key] = touched[key].dump()
+                stored = self.table[key] = touched[key].dump()
+                self._entities[key] = (stored, touched[key])
             for p, end in ends.items():
                 marks[p]["next"] = max(marks[p]["next"], end)
                 self.table[self.markers[p]] = orjson.dumps(marks[p])
@@ -274,6 +291,23 @@ class Insights:
             INSIGHTS_FACTS.labels("replay").inc(replays)
             if stale:
                 INSIGHTS_FACTS.labels("revoked").inc(stale)
+
+    def _load(self, key: bytes, fact_key: str, name: str) -> Entity:
+        """The entity of table key ``key`` for the fold: the one the fold wrote last while
+        the table still holds the very bytes it wrote then (no parse of a document a batch
+        left as it was), else parsed from the table (a recovery or a rebalance wrote it),
+        else new."""
+        stored = self.table.get(key)
+        if stored is None:
+            self._entities.pop(key, None)
+            INSIGHTS_ENTITIES.labels(fact_key.split(":", 1)[0]).inc()
+            return Entity.new(fact_key, name)
+        kept = self._entities.get(key)
+        if kept is not None and kept[0] is stored:
+            return kept[1]
+        entity = Entity.load(stored)
+        self._entities[key] = (stored, entity)
+        return entity
 
     def _marker(self, partition: int) -> dict[str, int]:
         stored = self.table.get(self.markers[partition])
@@ -322,8 +356,8 @@ class Insights:
     # --- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Join the groups (the faust app's and the route's). Returns once faust's first
-        table recovery completed (faust's ``App.on_started`` waits for it); later ones, on a
+        """Join the groups (the route's, started first, and the faust app's). Returns once
+        faust's first table recovery completed (faust's ``App.on_started`` waits for it); later ones, on a
         rebalance, run in the background (see :meth:`recovered`)."""
         self.started_at = time.monotonic()
         self.app.finalize()
@@ -332,8 +366,10 @@ class Insights:
         tables: Any = self.app.tables  # TableManagerT does not declare recovery
         self.watchdog = RecoveryWatchdog(tables.recovery, self.settings.recovery_stall_seconds)
         self._watching = asyncio.create_task(self.watchdog.run(self._stopping), name="insights recovery watchdog")
-        await self.app.start()
+        # the route needs nothing of the table: it joins its group while faust joins its own
+        # and recovers (each join takes seconds), and its facts wait on the topic for the fold
         self._routing = asyncio.create_task(self.route.run(self._stopping), name="insights route")
+        await self.app.start()
 
     async def stop(self) -> None:
         """Leave the groups (the route and faust commit what they processed)."""

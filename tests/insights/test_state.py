@@ -4,9 +4,23 @@ latest events, and the same state whatever order the facts come in."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
-from services.insights.state import DAY_MS, RECENT, WEEK_MS, Entity, Fact, facts_of, window_start
-from shared.events import parse_enriched
+import orjson
+
+from services.insights.state import (
+    DAY_MS,
+    RECENT,
+    WEEK_MS,
+    Entity,
+    Fact,
+    decode_rows,
+    encode_facts,
+    facts_of,
+    rows_of,
+    window_start,
+)
+from shared.events import parse_enriched, read_enriched
 from tests.insights.helpers import random_events
 
 MONDAY = 1_700_438_400_000  # 2023-11-20T00:00:00Z, a Monday
@@ -103,3 +117,93 @@ def test_facts_of_an_agreement_name_partners_and_sectors() -> None:
     orgs = [f for f in facts if f.key.startswith("org:")]
     assert orgs and all(f.partners is not None and f.key[4:] not in f.partners for f in orgs)
     assert any(f.key.startswith("sector:") for f in facts)
+
+
+def test_rows_folded_as_the_route_groups_them_give_the_state_of_facts_one_by_one() -> None:
+    """Facts grouped per entity in records of any size (as the route sends them, through
+    its encoding) fold to the same documents as the same facts applied one by one, with
+    events published twice, replays, and windows older than the ones kept."""
+    rng = random.Random(4)
+    raws = random_events(400, seed=9)
+    stream = []
+    for i, raw in enumerate(raws):
+        stream.append(raw)
+        if rng.random() < 0.05:
+            stream.append(raws[max(0, i - rng.choice([0, 1, 5, 60]))])  # published again
+    facts: list[Fact] = []
+    for i, raw in enumerate(stream):
+        ts = MONDAY + rng.randint(-30, 30) * DAY_MS // 2 + i  # days beyond DAY_BUCKETS, in any order
+        doc = read_enriched(raw)
+        rows = rows_of(doc, i % 3, i, ts)
+        assert [Fact(k, n, *r) for k, n, r in rows] == facts_of(parse_enriched(raw), i % 3, i, ts)
+        facts += [Fact(k, n, *r) for k, n, r in rows]
+    replayed: list[Fact] = []
+    for j, f in enumerate(facts):
+        replayed.append(f)
+        if rng.random() < 0.01:
+            replayed += facts[max(0, j - rng.randint(1, 40)):j]
+
+    one_by_one: dict[str, Entity] = {}
+    for f in replayed:
+        one_by_one.setdefault(f.key, Entity.new(f.key, f.name)).apply(f)
+    for most in (1, 7, 300, 5000):
+        grouped: dict[str, Entity] = {}
+        at = 0
+        while at < len(replayed):
+            size = rng.randint(1, most)
+            by_key: dict[str, list[Fact]] = {}
+            for f in replayed[at:at + size]:
+                by_key.setdefault(f.key, []).append(f)
+            for group in by_key.values():
+                key, name, decoded = decode_rows(encode_facts(group))
+                entity = grouped.setdefault(key, Entity.new(key, name))
+                entity.apply_rows(name, decoded)
+                if rng.random() < 0.3:  # sometimes from the table's bytes, as after a recovery
+                    grouped[key] = Entity.load(entity.dump())
+            at += size
+        assert {k: e.dump() for k, e in grouped.items()} == {k: e.dump() for k, e in one_by_one.items()}, most
+
+
+def _without(doc: dict[str, Any], path: tuple[str | int, ...], value: Any = ...) -> bytes:
+    """``doc`` as JSON with the key at ``path`` left out (or set to ``value``)."""
+    copy = orjson.loads(orjson.dumps(doc))
+    parent = copy
+    for step in path[:-1]:
+        parent = parent[step]
+    if value is ...:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return orjson.dumps(copy)
+
+
+def test_rows_of_the_document_are_the_facts_of_the_models_whatever_is_left_out() -> None:
+    """The route's rows from the contract's document (fields left out, not defaulted) are the
+    facts of the models (defaults filled in), for every optional field left out or null."""
+    org = {"id": "acme", "name": "Acme", "kind": "enterprise", "sectors": ["robotics", "", "robotics"], "city": "Suzhou"}
+    other = {"id": "beta", "name": "Beta", "kind": "enterprise", "sectors": ["ai"], "city": "Shanghai"}
+    mentions = [{"name": "Acme", "resolved": org}, {"name": "Beta", "resolved": other}, {"name": "X Co"}]
+    enrichment = {"resolved": ["acme", "beta"], "unresolved": ["X Co", "X Co"], "catalog_version": "t",
+                  "enriched_at": "2026-12-07T10:00:00Z"}
+    base = {"specversion": "1.0", "id": "e1", "source": "/s", "time": "2026-12-07t10:00:00.5+08:00"}
+    agreement = {**base, "type": "agreement.signed", "data": {
+        "title": "T" * 300, "organizations": mentions, "sectors": ["metaverse"], "enrichment": enrichment}}
+    announcement = {**base, "type": "conference.announcement", "data": {
+        "headline": "H", "kind": "forum", "organizations": mentions, "location": {"city": "Shanghai"},
+        "enrichment": enrichment}}
+    cases = [orjson.dumps(agreement), orjson.dumps(announcement)]
+    for doc in (agreement, announcement):
+        cases += [_without(doc, ("time",)), _without(doc, ("time",), None),
+                  _without(doc, ("data", "organizations")),
+                  _without(doc, ("data", "organizations", 0, "resolved", "sectors")),
+                  _without(doc, ("data", "organizations", 0, "resolved", "city")),
+                  _without(doc, ("data", "organizations", 1, "resolved"), None),
+                  _without(doc, ("data", "enrichment", "unresolved"))]
+    cases += [_without(agreement, ("data", "sectors")), _without(announcement, ("data", "kind")),
+              _without(announcement, ("data", "location")), _without(announcement, ("data", "location"), None),
+              _without(announcement, ("data", "location", "city")),
+              _without(announcement, ("data", "location", "city"), None)]
+    for raw in cases:
+        rows = [Fact(k, n, *r) for k, n, r in rows_of(read_enriched(raw), 1, 7, MONDAY)]
+        assert rows == facts_of(parse_enriched(raw), 1, 7, MONDAY), raw
+        assert rows, raw
