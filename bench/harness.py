@@ -119,7 +119,7 @@ class Sizes:
     enrich_events: int = 30_000
     notify_events: int = 50_000
     notify_rounds: int = 3  # (raw loop, notify) pairs; the medians are reported
-    insights_events: int = 20_000
+    insights_events: int = 100_000  # at 20,000 the fold's own start-up is most of the time measured
     e2e_seconds: float = 15.0
     e2e_drain_seconds: float = 60.0
     service_start_timeout: float = 120.0
