@@ -38,7 +38,7 @@ class PosCutter:
 
     __slots__ = ("pos",)
 
-    def __init__(self, pos: Any) -> None:
+    def __init__(self, pos: Any) -> None:  # Any: jieba ships no types (a POSTokenizer)
         self.pos = pos
 
     def cut(self, text: str) -> list[tuple[str, str]]:

@@ -27,7 +27,8 @@ def _make_n(target: str) -> str:
 
 
 def _installs(commands: str) -> list[str]:
-    return [line for line in commands.splitlines() if " install " in line and "pip" in line]
+    """The lines that install the project and its dependencies (not the installer, uv)."""
+    return [line for line in commands.splitlines() if " install " in line and "-e '." in line]
 
 
 def test_make_run_installs_no_dev_tooling() -> None:
