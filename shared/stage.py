@@ -76,7 +76,8 @@ wait, not a failure: one line naming who may not do what, the refusal in ``acces
 (readiness), and a retry with backoff up to 5 s; while the group refuses its commits no
 new records are taken. On a revocation the records started of the partitions going
 away are waited for (``revoke_grace_ms``) and committed; those waiting for their key
-are not started (:meth:`ConcurrentSession.hold_back`): the next owner reads them. A record failing for 30 s or
+are not started (:meth:`ConcurrentSession.hold_back`), nor are those taken while the
+revocation waits: the next owner reads them. A record failing for 30 s or
 more is named by :attr:`StageRunner.trouble`, and one log line per kind of failure per
 30 s says what keeps failing (:class:`FailureLog`); failed writes are counted in
 ``anting_write_failures_total``, consumers replaced (their group coordination ended) in
@@ -920,7 +921,10 @@ class _ConcurrentListener(ConsumerRebalanceListener):
         # (bounded: the group waits for this member only so long).
         s = self.session
         s.hold_back(revoked)
-        await s.drain(revoked, s.stage.revoke_grace_ms / 1000)
+        try:
+            await s.drain(revoked, s.stage.revoke_grace_ms / 1000)
+        finally:
+            s.revoking.difference_update(revoked)
         await s.commit()
         s.forget(revoked)
 
@@ -968,6 +972,9 @@ class ConcurrentSession:
         # per partition being revoked: the offsets of the records that were waiting for
         # their key, never started here (pending still: no commit passes them)
         self.held_back: dict[TopicPartition, set[int]] = {}
+        # the partitions being revoked: records of theirs taken meanwhile are held back too
+        # (the poll goes on while a revocation drains; the next owner reads them)
+        self.revoking: set[TopicPartition] = set()
         self.stopping = False  # no record waiting for its key starts once set
         self.paused = False  # only after ``stalled_after`` seconds without room (see _poll)
         self.stalled_after = 60.0  # well inside the group's max.poll.interval (300 s)
@@ -997,8 +1004,9 @@ class ConcurrentSession:
         self.consumer.subscribe(list(self.stage.inputs), listener=_ConcurrentListener(self))
 
     def in_flight(self) -> int:
-        """Records taken and not handled yet: running, or waiting for their key."""
-        return len(self.tasks) + self.waiting
+        """Records taken and not done yet: running, waiting for their key, or handled and
+        waiting for the work their handler handed back (a notify event's first attempts)."""
+        return self.tracker.in_flight()
 
     def forget(self, tps: Collection[TopicPartition]) -> None:
         """The partitions changed hands: their offsets, retries and keys are the next
@@ -1021,6 +1029,7 @@ class ConcurrentSession:
         do not start here (the next owner reads them from the committed offset, which
         stops at the first of them); only those started are waited for."""
         tps = set(tps)
+        self.revoking |= tps
         for (tp, _), queue in self.keys.items():
             if tp in tps and queue:
                 self.held_back.setdefault(tp, set()).update(r.offset for r in queue)
@@ -1082,6 +1091,9 @@ class ConcurrentSession:
         being handled (and those of the key taken before it). A record with no key has no
         order to keep: it is handled at once."""
         self.tracker.add(tp, record.offset)
+        if tp in self.revoking:
+            self.held_back.setdefault(tp, set()).add(record.offset)
+            return
         if record.key is not None:
             held = (tp, record.key)
             queue = self.keys.get(held)
@@ -1116,6 +1128,8 @@ class ConcurrentSession:
     def _finished(self, tp: TopicPartition, offset: int) -> None:
         self.tracker.done(tp, offset)
         self._settled.set()
+        if self.in_flight() <= self.max_in_flight * 3 // 4:
+            self._room.set()
         if self.attempts and self.attempts.pop((tp, offset), None) is not None and not self.attempts:
             self.retry_backoff.reset()
         if self.failing:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 from aiokafka import ConsumerRecord
@@ -49,6 +49,10 @@ def _trace(record: ConsumerRecord[bytes, bytes], event_id: str, outcome: str, *a
               record.offset, *args)
 
 
+#: what an event's offset waits for (see :meth:`EventPipeline.handle_event`)
+Pending: TypeAlias = asyncio.Future[None] | list[asyncio.Future[Any]] | None
+
+
 def _consume_exception(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -72,7 +76,7 @@ class EventPipeline:
         self.digests = digests
         self.dlq = dlq
 
-    async def handle_event(self, record: ConsumerRecord[bytes, bytes]) -> list[asyncio.Future[Any]] | None:
+    async def handle_event(self, record: ConsumerRecord[bytes, bytes]) -> Pending:
         """Match the event and make every first attempt; returns what its offset must wait
         for — the broker acknowledgements of the records those attempts wrote and of its
         ``notify-digests`` records (the stage runner commits the offset once they resolve) —
@@ -89,7 +93,7 @@ class EventPipeline:
         with trace.use_span(span, end_on_exit=True):
             return await self._handle(record)
 
-    async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> list[asyncio.Future[Any]] | None:
+    async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> Pending:
         t0 = time.perf_counter()
         debug = log.isEnabledFor(logging.DEBUG)
         try:
@@ -135,18 +139,40 @@ class EventPipeline:
         if debug and not jobs and not acks and not suppressed:
             _trace(record, event_id, "matched no subscription")
         del event  # freed now, while still in the CPU's caches (see Delivery.of_record)
+        if not jobs:
+            self._done(record, event_id, t0, 0, acks)
+            return acks or None
+        # The event is handled once its first attempts are queued for their slots, in the
+        # order of its key (the stage runner starts the next event of its subject then):
+        # each subscription's deliveries start in that order (slots.py grants them in
+        # order), and a slow endpoint delays only itself, never the later events of its
+        # subjects at other subscriptions. The offset waits for the task returned here; it
+        # is made here, so that its delivery spans are children of this event's span.
+        return asyncio.ensure_future(self._attempts(record, event_id, t0, jobs, acks))
+
+    async def _attempts(self, record: ConsumerRecord[bytes, bytes], event_id: str, t0: float,
+                        jobs: list[Coroutine[Any, Any, Any]], acks: list[asyncio.Future[Any]]) -> None:
+        """Make an event's first attempts, then wait for the broker acknowledgements of the
+        records they wrote; raises the first attempt's failure (the record is then handled
+        again: the ledger keeps what was delivered from being sent twice)."""
         if len(jobs) == 1:
             await jobs[0]
-        elif jobs:
+        else:
             results = await asyncio.gather(*jobs, return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
                 for fut in acks:  # the records written are fine; the offset stays uncommitted
                     fut.add_done_callback(_consume_exception)
-                raise errors[0]  # left uncommitted: read again after a restart
+                raise errors[0]
+        self._done(record, event_id, t0, len(jobs), acks)
+        if acks:
+            await asyncio.gather(*acks)
+
+    @staticmethod
+    def _done(record: ConsumerRecord[bytes, bytes], event_id: str, t0: float, attempts: int,
+              acks: list[asyncio.Future[Any]]) -> None:
         _STAGE.observe(time.perf_counter() - t0,
                        None if tracing.tracer("notify") is None else tracing.exemplar())
-        if debug:
+        if event_id:
             _trace(record, event_id, "done: %d attempt(s) made, %d write(s) for the commit to await",
-                   len(jobs), len(acks))
-        return acks or None
+                   attempts, len(acks))
