@@ -215,8 +215,11 @@ async def describe_groups(settings: AntingSettings, groups: Sequence[str] = ()) 
         names = list(dict.fromkeys(groups)) or [g for g, _ in sorted(
             (str(g[0]), str(g[1])) for g in await admin.list_consumer_groups())]
         described: dict[str, tuple[Any, ...]] = {}
-        if names:
-            for response in await admin.describe_consumer_groups(names):
+        # one group a request: aiokafka (0.14) failed to decode the broker's answer for
+        # all of a stack's groups at once (a buffer underrun that closed the connection),
+        # while each group alone decoded
+        for name in names:
+            for response in await admin.describe_consumer_groups([name]):
                 for g in response.groups:
                     described[g[1]] = tuple(g)
         committed: dict[str, dict[TopicPartition, int]] = {}
