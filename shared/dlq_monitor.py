@@ -51,7 +51,7 @@ from shared.kafka import make_consumer
 from shared.metrics import DEAD_LETTERS_IN_TOPIC, DEAD_LETTERS_LAST_TIMESTAMP
 from shared.runtime import BackgroundTask
 from shared.settings import AntingSettings
-from shared.topics import DEAD_LETTERS
+from shared.topology import NOTIFY_DLQ_MONITOR
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class DeadLetterMonitor(BackgroundTask):
         rediscover: float = 30.0,
         retry: float = 5.0,
     ) -> None:
-        self.topic = settings.topic(DEAD_LETTERS)
+        self.topic = NOTIFY_DLQ_MONITOR.input(settings.topic_prefix)
         self.settings = settings
         self.poll_ms = poll_ms
         self.rediscover = rediscover

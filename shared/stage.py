@@ -731,12 +731,20 @@ class StageRunner:
         new = self._new_producer()
         try:
             await new.start()
-        finally:
+        except BaseException:
+            # no new epoch fences the old producer's batches (a broker away, a coordinator
+            # moving): they belong to work already aborted or refused, so they are dropped,
+            # never flushed (stop() would send them, into no transaction or a later one)
             if old is not None:
-                try:
-                    await asyncio.wait_for(old.stop(), 5.0)
-                except Exception:
-                    await abandon_producer(old)
+                await abandon_producer(old)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(new.stop(), 5.0)
+            raise
+        if old is not None:
+            try:
+                await asyncio.wait_for(old.stop(), 5.0)
+            except Exception:
+                await abandon_producer(old)
         self.producer = new
 
     # --- at least once ----------------------------------------------------------

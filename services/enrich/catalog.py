@@ -26,6 +26,7 @@ from shared.kafka import ensure_topics, make_producer
 from shared.organizations import Organization, parse_organization
 from shared.settings import AntingSettings
 from shared.topics import ORGANIZATIONS
+from shared.topology import ENRICH_CATALOG
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class Catalog:
         self.threshold = threshold
         self.index = CatalogIndex({}, threshold)
         self.table: CompactedView[Organization] = CompactedView(
-            settings, settings.topic(ORGANIZATIONS), parse_organization,
+            settings, ENRICH_CATALOG.input(settings.topic_prefix), parse_organization,
             key_of=_own_id, on_change=self._rebuild, on_invalid=_invalid,
             # the catalog is written by plain producers; read_committed costs nothing here
             fetch_max_wait_ms=100,

@@ -67,7 +67,8 @@ from shared.compacted import CompactedView
 from shared.kafka import RecordBatches
 from shared.settings import AntingSettings
 from shared.subscriptions import DeliveryOutcome
-from shared.topics import LEDGER_RETENTION_MS, NOTIFICATIONS
+from shared.topics import LEDGER_RETENTION_MS
+from shared.topology import NOTIFY_LEDGER
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ class Ledger:
     (:meth:`suppresses`), and the source of each subscription's :class:`Health`."""
 
     def __init__(self, settings: AntingSettings, producer: AIOKafkaProducer, batches: RecordBatches | None = None) -> None:
-        self.topic = settings.topic(NOTIFICATIONS)
+        self.topic = NOTIFY_LEDGER.input(settings.topic_prefix)
         self.batches = batches or RecordBatches(producer)
         # Following mostly reads back this instance's own lines (already applied in
         # memory), one per delivery: fetch them in batches of up to 256 KiB or 200 ms

@@ -31,7 +31,7 @@ from shared.access import ADMIN_TENANT
 from shared.compacted import CompactedView
 from shared.settings import AntingSettings
 from shared.subscriptions import LOG_FILE_NAME, Subscription, SubscriptionRequest
-from shared.topics import SUBSCRIPTIONS
+from shared.topology import NOTIFY_STORE
 
 if TYPE_CHECKING:
     from services.notify.ledger import Health
@@ -135,7 +135,7 @@ class SubscriptionStore:
     only against the subscriptions that can want it (:meth:`matching`)."""
 
     def __init__(self, settings: AntingSettings, producer: AIOKafkaProducer) -> None:
-        self.topic = settings.topic(SUBSCRIPTIONS)
+        self.topic = NOTIFY_STORE.input(settings.topic_prefix)
         self.producer = producer
         self.view: CompactedView[Subscription] = CompactedView(
             settings, self.topic, decode_subscription, on_change=self._changed)

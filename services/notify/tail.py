@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from services.notify.settings import NotifySettings
 from shared.kafka import make_consumer, wait_for_partitions
 from shared.kafka_access import Doing, denial
-from shared.topics import ENRICHED_EVENTS
+from shared.topology import NOTIFY_STREAM
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class SharedTail:
 
     def __init__(self, settings: NotifySettings, queue_size: int = SSE_FOLLOWER_QUEUE) -> None:
         self.settings = settings
-        self.topic = settings.topic(ENRICHED_EVENTS)
+        self.topic = NOTIFY_STREAM.input(settings.topic_prefix)
         self.queue_size = queue_size
         self.followers: set[Follower] = set()
         self.positions: dict[int, int] = {}  # the reader's next offset per partition
