@@ -107,7 +107,7 @@ class Sizes:
     consumer_perf_records: int = 200_000
     produce_events: int = 50_000
     consume_events: int = 50_000
-    ctp_events: int = 30_000
+    ctp_events: int = 100_000  # at 30,000 the raw loop ran about a second: too short to compare
     http_seconds: float = 8.0
     http_concurrency: int = 32
     wrk_seconds: float = 8.0
@@ -116,7 +116,7 @@ class Sizes:
     wrk_single_connections: int = 64
     wrk_batch_connections: int = 16
     file_events: int = 30_000
-    enrich_events: int = 30_000
+    enrich_events: int = 100_000
     notify_events: int = 50_000
     notify_rounds: int = 3  # (raw loop, notify) pairs; the medians are reported
     insights_events: int = 100_000  # at 20,000 the fold's own start-up is most of the time measured

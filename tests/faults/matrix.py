@@ -1,13 +1,14 @@
 """The fault matrix: every stage that writes, under each kind of answer a broker or the
 machine can give, while events flow; ``devtools.checker`` judges each cell.
 
-A cell is one enrich (exactly once, or at least once) and one notify on a broker of the
-run's own, a raw producer writing events at a steady rate, and one fault in the middle:
+A cell is one enrich (exactly once, or at least once), one notify and one insights (its
+route stage writes ``insights-facts``) on a broker of the run's own, a raw producer writing
+events at a steady rate, and one fault in the middle:
 
 - ``broker-pause``: the broker SIGSTOPped past the clients' request timeout
   (``KAFKA_REQUEST_TIMEOUT_MS``), then resumed: writes time out, the producers are replaced;
-- ``service-pause``: enrich, then notify, SIGSTOPped past their session timeout (zombies
-  whose partitions the group takes away), then resumed;
+- ``service-pause``: enrich, then notify, then insights, SIGSTOPped past their session
+  timeout (zombies whose partitions the group takes away), then resumed;
 - ``limit-lowered``: ``enriched-events``' ``max.message.bytes`` lowered to 20 KB while an
   event whose enriched form is ~50 KB goes by among the others, then restored: the
   refused batch spends the idempotent producer's sequence numbers, later sends to that
@@ -20,8 +21,10 @@ run's own, a raw producer writing events at a steady rate, and one fault in the 
 
 Result per cell: lost 0, duplicated 0 (exactly once), undelivered 0, aborted reads 0, the
 records a fault makes unwritable or unreadable in ``dead-letters`` (and nothing else
-there), the groups' committed offsets at the end of their input, no restart loop
-("is stuck" in no log). ``make chaos-faults`` runs it at full size
+there: the odd record of ``enriched-events`` once from notify and once from insights),
+the groups' committed offsets at the end of their input, no restart loop ("is stuck" in
+no log), and every answer of insights' API equal to a plain reader's recomputation from
+``enriched-events`` (nothing of the stream lost or counted twice by its route). ``make chaos-faults`` runs it at full size
 (``python -m tests.faults.matrix``); the suite runs a small cell (tests/faults/test_matrix.py).
 """
 
@@ -43,13 +46,20 @@ from aiokafka.errors import KafkaError
 
 from devtools.checker import Input, Report, check, check_deliveries
 from devtools.localkafka import LocalCluster, LocalKafka, free_port
-from devtools.testing import ServiceProcess, produce_raw_header, set_topic_config, settings_for
+from devtools.testing import (
+    ServiceProcess,
+    produce_raw_header,
+    set_topic_config,
+    settings_for,
+    wait_until,
+)
 from services.notify.notification import idempotency_key
 from shared.deadletters import read_dead_letters
 from shared.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from shared.settings import AntingSettings
 from shared.topics import AGREEMENTS, ANNOUNCEMENTS, ENRICHED_EVENTS, Topic
 from tests.cluster.chaos import _delivery, _event, _final, _read_inputs
+from tests.insights.helpers import differences, expected_from_topic, instance, ready
 from tests.notify.helpers import Receiver
 from tests.notify.test_kill import _subscribe
 
@@ -77,6 +87,8 @@ class Cell:
     expected_letters: list[str] = field(default_factory=list)
     uncommitted: dict[str, int] = field(default_factory=dict)
     stuck: list[str] = field(default_factory=list)
+    #: insights' answers that differ from the recomputation from enriched-events
+    insights: list[str] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -89,19 +101,20 @@ class Cell:
         if self.guarantee == "exactly_once":
             anomalies = anomalies or bool(report.duplicated or report.order)
         return (not anomalies and sorted(self.letters) == sorted(self.expected_letters)
-                and not any(self.uncommitted.values()) and not self.stuck)
+                and not any(self.uncommitted.values()) and not self.stuck and not self.insights)
 
     def row(self) -> str:
         """One line of the matrix table."""
         c = self.report.counts()
         return (f"| {self.fault} | {self.guarantee} | {c['inputs']} | {c['lost']} | {c['duplicated']} | "
                 f"{c['undelivered']} | {len(self.letters)}/{len(self.expected_letters)} | "
-                f"{sum(self.uncommitted.values())} | {'yes' if self.stuck else 'no'} | "
+                f"{sum(self.uncommitted.values())} | {len(self.insights)} | {'yes' if self.stuck else 'no'} | "
                 f"{'ok' if self.ok else 'FAIL'} | {self.seconds:.0f}s |")
 
 
 HEADER = ("| fault | enrich | inputs | lost | duplicated | undelivered | dead letters (seen/expected) "
-          "| uncommitted | restart loop | result | time |\n|---|---|---|---|---|---|---|---|---|---|---|")
+          "| uncommitted | insights wrong | restart loop | result | time |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 async def _set_limit(settings: AntingSettings, topic: Topic, limit: int) -> None:
@@ -155,8 +168,12 @@ async def run_cell(bootstrap: str, broker: LocalKafka | LocalCluster, tmp: Path,
         ANTING_NOTIFY_PORT=str(free_port()), ANTING_NOTIFY_GROUP=notify_group,
         ANTING_NOTIFY_ALLOW_NETWORKS="127.0.0.0/8", ANTING_NOTIFY_SESSION_TIMEOUT_MS=str(SESSION_MS),
         ANTING_NOTIFY_COMMIT_INTERVAL_SECONDS="0.5", ANTING_NOTIFY_RETRY_TIME_SCALE="10")
+    insights, insights_url = instance(settings, tmp, f"{fault}-{guarantee}", **common)
+    insights_group = f"{settings.topic_prefix}anting-insights-route"
+    services = (("enrich", enrich), ("notify", notify), ("insights", insights))
     enrich.start()
     notify.start()
+    insights.start()
     acked: dict[int, bool] = {}
     keys: dict[int, bytes] = {}
     injected = asyncio.Event()
@@ -209,7 +226,7 @@ async def run_cell(bootstrap: str, broker: LocalKafka | LocalCluster, tmp: Path,
             broker.proc.send_signal(signal.SIGCONT)
             say("SIGCONT the broker")
         elif fault == "service-pause":
-            for name, service in (("enrich", enrich), ("notify", notify)):
+            for name, service in services:
                 assert service.proc is not None
                 service.proc.send_signal(signal.SIGSTOP)
                 say(f"SIGSTOP {name} for {SESSION_MS / 1000 + 3:.0f}s (session timeout {SESSION_MS} ms)")
@@ -239,9 +256,11 @@ async def run_cell(bootstrap: str, broker: LocalKafka | LocalCluster, tmp: Path,
                        "data": {"title": "odd header", "organizations": [{"name": "SAIC Motor"}]}}
                 await produce_raw_header(settings, settings.topic(topic), orjson.dumps(doc), key=b"chaos-subject-1")
                 cell.expected_letters.append(name)
+            cell.expected_letters.append("faults-odd-enriched")  # notify's letter, and insights'
             say("a record whose header name is not UTF-8 written to agreements and enriched-events")
 
     try:
+        await wait_until(lambda: ready(insights_url), 120, "insights ready")
         await asyncio.gather(load(), nemesis())
         positions = await _read_inputs(settings)
         inputs = [Input(("/chaos", f"chaos-{n:07d}"), keys[n], acked.get(n, False), p, o)
@@ -263,6 +282,13 @@ async def run_cell(bootstrap: str, broker: LocalKafka | LocalCluster, tmp: Path,
         check_deliveries(cell.report, wanted,
                          [_delivery(r.body, r.headers, subscription) for r in receiver.on("/hook")],
                          expected=lambda event, sub: idempotency_key(event[0], event[1], sub))
+        expected = await expected_from_topic(settings, len(final))
+        deadline = time.monotonic() + 60
+        while True:  # insights folds what its route wrote within a batch or two
+            cell.insights = await asyncio.to_thread(differences, insights_url, expected)
+            if not cell.insights or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1)
         cell.letters = [orjson.loads(dl.value or b"{}").get("id", "?")
                         for _, dl in await read_dead_letters(settings, limit=1000, idle_ms=1000)]
         deadline = time.monotonic() + 20
@@ -270,21 +296,23 @@ async def run_cell(bootstrap: str, broker: LocalKafka | LocalCluster, tmp: Path,
             cell.uncommitted = {
                 **await _uncommitted(settings, enrich_group,
                                      [settings.topic(ANNOUNCEMENTS), settings.topic(AGREEMENTS)]),
-                **await _uncommitted(settings, notify_group, [settings.topic(ENRICHED_EVENTS)])}
+                **await _uncommitted(settings, notify_group, [settings.topic(ENRICHED_EVENTS)]),
+                **await _uncommitted(settings, insights_group, [settings.topic(ENRICHED_EVENTS)])}
             if not any(cell.uncommitted.values()) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(1)
-        cell.stuck = [f"{name}: {line[:200]}" for name, service in (("enrich", enrich), ("notify", notify))
+        cell.stuck = [f"{name}: {line[:200]}" for name, service in services
                       for line in service.log().splitlines() if "is stuck" in line]
     finally:
-        for service in (enrich, notify):
+        for _, service in services:
             if service.proc is not None:
                 with contextlib.suppress(ProcessLookupError):
                     service.proc.send_signal(signal.SIGCONT)
             service.terminate(15)
         await receiver.stop()
     cell.seconds = time.monotonic() - t0
-    say(f"done: {cell.report.summary()}; letters {cell.letters}; uncommitted {cell.uncommitted}")
+    say(f"done: {cell.report.summary()}; letters {cell.letters}; uncommitted {cell.uncommitted}; "
+        f"insights wrong {cell.insights[:5]}")
     return cell
 
 

@@ -1,9 +1,9 @@
 """The fault matrix, small: on a broker of the test's own, the broker SIGSTOPped past the
 services' request timeout, and enriched-events' limit lowered while an event too large
 for it goes by (a refused batch, then more sends to its partition), each with enrich
-exactly once and notify running. Nothing lost or duplicated, every event delivered, the
-refused event (only it) in dead-letters, every group committed to the end, no restart
-loop. ``make chaos-faults`` runs every cell at full size."""
+exactly once, notify and insights running. Nothing lost or duplicated, every event
+delivered, the refused event (only it) in dead-letters, every group committed to the end,
+insights' answers equal to a recomputation from enriched-events, no restart loop. ``make chaos-faults`` runs every cell at full size."""
 
 from __future__ import annotations
 
@@ -24,5 +24,6 @@ async def test_a_paused_broker_and_a_refused_batch_lose_and_duplicate_nothing(tm
     assert [(c.fault, c.report.inputs) for c in cells] == [("broker-pause", 300), ("limit-lowered", 300)]
     for cell in cells:
         assert cell.report.pairs == 300 and cell.report.outputs == 300, cell.report.summary()
-        assert cell.ok, (cell.row(), cell.report.summary(), cell.letters, cell.uncommitted, cell.stuck)
+        assert cell.ok, (cell.row(), cell.report.summary(), cell.letters, cell.uncommitted, cell.stuck,
+                         cell.insights[:5])
     assert cells[1].letters == ["faults-big"]
