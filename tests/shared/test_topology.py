@@ -100,8 +100,10 @@ def test_the_services_run_the_declarations() -> None:
     assert (documents.inputs, documents.outputs, documents.group) == (
         topology.ENRICH_DOCUMENTS.inputs("p."), topology.ENRICH_DOCUMENTS.outputs("p."),
         topology.ENRICH_DOCUMENTS.group)
-    # the documents stage writes each event to its type's topic: every one declared
-    assert {t.name for t in INPUT_TOPICS_BY_TYPE.values()} <= {t.name for t in topology.ENRICH_DOCUMENTS.output_topics}
+    # the documents stage and ingest write each event to its type's topic: every one declared
+    by_type = {t.name for t in INPUT_TOPICS_BY_TYPE.values()}
+    assert by_type <= {t.name for t in topology.ENRICH_DOCUMENTS.output_topics}
+    assert by_type <= {t.name for t in topology.INGEST_EVENTS.output_topics}
 
     route = Route(InsightsSettings(topic_prefix="p.")).stage
     assert (route.inputs, route.outputs, route.group) == (
