@@ -355,24 +355,8 @@ class LocalKafka:
             # a short transaction timeout so a killed transactional producer's
             # open transaction is aborted quickly and read_committed readers go on
             "transaction.max.timeout.ms=900000",
-            *self._single_node_properties(),
             "",
         ])
-
-    def _single_node_properties(self) -> list[str]:
-        """A lone broker+controller never fences itself. Its controller fences a broker
-        whose heartbeats stop for ``broker.session.timeout.ms`` (9 s by default); when the
-        whole process was paused (SIGSTOP, a VM stalled) the controller wakes with the
-        broker's session expired and takes every partition's leader away until it comes
-        back, a few milliseconds later. A transaction aborted in that window is completed
-        without its abort markers ("Couldn't find leader endpoint ... can be skipped"), and
-        the producer's next commit marker then commits the aborted records too (seen in the
-        fault matrix: one event enriched twice under exactly once). On one node there is no
-        other broker to lead anyway, so its session is as long as a pause can be; a
-        cluster keeps Kafka's default (a paused broker's partitions move to the others)."""
-        if len(self.voters) != 1:
-            return []
-        return ["broker.session.timeout.ms=3600000"]
 
     def _kill_stale(self) -> None:
         """A broker left by a SIGKILLed run on this data dir: stop it by its PID."""

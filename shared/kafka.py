@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
@@ -249,6 +249,43 @@ async def cluster_answers(producer: AIOKafkaProducer) -> None:
     (public by name, undocumented), whose ``fetch_all_metadata`` asks for every topic and
     creates none."""
     await producer.client.fetch_all_metadata()
+
+
+def _leaderless(metadata: Any) -> list[str]:
+    """The partitions of a metadata answer (aiokafka's ``ClusterMetadata``) that have no
+    leader, as ``topic[partition]``; every one when it names no broker."""
+    if not metadata.brokers():
+        return ["(no broker)"]
+    out = []
+    for topic in metadata.topics(exclude_internal_topics=False):
+        led = metadata.available_partitions_for_topic(topic) or set()
+        out += [f"{topic}[{p}]" for p in sorted((metadata.partitions_for_topic(topic) or set()) - led)]
+    return out
+
+
+async def leaders_settled(producer: AIOKafkaProducer, timeout: float, interval: float = 0.2) -> list[str]:
+    """Wait until the cluster, asked on ``producer``'s connections, names a leader for every
+    partition of every topic (internal ones included), at most ``timeout`` seconds; returns
+    the partitions still without one then (``[]`` once settled). Never raises.
+
+    Why: a transaction's end is written by its coordinator as a marker on each partition
+    the transaction wrote, and a coordinator that finds no leader for a partition at that
+    moment *skips* its marker ("Couldn't find leader endpoint ... likely deleted already and
+    hence can be skipped"). Such a window opens when a broker wakes from a pause its
+    controller counted as death (fenced; for a lone node, every partition at once), which
+    is also when a transaction is most likely to be aborted. A skipped abort marker leaves
+    the aborted records open, and the producer's next commit marker on that partition
+    commits them. So an abort waits for leaders first (:class:`shared.stage.StageRunner`)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    missing: list[str] = ["(not asked)"]
+    while True:
+        try:
+            missing = _leaderless(await asyncio.wait_for(producer.client.fetch_all_metadata(), interval * 5))
+        except (KafkaError, OSError, TimeoutError) as exc:
+            missing = [f"(no answer: {type(exc).__name__})"]
+        if not missing or asyncio.get_running_loop().time() + interval > deadline:
+            return missing
+        await asyncio.sleep(interval)
 
 
 async def abandon_producer(producer: AIOKafkaProducer, timeout: float = 2.0) -> None:
@@ -655,6 +692,6 @@ async def max_message_bytes(settings: AntingSettings, topics: Iterable[str]) -> 
 
 
 __all__ = ["INTERNAL_TOPICS", "PRODUCER_MAX_REQUEST_BYTES", "RECORD_OVERHEAD_BYTES", "SAFE_CONSUMER", "SAFE_PRODUCER",
-           "RecordBatches", "RenewingProducer", "TopicMismatchError", "TransientKafkaLogs", "abandon_producer", "cluster_answers", "cluster_replication", "contract_replication", "ensure_topics", "ensure_topics_once", "make_admin",
+           "RecordBatches", "RenewingProducer", "TopicMismatchError", "TransientKafkaLogs", "abandon_producer", "cluster_answers", "cluster_replication", "contract_replication", "ensure_topics", "ensure_topics_once", "leaders_settled", "make_admin",
            "make_consumer", "make_producer", "max_message_bytes", "partition_by_key", "quiet_transient_kafka_logs",
            "record_size", "wait_for_partitions"]

@@ -126,6 +126,7 @@ from shared.kafka import (
     RECORD_OVERHEAD_BYTES,
     SAFE_PRODUCER,
     abandon_producer,
+    leaders_settled,
     make_consumer,
     make_producer,
     max_message_bytes,
@@ -155,6 +156,8 @@ Ack: TypeAlias = asyncio.Future[RecordMetadata]  # a send's broker acknowledgeme
 
 #: a session (or its writes) failing this many times in a row is stuck, not unlucky
 STUCK_AFTER = 3
+#: a transaction open this much longer than its commit interval went through a stall (ms)
+STALLED_MS = 1000
 #: a dead letter the broker refused once already goes again with its value cut to this
 BARE_LETTER_BYTES = 2048
 
@@ -507,8 +510,7 @@ class StageRunner:
         if self.unit is not None:
             self.unit.forget()
             if self.producer is not None and self.exactly_once:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.producer.abort_transaction(), 10.0)
+                await self._abort_transaction(self.producer)
         self.unit = None
         self.fresh.clear()
         if self.consumer is not None:
@@ -647,6 +649,11 @@ class StageRunner:
                 return False
             if unit.offsets:
                 await producer.send_offsets_to_transaction(unit.offsets, group_metadata(self._consumer()))
+            if (time.monotonic() - unit.started) * 1000 > self.stage.commit_interval_ms + STALLED_MS:
+                # open through a stall (a broker or this process paused): the commit marker
+                # is skipped on a partition that has no leader as it is written, and the
+                # records stay open until this producer's next marker there decides them
+                await leaders_settled(producer, 5.0)
             await producer.commit_transaction()
         except BaseException:
             await self._abort()
@@ -661,9 +668,25 @@ class StageRunner:
         if self.unit is not None:
             self.unit.forget()
         self.unit = None
+        await self._abort_transaction(self._producer())
+
+    async def _abort_transaction(self, producer: AIOKafkaProducer) -> None:
+        """Abort the open transaction once every partition has a leader again
+        (:func:`shared.kafka.leaders_settled`: a coordinator skips the abort marker of a
+        partition it finds leaderless, and the aborted records would be committed by the
+        next commit marker). Bounded at 10 s in all: a producer whose broker does not
+        answer is replaced or closed next. Never raises."""
         with contextlib.suppress(Exception):
-            # bounded: a producer whose broker does not answer is replaced or closed next
-            await asyncio.wait_for(self._producer().abort_transaction(), 10.0)
+            async with asyncio.timeout(10.0):
+                t0 = time.monotonic()
+                missing = await leaders_settled(producer, 5.0)
+                if missing:
+                    log.warning(f"{self.stage.name}: aborting while partitions have no leader "
+                                f"({', '.join(missing[:5])}); their abort markers may be skipped")
+                elif time.monotonic() - t0 > 0.1:
+                    log.info(f"{self.stage.name}: the abort waited {time.monotonic() - t0:.1f} s "
+                             "for every partition to have a leader again")
+                await producer.abort_transaction()
 
     async def _written_again(self, failures: SendFailures) -> None:
         """Sends of the open transaction failed: abort it (nothing of it commits), replace

@@ -138,8 +138,11 @@ async def _uncommitted(settings: AntingSettings, group: str, topics: list[str]) 
 
 
 async def run_cell(bootstrap: str, broker: LocalKafka | LocalCluster, tmp: Path, fault: str, guarantee: str, *,
-                   events: int = 1000, rate: float = 100.0, log: bool = False) -> Cell:
-    """Run one cell on ``broker`` (``bootstrap``) with its own topics; returns its :class:`Cell`."""
+                   events: int = 1000, rate: float = 100.0, pause: float | None = None,
+                   log: bool = False) -> Cell:
+    """Run one cell on ``broker`` (``bootstrap``) with its own topics; returns its :class:`Cell`.
+    ``pause``: how long a paused broker or service stays stopped (s; default: just past the
+    request or session timeout)."""
     cell = Cell(fault, guarantee)
     t0 = time.monotonic()
 
@@ -218,19 +221,20 @@ async def run_cell(bootstrap: str, broker: LocalKafka | LocalCluster, tmp: Path,
             broker.restart(node)
             say(f"restarted kafka-{node}")
         elif fault == "broker-pause":
-            pause = REQUEST_TIMEOUT_MS / 1000 + 4
+            stopped = pause or REQUEST_TIMEOUT_MS / 1000 + 4
             assert isinstance(broker, LocalKafka) and broker.proc is not None
             broker.proc.send_signal(signal.SIGSTOP)
-            say(f"SIGSTOP the broker for {pause:.0f}s (request timeout {REQUEST_TIMEOUT_MS} ms)")
-            await asyncio.sleep(pause)
+            say(f"SIGSTOP the broker for {stopped:.0f}s (request timeout {REQUEST_TIMEOUT_MS} ms)")
+            await asyncio.sleep(stopped)
             broker.proc.send_signal(signal.SIGCONT)
             say("SIGCONT the broker")
         elif fault == "service-pause":
             for name, service in services:
                 assert service.proc is not None
                 service.proc.send_signal(signal.SIGSTOP)
-                say(f"SIGSTOP {name} for {SESSION_MS / 1000 + 3:.0f}s (session timeout {SESSION_MS} ms)")
-                await asyncio.sleep(SESSION_MS / 1000 + 3)
+                stopped = pause or SESSION_MS / 1000 + 3
+                say(f"SIGSTOP {name} for {stopped:.0f}s (session timeout {SESSION_MS} ms)")
+                await asyncio.sleep(stopped)
                 service.proc.send_signal(signal.SIGCONT)
                 say(f"SIGCONT {name}")
         elif fault == "limit-lowered":
@@ -317,7 +321,8 @@ async def run_cell(bootstrap: str, broker: LocalKafka | LocalCluster, tmp: Path,
 
 
 async def run_matrix(tmp: Path, faults: tuple[str, ...] = FAULTS, guarantees: tuple[str, ...] = GUARANTEES,
-                     *, events: int = 1000, rate: float = 100.0, log: bool = False) -> list[Cell]:
+                     *, events: int = 1000, rate: float = 100.0, pause: float | None = None,
+                     log: bool = False) -> list[Cell]:
     """Every (fault, guarantee) cell in turn: on one broker of the run's own, and the
     cluster faults on a 3-node cluster of its own."""
     cells = []
@@ -329,7 +334,7 @@ async def run_matrix(tmp: Path, faults: tuple[str, ...] = FAULTS, guarantees: tu
             for fault in single:
                 for guarantee in guarantees:
                     cells.append(await run_cell(broker.bootstrap, broker, tmp, fault, guarantee,
-                                                events=events, rate=rate, log=log))
+                                                events=events, rate=rate, pause=pause, log=log))
         finally:
             if broker.proc is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -342,7 +347,7 @@ async def run_matrix(tmp: Path, faults: tuple[str, ...] = FAULTS, guarantees: tu
             for fault in clustered:
                 for guarantee in guarantees:
                     cells.append(await run_cell(cluster.bootstrap, cluster, tmp, fault, guarantee,
-                                                events=events, rate=rate, log=log))
+                                                events=events, rate=rate, pause=pause, log=log))
         finally:
             await asyncio.to_thread(cluster.stop)
     return cells
@@ -355,10 +360,12 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=100.0, help="events per second")
     ap.add_argument("--fault", action="append", choices=FAULTS, help="only these faults (repeatable)")
     ap.add_argument("--guarantee", action="append", choices=GUARANTEES, help="only these enrich modes")
+    ap.add_argument("--pause", type=float, help="seconds a paused broker or service stays stopped "
+                    "(default: just past the request or session timeout)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fault-matrix-"))
     cells = asyncio.run(run_matrix(tmp, tuple(args.fault or FAULTS), tuple(args.guarantee or GUARANTEES),
-                                   events=args.events, rate=args.rate, log=True))
+                                   events=args.events, rate=args.rate, pause=args.pause, log=True))
     print(HEADER)
     for cell in cells:
         print(cell.row())

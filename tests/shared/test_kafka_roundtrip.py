@@ -6,7 +6,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from devtools.testing import read_topic
 from shared.events import dump_event, parse_event
-from shared.kafka import ensure_topics, make_admin, make_consumer, make_producer
+from shared.kafka import ensure_topics, leaders_settled, make_admin, make_consumer, make_producer
 from shared.settings import AntingSettings
 from shared.topics import ALL_TOPICS, ANNOUNCEMENTS
 
@@ -102,3 +102,14 @@ async def test_topics_created_with_registry_partitions_and_cleanup(settings: Ant
         assert cleanup[settings.topic(t)] == t.cleanup, t.name
         if "retention.ms" in t.config:
             assert retention[settings.topic(t)] == t.config["retention.ms"], t.name
+
+
+async def test_a_running_broker_has_settled_leaders(topics: AntingSettings) -> None:
+    """On a broker that runs, every partition of every topic (internal ones too) has a
+    leader: a transaction's abort waits for this, and here it does not wait."""
+    producer = make_producer(topics)
+    await producer.start()
+    try:
+        assert await leaders_settled(producer, 10.0) == []
+    finally:
+        await producer.stop()

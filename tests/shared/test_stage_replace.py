@@ -1,6 +1,7 @@
-"""The stage runner replacing a producer (pure logic, no broker): a producer whose
+"""The stage runner's producer hygiene (pure logic, no broker): a producer whose
 replacement cannot start is closed without its flush, so the batches it still holds (work
-already aborted or refused) are never sent; one whose replacement started is stopped."""
+already aborted or refused) are never sent; one whose replacement started is stopped; an
+abort is sent only once every partition has a leader again."""
 
 from __future__ import annotations
 
@@ -74,3 +75,75 @@ async def test_the_old_producer_is_stopped_once_its_replacement_has_started(
     assert old.calls == ["stop"]
     assert abandoned == []
     assert runner.producer is new
+
+
+# --- an abort waits for every partition's leader ---------------------------------------
+
+
+class _Metadata:
+    """What aiokafka's ``ClusterMetadata`` answers, for one topic of two partitions."""
+
+    def __init__(self, brokers: int, led: set[int]) -> None:
+        self._brokers, self._led = brokers, led
+
+    def brokers(self) -> set[int]:
+        return set(range(self._brokers))
+
+    def topics(self, exclude_internal_topics: bool = True) -> set[str]:
+        return {"t"}
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0, 1}
+
+    def available_partitions_for_topic(self, topic: str) -> set[int]:
+        return self._led
+
+
+class _Client:
+    def __init__(self, answers: list[Any]) -> None:
+        self.answers = answers
+
+    async def fetch_all_metadata(self) -> Any:
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+class _Answering:
+    def __init__(self, *answers: Any) -> None:
+        self.client = _Client(list(answers))
+
+
+async def test_leaders_settled_waits_for_every_partition_to_have_a_leader() -> None:
+    from aiokafka.errors import KafkaError
+
+    from shared.kafka import leaders_settled
+
+    # a fenced lone broker: no broker in the answer, then one partition leaderless, then both led
+    producer = _Answering(KafkaError("no brokers"), _Metadata(0, set()), _Metadata(1, {0}), _Metadata(1, {0, 1}))
+    assert await leaders_settled(producer, 5.0, interval=0.01) == []  # type: ignore[arg-type]
+    assert len(producer.client.answers) == 1  # asked until the fourth answer
+    # never settling: what is still leaderless, once the time is up
+    stuck = _Answering(_Metadata(1, {0}))
+    assert await leaders_settled(stuck, 0.05, interval=0.01) == ["t[1]"]  # type: ignore[arg-type]
+    assert await leaders_settled(_Answering(_Metadata(0, set())), 0.05, interval=0.01) == ["(no broker)"]  # type: ignore[arg-type]
+
+
+async def test_an_abort_is_sent_once_every_partition_has_a_leader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The coordinator skips the abort marker of a partition it finds leaderless, and the
+    next commit marker there would commit the aborted records: the runner asks first."""
+    calls: list[str] = []
+
+    async def settled(producer: Any, timeout: float, interval: float = 0.2) -> list[str]:
+        calls.append("leaders")
+        return []
+
+    class _Txn:
+        async def abort_transaction(self) -> None:
+            calls.append("abort")
+
+    monkeypatch.setattr(stage_module, "leaders_settled", settled)
+    runner, _ = _runner(monkeypatch, _Producer())
+    await runner._abort_transaction(_Txn())  # type: ignore[arg-type]
+    assert calls == ["leaders", "abort"]
