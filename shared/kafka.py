@@ -251,7 +251,7 @@ async def cluster_answers(producer: AIOKafkaProducer) -> None:
     await producer.client.fetch_all_metadata()
 
 
-def _leaderless(metadata: Any) -> list[str]:
+def _leaderless(metadata: Any) -> list[str]:  # Any: aiokafka types no ClusterMetadata
     """The partitions of a metadata answer (aiokafka's ``ClusterMetadata``) that have no
     leader, as ``topic[partition]``; every one when it names no broker."""
     if not metadata.brokers():
