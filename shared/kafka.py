@@ -13,7 +13,7 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -251,22 +251,27 @@ async def cluster_answers(producer: AIOKafkaProducer) -> None:
     await producer.client.fetch_all_metadata()
 
 
-def _leaderless(metadata: Any) -> list[str]:  # Any: aiokafka types no ClusterMetadata
-    """The partitions of a metadata answer (aiokafka's ``ClusterMetadata``) that have no
-    leader, as ``topic[partition]``; every one when it names no broker."""
+def _leaderless(metadata: Any, topics: Collection[str] | None) -> list[str]:  # Any: aiokafka types no ClusterMetadata
+    """The partitions of ``topics`` (all when None) in a metadata answer (aiokafka's
+    ``ClusterMetadata``) that have no leader, as ``topic[partition]``; every one when it
+    names no broker."""
     if not metadata.brokers():
         return ["(no broker)"]
     out = []
     for topic in metadata.topics(exclude_internal_topics=False):
+        if topics is not None and topic not in topics:
+            continue
         led = metadata.available_partitions_for_topic(topic) or set()
         out += [f"{topic}[{p}]" for p in sorted((metadata.partitions_for_topic(topic) or set()) - led)]
     return out
 
 
-async def leaders_settled(producer: AIOKafkaProducer, timeout: float, interval: float = 0.2) -> list[str]:
+async def leaders_settled(producer: AIOKafkaProducer, timeout: float, interval: float = 0.2,
+                          topics: Collection[str] | None = None) -> list[str]:
     """Wait until the cluster, asked on ``producer``'s connections, names a leader for every
-    partition of every topic (internal ones included), at most ``timeout`` seconds; returns
-    the partitions still without one then (``[]`` once settled). Never raises.
+    partition of ``topics`` (every topic, internal ones included, when None), at most
+    ``timeout`` seconds; returns the partitions still without one then (``[]`` once
+    settled). Never raises.
 
     Why: a transaction's end is written by its coordinator as a marker on each partition
     the transaction wrote, and a coordinator that finds no leader for a partition at that
@@ -280,7 +285,7 @@ async def leaders_settled(producer: AIOKafkaProducer, timeout: float, interval: 
     missing: list[str] = ["(not asked)"]
     while True:
         try:
-            missing = _leaderless(await asyncio.wait_for(producer.client.fetch_all_metadata(), interval * 5))
+            missing = _leaderless(await asyncio.wait_for(producer.client.fetch_all_metadata(), interval * 5), topics)
         except (KafkaError, OSError, TimeoutError) as exc:
             missing = [f"(no answer: {type(exc).__name__})"]
         if not missing or asyncio.get_running_loop().time() + interval > deadline:

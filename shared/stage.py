@@ -353,6 +353,8 @@ class StageRunner:
         self.stuck: str | None = None  # what keeps failing (an ordered stage's trouble)
         self.access = access or AccessStatus()  # shared with the service's other parts, if given
         self.backoff = Backoff(cap=self.access.cap)
+        #: the topics a transaction's markers go to: what it writes, and the group's offsets
+        self.marked = frozenset((*stage.outputs, stage.dead_letters, "__consumer_offsets"))
         self.doing = Doing(reads=stage.inputs, writes=(*stage.outputs, stage.dead_letters),
                            group=stage.group,
                            transactional_id=self.transactional_id if self.exactly_once else None)
@@ -653,7 +655,7 @@ class StageRunner:
                 # open through a stall (a broker or this process paused): the commit marker
                 # is skipped on a partition that has no leader as it is written, and the
                 # records stay open until this producer's next marker there decides them
-                await leaders_settled(producer, 5.0)
+                await leaders_settled(producer, 5.0, topics=self.marked)
             await producer.commit_transaction()
         except BaseException:
             await self._abort()
@@ -679,7 +681,7 @@ class StageRunner:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(10.0):
                 t0 = time.monotonic()
-                missing = await leaders_settled(producer, 5.0)
+                missing = await leaders_settled(producer, 5.0, topics=self.marked)
                 if missing:
                     log.warning(f"{self.stage.name}: aborting while partitions have no leader "
                                 f"({', '.join(missing[:5])}); their abort markers may be skipped")

@@ -128,6 +128,8 @@ async def test_leaders_settled_waits_for_every_partition_to_have_a_leader() -> N
     stuck = _Answering(_Metadata(1, {0}))
     assert await leaders_settled(stuck, 0.05, interval=0.01) == ["t[1]"]  # type: ignore[arg-type]
     assert await leaders_settled(_Answering(_Metadata(0, set())), 0.05, interval=0.01) == ["(no broker)"]  # type: ignore[arg-type]
+    # only the topics asked about count: a leaderless partition elsewhere does not hold it up
+    assert await leaders_settled(stuck, 0.05, interval=0.01, topics={"other"}) == []  # type: ignore[arg-type]
 
 
 async def test_an_abort_is_sent_once_every_partition_has_a_leader(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,8 +137,9 @@ async def test_an_abort_is_sent_once_every_partition_has_a_leader(monkeypatch: p
     next commit marker there would commit the aborted records: the runner asks first."""
     calls: list[str] = []
 
-    async def settled(producer: Any, timeout: float, interval: float = 0.2) -> list[str]:
-        calls.append("leaders")
+    async def settled(producer: Any, timeout: float, interval: float = 0.2,
+                      topics: Any = None) -> list[str]:
+        calls.append(f"leaders of {sorted(topics)}")
         return []
 
     class _Txn:
@@ -146,4 +149,5 @@ async def test_an_abort_is_sent_once_every_partition_has_a_leader(monkeypatch: p
     monkeypatch.setattr(stage_module, "leaders_settled", settled)
     runner, _ = _runner(monkeypatch, _Producer())
     await runner._abort_transaction(_Txn())  # type: ignore[arg-type]
-    assert calls == ["leaders", "abort"]
+    # the topics its markers go to: the outputs, dead-letters and the group's offsets
+    assert calls == ["leaders of ['__consumer_offsets', 'dead-letters', 'out']", "abort"]
