@@ -355,8 +355,27 @@ class LocalKafka:
             # a short transaction timeout so a killed transactional producer's
             # open transaction is aborted quickly and read_committed readers go on
             "transaction.max.timeout.ms=900000",
+            *self._single_node_properties(),
             "",
         ])
+
+    def _single_node_properties(self) -> list[str]:
+        """A lone broker+controller keeps its broker session through a pause of up to 30 s.
+        Its controller fences a broker whose heartbeats stop for ``broker.session.timeout.ms``
+        (9 s by default); when the whole process was paused (SIGSTOP, a stalled VM) it wakes
+        with its own broker's session expired, and for some milliseconds every partition has
+        no leader. A transaction ended in that window, by its producer or by its coordinator
+        (one that timed out during the pause), loses its markers ("Couldn't find leader
+        endpoint ... can be skipped"), and the producer's next commit marker then commits the
+        records of an aborted transaction (seen in the fault matrix: events enriched twice
+        under exactly once). One node has no other broker to lead in its place, so fencing it
+        gains nothing. The price: after a SIGKILL, the restarted node's controller holds the
+        old registration's session open, and the broker registers once it ends (up to 30 s;
+        an hour-long session made it give up). A cluster keeps Kafka's default: a paused
+        broker's partitions move to the others."""
+        if len(self.voters) != 1:
+            return []
+        return ["broker.session.timeout.ms=30000"]
 
     def _kill_stale(self) -> None:
         """A broker left by a SIGKILLed run on this data dir: stop it by its PID."""

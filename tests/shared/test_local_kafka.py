@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from devtools import REPO_ROOT
+from devtools.localkafka import LocalKafka, free_port
 
 INNER = '''
 import time
@@ -126,3 +127,15 @@ def test_server_log_says_what_the_broker_does(tmp_path: Path) -> None:
             time.sleep(0.2)
     assert " INFO " in text
     assert "SLF4J" not in (tmp_path / "kafka" / "stdout.log").read_text()
+
+
+def test_a_lone_broker_keeps_its_session_through_a_pause(tmp_path: Path) -> None:
+    """One node keeps its broker session through a pause of up to 30 s (its controller would
+    otherwise take every leader away for a moment, and a transaction ended then would lose
+    its markers); a cluster's nodes keep Kafka's default, so a paused broker's partitions
+    move to the others."""
+    lone = LocalKafka(port=free_port(), data_dir=tmp_path / "one")._properties()
+    assert "broker.session.timeout.ms=30000" in lone.splitlines()
+    voters = {1: free_port(), 2: free_port(), 3: free_port()}
+    member = LocalKafka(port=free_port(), data_dir=tmp_path / "n1", node_id=1, voters=voters)._properties()
+    assert not [line for line in member.splitlines() if line.startswith("broker.session.timeout.ms")]
