@@ -67,7 +67,7 @@ class Loop:
 @pytest.mark.xfail(strict=False, reason=(
     "known fault, open: after a member leaves, a survivor's answer can stay one event off for "
     "good (2 of 4 two-worker suites on 2026-12-07: an unresolved name 24 for 25, a sector's "
-    "total); the answers during the rebalance held in every run"))
+    "total)"))
 async def test_every_answer_is_true_at_its_position_or_503(topics: AntingSettings, tmp_path: Path) -> None:
     """Through a join and a leave, each answer equals the recomputation at the position it
     reports, or is a 503 with Retry-After and a reason."""
